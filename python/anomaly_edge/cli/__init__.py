@@ -1,0 +1,1 @@
+"""The `anomaly-edge` command line: one module per subcommand, found by `main`."""

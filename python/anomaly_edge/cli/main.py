@@ -1,0 +1,64 @@
+"""Entry point of `anomaly-edge`: finds the subcommand modules in this package and runs one.
+
+A subcommand module defines ``register(subparsers)``, which adds its parser and sets
+``handler=function(args) -> int``. Modules import heavy libraries inside their handlers, so
+``anomaly-edge --help`` stays instant and never loads torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+import anomaly_edge
+from anomaly_edge.cli.common import CliError, ExitCode
+from anomaly_edge.errors import AnomalyEdgeError, ModelLoadError
+
+# The order in `--help`; modules found but not listed come after, by name.
+ORDER = ["demo", "train", "export", "predict", "run", "info", "benchmark"]
+NOT_COMMANDS = {"main", "common"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="anomaly-edge",
+        description="Visual anomaly detection for the edge: train on normal images, "
+        "export to OpenVINO IR, run on images, videos and camera streams.",
+    )
+    parser.add_argument("--version", action="version", version=anomaly_edge.__version__)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    import anomaly_edge.cli as package
+
+    names = [m.name for m in pkgutil.iter_modules(package.__path__) if m.name not in NOT_COMMANDS]
+    names.sort(key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
+    for name in names:
+        importlib.import_module(f"anomaly_edge.cli.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "handler", None) is None:
+        parser.print_help()
+        return ExitCode.USAGE
+    try:
+        return int(args.handler(args) or 0)
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return int(exc.code)
+    except ModelLoadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return int(ExitCode.MODEL)
+    except AnomalyEdgeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return int(ExitCode.FAILURE)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return int(ExitCode.INTERRUPTED)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""The contract between training and runtime: everything a model needs, stored in the IR's rt_info.
+
+Two sections:
+
+* ``model_info``: the keys OpenVINO Model API's ``AnomalyDetection`` wrapper reads, so that
+  ``model_api.models.AnomalyDetection.create_model("model.xml")`` loads our IR as it is.
+* ``anomaly_edge``: our own, for what Model API has no key for (separate normalisation of the
+  image score and of the map, the backbone, metrics at export time, the format version).
+
+No side files, no pickles: an IR pair is a complete model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from anomaly_edge.errors import ModelLoadError
+from anomaly_edge.prediction import Task
+
+if TYPE_CHECKING:
+    import openvino as ov
+
+FORMAT_VERSION = 1
+OUR_SECTION = "anomaly_edge"
+MODEL_API_SECTION = "model_info"
+
+
+@dataclass
+class ModelMetadata:
+    """What the runtime needs to turn a frame into a :class:`~anomaly_edge.Prediction`.
+
+    Thresholds and normalisation statistics are in raw anomaly-map units.
+    ``mean`` and ``std`` are per RGB channel in 0-255 units: input = (rgb - mean) / std.
+    """
+
+    model: str  # "padim" | "stfpm"
+    backbone: str
+    input_size: tuple[int, int]  # (height, width) of the network input
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    image_threshold: float
+    pixel_threshold: float
+    image_min: float  # image-score statistics on the validation split
+    image_max: float
+    pixel_min: float  # anomaly-map statistics on the validation split
+    pixel_max: float
+    task: str = Task.SEGMENTATION.value
+    precision: str = "FP16"
+    metrics: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        self.input_size = (int(self.input_size[0]), int(self.input_size[1]))
+        self.mean = tuple(float(v) for v in self.mean)  # type: ignore[assignment]
+        self.std = tuple(float(v) for v in self.std)  # type: ignore[assignment]
+        self.task = Task.parse(self.task).value
+        for name in ("image_threshold", "pixel_threshold", "image_min", "image_max",
+                     "pixel_min", "pixel_max"):
+            value = float(getattr(self, name))
+            if not math.isfinite(value):
+                raise ValueError(f"metadata {name} must be a finite number, got {value}")
+            setattr(self, name, value)
+
+    @property
+    def image_scale(self) -> float:
+        """Normalisation scale of image scores: score = (raw - threshold) / scale + 0.5."""
+        return _positive_span(self.image_min, self.image_max)
+
+    @property
+    def pixel_scale(self) -> float:
+        """Normalisation scale of anomaly-map values."""
+        return _positive_span(self.pixel_min, self.pixel_max)
+
+    # ---- rt_info ---------------------------------------------------------------------------
+
+    def write_to(self, model: ov.Model) -> None:
+        """Store this metadata in ``model``'s rt_info (both sections)."""
+        h, w = self.input_size
+        model_info = {
+            "model_type": "AnomalyDetection",
+            "task": self.task,
+            "labels": "Normal Anomaly",
+            "image_threshold": repr(self.image_threshold),
+            "pixel_threshold": repr(self.pixel_threshold),
+            # Model API has a single scale for scores and maps; the image one decides labels.
+            "normalization_scale": repr(self.image_scale),
+            "mean_values": " ".join(repr(v) for v in self.mean),
+            "scale_values": " ".join(repr(v) for v in self.std),
+            "reverse_input_channels": "True",  # Model API feeds BGR; the network wants RGB
+            "resize_type": "standard",
+            "orig_height": str(h),
+            "orig_width": str(w),
+        }
+        for key, value in model_info.items():
+            model.set_rt_info(value, [MODEL_API_SECTION, key])
+        ours = asdict(self)
+        ours["input_size"] = f"{h} {w}"
+        ours["mean"] = model_info["mean_values"]
+        ours["std"] = model_info["scale_values"]
+        ours["metrics"] = json.dumps(self.metrics, sort_keys=True)
+        for key, value in ours.items():
+            model.set_rt_info(str(value), [OUR_SECTION, key])
+
+    @classmethod
+    def read_from(cls, model: ov.Model, source: str = "the model") -> ModelMetadata:
+        """Read the metadata an anomaly-edge export stored; a clear error when it is not there."""
+        if not model.has_rt_info([OUR_SECTION, "format_version"]):
+            raise ModelLoadError(
+                f"{source} has no anomaly-edge metadata in its rt_info: it was not exported by "
+                "anomaly-edge. Export it with `anomaly-edge export` (or `anomaly-edge train`), "
+                "which stores thresholds and normalisation with the model."
+            )
+
+        def get(key: str) -> str:
+            if not model.has_rt_info([OUR_SECTION, key]):
+                raise ModelLoadError(f"{source}: anomaly-edge metadata lacks the key {key!r}; "
+                                     "re-export the model with this version of anomaly-edge.")
+            return model.get_rt_info([OUR_SECTION, key]).astype(str)
+
+        version = int(get("format_version"))
+        if version > FORMAT_VERSION:
+            raise ModelLoadError(
+                f"{source} uses metadata format {version}, newer than this anomaly-edge "
+                f"understands ({FORMAT_VERSION}); upgrade anomaly-edge."
+            )
+        try:
+            return cls(
+                model=get("model"),
+                backbone=get("backbone"),
+                input_size=tuple(int(v) for v in get("input_size").split()),  # type: ignore[arg-type]
+                mean=tuple(float(v) for v in get("mean").split()),  # type: ignore[arg-type]
+                std=tuple(float(v) for v in get("std").split()),  # type: ignore[arg-type]
+                image_threshold=float(get("image_threshold")),
+                pixel_threshold=float(get("pixel_threshold")),
+                image_min=float(get("image_min")),
+                image_max=float(get("image_max")),
+                pixel_min=float(get("pixel_min")),
+                pixel_max=float(get("pixel_max")),
+                task=get("task"),
+                precision=get("precision"),
+                metrics=json.loads(get("metrics")),
+                format_version=version,
+            )
+        except (ValueError, TypeError) as exc:
+            raise ModelLoadError(f"{source}: anomaly-edge metadata is malformed ({exc}); "
+                                 "re-export the model.") from exc
+
+
+def _positive_span(lo: float, hi: float) -> float:
+    # A degenerate span (one validation image, a constant map) must not divide by zero.
+    span = hi - lo
+    return span if span > 1e-12 else 1.0

@@ -1,0 +1,33 @@
+"""Shared fixtures: the real datasets (when present) and a tiny torch-free IR."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_datasets() -> Path | None:
+    """../shared/datasets beside the checkout, or $ANOMALY_EDGE_DATASETS; None when absent."""
+    env = os.environ.get("ANOMALY_EDGE_DATASETS")
+    root = Path(env) if env else REPO.parent / "shared" / "datasets"
+    return root if root.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def datasets_root() -> Path:
+    root = shared_datasets()
+    if root is None:
+        pytest.skip("real datasets not found (../shared/datasets or $ANOMALY_EDGE_DATASETS)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_ir(tmp_path_factory) -> Path:
+    """A small anomaly-edge IR built without torch (see tests/ir_factory.py)."""
+    from tests.ir_factory import build_synthetic_ir
+
+    return build_synthetic_ir(tmp_path_factory.mktemp("synthetic_ir") / "model.xml")
