@@ -1,0 +1,234 @@
+// anomaly_edge._post: the Python face of the post-processor. This file only checks and
+// converts arguments, allocates the output arrays, and releases the GIL around the C++ work;
+// the algorithms live in postprocess.cpp. Users call anomaly_edge.postprocess instead.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>  // std::optional arguments
+
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "postprocess.hpp"
+
+namespace py = pybind11;
+namespace ae = anomaly_edge;
+
+namespace {
+
+std::string shape_text(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(a.shape(i));
+  }
+  return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+// A float32, C-contiguous, aligned array of `ndim` dimensions with no empty axis, copied only
+// when the layout demands it. TypeError for a wrong type or dtype, ValueError for a wrong shape.
+py::array_t<float> as_float_map(const py::object& obj, const char* name, py::ssize_t ndim,
+                                const char* axes) {
+  if (!py::isinstance<py::array>(obj))
+    throw py::type_error(std::string(name) + " must be a numpy.ndarray of float32, got " +
+                         std::string(py::str(py::type::of(obj).attr("__name__"))));
+  py::array arr = py::reinterpret_borrow<py::array>(obj);
+  if (!arr.dtype().equal(py::dtype::of<float>()))
+    throw py::type_error(std::string(name) + " must have dtype float32 (native byte order), got " +
+                         std::string(py::str(arr.dtype())) + ": convert it with " + name +
+                         ".astype(numpy.float32)");
+  if (arr.ndim() != ndim)
+    throw py::value_error(std::string(name) + " must be " + std::to_string(ndim) + "-D " + axes +
+                          ", got shape " + shape_text(arr));
+  for (py::ssize_t i = 0; i < ndim; ++i)
+    if (arr.shape(i) == 0)
+      throw py::value_error(std::string(name) + " is empty (shape " + shape_text(arr) + ")");
+  const bool contiguous = (arr.flags() & py::array::c_style) != 0;
+  const bool aligned = reinterpret_cast<std::uintptr_t>(arr.data()) % alignof(float) == 0;
+  if (contiguous && aligned) return py::reinterpret_borrow<py::array_t<float>>(arr);
+  // A strided view or a misaligned buffer: one aligned C-order copy.
+  py::object copy = py::module_::import("numpy").attr("array")(
+      arr, py::arg("dtype") = py::dtype::of<float>(), py::arg("order") = "C",
+      py::arg("copy") = true);
+  return py::reinterpret_borrow<py::array_t<float>>(copy);
+}
+
+ae::Task parse_task(const std::string& task) {
+  if (task == "classification") return ae::Task::Classification;
+  if (task == "detection") return ae::Task::Detection;
+  if (task == "segmentation") return ae::Task::Segmentation;
+  throw py::value_error("unknown task '" + task +
+                        "': choose one of classification, detection, segmentation");
+}
+
+int side(long long value, const char* what) {
+  if (value < 1 || value > ae::kMaxSide)
+    throw py::value_error(std::string(what) + " must be between 1 and " +
+                          std::to_string(ae::kMaxSide) + " pixels, got " + std::to_string(value));
+  return static_cast<int>(value);
+}
+
+ae::Params make_params(double image_threshold, double pixel_threshold, double image_scale,
+                       double pixel_scale, long long min_area) {
+  ae::Params p{image_threshold, pixel_threshold, image_scale, pixel_scale, min_area};
+  try {
+    ae::check_params(p);
+  } catch (const std::invalid_argument& e) {
+    throw py::value_error(e.what());
+  }
+  return p;
+}
+
+ae::MapView view_of(const py::array_t<float>& map, py::ssize_t offset_items, int h, int w) {
+  return ae::MapView{map.data() + offset_items, h, w};
+}
+
+py::array_t<std::uint8_t> new_image(int height, int width) {
+  return py::array_t<std::uint8_t>({static_cast<py::ssize_t>(height),
+                                    static_cast<py::ssize_t>(width)});
+}
+
+// (score, label, raw_score, boxes, mask | None, heatmap | None); boxes are tuples
+// (x1, y1, x2, y2, score, mean_score, area) in frame pixels, x2/y2 exclusive.
+py::tuple to_python(const ae::Result& r, const std::optional<py::array_t<std::uint8_t>>& mask,
+                    const std::optional<py::array_t<std::uint8_t>>& heatmap) {
+  py::list boxes(r.regions.size());
+  for (std::size_t i = 0; i < r.regions.size(); ++i) {
+    const ae::Region& g = r.regions[i];
+    boxes[i] = py::make_tuple(g.x1, g.y1, g.x2, g.y2, g.score, g.mean_score, g.area);
+  }
+  py::object m = mask ? py::object(*mask) : py::object(py::none());
+  py::object hm = heatmap ? py::object(*heatmap) : py::object(py::none());
+  return py::make_tuple(r.score, r.label, r.raw_score, boxes, m, hm);
+}
+
+py::tuple postprocess_one(const py::object& anomaly_map, long long frame_height,
+                          long long frame_width, double image_threshold, double pixel_threshold,
+                          double image_scale, double pixel_scale, long long min_area,
+                          const std::string& task_name, bool heatmap,
+                          std::optional<double> raw_score) {
+  const ae::Task task = parse_task(task_name);
+  const ae::Params params =
+      make_params(image_threshold, pixel_threshold, image_scale, pixel_scale, min_area);
+  const py::array_t<float> map = as_float_map(anomaly_map, "anomaly_map", 2, "(height, width)");
+  const int h = side(map.shape(0), "anomaly_map height");
+  const int w = side(map.shape(1), "anomaly_map width");
+  const int fh = side(frame_height, "frame height");
+  const int fw = side(frame_width, "frame width");
+
+  std::optional<py::array_t<std::uint8_t>> mask, heat;
+  if (task == ae::Task::Segmentation) mask = new_image(fh, fw);
+  if (heatmap) heat = new_image(fh, fw);
+  const ae::Outputs outputs{mask ? mask->mutable_data() : nullptr,
+                            heat ? heat->mutable_data() : nullptr};
+  const ae::MapView view = view_of(map, 0, h, w);
+
+  ae::Result result;
+  try {
+    py::gil_scoped_release release;
+    result = ae::postprocess(view, raw_score.has_value(), raw_score.value_or(0.0), fh, fw,
+                             params, task, outputs);
+  } catch (const std::invalid_argument& e) {
+    throw py::value_error(e.what());
+  }
+  return to_python(result, mask, heat);
+}
+
+std::vector<std::pair<int, int>> parse_frame_sizes(const py::object& obj, py::ssize_t n) {
+  if (!py::isinstance<py::sequence>(obj) || py::isinstance<py::str>(obj))
+    throw py::type_error("frame_sizes must be a list of (height, width) pairs");
+  const py::sequence seq = py::reinterpret_borrow<py::sequence>(obj);
+  if (static_cast<py::ssize_t>(seq.size()) != n)
+    throw py::value_error("frame_sizes has " + std::to_string(seq.size()) + " entries for " +
+                          std::to_string(n) + " anomaly maps: give one (height, width) per map");
+  std::vector<std::pair<int, int>> sizes;
+  sizes.reserve(static_cast<std::size_t>(n));
+  for (py::ssize_t i = 0; i < n; ++i) {
+    const py::object item = seq[static_cast<std::size_t>(i)];
+    const std::string where = "frame_sizes[" + std::to_string(i) + "]";
+    if (!py::isinstance<py::sequence>(item) || py::len(item) != 2)
+      throw py::type_error(where + " must be a (height, width) pair of ints");
+    const py::sequence pair = py::reinterpret_borrow<py::sequence>(item);
+    long long hw[2];
+    for (int k = 0; k < 2; ++k) {
+      const py::object v = pair[static_cast<std::size_t>(k)];
+      if (py::isinstance<py::bool_>(v) || !py::hasattr(v, "__index__"))
+        throw py::type_error(where + " must be a (height, width) pair of ints");
+      try {
+        hw[k] = py::cast<long long>(v.attr("__index__")());
+      } catch (const py::cast_error&) {
+        throw py::value_error(where + " is out of range");
+      }
+    }
+    sizes.emplace_back(side(hw[0], (where + " height").c_str()),
+                       side(hw[1], (where + " width").c_str()));
+  }
+  return sizes;
+}
+
+py::list postprocess_many(const py::object& anomaly_maps, const py::object& frame_sizes,
+                          double image_threshold, double pixel_threshold, double image_scale,
+                          double pixel_scale, long long min_area, const std::string& task_name,
+                          bool heatmap) {
+  const ae::Task task = parse_task(task_name);
+  const ae::Params params =
+      make_params(image_threshold, pixel_threshold, image_scale, pixel_scale, min_area);
+  const py::array_t<float> maps =
+      as_float_map(anomaly_maps, "anomaly_maps", 3, "(batch, height, width)");
+  const py::ssize_t n = maps.shape(0);
+  const int h = side(maps.shape(1), "anomaly_maps height");
+  const int w = side(maps.shape(2), "anomaly_maps width");
+  const std::vector<std::pair<int, int>> sizes = parse_frame_sizes(frame_sizes, n);
+
+  std::vector<std::optional<py::array_t<std::uint8_t>>> masks(static_cast<std::size_t>(n));
+  std::vector<std::optional<py::array_t<std::uint8_t>>> heats(static_cast<std::size_t>(n));
+  std::vector<ae::Outputs> outputs(static_cast<std::size_t>(n));
+  for (std::size_t i = 0; i < static_cast<std::size_t>(n); ++i) {
+    if (task == ae::Task::Segmentation) masks[i] = new_image(sizes[i].first, sizes[i].second);
+    if (heatmap) heats[i] = new_image(sizes[i].first, sizes[i].second);
+    outputs[i] = {masks[i] ? masks[i]->mutable_data() : nullptr,
+                  heats[i] ? heats[i]->mutable_data() : nullptr};
+  }
+
+  std::vector<ae::Result> results(static_cast<std::size_t>(n));
+  std::size_t i = 0;
+  try {
+    py::gil_scoped_release release;
+    for (; i < static_cast<std::size_t>(n); ++i) {
+      const ae::MapView view = view_of(maps, static_cast<py::ssize_t>(i) * h * w, h, w);
+      results[i] = ae::postprocess(view, false, 0.0, sizes[i].first, sizes[i].second, params,
+                                   task, outputs[i]);
+    }
+  } catch (const std::invalid_argument& e) {
+    throw py::value_error("anomaly_maps[" + std::to_string(i) + "]: " + e.what());
+  }
+  py::list out(static_cast<std::size_t>(n));
+  for (std::size_t k = 0; k < static_cast<std::size_t>(n); ++k)
+    out[k] = to_python(results[k], masks[k], heats[k]);
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_post, m) {
+  m.doc() =
+      "The anomaly-edge post-processor (C++). Use anomaly_edge.postprocess, which wraps it "
+      "and returns Prediction objects.";
+  m.attr("MAX_SIDE") = ae::kMaxSide;
+  m.def("postprocess", &postprocess_one, py::arg("anomaly_map"), py::arg("frame_height"),
+        py::arg("frame_width"), py::arg("image_threshold"), py::arg("pixel_threshold"),
+        py::arg("image_scale"), py::arg("pixel_scale"), py::arg("min_area") = 1,
+        py::arg("task") = "segmentation", py::arg("heatmap") = false,
+        py::arg("raw_score") = py::none(),
+        "Post-process one float32 (h, w) map. Returns (score, label, raw_score, boxes, mask, "
+        "heatmap); boxes are (x1, y1, x2, y2, score, mean_score, area) tuples, highest score "
+        "first. The GIL is released while computing.");
+  m.def("postprocess_batch", &postprocess_many, py::arg("anomaly_maps"), py::arg("frame_sizes"),
+        py::arg("image_threshold"), py::arg("pixel_threshold"), py::arg("image_scale"),
+        py::arg("pixel_scale"), py::arg("min_area") = 1, py::arg("task") = "segmentation",
+        py::arg("heatmap") = false,
+        "Post-process N float32 maps (N, h, w), one (height, width) per map in frame_sizes. "
+        "Returns a list of the tuples postprocess returns.");
+}

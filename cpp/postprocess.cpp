@@ -1,0 +1,612 @@
+// The post-processor's algorithms (see postprocess.hpp for what each function promises).
+//
+// Speed comes from never touching a frame pixel twice and from doing per-pixel arithmetic
+// only where the answer is in doubt: the map is thresholded once at model resolution into a
+// byte mask; components are labelled on runs of that mask; the frame-resolution mask is
+// written span by span, with memset wherever the four source samples of a bilinear blend
+// agree. The few vector kernels use SSE2, which every x86-64 CPU has (scalar elsewhere).
+#include "postprocess.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <stdexcept>
+#include <string>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+namespace anomaly_edge {
+namespace {
+
+// ---- the thresholded map -------------------------------------------------------------------
+
+// (map >= threshold) as 0/1 bytes, with per-row summaries; computed once per call and shared
+// by the component labelling and the mask rendering.
+struct Thresholded {
+  std::vector<std::uint8_t> above;     // height * width bytes, 0 or 1
+  std::vector<std::uint8_t> row_kind;  // per row: kNone, kAll or kSome
+};
+enum : std::uint8_t { kNone = 0, kAll = 1, kSome = 2 };
+
+// Writes out[i] = values[i] >= threshold (0/1) and returns kNone, kAll or kSome.
+std::uint8_t threshold_row(const float* values, int n, float threshold, std::uint8_t* out) {
+  int i = 0;
+  unsigned any = 0, all = 1;
+#if defined(__SSE2__)
+  const __m128 t = _mm_set1_ps(threshold);
+  const __m128i one = _mm_set1_epi8(1);
+  __m128i any_v = _mm_setzero_si128(), all_v = one;
+  for (; i + 16 <= n; i += 16) {
+    const __m128i a = _mm_castps_si128(_mm_cmpge_ps(_mm_loadu_ps(values + i), t));
+    const __m128i b = _mm_castps_si128(_mm_cmpge_ps(_mm_loadu_ps(values + i + 4), t));
+    const __m128i c = _mm_castps_si128(_mm_cmpge_ps(_mm_loadu_ps(values + i + 8), t));
+    const __m128i d = _mm_castps_si128(_mm_cmpge_ps(_mm_loadu_ps(values + i + 12), t));
+    const __m128i bytes = _mm_and_si128(
+        _mm_packs_epi16(_mm_packs_epi32(a, b), _mm_packs_epi32(c, d)), one);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), bytes);
+    any_v = _mm_or_si128(any_v, bytes);
+    all_v = _mm_and_si128(all_v, bytes);
+  }
+  if (i > 0) {
+    any = _mm_movemask_epi8(_mm_cmpeq_epi8(any_v, _mm_setzero_si128())) != 0xFFFF;
+    all = _mm_movemask_epi8(_mm_cmpeq_epi8(all_v, one)) == 0xFFFF;
+  }
+#endif
+  for (; i < n; ++i) {
+    const unsigned bit = values[i] >= threshold;
+    out[i] = static_cast<std::uint8_t>(bit);
+    any |= bit;
+    all &= bit;
+  }
+  return !any ? kNone : all ? kAll : kSome;
+}
+
+Thresholded threshold_map(const MapView& map, float threshold) {
+  Thresholded t;
+  t.above.resize(static_cast<std::size_t>(map.height) * map.width);
+  t.row_kind.resize(static_cast<std::size_t>(map.height));
+  for (int y = 0; y < map.height; ++y) {
+    const std::size_t offset = static_cast<std::size_t>(y) * map.width;
+    t.row_kind[static_cast<std::size_t>(y)] =
+        threshold_row(map.data + offset, map.width, threshold, t.above.data() + offset);
+  }
+  return t;
+}
+
+// First index in [from, n) whose byte is (set ? non-zero : zero), or n; eight bytes at a
+// time across long stretches.
+int next_with(const std::uint8_t* bytes, int from, int n, bool set) {
+  const std::uint64_t skip = set ? 0 : 0x0101010101010101ull;  // a word with nothing to find
+  while (from + 8 <= n) {
+    std::uint64_t word;
+    std::memcpy(&word, bytes + from, sizeof word);
+    if (word != skip) break;
+    from += 8;
+  }
+  while (from < n && (bytes[from] != 0) != set) ++from;
+  return from;
+}
+
+// memset for the many short spans of a mask row: a call to memset costs more than the
+// handful of bytes it writes, so spans under 16 bytes take two overlapping stores.
+inline void fill(std::uint8_t* dst, int n, std::uint8_t value) {
+  if (n >= 16) {
+    std::memset(dst, value, static_cast<std::size_t>(n));
+  } else if (n >= 8) {
+    const std::uint64_t word = 0x0101010101010101ull * value;
+    std::memcpy(dst, &word, 8);
+    std::memcpy(dst + n - 8, &word, 8);
+  } else if (n >= 4) {
+    const std::uint32_t word = 0x01010101u * value;
+    std::memcpy(dst, &word, 4);
+    std::memcpy(dst + n - 4, &word, 4);
+  } else {
+    for (int i = 0; i < n; ++i) dst[i] = value;
+  }
+}
+
+// ---- bilinear geometry ---------------------------------------------------------------------
+
+// The two source samples an output coordinate blends, and the weight of the second.
+struct Tap {
+  int lo;
+  int hi;
+  float frac;
+};
+
+// OpenCV's INTER_LINEAR geometry (half-pixel centres): src = (dst + 0.5) * src_size / dst_size
+// - 0.5, with the same float rounding OpenCV uses, so our mask agrees with cv2.resize up to
+// threshold ties. Columns outside the map take the border sample with weight 0 (as OpenCV
+// does for x); rows clamp the sample indices and keep the weight (as OpenCV does for y).
+std::vector<Tap> linear_taps(int src, int dst, bool zero_weight_at_border) {
+  std::vector<Tap> taps(static_cast<std::size_t>(dst));
+  const double scale = 1.0 / (static_cast<double>(dst) / src);
+  for (int d = 0; d < dst; ++d) {
+    float f = static_cast<float>((d + 0.5) * scale - 0.5);
+    int s = static_cast<int>(std::floor(f));
+    f -= static_cast<float>(s);
+    Tap& tap = taps[static_cast<std::size_t>(d)];
+    if (zero_weight_at_border) {
+      if (s < 0) s = 0, f = 0.0f;
+      if (s >= src - 1) s = src - 1, f = 0.0f;
+      tap = {s, std::min(s + 1, src - 1), f};
+    } else {
+      tap = {std::clamp(s, 0, src - 1), std::clamp(s + 1, 0, src - 1), f};
+    }
+  }
+  return taps;
+}
+
+// Model pixel x covers frame columns [floor(x * W / w), ceil((x + 1) * W / w)).
+int scale_floor(int model_coord, int frame_size, int model_size) {
+  return static_cast<int>(static_cast<std::int64_t>(model_coord) * frame_size / model_size);
+}
+int scale_ceil(int model_coord, int frame_size, int model_size) {
+  return static_cast<int>(
+      (static_cast<std::int64_t>(model_coord) * frame_size + model_size - 1) / model_size);
+}
+
+// ---- connected components ------------------------------------------------------------------
+
+// A horizontal run of anomalous pixels in one map row: the unit of the labelling.
+struct Run {
+  int row;
+  int begin;  // first column
+  int end;    // one past the last column
+  float max_raw;
+  double normalised_sum;
+};
+
+// Union-find over run indices; the smaller index is the root, so a component's root is its
+// first run in raster order.
+class DisjointRuns {
+ public:
+  void add() { parent_.push_back(static_cast<int>(parent_.size())); }
+  int find(int i) {
+    while (parent_[static_cast<std::size_t>(i)] != i) {
+      int& p = parent_[static_cast<std::size_t>(i)];
+      p = parent_[static_cast<std::size_t>(p)];  // path halving
+      i = p;
+    }
+    return i;
+  }
+  void unite(int a, int b) {
+    a = find(a);
+    b = find(b);
+    if (a == b) return;
+    if (a < b)
+      parent_[static_cast<std::size_t>(b)] = a;
+    else
+      parent_[static_cast<std::size_t>(a)] = b;
+  }
+
+ private:
+  std::vector<int> parent_;
+};
+
+struct Component {
+  int x1, y1, x2, y2;  // model pixels, x2/y2 exclusive
+  std::int64_t area;
+  float max_raw;
+  double normalised_sum;
+};
+
+std::vector<Region> find_regions_in(const MapView& map, const Thresholded& mask,
+                                    int frame_height, int frame_width, const Params& params) {
+  const int h = map.height;
+  const int w = map.width;
+  const double threshold = static_cast<float>(params.pixel_threshold);
+  const double inverse_scale = 1.0 / params.pixel_scale;
+
+  // Pass 1: runs of anomalous pixels, linked to touching runs of the row above.
+  std::vector<Run> runs;
+  DisjointRuns sets;
+  std::size_t above_begin = 0, above_end = 0;  // runs of the previous row
+  for (int y = 0; y < h; ++y) {
+    const std::size_t row_begin = runs.size();
+    if (mask.row_kind[static_cast<std::size_t>(y)] != kNone) {
+      const float* row = map.data + static_cast<std::size_t>(y) * w;
+      const std::uint8_t* bits = mask.above.data() + static_cast<std::size_t>(y) * w;
+      for (int x = next_with(bits, 0, w, true); x < w; x = next_with(bits, x, w, true)) {
+        Run run{y, x, next_with(bits, x, w, false), row[x], 0.0};
+        for (; x < run.end; ++x) {
+          run.max_raw = std::max(run.max_raw, row[x]);
+          run.normalised_sum += std::min((row[x] - threshold) * inverse_scale + 0.5, 1.0);
+        }
+        runs.push_back(run);
+        sets.add();
+      }
+    }
+    const std::size_t row_end = runs.size();
+    // 8-connectivity: runs touch when their column ranges overlap or meet diagonally.
+    std::size_t a = above_begin, c = row_begin;
+    while (a < above_end && c < row_end) {
+      const Run& up = runs[a];
+      const Run& cur = runs[c];
+      if (up.end < cur.begin) {
+        ++a;
+      } else if (cur.end < up.begin) {
+        ++c;
+      } else {
+        sets.unite(static_cast<int>(a), static_cast<int>(c));
+        // The run that ends first can touch nothing further right in the other row.
+        if (up.end < cur.end)
+          ++a;
+        else
+          ++c;
+      }
+    }
+    above_begin = row_begin;
+    above_end = row_end;
+  }
+
+  // Pass 2: per-component statistics, components in raster order of their first pixel.
+  std::vector<Component> components;
+  std::vector<int> component_of(runs.size(), -1);
+  for (std::size_t i = 0; i < runs.size(); ++i) {
+    const Run& run = runs[i];
+    const int root = sets.find(static_cast<int>(i));
+    int& index = component_of[static_cast<std::size_t>(root)];
+    if (index < 0) {
+      index = static_cast<int>(components.size());
+      components.push_back({run.begin, run.row, run.end, run.row + 1, 0, run.max_raw, 0.0});
+    }
+    Component& comp = components[static_cast<std::size_t>(index)];
+    comp.x1 = std::min(comp.x1, run.begin);
+    comp.x2 = std::max(comp.x2, run.end);
+    comp.y2 = run.row + 1;  // runs arrive row by row
+    comp.area += run.end - run.begin;
+    comp.max_raw = std::max(comp.max_raw, run.max_raw);
+    comp.normalised_sum += run.normalised_sum;
+  }
+
+  // Filter, scale to the frame, sort by score.
+  std::vector<Region> regions;
+  regions.reserve(components.size());
+  for (const Component& comp : components) {
+    if (comp.area < params.min_area) continue;
+    Region r;
+    r.x1 = scale_floor(comp.x1, frame_width, w);
+    r.y1 = scale_floor(comp.y1, frame_height, h);
+    r.x2 = scale_ceil(comp.x2, frame_width, w);
+    r.y2 = scale_ceil(comp.y2, frame_height, h);
+    r.score = normalise(comp.max_raw, threshold, params.pixel_scale);
+    // A mean never exceeds the maximum, even after the rounding of a long sum.
+    r.mean_score = std::min(comp.normalised_sum / static_cast<double>(comp.area), r.score);
+    r.area = comp.area;
+    regions.push_back(r);
+  }
+  std::stable_sort(regions.begin(), regions.end(),
+                   [](const Region& a, const Region& b) { return a.score > b.score; });
+  return regions;
+}
+
+// ---- the frame-resolution mask -------------------------------------------------------------
+
+void render_mask_from(const MapView& map, const Thresholded& mask, float threshold,
+                      std::uint8_t* out, int frame_height, int frame_width) {
+  const int w = map.width;
+  const std::vector<Tap> cols = linear_taps(w, frame_width, true);
+  const std::vector<Tap> rows = linear_taps(map.height, frame_height, false);
+
+  // Output columns that blend the same two source columns form a segment; within a segment
+  // and a pair of source rows the four source samples are fixed. Segments are ordered by
+  // their source columns, so first_segment[c] (the first segment whose `hi` >= c) lets a
+  // scan jump over a stretch of source columns.
+  struct Segment {
+    int begin, end, lo, hi;
+  };
+  std::vector<Segment> segments;
+  for (int x = 0; x < frame_width; ++x) {
+    const Tap& t = cols[static_cast<std::size_t>(x)];
+    if (segments.empty() || segments.back().lo != t.lo || segments.back().hi != t.hi)
+      segments.push_back({x, x + 1, t.lo, t.hi});
+    else
+      segments.back().end = x + 1;
+  }
+  const int segment_count = static_cast<int>(segments.size());
+  std::vector<int> first_segment(static_cast<std::size_t>(w) + 1);
+  for (int c = 0, s = 0; c <= w; ++c) {
+    while (s < segment_count && segments[static_cast<std::size_t>(s)].hi < c) ++s;
+    first_segment[static_cast<std::size_t>(c)] = s;
+  }
+  std::vector<float> wx0(static_cast<std::size_t>(frame_width));  // OpenCV's 1 - fx
+  std::vector<float> wx1(static_cast<std::size_t>(frame_width));  // and fx
+  for (int x = 0; x < frame_width; ++x) {
+    wx1[static_cast<std::size_t>(x)] = cols[static_cast<std::size_t>(x)].frac;
+    wx0[static_cast<std::size_t>(x)] = 1.0f - wx1[static_cast<std::size_t>(x)];
+  }
+
+  // Spans of one output row: all below (0), all above (255), or a segment whose four samples
+  // straddle the threshold. They depend only on the pair of source rows, so they are rebuilt
+  // about map.height times, not frame_height times; and the next output row of the same pair
+  // starts as a copy of the previous one, with only the straddling segments recomputed.
+  struct Span {
+    int begin, end;
+    std::uint8_t value;  // 0 or 255
+  };
+  struct Straddle {
+    int begin, end;
+    float top_lo, bottom_lo, top_hi, bottom_hi;  // the four source samples
+  };
+  std::vector<Span> uniform;
+  std::vector<Straddle> straddling;
+  std::vector<std::uint8_t> any(static_cast<std::size_t>(w)), all(static_cast<std::size_t>(w));
+  auto add_uniform = [&uniform](int begin, int end, std::uint8_t value) {
+    if (!uniform.empty() && uniform.back().value == value && uniform.back().end == begin)
+      uniform.back().end = end;
+    else
+      uniform.push_back({begin, end, value});
+  };
+
+  int pair_top = -1, pair_bottom = -1;
+  for (int y = 0; y < frame_height; ++y) {
+    const Tap& ty = rows[static_cast<std::size_t>(y)];
+    std::uint8_t* dst = out + static_cast<std::size_t>(y) * frame_width;
+    if (ty.lo == pair_top && ty.hi == pair_bottom) {
+      std::memcpy(dst, dst - frame_width, static_cast<std::size_t>(frame_width));
+    } else {
+      pair_top = ty.lo;
+      pair_bottom = ty.hi;
+      uniform.clear();
+      straddling.clear();
+      const std::uint8_t k0 = mask.row_kind[static_cast<std::size_t>(ty.lo)];
+      const std::uint8_t k1 = mask.row_kind[static_cast<std::size_t>(ty.hi)];
+      if (k0 == k1 && k0 != kSome) {
+        add_uniform(0, frame_width, k0 == kAll ? 255 : 0);
+      } else {
+        const std::uint8_t* a0 = mask.above.data() + static_cast<std::size_t>(ty.lo) * w;
+        const std::uint8_t* a1 = mask.above.data() + static_cast<std::size_t>(ty.hi) * w;
+        const float* top = map.data + static_cast<std::size_t>(ty.lo) * w;
+        const float* bottom = map.data + static_cast<std::size_t>(ty.hi) * w;
+        for (int c = 0; c < w; ++c) {
+          any[static_cast<std::size_t>(c)] = a0[c] | a1[c];
+          all[static_cast<std::size_t>(c)] = a0[c] & a1[c];
+        }
+        for (int i = 0; i < segment_count;) {
+          const Segment& s = segments[static_cast<std::size_t>(i)];
+          const bool some =
+              any[static_cast<std::size_t>(s.lo)] | any[static_cast<std::size_t>(s.hi)];
+          const bool every =
+              all[static_cast<std::size_t>(s.lo)] & all[static_cast<std::size_t>(s.hi)];
+          if (some && !every) {
+            straddling.push_back(
+                {s.begin, s.end, top[s.lo], bottom[s.lo], top[s.hi], bottom[s.hi]});
+            ++i;
+            continue;
+          }
+          // A uniform stretch lasts until the next source column that breaks it.
+          const int stop = some ? next_with(all.data(), s.hi, w, false)
+                                : next_with(any.data(), s.hi, w, true);
+          const int j = std::max(i + 1, first_segment[static_cast<std::size_t>(stop)]);
+          add_uniform(s.begin, segments[static_cast<std::size_t>(j - 1)].end, some ? 255 : 0);
+          i = j;
+        }
+      }
+      for (const Span& s : uniform) fill(dst + s.begin, s.end - s.begin, s.value);
+    }
+
+    const float wy1 = ty.frac;
+    const float wy0 = 1.0f - ty.frac;
+    for (const Straddle& s : straddling) {
+      // Blend vertically once per segment; along the segment the value is then linear in
+      // the column weight, and often all on one side of the threshold.
+      const float left = s.top_lo * wy0 + s.bottom_lo * wy1;
+      const float right = s.top_hi * wy0 + s.bottom_hi * wy1;
+      if ((left >= threshold) == (right >= threshold)) {
+        fill(dst + s.begin, s.end - s.begin, left >= threshold ? 255 : 0);
+        continue;
+      }
+      for (int x = s.begin; x < s.end; ++x) {
+        const float v =
+            left * wx0[static_cast<std::size_t>(x)] + right * wx1[static_cast<std::size_t>(x)];
+        dst[x] = v >= threshold ? 255 : 0;
+      }
+    }
+  }
+}
+
+// ---- the heatmap ---------------------------------------------------------------------------
+
+// dst[x] = round(upper[x] * wy0 + lower[x] * wy1) for values in [0, 255].
+void blend_rows_to_bytes(const float* upper, const float* lower, float wy0, float wy1,
+                         std::uint8_t* dst, int n) {
+  int x = 0;
+#if defined(__SSE2__)
+  const __m128 w0 = _mm_set1_ps(wy0), w1 = _mm_set1_ps(wy1), half = _mm_set1_ps(0.5f);
+  auto blend = [&](int at) {
+    const __m128 v = _mm_add_ps(_mm_add_ps(_mm_mul_ps(_mm_loadu_ps(upper + at), w0),
+                                           _mm_mul_ps(_mm_loadu_ps(lower + at), w1)),
+                                half);
+    return _mm_cvttps_epi32(_mm_max_ps(v, _mm_setzero_ps()));
+  };
+  for (; x + 16 <= n; x += 16) {
+    // Saturating packs clamp to 0..255.
+    const __m128i lo = _mm_packs_epi32(blend(x), blend(x + 4));
+    const __m128i hi = _mm_packs_epi32(blend(x + 8), blend(x + 12));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + x), _mm_packus_epi16(lo, hi));
+  }
+#endif
+  for (; x < n; ++x) {
+    const float v = upper[x] * wy0 + lower[x] * wy1 + 0.5f;
+    dst[x] = static_cast<std::uint8_t>(std::clamp(v, 0.0f, 255.0f));
+  }
+}
+
+}  // namespace
+
+// ---- validation ----------------------------------------------------------------------------
+
+void check_params(const Params& p) {
+  if (!std::isfinite(p.image_threshold) || !std::isfinite(p.pixel_threshold))
+    throw std::invalid_argument("thresholds must be finite numbers (got image_threshold=" +
+                                std::to_string(p.image_threshold) + ", pixel_threshold=" +
+                                std::to_string(p.pixel_threshold) + ")");
+  if (std::fabs(p.image_threshold) > std::numeric_limits<float>::max() ||
+      std::fabs(p.pixel_threshold) > std::numeric_limits<float>::max())
+    throw std::invalid_argument("thresholds must fit in float32, the precision of the map");
+  if (!(std::isfinite(p.image_scale) && p.image_scale > 0.0) ||
+      !(std::isfinite(p.pixel_scale) && p.pixel_scale > 0.0))
+    throw std::invalid_argument(
+        "normalisation scales must be finite and > 0 (got image_scale=" +
+        std::to_string(p.image_scale) + ", pixel_scale=" + std::to_string(p.pixel_scale) +
+        "); a scale is max - min of the validation scores");
+  if (p.min_area < 0)
+    throw std::invalid_argument("min_area must be >= 0 (got " + std::to_string(p.min_area) +
+                                ")");
+}
+
+void check_sizes(const MapView& map, int frame_height, int frame_width) {
+  if (map.data == nullptr || map.height < 1 || map.width < 1 || map.height > kMaxSide ||
+      map.width > kMaxSide)
+    throw std::invalid_argument("anomaly map must be between 1x1 and " +
+                                std::to_string(kMaxSide) + "x" + std::to_string(kMaxSide) +
+                                " (got " + std::to_string(map.height) + "x" +
+                                std::to_string(map.width) + ")");
+  if (frame_height < 1 || frame_width < 1 || frame_height > kMaxSide || frame_width > kMaxSide)
+    throw std::invalid_argument("frame size must be between 1x1 and " +
+                                std::to_string(kMaxSide) + "x" + std::to_string(kMaxSide) +
+                                " as (height, width) (got " + std::to_string(frame_height) +
+                                "x" + std::to_string(frame_width) + ")");
+}
+
+// ---- the public pieces -----------------------------------------------------------------------
+
+MapStats scan_map(const MapView& map) {
+  const std::size_t n = static_cast<std::size_t>(map.height) * map.width;
+  const float* v = map.data;
+  std::size_t i = 0;
+  float max_value = v[0];
+  bool bad = false;
+#if defined(__SSE2__)
+  // The exponent test flags NaN and inf with integer compares, which NaN cannot slip past.
+  const __m128i exponent = _mm_set1_epi32(0x7f800000);
+  __m128 m0 = _mm_set1_ps(v[0]), m1 = m0;
+  __m128i bad_v = _mm_setzero_si128();
+  for (; i + 8 <= n; i += 8) {
+    const __m128 a = _mm_loadu_ps(v + i), b = _mm_loadu_ps(v + i + 4);
+    m0 = _mm_max_ps(m0, a);
+    m1 = _mm_max_ps(m1, b);
+    const __m128i ea = _mm_and_si128(_mm_castps_si128(a), exponent);
+    const __m128i eb = _mm_and_si128(_mm_castps_si128(b), exponent);
+    bad_v = _mm_or_si128(bad_v, _mm_or_si128(_mm_cmpeq_epi32(ea, exponent),
+                                             _mm_cmpeq_epi32(eb, exponent)));
+  }
+  float lanes[4];
+  _mm_storeu_ps(lanes, _mm_max_ps(m0, m1));
+  for (float lane : lanes) max_value = std::max(max_value, lane);
+  bad = _mm_movemask_epi8(bad_v) != 0;
+#endif
+  for (; i < n; ++i) {
+    max_value = std::max(max_value, v[i]);
+    bad = bad || !std::isfinite(v[i]);
+  }
+  return MapStats{max_value, !bad && std::isfinite(max_value)};
+}
+
+double normalise(double raw, double threshold, double scale) {
+  return std::clamp((raw - threshold) / scale + 0.5, 0.0, 1.0);
+}
+
+std::vector<Region> find_regions(const MapView& map, int frame_height, int frame_width,
+                                 const Params& params) {
+  const Thresholded mask = threshold_map(map, static_cast<float>(params.pixel_threshold));
+  return find_regions_in(map, mask, frame_height, frame_width, params);
+}
+
+void render_mask(const MapView& map, float threshold, std::uint8_t* out, int frame_height,
+                 int frame_width) {
+  render_mask_from(map, threshold_map(map, threshold), threshold, out, frame_height,
+                   frame_width);
+}
+
+void render_heatmap(const MapView& map, double threshold, double scale, std::uint8_t* out,
+                    int frame_height, int frame_width) {
+  const int w = map.width;
+  const std::vector<Tap> rows = linear_taps(map.height, frame_height, false);
+  const double t = static_cast<float>(threshold);
+
+  // Column taps as plain arrays (index and weight of each side) so the horizontal pass is a
+  // simple loop of loads, multiplies and adds.
+  std::vector<int> lo(static_cast<std::size_t>(frame_width)), hi(lo.size());
+  std::vector<float> wx0(lo.size()), wx1(lo.size());
+  {
+    const std::vector<Tap> cols = linear_taps(w, frame_width, true);
+    for (std::size_t x = 0; x < cols.size(); ++x) {
+      lo[x] = cols[x].lo;
+      hi[x] = cols[x].hi;
+      wx1[x] = cols[x].frac;
+      wx0[x] = 1.0f - cols[x].frac;
+    }
+  }
+
+  // Separable bilinear: each needed source row is normalised and interpolated horizontally
+  // once (x 255) into one of two cached frame-width rows; output rows blend the two.
+  std::vector<float> normalised(static_cast<std::size_t>(w));
+  struct CachedRow {
+    int source = -1;
+    std::vector<float> values;
+  };
+  CachedRow cache[2];
+  for (CachedRow& c : cache) c.values.resize(static_cast<std::size_t>(frame_width));
+  auto fetch = [&](int source, int keep) -> const float* {
+    for (CachedRow& c : cache)
+      if (c.source == source) return c.values.data();
+    CachedRow& victim = cache[0].source != keep ? cache[0] : cache[1];
+    const float* row = map.data + static_cast<std::size_t>(source) * w;
+    for (int x = 0; x < w; ++x)
+      normalised[static_cast<std::size_t>(x)] =
+          static_cast<float>(255.0 * normalise(row[x], t, scale));
+    const float* n = normalised.data();
+    float* dst = victim.values.data();
+    for (std::size_t x = 0; x < lo.size(); ++x) dst[x] = n[lo[x]] * wx0[x] + n[hi[x]] * wx1[x];
+    victim.source = source;
+    return dst;
+  };
+
+  for (int y = 0; y < frame_height; ++y) {
+    const Tap& ty = rows[static_cast<std::size_t>(y)];
+    const float* upper = fetch(ty.lo, ty.hi);
+    const float* lower = fetch(ty.hi, ty.lo);
+    blend_rows_to_bytes(upper, lower, 1.0f - ty.frac, ty.frac,
+                        out + static_cast<std::size_t>(y) * frame_width, frame_width);
+  }
+}
+
+Result postprocess(const MapView& map, bool has_raw_score, double raw_score, int frame_height,
+                   int frame_width, const Params& params, Task task, const Outputs& outputs) {
+  check_sizes(map, frame_height, frame_width);
+  check_params(params);
+  if (has_raw_score && !std::isfinite(raw_score))
+    throw std::invalid_argument("raw_score must be a finite number (got " +
+                                std::to_string(raw_score) + ")");
+  const MapStats stats = scan_map(map);
+  if (!stats.finite)
+    throw std::invalid_argument(
+        "anomaly map contains NaN or infinite values: check the model output (an FP16 "
+        "overflow?) before post-processing");
+
+  Result result;
+  result.raw_score = has_raw_score ? raw_score : static_cast<double>(stats.max);
+  const float image_threshold = static_cast<float>(params.image_threshold);
+  result.label = result.raw_score >= static_cast<double>(image_threshold);
+  result.score = normalise(result.raw_score, image_threshold, params.image_scale);
+
+  const bool want_mask = task == Task::Segmentation && outputs.mask != nullptr;
+  if (task != Task::Classification) {
+    const float pixel_threshold = static_cast<float>(params.pixel_threshold);
+    const Thresholded mask = threshold_map(map, pixel_threshold);
+    result.regions = find_regions_in(map, mask, frame_height, frame_width, params);
+    if (want_mask)
+      render_mask_from(map, mask, pixel_threshold, outputs.mask, frame_height, frame_width);
+  }
+  if (outputs.heatmap != nullptr)
+    render_heatmap(map, params.pixel_threshold, params.pixel_scale, outputs.heatmap,
+                   frame_height, frame_width);
+  return result;
+}
+
+}  // namespace anomaly_edge

@@ -1,0 +1,102 @@
+// The anomaly-edge post-processor: from a raw anomaly map at model resolution to a score, a
+// label, boxes around anomalous regions and a pixel mask at frame resolution.
+//
+// A plain C++17 library with no Python in it; cpp/bindings.cpp turns it into the extension
+// anomaly_edge._post. Every function is pure (no shared mutable state), so any number of
+// threads may call it at once. Invalid arguments throw std::invalid_argument.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace anomaly_edge {
+
+// Largest accepted side of a map or a frame: anything bigger is a caller's mistake, and the
+// limit keeps every pixel offset comfortably inside 64-bit arithmetic.
+constexpr int kMaxSide = 32768;
+
+enum class Task { Classification, Detection, Segmentation };
+
+// Thresholds and normalisation statistics, in raw anomaly-map units.
+// normalised = clip((raw - threshold) / scale + 0.5, 0, 1).
+// Thresholds are applied in float32, the precision of the map (as NumPy would compare a
+// float32 array with a Python float), so a value equal to the rounded threshold counts as
+// anomalous and normalises to exactly 0.5.
+struct Params {
+  double image_threshold = 0.0;
+  double pixel_threshold = 0.0;
+  double image_scale = 1.0;
+  double pixel_scale = 1.0;
+  std::int64_t min_area = 1;  // regions smaller than this (in map pixels) are dropped
+};
+
+// A read-only, row-major, contiguous float32 map.
+struct MapView {
+  const float* data = nullptr;
+  int height = 0;
+  int width = 0;
+};
+
+// One connected region of anomalous map pixels (8-connectivity).
+struct Region {
+  int x1 = 0, y1 = 0, x2 = 0, y2 = 0;  // frame pixels; x2 and y2 exclusive
+  double score = 0.0;                  // normalised maximum
+  double mean_score = 0.0;             // mean of the normalised pixel scores
+  std::int64_t area = 0;               // in map pixels
+};
+
+// What one map says. Mask and heatmap go into caller-owned buffers (see Outputs).
+struct Result {
+  double score = 0.0;  // normalised image score
+  bool label = false;  // raw_score >= image threshold
+  double raw_score = 0.0;
+  std::vector<Region> regions;  // highest score first; empty for classification
+};
+
+// Where to write the frame-resolution images (frame_height * frame_width bytes each, row-major);
+// nullptr = not wanted. The mask is 0 / 255.
+struct Outputs {
+  std::uint8_t* mask = nullptr;
+  std::uint8_t* heatmap = nullptr;
+};
+
+// Largest value and whether every value is finite.
+struct MapStats {
+  float max = 0.0f;
+  bool finite = true;
+};
+
+// Throws std::invalid_argument unless params make sense (finite thresholds, positive finite
+// scales, min_area >= 0).
+void check_params(const Params& params);
+
+// Throws std::invalid_argument unless the map and frame sizes are within 1..kMaxSide.
+void check_sizes(const MapView& map, int frame_height, int frame_width);
+
+MapStats scan_map(const MapView& map);
+
+// clip((raw - threshold) / scale + 0.5, 0, 1)
+double normalise(double raw, double threshold, double scale);
+
+// Connected components of (map >= pixel threshold), boxes scaled to the frame, filtered by
+// min_area, sorted by score (highest first, ties in raster order of their first pixel).
+std::vector<Region> find_regions(const MapView& map, int frame_height, int frame_width,
+                                 const Params& params);
+
+// Bilinear upsampling of the map to the frame (OpenCV INTER_LINEAR convention) fused with the
+// threshold: out = 255 where the interpolated value >= threshold, else 0.
+void render_mask(const MapView& map, float threshold, std::uint8_t* out, int frame_height,
+                 int frame_width);
+
+// round(255 * bilinear(normalised map)) at frame resolution.
+void render_heatmap(const MapView& map, double threshold, double scale, std::uint8_t* out,
+                    int frame_height, int frame_width);
+
+// Everything the task asks for. With has_raw_score = false the image's raw score is the map's
+// maximum. Throws std::invalid_argument for bad sizes or params, a non-finite raw score, or a
+// map with NaN/inf.
+Result postprocess(const MapView& map, bool has_raw_score, double raw_score, int frame_height,
+                   int frame_width, const Params& params, Task task, const Outputs& outputs);
+
+}  // namespace anomaly_edge
