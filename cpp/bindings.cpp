@@ -5,18 +5,65 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>  // std::optional arguments
 
+#include <atomic>
 #include <cstdint>
+#include <iterator>  // std::size
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "cpu_dispatch.hpp"
 #include "postprocess.hpp"
 
 namespace py = pybind11;
 namespace ae = anomaly_edge;
 
 namespace {
+
+// ---- instruction set ------------------------------------------------------------------------
+
+// set_isa's override for tests and benchmarks; -1 = none, use ae::default_isa(). An atomic,
+// so a switch from one thread is seen whole by any other.
+std::atomic<int> isa_override{-1};
+
+ae::Isa current_isa() {
+  const int isa = isa_override.load(std::memory_order_relaxed);
+  return isa < 0 ? ae::default_isa() : static_cast<ae::Isa>(isa);
+}
+
+void set_isa(const std::optional<std::string>& name) {
+  if (!name) {
+    isa_override.store(-1, std::memory_order_relaxed);
+    return;
+  }
+  try {
+    const ae::Isa isa = ae::parse_isa(*name);
+    ae::require_supported(isa, "set_isa('" + *name + "')");
+    isa_override.store(static_cast<int>(isa), std::memory_order_relaxed);
+  } catch (const std::invalid_argument& e) {
+    throw py::value_error(e.what());
+  }
+}
+
+py::dict cpu_features() {
+  const ae::CpuFeatures f = ae::cpu_features();
+  py::dict d;
+  d["sse2"] = f.sse2;
+  d["avx2"] = f.avx2;
+  d["avx512f"] = f.avx512f;
+  d["avx512bw"] = f.avx512bw;
+  d["avx512vl"] = f.avx512vl;
+  return d;
+}
+
+py::list supported_isas() {
+  py::list names;
+  for (ae::Isa isa : ae::supported_isas()) names.append(ae::isa_name(isa));
+  return names;
+}
+
+// ---- arguments ------------------------------------------------------------------------------
 
 std::string shape_text(const py::array& a) {
   std::string s = "(";
@@ -124,12 +171,13 @@ py::tuple postprocess_one(const py::object& anomaly_map, long long frame_height,
   const ae::Outputs outputs{mask ? mask->mutable_data() : nullptr,
                             heat ? heat->mutable_data() : nullptr};
   const ae::MapView view = view_of(map, 0, h, w);
+  const ae::Isa isa = current_isa();
 
   ae::Result result;
   try {
     py::gil_scoped_release release;
     result = ae::postprocess(view, raw_score.has_value(), raw_score.value_or(0.0), fh, fw,
-                             params, task, outputs);
+                             params, task, outputs, isa);
   } catch (const std::invalid_argument& e) {
     throw py::value_error(e.what());
   }
@@ -193,13 +241,14 @@ py::list postprocess_many(const py::object& anomaly_maps, const py::object& fram
   }
 
   std::vector<ae::Result> results(static_cast<std::size_t>(n));
+  const ae::Isa isa = current_isa();
   std::size_t i = 0;
   try {
     py::gil_scoped_release release;
     for (; i < static_cast<std::size_t>(n); ++i) {
       const ae::MapView view = view_of(maps, static_cast<py::ssize_t>(i) * h * w, h, w);
       results[i] = ae::postprocess(view, false, 0.0, sizes[i].first, sizes[i].second, params,
-                                   task, outputs[i]);
+                                   task, outputs[i], isa);
     }
   } catch (const std::invalid_argument& e) {
     throw py::value_error("anomaly_maps[" + std::to_string(i) + "]: " + e.what());
@@ -217,6 +266,28 @@ PYBIND11_MODULE(_post, m) {
       "The anomaly-edge post-processor (C++). Use anomaly_edge.postprocess, which wraps it "
       "and returns Prediction objects.";
   m.attr("MAX_SIDE") = ae::kMaxSide;
+
+  // A bad ANOMALY_EDGE_ISA fails the import (pybind11 raises ImportError with this message)
+  // rather than the first frame, long after start-up.
+  ae::default_isa();
+  py::tuple isas(std::size(ae::kIsas));
+  for (std::size_t i = 0; i < std::size(ae::kIsas); ++i) isas[i] = ae::isa_name(ae::kIsas[i]);
+  m.attr("ISAS") = isas;
+  m.def("cpu_features", &cpu_features,
+        "The CPU features the post-processor's kernels can use, as {name: bool} (the OS must "
+        "also enable the AVX / AVX-512 registers for a feature to count).");
+  m.def("supported_isas", &supported_isas,
+        "The instruction sets this build can run on this CPU, slowest first: 'baseline' and "
+        "then 'avx2' and 'avx512' where available.");
+  m.def(
+      "active_isa", [] { return std::string(ae::isa_name(current_isa())); },
+      "The instruction set the post-processor uses now: set_isa's choice, else "
+      "$ANOMALY_EDGE_ISA (read once, at import), else the fastest supported one.");
+  m.def("set_isa", &set_isa, py::arg("isa"),
+        "For tests and benchmarks: run the post-processor with instruction set `isa` "
+        "('baseline', 'avx2' or 'avx512') in every thread from now on; None restores the "
+        "default. ValueError for an unknown name or one this CPU cannot run. Results are "
+        "bit-identical with every ISA; only the speed differs.");
   m.def("postprocess", &postprocess_one, py::arg("anomaly_map"), py::arg("frame_height"),
         py::arg("frame_width"), py::arg("image_threshold"), py::arg("pixel_threshold"),
         py::arg("image_scale"), py::arg("pixel_scale"), py::arg("min_area") = 1,

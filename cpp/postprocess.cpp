@@ -4,7 +4,7 @@
 // only where the answer is in doubt: the map is thresholded once at model resolution into a
 // byte mask; components are labelled on runs of that mask; the frame-resolution mask is
 // written span by span, with memset wherever the four source samples of a bilinear blend
-// agree. The few vector kernels use SSE2, which every x86-64 CPU has (scalar elsewhere).
+// agree. The per-element loops are kernels (kernels.hpp) in one version per instruction set.
 #include "postprocess.hpp"
 
 #include <algorithm>
@@ -14,12 +14,22 @@
 #include <stdexcept>
 #include <string>
 
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
+#include "kernels.hpp"
 
 namespace anomaly_edge {
 namespace {
+
+using kernels::kAll;
+using kernels::kNone;
+using kernels::kPadding;
+using kernels::kSome;
+using kernels::Straddle;
+
+// The kernels for `isa`, once it is known that this CPU runs them.
+const kernels::Table& checked_kernels(Isa isa) {
+  require_supported(isa, "instruction set");
+  return kernels::table_for(isa);
+}
 
 // ---- the thresholded map -------------------------------------------------------------------
 
@@ -29,49 +39,15 @@ struct Thresholded {
   std::vector<std::uint8_t> above;     // height * width bytes, 0 or 1
   std::vector<std::uint8_t> row_kind;  // per row: kNone, kAll or kSome
 };
-enum : std::uint8_t { kNone = 0, kAll = 1, kSome = 2 };
 
-// Writes out[i] = values[i] >= threshold (0/1) and returns kNone, kAll or kSome.
-std::uint8_t threshold_row(const float* values, int n, float threshold, std::uint8_t* out) {
-  int i = 0;
-  unsigned any = 0, all = 1;
-#if defined(__SSE2__)
-  const __m128 t = _mm_set1_ps(threshold);
-  const __m128i one = _mm_set1_epi8(1);
-  __m128i any_v = _mm_setzero_si128(), all_v = one;
-  for (; i + 16 <= n; i += 16) {
-    const __m128i a = _mm_castps_si128(_mm_cmpge_ps(_mm_loadu_ps(values + i), t));
-    const __m128i b = _mm_castps_si128(_mm_cmpge_ps(_mm_loadu_ps(values + i + 4), t));
-    const __m128i c = _mm_castps_si128(_mm_cmpge_ps(_mm_loadu_ps(values + i + 8), t));
-    const __m128i d = _mm_castps_si128(_mm_cmpge_ps(_mm_loadu_ps(values + i + 12), t));
-    const __m128i bytes = _mm_and_si128(
-        _mm_packs_epi16(_mm_packs_epi32(a, b), _mm_packs_epi32(c, d)), one);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), bytes);
-    any_v = _mm_or_si128(any_v, bytes);
-    all_v = _mm_and_si128(all_v, bytes);
-  }
-  if (i > 0) {
-    any = _mm_movemask_epi8(_mm_cmpeq_epi8(any_v, _mm_setzero_si128())) != 0xFFFF;
-    all = _mm_movemask_epi8(_mm_cmpeq_epi8(all_v, one)) == 0xFFFF;
-  }
-#endif
-  for (; i < n; ++i) {
-    const unsigned bit = values[i] >= threshold;
-    out[i] = static_cast<std::uint8_t>(bit);
-    any |= bit;
-    all &= bit;
-  }
-  return !any ? kNone : all ? kAll : kSome;
-}
-
-Thresholded threshold_map(const MapView& map, float threshold) {
+Thresholded threshold_map(const MapView& map, float threshold, const kernels::Table& k) {
   Thresholded t;
   t.above.resize(static_cast<std::size_t>(map.height) * map.width);
   t.row_kind.resize(static_cast<std::size_t>(map.height));
   for (int y = 0; y < map.height; ++y) {
     const std::size_t offset = static_cast<std::size_t>(y) * map.width;
     t.row_kind[static_cast<std::size_t>(y)] =
-        threshold_row(map.data + offset, map.width, threshold, t.above.data() + offset);
+        k.threshold_row(map.data + offset, map.width, threshold, t.above.data() + offset);
   }
   return t;
 }
@@ -88,24 +64,6 @@ int next_with(const std::uint8_t* bytes, int from, int n, bool set) {
   }
   while (from < n && (bytes[from] != 0) != set) ++from;
   return from;
-}
-
-// memset for the many short spans of a mask row: a call to memset costs more than the
-// handful of bytes it writes, so spans under 16 bytes take two overlapping stores.
-inline void fill(std::uint8_t* dst, int n, std::uint8_t value) {
-  if (n >= 16) {
-    std::memset(dst, value, static_cast<std::size_t>(n));
-  } else if (n >= 8) {
-    const std::uint64_t word = 0x0101010101010101ull * value;
-    std::memcpy(dst, &word, 8);
-    std::memcpy(dst + n - 8, &word, 8);
-  } else if (n >= 4) {
-    const std::uint32_t word = 0x01010101u * value;
-    std::memcpy(dst, &word, 4);
-    std::memcpy(dst + n - 4, &word, 4);
-  } else {
-    for (int i = 0; i < n; ++i) dst[i] = value;
-  }
 }
 
 // ---- bilinear geometry ---------------------------------------------------------------------
@@ -286,8 +244,8 @@ std::vector<Region> find_regions_in(const MapView& map, const Thresholded& mask,
 
 // ---- the frame-resolution mask -------------------------------------------------------------
 
-void render_mask_from(const MapView& map, const Thresholded& mask, float threshold,
-                      std::uint8_t* out, int frame_height, int frame_width) {
+void render_mask_from(const kernels::Table& k, const MapView& map, const Thresholded& mask,
+                      float threshold, std::uint8_t* out, int frame_height, int frame_width) {
   const int w = map.width;
   const std::vector<Tap> cols = linear_taps(w, frame_width, true);
   const std::vector<Tap> rows = linear_taps(map.height, frame_height, false);
@@ -313,8 +271,9 @@ void render_mask_from(const MapView& map, const Thresholded& mask, float thresho
     while (s < segment_count && segments[static_cast<std::size_t>(s)].hi < c) ++s;
     first_segment[static_cast<std::size_t>(c)] = s;
   }
-  std::vector<float> wx0(static_cast<std::size_t>(frame_width));  // OpenCV's 1 - fx
-  std::vector<float> wx1(static_cast<std::size_t>(frame_width));  // and fx
+  // OpenCV's 1 - fx and fx, padded for the kernels' vector loads.
+  std::vector<float> wx0(static_cast<std::size_t>(frame_width) + kPadding);
+  std::vector<float> wx1(static_cast<std::size_t>(frame_width) + kPadding);
   for (int x = 0; x < frame_width; ++x) {
     wx1[static_cast<std::size_t>(x)] = cols[static_cast<std::size_t>(x)].frac;
     wx0[static_cast<std::size_t>(x)] = 1.0f - wx1[static_cast<std::size_t>(x)];
@@ -327,10 +286,6 @@ void render_mask_from(const MapView& map, const Thresholded& mask, float thresho
   struct Span {
     int begin, end;
     std::uint8_t value;  // 0 or 255
-  };
-  struct Straddle {
-    int begin, end;
-    float top_lo, bottom_lo, top_hi, bottom_hi;  // the four source samples
   };
   std::vector<Span> uniform;
   std::vector<Straddle> straddling;
@@ -386,53 +341,11 @@ void render_mask_from(const MapView& map, const Thresholded& mask, float thresho
           i = j;
         }
       }
-      for (const Span& s : uniform) fill(dst + s.begin, s.end - s.begin, s.value);
+      for (const Span& s : uniform) kernels::fill(dst + s.begin, s.end - s.begin, s.value);
     }
 
-    const float wy1 = ty.frac;
-    const float wy0 = 1.0f - ty.frac;
-    for (const Straddle& s : straddling) {
-      // Blend vertically once per segment; along the segment the value is then linear in
-      // the column weight, and often all on one side of the threshold.
-      const float left = s.top_lo * wy0 + s.bottom_lo * wy1;
-      const float right = s.top_hi * wy0 + s.bottom_hi * wy1;
-      if ((left >= threshold) == (right >= threshold)) {
-        fill(dst + s.begin, s.end - s.begin, left >= threshold ? 255 : 0);
-        continue;
-      }
-      for (int x = s.begin; x < s.end; ++x) {
-        const float v =
-            left * wx0[static_cast<std::size_t>(x)] + right * wx1[static_cast<std::size_t>(x)];
-        dst[x] = v >= threshold ? 255 : 0;
-      }
-    }
-  }
-}
-
-// ---- the heatmap ---------------------------------------------------------------------------
-
-// dst[x] = round(upper[x] * wy0 + lower[x] * wy1) for values in [0, 255].
-void blend_rows_to_bytes(const float* upper, const float* lower, float wy0, float wy1,
-                         std::uint8_t* dst, int n) {
-  int x = 0;
-#if defined(__SSE2__)
-  const __m128 w0 = _mm_set1_ps(wy0), w1 = _mm_set1_ps(wy1), half = _mm_set1_ps(0.5f);
-  auto blend = [&](int at) {
-    const __m128 v = _mm_add_ps(_mm_add_ps(_mm_mul_ps(_mm_loadu_ps(upper + at), w0),
-                                           _mm_mul_ps(_mm_loadu_ps(lower + at), w1)),
-                                half);
-    return _mm_cvttps_epi32(_mm_max_ps(v, _mm_setzero_ps()));
-  };
-  for (; x + 16 <= n; x += 16) {
-    // Saturating packs clamp to 0..255.
-    const __m128i lo = _mm_packs_epi32(blend(x), blend(x + 4));
-    const __m128i hi = _mm_packs_epi32(blend(x + 8), blend(x + 12));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + x), _mm_packus_epi16(lo, hi));
-  }
-#endif
-  for (; x < n; ++x) {
-    const float v = upper[x] * wy0 + lower[x] * wy1 + 0.5f;
-    dst[x] = static_cast<std::uint8_t>(std::clamp(v, 0.0f, 255.0f));
+    k.render_straddles(straddling.data(), straddling.size(), 1.0f - ty.frac, ty.frac,
+                       wx0.data(), wx1.data(), threshold, dst);
   }
 }
 
@@ -475,36 +388,13 @@ void check_sizes(const MapView& map, int frame_height, int frame_width) {
 
 // ---- the public pieces -----------------------------------------------------------------------
 
-MapStats scan_map(const MapView& map) {
+MapStats scan_map(const MapView& map, Isa isa) {
   const std::size_t n = static_cast<std::size_t>(map.height) * map.width;
-  const float* v = map.data;
-  std::size_t i = 0;
-  float max_value = v[0];
-  bool bad = false;
-#if defined(__SSE2__)
-  // The exponent test flags NaN and inf with integer compares, which NaN cannot slip past.
-  const __m128i exponent = _mm_set1_epi32(0x7f800000);
-  __m128 m0 = _mm_set1_ps(v[0]), m1 = m0;
-  __m128i bad_v = _mm_setzero_si128();
-  for (; i + 8 <= n; i += 8) {
-    const __m128 a = _mm_loadu_ps(v + i), b = _mm_loadu_ps(v + i + 4);
-    m0 = _mm_max_ps(m0, a);
-    m1 = _mm_max_ps(m1, b);
-    const __m128i ea = _mm_and_si128(_mm_castps_si128(a), exponent);
-    const __m128i eb = _mm_and_si128(_mm_castps_si128(b), exponent);
-    bad_v = _mm_or_si128(bad_v, _mm_or_si128(_mm_cmpeq_epi32(ea, exponent),
-                                             _mm_cmpeq_epi32(eb, exponent)));
-  }
-  float lanes[4];
-  _mm_storeu_ps(lanes, _mm_max_ps(m0, m1));
-  for (float lane : lanes) max_value = std::max(max_value, lane);
-  bad = _mm_movemask_epi8(bad_v) != 0;
-#endif
-  for (; i < n; ++i) {
-    max_value = std::max(max_value, v[i]);
-    bad = bad || !std::isfinite(v[i]);
-  }
-  return MapStats{max_value, !bad && std::isfinite(max_value)};
+  MapStats stats = checked_kernels(isa).scan(map.data, n);
+  // Lanes meet in a different order in each ISA; adding +0 turns a -0 maximum into +0, so
+  // that a map of zeros and negative zeros gives the same raw score everywhere.
+  stats.max += 0.0f;
+  return stats;
 }
 
 double normalise(double raw, double threshold, double scale) {
@@ -512,25 +402,27 @@ double normalise(double raw, double threshold, double scale) {
 }
 
 std::vector<Region> find_regions(const MapView& map, int frame_height, int frame_width,
-                                 const Params& params) {
-  const Thresholded mask = threshold_map(map, static_cast<float>(params.pixel_threshold));
+                                 const Params& params, Isa isa) {
+  const kernels::Table& k = checked_kernels(isa);
+  const Thresholded mask = threshold_map(map, static_cast<float>(params.pixel_threshold), k);
   return find_regions_in(map, mask, frame_height, frame_width, params);
 }
 
 void render_mask(const MapView& map, float threshold, std::uint8_t* out, int frame_height,
-                 int frame_width) {
-  render_mask_from(map, threshold_map(map, threshold), threshold, out, frame_height,
+                 int frame_width, Isa isa) {
+  const kernels::Table& k = checked_kernels(isa);
+  render_mask_from(k, map, threshold_map(map, threshold, k), threshold, out, frame_height,
                    frame_width);
 }
 
 void render_heatmap(const MapView& map, double threshold, double scale, std::uint8_t* out,
-                    int frame_height, int frame_width) {
+                    int frame_height, int frame_width, Isa isa) {
+  const kernels::Table& k = checked_kernels(isa);
   const int w = map.width;
   const std::vector<Tap> rows = linear_taps(map.height, frame_height, false);
   const double t = static_cast<float>(threshold);
 
-  // Column taps as plain arrays (index and weight of each side) so the horizontal pass is a
-  // simple loop of loads, multiplies and adds.
+  // Column taps as plain arrays (index and weight of each side) for the horizontal pass.
   std::vector<int> lo(static_cast<std::size_t>(frame_width)), hi(lo.size());
   std::vector<float> wx0(lo.size()), wx1(lo.size());
   {
@@ -545,7 +437,7 @@ void render_heatmap(const MapView& map, double threshold, double scale, std::uin
 
   // Separable bilinear: each needed source row is normalised and interpolated horizontally
   // once (x 255) into one of two cached frame-width rows; output rows blend the two.
-  std::vector<float> normalised(static_cast<std::size_t>(w));
+  std::vector<float> normalised(static_cast<std::size_t>(w) + kPadding);  // padded for loads
   struct CachedRow {
     int source = -1;
     std::vector<float> values;
@@ -556,34 +448,33 @@ void render_heatmap(const MapView& map, double threshold, double scale, std::uin
     for (CachedRow& c : cache)
       if (c.source == source) return c.values.data();
     CachedRow& victim = cache[0].source != keep ? cache[0] : cache[1];
-    const float* row = map.data + static_cast<std::size_t>(source) * w;
-    for (int x = 0; x < w; ++x)
-      normalised[static_cast<std::size_t>(x)] =
-          static_cast<float>(255.0 * normalise(row[x], t, scale));
-    const float* n = normalised.data();
-    float* dst = victim.values.data();
-    for (std::size_t x = 0; x < lo.size(); ++x) dst[x] = n[lo[x]] * wx0[x] + n[hi[x]] * wx1[x];
+    k.normalise_row(map.data + static_cast<std::size_t>(source) * w, w, t, scale,
+                    normalised.data());
+    k.interpolate_row(normalised.data(), lo.data(), hi.data(), wx0.data(), wx1.data(),
+                      victim.values.data(), frame_width);
     victim.source = source;
-    return dst;
+    return victim.values.data();
   };
 
   for (int y = 0; y < frame_height; ++y) {
     const Tap& ty = rows[static_cast<std::size_t>(y)];
     const float* upper = fetch(ty.lo, ty.hi);
     const float* lower = fetch(ty.hi, ty.lo);
-    blend_rows_to_bytes(upper, lower, 1.0f - ty.frac, ty.frac,
-                        out + static_cast<std::size_t>(y) * frame_width, frame_width);
+    k.blend_rows(upper, lower, 1.0f - ty.frac, ty.frac,
+                 out + static_cast<std::size_t>(y) * frame_width, frame_width);
   }
 }
 
 Result postprocess(const MapView& map, bool has_raw_score, double raw_score, int frame_height,
-                   int frame_width, const Params& params, Task task, const Outputs& outputs) {
+                   int frame_width, const Params& params, Task task, const Outputs& outputs,
+                   Isa isa) {
+  const kernels::Table& k = checked_kernels(isa);
   check_sizes(map, frame_height, frame_width);
   check_params(params);
   if (has_raw_score && !std::isfinite(raw_score))
     throw std::invalid_argument("raw_score must be a finite number (got " +
                                 std::to_string(raw_score) + ")");
-  const MapStats stats = scan_map(map);
+  const MapStats stats = scan_map(map, isa);
   if (!stats.finite)
     throw std::invalid_argument(
         "anomaly map contains NaN or infinite values: check the model output (an FP16 "
@@ -598,14 +489,15 @@ Result postprocess(const MapView& map, bool has_raw_score, double raw_score, int
   const bool want_mask = task == Task::Segmentation && outputs.mask != nullptr;
   if (task != Task::Classification) {
     const float pixel_threshold = static_cast<float>(params.pixel_threshold);
-    const Thresholded mask = threshold_map(map, pixel_threshold);
+    const Thresholded mask = threshold_map(map, pixel_threshold, k);
     result.regions = find_regions_in(map, mask, frame_height, frame_width, params);
     if (want_mask)
-      render_mask_from(map, mask, pixel_threshold, outputs.mask, frame_height, frame_width);
+      render_mask_from(k, map, mask, pixel_threshold, outputs.mask, frame_height,
+                       frame_width);
   }
   if (outputs.heatmap != nullptr)
     render_heatmap(map, params.pixel_threshold, params.pixel_scale, outputs.heatmap,
-                   frame_height, frame_width);
+                   frame_height, frame_width, isa);
   return result;
 }
 

@@ -416,10 +416,12 @@ def test_threads_give_the_same_results_as_one():
 def test_stub_declares_what_the_extension_has():
     stub = ast.parse((Path(_post.__file__).parent / "_post.pyi").read_text())
     functions = {n.name: n for n in stub.body if isinstance(n, ast.FunctionDef)}
-    assert set(functions) == {"postprocess", "postprocess_batch"}
+    assert set(functions) == {"postprocess", "postprocess_batch", "cpu_features",
+                              "supported_isas", "active_isa", "set_isa"}
     for name, node in functions.items():
         declared = [a.arg for a in node.args.args]
         # pybind11 puts the signature on the docstring's first line
         signature = getattr(_post, name).__doc__.splitlines()[0]
         assert declared == re.findall(r"(?:\(|, )(\w+): ", signature), name
     assert isinstance(_post.MAX_SIDE, int)
+    assert _post.ISAS == ("baseline", "avx2", "avx512")

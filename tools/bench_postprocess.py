@@ -6,7 +6,9 @@
 Three methods on the same 256x256 raw anomaly maps (smooth blobs, fixed seed, about 1, 10 and
 100 components) and the same thresholds, for frames 640x480 .. 3840x2160:
 
-* anomaly_edge: ``anomaly_edge.postprocess`` (score, label, boxes; + mask for segmentation);
+* anomaly_edge: ``anomaly_edge.postprocess`` (score, label, boxes; + mask for segmentation),
+  with the fastest instruction set this CPU supports; anomaly_edge_baseline is the same call
+  on the portable x86-64 baseline kernels (``speedup.isa`` = baseline / fastest);
 * model_api: ``model_api.models.AnomalyDetection.postprocess`` on a model built from a tiny IR
   (its detection boxes come from contours of the frame-resolution mask; its segmentation
   returns the mask and no boxes);
@@ -18,8 +20,13 @@ components, box corners within one model pixel's footprint in the frame, masks e
 where the upsampled value ties the threshold) and records Model API's box count beside ours.
 Methods are timed in alternating bursts (five calls of each per round) so that load on a
 shared machine hits all three alike; the figures are medians in microseconds. OpenCV runs
-single-threaded unless --opencv-threads says otherwise (ours is single-threaded too). The
-last stdout line is one JSON object (see ../shared/BENCHMARKS.md).
+single-threaded unless --opencv-threads says otherwise (ours is single-threaded too).
+
+A second table ("isa_cases" in the JSON) times ours alone with every instruction set the CPU
+supports (baseline, avx2, avx512) on 1920x1080 and 3840x2160 frames, for the segmentation mask
+and for the mask plus heatmap, and checks that all of them give bit-identical outputs.
+
+The last stdout line is one JSON object (see ../shared/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "python"))  # run from a checkout without installing
 
+from anomaly_edge import _post  # noqa: E402
 from anomaly_edge.metadata import ModelMetadata  # noqa: E402
 from anomaly_edge.postprocess import PostprocessParams, postprocess  # noqa: E402
 
@@ -106,8 +114,15 @@ def model_api_model(task: str, workdir: Path):
 PARAMS = PostprocessParams(THRESHOLD, THRESHOLD, SCALE, SCALE, min_area=1)
 
 
-def ours(anomaly_map: np.ndarray, frame: tuple[int, int], task: str):
-    return postprocess(anomaly_map, frame, PARAMS, task)
+def ours(anomaly_map: np.ndarray, frame: tuple[int, int], task: str, heatmap: bool = False):
+    return postprocess(anomaly_map, frame, PARAMS, task, heatmap=heatmap)
+
+
+def ours_with_isa(isa: str | None, anomaly_map: np.ndarray, frame: tuple[int, int], task: str,
+                  heatmap: bool = False):
+    """``ours`` on the kernels of one instruction set (None: the default, the fastest)."""
+    _post.set_isa(isa)
+    return ours(anomaly_map, frame, task, heatmap)
 
 
 def numpy_opencv(anomaly_map: np.ndarray, frame: tuple[int, int], task: str) -> dict:
@@ -181,15 +196,19 @@ def time_round_robin(methods: dict[str, Callable[[], object]], seconds: float,
     Each round calls every method `burst` times in a row: the methods share the machine's
     noise (rounds alternate), and each still runs as it would in a loop over frames (its
     freed buffers get reused; switching methods on every call would charge each one the
-    page faults of re-mapping memory another method just released).
+    page faults of re-mapping memory another method just released). The order rotates from
+    round to round, so that no method always follows the one that churns the most memory.
     """
     for call in methods.values():  # warm-up (allocations, lazy imports, OpenCV threads)
         call()
     samples: dict[str, list[float]] = {name: [] for name in methods}
+    names = list(methods)
     start = time.perf_counter()
     rounds = 0
     while rounds < max_rounds and (rounds < min_rounds or time.perf_counter() - start < seconds):
-        for name, call in methods.items():
+        first = rounds % len(names)
+        for name in names[first:] + names[:first]:
+            call = methods[name]
             for _ in range(burst):
                 t0 = time.perf_counter()
                 call()
@@ -216,8 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         wrappers = {task: model_api_call(model_api_model(task, Path(tmp))) for task in TASKS}
         maps = {n: blob_map(n, seed=n) for n in COMPONENTS}
+        print(f"instruction sets: {', '.join(_post.supported_isas())}; "
+              f"ours uses {_post.active_isa()}")
         header = (f"{'task':<13}{'frame':>10}{'comp':>6}{'ours us':>10}{'model_api':>11}"
-                  f"{'np+cv2':>10}{'x mapi':>8}{'x np':>7}  boxes ours/mapi  match")
+                  f"{'np+cv2':>10}{'x mapi':>8}{'x np':>7}{'x isa':>7}  boxes ours/mapi  match")
         print(header)
         print("-" * len(header))
         for task in TASKS:
@@ -232,18 +253,24 @@ def main(argv: list[str] | None = None) -> int:
                     our_boxes = len(ours(anomaly_map, frame, task).boxes)
                     us = time_round_robin(
                         {
-                            "anomaly_edge": lambda m=anomaly_map, f=frame, t=task: ours(m, f, t),
+                            "anomaly_edge": lambda m=anomaly_map, f=frame, t=task:
+                                ours_with_isa(None, m, f, t),
+                            "anomaly_edge_baseline": lambda m=anomaly_map, f=frame, t=task:
+                                ours_with_isa("baseline", m, f, t),
                             "model_api": lambda m=anomaly_map, f=frame, t=task, c=mapi: c(m, f, t),
                             "numpy_opencv": lambda m=anomaly_map, f=frame, t=task:
                                 numpy_opencv(m, f, t),
                         },
                         seconds, min_rounds, max_rounds=200,
                     )  # fmt: skip
+                    _post.set_isa(None)
                     speedup = {k: us[k] / us["anomaly_edge"] for k in ("model_api", "numpy_opencv")}
+                    speedup["isa"] = us["anomaly_edge_baseline"] / us["anomaly_edge"]
                     frame_text = f"{frame[1]}x{frame[0]}"
                     print(f"{task:<13}{frame_text:>10}{n:>6}{us['anomaly_edge']:>10.1f}"
                           f"{us['model_api']:>11.1f}{us['numpy_opencv']:>10.1f}"
                           f"{speedup['model_api']:>8.1f}{speedup['numpy_opencv']:>7.1f}"
+                          f"{speedup['isa']:>7.2f}"
                           f"  {our_boxes:>5}/{mapi_boxes!s:<5}       {match} {why}", flush=True)
                     cases.append({
                         "task": task,
@@ -256,9 +283,55 @@ def main(argv: list[str] | None = None) -> int:
                         "our_boxes": our_boxes,
                         "model_api_boxes": mapi_boxes,
                     })
+        isa_cases = bench_isas(maps[10], seconds, min_rounds)
     print(json.dumps({"benchmark": "postprocess", "opencv_threads": cv2.getNumThreads(),
-                      "cases": cases}))
+                      "cases": cases, "isa": _post.active_isa(),
+                      "supported_isas": _post.supported_isas(), "isa_cases": isa_cases}))
     return 0
+
+
+ISA_FRAMES = [(1080, 1920), (2160, 3840)]
+ISA_OUTPUTS = {"mask": False, "mask+heatmap": True}  # segmentation, without / with heatmap
+
+
+def bench_isas(anomaly_map: np.ndarray, seconds: float, min_rounds: int) -> list[dict]:
+    """Ours with each supported instruction set; outputs must be identical across them."""
+    isas = _post.supported_isas()
+    print()
+    print(f"{'output':<14}{'frame':>10}" + "".join(f"{isa + ' us':>14}" for isa in isas)
+          + "".join(f"{'x ' + isa:>10}" for isa in isas[1:]) + "  identical")  # fmt: skip
+    rows = []
+    for output, heatmap in ISA_OUTPUTS.items():
+        for frame in ISA_FRAMES:
+            results = [ours_with_isa(isa, anomaly_map, frame, "segmentation", heatmap)
+                       for isa in isas]  # fmt: skip
+            identical = all(
+                r.boxes == results[0].boxes and r.score == results[0].score
+                and np.array_equal(r.mask, results[0].mask)
+                and (not heatmap or np.array_equal(r.heatmap, results[0].heatmap))
+                for r in results[1:]
+            )  # fmt: skip
+            us = time_round_robin(
+                {isa: lambda i=isa, f=frame, h=heatmap:
+                    ours_with_isa(i, anomaly_map, f, "segmentation", h) for isa in isas},
+                seconds, min_rounds, max_rounds=200,
+            )  # fmt: skip
+            _post.set_isa(None)
+            speedup = {isa: us["baseline"] / us[isa] for isa in isas[1:]}
+            frame_text = f"{frame[1]}x{frame[0]}"
+            print(f"{output:<14}{frame_text:>10}" + "".join(f"{us[i]:>14.1f}" for i in isas)
+                  + "".join(f"{speedup[i]:>10.2f}" for i in isas[1:])
+                  + f"  {identical}", flush=True)  # fmt: skip
+            rows.append({
+                "output": output,
+                "frame": frame_text,
+                "map": f"{MAP_SIZE[1]}x{MAP_SIZE[0]}",
+                "components": 10,
+                "us": {k: round(v, 1) for k, v in us.items()},
+                "speedup": {k: round(v, 2) for k, v in speedup.items()},
+                "outputs_identical": identical,
+            })
+    return rows
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@ import numpy.typing as npt
 MAX_SIDE: int
 """Largest accepted side, in pixels, of a map or a frame."""
 
+ISAS: tuple[str, ...]
+"""Every instruction set the kernels exist for: ("baseline", "avx2", "avx512")."""
+
 BoxTuple = tuple[int, int, int, int, float, float, int]
 """(x1, y1, x2, y2, score, mean_score, area): frame pixels, x2/y2 exclusive; normalised scores;
 area in map pixels."""
@@ -46,3 +49,19 @@ def postprocess_batch(
     task: str = "segmentation",
     heatmap: bool = False,
 ) -> list[Result]: ...
+
+def cpu_features() -> dict[str, bool]:
+    """{"sse2", "avx2", "avx512f", "avx512bw", "avx512vl"}: what this CPU (and OS) offer."""
+
+def supported_isas() -> list[str]:
+    """The instruction sets this build can run here, slowest first ("baseline" always)."""
+
+def active_isa() -> str:
+    """The instruction set in use: set_isa's, else $ANOMALY_EDGE_ISA, else the fastest."""
+
+def set_isa(isa: str | None) -> None:
+    """For tests and benchmarks: use `isa` from now on (None = back to the default).
+
+    Raises ValueError for an unknown name or one this CPU cannot run. Every ISA gives
+    bit-identical results.
+    """
