@@ -31,3 +31,6 @@ def synthetic_ir(tmp_path_factory) -> Path:
     from tests.ir_factory import build_synthetic_ir
 
     return build_synthetic_ir(tmp_path_factory.mktemp("synthetic_ir") / "model.xml")
+
+# openvino.convert_model sends telemetry unless CI is set; offline that costs seconds per export.
+os.environ.setdefault("CI", "true")

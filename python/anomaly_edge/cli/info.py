@@ -1,0 +1,66 @@
+"""`anomaly-edge info`: what an exported model is (metadata, size, I/O), without compiling it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "info",
+        help="show an exported model's metadata, size and inputs/outputs",
+        description="Show what an exported IR holds: model, backbone, input size, precision, "
+        "thresholds, normalisation, metrics at export time, file size.",
+        epilog="exit codes: 0 done, 4 model cannot be loaded",
+    )
+    parser.add_argument("model", type=Path, help="the exported IR (model.xml, or its folder)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    info = describe(args.model)
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=False))
+        return 0
+    metrics = info.pop("metrics")
+    width = max(len(key) for key in info)
+    for key, value in info.items():
+        print(f"{key:<{width}}  {value}")
+    if metrics:
+        print("metrics at export:")
+        for key, value in sorted(metrics.items()):
+            print(f"  {key}: {json.dumps(value)}")
+    return 0
+
+
+def describe(path: Path) -> dict:
+    """The facts about an IR, from its rt_info and files (no device needed)."""
+    from anomaly_edge.metadata import ModelMetadata
+    from anomaly_edge.model_loading import read_ir
+
+    xml = path / "model.xml" if path.is_dir() else path
+    graph = read_ir(xml)
+    md = ModelMetadata.read_from(graph, source=str(xml))
+    size_mb = (xml.stat().st_size + xml.with_suffix(".bin").stat().st_size) / 1e6
+    return {
+        "path": str(xml),
+        "model": md.model,
+        "backbone": md.backbone,
+        "input_size": f"{md.input_size[0]}x{md.input_size[1]}",
+        "precision": md.precision,
+        "task": md.task,
+        "size_mb": round(size_mb, 2),
+        "image_threshold": md.image_threshold,
+        "pixel_threshold": md.pixel_threshold,
+        "image_range": [md.image_min, md.image_max],
+        "pixel_range": [md.pixel_min, md.pixel_max],
+        "mean": list(md.mean),
+        "std": list(md.std),
+        "input": f"{graph.inputs[0].get_any_name()} {graph.inputs[0].get_partial_shape()}",
+        "output": f"{graph.outputs[0].get_any_name()} {graph.outputs[0].get_partial_shape()}",
+        "format_version": md.format_version,
+        "metrics": md.metrics,
+    }

@@ -1,0 +1,355 @@
+"""Run an exported model on frames: :class:`AnomalyModel`, the deployment API.
+
+A frame is resized on the host with the resize training used (one OpenCV call that releases
+the GIL), channel order, float conversion and normalisation run inside the compiled graph,
+the raw anomaly map comes back, and the C++ post-processor turns it into a
+:class:`~anomaly_edge.Prediction` at the frame's own resolution. No torch anywhere.
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+import weakref
+from collections import deque
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openvino as ov
+
+from anomaly_edge.errors import InvalidInputError
+from anomaly_edge.images import ColorFormat, check_frame, network_image, read_image
+from anomaly_edge.metadata import ModelMetadata
+from anomaly_edge.model_loading import (
+    attach_preprocessing,
+    compile_for,
+    default_cache_dir,
+    read_ir,
+    resolve_device,
+)
+from anomaly_edge.postprocess import PostprocessParams, postprocess
+from anomaly_edge.prediction import Prediction, Task
+
+_DEFAULT = object()  # marks "use the default cache directory" (None disables the cache)
+
+# Models with an asynchronous queue, finished at interpreter exit: an OpenVINO queue destroyed
+# during shutdown with requests still running aborts the process ("terminate called ...").
+_LIVE_MODELS: weakref.WeakSet[AnomalyModel] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_models() -> None:
+    for model in list(_LIVE_MODELS):
+        model.close()
+
+
+class AnomalyModel:
+    """An exported anomaly-edge model, compiled for one device.
+
+    Args:
+        path: the IR's ``.xml`` file (its ``.bin`` must sit beside it), or a folder holding
+            ``model.xml``.
+        device: ``"AUTO"`` (default), ``"CPU"``, ``"GPU"``, ``"NPU"``, or any OpenVINO device
+            string such as ``"AUTO:GPU,CPU"``.
+        task: ``"classification"``, ``"detection"`` or ``"segmentation"``; defaults to the task
+            stored at export. Settable later (``model.task = "detection"``).
+        image_threshold, pixel_threshold: raw-score thresholds overriding the exported ones;
+            settable later. Normalised scores keep 0.5 at the threshold in use.
+        min_area: smallest anomalous region reported as a box, in anomaly-map pixels.
+        color: channel order of the frames you pass: ``"BGR"`` (OpenCV, default), ``"RGB"`` or
+            ``"GRAY"``. Colour models also accept grey frames (expanded with one OpenCV call);
+            for a grey camera open the model with ``"GRAY"`` and frames go in untouched.
+        num_requests: inference requests the asynchronous interface keeps in flight; defaults
+            to the device's optimal number plus one (so post-processing overlaps inference).
+        cache_dir: where OpenVINO caches the compiled model so the next start is fast;
+            default ``~/.cache/anomaly-edge/openvino``; ``None`` disables caching.
+        properties: extra OpenVINO compile properties, e.g. ``{"INFERENCE_NUM_THREADS": 2}``
+            or ``{"PERFORMANCE_HINT": "THROUGHPUT"}`` (default hint: ``LATENCY``).
+
+    Raises:
+        ModelLoadError: the file is missing, truncated or corrupted, or was not exported by
+            anomaly-edge (no metadata), or cannot be compiled for the device.
+        InvalidInputError: an unknown device, task or colour format.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        device: str = "AUTO",
+        *,
+        task: Task | str | None = None,
+        image_threshold: float | None = None,
+        pixel_threshold: float | None = None,
+        min_area: int = 1,
+        color: ColorFormat | str = ColorFormat.BGR,
+        num_requests: int | None = None,
+        cache_dir: str | Path | None = _DEFAULT,  # type: ignore[assignment]
+        properties: dict[str, Any] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.color = ColorFormat.parse(color)
+        self.device = resolve_device(device)
+        graph = read_ir(self.path)
+        self.metadata = ModelMetadata.read_from(graph, source=str(self.path))
+        self._params = PostprocessParams.from_metadata(self.metadata, min_area=min_area)
+        self.task = task if task is not None else self.metadata.task
+        if image_threshold is not None:
+            self.image_threshold = image_threshold
+        if pixel_threshold is not None:
+            self.pixel_threshold = pixel_threshold
+        if num_requests is not None and (not isinstance(num_requests, int) or num_requests < 1):
+            raise InvalidInputError(
+                f"num_requests must be a positive integer, got {num_requests!r}"
+            )
+
+        graph = attach_preprocessing(graph, self.metadata, self.color)
+        cache = default_cache_dir() if cache_dir is _DEFAULT else cache_dir
+        self._compiled = compile_for(graph, self.device, cache, properties)
+        self._request = self._compiled.create_infer_request()
+        self._request_lock = threading.Lock()  # predict() from several threads takes turns
+        optimal = int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        self.num_requests = num_requests or optimal + 1
+        self._queue: ov.AsyncInferQueue | None = None  # created on first asynchronous use
+        self._submitted: deque[_Pending] = deque()  # submit() results, in submission order
+
+    # ---- settings changeable at run time ---------------------------------------------------
+
+    @property
+    def task(self) -> Task:
+        """What predictions contain: classification, detection (boxes) or segmentation (mask)."""
+        return self._task
+
+    @task.setter
+    def task(self, value: Task | str) -> None:
+        try:
+            self._task = Task.parse(value)
+        except ValueError as exc:
+            raise InvalidInputError(str(exc)) from None
+
+    @property
+    def image_threshold(self) -> float:
+        """Raw image score at or above which an image is anomalous."""
+        return self._params.image_threshold
+
+    @image_threshold.setter
+    def image_threshold(self, value: float) -> None:
+        self._params = self._params.replace(image_threshold=_finite(value, "image_threshold"))
+
+    @property
+    def pixel_threshold(self) -> float:
+        """Raw anomaly-map value at or above which a pixel is anomalous."""
+        return self._params.pixel_threshold
+
+    @pixel_threshold.setter
+    def pixel_threshold(self, value: float) -> None:
+        self._params = self._params.replace(pixel_threshold=_finite(value, "pixel_threshold"))
+
+    @property
+    def min_area(self) -> int:
+        """Smallest region, in anomaly-map pixels, that is reported as a box."""
+        return self._params.min_area
+
+    @min_area.setter
+    def min_area(self, value: int) -> None:
+        self._params = self._params.replace(min_area=int(value))
+
+    # ---- synchronous -----------------------------------------------------------------------
+
+    def predict(self, image: np.ndarray | str | Path, *, heatmap: bool = False) -> Prediction:
+        """Score one frame (a uint8 array in the model's colour format, or an image path).
+
+        ``heatmap=True`` adds a uint8 heatmap at frame resolution (for overlays).
+        """
+        frame_size, tensor = self._network_input(image)
+        with self._request_lock:
+            self._request.infer({0: tensor}, share_inputs=True)
+            raw_map = self._request.get_output_tensor(0).data[0, 0].copy()
+        return postprocess(raw_map, frame_size, self._params, self._task, heatmap=heatmap)
+
+    def predict_batch(
+        self, images: Iterable[np.ndarray | str | Path], *, heatmap: bool = False
+    ) -> list[Prediction]:
+        """Score several frames, in parallel where the device allows; results in input order."""
+        return list(self.predict_iter(images, heatmap=heatmap))
+
+    def predict_iter(
+        self, images: Iterable[np.ndarray | str | Path], *, heatmap: bool = False
+    ) -> Iterator[Prediction]:
+        """Score a stream of frames lazily, keeping up to ``num_requests`` in flight."""
+        window: deque[_Pending] = deque()
+        for image in images:
+            window.append(self._start(image, None, heatmap))
+            while window and (window[0].done.is_set() or len(window) > self.num_requests):
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
+
+    # ---- asynchronous ----------------------------------------------------------------------
+
+    def submit(
+        self, image: np.ndarray | str | Path, userdata: Any = None, *, heatmap: bool = False
+    ) -> None:
+        """Start scoring a frame and return at once (blocks while ``num_requests`` are busy).
+
+        The frame is copied, so the caller may reuse its buffer. Collect results with
+        :meth:`ready` or :meth:`drain`; they come in submission order with their ``userdata``.
+        Settings (thresholds, task) in force at submission apply to the frame.
+        """
+        self._submitted.append(self._start(image, userdata, heatmap))
+
+    def ready(self) -> list[tuple[Any, Prediction]]:
+        """Results finished so far, in submission order (waits for nothing).
+
+        A result is held back until every frame submitted before it is finished.
+        """
+        return self._collect(wait=False)
+
+    def drain(self) -> list[tuple[Any, Prediction]]:
+        """Wait for every submitted frame and return all results, in submission order."""
+        return self._collect(wait=True)
+
+    def _collect(self, wait: bool) -> list[tuple[Any, Prediction]]:
+        out: list[tuple[Any, Prediction]] = []
+        while self._submitted and (wait or self._submitted[0].done.is_set()):
+            head = self._submitted[0]
+            head.done.wait()
+            if head.error is not None and out:
+                return out  # hand over the good results first; the next call raises
+            self._submitted.popleft()
+            out.append((head.userdata, head.result()))
+        return out
+
+    def close(self) -> None:
+        """Wait for frames still in flight and release the asynchronous queue.
+
+        Results not yet collected are dropped. The model stays usable: a later
+        :meth:`submit` starts a new queue. Also runs by itself at interpreter exit.
+        """
+        if self._queue is not None:
+            self._queue.wait_all()
+            self._queue = None
+        self._submitted.clear()
+
+    def __enter__(self) -> AnomalyModel:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def in_flight(self) -> int:
+        """Frames submitted whose results have not been collected yet."""
+        return len(self._submitted)
+
+    def _start(self, image: np.ndarray | str | Path, userdata: Any, heatmap: bool) -> _Pending:
+        frame_size, tensor = self._network_input(image)  # a new array: the caller's is free
+        pending = _Pending(userdata, frame_size, self._params, self._task, heatmap)
+        if self._queue is None:
+            self._queue = ov.AsyncInferQueue(self._compiled, self.num_requests)
+            self._queue.set_callback(_on_inferred)
+            _LIVE_MODELS.add(self)
+        # share_inputs: OpenVINO reads the tensor in place; `pending` keeps it alive until done.
+        pending.tensor = tensor
+        self._queue.start_async({0: tensor}, pending, share_inputs=True)
+        return pending
+
+    def _network_input(self, image: np.ndarray | str | Path) -> tuple[tuple[int, int], np.ndarray]:
+        """(frame height and width, the 1 x h x w x C uint8 tensor the graph takes)."""
+        if isinstance(image, (str, Path)):
+            frame = read_image(image, self.color)
+        else:
+            frame = check_frame(image, self.color)
+        frame = frame if frame.ndim == 3 else frame[:, :, None]
+        tensor = network_image(frame, self.metadata.input_size, self.color)
+        return (frame.shape[0], frame.shape[1]), tensor[None]
+
+    def info(self) -> dict[str, Any]:
+        """What this model is and how it runs: metadata, device, settings, I/O."""
+        md = self.metadata
+        try:
+            devices = list(self._compiled.get_property("EXECUTION_DEVICES"))
+        except RuntimeError:
+            devices = [self.device]
+        return {
+            "path": str(self.path),
+            "model": md.model,
+            "backbone": md.backbone,
+            "input_size": list(md.input_size),
+            "precision": md.precision,
+            "task": self._task.value,
+            "exported_task": md.task,
+            "image_threshold": self.image_threshold,
+            "pixel_threshold": self.pixel_threshold,
+            "exported_image_threshold": md.image_threshold,
+            "exported_pixel_threshold": md.pixel_threshold,
+            "image_scale": self._params.image_scale,
+            "pixel_scale": self._params.pixel_scale,
+            "min_area": self.min_area,
+            "mean": list(md.mean),
+            "std": list(md.std),
+            "color": self.color.value,
+            "device": self.device,
+            "execution_devices": devices,
+            "num_requests": self.num_requests,
+            "metrics": md.metrics,
+            "format_version": md.format_version,
+        }
+
+    def __repr__(self) -> str:
+        md = self.metadata
+        return (
+            f"AnomalyModel({str(self.path)!r}, device={self.device!r}, model={md.model!r}, "
+            f"backbone={md.backbone!r}, task={self._task.value!r})"
+        )
+
+
+class _Pending:
+    """One frame in flight: what its post-processing needs, and then its result."""
+
+    __slots__ = ("done", "error", "frame_size", "heatmap", "params", "prediction", "task",
+                 "tensor", "userdata")
+
+    def __init__(self, userdata: Any, frame_size: tuple[int, int], params: PostprocessParams,
+                 task: Task, heatmap: bool) -> None:
+        self.userdata = userdata
+        self.frame_size = frame_size
+        self.params = params
+        self.task = task
+        self.heatmap = heatmap
+        self.tensor: np.ndarray | None = None
+        self.prediction: Prediction | None = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+    def result(self) -> Prediction:
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.prediction is not None
+        return self.prediction
+
+
+def _on_inferred(request: ov.InferRequest, pending: _Pending) -> None:
+    # Runs on an OpenVINO thread. Post-processing happens here, so it overlaps inference of the
+    # next frames; the C++ post-processor releases the GIL while it works.
+    try:
+        raw_map = request.get_output_tensor(0).data[0, 0].copy()  # the request is reused
+        pending.prediction = postprocess(raw_map, pending.frame_size, pending.params,
+                                         pending.task, heatmap=pending.heatmap)
+    except BaseException as exc:  # handed to the caller of ready()/drain()
+        pending.error = exc
+    finally:
+        pending.tensor = None
+        pending.done.set()
+
+
+def _finite(value: float, name: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"{name} must be a number, got {value!r}") from None
+    if not np.isfinite(number):
+        raise InvalidInputError(f"{name} must be finite, got {value!r}")
+    return number

@@ -1,0 +1,181 @@
+"""Everything before the first frame: read an IR, check it, attach pre-processing, compile.
+
+Kept apart from :mod:`anomaly_edge.model` (which handles frames) so that each step can fail
+with its own clear message: a missing or truncated file, an IR without our metadata, a device
+that is not there.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import openvino as ov
+from openvino.preprocess import ColorFormat as OvColor
+from openvino.preprocess import PrePostProcessor
+
+from anomaly_edge.errors import InvalidInputError, ModelLoadError
+from anomaly_edge.images import ColorFormat
+from anomaly_edge.metadata import ModelMetadata
+
+INPUT_NAME = "image"
+OUTPUT_NAME = "anomaly_map"
+# Devices that are not hardware but schedule onto other devices ("AUTO:GPU,CPU").
+VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO", "BATCH")
+
+_core: ov.Core | None = None
+
+
+def shared_core() -> ov.Core:
+    """One OpenVINO Core per process (creating one loads the plugins, which is not free)."""
+    global _core
+    if _core is None:
+        _core = ov.Core()
+    return _core
+
+
+def default_cache_dir() -> Path:
+    """Where compiled blobs are cached: ``$XDG_CACHE_HOME/anomaly-edge/openvino``."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "anomaly-edge" / "openvino"
+
+
+def read_ir(path: str | Path) -> ov.Model:
+    """Read ``model.xml`` (+ ``model.bin`` beside it) with a clear error for every broken case."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.xml"
+    if path.suffix.lower() != ".xml":
+        raise ModelLoadError(f"{path} is not an OpenVINO IR: give the path of its .xml file")
+    if not path.is_file():
+        raise ModelLoadError(f"model file {path} does not exist")
+    weights = path.with_suffix(".bin")
+    if not weights.is_file():
+        raise ModelLoadError(
+            f"{path} has no weights file beside it ({weights.name} is missing); copy the .xml "
+            "and the .bin together"
+        )
+    try:
+        model = shared_core().read_model(str(path), str(weights))
+    except RuntimeError as exc:
+        raise ModelLoadError(
+            f"{path} could not be read as an OpenVINO IR (corrupted or truncated file?): "
+            f"{_first_line(exc)}"
+        ) from exc
+    _check_io(model, path)
+    return model
+
+
+def _check_io(model: ov.Model, source: Path) -> None:
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ModelLoadError(
+            f"{source}: expected one input and one output, found {len(model.inputs)} inputs and "
+            f"{len(model.outputs)} outputs; this is not an anomaly-edge IR"
+        )
+    shape = model.inputs[0].get_partial_shape()
+    if shape.rank.is_dynamic or shape.rank.get_length() != 4 or shape.is_dynamic:
+        raise ModelLoadError(
+            f"{source}: expected a static [1, 3, H, W] input, found {shape}; re-export the model"
+        )
+
+
+def attach_preprocessing(model: ov.Model, metadata: ModelMetadata, color: ColorFormat) -> ov.Model:
+    """A copy of ``model`` that takes uint8 ``1 x h x w x C`` images in ``color`` at the
+    network input size (already resized by :func:`anomaly_edge.images.resize_for_network`).
+
+    Channel order, float conversion, mean/std and the layout change run inside the compiled
+    graph. Grey images are expanded to the three channels the backbone was trained on
+    (training reads grey images as RGB with equal channels).
+
+    Why the resize is not in the graph too: training shrinks images with area averaging
+    (what keeps fine textures from aliasing), and OpenVINO's CPU plugin has no fast
+    antialiased resize (its linear resize ignores ``antialias``; the Pillow-style one runs
+    10-25x slower than OpenCV). Resizing on the host with the very function training uses
+    makes the deployed model see exactly what the trained one saw.
+    """
+    height, width = metadata.input_size
+    ppp = PrePostProcessor(model.clone())
+    graph_input = ppp.input()
+    tensor = graph_input.tensor()
+    tensor.set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC"))
+    tensor.set_shape([1, height, width, color.channels])
+    steps = graph_input.preprocess()
+    if color is ColorFormat.GRAY:
+        steps.convert_element_type(ov.Type.f32)
+        # OpenVINO has no GRAY -> RGB conversion step: replicate the channel.
+        steps.custom(_repeat_channel_three_times)
+    else:
+        tensor.set_color_format(OvColor.BGR if color is ColorFormat.BGR else OvColor.RGB)
+        steps.convert_color(OvColor.RGB)
+        steps.convert_element_type(ov.Type.f32)
+    steps.mean(list(metadata.mean)).scale(list(metadata.std))
+    graph_input.model().set_layout(ov.Layout("NCHW"))
+    ppp.output().tensor().set_element_type(ov.Type.f32)
+    return ppp.build()
+
+
+def _repeat_channel_three_times(node: ov.Output) -> ov.Output:
+    import openvino.opset13 as ops
+
+    return ops.concat([node, node, node], axis=3).output(0)
+
+
+def resolve_device(device: str) -> str:
+    """Check that ``device`` exists here; the error lists those that do."""
+    if not isinstance(device, str) or not device.strip():
+        raise InvalidInputError(f"device must be a name such as 'CPU' or 'AUTO', got {device!r}")
+    device = device.strip().upper()
+    available = shared_core().available_devices  # e.g. ["CPU", "GPU.0", "GPU.1", "NPU"]
+    families = {name.split(".")[0] for name in available}
+    base, _, targets = device.partition(":")
+    wanted = [t for t in targets.split(",") if t] if base in VIRTUAL_DEVICES else [device]
+    missing = [name for name in wanted if name not in available and name not in families]
+    if missing:
+        raise InvalidInputError(
+            f"device {', '.join(missing)} is not available on this machine; available: "
+            f"{', '.join(available) or 'none'} (and AUTO, which picks among them). "
+            "GPU needs the Intel GPU driver, NPU the Intel NPU driver."
+        )
+    return device
+
+
+def compile_for(
+    model: ov.Model,
+    device: str,
+    cache_dir: str | Path | None,
+    properties: dict[str, Any] | None = None,
+) -> ov.CompiledModel:
+    """Compile ``model`` for ``device``, caching the compiled blob under ``cache_dir``."""
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+    cache = _usable_cache_dir(cache_dir)
+    if cache is not None:
+        config["CACHE_DIR"] = str(cache)
+    config.update(properties or {})
+    try:
+        return shared_core().compile_model(model, device, config)
+    except RuntimeError as exc:
+        raise ModelLoadError(
+            f"the model could not be compiled for {device}: {_first_line(exc)}"
+        ) from exc
+
+
+def _usable_cache_dir(cache_dir: str | Path | None) -> Path | None:
+    # A cache is an optimisation: a read-only home must not stop the model from loading.
+    if cache_dir is None:
+        return None
+    path = Path(cache_dir).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        warnings.warn(f"model cache disabled: cannot create {path} ({exc})", stacklevel=3)
+        return None
+    return path
+
+
+def _first_line(exc: BaseException) -> str:
+    # OpenVINO messages carry C++ file/line banners; the last non-empty line says what happened.
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("Exception from", "Check '"))]
+    return (useful or lines or [type(exc).__name__])[-1]

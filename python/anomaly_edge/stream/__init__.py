@@ -1,0 +1,44 @@
+"""Anomaly detection on video streams: the Python API behind ``anomaly-edge run``.
+
+Iterate over results in frame order::
+
+    from anomaly_edge import AnomalyModel
+    from anomaly_edge.stream import EventsSink, VideoSink, run
+
+    model = AnomalyModel("model.xml", task="detection")
+    for result in run(model, "rtsp://camera/stream",
+                      sinks=[VideoSink("annotated.mp4"), EventsSink("events.jsonl")]):
+        if result.prediction.label:
+            print(result.index, result.prediction.score, result.prediction.boxes)
+
+or hand a callback to :meth:`StreamRunner.run`, which returns a :class:`StreamSummary`.
+Sources: video files, image folders and globs, camera indices, RTSP/HTTP/... URLs
+(:func:`open_source`). Sinks: :class:`VideoSink`, :class:`EventsSink`, :class:`SnapshotSink`,
+:class:`WindowSink`, :class:`StatusLine`, or any object with ``write(result)`` and ``close()``.
+"""
+
+from anomaly_edge.stream.pipeline import FrameResult, StreamRunner, run
+from anomaly_edge.stream.sinks import EventsSink, Sink, SnapshotSink, VideoSink, WindowSink
+from anomaly_edge.stream.sources import Frame, ReconnectPolicy, Source, SourceError, open_source
+from anomaly_edge.stream.stats import StreamStats, StreamSummary
+from anomaly_edge.stream.status import StatusLine, format_summary
+
+__all__ = [
+    "EventsSink",
+    "Frame",
+    "FrameResult",
+    "ReconnectPolicy",
+    "Sink",
+    "SnapshotSink",
+    "Source",
+    "SourceError",
+    "StatusLine",
+    "StreamRunner",
+    "StreamStats",
+    "StreamSummary",
+    "VideoSink",
+    "WindowSink",
+    "format_summary",
+    "open_source",
+    "run",
+]

@@ -1,0 +1,270 @@
+"""Where results go: annotated video, JSON Lines events, snapshots, a window.
+
+A sink is any object with ``write(result: FrameResult)`` and ``close()``; the pipeline calls
+``write`` in frame order from one thread and ``close`` exactly once at the end, also after
+Ctrl-C. Each sink leaves complete files behind:
+
+* :class:`VideoSink` writes to a hidden temporary file beside the target and renames it at
+  ``close``, so the target is either absent or a finished, playable video;
+* :class:`EventsSink` writes one JSON object per line and flushes each line, so the log can be
+  followed live (``tail -f``) and always ends on a complete line;
+* :class:`SnapshotSink` writes each image to a temporary name and renames it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import queue
+import re
+import sys
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import cv2
+import numpy as np
+
+from anomaly_edge.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from anomaly_edge.stream.pipeline import FrameResult
+
+log = logging.getLogger("anomaly_edge.stream")
+
+# Container -> codec that OpenCV's FFmpeg backend can always write.
+VIDEO_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "mp4v"}
+DEFAULT_FPS = 25.0  # for sources that do not say (image folders, some cameras)
+
+
+class Sink(Protocol):
+    def write(self, result: FrameResult) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _check_writable_dir(directory: Path, what: str) -> None:
+    if not directory.is_dir():
+        raise InvalidInputError(f"cannot write {what}: folder {directory} does not exist; "
+                                "create it first")
+    if not os.access(directory, os.W_OK):
+        raise InvalidInputError(f"cannot write {what}: folder {directory} is not writable")
+
+
+class VideoSink:
+    """The annotated frames as a video with the size and frame rate of the source.
+
+    Drawing and encoding (the costliest work per frame after inference) run on a thread of
+    their own, fed through a short queue, so they overlap with decoding and inference.
+
+    Args:
+        path: ``.mp4``/``.m4v``/``.mov``/``.mkv`` (MPEG-4 part 2) or ``.avi`` (Motion JPEG).
+        fps: frame rate to write; the source's, when known.
+        alpha: opacity of the segmentation overlay.
+    """
+
+    QUEUE = 4  # frames waiting for the encoder; bounds memory, and a slow disk slows the run
+
+    def __init__(self, path: str | os.PathLike, fps: float | None = None, *,
+                 alpha: float = 0.4) -> None:
+        self.path = Path(path)
+        suffix = self.path.suffix.lower()
+        if suffix not in VIDEO_CODECS:
+            raise InvalidInputError(f"cannot write video {self.path}: unknown container "
+                                    f"{suffix or '(none)'}; use one of "
+                                    f"{', '.join(sorted(VIDEO_CODECS))}")
+        _check_writable_dir(self.path.parent.resolve(), f"video {self.path}")
+        self.fps = fps if fps and math.isfinite(fps) and fps > 0 else DEFAULT_FPS
+        self.alpha = alpha
+        self.frames = 0  # frames in the finished file
+        # Same folder (so the rename is atomic), same extension (FFmpeg picks the container
+        # from it), hidden so that nobody mistakes it for the result.
+        self._temp = self.path.with_name(f".{self.path.stem}.{os.getpid()}.partial{suffix}")
+        self._writer: cv2.VideoWriter | None = None
+        self._size: tuple[int, int] | None = None
+        self._queue: queue.Queue = queue.Queue(maxsize=self.QUEUE)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._encode, name="anomaly-edge-video",
+                                        daemon=True)
+        self._thread.start()
+
+    def write(self, result: FrameResult) -> None:
+        self._raise_encoder_error()
+        self._queue.put(result)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._writer is not None:
+            self._writer.release()  # finishes the container (the mp4 index lives at the end)
+            self._writer = None
+            if self._error is None:
+                os.replace(self._temp, self.path)
+        if self._error is not None:
+            self._temp.unlink(missing_ok=True)
+        self._raise_encoder_error()
+        if not self.frames:
+            log.warning("no frame was processed, so no video was written to %s", self.path)
+
+    def _raise_encoder_error(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _encode(self) -> None:
+        while (result := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # keep emptying the queue so that write() never blocks for ever
+            try:
+                self._write(result.annotated(self.alpha))
+            except BaseException as exc:  # reported by the next write() or close()
+                self._error = exc
+
+    def _write(self, image: np.ndarray) -> None:
+        height, width = image.shape[:2]
+        if self._writer is None:
+            self._open(width, height)
+        elif (width, height) != self._size:
+            # Image folders may mix sizes; a video cannot.
+            image = cv2.resize(image, self._size, interpolation=cv2.INTER_AREA)
+        assert self._writer is not None
+        self._writer.write(image)
+        self.frames += 1
+
+    def _open(self, width: int, height: int) -> None:
+        fourcc = cv2.VideoWriter_fourcc(*VIDEO_CODECS[self.path.suffix.lower()])
+        writer = cv2.VideoWriter(str(self._temp), fourcc, self.fps, (width, height))
+        if not writer.isOpened():
+            writer.release()
+            self._temp.unlink(missing_ok=True)
+            raise InvalidInputError(f"cannot write video {self.path} ({width}x{height}): "
+                                    "OpenCV could not open a video writer for it")
+        self._writer = writer
+        self._size = (width, height)
+
+
+class EventsSink:
+    """JSON Lines, one object per anomalous frame (or per frame with ``all_frames=True``).
+
+    Each line: ``frame`` (index in the source), ``timestamp`` (seconds into the stream),
+    ``time`` (UTC, ISO 8601), ``score``, ``label``, ``anomalous``, ``raw_score``, ``boxes``
+    (``x1, y1, x2, y2`` in frame pixels, x2/y2 exclusive, ``score``, ``mean_score``,
+    ``area``) and ``image`` (file name, for folder sources).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, all_frames: bool = False) -> None:
+        self.path = Path(path)
+        _check_writable_dir(self.path.parent.resolve(), f"events {self.path}")
+        self.all_frames = all_frames
+        self.events = 0
+        # Written in place rather than renamed at the end: the log is meant to be followed
+        # while the run goes on. Each line goes out in one write and is flushed at once.
+        self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 (closed in close())
+
+    def write(self, result: FrameResult) -> None:
+        prediction = result.prediction
+        if not (prediction.label or self.all_frames):
+            return
+        event = {
+            "frame": result.index,
+            "timestamp": round(result.timestamp, 4),
+            "time": datetime.fromtimestamp(result.wall_time, timezone.utc)
+            .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            **prediction.to_dict(),
+        }
+        if result.name is not None:
+            event["image"] = result.name
+        self._file.write(json.dumps(event) + "\n")
+        self._file.flush()
+        self.events += 1
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class SnapshotSink:
+    """JPEG snapshots of anomalous frames, at most one per ``interval`` seconds of stream.
+
+    Files are named ``frame_<index>.jpg`` (``frame_<index>_<image name>.jpg`` for folders).
+
+    Args:
+        directory: created if missing (its parent must exist).
+        interval: minimum seconds between two snapshots (stream time; 0 = every anomaly).
+        overlay: draw the prediction on the snapshot instead of saving the raw frame.
+    """
+
+    def __init__(self, directory: str | os.PathLike, *, interval: float = 1.0,
+                 overlay: bool = False, alpha: float = 0.4, quality: int = 95) -> None:
+        if interval < 0:
+            raise InvalidInputError(f"snapshot interval must not be negative, got {interval}")
+        self.directory = Path(directory)
+        _check_writable_dir(self.directory.parent.resolve(), f"snapshots to {self.directory}")
+        self.directory.mkdir(exist_ok=True)
+        self.interval = interval
+        self.overlay = overlay
+        self.alpha = alpha
+        self.quality = quality
+        self.saved = 0
+        self._last: float | None = None
+
+    def write(self, result: FrameResult) -> None:
+        if not result.prediction.label:
+            return
+        if self._last is not None and result.timestamp - self._last < self.interval:
+            return
+        self._last = result.timestamp
+        image = result.annotated(self.alpha) if self.overlay else result.frame
+        stem = f"frame_{result.index:08d}"
+        if result.name:
+            stem += "_" + Path(result.name).stem
+        ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+        if not ok:
+            raise InvalidInputError(f"could not encode snapshot of frame {result.index}")
+        target = self.directory / f"{stem}.jpg"
+        temp = self.directory / f".{stem}.partial.jpg"
+        encoded.tofile(temp)
+        os.replace(temp, target)
+        self.saved += 1
+
+    def close(self) -> None:
+        pass
+
+
+def gui_unavailable_reason() -> str | None:
+    """Why a window cannot be shown here (None when it can)."""
+    if re.search(r"^\s*GUI:\s*NONE", cv2.getBuildInformation(), re.MULTILINE):
+        return ("this OpenCV build has no GUI support (the opencv-python-headless package, "
+                "which anomaly-edge installs for edge boxes without a screen); to get windows, "
+                "replace it: pip uninstall opencv-python-headless && pip install opencv-python")
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY")
+                                                 or os.environ.get("WAYLAND_DISPLAY")):
+        return "there is no display (neither DISPLAY nor WAYLAND_DISPLAY is set)"
+    return None
+
+
+class WindowSink:
+    """Shows the annotated frames in a window; ``q`` or Esc calls ``on_quit``.
+
+    Must be written from the main thread (a GUI toolkit requirement); the pipeline does.
+    """
+
+    def __init__(self, title: str = "anomaly-edge", *, alpha: float = 0.4,
+                 on_quit=None) -> None:
+        reason = gui_unavailable_reason()
+        if reason is not None:
+            raise InvalidInputError(f"cannot show a window: {reason}")
+        self.title = title
+        self.alpha = alpha
+        self.on_quit = on_quit
+        cv2.namedWindow(title, cv2.WINDOW_NORMAL)
+
+    def write(self, result: FrameResult) -> None:
+        cv2.imshow(self.title, result.annotated(self.alpha))
+        if (cv2.waitKey(1) & 0xFF) in (ord("q"), 27) and self.on_quit is not None:
+            self.on_quit()
+
+    def close(self) -> None:
+        cv2.destroyWindow(self.title)

@@ -1,0 +1,115 @@
+"""draw_prediction: what the operator sees on every frame."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from anomaly_edge.errors import InvalidInputError
+from anomaly_edge.prediction import Box, Prediction, Task
+from anomaly_edge.visualize import ANOMALY_COLOUR, NORMAL_COLOUR, draw_prediction
+
+
+def _prediction(task: Task, label: bool = True, **arrays) -> Prediction:
+    return Prediction(score=0.9 if label else 0.1, label=label, raw_score=1.0, task=task, **arrays)
+
+
+def _is_red(pixel: np.ndarray) -> bool:
+    b, g, r = (int(v) for v in pixel)
+    return r > 200 and g < 60 and b < 60
+
+
+@pytest.mark.parametrize("shape", [(120, 160), (120, 160, 1), (120, 160, 3), (120, 160, 4)])
+def test_any_uint8_layout_gives_a_bgr_image_of_the_same_size(shape):
+    frame = np.full(shape, 128, np.uint8)
+    out = draw_prediction(frame, _prediction(Task.CLASSIFICATION))
+    assert out.shape == (120, 160, 3)
+    assert out.dtype == np.uint8
+
+
+def test_the_input_frame_is_not_modified():
+    frame = np.full((120, 160, 3), 128, np.uint8)
+    mask = np.zeros((120, 160), np.uint8)
+    mask[40:80, 60:100] = 255
+    draw_prediction(frame, _prediction(Task.SEGMENTATION, mask=mask, heatmap=mask))
+    assert (frame == 128).all()
+
+
+def test_segmentation_tints_only_the_mask_and_outlines_it():
+    frame = np.full((120, 160, 3), 128, np.uint8)
+    mask = np.zeros((120, 160), np.uint8)
+    mask[40:80, 60:100] = 255
+    out = draw_prediction(frame, _prediction(Task.SEGMENTATION, mask=mask), alpha=0.5)
+    inside = out[60, 80]
+    assert inside[2] > inside[0] + 50  # tinted red
+    assert (out[110, 150] == 128).all()  # far from the mask and the banner: untouched
+    assert _is_red(out[40, 80])  # the outline
+
+
+def test_segmentation_heatmap_colours_the_whole_frame():
+    frame = np.full((120, 160, 3), 128, np.uint8)
+    heatmap = np.zeros((120, 160), np.uint8)
+    heatmap[40:80, 60:100] = 255
+    out = draw_prediction(frame, _prediction(Task.SEGMENTATION, heatmap=heatmap,
+                                             mask=(heatmap > 127).astype(np.uint8) * 255))
+    cold, hot = out[110, 150].astype(int), out[60, 80].astype(int)
+    assert cold[0] > cold[2]  # blue where the map is low
+    assert hot[2] > hot[0]  # red where it is high
+
+
+def test_detection_draws_each_box_with_exclusive_corners():
+    frame = np.full((120, 160, 3), 128, np.uint8)
+    box = Box(x1=60, y1=50, x2=100, y2=90, score=0.8, mean_score=0.7, area=10)
+    out = draw_prediction(frame, _prediction(Task.DETECTION, boxes=[box]))
+    assert _is_red(out[70, 60]) and _is_red(out[70, 99])  # left and right edges
+    assert _is_red(out[89, 80])  # bottom edge: y2 - 1
+    assert (out[70, 80] == 128).all()  # inside stays visible
+    assert (out[70, 101] == 128).all()  # x2 itself is outside
+
+
+def test_classification_border_says_normal_or_anomalous():
+    frame = np.full((120, 160, 3), 128, np.uint8)
+    anomalous = draw_prediction(frame, _prediction(Task.CLASSIFICATION, label=True))
+    normal = draw_prediction(frame, _prediction(Task.CLASSIFICATION, label=False))
+    assert tuple(anomalous[119, 80]) == ANOMALY_COLOUR
+    assert tuple(normal[119, 80]) == NORMAL_COLOUR
+
+
+def test_banner_is_always_there():
+    frame = np.full((120, 160, 3), 128, np.uint8)
+    for task in Task:
+        out = draw_prediction(frame, _prediction(task, label=False))
+        assert not (out[2:8, 2:8] == 128).all(), task
+
+
+def test_mask_of_another_size_is_fitted():
+    frame = np.full((120, 160, 3), 128, np.uint8)
+    mask = np.full((60, 80), 255, np.uint8)
+    assert draw_prediction(frame, _prediction(Task.SEGMENTATION, mask=mask)).shape == (120, 160, 3)
+
+
+@pytest.mark.parametrize("frame", [np.zeros((10, 10), np.float32), np.zeros((10, 10, 2), np.uint8),
+                                   "frame.png"])
+def test_unusable_frames_are_refused_clearly(frame):
+    with pytest.raises(InvalidInputError, match="draw_prediction"):
+        draw_prediction(frame, _prediction(Task.CLASSIFICATION))
+
+
+def test_alpha_outside_0_1_is_refused():
+    with pytest.raises(InvalidInputError, match="alpha"):
+        draw_prediction(np.zeros((8, 8, 3), np.uint8), _prediction(Task.CLASSIFICATION), alpha=2)
+
+
+def test_fast_enough_for_every_frame_of_a_720p_stream():
+    frame = np.random.default_rng(0).integers(0, 255, (720, 1280, 3), dtype=np.uint8)
+    heatmap = np.zeros((720, 1280), np.uint8)
+    heatmap[300:400, 500:700] = 255
+    prediction = _prediction(Task.SEGMENTATION, heatmap=heatmap, mask=heatmap)
+    draw_prediction(frame, prediction)
+    start = time.perf_counter()
+    for _ in range(10):
+        draw_prediction(frame, prediction)
+    per_frame = (time.perf_counter() - start) / 10
+    assert per_frame < 0.05  # generous: a shared, busy CI machine; typically ~3 ms

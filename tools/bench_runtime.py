@@ -1,0 +1,186 @@
+"""Runtime benchmark: anomaly-edge vs OpenVINO Model API on the same IR and frames.
+
+For each frame size (default 640x480, 1920x1080 and 512x512), task detection, CPU:
+
+* ``anomaly_edge_sync``:  ``AnomalyModel.predict`` one frame at a time;
+* ``anomaly_edge_async``: ``AnomalyModel.submit`` / ``ready`` (results in order);
+* ``model_api_sync``:     ``model_api.models.AnomalyDetection`` called on each frame;
+* ``model_api_async``:    Model API's ``AsyncPipeline`` (submit_data / get_result in order).
+
+Everything is frame in, result with boxes out. Methods run in alternating rounds and the best
+round counts, so a noisy neighbour on this shared machine hurts all of them alike. The model
+is ``--model`` or, by default, a PaDiM (efficientnet_lite0, 256x256) fitted here on
+mpdd/metal_plate and exported at FP16 (the output says which). The last stdout line is one
+JSON object (../shared/BENCHMARKS.md).
+
+    python tools/bench_runtime.py [--model model.xml] [--seconds 2] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "python"))
+DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "mpdd" / "metal_plate"
+FRAMES = ((640, 480), (1920, 1080), (512, 512))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, help="IR to benchmark (default: fit a PaDiM)")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                        help="MVTec-layout category to fit the default PaDiM on")
+    parser.add_argument("--seconds", type=float, default=2.0, help="per method and round")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--device", default="CPU")
+    args = parser.parse_args()
+
+    if args.model is not None:
+        xml, source = args.model, f"given: {args.model}"
+    else:
+        xml, source = build_padim(args.data, Path(tempfile.mkdtemp(prefix="bench_runtime_")))
+    print(f"model: {source}", flush=True)
+    cases = [bench_case(xml, size, args) for size in FRAMES]
+    print(json.dumps({"benchmark": "runtime", "model_source": source, "cases": cases}))
+
+
+def build_padim(data: Path, out: Path) -> tuple[Path, str]:
+    """Fit PaDiM (efficientnet_lite0, 256x256) on ``data``/train/good and export FP16."""
+    os.environ.setdefault("CI", "true")  # no OpenVINO telemetry attempts while exporting
+    import torch
+
+    from anomaly_edge.metadata import ModelMetadata
+    from anomaly_edge.train import data as datasets
+    from anomaly_edge.train.backbones import build_backbone
+    from anomaly_edge.train.export import export_ir
+    from anomaly_edge.train.padim import Padim
+
+    if not (data / "train" / "good").is_dir():
+        sys.exit(f"no dataset at {data}; pass --model or --data")
+    started = time.perf_counter()
+    category = datasets.scan_category(data)
+    backbone = build_backbone("efficientnet_lite0", pretrained=True)
+    model = Padim(backbone, (256, 256))
+    model.fit(datasets.iter_batches(datasets.ImageDataset(category.train, 256), batch_size=8))
+    test = datasets.ImageDataset(category.test, 256)
+    with torch.no_grad():
+        scores = [float(model(test[i]["image"][None]).max()) for i in range(len(test))]
+    normal = [s for s, sample in zip(scores, category.test, strict=True) if not sample.label]
+    threshold = float(np.percentile(normal, 95))  # thresholds only steer labels/boxes here
+    metadata = ModelMetadata(
+        model="padim", backbone="efficientnet_lite0", input_size=(256, 256),
+        mean=backbone.mean, std=backbone.std, image_threshold=threshold,
+        pixel_threshold=threshold, image_min=min(scores), image_max=max(scores),
+        pixel_min=0.0, pixel_max=max(scores), task="detection",
+    )
+    xml = export_ir(model, metadata, out, precision="FP16")
+    took = time.perf_counter() - started
+    return xml, (f"PaDiM efficientnet_lite0 256x256 FP16, fitted on {data.name} "
+                 f"({len(category.train)} images) and exported in {took:.0f} s")
+
+
+def frames_for(size: tuple[int, int], data: Path, count: int = 8) -> list[np.ndarray]:
+    """Real test images resized to ``size`` when the dataset is here, else textured noise."""
+    import cv2
+
+    width, height = size
+    every = sorted((data / "test").rglob("*.png"))
+    paths = every[:: max(1, len(every) // count)]
+    frames = [cv2.resize(cv2.imread(str(p)), (width, height)) for p in paths[:count]]
+    rng = np.random.default_rng(0)
+    while len(frames) < count:
+        frames.append(rng.integers(90, 170, (height, width, 3), dtype=np.uint8))
+    return frames
+
+
+def bench_case(xml: Path, size: tuple[int, int], args: argparse.Namespace) -> dict:
+    from model_api.models import AnomalyDetection
+    from model_api.pipelines import AsyncPipeline
+
+    from anomaly_edge import AnomalyModel
+
+    frames = frames_for(size, args.data)
+    ours = AnomalyModel(xml, args.device, task="detection", cache_dir=None)
+    theirs = AnomalyDetection.create_model(str(xml), device=args.device,
+                                           configuration={"task": "detection"})
+    theirs_async_model = AnomalyDetection.create_model(
+        str(xml), device=args.device, configuration={"task": "detection"},
+        max_num_requests=ours.num_requests)
+    pipeline = AsyncPipeline(theirs_async_model)
+
+    methods = {
+        "anomaly_edge_sync": lambda n: [ours.predict(frames[i % len(frames)]) for i in range(n)],
+        "anomaly_edge_async": lambda n: run_ours_async(ours, frames, n),
+        "model_api_sync": lambda n: [theirs(frames[i % len(frames)]) for i in range(n)],
+        "model_api_async": lambda n: run_model_api_async(pipeline, frames, n),
+    }
+    best: dict[str, float] = {}
+    for _ in range(args.rounds):
+        for name, run in methods.items():
+            best[name] = max(best.get(name, 0.0), frames_per_second(run, args.seconds))
+
+    # Same decisions? Labels must agree (scores differ by Model API's "normal" convention).
+    labels_ours = [ours.predict(f).label for f in frames]
+    labels_theirs = [theirs(f).pred_label == "Anomaly" for f in frames]
+    fps = {k: round(v, 2) for k, v in best.items()}
+
+    def ratio(ours_name: str, theirs_name: str) -> float:
+        return round(best[ours_name] / best[theirs_name], 2)
+
+    case = {
+        "frame": f"{size[0]}x{size[1]}", "model": ours.metadata.model, "device": args.device,
+        "fps": fps,
+        "speedup": {
+            "async_vs_model_api_sync": ratio("anomaly_edge_async", "model_api_sync"),
+            "sync_vs_model_api_sync": ratio("anomaly_edge_sync", "model_api_sync"),
+            "async_vs_model_api_async": ratio("anomaly_edge_async", "model_api_async"),
+        },
+        "latency_ms": {"anomaly_edge_sync": round(1e3 / best["anomaly_edge_sync"], 2),
+                       "model_api_sync": round(1e3 / best["model_api_sync"], 2)},
+        "labels_match": labels_ours == labels_theirs,
+        "num_requests": ours.num_requests,
+    }
+    print(f"{case['frame']:>10}: " + "  ".join(f"{k} {v:7.1f} fps" for k, v in fps.items())
+          + f"  labels match: {case['labels_match']}", flush=True)
+    return case
+
+
+def frames_per_second(run, seconds: float) -> float:
+    run(2)  # warm-up
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        run(4)
+        done += 4
+    return done / (time.perf_counter() - start)
+
+
+def run_ours_async(model, frames, count: int) -> None:
+    for i in range(count):
+        model.submit(frames[i % len(frames)], i)
+        model.ready()
+    model.drain()
+
+
+def run_model_api_async(pipeline, frames, count: int) -> None:
+    next_id = 0
+    for i in range(count):
+        pipeline.submit_data(frames[i % len(frames)], i)  # blocks while all requests are busy
+        while pipeline.get_result(next_id) is not None:  # collect finished, in order
+            next_id += 1
+    pipeline.await_all()
+    while next_id < count:
+        if pipeline.get_result(next_id) is not None:
+            next_id += 1
+
+
+if __name__ == "__main__":
+    main()
