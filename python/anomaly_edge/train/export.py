@@ -1,0 +1,245 @@
+"""Export an anomaly module (torch) to an OpenVINO IR pair the runtime can load on its own.
+
+The IR takes the normalised float32 image ``[1, 3, H, W]`` (input ``"image"``, static size)
+and returns the raw anomaly map ``[1, 1, H, W]`` (output ``"anomaly_map"``). Thresholds,
+normalisation statistics and everything else the runtime needs go into the IR's rt_info
+(:class:`~anomaly_edge.metadata.ModelMetadata`). Both files are written atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openvino as ov
+import torch
+from torch import nn
+
+from anomaly_edge.metadata import ModelMetadata
+from anomaly_edge.train.quantize import (
+    AccuracyDropError,
+    AccuracyFn,
+    ValidationSet,
+    check_drop,
+    compare_accuracy,
+    feature_modules,
+    quantize_int8,
+)
+
+__all__ = ["AccuracyDropError", "ValidationSet", "compare_maps", "export_ir", "ir_size_mb"]
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("FP32", "FP16", "INT8")
+INPUT_NAME = "image"
+OUTPUT_NAME = "anomaly_map"
+
+
+def export_ir(
+    model: nn.Module,
+    metadata: ModelMetadata,
+    out_dir: str | Path,
+    precision: str = "FP16",
+    calibration_images: Iterable[Any] | None = None,
+    max_accuracy_drop: float | None = None,
+    validation: ValidationSet | AccuracyFn | None = None,
+    *,
+    quantized_modules: Sequence[str] | None = None,
+    name: str = "model",
+) -> Path:
+    """Write ``out_dir/<name>.xml`` + ``.bin`` and return the ``.xml`` path.
+
+    Args:
+        model: an anomaly module: ``forward(x [1, 3, H, W] normalised) -> [1, 1, H, W]`` raw map.
+        metadata: thresholds and statistics to store; its ``input_size`` is the static input
+            size of the IR, its ``precision`` is set to ``precision``.
+        precision: ``"FP32"``, ``"FP16"`` (weights stored in half precision; default) or
+            ``"INT8"`` (NNCF post-training quantisation).
+        calibration_images: INT8 only: normalised training images (tensors [3, H, W] or
+            batches [N, 3, H, W], or loader items whose first element / "image" key is one).
+        max_accuracy_drop: FP16/INT8: the largest absolute drop of the validation metric
+            (image AUROC) against FP32 you accept; beyond it :class:`AccuracyDropError` is
+            raised and nothing is written. Needs ``validation``.
+        validation: FP16/INT8: a :class:`ValidationSet` (images + labels) or a function
+            ``accuracy(infer) -> float`` (higher is better) that scores a model through
+            ``infer(x [1, 3, H, W]) -> map``. FP32 and the exported precision are both
+            measured; the result goes into the IR's metrics as ``int8`` / ``fp16``. (FP16 is
+            exact for well-conditioned models, but PaDiM's whitening of near-degenerate
+            features can amplify half-precision rounding: check it when in doubt.)
+        quantized_modules: INT8 only: names of the submodules to quantise (the feature
+            extractor). Default: ``model.quantized_modules`` if defined, else every top-level
+            child holding a convolution. The anomaly head always stays in float.
+        name: file stem of the IR pair.
+    """
+    precision = precision.upper()
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision != "INT8" and calibration_images is not None:
+        raise ValueError("calibration_images apply to precision='INT8' only")
+    if precision == "FP32" and (max_accuracy_drop is not None or validation is not None):
+        raise ValueError("max_accuracy_drop and validation compare FP16/INT8 with FP32; "
+                         "they do not apply to precision='FP32'")
+    if max_accuracy_drop is not None and validation is None:
+        raise ValueError("max_accuracy_drop needs validation images (validation=...) to measure "
+                         "the drop against")
+
+    ov_model = to_openvino(model, metadata.input_size)
+    metadata = dataclasses.replace(metadata, precision=precision, metrics=dict(metadata.metrics))
+    if precision == "INT8":
+        if calibration_images is None:
+            raise ValueError("precision='INT8' needs calibration_images (the training images)")
+        reference = ov_model.clone()
+        modules = quantized_modules if quantized_modules is not None else feature_modules(model)
+        ov_model = quantize_int8(ov_model, calibration_images, modules,
+                                 mean=metadata.mean, std=metadata.std)
+        if validation is not None:
+            report = compare_accuracy(reference, ov_model, validation, "INT8")
+            check_drop(report, max_accuracy_drop)
+            metadata.metrics["int8"] = report.to_dict()
+    elif precision == "FP16" and validation is not None:
+        report = compare_accuracy(ov_model, as_saved_fp16(ov_model), validation, "FP16")
+        check_drop(report, max_accuracy_drop)
+        metadata.metrics["fp16"] = report.to_dict()
+    pack_triangular_constants(ov_model)  # last: NNCF would fold the packing back
+    metadata.write_to(ov_model)
+    xml = save_atomically(ov_model, Path(out_dir), name, compress_to_fp16=precision != "FP32")
+    log.info("exported %s (%s, %.1f MB)", xml, precision, ir_size_mb(xml))
+    return xml
+
+
+def as_saved_fp16(model: ov.Model) -> ov.Model:
+    """The model as it will be after FP16 storage (saved and read back), to measure it."""
+    core = ov.Core()
+    core.set_property({"ENABLE_MMAP": False})  # read the weights in: the folder goes away
+    with tempfile.TemporaryDirectory() as folder:
+        ov.save_model(model.clone(), f"{folder}/m.xml", compress_to_fp16=True)
+        return core.read_model(f"{folder}/m.xml")
+
+
+def to_openvino(model: nn.Module, input_size: tuple[int, int]) -> ov.Model:
+    """Trace ``model`` at the static ``input_size`` and name its input and output."""
+    h, w = input_size
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # OpenVINO's PyTorch frontend traces with torch.jit.trace, deprecated in torch 2.x;
+            # the warning is for OpenVINO, not for our users.
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            ov_model = ov.convert_model(
+                model, example_input=torch.zeros(1, 3, h, w), input=[[1, 3, h, w]]
+            )
+    finally:
+        model.train(was_training)
+    if len(ov_model.inputs) != 1 or len(ov_model.outputs) != 1:
+        raise ValueError(
+            f"an anomaly module must take one image and return one map; the traced model has "
+            f"{len(ov_model.inputs)} inputs and {len(ov_model.outputs)} outputs"
+        )
+    out_shape = ov_model.outputs[0].get_partial_shape()
+    if out_shape.is_dynamic or len(out_shape) != 4 or out_shape[0].get_length() != 1 \
+            or out_shape[1].get_length() != 1:
+        raise ValueError(f"an anomaly module must return a [1, 1, H, W] map, got {out_shape}")
+    ov_model.inputs[0].get_tensor().set_names({INPUT_NAME})
+    ov_model.outputs[0].get_tensor().set_names({OUTPUT_NAME})
+    return ov_model
+
+
+def pack_triangular_constants(model: ov.Model, min_elements: int = 1 << 20) -> int:
+    """Store large triangular matrices (e.g. PaDiM's per-position Cholesky factors) packed.
+
+    A constant ``[..., d, d]`` whose upper (or lower) triangle is all zeros is replaced by
+    its packed triangle ``[..., d(d+1)/2 + 1]`` (the last column holds the zero) and a
+    Gather + Reshape that rebuilds the square matrix. OpenVINO folds that back into the
+    full matrix when it compiles the model, so inference runs exactly as before while the
+    IR on disk holds half the numbers. Returns how many constants were packed.
+    """
+    import openvino.opset13 as ops
+
+    packed_count = 0
+    for node in model.get_ordered_ops():
+        if node.get_type_name() != "Constant":
+            continue
+        shape = list(node.get_output_shape(0))
+        if len(shape) < 2 or shape[-1] != shape[-2] or int(np.prod(shape)) < min_elements \
+                or node.get_output_element_type(0) not in (ov.Type.f32, ov.Type.f16):
+            continue
+        values = node.get_data()
+        d = shape[-1]
+        if not np.any(np.triu(values, 1)):
+            rows, cols = np.tril_indices(d)
+        elif not np.any(np.tril(values, -1)):
+            rows, cols = np.triu_indices(d)
+        else:
+            continue
+        triangle = values[..., rows, cols]
+        zero = np.zeros((*triangle.shape[:-1], 1), dtype=triangle.dtype)
+        packed = ops.constant(np.concatenate([triangle, zero], axis=-1))
+        index = np.full(d * d, triangle.shape[-1], dtype=np.int32)  # default: the zero slot
+        index[rows * d + cols] = np.arange(triangle.shape[-1], dtype=np.int32)
+        full = ops.gather(packed, ops.constant(index), ops.constant(np.int32(len(shape) - 2)))
+        square = ops.reshape(full, ops.constant(np.array(shape, dtype=np.int64)), False)
+        for target in list(node.output(0).get_target_inputs()):
+            target.replace_source_output(square.output(0))
+        packed_count += 1
+    return packed_count
+
+
+def save_atomically(model: ov.Model, out_dir: Path, name: str, compress_to_fp16: bool) -> Path:
+    """Save the IR pair into ``out_dir`` via a temporary folder there, then rename into place.
+
+    A reader never sees a half-written file; an interrupted export leaves the previous pair.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-export-", dir=out_dir))
+    try:
+        ov.save_model(model, str(staging / f"{name}.xml"), compress_to_fp16=compress_to_fp16)
+        # Weights first: the .xml is what readers open, so it lands last.
+        os.replace(staging / f"{name}.bin", out_dir / f"{name}.bin")
+        os.replace(staging / f"{name}.xml", out_dir / f"{name}.xml")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out_dir / f"{name}.xml"
+
+
+def ir_size_mb(xml: str | Path) -> float:
+    """Size of an IR pair on disk (.xml + .bin) in MB (10^6 bytes)."""
+    xml = Path(xml)
+    return (xml.stat().st_size + xml.with_suffix(".bin").stat().st_size) / 1e6
+
+
+def compare_maps(model: nn.Module, xml: str | Path, images: Iterable[Any]) -> dict[str, float]:
+    """How closely the IR reproduces the torch model's maps on ``images`` (normalised inputs).
+
+    Returns the Pearson correlation of all map values, the largest absolute difference and
+    the largest difference of image scores (map maxima), relative to the largest torch score.
+    """
+    from anomaly_edge.train.quantize import split_batches
+
+    compiled = ov.Core().compile_model(str(xml), "CPU")
+    request = compiled.create_infer_request()
+    torch_maps, ir_maps = [], []
+    model.eval()
+    with torch.no_grad():
+        for x in split_batches(images):
+            torch_maps.append(model(torch.from_numpy(x)).numpy().astype(np.float64))
+            request.infer({0: x})
+            ir_maps.append(request.get_output_tensor(0).data.astype(np.float64))
+    reference, exported = np.stack(torch_maps), np.stack(ir_maps)
+    ref_scores = reference.reshape(len(reference), -1).max(axis=1)
+    ir_scores = exported.reshape(len(exported), -1).max(axis=1)
+    return {
+        "correlation": float(np.corrcoef(reference.ravel(), exported.ravel())[0, 1]),
+        "max_abs_diff": float(np.abs(reference - exported).max()),
+        "max_score_rel_diff": float(np.abs(ref_scores - ir_scores).max()
+                                    / max(np.abs(ref_scores).max(), 1e-12)),
+    }

@@ -1,0 +1,88 @@
+"""Choosing the image and pixel thresholds, and the normalisation statistics.
+
+Rules, in order:
+
+1. A threshold the user fixed is used as it is.
+2. With anomalous validation images: the F1-optimal threshold (``scores >= t`` predicts
+   anomalous; ``t`` is one of the observed scores, as anomalib's adaptive threshold). For
+   pixels this needs masks; without any, the pixel threshold falls back to rule 3.
+3. Without anomalies (or masks): the maximum of the normal validation scores, i.e. the
+   lowest threshold at which no normal validation image (pixel) is flagged. Its reason is
+   recorded so reports can say the threshold was not tuned on defects. (The mirror case, a
+   validation set with anomalies only, takes the lowest anomalous score.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Threshold:
+    value: float
+    method: str  # "fixed" | "f1_optimal" | "max_normal" | "min_anomalous"
+    note: str = ""
+
+
+def f1_optimal_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The score t maximising F1 of ``scores >= t``; needs at least one positive label."""
+    scores = np.asarray(scores).ravel()
+    labels = np.asarray(labels).ravel().astype(bool)
+    positives = int(np.count_nonzero(labels))
+    if positives == 0:
+        raise ValueError("F1-optimal threshold needs at least one anomalous sample")
+    order = np.argsort(scores, kind="stable")[::-1]
+    sorted_scores = scores[order]
+    true_positives = np.cumsum(labels[order], dtype=np.int64)
+    predicted = np.arange(1, scores.size + 1, dtype=np.int64)
+    # only the last index of a run of equal scores is a reachable operating point
+    last_of_run = np.append(sorted_scores[1:] != sorted_scores[:-1], True)
+    f1 = 2.0 * true_positives / (predicted + positives)
+    f1 = np.where(last_of_run, f1, -1.0)
+    return float(sorted_scores[int(np.argmax(f1))])
+
+
+def choose_threshold(scores: np.ndarray, labels: np.ndarray | None, fixed: float | None = None,
+                     what: str = "image") -> Threshold:
+    """Apply the module's rules to validation ``scores`` (``labels`` None: no ground truth)."""
+    if fixed is not None:
+        return Threshold(float(fixed), "fixed", f"{what} threshold fixed by the user")
+    scores = np.asarray(scores).ravel()
+    if scores.size == 0:
+        raise ValueError(f"no validation scores to choose the {what} threshold from")
+    if labels is not None:
+        labels = np.asarray(labels).ravel().astype(bool)
+        if labels.any() and not labels.all():
+            return Threshold(f1_optimal_threshold(scores, labels), "f1_optimal")
+        normal = scores[~labels] if not labels.all() else scores
+    else:
+        normal = scores
+    reason = ("no anomalous validation images" if labels is None or not labels.any()
+              else "no normal validation samples")
+    if labels is not None and labels.all():
+        return Threshold(float(normal.min()), "min_anomalous",
+                         f"{what} threshold: {reason}; lowest anomalous score used")
+    return Threshold(float(normal.max()), "max_normal",
+                     f"{what} threshold: {reason}; maximum normal validation score used "
+                     "(not tuned on defects)")
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Image-score and map statistics (min/max) on the validation split."""
+
+    image_min: float
+    image_max: float
+    pixel_min: float
+    pixel_max: float
+
+
+def normalization_stats(image_scores: np.ndarray, maps: np.ndarray) -> Normalization:
+    image_scores = np.asarray(image_scores)
+    maps = np.asarray(maps)
+    if image_scores.size == 0 or maps.size == 0:
+        raise ValueError("normalisation statistics need at least one validation image")
+    return Normalization(float(image_scores.min()), float(image_scores.max()),
+                         float(maps.min()), float(maps.max()))

@@ -1,0 +1,221 @@
+"""export_ir: the IR's interface, metadata, precisions, atomic writes, torch parity, INT8."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import openvino as ov
+import pytest
+import torch
+
+from anomaly_edge import AnomalyModel
+from anomaly_edge.metadata import ModelMetadata
+from anomaly_edge.train.export import (
+    AccuracyDropError,
+    ValidationSet,
+    compare_maps,
+    export_ir,
+    ir_size_mb,
+)
+from anomaly_edge.train.quantize import image_auroc
+from tests.toy_models import fitted_toy, synthetic_images, to_input
+
+# openvino.convert_model sends usage telemetry unless it runs in CI; offline, every attempt
+# costs seconds per export. (CI=true is what OpenVINO's own opt-out check looks at.)
+os.environ.setdefault("CI", "true")
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return fitted_toy()
+
+
+@pytest.fixture(scope="module")
+def exported(toy, tmp_path_factory):
+    """The toy exported once per precision (exports take seconds; tests share them)."""
+    model, metadata = toy
+    root = tmp_path_factory.mktemp("exported")
+    return {p: export_ir(model, metadata, root / p.lower(), precision=p) for p in ("FP32", "FP16")}
+
+
+@pytest.fixture(scope="module")
+def evaluation_set():
+    normal = synthetic_images(12, seed=10)
+    defect = synthetic_images(12, anomalous=True, seed=11)
+    return to_input(np.concatenate([normal, defect])), [0] * 12 + [1] * 12
+
+
+def ir_scores(xml, images):
+    request = ov.Core().compile_model(str(xml), "CPU").create_infer_request()
+    scores = []
+    for x in images:
+        request.infer({0: x[None].numpy()})
+        scores.append(float(request.get_output_tensor(0).data.max()))
+    return scores
+
+
+def test_ir_interface_and_metadata(toy, exported):
+    _, metadata = toy
+    xml = exported["FP32"]
+    assert xml.name == "model.xml" and xml.with_suffix(".bin").is_file()
+    graph = ov.Core().read_model(str(xml))
+    assert [i.get_any_name() for i in graph.inputs] == ["image"]
+    assert [o.get_any_name() for o in graph.outputs] == ["anomaly_map"]
+    assert list(graph.inputs[0].get_shape()) == [1, 3, 64, 64]
+    assert list(graph.outputs[0].get_shape()) == [1, 1, 64, 64]
+    stored = ModelMetadata.read_from(graph)
+    assert stored.precision == "FP32"
+    assert stored.image_threshold == pytest.approx(metadata.image_threshold)
+    assert metadata.precision == "FP16"  # the caller's metadata is not modified
+    assert sorted(p.name for p in xml.parent.iterdir()) == ["model.bin", "model.xml"]
+
+
+def test_runtime_runs_the_export(exported):
+    runtime = AnomalyModel(exported["FP16"], "CPU", color="RGB", cache_dir=None)
+    normal = runtime.predict(synthetic_images(1, seed=20)[0])
+    defect = runtime.predict(synthetic_images(1, anomalous=True, seed=21)[0])
+    assert not normal.label and defect.label and defect.boxes
+
+
+def test_fp32_maps_match_torch(toy, exported, evaluation_set):
+    model, _ = toy
+    images, labels = evaluation_set
+    xml = exported["FP32"]
+    parity = compare_maps(model, xml, images)
+    assert parity["correlation"] >= 0.999
+    with torch.no_grad():
+        torch_scores = [float(model(x[None]).max()) for x in images]
+    assert round(image_auroc(ir_scores(xml, images), labels), 3) == round(
+        image_auroc(torch_scores, labels), 3)
+
+
+def test_fp16_is_smaller_and_close(toy, exported, evaluation_set):
+    model, _ = toy
+    images, labels = evaluation_set
+    fp32, fp16 = exported["FP32"], exported["FP16"]
+    assert fp16.with_suffix(".bin").stat().st_size < 0.6 * fp32.with_suffix(".bin").stat().st_size
+    parity = compare_maps(model, fp16, images)
+    assert parity["correlation"] >= 0.999
+    assert abs(image_auroc(ir_scores(fp16, images), labels)
+               - image_auroc(ir_scores(fp32, images), labels)) <= 0.01
+    assert ir_size_mb(fp16) > 0
+
+
+def test_int8_reports_the_accuracy_change(toy, evaluation_set, tmp_path):
+    model, metadata = toy
+    images, labels = evaluation_set
+    calibration = to_input(synthetic_images(16, seed=1))
+    xml = export_ir(model, metadata, tmp_path, precision="INT8", calibration_images=calibration,
+                    validation=ValidationSet(list(images), labels), max_accuracy_drop=0.05)
+    stored = ModelMetadata.read_from(ov.Core().read_model(str(xml)))
+    report = stored.metrics["int8"]
+    assert stored.precision == "INT8" and report["metric"] == "image_auroc"
+    assert report["drop"] <= 0.05 and report["images"] == 24
+    assert compare_maps(model, xml, images)["correlation"] > 0.95
+
+    # A bound that cannot be met: refused, and nothing is written.
+    with pytest.raises(AccuracyDropError, match="nothing was written"):
+        export_ir(model, metadata, tmp_path / "refused", precision="INT8",
+                  calibration_images=calibration, max_accuracy_drop=-1.0,
+                  validation=ValidationSet(list(images), labels))
+    assert not (tmp_path / "refused" / "model.xml").exists()
+
+
+def test_fp16_is_checked_against_fp32_on_request(toy, evaluation_set, tmp_path):
+    model, metadata = toy
+    images, labels = evaluation_set
+    xml = export_ir(model, metadata, tmp_path, precision="FP16", max_accuracy_drop=0.01,
+                    validation=ValidationSet(list(images), labels))
+    report = ModelMetadata.read_from(ov.Core().read_model(str(xml))).metrics["fp16"]
+    assert report["metric"] == "image_auroc" and abs(report["drop"]) <= 0.01
+    with pytest.raises(AccuracyDropError, match="FP16 lowered"):
+        export_ir(model, metadata, tmp_path / "refused", precision="FP16",
+                  max_accuracy_drop=-1.0, validation=ValidationSet(list(images), labels))
+    assert not (tmp_path / "refused" / "model.xml").exists()
+
+
+def test_int8_with_a_custom_accuracy_function(toy, tmp_path):
+    model, metadata = toy
+    calibration = [(x, 0) for x in to_input(synthetic_images(8, seed=1))]  # loader-style items
+    calls = []
+
+    def accuracy(infer):
+        calls.append(infer)
+        return float(-infer(to_input(synthetic_images(1, seed=5)).numpy()).max())
+
+    xml = export_ir(model, metadata, tmp_path, precision="INT8", calibration_images=calibration,
+                    validation=accuracy)
+    assert len(calls) == 2
+    report = ModelMetadata.read_from(ov.Core().read_model(str(xml))).metrics["int8"]
+    assert report["metric"] == "custom"
+
+
+def test_bad_arguments(toy, tmp_path):
+    model, metadata = toy
+    with pytest.raises(ValueError, match="precision"):
+        export_ir(model, metadata, tmp_path, precision="INT4")
+    with pytest.raises(ValueError, match="calibration_images"):
+        export_ir(model, metadata, tmp_path, precision="INT8")
+    with pytest.raises(ValueError, match="INT8"):
+        export_ir(model, metadata, tmp_path, precision="FP16", calibration_images=[])
+    with pytest.raises(ValueError, match="FP32"):
+        export_ir(model, metadata, tmp_path, precision="FP32", max_accuracy_drop=0.1)
+    with pytest.raises(ValueError, match="validation"):
+        export_ir(model, metadata, tmp_path, precision="INT8", max_accuracy_drop=0.1,
+                  calibration_images=[torch.zeros(3, 64, 64)])
+
+
+def test_a_module_that_is_not_an_anomaly_module(toy, tmp_path):
+    _, metadata = toy
+    with pytest.raises(ValueError, match=r"\[1, 1, H, W\]"):
+        export_ir(torch.nn.Conv2d(3, 2, 1), metadata, tmp_path)
+
+
+def test_export_keeps_the_training_flag(tmp_path):
+    model, metadata = fitted_toy()
+    model.train()
+    export_ir(model, metadata, tmp_path)
+    assert model.training
+
+
+def test_failed_export_leaves_the_previous_ir(toy, tmp_path, monkeypatch):
+    model, metadata = toy
+    xml = export_ir(model, metadata, tmp_path)
+    before = xml.read_bytes(), xml.with_suffix(".bin").read_bytes()
+
+    def crash_half_way(graph, path, compress_to_fp16=True):
+        with open(path, "w") as half_written:
+            half_written.write("<?xml")
+        raise OSError("disk full")
+
+    monkeypatch.setattr("anomaly_edge.train.export.ov.save_model", crash_half_way)
+    with pytest.raises(OSError, match="disk full"):
+        export_ir(model, metadata, tmp_path)
+    assert (xml.read_bytes(), xml.with_suffix(".bin").read_bytes()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.bin", "model.xml"]
+
+
+@pytest.mark.parametrize("lower", [True, False])
+def test_triangular_constants_are_stored_packed(tmp_path, lower):
+    import openvino.opset13 as ops
+
+    from anomaly_edge.train.export import pack_triangular_constants, save_atomically
+
+    rng = np.random.default_rng(0)
+    square = rng.standard_normal((64, 40, 40)).astype(np.float32)
+    factor = np.tril(square) if lower else np.triu(square)
+    x = ops.parameter([64, 1, 40], ov.Type.f32, name="image")
+    graph = ov.Model([ops.matmul(x, ops.constant(factor), False, False)], [x])
+    dense = save_atomically(graph.clone(), tmp_path / "dense", "model", compress_to_fp16=False)
+    assert pack_triangular_constants(graph, min_elements=1000) == 1
+    packed = save_atomically(graph, tmp_path / "packed", "model", compress_to_fp16=False)
+    size = {p.parent.name: p.with_suffix(".bin").stat().st_size for p in (dense, packed)}
+    assert size["packed"] < 0.55 * size["dense"]
+    inputs = rng.standard_normal((64, 1, 40)).astype(np.float32)
+    core = ov.Core()
+    expected = core.compile_model(str(dense), "CPU")(inputs)[0]
+    assert np.array_equal(core.compile_model(str(packed), "CPU")(inputs)[0], expected)
+
+    full = ov.Model([ops.matmul(x, ops.constant(square), False, False)], [x])
+    assert pack_triangular_constants(full, min_elements=1000) == 0  # not triangular: untouched

@@ -1,0 +1,59 @@
+"""OpenVINO Model API's AnomalyDetection wrapper loads our IR as it is and agrees with us."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from anomaly_edge import AnomalyModel
+from tests.ir_factory import GREY
+
+model_api = pytest.importorskip("model_api.models")
+
+
+def frames():
+    rng = np.random.default_rng(0)
+    out = [np.full((480, 640, 3), GREY, np.uint8)]
+    for value, (y, x) in [(255, (100, 200)), (0, (300, 400)), (190, (50, 50)), (230, (400, 100))]:
+        frame = np.clip(GREY + rng.normal(0, 3, (480, 640, 3)), 0, 255).astype(np.uint8)
+        frame[y : y + 64, x : x + 80] = value
+        out.append(frame)
+    return out
+
+
+def test_model_api_gives_our_label_and_score(synthetic_ir):
+    theirs = model_api.AnomalyDetection.create_model(str(synthetic_ir), device="CPU")
+    ours = AnomalyModel(synthetic_ir, "CPU", cache_dir=None)
+    assert theirs.params.image_threshold == pytest.approx(ours.image_threshold)
+    assert theirs.params.normalization_scale == pytest.approx(ours.metadata.image_scale)
+    assert list(theirs.params.labels) == ["Normal", "Anomaly"]
+    labels = []
+    for frame in frames():
+        mine, result = ours.predict(frame), theirs(frame)
+        assert result.pred_label == mine.label_name
+        # Model API reports 1 - score for normal images ("confidence of the label").
+        their_score = result.pred_score if mine.label else 1.0 - result.pred_score
+        # Both resize (linear in Model API's graph, area averaging in ours): close, not equal.
+        assert their_score == pytest.approx(mine.score, abs=0.02)
+        labels.append(mine.label)
+    assert any(labels) and not all(labels)
+
+
+def test_model_api_loads_an_exported_model(tmp_path):
+    pytest.importorskip("torch")
+    import os
+
+    os.environ.setdefault("CI", "true")  # no OpenVINO telemetry attempts (see test_export)
+    from anomaly_edge.train.export import export_ir
+    from tests.toy_models import fitted_toy, synthetic_images
+
+    model, metadata = fitted_toy()
+    xml = export_ir(model, metadata, tmp_path, precision="FP32")
+    theirs = model_api.AnomalyDetection.create_model(str(xml), device="CPU")
+    ours = AnomalyModel(xml, "CPU", color="RGB", cache_dir=None)
+    images = list(synthetic_images(3, seed=7)) + list(synthetic_images(3, anomalous=True, seed=8))
+    for rgb in images:
+        mine, result = ours.predict(rgb), theirs(np.ascontiguousarray(rgb[:, :, ::-1]))
+        assert result.pred_label == mine.label_name
+        their_score = result.pred_score if mine.label else 1.0 - result.pred_score
+        assert their_score == pytest.approx(mine.score, abs=1e-3)  # 64x64 frames: no resize

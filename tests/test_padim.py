@@ -1,0 +1,143 @@
+"""PaDiM: streaming statistics, the distance it computes, determinism, export, detection."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from anomaly_edge.train.padim import Padim, gaussian_kernel_1d  # noqa: E402
+from anomaly_edge.train.running_gaussian import RunningGaussian  # noqa: E402
+
+SIZE = (64, 64)
+
+
+def tiny_padim(seed: int = 0, channels: int = 40) -> Padim:
+    torch.manual_seed(123)  # the random backbone; ``seed`` picks the channels
+    return Padim("resnet18", SIZE, n_channels=channels, seed=seed, pretrained=False)
+
+
+def images(n: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, *SIZE, generator=generator)
+
+
+def test_running_gaussian_matches_direct_covariance():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 700, 12, generator=generator, dtype=torch.float64) * 3 + 50
+    x[:, :, 1] = 2 * x[:, :, 0] + 0.05 * torch.randn(40, 700, generator=generator)
+    stats = RunningGaussian(700, 12, workers=2)
+    for start in range(0, 40, 6):  # uneven batches
+        stats.update(x[start:start + 6].float())
+    mean, whiten_t = torch.empty(700, 1, 12), torch.empty(700, 12, 12)
+    stats.whiten_into(mean, whiten_t, regularization=0.01)
+    for p in (0, 511, 512, 699):  # both sides of a chunk boundary
+        cov = torch.cov(x[:, p].T) + 0.01 * torch.eye(12, dtype=torch.float64)
+        w = whiten_t[p].T.double()
+        torch.testing.assert_close(w.T @ w, torch.linalg.inv(cov), rtol=2e-3, atol=1e-3)
+        assert torch.equal(w, w.tril())  # the inverse Cholesky factor is lower triangular
+        torch.testing.assert_close(mean[p, 0].double(), x[:, p].mean(0), rtol=1e-6, atol=1e-4)
+
+
+def test_running_gaussian_errors():
+    stats = RunningGaussian(4, 3)
+    with pytest.raises(ValueError, match=r"expected \[B, 4, 3\]"):
+        stats.update(torch.zeros(2, 4, 5))
+    with pytest.raises(ValueError, match="at least one image"):
+        stats.whiten_into(torch.empty(4, 1, 3), torch.empty(4, 3, 3))
+
+
+def test_fit_is_the_same_in_one_batch_or_many():
+    data = images(12)
+    whole = tiny_padim().fit([data])
+    pieces = tiny_padim().fit([data[i:i + 5] for i in range(0, 12, 5)], extract_batch=2)
+    torch.testing.assert_close(whole.mean, pieces.mean, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(whole.whiten_t, pieces.whiten_t, rtol=1e-4, atol=1e-4)
+
+
+def test_map_is_the_blurred_upsampled_mahalanobis_distance():
+    train = images(16)
+    model = tiny_padim(channels=20).fit([train])
+    x = images(2, seed=9)
+    with torch.inference_mode():
+        out = model(x)
+        embedding = model.embed(x)  # [2, d, h, w]
+        trained = torch.cat([model.embed(train)])
+    assert out.shape == (2, 1, *SIZE) and out.dtype == torch.float32
+    h, w = model.feature_size
+    e = trained.flatten(2).double()  # [N, d, P]
+    expected = torch.empty(2, h * w, dtype=torch.float64)
+    for p in range(h * w):
+        cov = torch.cov(e[:, :, p].T) + 0.01 * torch.eye(e.shape[1], dtype=torch.float64)
+        delta = embedding.flatten(2)[:, :, p].double() - e[:, :, p].mean(0)
+        expected[:, p] = torch.einsum("nd,de,ne->n", delta, torch.linalg.inv(cov), delta).sqrt()
+    expected = torch.nn.functional.interpolate(expected.float().reshape(2, 1, h, w), size=SIZE,
+                                               mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out, model.blur(expected), rtol=1e-3, atol=1e-3)
+
+
+def test_channel_choice_is_seeded_and_checked():
+    a, b, c = tiny_padim(seed=1), tiny_padim(seed=1), tiny_padim(seed=2)
+    picks = [[getattr(m, f"channels_{i}").tolist() for i in range(3)] for m in (a, b, c)]
+    assert picks[0] == picks[1] != picks[2]
+    assert sum(len(p) for p in picks[0]) == 40
+    with pytest.raises(ValueError, match=r"n_channels must be in 1\.\.448"):
+        tiny_padim(channels=449)
+
+
+def test_blur_kernel():
+    kernel = gaussian_kernel_1d(4.0)
+    assert kernel.numel() == 33 and kernel.sum().item() == pytest.approx(1.0)
+    assert gaussian_kernel_1d(0).tolist() == [1.0]
+
+
+def test_unfitted_model_refuses_to_predict_and_bad_input_is_reported():
+    model = tiny_padim()
+    with pytest.raises(RuntimeError, match="not fitted"):
+        model(images(1))
+    with pytest.raises(ValueError, match=r"expects \[N, 3, 64, 64\]"):
+        model.fit([torch.zeros(1, 3, 32, 32)])
+    with pytest.raises(ValueError, match="no images"):
+        model.fit([])
+
+
+def test_defects_score_higher_than_normal_images(tmp_path):
+    from anomaly_edge.train.data import ImageDataset, iter_batches, scan_category
+    from tests.test_data_factory import make_category
+
+    data = scan_category(make_category(tmp_path / "cat", train=16, good=4, defects={"d": 4}))
+    model = Padim("efficientnet_lite0", SIZE, seed=0)
+    mean, std = model.backbone.mean, model.backbone.std
+    model.fit(iter_batches(ImageDataset(data.train, SIZE, mean, std), 8))
+    batch = next(iter_batches(ImageDataset(data.test, SIZE, mean, std), 8))
+    with torch.inference_mode():
+        maps = model(batch["image"])[:, 0]
+    scores = maps.flatten(1).amax(1)
+    labels = batch["label"].bool()
+    assert scores[labels].min() > scores[~labels].max()
+    masks = batch["mask"][:, 0].bool()
+    assert maps[masks].mean() > maps[~masks & labels[:, None, None]].mean()
+
+
+def test_state_dict_round_trip_rebuilds_offline():
+    model = tiny_padim().fit([images(6)])
+    rebuilt = Padim(**model.init_kwargs)
+    rebuilt.load_state_dict(model.state_dict())
+    x = images(1, seed=4)
+    with torch.inference_mode():
+        torch.testing.assert_close(rebuilt(x), model(x))
+
+
+def test_exports_with_openvino_and_matches_torch():
+    ov = pytest.importorskip("openvino")
+    model = tiny_padim(channels=30).fit([images(8)])
+    x = images(1, seed=5)
+    converted = ov.convert_model(model, example_input=x, input=[1, 3, *SIZE])
+    compiled = ov.Core().compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    result = compiled(x.numpy())[0]
+    with torch.inference_mode():
+        expected = model(x).numpy()
+    assert result.shape == (1, 1, *SIZE)
+    assert all(o.get_partial_shape().is_static for o in converted.outputs)
+    np.testing.assert_allclose(result, expected, rtol=1e-3, atol=1e-3)

@@ -1,0 +1,288 @@
+"""STFPM: loss and map arithmetic, training, early stopping, determinism, the module contract."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from anomaly_edge.train import stfpm  # noqa: E402
+from anomaly_edge.train.backbones import build_backbone  # noqa: E402
+
+SIZE = 64
+_NETWORKS: dict[int, torch.nn.Module] = {}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors gain nothing from threads, and on a shared machine they lose a lot."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def random_resnet18(seed: int) -> torch.nn.Module:
+    """A random-init ResNet18 extractor, built once per seed (construction is the slow part)."""
+    if seed not in _NETWORKS:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            _NETWORKS[seed] = build_backbone("resnet18", pretrained=False)
+    return copy.deepcopy(_NETWORKS[seed])
+
+
+def tiny_model(seed: int = 0, combine: str = "product") -> stfpm.Stfpm:
+    """A random-init ResNet18 pair: no weights to find, a few ms per 64x64 image."""
+    return stfpm.Stfpm(random_resnet18(1000), random_resnet18(seed), combine=combine)
+
+
+def textured_images(count: int, seed: int = 0) -> torch.Tensor:
+    """uint8 [N,3,64,64] stripes with noise: 'normal' images with some structure to learn."""
+    rng = np.random.default_rng(seed)
+    x = np.arange(SIZE)
+    stripes = (np.sin(x / 3.0)[None, :] * 60 + 128).repeat(SIZE, 0)
+    images = stripes[None, None] + rng.normal(0, 12, (count, 3, SIZE, SIZE))
+    return torch.from_numpy(np.clip(images, 0, 255).astype(np.uint8))
+
+
+def batches(images: torch.Tensor, size: int = 4) -> list[torch.Tensor]:
+    return [images[i:i + size] for i in range(0, len(images), size)]
+
+
+def fit(model: stfpm.Stfpm, **kwargs) -> stfpm.StfpmHistory:
+    settings = {"max_epochs": 2, "patience": 10, "lr": 0.05, "progress": False, "seed": 0}
+    settings.update(kwargs)
+    return stfpm.train_stfpm(model, batches(textured_images(8)),
+                             batches(textured_images(4, seed=1)), **settings)
+
+
+# ---- arithmetic --------------------------------------------------------------------------
+
+
+def test_layer_distance_is_half_squared_distance_of_unit_vectors():
+    t = torch.tensor([1.0, 0.0]).view(1, 2, 1, 1)
+    assert stfpm.layer_distance(t, 3 * t).item() == pytest.approx(0.0)  # scale-free
+    assert stfpm.layer_distance(t, -t).item() == pytest.approx(2.0)  # opposite: |2u|^2 / 2
+    s = torch.tensor([0.0, 5.0]).view(1, 2, 1, 1)
+    assert stfpm.layer_distance(t, s).item() == pytest.approx(1.0)  # orthogonal
+    assert stfpm.layer_distance(torch.randn(2, 8, 5, 7), torch.randn(2, 8, 5, 7)).shape == (
+        2, 1, 5, 7)
+
+
+def test_loss_sums_images_and_averages_positions():
+    t = [torch.randn(1, 4, 6, 6), torch.randn(1, 8, 3, 3)]
+    s = [torch.randn(1, 4, 6, 6), torch.randn(1, 8, 3, 3)]
+    one = stfpm.stfpm_loss(t, s)
+    expected = sum(stfpm.layer_distance(a, b).mean() for a, b in zip(t, s, strict=True))
+    assert one.item() == pytest.approx(float(expected), rel=1e-6)
+    doubled = stfpm.stfpm_loss([torch.cat([a, a]) for a in t], [torch.cat([b, b]) for b in s])
+    assert doubled.item() == pytest.approx(2 * one.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("combine", ["product", "sum"])
+def test_map_combines_upsampled_layer_distances(combine):
+    model = tiny_model(combine=combine)
+    t = [torch.rand(1, 3, 4, 4), torch.rand(1, 3, 2, 2)]
+    s = [torch.rand(1, 3, 4, 4), torch.rand(1, 3, 2, 2)]
+    amap = model.distances(t, s, (8, 8))
+    ups = [torch.nn.functional.interpolate(stfpm.layer_distance(a, b), size=(8, 8),
+                                           mode="bilinear", align_corners=False)
+           for a, b in zip(t, s, strict=True)]
+    expected = ups[0] * ups[1] if combine == "product" else ups[0] + ups[1]
+    torch.testing.assert_close(amap, expected)
+
+
+# ---- the anomaly-module contract -----------------------------------------------------------
+
+
+def test_forward_gives_one_raw_map_per_image_at_input_size():
+    model = tiny_model()
+    x = torch.randn(3, 3, SIZE, 48)
+    with torch.no_grad():
+        amap = model(x)
+    assert amap.shape == (3, 1, SIZE, 48)
+    assert amap.dtype == torch.float32
+    assert bool((amap >= 0).all())
+    assert not model.training
+
+
+def test_teacher_stays_frozen_and_in_eval_mode():
+    model = tiny_model()
+    model.train()
+    assert model.student.training
+    assert not model.teacher.training
+    assert not any(p.requires_grad for p in model.teacher.parameters())
+    history = fit(model, max_epochs=1)
+    assert history.epochs == 1
+    assert not model.training  # handed back ready for inference
+
+
+def test_teacher_and_student_must_match():
+    student = random_resnet18(0)
+    student.channels = [64, 128]  # as if built with other layers
+    with pytest.raises(ValueError, match="same backbone"):
+        stfpm.Stfpm(random_resnet18(1000), student)
+
+
+def test_openvino_converts_the_module_and_agrees_with_torch():
+    ov = pytest.importorskip("openvino")
+    model = tiny_model()
+    x = torch.randn(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    compiled = ov.compile_model(ov.convert_model(model, example_input=x), "CPU")
+    got = compiled(x.numpy())[0]
+    assert got.shape == (1, 1, SIZE, SIZE)
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-5 * float(expected.max()))
+
+
+# ---- training ------------------------------------------------------------------------------
+
+
+def test_training_lowers_the_loss():
+    model = tiny_model()
+    history = fit(model, max_epochs=4)
+    assert history.epochs == 4
+    assert history.train_loss[-1] < history.train_loss[0]
+    assert min(history.val_loss) < history.val_loss[0]
+    assert model.history is history
+    assert history.as_dict()["best_epoch"] == history.best_epoch
+
+
+def test_early_stopping_stops_after_patience_and_restores_the_best_weights(monkeypatch):
+    scripted = iter([3.0, 2.0, 2.5, 2.6, 2.7, 1.0])  # best at epoch 2, then 3 worse epochs
+    snapshots = []
+
+    def fake_val_loss(model, *args):
+        snapshots.append(copy.deepcopy(model.student.state_dict()))
+        return next(scripted)
+
+    monkeypatch.setattr(stfpm, "_evaluate_loss", fake_val_loss)
+    model = tiny_model()
+    history = fit(model, max_epochs=20, patience=3)
+    assert history.stopped_early
+    assert history.epochs == 5  # 2 + patience
+    assert history.best_epoch == 2
+    kept = model.student.state_dict()
+    for name, value in kept.items():
+        torch.testing.assert_close(value, snapshots[1][name], msg=name)
+    assert any(not torch.equal(kept[name], snapshots[-1][name]) for name in kept)  # restored
+
+
+def test_max_epochs_caps_training_without_early_stop():
+    history = fit(tiny_model(), max_epochs=3, patience=50)
+    assert history.epochs == 3 and not history.stopped_early
+
+
+def test_same_seed_same_model_other_seed_other_model():
+    images = textured_images(3, seed=5)
+    maps = []
+    for seed in (0, 0, 1):
+        model = tiny_model(seed=seed)
+        fit(model, seed=seed)
+        with torch.no_grad():
+            maps.append(model(images.float()))
+    torch.testing.assert_close(maps[0], maps[1], rtol=0, atol=0)
+    assert not torch.equal(maps[0], maps[2])
+
+
+def test_holds_out_training_images_when_no_validation_loader():
+    model = tiny_model()
+    history = stfpm.train_stfpm(model, batches(textured_images(10)), None, max_epochs=1,
+                                lr=0.05, progress=False, val_fraction=0.2)
+    assert history.epochs == 1 and np.isfinite(history.val_loss[0])
+
+
+def test_accepts_dict_batches_of_normalised_floats():
+    model = tiny_model()
+    mean = torch.tensor(model.mean).view(1, 3, 1, 1)
+    std = torch.tensor(model.std).view(1, 3, 1, 1)
+    normalised = [{"image": (b.float() - mean) / std, "label": torch.zeros(len(b))}
+                  for b in batches(textured_images(8))]
+    kept, batch = stfpm._collect_images(normalised, "train_loader", mean, std)
+    assert kept.dtype == torch.uint8 and batch == 4  # compacted losslessly
+    torch.testing.assert_close(kept, textured_images(8))
+    history = stfpm.train_stfpm(model, normalised, normalised[:1], max_epochs=1, lr=0.05,
+                                progress=False)
+    assert history.epochs == 1
+
+
+def test_fit_stfpm_builds_a_pretrained_teacher_and_trains():
+    model = stfpm.fit_stfpm("efficientnet_lite0", batches(textured_images(6)),
+                            batches(textured_images(2, seed=1)), max_epochs=1, progress=False)
+    assert model.backbone == "efficientnet_lite0"
+    assert model.mean == (127.5, 127.5, 127.5)
+    assert model.history is not None and model.history.epochs == 1
+    with torch.no_grad():
+        assert model(torch.zeros(1, 3, SIZE, SIZE)).shape == (1, 1, SIZE, SIZE)
+
+
+# ---- bad input -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ({"lr": -1.0}, "lr"), ({"momentum": 1.0}, "momentum"), ({"weight_decay": -1.0}, "weight"),
+    ({"patience": 0}, "patience"), ({"max_epochs": 0}, "max_epochs"),
+    ({"val_fraction": 1.0}, "val_fraction"), ({"batch_size": 0}, "batch_size"),
+])
+def test_bad_settings_are_named(setting, message):
+    with pytest.raises(ValueError, match=message):
+        fit(tiny_model(), **setting)
+
+
+def test_bad_loaders_get_clear_errors():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="no images"):
+        stfpm.train_stfpm(model, [], None, progress=False)
+    with pytest.raises(TypeError, match=r"\[N,3,H,W\]"):
+        stfpm.train_stfpm(model, [torch.zeros(2, 1, 8, 8)], None, progress=False)
+    with pytest.raises(TypeError, match="'image'"):
+        stfpm.train_stfpm(model, [{"pixels": torch.zeros(2, 3, 8, 8)}], None, progress=False)
+    with pytest.raises(ValueError, match="at least 2"):
+        stfpm.train_stfpm(model, [textured_images(1)], None, progress=False)
+    with pytest.raises(ValueError, match="different sizes"):
+        stfpm.train_stfpm(model, [textured_images(2), textured_images(2)[..., :32]], None,
+                          progress=False)
+    with pytest.raises(ValueError, match="combine"):
+        stfpm.Stfpm(model.teacher, model.student, combine="max")  # type: ignore[arg-type]
+
+
+# ---- blur and checkpoints ------------------------------------------------------------------
+
+
+def test_blur_smooths_the_raw_distances_and_zero_turns_it_off():
+    sharp = tiny_model()
+    sharp_off = stfpm.Stfpm(sharp.teacher, sharp.student, blur_sigma=0)
+    x = torch.randn(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        raw = sharp_off(x)
+        blurred = sharp(x)
+        torch.testing.assert_close(raw, sharp_off.distances(sharp.teacher(x), sharp.student(x),
+                                                            (SIZE, SIZE)))
+    torch.testing.assert_close(blurred, sharp.blur(raw))
+    assert float(blurred.std()) < float(raw.std())
+    torch.testing.assert_close(blurred.mean(), raw.mean(), rtol=0.05, atol=0)
+    with pytest.raises(ValueError, match="blur_sigma"):
+        stfpm.Stfpm(sharp.teacher, sharp.student, blur_sigma=-1)
+
+
+def test_checkpoint_round_trip_rebuilds_the_same_module(tmp_path):
+    checkpoint = pytest.importorskip("anomaly_edge.train.checkpoint")
+    from anomaly_edge.metadata import ModelMetadata
+
+    model = stfpm.fit_stfpm("efficientnet_lite0", batches(textured_images(4)),
+                            batches(textured_images(2, seed=1)), max_epochs=1, progress=False,
+                            blur_sigma=2.0)
+    metadata = ModelMetadata(model="stfpm", backbone=model.backbone, input_size=(SIZE, SIZE),
+                             mean=model.mean, std=model.std, image_threshold=1.0,
+                             pixel_threshold=1.0, image_min=0.0, image_max=2.0, pixel_min=0.0,
+                             pixel_max=2.0)
+    path = checkpoint.save_checkpoint(model, metadata, tmp_path / "checkpoint.pt")
+    rebuilt, _ = checkpoint.load_checkpoint(path)
+    assert isinstance(rebuilt, stfpm.Stfpm) and rebuilt.blur_sigma == 2.0
+    x = torch.randn(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), model(x))

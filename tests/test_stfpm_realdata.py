@@ -1,0 +1,39 @@
+"""STFPM on real data (mpdd/metal_plate): a short training already separates defects."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from anomaly_edge.train import data, metrics, stfpm  # noqa: E402
+
+SIZE = 128  # a quarter of the pixels of the benchmark's 256: the same idea, 4x cheaper
+EPOCHS = 3
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_short_training_on_metal_plate_beats_chance_by_far(datasets_root):
+    folder = datasets_root / "mpdd" / "metal_plate"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} not found")
+    torch.manual_seed(0)
+    category = data.scan_category(folder)
+    lite_mean = lite_std = (127.5, 127.5, 127.5)
+    train = data.make_loader(category.train, SIZE, lite_mean, lite_std, batch_size=8)
+    model = stfpm.fit_stfpm("efficientnet_lite0", train, None, max_epochs=EPOCHS,
+                            progress=False)
+    assert model.history is not None and model.history.epochs == EPOCHS
+    assert model.history.val_loss[-1] < model.history.val_loss[0]
+
+    scores, labels = [], []
+    test = data.ImageDataset(category.test, SIZE, model.mean, model.std)
+    with torch.no_grad():
+        for batch in data.iter_batches(test, batch_size=16):
+            scores.append(model(batch["image"]).amax(dim=(1, 2, 3)).numpy())
+            labels.append(batch["label"].numpy())
+    image_auroc = metrics.auroc(np.concatenate(scores), np.concatenate(labels))
+    # 3 epochs at 128 px gave 0.86 (seed 0); chance is 0.5, the 30-epoch 256 px bar 0.92
+    assert image_auroc is not None and image_auroc > 0.7

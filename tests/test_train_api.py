@@ -1,0 +1,120 @@
+"""anomaly_edge.train.train and `anomaly-edge train` on generated data (and one real dataset)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from anomaly_edge.cli.main import main  # noqa: E402
+from anomaly_edge.train import train  # noqa: E402
+from tests.test_data_factory import make_category  # noqa: E402
+
+FAST = {"backbone": "efficientnet_lite0", "image_size": 64, "export": False}
+REQUIRED = ("image_auroc", "pixel_auroc", "aupro", "image_f1", "pixel_f1", "image_threshold",
+            "pixel_threshold")
+
+
+@pytest.fixture(scope="module")
+def category(tmp_path_factory):
+    return make_category(tmp_path_factory.mktemp("data") / "cat", train=12, good=6,
+                         defects={"scratch": 5, "spot": 5})
+
+
+def test_train_writes_metrics_curves_and_checkpoint(category, tmp_path):
+    result = train(category, out=tmp_path / "run", **FAST)
+    written = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert set(REQUIRED) <= set(written)
+    assert written["image_auroc"] > 0.9 and written["pixel_auroc"] > 0.9
+    assert 0 < written["aupro"] <= 1
+    assert written["image_threshold_method"] == "f1_optimal"
+    for name in ("roc_curve.png", "pr_curve.png", "checkpoint.pt"):
+        assert (tmp_path / "run" / name).stat().st_size > 0
+    assert not list((tmp_path / "run").glob(".*"))  # no temporary files left behind
+    md = result.metadata
+    assert (md.model, md.backbone, md.input_size) == ("padim", "efficientnet_lite0", (64, 64))
+    assert md.image_threshold == written["image_threshold"]
+    assert md.image_min <= md.image_max and md.pixel_min <= md.pixel_max
+    assert md.mean == (127.5, 127.5, 127.5)
+    assert result.ir_path is None and not result.model.training
+
+
+def test_training_is_deterministic_for_a_seed(category):
+    first = train(category, seed=3, **FAST)
+    second = train(category, seed=3, **FAST)
+    keys = ("image_threshold", "pixel_threshold", "image_auroc", "aupro", "pixel_max")
+    assert {k: first.metrics[k] for k in keys} == {k: second.metrics[k] for k in keys}
+
+
+def test_fixed_thresholds_are_kept(category):
+    result = train(category, image_threshold=123.0, pixel_threshold=45.0, **FAST)
+    assert result.metadata.image_threshold == 123.0
+    assert result.metrics["pixel_threshold_method"] == "fixed"
+
+
+def test_no_anomalies_falls_back_and_explains(tmp_path):
+    root = make_category(tmp_path / "normal", train=8, good=6, defects={})
+    result = train(root, out=tmp_path / "run", **FAST)
+    metrics = result.metrics
+    assert metrics["image_auroc"] is None and metrics["aupro"] is None
+    assert metrics["image_threshold_method"] == "max_normal"
+    assert any("not tuned on defects" in note for note in metrics["notes"])
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["image_f1"] is None
+
+
+def test_without_test_images_validation_is_held_out_of_train(tmp_path):
+    root = make_category(tmp_path / "train_only", train=10, good=0, defects={})
+    metrics = train(root, **FAST).metrics
+    assert (metrics["train_images"], metrics["validation_images"], metrics["test_images"]) == (
+        7, 3, 0)
+    assert metrics["image_auroc"] is None and metrics["image_threshold_method"] == "max_normal"
+    assert any("no test images" in note for note in metrics["notes"])
+
+
+def test_defects_without_masks_give_image_metrics_only(tmp_path):
+    root = make_category(tmp_path / "nomask", train=8, good=4, defects={"d": 5}, masks=False)
+    metrics = train(root, **FAST).metrics
+    assert metrics["image_auroc"] is not None
+    assert metrics["pixel_auroc"] is None and metrics["pixel_f1"] is None
+    assert any("mask" in note for note in metrics["notes"])
+
+
+def test_bad_arguments_are_clear(category):
+    with pytest.raises(ValueError, match="unknown model"):
+        train(category, model="patchcore")
+    with pytest.raises(ValueError, match="needs an output folder"):
+        train(category, backbone="efficientnet_lite0", export=True)
+
+
+def test_cli_trains_exports_and_prints_a_summary(category, tmp_path, capsys):
+    pytest.importorskip("openvino")
+    out = tmp_path / "cli"
+    code = main(["train", "--data", str(category), "--backbone", "efficientnet_lite0",
+                 "--image-size", "64", "--out", str(out), "--quiet", "--precision", "FP32"])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "image AUROC" in printed and "AUPRO" in printed
+    assert (out / "model.xml").is_file() and (out / "model.bin").is_file()
+    assert json.loads((out / "metrics.json").read_text())["image_auroc"] is not None
+
+
+def test_cli_bad_data_exits_with_input_code(tmp_path, capsys):
+    code = main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o"),
+                 "--backbone", "efficientnet_lite0", "--quiet"])
+    assert code == 3
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as usage:  # argparse rejects it before training starts
+        main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--image-size", "8"])
+    assert usage.value.code == 2
+
+
+@pytest.mark.realdata
+def test_padim_on_metal_plate_is_far_above_chance(datasets_root):
+    root = datasets_root / "mpdd" / "metal_plate"
+    if not root.is_dir():
+        pytest.skip(f"{root} not found")
+    metrics = train(root, backbone="efficientnet_lite0", export=False).metrics
+    assert metrics["image_auroc"] > 0.75
+    assert metrics["pixel_auroc"] > 0.93

@@ -1,0 +1,250 @@
+#!/usr/bin/env python
+"""Accuracy and cost of PaDiM and STFPM on every real category: AUROCs, AUPRO, time, memory.
+
+Finds every category (a folder holding ``train/good``) below each dataset folder of the
+datasets root (``../shared/datasets`` beside the checkout, or ``$ANOMALY_EDGE_DATASETS``, or
+``--root``), trains each model on it with :func:`anomaly_edge.train.train` and prints a table,
+then, as the last stdout line, one JSON object (keys in ../shared/BENCHMARKS.md):
+
+    {"benchmark": "accuracy", "runs": [{"dataset": ..., "category": ..., "model": ...,
+      "backbone": ..., "image_auroc": ..., "pixel_auroc": ..., "aupro": ..., "fit_s": ...,
+      "peak_rss_mb": ..., "ir_mb": ...}, ...]}
+
+Every run is a fresh child process, so its peak RSS (``wait4``'s ``ru_maxrss``) is that run's
+alone (training, evaluation and export together). ``fit_s`` is the model fitting time as the
+train API reports it (``fit_seconds``; the whole ``train()`` call when it reports none). The
+children run with ``OMP_WAIT_POLICY=PASSIVE`` unless the environment sets it. Timing on a
+shared machine is noisy: compare runs made together.
+
+    python tools/bench_accuracy.py                       # all categories, padim + stfpm
+    python tools/bench_accuracy.py --datasets mpdd --models stfpm --max-epochs 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = ("padim", "stfpm")
+CHILD_FLAG = "--child-run"
+RESULT_PREFIX = "BENCH_ACCURACY_RESULT "
+
+
+def datasets_root(explicit: str | None) -> Path:
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("ANOMALY_EDGE_DATASETS")
+    return Path(env) if env else REPO.parent / "shared" / "datasets"
+
+
+def find_categories(root: Path, datasets: list[str] | None) -> list[tuple[str, str, Path]]:
+    """(dataset, category, folder) for every folder holding train/good below each dataset."""
+    if not root.is_dir():
+        raise SystemExit(f"datasets root {root} does not exist; pass --root or set "
+                         "ANOMALY_EDGE_DATASETS")
+    found = []
+    for dataset_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        if datasets and dataset_dir.name not in datasets:
+            continue
+        candidates = [dataset_dir, *sorted(dataset_dir.rglob("*"))]
+        for folder in candidates:
+            if folder.is_dir() and (folder / "train" / "good").is_dir():
+                category = folder.relative_to(dataset_dir).as_posix()
+                found.append((dataset_dir.name, category if category != "." else dataset_dir.name,
+                              folder))
+    if datasets:
+        missing = set(datasets) - {dataset for dataset, _, _ in found}
+        if missing:
+            raise SystemExit(f"no category (a folder with train/good) found for dataset(s) "
+                             f"{', '.join(sorted(missing))} under {root}")
+    if not found:
+        raise SystemExit(f"no category (a folder with train/good) found under {root}")
+    return found
+
+
+# ---- child: one training run ---------------------------------------------------------------
+
+
+def child_main(args: argparse.Namespace) -> int:
+    """Train one model on one category; print its numbers as one prefixed JSON line."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from anomaly_edge.train import train
+
+    accepted = inspect.signature(train).parameters
+    options = {"model": args.model, "backbone": args.backbone, "image_size": args.image_size,
+               "seed": args.seed, "export": True, "progress": False, "threads": args.threads}
+    if args.max_epochs is not None and args.model == "stfpm":
+        options["stfpm_options"] = {"max_epochs": args.max_epochs}
+    options = {k: v for k, v in options.items() if k in accepted}
+    if args.max_epochs is not None and args.model == "stfpm" and "stfpm_options" not in options:
+        print("warning: train() takes no stfpm_options; STFPM uses its default max_epochs",
+              file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="bench_accuracy_") as out:
+        started = time.perf_counter()
+        try:
+            result = train(args.data, out=out, **options)
+        except TypeError as exc:  # an export-less API: train without export
+            if "export" not in str(exc):
+                raise
+            options.pop("export", None)
+            result = train(args.data, out=out, **options)
+        total = time.perf_counter() - started
+        metrics = dict(getattr(result, "metrics", {}) or {})
+        ir_path = getattr(result, "ir_path", None)
+        ir_mb = None
+        if ir_path is not None and Path(ir_path).is_file():
+            xml = Path(ir_path)
+            ir_mb = (xml.stat().st_size + xml.with_suffix(".bin").stat().st_size) / 1e6
+        history = getattr(getattr(result, "model", None), "history", None)
+        fit_s = _first_number(metrics, ("fit_s", "fit_seconds", "fit_time_s"))
+        if fit_s is None and history is not None:
+            fit_s = getattr(history, "seconds", None)
+        epochs = _first_number(metrics, ("epochs",))
+        if epochs is None and history is not None:
+            epochs = getattr(history, "epochs", None)
+        record = {
+            "image_auroc": _first_number(metrics, ("image_auroc",)),
+            "pixel_auroc": _first_number(metrics, ("pixel_auroc",)),
+            "aupro": _first_number(metrics, ("aupro",)),
+            "fit_s": fit_s if fit_s is not None else total,
+            "train_s": total,
+            "ir_mb": ir_mb,
+            "epochs": epochs,
+        }
+    print(RESULT_PREFIX + json.dumps(record), flush=True)
+    return 0
+
+
+def _first_number(metrics: dict, keys: tuple[str, ...]) -> float | None:
+    for key in keys:
+        value = metrics.get(key)
+        if isinstance(value, (int, float)):
+            return float(value)
+    return None
+
+
+# ---- parent: every category x model, one child each ----------------------------------------
+
+
+def run_child(folder: Path, model: str, args: argparse.Namespace) -> tuple[dict | None, float,
+                                                                               str]:
+    """Run one child; returns (its record or None, its peak RSS in MB, an error text)."""
+    command = [sys.executable, str(Path(__file__).resolve()), CHILD_FLAG, "--data", str(folder),
+               "--model-name", model, "--backbone", args.backbone, "--image-size",
+               str(args.image_size), "--seed", str(args.seed), "--threads", str(args.threads)]
+    if args.max_epochs is not None:
+        command += ["--max-epochs", str(args.max_epochs)]
+    env = dict(os.environ)
+    # On a shared machine, OpenMP threads that spin while waiting steal the cores their
+    # siblings need (a 2-thread fit ran 20x slower than with this); set before torch loads.
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "python"),
+                                                      env.get("PYTHONPATH")]))
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env, cwd=REPO)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        peak_mb = usage.ru_maxrss / 1024  # Linux reports KiB
+        stdout.seek(0)
+        stderr.seek(0)
+        out, err = stdout.read(), stderr.read()
+    for line in reversed(out.splitlines()):
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX):]), peak_mb, ""
+    tail = "\n".join(err.strip().splitlines()[-5:]) or f"exit code {process.returncode}"
+    return None, peak_mb, tail
+
+
+def format_table(runs: list[dict]) -> str:
+    header = ("dataset", "category", "model", "img AUROC", "pix AUROC", "AUPRO", "fit s",
+              "peak MB", "IR MB", "epochs")
+    rows = [header]
+    for run in runs:
+        rows.append((run["dataset"], run["category"], run["model"],
+                     *(_fmt(run[k], 3) for k in ("image_auroc", "pixel_auroc", "aupro")),
+                     _fmt(run["fit_s"], 1), _fmt(run["peak_rss_mb"], 0), _fmt(run["ir_mb"], 1),
+                     _fmt(run.get("epochs"), 0)))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True))
+             for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--root", help="datasets root (default ../shared/datasets or "
+                                       "$ANOMALY_EDGE_DATASETS)")
+    parser.add_argument("--datasets", nargs="+", help="dataset folder names (default: all)")
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--max-epochs", type=int, default=None,
+                        help="STFPM epoch cap (default: the train API's)")
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per run")
+    # the child's private arguments
+    parser.add_argument(CHILD_FLAG, action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--model-name", dest="model", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.max_epochs is not None and args.max_epochs < 1:
+        parser.error("--max-epochs must be at least 1")
+    if args.threads < 1:
+        parser.error("--threads must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child_run:
+        return child_main(args)
+    categories = find_categories(datasets_root(args.root), args.datasets)
+    runs, failures = [], 0
+    for dataset, category, folder in categories:
+        for model in args.models:
+            print(f"training {model} ({args.backbone}) on {dataset}/{category} ...",
+                  file=sys.stderr, flush=True)
+            record, peak_mb, error = run_child(folder, model, args)
+            if record is None:
+                failures += 1
+                print(f"  FAILED: {error}", file=sys.stderr, flush=True)
+                record = {"image_auroc": None, "pixel_auroc": None, "aupro": None,
+                          "fit_s": None, "ir_mb": None, "error": error}
+            runs.append({"dataset": dataset, "category": category, "model": model,
+                         "backbone": args.backbone,
+                         "image_auroc": _rounded(record["image_auroc"], 4),
+                         "pixel_auroc": _rounded(record["pixel_auroc"], 4),
+                         "aupro": _rounded(record["aupro"], 4),
+                         "fit_s": _rounded(record["fit_s"], 2),
+                         "peak_rss_mb": round(peak_mb),
+                         "ir_mb": _rounded(record["ir_mb"], 2),
+                         **({"epochs": record["epochs"]} if record.get("epochs") else {}),
+                         **({"error": record["error"]} if "error" in record else {})})
+    print(format_table(runs))
+    print("(fit_s and peak_rss_mb: one fresh process per run; the machine may be shared, so "
+          "times are noisy)")
+    print(json.dumps({"benchmark": "accuracy", "runs": runs}))
+    return 1 if failures else 0
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
