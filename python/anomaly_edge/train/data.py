@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from anomaly_edge.errors import AnomalyEdgeError
+from anomaly_edge.images import resize_for_network
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 GOOD = "good"
@@ -251,13 +252,9 @@ def _to_uint8(image: np.ndarray, path: Path) -> np.ndarray:
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize to (height, width): area averaging when shrinking, bilinear when enlarging."""
-    height, width = size
-    if image.shape[:2] == (height, width):
-        return image
-    shrinking = image.shape[0] * image.shape[1] > height * width
-    return cv2.resize(image, (width, height),
-                      interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    """Resize to (height, width) exactly as the runtime does, so training and deployment
+    see the same pixels (see :func:`anomaly_edge.images.resize_for_network`)."""
+    return resize_for_network(image, size)
 
 
 # ---- torch ---------------------------------------------------------------------------------
