@@ -27,7 +27,9 @@ def video(tmp_path_factory):
 
 
 def _start(*args: object) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "python"), str(REPO)]))
+    # The repository root for `tests.*`; anomaly_edge itself comes from the installed package.
+    paths = [str(REPO), os.environ.get("PYTHONPATH", "")]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
     return subprocess.Popen([sys.executable, "-m", "anomaly_edge", "run", *map(str, args)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             cwd=REPO)

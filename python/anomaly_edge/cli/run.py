@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from anomaly_edge.cli.common import CliError, ExitCode
+from anomaly_edge.errors import AnomalyEdgeError
 
 TASKS = ("classification", "detection", "segmentation")
 
@@ -189,16 +190,15 @@ def _load_model(args: argparse.Namespace):
     if not path.is_file():
         raise CliError(f"model {path} not found; give the model.xml that `anomaly-edge export` "
                        "or `anomaly-edge train` wrote", ExitCode.MODEL)
-    try:
-        from anomaly_edge.model import AnomalyModel
+    from anomaly_edge.model import AnomalyModel
 
+    try:
         return AnomalyModel(path, device=args.device, task=args.task,
                             image_threshold=args.image_threshold,
                             pixel_threshold=args.pixel_threshold, min_area=args.min_area,
                             num_requests=args.num_requests)
-    except KeyboardInterrupt:
-        raise
-    except Exception as exc:  # whatever OpenVINO says, the model is the problem
+    except (AnomalyEdgeError, RuntimeError, OSError, ValueError) as exc:
+        # whatever OpenVINO says while reading or compiling, the model is the problem
         raise CliError(f"cannot load model {path}: {exc}", ExitCode.MODEL) from None
 
 
