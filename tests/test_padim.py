@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from anomaly_edge.train.padim import Padim, gaussian_kernel_1d  # noqa: E402
+from anomaly_edge.train.padim import Padim, default_upsample, gaussian_kernel_1d  # noqa: E402
 from anomaly_edge.train.running_gaussian import RunningGaussian  # noqa: E402
 
 SIZE = (64, 64)
@@ -84,6 +84,23 @@ def test_channel_choice_is_seeded_and_checked():
     assert sum(len(p) for p in picks[0]) == 40
     with pytest.raises(ValueError, match=r"n_channels must be in 1\.\.448"):
         tiny_padim(channels=449)
+
+
+def test_deeper_layers_are_upsampled_per_backbone_default_or_as_asked():
+    assert tiny_padim().upsample == "nearest"  # ResNets: as the paper and anomalib
+    assert default_upsample("efficientnet_lite0") == "bilinear"
+    torch.manual_seed(123)
+    model = Padim("resnet18", SIZE, n_channels=448, pretrained=False, upsample="bilinear")
+    assert model.init_kwargs["upsample"] == "bilinear"
+    x = images(1)
+    with torch.inference_mode():
+        deepest = model.backbone(x)[-1]
+        embedding = model.embed(x)
+    expected = torch.nn.functional.interpolate(deepest, size=model.feature_size,
+                                               mode="bilinear", align_corners=False)
+    torch.testing.assert_close(embedding[:, -deepest.shape[1]:], expected)
+    with pytest.raises(ValueError, match="upsample must be one of nearest, bilinear"):
+        Padim("resnet18", SIZE, pretrained=False, upsample="cubic")
 
 
 def test_blur_kernel():
