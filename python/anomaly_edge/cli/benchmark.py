@@ -13,15 +13,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from anomaly_edge.cli.common import CliError, ExitCode
+from anomaly_edge.cli.common import TASKS, CliError, ExitCode
 
 if TYPE_CHECKING:
     import numpy as np
 
     from anomaly_edge.model import AnomalyModel
-
-TASKS = ("classification", "detection", "segmentation")
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(

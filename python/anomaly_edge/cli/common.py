@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from anomaly_edge.prediction import Task
+
+# The choices of every --task option.
+TASKS = tuple(task.value for task in Task)
+
 
 class ExitCode(IntEnum):
     """Exit codes scripts can rely on (documented in the README)."""

@@ -20,15 +20,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from anomaly_edge.cli.common import CliError, ExitCode
+from anomaly_edge.cli.common import TASKS, CliError, ExitCode
 
 if TYPE_CHECKING:
     import numpy as np
 
     from anomaly_edge.prediction import Prediction
-
-TASKS = ("classification", "detection", "segmentation")
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(

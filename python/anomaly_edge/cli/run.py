@@ -27,10 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from anomaly_edge.cli.common import CliError, ExitCode
+from anomaly_edge.cli.common import TASKS, CliError, ExitCode
 from anomaly_edge.errors import AnomalyEdgeError
-
-TASKS = ("classification", "detection", "segmentation")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

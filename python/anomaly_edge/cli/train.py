@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from anomaly_edge.cli.common import CliError, ExitCode, require_train_extra
+from anomaly_edge.cli.common import TASKS, CliError, ExitCode, require_train_extra
 
 BACKBONES = ("resnet18", "wide_resnet50_2", "efficientnet_lite0", "efficientnet_lite1",
              "efficientnet_lite2")
-TASKS = ("classification", "detection", "segmentation")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
