@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
     from anomaly_edge.model import AnomalyModel
 
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "benchmark",

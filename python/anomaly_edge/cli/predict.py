@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from anomaly_edge.prediction import Prediction
 
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict",
