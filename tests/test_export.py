@@ -200,7 +200,7 @@ def test_failed_export_leaves_the_previous_ir(toy, tmp_path, monkeypatch):
 def test_triangular_constants_are_stored_packed(tmp_path, lower):
     import openvino.opset13 as ops
 
-    from anomaly_edge.train.export import pack_triangular_constants, save_atomically
+    from anomaly_edge.train.export import pack_sparse_constants, save_atomically
 
     rng = np.random.default_rng(0)
     square = rng.standard_normal((64, 40, 40)).astype(np.float32)
@@ -208,7 +208,7 @@ def test_triangular_constants_are_stored_packed(tmp_path, lower):
     x = ops.parameter([64, 1, 40], ov.Type.f32, name="image")
     graph = ov.Model([ops.matmul(x, ops.constant(factor), False, False)], [x])
     dense = save_atomically(graph.clone(), tmp_path / "dense", "model", compress_to_fp16=False)
-    assert pack_triangular_constants(graph, min_elements=1000) == 1
+    assert pack_sparse_constants(graph, min_elements=1000) == 1
     packed = save_atomically(graph, tmp_path / "packed", "model", compress_to_fp16=False)
     size = {p.parent.name: p.with_suffix(".bin").stat().st_size for p in (dense, packed)}
     assert size["packed"] < 0.55 * size["dense"]
@@ -218,4 +218,26 @@ def test_triangular_constants_are_stored_packed(tmp_path, lower):
     assert np.array_equal(core.compile_model(str(packed), "CPU")(inputs)[0], expected)
 
     full = ov.Model([ops.matmul(x, ops.constant(square), False, False)], [x])
-    assert pack_triangular_constants(full, min_elements=1000) == 0  # not triangular: untouched
+    assert pack_sparse_constants(full, min_elements=1000) == 0  # no structural zeros: untouched
+
+
+def test_column_blocks_of_triangular_factors_are_stored_packed(tmp_path):
+    """PaDiM slices its factors into column blocks; each block keeps only its non-zeros."""
+    import openvino.opset13 as ops
+
+    from anomaly_edge.train.export import pack_sparse_constants, save_atomically
+
+    rng = np.random.default_rng(1)
+    upper = np.triu(rng.standard_normal((64, 40, 40))).astype(np.float32)
+    block = np.ascontiguousarray(upper[:, :30, 20:30])  # 20 full rows, then a triangle
+    x = ops.parameter([64, 1, 30], ov.Type.f32, name="image")
+    graph = ov.Model([ops.matmul(x, ops.constant(block), False, False)], [x])
+    dense = save_atomically(graph.clone(), tmp_path / "dense", "model", compress_to_fp16=False)
+    assert pack_sparse_constants(graph, min_elements=1000) == 1
+    packed = save_atomically(graph, tmp_path / "packed", "model", compress_to_fp16=False)
+    inputs = rng.standard_normal((64, 1, 30)).astype(np.float32)
+    core = ov.Core()
+    expected = core.compile_model(str(dense), "CPU")(inputs)[0]
+    assert np.array_equal(core.compile_model(str(packed), "CPU")(inputs)[0], expected)
+    nonzero = 20 * 10 + 10 * 11 // 2
+    assert packed.with_suffix(".bin").stat().st_size < 64 * (nonzero + 1) * 4 + 2000

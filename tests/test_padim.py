@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -74,7 +76,16 @@ def test_map_is_the_blurred_upsampled_mahalanobis_distance():
         expected[:, p] = torch.einsum("nd,de,ne->n", delta, torch.linalg.inv(cov), delta).sqrt()
     expected = torch.nn.functional.interpolate(expected.float().reshape(2, 1, h, w), size=SIZE,
                                                mode="bilinear", align_corners=False)
-    torch.testing.assert_close(out, model.blur(expected), rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(out, reference_blur(expected, 4.0), rtol=1e-3, atol=1e-3)
+
+
+def reference_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The paper's blur, written with torch ops: reflected borders, a separable Gaussian."""
+    kernel = gaussian_kernel_1d(sigma)
+    r = (kernel.numel() - 1) // 2
+    maps = torch.nn.functional.pad(maps, (r, r, r, r), mode="reflect")
+    maps = torch.nn.functional.conv2d(maps, kernel.reshape(1, 1, 1, -1))
+    return torch.nn.functional.conv2d(maps, kernel.reshape(1, 1, -1, 1))
 
 
 def test_channel_choice_is_seeded_and_checked():
@@ -90,7 +101,8 @@ def test_deeper_layers_are_upsampled_per_backbone_default_or_as_asked():
     assert tiny_padim().upsample == "nearest"  # ResNets: as the paper and anomalib
     assert default_upsample("efficientnet_lite0") == "bilinear"
     torch.manual_seed(123)
-    model = Padim("resnet18", SIZE, n_channels=448, pretrained=False, upsample="bilinear")
+    model = Padim("resnet18", SIZE, n_channels=448, pretrained=False, upsample="bilinear",
+                  pool=1)
     assert model.init_kwargs["upsample"] == "bilinear"
     x = images(1)
     with torch.inference_mode():
@@ -158,3 +170,57 @@ def test_exports_with_openvino_and_matches_torch():
     assert result.shape == (1, 1, *SIZE)
     assert all(o.get_partial_shape().is_static for o in converted.outputs)
     np.testing.assert_allclose(result, expected, rtol=1e-3, atol=1e-3)
+
+
+def test_gaussians_sit_on_the_pooled_grid():
+    torch.manual_seed(123)
+    paper = Padim("resnet18", SIZE, n_channels=40, pretrained=False, pool=1)
+    torch.manual_seed(123)
+    pooled = Padim("resnet18", SIZE, n_channels=40, pretrained=False, pool=2)
+    assert paper.feature_size == (16, 16) and pooled.feature_size == (8, 8)
+    assert pooled.mean.shape == (64, 1, 40) and pooled.whiten_t.shape == (64, 40, 40)
+    x = images(2, seed=3)
+    with torch.inference_mode():
+        torch.testing.assert_close(pooled.embed(x),
+                                   torch.nn.functional.avg_pool2d(paper.embed(x), 2))
+
+
+def test_pool_is_checked():
+    for bad in (0, 17, 2.5, True, "2"):
+        with pytest.raises(ValueError, match="pool must be an integer"):
+            Padim("resnet18", SIZE, pretrained=False, pool=bad)
+    with pytest.raises(ValueError, match="larger than the 8x8 feature grid"):
+        Padim("resnet18", (32, 32), pretrained=False, pool=16)
+    assert Padim("resnet18", SIZE, pretrained=False, pool=16).feature_size == (1, 1)
+
+
+def test_triangle_blocks_cover_every_column_once():
+    from anomaly_edge.train.padim import triangle_blocks
+
+    assert triangle_blocks(80) == [(0, 20), (20, 40), (40, 60), (60, 80)]
+    assert triangle_blocks(3) == [(0, 1), (1, 2), (2, 3)]
+    assert triangle_blocks(1) == [(0, 1)]
+    for dims in range(1, 50):
+        blocks = triangle_blocks(dims)
+        assert blocks[0][0] == 0 and blocks[-1][1] == dims
+        assert all(a[1] == b[0] and a[0] < a[1] for a, b in itertools.pairwise(blocks))
+
+
+def test_partial_pooling_blocks_export_like_torch():
+    """An input whose feature grid does not divide by the pool: edge blocks average less."""
+    ov = pytest.importorskip("openvino")
+    size = (72, 56)  # resnet18 layer1: 18x14, pooled by 4 into 5x4 with partial edge blocks
+    torch.manual_seed(123)
+    model = Padim("resnet18", size, n_channels=30, pretrained=False, pool=4)
+    assert model.feature_size == (5, 4)
+    generator = torch.Generator().manual_seed(0)
+    model.fit([torch.randn(8, 3, *size, generator=generator)])
+    x = torch.randn(1, 3, *size, generator=generator)
+    with torch.inference_mode():
+        embedding = model.embed(x)
+        corner = model.backbone(x)[0][:, model.channels_0, 16:, 12:].mean(dim=(2, 3))
+        expected = model(x).numpy()
+    torch.testing.assert_close(embedding[:, :corner.shape[1], -1, -1], corner)
+    converted = ov.convert_model(model, example_input=x, input=[1, 3, *size])
+    compiled = ov.Core().compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    np.testing.assert_allclose(compiled(x.numpy())[0], expected, rtol=1e-3, atol=1e-3)

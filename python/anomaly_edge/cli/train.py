@@ -39,6 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "tune on the whole test set)")
     parser.add_argument("--channels", type=int, dest="n_channels",
                         help="PaDiM: size of the random channel subset")
+    parser.add_argument("--pool", type=int,
+                        help="PaDiM: one Gaussian per NxN block of the finest feature grid "
+                        "(default 4; 1 = one per stride-4 position, as in the paper)")
     parser.add_argument("--epochs", type=int, dest="max_epochs",
                         help="STFPM: maximum number of epochs")
     parser.add_argument("--image-threshold", type=float,
@@ -85,13 +88,14 @@ def run(args: argparse.Namespace) -> int:
         if args.model != "stfpm":
             raise CliError("--epochs applies to --model stfpm only", ExitCode.USAGE)
         stfpm_options["max_epochs"] = args.max_epochs
-    if args.n_channels is not None and args.model != "padim":
-        raise CliError("--channels applies to --model padim only", ExitCode.USAGE)
+    for given, flag in ((args.n_channels, "--channels"), (args.pool, "--pool")):
+        if given is not None and args.model != "padim":
+            raise CliError(f"{flag} applies to --model padim only", ExitCode.USAGE)
     try:
         result = train(
             args.data, model=args.model, backbone=args.backbone, out=args.out,
             image_size=args.image_size, seed=args.seed, layers=args.layers,
-            weights=args.weights, n_channels=args.n_channels,
+            weights=args.weights, n_channels=args.n_channels, pool=args.pool,
             validation_fraction=args.validation_fraction,
             image_threshold=args.image_threshold, pixel_threshold=args.pixel_threshold,
             task=args.task, batch_size=args.batch_size, threads=args.threads,

@@ -67,7 +67,7 @@ ProgressFactory = Callable[[str, int], Any]  # (description, total) -> object wi
 def train(data: str | Path, model: str = "padim", backbone: str = "resnet18",
           out: str | Path | None = None, image_size: int | tuple[int, int] = 256, seed: int = 0,
           *, layers: list[str] | None = None, weights: str | Path | None = None,
-          pretrained: bool = True, n_channels: int | None = None,
+          pretrained: bool = True, n_channels: int | None = None, pool: int | None = None,
           validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
           image_threshold: float | None = None, pixel_threshold: float | None = None,
           task: str = "segmentation", batch_size: int = 16, threads: int | None = None,
@@ -85,6 +85,8 @@ def train(data: str | Path, model: str = "padim", backbone: str = "resnet18",
         layers, weights: backbone layers and a weights file (see ``build_backbone``).
         pretrained: ``False`` starts PaDiM's backbone from random weights (tests only).
         n_channels: PaDiM's random channel subset size (default per backbone).
+        pool: PaDiM's Gaussian grid: one Gaussian per ``pool`` x ``pool`` block of the
+            finest feature grid (default 4; 1 = per position, as in the paper).
         validation_fraction: share of the test images used to tune thresholds.
         image_threshold, pixel_threshold: fixed thresholds (raw units) instead of tuned ones.
         task: what the exported model reports by default (classification, detection,
@@ -116,7 +118,7 @@ def train(data: str | Path, model: str = "padim", backbone: str = "resnet18",
     started = time.perf_counter()
     if model == "padim":
         anomaly_module, mean, std = _fit_padim(split, backbone, size, seed, layers, weights,
-                                               pretrained, n_channels, batch_size, bar)
+                                               pretrained, n_channels, pool, batch_size, bar)
     else:
         anomaly_module, mean, std = _fit_stfpm(split, backbone, size, seed, layers, weights,
                                                batch_size, stfpm_options or {}, progress)
@@ -169,11 +171,12 @@ def train(data: str | Path, model: str = "padim", backbone: str = "resnet18",
 
 def _fit_padim(split: Split, backbone: str, size: tuple[int, int], seed: int,
                layers: list[str] | None, weights: str | Path | None, pretrained: bool,
-               n_channels: int | None, batch_size: int, bar: ProgressFactory
-               ) -> tuple[nn.Module, tuple, tuple]:
-    from anomaly_edge.train.padim import Padim
+               n_channels: int | None, pool: int | None, batch_size: int,
+               bar: ProgressFactory) -> tuple[nn.Module, tuple, tuple]:
+    from anomaly_edge.train.padim import DEFAULT_POOL, Padim
 
     padim = Padim(backbone, size, n_channels=n_channels, seed=seed, layers=layers,
+                  pool=DEFAULT_POOL if pool is None else pool,
                   pretrained=pretrained,
                   weights=str(weights) if weights is not None else None)
     dataset = ImageDataset(split.train, size, padim.backbone.mean, padim.backbone.std)

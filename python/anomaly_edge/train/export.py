@@ -108,7 +108,7 @@ def export_ir(
         report = compare_accuracy(ov_model, as_saved_fp16(ov_model), validation, "FP16")
         check_drop(report, max_accuracy_drop)
         metadata.metrics["fp16"] = report.to_dict()
-    pack_triangular_constants(ov_model)  # last: NNCF would fold the packing back
+    pack_sparse_constants(ov_model)  # last: NNCF would fold the packing back
     metadata.write_to(ov_model)
     xml = save_atomically(ov_model, Path(out_dir), name, compress_to_fp16=precision != "FP32")
     log.info("exported %s (%s, %.1f MB)", xml, precision, ir_size_mb(xml))
@@ -154,14 +154,17 @@ def to_openvino(model: nn.Module, input_size: tuple[int, int]) -> ov.Model:
     return ov_model
 
 
-def pack_triangular_constants(model: ov.Model, min_elements: int = 1 << 20) -> int:
-    """Store large triangular matrices (e.g. PaDiM's per-position Cholesky factors) packed.
+def pack_sparse_constants(model: ov.Model, min_elements: int = 1 << 16,
+                          min_zero_share: float = 0.05) -> int:
+    """Store large weight tensors without their structural zeros (PaDiM's triangular factors).
 
-    A constant ``[..., d, d]`` whose upper (or lower) triangle is all zeros is replaced by
-    its packed triangle ``[..., d(d+1)/2 + 1]`` (the last column holds the zero) and a
-    Gather + Reshape that rebuilds the square matrix. OpenVINO folds that back into the
-    full matrix when it compiles the model, so inference runs exactly as before while the
-    IR on disk holds half the numbers. Returns how many constants were packed.
+    A constant ``[..., r, c]`` in which the same entries of every ``r x c`` matrix are zero
+    (at least ``min_zero_share`` of them, e.g. a stack of triangular matrices or column
+    blocks of one) is replaced by its other entries ``[..., k + 1]`` (the last column holds
+    the zero) and a Gather + Reshape that rebuilds it. OpenVINO folds that back into the
+    full tensor when it compiles the model, so inference runs exactly as before while the
+    IR on disk holds only the numbers that can be non-zero. Returns how many constants were
+    packed.
     """
     import openvino.opset13 as ops
 
@@ -170,26 +173,23 @@ def pack_triangular_constants(model: ov.Model, min_elements: int = 1 << 20) -> i
         if node.get_type_name() != "Constant":
             continue
         shape = list(node.get_output_shape(0))
-        if len(shape) < 2 or shape[-1] != shape[-2] or int(np.prod(shape)) < min_elements \
+        if len(shape) < 2 or int(np.prod(shape)) < min_elements \
                 or node.get_output_element_type(0) not in (ov.Type.f32, ov.Type.f16):
             continue
         values = node.get_data()
-        d = shape[-1]
-        if not np.any(np.triu(values, 1)):
-            rows, cols = np.tril_indices(d)
-        elif not np.any(np.tril(values, -1)):
-            rows, cols = np.triu_indices(d)
-        else:
+        rows, cols = shape[-2:]
+        flat = values.reshape(*shape[:-2], rows * cols)
+        used = np.flatnonzero(np.any(flat != 0, axis=tuple(range(flat.ndim - 1))))
+        if used.size > (1.0 - min_zero_share) * rows * cols:
             continue
-        triangle = values[..., rows, cols]
-        zero = np.zeros((*triangle.shape[:-1], 1), dtype=triangle.dtype)
-        packed = ops.constant(np.concatenate([triangle, zero], axis=-1))
-        index = np.full(d * d, triangle.shape[-1], dtype=np.int32)  # default: the zero slot
-        index[rows * d + cols] = np.arange(triangle.shape[-1], dtype=np.int32)
+        zero = np.zeros((*flat.shape[:-1], 1), dtype=flat.dtype)
+        packed = ops.constant(np.concatenate([flat[..., used], zero], axis=-1))
+        index = np.full(rows * cols, used.size, dtype=np.int32)  # default: the zero slot
+        index[used] = np.arange(used.size, dtype=np.int32)
         full = ops.gather(packed, ops.constant(index), ops.constant(np.int32(len(shape) - 2)))
-        square = ops.reshape(full, ops.constant(np.array(shape, dtype=np.int64)), False)
+        rebuilt = ops.reshape(full, ops.constant(np.array(shape, dtype=np.int64)), False)
         for target in list(node.output(0).get_target_inputs()):
-            target.replace_source_output(square.output(0))
+            target.replace_source_output(rebuilt.output(0))
         packed_count += 1
     return packed_count
 
