@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "box_downsample.hpp"
 #include "cpu_dispatch.hpp"
 #include "postprocess.hpp"
 
@@ -135,6 +136,49 @@ ae::MapView view_of(const py::array_t<float>& map, py::ssize_t offset_items, int
 py::array_t<std::uint8_t> new_image(int height, int width) {
   return py::array_t<std::uint8_t>({static_cast<py::ssize_t>(height),
                                     static_cast<py::ssize_t>(width)});
+}
+
+// The pre-processing step of resize_for_network: mean of whole block_h x block_w blocks.
+// Takes H x W or H x W x C uint8 arrays whose pixels are contiguous (a crop of a frame is fine:
+// only the row stride may be wider). Anything else gets a TypeError / ValueError that says why.
+py::array box_downsample(const py::object& obj, long long block_h, long long block_w) {
+  if (!py::isinstance<py::array>(obj))
+    throw py::type_error("image must be a numpy.ndarray of uint8, got " +
+                         std::string(py::str(py::type::of(obj).attr("__name__"))));
+  py::array arr = py::reinterpret_borrow<py::array>(obj);
+  if (!arr.dtype().equal(py::dtype::of<std::uint8_t>()))
+    throw py::type_error("image must have dtype uint8, got " + std::string(py::str(arr.dtype())));
+  if (arr.ndim() != 2 && arr.ndim() != 3)
+    throw py::value_error("image must be H x W or H x W x C, got shape " + shape_text(arr));
+  const py::ssize_t channels = arr.ndim() == 3 ? arr.shape(2) : 1;
+  if (channels < 1 || channels > 4)
+    throw py::value_error("image must have 1 to 4 channels, got shape " + shape_text(arr));
+  const int height = side(arr.shape(0), "image height");
+  const int width = side(arr.shape(1), "image width");
+  if (block_h < 1 || block_w < 1 || block_h > height || block_w > width ||
+      block_h * block_w > 65535)
+    throw py::value_error("blocks must be at least 1 x 1, fit in the " +
+                          std::to_string(height) + " x " + std::to_string(width) +
+                          " image and hold at most 65535 pixels, got " +
+                          std::to_string(block_h) + " x " + std::to_string(block_w));
+  const bool pixels_contiguous =
+      (arr.ndim() == 2 || arr.strides(2) == 1) && arr.strides(1) == channels;
+  if (!pixels_contiguous || arr.strides(0) < width * channels) {
+    // a view with gaps between pixels, or reversed axes: one compact copy
+    arr = py::module_::import("numpy").attr("ascontiguousarray")(arr);
+  }
+  const ae::ImageView view{static_cast<const std::uint8_t*>(arr.data()), height, width,
+                           static_cast<int>(channels), arr.strides(0)};
+  const int bh = static_cast<int>(block_h), bw = static_cast<int>(block_w);
+  std::vector<py::ssize_t> shape{height / bh, width / bw};
+  if (arr.ndim() == 3) shape.push_back(channels);
+  py::array_t<std::uint8_t> out(shape);
+  std::uint8_t* dst = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    ae::box_downsample(view, bh, bw, dst);
+  }
+  return out;
 }
 
 // (score, label, raw_score, boxes, mask | None, heatmap | None); boxes are tuples
@@ -296,6 +340,11 @@ PYBIND11_MODULE(_post, m) {
         "Post-process one float32 (h, w) map. Returns (score, label, raw_score, boxes, mask, "
         "heatmap); boxes are (x1, y1, x2, y2, score, mean_score, area) tuples, highest score "
         "first. The GIL is released while computing.");
+  m.def("box_downsample", &box_downsample, py::arg("image"), py::arg("block_h"),
+        py::arg("block_w"),
+        "Shrink a uint8 H x W (x C) image by whole blocks: each output pixel is the mean of "
+        "one block_h x block_w block, rounded half up; edge rows and columns that do not fill "
+        "a block are left out. The GIL is released while computing.");
   m.def("postprocess_batch", &postprocess_many, py::arg("anomaly_maps"), py::arg("frame_sizes"),
         py::arg("image_threshold"), py::arg("pixel_threshold"), py::arg("image_scale"),
         py::arg("pixel_scale"), py::arg("min_area") = 1, py::arg("task") = "segmentation",

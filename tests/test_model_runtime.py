@@ -204,8 +204,9 @@ def test_any_frame_size(model):
 
 def test_resize_matches_area_interpolation_for_integer_factors():
     frame = np.random.default_rng(0).integers(0, 256, (256, 384, 3), dtype=np.uint8)
-    expected = cv2.resize(frame, (96, 64), interpolation=cv2.INTER_AREA)
-    assert np.array_equal(resize_for_network(frame, (64, 96)), expected)
+    for size in [(64, 96), (128, 192), (256, 128)]:  # 4x4, 2x2 and 1x3 blocks
+        expected = cv2.resize(frame, size[::-1], interpolation=cv2.INTER_AREA)
+        assert np.array_equal(resize_for_network(frame, size), expected)
     # Non-integer factors: block averaging, then linear over the rest; close to area.
     odd = resize_for_network(frame, (50, 70)).astype(int)
     area = cv2.resize(frame, (70, 50), interpolation=cv2.INTER_AREA).astype(int)

@@ -1,6 +1,7 @@
 """Typed stub of the C++ extension anomaly_edge._post (cpp/bindings.cpp).
 
-Users call :mod:`anomaly_edge.postprocess`, which wraps these functions.
+Users call :mod:`anomaly_edge.postprocess`, which wraps the post-processing functions, and
+:func:`anomaly_edge.images.resize_for_network`, which uses :func:`box_downsample`.
 """
 
 import numpy as np
@@ -49,6 +50,12 @@ def postprocess_batch(
     task: str = "segmentation",
     heatmap: bool = False,
 ) -> list[Result]: ...
+
+def box_downsample(
+    image: npt.NDArray[np.uint8], block_h: int, block_w: int
+) -> npt.NDArray[np.uint8]:
+    """Shrink a uint8 H x W (x C) image: each output pixel is the mean of one block_h x block_w
+    block, rounded half up; edge rows/columns that do not fill a block are left out."""
 
 def cpu_features() -> dict[str, bool]:
     """{"sse2", "avx2", "avx512f", "avx512bw", "avx512vl"}: what this CPU (and OS) offer."""
