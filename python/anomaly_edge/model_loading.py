@@ -146,9 +146,14 @@ def compile_for(
     device: str,
     cache_dir: str | Path | None,
     properties: dict[str, Any] | None = None,
+    hint: str = "LATENCY",
 ) -> ov.CompiledModel:
-    """Compile ``model`` for ``device``, caching the compiled blob under ``cache_dir``."""
-    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+    """Compile ``model`` for ``device``, caching the compiled blob under ``cache_dir``.
+
+    ``hint`` is OpenVINO's performance hint (``LATENCY`` or ``THROUGHPUT``); ``properties``
+    override it and everything else.
+    """
+    config: dict[str, Any] = {"PERFORMANCE_HINT": hint}
     cache = _usable_cache_dir(cache_dir)
     if cache is not None:
         config["CACHE_DIR"] = str(cache)
