@@ -239,3 +239,32 @@ def test_bad_arguments(synthetic_ir):
         AnomalyModel(synthetic_ir, "CPU", color="CMYK")
     with pytest.raises(InvalidInputError, match="num_requests"):
         AnomalyModel(synthetic_ir, "CPU", num_requests=0)
+
+
+EXIT_SCRIPT = """
+import sys
+import numpy as np
+from anomaly_edge import AnomalyModel
+model = AnomalyModel(sys.argv[1], "CPU", cache_dir=None)
+frame = np.full((480, 640, 3), 128, np.uint8)
+for i in range(60):
+    model.submit(frame, i)
+    model.ready()
+model.predict(frame)
+for i in range(model.num_requests):  # and leave these in flight
+    model.submit(frame, i)
+"""
+
+
+def test_interpreter_exit_with_frames_in_flight_is_clean(synthetic_ir):
+    """Exit used to abort now and then ("terminate called ...") once the asynchronous model's
+    stream threads outlived the runtime; the atexit hook releases them first."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    for _ in range(3):
+        result = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, str(synthetic_ir)],
+                                capture_output=True, text=True, timeout=120, cwd=REPO)
+        assert result.returncode == 0 and "terminate" not in result.stderr, result.stderr

@@ -34,8 +34,9 @@ from anomaly_edge.prediction import Prediction, Task
 
 _DEFAULT = object()  # marks "use the default cache directory" (None disables the cache)
 
-# Models with an asynchronous queue, finished at interpreter exit: an OpenVINO queue destroyed
-# during shutdown with requests still running aborts the process ("terminate called ...").
+# Models that used the asynchronous interface, released at interpreter exit while OpenVINO is
+# still whole: a queue destroyed during shutdown with requests still running, or a compiled
+# model whose stream threads outlive the runtime, aborts the process ("terminate called ...").
 _LIVE_MODELS: weakref.WeakSet[AnomalyModel] = weakref.WeakSet()
 
 
@@ -43,6 +44,7 @@ _LIVE_MODELS: weakref.WeakSet[AnomalyModel] = weakref.WeakSet()
 def _close_live_models() -> None:
     for model in list(_LIVE_MODELS):
         model.close()
+        model._async_compiled = None  # its stream threads must end before the runtime does
 
 
 class AnomalyModel:
