@@ -224,3 +224,28 @@ def test_partial_pooling_blocks_export_like_torch():
     converted = ov.convert_model(model, example_input=x, input=[1, 3, *size])
     compiled = ov.Core().compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     np.testing.assert_allclose(compiled(x.numpy())[0], expected, rtol=1e-3, atol=1e-3)
+
+
+def test_checkpoints_from_before_the_pooled_grid_still_load(tmp_path):
+    """Checkpoints written before ``pool`` existed (one Gaussian per position, a stored blur
+    kernel) rebuild the model they describe."""
+    from anomaly_edge.metadata import ModelMetadata
+    from anomaly_edge.train.checkpoint import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(123)
+    old = Padim("resnet18", SIZE, n_channels=20, pretrained=False, pool=1).fit([images(6)])
+    kwargs = {k: v for k, v in old.init_kwargs.items() if k != "pool"}
+    state = {**old.state_dict(), "blur_kernel": gaussian_kernel_1d(4.0)}
+    metadata = ModelMetadata(model="padim", backbone="resnet18", input_size=SIZE,
+                             mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), image_threshold=1.0,
+                             pixel_threshold=1.0, image_min=0.0, image_max=2.0, pixel_min=0.0,
+                             pixel_max=2.0)
+    path = save_checkpoint(old, metadata, tmp_path / "checkpoint.pt", init_kwargs=kwargs)
+    payload = torch.load(path, weights_only=True)
+    payload["state_dict"] = state
+    torch.save(payload, path)
+    rebuilt, _ = load_checkpoint(path)
+    assert rebuilt.pool == 1 and rebuilt.feature_size == old.feature_size
+    x = images(1, seed=4)
+    with torch.inference_mode():
+        torch.testing.assert_close(rebuilt(x), old(x))

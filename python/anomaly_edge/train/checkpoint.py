@@ -106,8 +106,12 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, ModelMetadata]:
         raise ModelLoadError(f"{path} names a module outside anomaly_edge.train: {module_path}")
     try:
         cls = getattr(importlib.import_module(module_path), class_name)
-        model = cls(**payload["init_kwargs"])
-        model.load_state_dict(payload["state_dict"])
+        init_kwargs, state_dict = dict(payload["init_kwargs"]), payload["state_dict"]
+        upgrade = getattr(cls, "upgrade_checkpoint", None)  # older layouts of the same module
+        if upgrade is not None:
+            init_kwargs, state_dict = upgrade(init_kwargs, state_dict)
+        model = cls(**init_kwargs)
+        model.load_state_dict(state_dict)
     except (ImportError, AttributeError, TypeError, RuntimeError) as exc:
         raise ModelLoadError(
             f"{path} cannot be rebuilt by this version of anomaly-edge ({exc}); retrain"

@@ -55,6 +55,7 @@ import itertools
 from collections.abc import Callable, Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from anomaly_edge.train.backbones import FeatureExtractor, build_backbone
@@ -173,11 +174,17 @@ class Padim(nn.Module):
                              f"feature grid of a {input_size[0]}x{input_size[1]} input; use a "
                              "smaller pool or a larger input")
         self.feature_size = (-(-embed_size[0] // pool), -(-embed_size[1] // pool))
-        self._used_layers = []  # fixed here, in Python: the traced graph has no branches
+        # (layer, resampled by matrices?): fixed here, in Python, so the traced graph has no
+        # branches. A layer already on the first layer's grid is only pooled, by a pooling op:
+        # the matrices would first need the feature map out of OpenVINO's blocked layout.
+        self._layer_plan: list[tuple[int, bool]] = []
         for i, feature in enumerate(probe):
             if getattr(self, f"channels_{i}").numel() == 0:
                 continue
-            self._used_layers.append(i)
+            resampled = tuple(feature.shape[-2:]) != embed_size
+            self._layer_plan.append((i, resampled))
+            if not resampled:
+                continue
             rows, cols = (pooling_matrix(embed, pool) @ interpolation_matrix(side, embed,
                                                                                self.upsample)
                           for side, embed in zip(feature.shape[-2:], embed_size, strict=True))
@@ -197,6 +204,14 @@ class Padim(nn.Module):
         self.register_load_state_dict_post_hook(_mark_fitted)
         self.eval()
 
+    @staticmethod
+    def upgrade_checkpoint(init_kwargs: dict, state_dict: dict) -> tuple[dict, dict]:
+        """Read checkpoints written before the pooled grid: those have no ``pool`` (it was 1)
+        and stored the blur kernel, which is now built into the resampling matrices."""
+        init_kwargs = {"pool": 1, **init_kwargs}
+        state_dict = {k: v for k, v in state_dict.items() if k != "blur_kernel"}
+        return init_kwargs, state_dict
+
     def train(self, mode: bool = True) -> Padim:
         # PaDiM has no trainable state; the backbone must keep its frozen statistics.
         return super().train(False)
@@ -208,13 +223,22 @@ class Padim(nn.Module):
 
         Each layer is upsampled to the first layer's resolution (``upsample``), then
         ``pool`` x ``pool`` blocks are averaged (a partial block at the bottom or right edge
-        averages what it has): both at once, as ``rows @ feature @ colsᵀ``.
+        averages what it has): both at once, as ``rows @ feature @ colsᵀ``, or by average
+        pooling alone for a layer already at that resolution.
         """
         features = self.backbone(x)
-        parts = [apply_separable(features[i].index_select(1, getattr(self, f"channels_{i}")),
-                                 getattr(self, f"to_grid_rows_{i}"),
-                                 getattr(self, f"to_grid_cols_t_{i}"))
-                 for i in self._used_layers]
+        parts = []
+        for i, resampled in self._layer_plan:
+            feature, channels = features[i], getattr(self, f"channels_{i}")
+            if resampled:
+                feature = apply_separable(feature.index_select(1, channels),
+                                          getattr(self, f"to_grid_rows_{i}"),
+                                          getattr(self, f"to_grid_cols_t_{i}"))
+            else:  # pool first: the channel gather then moves 1/pool² of the data
+                if self.pool > 1:
+                    feature = F.avg_pool2d(feature, self.pool, ceil_mode=True)
+                feature = feature.index_select(1, channels)
+            parts.append(feature)
         return torch.cat(parts, dim=1)
 
     # ---- fitting -----------------------------------------------------------------------------
