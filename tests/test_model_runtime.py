@@ -257,8 +257,9 @@ for i in range(model.num_requests):  # and leave these in flight
 
 
 def test_interpreter_exit_with_frames_in_flight_is_clean(synthetic_ir):
-    """Exit used to abort now and then ("terminate called ...") once the asynchronous model's
-    stream threads outlived the runtime; the atexit hook releases them first."""
+    """Exit (and close()) aborted now and then ("terminate called ..."): a request whose last
+    reference was dropped on its own OpenVINO thread. A rare race, so this runs a few times;
+    close() now waits for every request's whole task before letting go of the queue."""
     import subprocess
     import sys
 
@@ -267,4 +268,5 @@ def test_interpreter_exit_with_frames_in_flight_is_clean(synthetic_ir):
     for _ in range(3):
         result = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, str(synthetic_ir)],
                                 capture_output=True, text=True, timeout=120, cwd=REPO)
-        assert result.returncode == 0 and "terminate" not in result.stderr, result.stderr
+        assert result.returncode == 0, result.stderr
+        assert "terminate" not in result.stderr and "Traceback" not in result.stderr, result.stderr

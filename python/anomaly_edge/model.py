@@ -34,17 +34,17 @@ from anomaly_edge.prediction import Prediction, Task
 
 _DEFAULT = object()  # marks "use the default cache directory" (None disables the cache)
 
-# Models that used the asynchronous interface, released at interpreter exit while OpenVINO is
-# still whole: a queue destroyed during shutdown with requests still running, or a compiled
-# model whose stream threads outlive the runtime, aborts the process ("terminate called ...").
+# Every model, released at interpreter exit while Python is still whole. OpenVINO threads that
+# finish a request may need the GIL (callbacks, releasing Python objects); once the interpreter
+# is finalising, such a thread is killed inside C++ code and the process aborts ("terminate
+# called without an active exception", seen about once in a hundred exits).
 _LIVE_MODELS: weakref.WeakSet[AnomalyModel] = weakref.WeakSet()
 
 
 @atexit.register
-def _close_live_models() -> None:
+def _release_live_models() -> None:
     for model in list(_LIVE_MODELS):
-        model.close()
-        model._async_compiled = None  # its stream threads must end before the runtime does
+        model._release()
 
 
 class AnomalyModel:
@@ -122,6 +122,7 @@ class AnomalyModel:
         self._async_compiled: ov.CompiledModel | None = None
         self._num_requests = num_requests
         self._queue: ov.AsyncInferQueue | None = None  # created on first asynchronous use
+        _LIVE_MODELS.add(self)
         self._submitted: deque[_Pending] = deque()  # submit() results, in submission order
 
     # ---- settings changeable at run time ---------------------------------------------------
@@ -174,6 +175,8 @@ class AnomalyModel:
         """
         frame_size, tensor = self._network_input(image)
         with self._request_lock:
+            if self._request is None:
+                raise RuntimeError("the model was released at interpreter exit")
             self._request.infer({0: tensor}, share_inputs=True)
             raw_map = self._request.get_output_tensor(0).data[0, 0].copy()
         return postprocess(raw_map, frame_size, self._params, self._task, heatmap=heatmap)
@@ -254,8 +257,23 @@ class AnomalyModel:
         """
         if self._queue is not None:
             self._queue.wait_all()
+            # wait_all() returns once every request is marked idle, which can be a moment
+            # before the OpenVINO thread that ran its callback lets go of the request. Dropping
+            # the queue then leaves the last reference to that thread, and a request destroyed
+            # on its own worker thread aborts the process. Waiting on each request returns only
+            # when its whole task, callback included, is over.
+            for index in range(len(self._queue)):
+                self._queue[index].wait()
             self._queue = None
         self._submitted.clear()
+
+    def _release(self) -> None:
+        # At interpreter exit: every OpenVINO object goes while Python can still serve threads.
+        self.close()
+        with self._request_lock:
+            self._request = None
+        self._async_compiled = None
+        self._compiled = None
 
     def __enter__(self) -> AnomalyModel:
         return self
@@ -274,7 +292,6 @@ class AnomalyModel:
         if self._queue is None:
             self._queue = ov.AsyncInferQueue(self._async_model(), self.num_requests)
             self._queue.set_callback(_on_inferred)
-            _LIVE_MODELS.add(self)
         # share_inputs: OpenVINO reads the tensor in place; `pending` keeps it alive until done.
         pending.tensor = tensor
         self._queue.start_async({0: tensor}, pending, share_inputs=True)
