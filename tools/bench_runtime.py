@@ -10,10 +10,10 @@ For each frame size (default 640x480, 1920x1080 and 512x512), task detection, CP
 Everything is frame in, result with boxes out. Methods run in alternating rounds and the best
 round counts, so a noisy neighbour on this shared machine hurts all of them alike. The model
 is ``--model`` or, by default, a PaDiM (efficientnet_lite0, 256x256) fitted here on
-mpdd/metal_plate and exported at FP16 (the output says which). The last stdout line is one
-JSON object (../shared/BENCHMARKS.md).
+mpdd/metal_plate and exported at ``--precision`` (FP16 by default; the output says which). The
+last stdout line is one JSON object (../shared/BENCHMARKS.md).
 
-    python tools/bench_runtime.py [--model model.xml] [--seconds 2] [--rounds 2]
+    python tools/bench_runtime.py [--model model.xml | --precision INT8] [--seconds 2] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -42,19 +42,23 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="per method and round")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--device", default="CPU")
+    parser.add_argument("--precision", choices=("FP32", "FP16", "INT8"), default="FP16",
+                        help="precision of the default PaDiM's IR (INT8: NNCF on its training "
+                        "images)")
     args = parser.parse_args()
 
     if args.model is not None:
         xml, source = args.model, f"given: {args.model}"
     else:
-        xml, source = build_padim(args.data, Path(tempfile.mkdtemp(prefix="bench_runtime_")))
+        xml, source = build_padim(args.data, Path(tempfile.mkdtemp(prefix="bench_runtime_")),
+                                  args.precision)
     print(f"model: {source}", flush=True)
     cases = [bench_case(xml, size, args) for size in FRAMES]
     print(json.dumps({"benchmark": "runtime", "model_source": source, "cases": cases}))
 
 
-def build_padim(data: Path, out: Path) -> tuple[Path, str]:
-    """Fit PaDiM (efficientnet_lite0, 256x256) on ``data``/train/good and export FP16."""
+def build_padim(data: Path, out: Path, precision: str = "FP16") -> tuple[Path, str]:
+    """Fit PaDiM (efficientnet_lite0, 256x256) on ``data``/train/good and export it."""
     os.environ.setdefault("CI", "true")  # no OpenVINO telemetry attempts while exporting
     import torch
 
@@ -70,8 +74,9 @@ def build_padim(data: Path, out: Path) -> tuple[Path, str]:
     category = datasets.scan_category(data)
     backbone = build_backbone("efficientnet_lite0", pretrained=True)
     model = Padim(backbone, (256, 256))
-    model.fit(datasets.iter_batches(datasets.ImageDataset(category.train, 256), batch_size=8))
-    test = datasets.ImageDataset(category.test, 256)
+    train = datasets.ImageDataset(category.train, 256, backbone.mean, backbone.std)
+    model.fit(datasets.iter_batches(train, batch_size=8))
+    test = datasets.ImageDataset(category.test, 256, backbone.mean, backbone.std)
     with torch.no_grad():
         scores = [float(model(test[i]["image"][None]).max()) for i in range(len(test))]
     normal = [s for s, sample in zip(scores, category.test, strict=True) if not sample.label]
@@ -82,9 +87,10 @@ def build_padim(data: Path, out: Path) -> tuple[Path, str]:
         pixel_threshold=threshold, image_min=min(scores), image_max=max(scores),
         pixel_min=0.0, pixel_max=max(scores), task="detection",
     )
-    xml = export_ir(model, metadata, out, precision="FP16")
+    xml = export_ir(model, metadata, out, precision=precision,
+                    calibration_images=train if precision == "INT8" else None)
     took = time.perf_counter() - started
-    return xml, (f"PaDiM efficientnet_lite0 256x256 FP16, fitted on {data.name} "
+    return xml, (f"PaDiM efficientnet_lite0 256x256 {precision}, fitted on {data.name} "
                  f"({len(category.train)} images) and exported in {took:.0f} s")
 
 
