@@ -258,10 +258,9 @@ class AnomalyModel:
         if self._queue is not None:
             self._queue.wait_all()
             # wait_all() returns once every request is marked idle, which can be a moment
-            # before the OpenVINO thread that ran its callback lets go of the request. Dropping
-            # the queue then leaves the last reference to that thread, and a request destroyed
-            # on its own worker thread aborts the process. Waiting on each request returns only
-            # when its whole task, callback included, is over.
+            # before the OpenVINO thread that ran its callback is done with Python. Waiting on
+            # each request returns only when its whole task, callback included, is over, so no
+            # OpenVINO thread still needs the GIL once the queue is gone.
             for index in range(len(self._queue)):
                 self._queue[index].wait()
             self._queue = None
