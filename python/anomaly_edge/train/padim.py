@@ -310,7 +310,7 @@ class Padim(nn.Module):
     def extra_repr(self) -> str:
         return (f"backbone={self.backbone.name}, layers={self.backbone.layers}, "
                 f"channels={self.n_channels}, upsample={self.upsample}, "
-                f"pool={self.pool}, input_size={self.input_size}, "
+                f"pool={self.pool}, blur_sigma={self.blur_sigma}, input_size={self.input_size}, "
                 f"feature_size={self.feature_size}")
 
 
