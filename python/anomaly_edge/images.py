@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from anomaly_edge import _post
 from anomaly_edge.errors import InvalidInputError
 
 # What cv2.imread can decode; used to pick image files out of a folder.
@@ -89,8 +90,6 @@ def resize_for_network(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     except 2x2 blocks, for which OpenCV has a faster vectorised path of its own.
     """
     import cv2
-
-    from anomaly_edge import _post
 
     height, width = image.shape[:2]
     out_h, out_w = size
