@@ -27,8 +27,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from anomaly_edge.cli.common import TASKS, CliError, ExitCode
-from anomaly_edge.errors import AnomalyEdgeError
+from anomaly_edge.cli.common import (
+    TASKS,
+    CliError,
+    ExitCode,
+    add_device_argument,
+    add_model_argument,
+    add_threshold_arguments,
+    check_device,
+    check_output_file,
+    check_output_folder,
+    check_thresholds,
+    load_model,
+    model_path,
+)
+from anomaly_edge.cli.common import non_negative_float as _non_negative_float
+from anomaly_edge.cli.common import non_negative_int as _non_negative_int
+from anomaly_edge.cli.common import positive_float as _positive_float
+from anomaly_edge.cli.common import positive_int as _positive_int
+from anomaly_edge.cli.common import unit_float as _unit_float
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,16 +57,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog="exit codes: 0 done, 2 bad arguments, 3 source cannot be opened or was lost, "
         "4 model cannot be loaded, 130 interrupted (outputs complete), 1 other errors",
     )
-    parser.add_argument("--model", required=True, metavar="XML", help="the exported IR (model.xml)")
+    add_model_argument(parser)
     parser.add_argument("--source", required=True,
                         help="video file, image folder, glob ('shots/*.png'), camera index (0), "
                         "or rtsp:// / http:// URL")
-    parser.add_argument("--device", default="AUTO", help="OpenVINO device: AUTO, CPU, GPU, NPU")
+    add_device_argument(parser)
     parser.add_argument("--task", choices=TASKS, help="override the model's task")
-    parser.add_argument("--image-threshold", type=float, metavar="RAW",
-                        help="image threshold in raw score units (default: the model's)")
-    parser.add_argument("--pixel-threshold", type=float, metavar="RAW",
-                        help="pixel threshold in raw score units (default: the model's)")
+    add_threshold_arguments(parser)
     parser.add_argument("--min-area", type=_positive_int, default=1, metavar="N",
                         help="ignore anomalous regions smaller than this (anomaly-map pixels)")
     parser.add_argument("--num-requests", type=_positive_int, metavar="N",
@@ -114,6 +128,12 @@ def execute(args: argparse.Namespace,
 
     _quiet_video_backends()
     _log_stream_messages()
+    args.model, args.model_path = model_path(args), None  # checks before the source opens
+    check_device(args.device)
+    check_thresholds(args)
+    check_output_file(args.events, "--events")
+    check_output_file(args.output, "--output")
+    check_output_folder(args.snapshots, "--snapshots")
     if args.output is not None and args.output.suffix.lower() not in VIDEO_CODECS:
         raise CliError(f"--output {args.output}: unknown video container; use one of "
                        f"{', '.join(sorted(VIDEO_CODECS))}", ExitCode.USAGE)
@@ -184,20 +204,7 @@ def execute(args: argparse.Namespace,
 
 
 def _load_model(args: argparse.Namespace):
-    path = Path(args.model)
-    if not path.is_file():
-        raise CliError(f"model {path} not found; give the model.xml that `anomaly-edge export` "
-                       "or `anomaly-edge train` wrote", ExitCode.MODEL)
-    from anomaly_edge.model import AnomalyModel
-
-    try:
-        return AnomalyModel(path, device=args.device, task=args.task,
-                            image_threshold=args.image_threshold,
-                            pixel_threshold=args.pixel_threshold, min_area=args.min_area,
-                            num_requests=args.num_requests)
-    except (AnomalyEdgeError, RuntimeError, OSError, ValueError) as exc:
-        # whatever OpenVINO says while reading or compiling, the model is the problem
-        raise CliError(f"cannot load model {path}: {exc}", ExitCode.MODEL) from None
+    return load_model(args, num_requests=args.num_requests)
 
 
 def _print_summary(runner) -> None:
@@ -266,38 +273,3 @@ def _log_stream_messages() -> None:
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
-    return value
-
-
-def _unit_float(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value
