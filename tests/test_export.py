@@ -18,7 +18,7 @@ from anomaly_edge.train.export import (
     export_ir,
     ir_size_mb,
 )
-from anomaly_edge.train.quantize import image_auroc
+from anomaly_edge.train.metrics import auroc as image_auroc
 from tests.toy_models import fitted_toy, synthetic_images, to_input
 
 # openvino.convert_model sends usage telemetry unless it runs in CI; offline, every attempt
@@ -286,7 +286,7 @@ def test_a_kill_between_the_renames_is_refused_at_load(toy, tmp_path, monkeypatc
         _export_pair(toy, folder, 2.0)
     monkeypatch.undo()
     assert renames == [folder / "model.bin"]
-    with pytest.raises(ModelLoadError, match="does not belong to model.xml"):
+    with pytest.raises(ModelLoadError, match=r"does not belong to model\.xml"):
         AnomalyModel(xml, "CPU")
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]
 
@@ -309,3 +309,21 @@ def test_a_model_saved_again_does_not_carry_a_stale_stamp(toy, tmp_path):
     graph = read_ir(xml)
     ov.save_model(graph, str(tmp_path / "again.xml"), compress_to_fp16=True)  # other bytes
     AnomalyModel(tmp_path / "again.xml", "CPU").close()
+
+
+def test_int8_is_the_smallest_ir(toy, exported, evaluation_set, tmp_path):
+    model, metadata = toy
+    images, _ = evaluation_set
+    xml = export_ir(model, metadata, tmp_path / "int8", precision="INT8",
+                    calibration_images=images[:8])
+    # the weights: features in INT8, the head in FP16 (the toy's .xml text outweighs them)
+    fp16_bin = exported["FP16"].with_suffix(".bin").stat().st_size
+    assert xml.with_suffix(".bin").stat().st_size < fp16_bin
+    text = xml.read_text()
+    assert 'element_type="i8"' in text
+
+
+def test_quantize_has_no_auroc_of_its_own():
+    import anomaly_edge.train.quantize as quantize
+
+    assert not hasattr(quantize, "image_auroc")  # one AUROC: train/metrics.auroc

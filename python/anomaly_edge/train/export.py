@@ -34,6 +34,7 @@ from anomaly_edge.train.quantize import (
     compare_accuracy,
     feature_modules,
     quantize_int8,
+    store_float_weights_as_fp16,
 )
 
 __all__ = ["AccuracyDropError", "ValidationSet", "compare_maps", "export_ir", "ir_size_mb"]
@@ -102,6 +103,9 @@ def export_ir(
         modules = quantized_modules if quantized_modules is not None else feature_modules(model)
         ov_model = quantize_int8(ov_model, calibration_images, modules,
                                  mean=metadata.mean, std=metadata.std)
+        # measured as it will be stored: the head's float weights in FP16
+        pack_sparse_constants(ov_model)
+        store_float_weights_as_fp16(ov_model)
         if validation is not None:
             report = compare_accuracy(reference, ov_model, validation, "INT8")
             check_drop(report, max_accuracy_drop)
@@ -110,7 +114,8 @@ def export_ir(
         report = compare_accuracy(ov_model, as_saved_fp16(ov_model), validation, "FP16")
         check_drop(report, max_accuracy_drop)
         metadata.metrics["fp16"] = report.to_dict()
-    pack_sparse_constants(ov_model)  # last: NNCF would fold the packing back
+    if precision != "INT8":
+        pack_sparse_constants(ov_model)  # after NNCF, which would fold the packing back
     metadata.write_to(ov_model)
     xml = save_atomically(ov_model, Path(out_dir), name, compress_to_fp16=precision != "FP32")
     log.info("exported %s (%s, %.1f MB)", xml, precision, ir_size_mb(xml))
