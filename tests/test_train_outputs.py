@@ -38,6 +38,7 @@ def test_undefined_pixel_auroc_still_writes_the_whole_run(tmp_path, umask_022):
     result = train(root, out=out, **FAST)
     written = json.loads((out / "metrics.json").read_text())
     assert written["pixel_auroc"] is None and written["image_auroc"] is not None
+    assert written["data"] == str(root.resolve())  # `export --precision INT8` calibrates on it
     assert any("pixel_auroc" in note for note in written["notes"])
     for name in ("metrics.json", "checkpoint.pt", "roc_curve.png", "pr_curve.png",
                  "model.xml", "model.bin"):

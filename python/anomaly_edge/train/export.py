@@ -57,6 +57,7 @@ def export_ir(
     *,
     quantized_modules: Sequence[str] | None = None,
     name: str = "model",
+    verbose: bool = False,
 ) -> Path:
     """Write ``out_dir/<name>.xml`` + ``.bin`` and return the ``.xml`` path.
 
@@ -81,6 +82,7 @@ def export_ir(
             extractor). Default: ``model.quantized_modules`` if defined, else every top-level
             child holding a convolution. The anomaly head always stays in float.
         name: file stem of the IR pair.
+        verbose: INT8 only: show NNCF's log lines and progress bars.
     """
     precision = precision.upper()
     if precision not in PRECISIONS:
@@ -102,7 +104,7 @@ def export_ir(
         reference = ov_model.clone()
         modules = quantized_modules if quantized_modules is not None else feature_modules(model)
         ov_model = quantize_int8(ov_model, calibration_images, modules,
-                                 mean=metadata.mean, std=metadata.std)
+                                 mean=metadata.mean, std=metadata.std, verbose=verbose)
         # measured as it will be stored: the head's float weights in FP16
         pack_sparse_constants(ov_model)
         store_float_weights_as_fp16(ov_model)

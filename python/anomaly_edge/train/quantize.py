@@ -7,8 +7,10 @@ exceeds the bound the user set the export is refused rather than shipped.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,6 +108,7 @@ def quantize_int8(
     std: Sequence[float],
     subset_size: int = 300,
     seed: int = 0,
+    verbose: bool = False,
 ) -> ov.Model:
     """Post-training INT8 quantisation of an FP32 OpenVINO model with NNCF.
 
@@ -120,7 +123,33 @@ def quantize_int8(
       colour and of noise over the whole 0-255 range, ``mean``/``std`` in 0-255 units), and
       ranges are the min/max over all of them, so activations of unusual content keep
       headroom.
+
+    NNCF's INFO lines and progress bars are shown only with ``verbose``.
     """
+    with quiet_nncf(verbose):
+        return _quantize(model, calibration_images, quantized_modules, mean, std,
+                         subset_size, seed)
+
+
+@contextlib.contextmanager
+def quiet_nncf(verbose: bool = False) -> Iterator[None]:
+    """Keep NNCF's INFO logging and its progress bars (printed to stdout) off the console."""
+    if verbose:
+        yield
+        return
+    nncf_log = logging.getLogger("nncf")
+    level = nncf_log.level
+    nncf_log.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        nncf_log.setLevel(level)
+
+
+def _quantize(model: ov.Model, calibration_images: Iterable[Any],
+              quantized_modules: Sequence[str], mean: Sequence[float], std: Sequence[float],
+              subset_size: int, seed: int) -> ov.Model:
     import re
 
     import nncf
