@@ -38,9 +38,15 @@ def paths(synthetic_ir, tmp_path):
     cv2.imwrite(str(folder / "a.png"), frame)
     a_file = tmp_path / "a_file.txt"
     a_file.write_text("x")
-    return {"model": str(synthetic_ir), "model_dir": str(synthetic_ir.parent),
-            "images": str(folder), "image": str(folder / "a.png"), "dir": str(tmp_path),
-            "file": str(a_file), "missing": str(tmp_path / "missing.xml")}
+    return {
+        "model": str(synthetic_ir),
+        "model_dir": str(synthetic_ir.parent),
+        "images": str(folder),
+        "image": str(folder / "a.png"),
+        "dir": str(tmp_path),
+        "file": str(a_file),
+        "missing": str(tmp_path / "missing.xml"),
+    }
 
 
 def _predict(p, *extra):
@@ -48,13 +54,32 @@ def _predict(p, *extra):
 
 
 def _run(p, *extra):
-    return ["run", "--model", p["model"], "--source", p["images"], "--device", "CPU", "--quiet",
-            *extra]
+    return [
+        "run",
+        "--model",
+        p["model"],
+        "--source",
+        p["images"],
+        "--device",
+        "CPU",
+        "--quiet",
+        *extra,
+    ]
 
 
 def _benchmark(p, *extra):
-    return ["benchmark", "--model", p["model"], "--device", "CPU", "--seconds", "0.05",
-            "--frame", "64x48", *extra]
+    return [
+        "benchmark",
+        "--model",
+        p["model"],
+        "--device",
+        "CPU",
+        "--seconds",
+        "0.05",
+        "--frame",
+        "64x48",
+        *extra,
+    ]
 
 
 # (what, argv builder, expected exit code)
@@ -66,8 +91,11 @@ CASES = [
     ("run: nan threshold", lambda p: _run(p, "--image-threshold", "nan"), USAGE),
     ("predict: threshold above 1", lambda p: _predict(p, "--image-threshold", "1.5"), USAGE),
     ("run: threshold below 0", lambda p: _run(p, "--pixel-threshold", "-0.1"), USAGE),
-    ("predict: raw threshold", lambda p: _predict(p, "--image-threshold", "5",
-                                                  "--raw-thresholds"), OK),
+    (
+        "predict: raw threshold",
+        lambda p: _predict(p, "--image-threshold", "5", "--raw-thresholds"),
+        OK,
+    ),
     ("predict: alpha 5", lambda p: _predict(p, "--alpha", "5"), USAGE),
     ("run: alpha 5", lambda p: _run(p, "--alpha", "5"), USAGE),
     ("predict: min-area 0", lambda p: _predict(p, "--min-area", "0"), USAGE),
@@ -80,31 +108,70 @@ CASES = [
     ("run: --events is a folder", lambda p: _run(p, "--events", p["dir"]), USAGE),
     ("run: --snapshots is a file", lambda p: _run(p, "--snapshots", p["file"]), USAGE),
     ("predict: missing model", lambda p: ["predict", "--model", p["missing"], p["image"]], MODEL),
-    ("run: missing model", lambda p: ["run", "--model", p["missing"], "--source", p["images"]],
-     MODEL),
+    (
+        "run: missing model",
+        lambda p: ["run", "--model", p["missing"], "--source", p["images"]],
+        MODEL,
+    ),
     ("benchmark: missing model", lambda p: ["benchmark", "--model", p["missing"]], MODEL),
     ("info: missing model", lambda p: ["info", p["missing"]], MODEL),
     ("info: not a model", lambda p: ["info", "--model", p["file"]], MODEL),
     ("predict: no model at all", lambda p: ["predict", p["image"]], USAGE),
     ("run: no model at all", lambda p: ["run", "--source", p["images"]], USAGE),
-    ("run: missing source", lambda p: ["run", "--model", p["model"], "--source", p["missing"]],
-     INPUT),
-    ("predict: missing image", lambda p: ["predict", "--model", p["model"], p["missing"],
-                                          "--device", "CPU"], INPUT),
+    (
+        "run: missing source",
+        lambda p: ["run", "--model", p["model"], "--source", p["missing"]],
+        INPUT,
+    ),
+    (
+        "predict: missing image",
+        lambda p: ["predict", "--model", p["model"], p["missing"], "--device", "CPU"],
+        INPUT,
+    ),
     ("benchmark: missing image", lambda p: _benchmark(p, "--image", p["missing"]), INPUT),
     # the model given every way, in every command
     ("info: positional", lambda p: ["info", p["model"]], OK),
     ("info: --model", lambda p: ["info", "--model", p["model"]], OK),
     ("info: folder", lambda p: ["info", p["model_dir"]], OK),
     ("predict: model first", lambda p: ["predict", p["model"], p["image"], "--device", "CPU"], OK),
-    ("predict: --model folder", lambda p: ["predict", "--model", p["model_dir"], p["image"],
-                                          "--device", "CPU"], OK),
-    ("run: --model folder", lambda p: ["run", "--model", p["model_dir"], "--source", p["images"],
-                                      "--device", "CPU", "--quiet"], OK),
-    ("run: positional model", lambda p: ["run", p["model"], "--source", p["images"],
-                                        "--device", "CPU", "--quiet"], OK),
-    ("benchmark: positional model", lambda p: ["benchmark", p["model"], "--device", "CPU",
-                                              "--seconds", "0.05", "--frame", "64x48"], OK),
+    (
+        "predict: --model folder",
+        lambda p: ["predict", "--model", p["model_dir"], p["image"], "--device", "CPU"],
+        OK,
+    ),
+    (
+        "run: --model folder",
+        lambda p: [
+            "run",
+            "--model",
+            p["model_dir"],
+            "--source",
+            p["images"],
+            "--device",
+            "CPU",
+            "--quiet",
+        ],
+        OK,
+    ),
+    (
+        "run: positional model",
+        lambda p: ["run", p["model"], "--source", p["images"], "--device", "CPU", "--quiet"],
+        OK,
+    ),
+    (
+        "benchmark: positional model",
+        lambda p: [
+            "benchmark",
+            p["model"],
+            "--device",
+            "CPU",
+            "--seconds",
+            "0.05",
+            "--frame",
+            "64x48",
+        ],
+        OK,
+    ),
 ]
 
 
@@ -119,13 +186,16 @@ def test_exit_codes(paths, capsys, what, argv, expected):
         assert captured.out == "", "nothing is printed as a result before the arguments pass"
 
 
-@pytest.mark.parametrize("argv", [
-    ["train", "--data", "D", "--out", "O", "--image-threshold", "3"],  # raw needs the flag
-    ["train", "--data", "D", "--out", "O", "--batch-size", "0"],
-    ["train", "--data", "D", "--out", "O", "--image-threshold", "inf", "--raw-thresholds"],
-    ["export", "--run", "R", "--calibration-images", "0"],
-    ["export", "--run", "R", "--precision", "FP16", "--max-accuracy-drop", "0.1"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--data", "D", "--out", "O", "--image-threshold", "3"],  # raw needs the flag
+        ["train", "--data", "D", "--out", "O", "--batch-size", "0"],
+        ["train", "--data", "D", "--out", "O", "--image-threshold", "inf", "--raw-thresholds"],
+        ["export", "--run", "R", "--calibration-images", "0"],
+        ["export", "--run", "R", "--precision", "FP16", "--max-accuracy-drop", "0.1"],
+    ],
+)
 def test_training_commands_refuse_bad_arguments(argv, capsys):
     pytest.importorskip("torch")
     assert cli(argv) == USAGE
@@ -143,12 +213,36 @@ def test_normalised_thresholds_map_through_the_models_statistics(paths, capsys):
     path = Path(paths["dir"]) / "blob.png"
     cv2.imwrite(str(path), blob)
     for threshold, label in (("0.7", "Anomaly"), ("0.999", "Anomaly")):
-        assert cli(["predict", paths["model"], str(path), "--device", "CPU",
-                    "--image-threshold", threshold]) == OK
+        assert (
+            cli(
+                [
+                    "predict",
+                    paths["model"],
+                    str(path),
+                    "--device",
+                    "CPU",
+                    "--image-threshold",
+                    threshold,
+                ]
+            )
+            == OK
+        )
         assert json.loads(capsys.readouterr().out)["label"] == label
     # 0.7 in raw units would flag nearly everything; normalised 0.7 is stricter than trained
-    assert cli(["predict", paths["model"], paths["image"], "--device", "CPU",
-                "--image-threshold", "0.7"]) == OK
+    assert (
+        cli(
+            [
+                "predict",
+                paths["model"],
+                paths["image"],
+                "--device",
+                "CPU",
+                "--image-threshold",
+                "0.7",
+            ]
+        )
+        == OK
+    )
     assert json.loads(capsys.readouterr().out)["label"] == "Normal"
     assert cli(["info", paths["model"], "--json"]) == OK
     info = json.loads(capsys.readouterr().out)
@@ -192,8 +286,13 @@ def test_sigterm_during_startup_exits_130(tmp_path):
         "sys.exit(m.main(['info', 'x']))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT / "python") + os.pathsep + str(ROOT)}
-    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=env)
+    child = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     assert child.stdout.readline().strip() == "ready"
     time.sleep(0.2)
     child.send_signal(signal.SIGTERM)

@@ -26,9 +26,11 @@ def run_with_data(tmp_path, monkeypatch):
     run = tmp_path / "run"
     checkpoint.save_checkpoint(model, metadata, run / "checkpoint.pt")
     data = tmp_path / "data"
-    for folder, images in [("train/good", synthetic_images(8, seed=1)),
-                           ("test/good", synthetic_images(4, seed=2)),
-                           ("test/defect", synthetic_images(4, anomalous=True, seed=3))]:
+    for folder, images in [
+        ("train/good", synthetic_images(8, seed=1)),
+        ("test/good", synthetic_images(4, seed=2)),
+        ("test/defect", synthetic_images(4, anomalous=True, seed=3)),
+    ]:
         (data / folder).mkdir(parents=True)
         for i, rgb in enumerate(images):
             cv2.imwrite(str(data / folder / f"{i:03d}.png"), rgb[:, :, ::-1])
@@ -36,8 +38,9 @@ def run_with_data(tmp_path, monkeypatch):
     return run
 
 
-def test_int8_needs_no_data_and_refuses_a_drop_above_one_hundredth(run_with_data, monkeypatch,
-                                                                   capsys):
+def test_int8_needs_no_data_and_refuses_a_drop_above_one_hundredth(
+    run_with_data, monkeypatch, capsys
+):
     from anomaly_edge.train import export
     from anomaly_edge.train.quantize import QuantizationReport
 
@@ -64,6 +67,15 @@ def test_int8_says_when_the_data_is_unknown_or_gone(run_with_data, tmp_path, cap
     (run_with_data / "metrics.json").write_text(json.dumps({"data": str(tmp_path / "gone")}))
     assert main(["export", "--run", str(run_with_data), "--precision", "INT8"]) == ExitCode.INPUT
     with pytest.raises(SystemExit) as usage:
-        main(["export", "--run", str(run_with_data), "--precision", "INT8",
-              "--max-accuracy-drop", "-1"])
+        main(
+            [
+                "export",
+                "--run",
+                str(run_with_data),
+                "--precision",
+                "INT8",
+                "--max-accuracy-drop",
+                "-1",
+            ]
+        )
     assert usage.value.code == ExitCode.USAGE

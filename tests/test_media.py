@@ -64,8 +64,9 @@ def test_every_reader_lists_the_same_images(tmp_path):
     _files(folder)
     (folder / "notes.txt").write_text("x")
     (folder / ".hidden.png").write_bytes(b"")
-    expected = sorted(p.name for p in folder.glob("*") if p.suffix != ".txt"
-                      and not p.name.startswith("."))
+    expected = sorted(
+        p.name for p in folder.glob("*") if p.suffix != ".txt" and not p.name.startswith(".")
+    )
     assert "lossless.webp" in expected  # webp can be trained on, not only scored
     assert [p.name for p in training_list(folder)] == expected
     assert [p.name for p in collect_images([folder], recursive=False)] == expected
@@ -102,8 +103,9 @@ def test_huge_image_in_a_prediction_is_an_input_error(tmp_path, synthetic_ir):
 
 
 def test_float_and_odd_pixel_types(tmp_path):
-    assert media.to_uint8(np.array([[0.0, 0.5, 1.0, np.nan]], np.float32)).tolist() \
-        == [[0, 128, 255, 0]]
+    assert media.to_uint8(np.array([[0.0, 0.5, 1.0, np.nan]], np.float32)).tolist() == [
+        [0, 128, 255, 0]
+    ]
     with pytest.raises(InvalidInputError, match="pixel type"):
         media.to_uint8(np.zeros((2, 2), np.int32))
     with pytest.raises(InvalidInputError, match="not a folder"):

@@ -58,9 +58,19 @@ def test_wrong_output_rank_is_a_model_error(tmp_path):
     image = ops.parameter([1, 3, 16, 16], ov.Type.f32, name="image")
     flat = ops.reduce_mean(image, np.array([1], dtype=np.int64), keep_dims=False)  # [1, H, W]
     model = ov.Model([flat], [image], "rank3")
-    ModelMetadata(model="x", backbone="x", input_size=(16, 16), mean=(0, 0, 0), std=(1, 1, 1),
-                  image_threshold=1, pixel_threshold=1, image_min=0, image_max=2, pixel_min=0,
-                  pixel_max=2).write_to(model)
+    ModelMetadata(
+        model="x",
+        backbone="x",
+        input_size=(16, 16),
+        mean=(0, 0, 0),
+        std=(1, 1, 1),
+        image_threshold=1,
+        pixel_threshold=1,
+        image_min=0,
+        image_max=2,
+        pixel_min=0,
+        pixel_max=2,
+    ).write_to(model)
     ov.save_model(model, str(tmp_path / "m.xml"))
     with pytest.raises(ModelLoadError, match=r"\[1, 1, H, W\] map"):
         AnomalyModel(tmp_path / "m.xml", "CPU")

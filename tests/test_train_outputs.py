@@ -40,8 +40,14 @@ def test_undefined_pixel_auroc_still_writes_the_whole_run(tmp_path, umask_022):
     assert written["pixel_auroc"] is None and written["image_auroc"] is not None
     assert written["data"] == str(root.resolve())  # `export --precision INT8` calibrates on it
     assert any("pixel_auroc" in note for note in written["notes"])
-    for name in ("metrics.json", "checkpoint.pt", "roc_curve.png", "pr_curve.png",
-                 "model.xml", "model.bin"):
+    for name in (
+        "metrics.json",
+        "checkpoint.pt",
+        "roc_curve.png",
+        "pr_curve.png",
+        "model.xml",
+        "model.bin",
+    ):
         mode = stat.S_IMODE((out / name).stat().st_mode)
         assert mode == 0o644, (name, oct(mode))  # not mkstemp's 0600
     assert stat.S_IMODE(out.stat().st_mode) == 0o755

@@ -24,8 +24,20 @@ from anomaly_edge.errors import InvalidInputError
 
 # The files every command treats as images (what OpenCV decodes).
 IMAGE_SUFFIXES = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm",
-     ".jp2"}
+    {
+        ".png",
+        ".jpg",
+        ".jpeg",
+        ".bmp",
+        ".tif",
+        ".tiff",
+        ".webp",
+        ".ppm",
+        ".pgm",
+        ".pbm",
+        ".pnm",
+        ".jp2",
+    }
 )
 # The longest side the resize kernels take; a larger image is refused rather than half-read.
 MAX_IMAGE_SIDE = 32768
@@ -37,18 +49,19 @@ _DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
 
 def is_image_file(path: Path) -> bool:
     """A visible regular file with an image suffix."""
-    return (path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
-            and path.is_file())
+    return (
+        path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and path.is_file()
+    )
 
 
-def natural_key(path: Path) -> list:
+def natural_key(path: Path) -> list[int | str]:
     """Sort key that puts ``frame_2.png`` before ``frame_10.png``."""
-    return [int(part) if part.isdigit() else part.lower()
-            for part in re.split(r"(\d+)", str(path))]
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", str(path))]
 
 
-def list_images(folder: str | Path, *, recursive: bool = False,
-                natural_order: bool = False) -> list[Path]:
+def list_images(
+    folder: str | Path, *, recursive: bool = False, natural_order: bool = False
+) -> list[Path]:
     """Image files in ``folder`` (sub-folders too with ``recursive``), hidden files skipped.
 
     Sorted by name, or in natural order (numbers by value) for frame sequences.
@@ -58,8 +71,12 @@ def list_images(folder: str | Path, *, recursive: bool = False,
     if not folder.is_dir():
         raise InvalidInputError(f"{folder} is not a folder")
     found = folder.rglob("*") if recursive else folder.iterdir()
-    images = [p for p in found if is_image_file(p)
-              and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+    images = [
+        p
+        for p in found
+        if is_image_file(p)
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    ]
     return sorted(images, key=natural_key) if natural_order else sorted(images)
 
 
@@ -95,9 +112,12 @@ def to_uint8(image: np.ndarray, source: object = "the image") -> np.ndarray:
     if np.issubdtype(image.dtype, np.floating):
         finite = np.nan_to_num(image.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
         peak = 1.0 if finite.size == 0 or float(finite.max()) <= 1.0 else 255.0
-        return np.clip(np.rint(finite * (255.0 / peak)), 0, 255).astype(np.uint8)
-    raise InvalidInputError(f"{source} has pixel type {image.dtype}, which anomaly-edge cannot "
-                            "read; save it as 8- or 16-bit PNG")
+        scaled: np.ndarray = np.clip(np.rint(finite * (255.0 / peak)), 0, 255)
+        return scaled.astype(np.uint8)
+    raise InvalidInputError(
+        f"{source} has pixel type {image.dtype}, which anomaly-edge cannot "
+        "read; save it as 8- or 16-bit PNG"
+    )
 
 
 def check_size(height: int, width: int, source: object = "the image") -> None:
@@ -105,7 +125,8 @@ def check_size(height: int, width: int, source: object = "the image") -> None:
     if max(height, width) > MAX_IMAGE_SIDE:
         raise InvalidInputError(
             f"{source} is {width}x{height} pixels; the longest side anomaly-edge reads is "
-            f"{MAX_IMAGE_SIDE} px: downscale or crop it first")
+            f"{MAX_IMAGE_SIDE} px: downscale or crop it first"
+        )
 
 
 def _decode(path: Path, flags: int, what: str = "image") -> np.ndarray:
@@ -122,11 +143,13 @@ def _decode(path: Path, flags: int, what: str = "image") -> np.ndarray:
     try:
         image = cv2.imdecode(data, flags) if data.size else None
     except cv2.error as exc:  # e.g. more pixels than OpenCV's decoder limit
-        raise InvalidInputError(f"{path} cannot be decoded: {str(exc).strip().splitlines()[-1]}"
-                                ) from None
+        raise InvalidInputError(
+            f"{path} cannot be decoded: {str(exc).strip().splitlines()[-1]}"
+        ) from None
     if image is None or image.size == 0:
         raise InvalidInputError(
             f"{path} is not an {what} OpenCV can decode (empty, truncated, too large or another "
-            f"file type); supported types: {', '.join(sorted(IMAGE_SUFFIXES))}")
+            f"file type); supported types: {', '.join(sorted(IMAGE_SUFFIXES))}"
+        )
     check_size(image.shape[0], image.shape[1], path)
     return image

@@ -118,7 +118,7 @@ class ModelMetadata:
             if not model.has_rt_info([OUR_SECTION, key]):
                 raise ModelLoadError(f"{source}: anomaly-edge metadata lacks the key {key!r}; "
                                      "re-export the model with this version of anomaly-edge.")
-            return model.get_rt_info([OUR_SECTION, key]).astype(str)
+            return str(model.get_rt_info([OUR_SECTION, key]).astype(str))
 
         try:
             version = int(get("format_version"))

@@ -88,16 +88,19 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _rt_value(xml_text: str, key: str) -> str:
+    found = re.search(rf'<{key} value="([^"]*)"', xml_text)
+    return found.group(1) if found else ""
+
+
 def check_weights_stamp(xml: Path, weights: Path) -> None:
     """Refuse a .bin that is not the one exported with this .xml (IRs without a stamp pass)."""
     try:
         text = xml.read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
         raise ModelLoadError(f"cannot read {xml}: {exc.strerror or exc}") from exc
-    stamp = {key: re.search(rf'<{key} value="([^"]*)"', text) for key in
-             (WEIGHTS_SHA256_KEY, WEIGHTS_BYTES_KEY)}
-    expected_sha = stamp[WEIGHTS_SHA256_KEY].group(1) if stamp[WEIGHTS_SHA256_KEY] else ""
-    expected_size = stamp[WEIGHTS_BYTES_KEY].group(1) if stamp[WEIGHTS_BYTES_KEY] else ""
+    expected_sha, expected_size = (_rt_value(text, key)
+                                   for key in (WEIGHTS_SHA256_KEY, WEIGHTS_BYTES_KEY))
     if not expected_sha:
         return
     mismatch = (expected_size and expected_size.isdigit()

@@ -77,56 +77,65 @@ def require_train_extra(what: str) -> None:
 
 # ---- argument types (argparse turns their errors into exit code 2) -------------------------
 
-def _number(text: str, kind: type = float) -> Any:
+
+def _parse_float(text: str) -> float:
     try:
-        value = kind(text)
+        value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if kind is float and not math.isfinite(value):
+    if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
     return value
 
 
+def _parse_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
 def finite_float(text: str) -> float:
-    return _number(text)
+    return _parse_float(text)
 
 
 def positive_int(text: str) -> int:
-    value = _number(text, int)
+    value = _parse_int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
 
 
 def non_negative_int(text: str) -> int:
-    value = _number(text, int)
+    value = _parse_int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
     return value
 
 
 def positive_float(text: str) -> float:
-    value = _number(text)
+    value = _parse_float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
     return value
 
 
 def non_negative_float(text: str) -> float:
-    value = _number(text)
+    value = _parse_float(text)
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
     return value
 
 
 def unit_float(text: str) -> float:
-    value = _number(text)
+    value = _parse_float(text)
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
     return value
 
 
 # ---- shared options -------------------------------------------------------------------------
+
 
 def add_model_argument(parser: argparse.ArgumentParser, positional: bool = True) -> None:
     """``--model PATH`` and, unless the command has positionals of its own, ``PATH`` alone."""
@@ -141,26 +150,35 @@ def model_path(args: argparse.Namespace) -> Path:
 
     Missing files are exit code 4 (the model cannot be loaded), as in every command.
     """
-    given = [p for p in (getattr(args, "model", None), getattr(args, "model_path", None))
-             if p is not None]
+    given = [
+        p
+        for p in (getattr(args, "model", None), getattr(args, "model_path", None))
+        if p is not None
+    ]
     if not given:
-        raise CliError("no model given: pass the exported model.xml (or its folder), as "
-                       "--model PATH or as the first argument", ExitCode.USAGE)
+        raise CliError(
+            "no model given: pass the exported model.xml (or its folder), as "
+            "--model PATH or as the first argument",
+            ExitCode.USAGE,
+        )
     if len(given) == 2 and given[0] != given[1]:
-        raise CliError(f"two models given ({given[0]} and {given[1]}); pass one",
-                       ExitCode.USAGE)
+        raise CliError(f"two models given ({given[0]} and {given[1]}); pass one", ExitCode.USAGE)
     path = Path(given[0]).expanduser()
     if path.is_dir():
         path = path / "model.xml"
     if not path.is_file():
-        raise CliError(f"model {path} not found; give the model.xml that `anomaly-edge train` "
-                       "or `anomaly-edge export` wrote (or its folder)", ExitCode.MODEL)
+        raise CliError(
+            f"model {path} not found; give the model.xml that `anomaly-edge train` "
+            "or `anomaly-edge export` wrote (or its folder)",
+            ExitCode.MODEL,
+        )
     return path
 
 
 def add_device_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="AUTO",
-                        help="OpenVINO device: AUTO (default), CPU, GPU, NPU")
+    parser.add_argument(
+        "--device", default="AUTO", help="OpenVINO device: AUTO (default), CPU, GPU, NPU"
+    )
 
 
 def check_device(device: str) -> str:
@@ -176,15 +194,28 @@ def check_device(device: str) -> str:
 
 def add_threshold_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
-        "thresholds", "in the units of the scores shown (0-1, 0.5 = the trained threshold): "
-        "0.7 is stricter than trained, 0.3 more sensitive")
-    group.add_argument("--image-threshold", type=finite_float, metavar="T",
-                       help="flag an image when its score reaches T (default 0.5, as trained)")
-    group.add_argument("--pixel-threshold", type=finite_float, metavar="T",
-                       help="mark a pixel when its map value reaches T (default 0.5)")
-    group.add_argument("--raw-thresholds", action="store_true",
-                       help="read --image-threshold/--pixel-threshold in raw score units (as "
-                       "`anomaly-edge info` shows them) instead")
+        "thresholds",
+        "in the units of the scores shown (0-1, 0.5 = the trained threshold): "
+        "0.7 is stricter than trained, 0.3 more sensitive",
+    )
+    group.add_argument(
+        "--image-threshold",
+        type=finite_float,
+        metavar="T",
+        help="flag an image when its score reaches T (default 0.5, as trained)",
+    )
+    group.add_argument(
+        "--pixel-threshold",
+        type=finite_float,
+        metavar="T",
+        help="mark a pixel when its map value reaches T (default 0.5)",
+    )
+    group.add_argument(
+        "--raw-thresholds",
+        action="store_true",
+        help="read --image-threshold/--pixel-threshold in raw score units (as "
+        "`anomaly-edge info` shows them) instead",
+    )
 
 
 def check_thresholds(args: argparse.Namespace) -> None:
@@ -195,9 +226,11 @@ def check_thresholds(args: argparse.Namespace) -> None:
         value = getattr(args, name, None)
         if value is not None and not 0.0 <= value <= 1.0:
             flag = "--" + name.replace("_", "-")
-            raise CliError(f"{flag} {value:g}: thresholds are in score units, 0-1 (0.5 = the "
-                           "trained threshold); for raw score units add --raw-thresholds",
-                           ExitCode.USAGE)
+            raise CliError(
+                f"{flag} {value:g}: thresholds are in score units, 0-1 (0.5 = the "
+                "trained threshold); for raw score units add --raw-thresholds",
+                ExitCode.USAGE,
+            )
 
 
 def raw_threshold(normalised: float, trained: float, scale: float) -> float:
@@ -210,8 +243,10 @@ def apply_thresholds(model: AnomalyModel, args: argparse.Namespace) -> None:
     """Set the thresholds the user gave (normalised or raw) on a loaded model."""
     md = model.metadata
     raw = getattr(args, "raw_thresholds", False)
-    for name, trained, scale in (("image_threshold", md.image_threshold, md.image_scale),
-                                 ("pixel_threshold", md.pixel_threshold, md.pixel_scale)):
+    for name, trained, scale in (
+        ("image_threshold", md.image_threshold, md.image_scale),
+        ("pixel_threshold", md.pixel_threshold, md.pixel_scale),
+    ):
         value = getattr(args, name, None)
         if value is not None:
             setattr(model, name, value if raw else raw_threshold(value, trained, scale))
@@ -230,8 +265,13 @@ def load_model(args: argparse.Namespace, **options: Any) -> AnomalyModel:
     from anomaly_edge.model import AnomalyModel
 
     try:
-        model = AnomalyModel(path, device, task=getattr(args, "task", None),
-                             min_area=getattr(args, "min_area", 1), **options)
+        model = AnomalyModel(
+            path,
+            device,
+            task=getattr(args, "task", None),
+            min_area=getattr(args, "min_area", 1),
+            **options,
+        )
     except (ModelLoadError, RuntimeError, OSError, ValueError) as exc:
         # whatever OpenVINO says while reading or compiling, the model is the problem
         raise CliError(f"cannot load model {path}: {exc}", ExitCode.MODEL) from None
@@ -244,6 +284,7 @@ def load_model(args: argparse.Namespace, **options: Any) -> AnomalyModel:
 
 
 # ---- outputs ---------------------------------------------------------------------------------
+
 
 def check_output_file(path: Path | None, flag: str) -> None:
     """An output file must not be a folder, and its folder must exist or be creatable."""
@@ -264,8 +305,9 @@ def check_output_folder(path: Path | None, flag: str) -> None:
     for candidate in (path, *path.resolve().parents):
         if candidate.exists():
             if not candidate.is_dir():
-                raise CliError(f"{flag} {path}: {candidate} is a file, not a folder",
-                               ExitCode.USAGE)
+                raise CliError(
+                    f"{flag} {path}: {candidate} is a file, not a folder", ExitCode.USAGE
+                )
             return
 
 
