@@ -98,3 +98,21 @@ def test_a_folder_that_is_not_a_run_is_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match="not empty and holds no training run"):
         train(root, out=home, **FAST)
     assert (home / "thesis.tex").read_text() == "precious"
+
+
+@pytest.mark.slow
+def test_train_int8_is_guarded_and_keeps_the_run_when_refused(tmp_path, monkeypatch):
+    from anomaly_edge.train import export
+    from anomaly_edge.train.quantize import AccuracyDropError, QuantizationReport
+
+    def lossy(reference, quantized, validation, precision="INT8"):
+        return QuantizationReport("image_auroc", 0.98, 0.95, 8, precision)  # drop 0.03
+
+    monkeypatch.setattr(export, "compare_accuracy", lossy)
+    root = make_category(tmp_path / "cat", train=8, good=4, defects={"scratch": 4})
+    out = tmp_path / "run"
+    with pytest.raises(AccuracyDropError, match="without an IR"):
+        train(root, out=out, precision="INT8", **FAST)
+    assert (out / "checkpoint.pt").exists() and not (out / "model.xml").exists()
+    notes = json.loads((out / "metrics.json").read_text())["notes"]
+    assert any("no IR written" in note for note in notes)

@@ -237,6 +237,8 @@ def _evaluate(module: nn.Module, test_samples: tuple[Sample, ...], split: Split,
 # ---- outputs -------------------------------------------------------------------------------
 
 RUN_FILES = ("metrics.json", "checkpoint.pt", "model.xml")
+# `train --precision INT8` refuses the IR beyond this image AUROC drop, as `export` does.
+INT8_MAX_ACCURACY_DROP = 0.01
 
 
 def check_output_folder(out: str | Path) -> None:
@@ -255,16 +257,26 @@ def _write_outputs(result: TrainResult, out: Path, everything: Predictions, expo
     """Build the run in a fresh folder beside ``out`` and swap it in at the end, so ``out``
     holds the previous run or this one, never a mix (e.g. after a kill during the export)."""
     from anomaly_edge.atomic import make_staging_folder, swap_in_folder
+    from anomaly_edge.train.quantize import AccuracyDropError
 
     check_output_folder(out)
     staging = make_staging_folder(out)
+    refused: AccuracyDropError | None = None
     try:
-        written = _write_run(result, staging, everything, export, precision, split, size,
-                             mean, std)
+        try:
+            written = _write_run(result, staging, everything, export, precision, split, size,
+                                 mean, std)
+        except AccuracyDropError as exc:
+            refused, written = exc, [p for p in staging.iterdir() if not p.name.startswith(".")]
         swap_in_folder(staging, out)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+    if refused is not None:
+        raise AccuracyDropError(
+            f"{refused} The run is in {out} without an IR (checkpoint, metrics, curves): export "
+            f"it with `anomaly-edge export --run {out} --precision FP16`, or INT8 with a larger "
+            "--max-accuracy-drop.") from None
     result.out = out
     result.files = [out / path.relative_to(staging) for path in written]
     if result.ir_path is not None:
@@ -278,18 +290,30 @@ def _write_run(result: TrainResult, folder: Path, everything: Predictions, expor
     from anomaly_edge.train.checkpoint import save_checkpoint
 
     written.append(save_checkpoint(result.model, result.metadata, folder / "checkpoint.pt"))
+    refused: Exception | None = None
     if export:
-        from anomaly_edge.train.export import export_ir
+        from anomaly_edge.train.export import AccuracyDropError, ValidationSet, export_ir
 
-        calibration = None
+        calibration = validation = max_drop = None
         if precision.upper() == "INT8":
             calibration = ImageDataset(split.train, size, mean, std)
-        result.ir_path = export_ir(result.model, result.metadata, folder, precision=precision,
-                                   calibration_images=calibration)
-        written += [result.ir_path, result.ir_path.with_suffix(".bin")]
+            if len(everything.samples):  # the guard `export` applies too
+                validation = ValidationSet(ImageDataset(everything.samples, size, mean, std),
+                                           [int(v) for v in everything.labels])
+                max_drop = INT8_MAX_ACCURACY_DROP
+        try:
+            result.ir_path = export_ir(result.model, result.metadata, folder,
+                                       precision=precision, calibration_images=calibration,
+                                       validation=validation, max_accuracy_drop=max_drop)
+            written += [result.ir_path, result.ir_path.with_suffix(".bin")]
+        except AccuracyDropError as exc:  # keep the run; only the IR is refused
+            refused = exc
+            result.metrics["notes"].append(f"no IR written: {exc}")
     metrics_path = folder / "metrics.json"
     write_json_atomically(metrics_path, result.metrics)
     written.append(metrics_path)
+    if refused is not None:
+        raise refused
     return written
 
 
