@@ -25,6 +25,7 @@ unreachable stream); the model missing on the server or not an anomaly-edge mode
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -165,7 +166,8 @@ class RemoteAnomalyModel:
         if pixel_threshold is not None:
             self.pixel_threshold = pixel_threshold
         if num_requests is not None and (not isinstance(num_requests, int) or num_requests < 1):
-            raise InvalidInputError(f"num_requests must be a positive integer, got {num_requests!r}")
+            raise InvalidInputError(
+                f"num_requests must be a positive integer, got {num_requests!r}")
         self.num_requests = num_requests or 4 * len(self._endpoints)
         self._slots = threading.Semaphore(self.num_requests)
 
@@ -269,20 +271,16 @@ class RemoteAnomalyModel:
     def close(self) -> None:
         """Wait for requests in flight and drop uncollected results (the model stays usable)."""
         for _, future in self._submitted:
-            try:
+            with contextlib.suppress(BaseException):  # cancelled: nothing to wait for
                 future.exception()
-            except BaseException:  # cancelled: nothing to wait for
-                pass
         self._submitted.clear()
 
     def close_connections(self) -> None:
         """Close the connections and stop the background loop (the model is unusable after)."""
         self.close()
         if self._loop.is_running():
-            try:
+            with contextlib.suppress(Exception):  # closing is best effort
                 self._call(self._close_endpoints(), timeout=5)
-            except Exception:  # closing is best effort
-                pass
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5)
 
@@ -543,9 +541,8 @@ class _GrpcEndpoint(_Endpoint):
     async def rt_info(self) -> dict:
         # gRPC model metadata has no free-form field: a raw call asks for the rt_info in its
         # response parameters (anomaly-edge serve answers; it is also the first warm-up).
-        from kserve.protocol.grpc.grpc_predict_v2_pb2 import ModelMetadataRequest
-
         import grpc
+        from kserve.protocol.grpc.grpc_predict_v2_pb2 import ModelMetadataRequest
 
         try:
             metadata = await self._grpc()._client_stub.ModelMetadata(

@@ -105,3 +105,43 @@ def _port(text: str) -> int:
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"a port is 0-65535, got {value}")
     return value
+
+
+# ---- the client side: `--model URL` / `--remote` in predict, run and benchmark -----------------
+
+
+def add_remote_option(parser: argparse.ArgumentParser) -> None:
+    """``--remote [NAME]``: ``--model`` is a model server URL (or a comma-separated list)."""
+    parser.add_argument(
+        "--remote", nargs="?", const="", metavar="NAME",
+        help="--model is a v2 model server URL (http://host:8080, grpc://host:8081; several, "
+        "comma-separated, are replicas); NAME is the model's name there (default: from the URL, "
+        "else anomaly-edge). A URL in --model implies --remote.")
+
+
+def wants_remote(args: argparse.Namespace) -> bool:
+    """True when ``args.model`` names a model server rather than an IR file."""
+    from anomaly_edge.remote import is_remote, split_urls
+
+    urls = split_urls(str(args.model))
+    if getattr(args, "remote", None) is not None and not is_remote(urls):
+        raise CliError(f"--remote needs --model to be a server URL (http://host:port or "
+                       f"grpc://host:port), got {args.model}", ExitCode.USAGE)
+    return is_remote(urls)
+
+
+def open_remote_model(args: argparse.Namespace, **settings):
+    """Connect to the model server of ``args.model``; errors become the README's exit codes:
+    3 no server reachable, 4 model missing there (or not an anomaly-edge model), 2 bad
+    arguments, 5 the serve extra is missing."""
+    require_serve_extra("a remote model (--model URL)")
+    from anomaly_edge.errors import InvalidInputError
+    from anomaly_edge.remote import RemoteAnomalyModel, ServerUnavailableError, split_urls
+
+    try:
+        name = getattr(args, "remote", None) or None
+        return RemoteAnomalyModel(split_urls(str(args.model)), name, **settings)
+    except ServerUnavailableError as exc:
+        raise CliError(str(exc), ExitCode.INPUT) from None
+    except InvalidInputError as exc:
+        raise CliError(str(exc), ExitCode.USAGE) from None

@@ -144,7 +144,8 @@ class AnomalyServeModel(kserve.Model):
         frame = _decode(tensor, color)
         network = self._network
         metadata = network.metadata
-        params = PostprocessParams.from_metadata(metadata, min_area=int(parameters.get("min_area", 1)))
+        min_area = int(parameters.get("min_area", 1))
+        params = PostprocessParams.from_metadata(metadata, min_area=min_area)
         for name in ("image_threshold", "pixel_threshold"):
             if parameters.get(name) is not None:
                 params = params.replace(**{name: float(parameters[name])})

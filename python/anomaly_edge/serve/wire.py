@@ -67,7 +67,7 @@ def metadata_from_rt_info(rt_info: Any, source: str) -> ModelMetadata:
         try:
             rt_info = json.loads(rt_info)
         except ValueError as exc:
-            raise ModelLoadError(f"{source}: the model's rt_info is not valid JSON ({exc})") from None
+            raise ModelLoadError(f"{source}: its rt_info is not valid JSON ({exc})") from None
     if not isinstance(rt_info, dict) or not isinstance(rt_info.get(OUR_SECTION), dict):
         raise ModelLoadError(
             f"{source} does not describe an anomaly-edge model (no '{OUR_SECTION}' section in "
