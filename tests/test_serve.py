@@ -153,15 +153,16 @@ def test_raw_call_takes_a_batch(server, synthetic_ir):
                         timeout=30).json()["outputs"][0]
     got = np.asarray(output["data"], dtype=np.float32).reshape(3, 1, 64, 64)
     for i in range(3):
-        np.testing.assert_allclose(got[i : i + 1], raw_network_output(synthetic_ir, tensor[i : i + 1]),
-                                   atol=1e-6)
+        expected = raw_network_output(synthetic_ir, tensor[i : i + 1])
+        np.testing.assert_allclose(got[i : i + 1], expected, atol=1e-6)
 
 
 def _convenience(server, inputs, parameters=None) -> dict[str, np.ndarray]:
     body = {"inputs": inputs, "parameters": parameters or {}}
     response = httpx.post(f"{server.rest_url}/v2/models/plate/infer", json=body, timeout=30)
     assert response.status_code == 200, response.text
-    return {o["name"]: np.asarray(o["data"]).reshape(o["shape"]) for o in response.json()["outputs"]}
+    outputs = response.json()["outputs"]
+    return {o["name"]: np.asarray(o["data"]).reshape(o["shape"]) for o in outputs}
 
 
 def test_convenience_call_answers_like_a_local_model(server, synthetic_ir):

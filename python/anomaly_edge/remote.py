@@ -372,8 +372,9 @@ class RemoteAnomalyModel:
                 raise result
             if isinstance(result, _Unavailable):
                 endpoint.set_aside(str(result))
-                log.warning("replica %s is not answering (%s); using the others", endpoint.url,
-                            result)
+                if answered:
+                    log.warning("replica %s is not answering (%s); using the others",
+                                endpoint.url, result)
             elif isinstance(result, BaseException):
                 raise result
         if not answered:
