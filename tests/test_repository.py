@@ -95,7 +95,7 @@ def test_serve_resolves_a_repository_folder_to_its_highest_version(synthetic_ir,
     assert resolve_served_model(synthetic_ir) == (synthetic_ir, None)
     assert resolve_served_model(synthetic_ir.parent) == (synthetic_ir, None)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelLoadError, match="neither model.xml nor version"):
+    with pytest.raises(ModelLoadError, match=r"neither model\.xml nor version"):
         resolve_served_model(tmp_path / "empty")
 
 
