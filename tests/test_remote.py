@@ -129,17 +129,6 @@ def test_cli_remote_predict_and_exit_codes(server, synthetic_ir, tmp_path, capsy
     assert result["device"] == "remote" and result["async"]["frames"] > 0
 
 
-def test_importing_the_remote_backend_does_not_pull_in_tritonclient(server):
-    # kserve and tritonclient.grpc register the same protobuf names; one process can hold one.
-    code = ("import sys; from anomaly_edge import AnomalyModel; "
-            f"m = AnomalyModel.remote('{server.grpc_url}', 'plate'); "
-            "print(sorted(n for n in sys.modules if n.startswith('tritonclient')))")
-    env = {**os.environ, "PYTHONPATH": str(REPO / "python")}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         timeout=120, check=True).stdout
-    assert out.strip() == "[]"
-
-
 @pytest.mark.slow
 def test_two_replicas_one_killed_mid_run_loses_no_frame(synthetic_ir, tmp_path):
     first = ServeProcess(synthetic_ir, "plate", tmp_path).start()

@@ -26,12 +26,14 @@ unreachable stream); the model missing on the server or not an anomaly-edge mode
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import itertools
 import json
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future
@@ -60,6 +62,17 @@ from anomaly_edge.serve.wire import (
 log = logging.getLogger("anomaly_edge.remote")
 
 REMOTE_SCHEMES = ("http", "https", "grpc")
+
+
+# Connections are closed at interpreter exit, while the background loop can still run: a
+# gRPC channel left to the garbage collector of a finalising interpreter may hang the exit.
+_LIVE_REMOTES: weakref.WeakSet[RemoteAnomalyModel] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_live_remotes() -> None:
+    for model in list(_LIVE_REMOTES):
+        model.close_connections()
 
 
 class ServerUnavailableError(AnomalyEdgeError, ConnectionError):
@@ -171,6 +184,7 @@ class RemoteAnomalyModel:
                 f"num_requests must be a positive integer, got {num_requests!r}")
         self.num_requests = num_requests or 4 * len(self._endpoints)
         self._slots = threading.Semaphore(self.num_requests)
+        _LIVE_REMOTES.add(self)
 
     # ---- settings (as on a local model) ----------------------------------------------------
 
@@ -223,12 +237,15 @@ class RemoteAnomalyModel:
     def predict_iter(self, images: Iterable[np.ndarray | str | Path], *,
                      heatmap: bool = False) -> Iterator[Prediction]:
         """Score frames lazily with up to ``num_requests`` in flight; results in input order."""
-        for index, image in enumerate(images):
-            self.submit(image, index, heatmap=heatmap)
-            for _, prediction in self.ready():
-                yield prediction
-        for _, prediction in self.drain():
-            yield prediction
+        window: deque[Future] = deque()
+        for image in images:
+            frame_size, tensor = self._network_input(image)
+            window.append(asyncio.run_coroutine_threadsafe(
+                self._predict(tensor, frame_size, self._params, self._task, heatmap), self._loop))
+            while window and (window[0].done() or len(window) >= self.num_requests):
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
 
     # ---- asynchronous ----------------------------------------------------------------------
 
@@ -279,6 +296,7 @@ class RemoteAnomalyModel:
     def close_connections(self) -> None:
         """Close the connections and stop the background loop (the model is unusable after)."""
         self.close()
+        _LIVE_REMOTES.discard(self)
         if self._loop.is_running():
             with contextlib.suppress(Exception):  # closing is best effort
                 self._call(self._close_endpoints(), timeout=5)
