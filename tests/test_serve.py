@@ -228,6 +228,7 @@ def test_grpc_raw_call_and_rt_info_parameter(server, synthetic_ir):
     assert rt_info["anomaly_edge"]["model"] == "synthetic"
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_server(synthetic_ir, tmp_path):
     process = ServeProcess(synthetic_ir, log_dir=tmp_path).start()
     assert process.stop() is not None
