@@ -1,4 +1,4 @@
-"""Serving benchmark: one `anomaly-edge serve` process, 1/4/16 client streams, beside the local model.
+"""Serving benchmark: one `anomaly-edge serve` process, 1/4/16 client streams, local baseline.
 
 * ``local_async_fps``: ``AnomalyModel.submit`` / ``ready`` on this machine (the baseline,
   measured in the same run on the same frames);
