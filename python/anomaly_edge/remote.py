@@ -35,11 +35,11 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Coroutine, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -59,7 +59,11 @@ from anomaly_edge.serve.wire import (
     parameters_dict,
 )
 
+if TYPE_CHECKING:
+    from anomaly_edge.metadata import ModelMetadata
+
 log = logging.getLogger("anomaly_edge.remote")
+_T = TypeVar("_T")
 
 REMOTE_SCHEMES = ("http", "https", "grpc")
 
@@ -97,7 +101,7 @@ class RetryPolicy:
     max_delay: float = 8.0
 
     def wait_before(self, attempt: int) -> float:
-        return min(self.delay * (2 ** (attempt - 1)), self.max_delay)
+        return float(min(self.delay * 2.0 ** (attempt - 1), self.max_delay))
 
 
 def is_remote(model: object) -> bool:
@@ -167,7 +171,7 @@ class RemoteAnomalyModel:
                                         name="anomaly-edge-remote", daemon=True)
         self._thread.start()
         self._next = itertools.count()
-        self._submitted: deque[tuple[Any, Future]] = deque()
+        self._submitted: deque[tuple[Any, Future[Prediction]]] = deque()
         try:
             self.metadata = self._call(self._connect(), timeout=None)
         except BaseException:
@@ -237,7 +241,7 @@ class RemoteAnomalyModel:
     def predict_iter(self, images: Iterable[np.ndarray | str | Path], *,
                      heatmap: bool = False) -> Iterator[Prediction]:
         """Score frames lazily with up to ``num_requests`` in flight; results in input order."""
-        window: deque[Future] = deque()
+        window: deque[Future[Prediction]] = deque()
         for image in images:
             frame_size, tensor = self._network_input(image)
             window.append(asyncio.run_coroutine_threadsafe(
@@ -339,7 +343,7 @@ class RemoteAnomalyModel:
         frame = check_frame(frame, self.color)
         return (frame.shape[0], frame.shape[1]), network_tensor(frame, self.metadata, self.color)
 
-    def _call(self, coroutine: Any, timeout: float | None = None) -> Any:
+    def _call(self, coroutine: Coroutine[Any, Any, _T], timeout: float | None = None) -> _T:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
 
     async def _predict(self, tensor: np.ndarray, frame_size: tuple[int, int],
@@ -378,7 +382,7 @@ class RemoteAnomalyModel:
                 f"({reasons}); check that `anomaly-edge serve` (or OVMS/KServe) is running and "
                 "the URL is right")
 
-    async def _connect(self):
+    async def _connect(self) -> ModelMetadata:
         """Ask every replica for the model's metadata; all that answer must agree."""
         results = await asyncio.gather(*(e.rt_info() for e in self._endpoints),
                                        return_exceptions=True)
@@ -438,7 +442,7 @@ class _Endpoint:
         self._backoff = 0.0
         self.usable_at = 0.0
 
-    async def rt_info(self) -> dict:
+    async def rt_info(self) -> dict[str, Any]:
         raise NotImplementedError
 
     async def infer(self, tensor: np.ndarray) -> np.ndarray:
@@ -466,7 +470,7 @@ class _RestEndpoint(_Endpoint):
             self._http = httpx.AsyncClient(timeout=self.timeout)
         return self._http
 
-    async def rt_info(self) -> dict:
+    async def rt_info(self) -> dict[str, Any]:
         import httpx
 
         try:
@@ -487,7 +491,8 @@ class _RestEndpoint(_Endpoint):
                 f"{self.url} serves {self.name!r} without its rt_info in the model metadata; "
                 "serve it with `anomaly-edge serve` or OpenVINO Model Server"
             )
-        return body[RT_INFO_KEY]
+        rt_info: dict[str, Any] = body[RT_INFO_KEY]
+        return rt_info
 
     async def infer(self, tensor: np.ndarray) -> np.ndarray:
         import httpx
@@ -575,7 +580,7 @@ class _GrpcEndpoint(_Endpoint):
                 raise InvalidInputError(f"{self.url} refused the frame: {exc.details()}") from None
             raise _Unavailable(f"{code.name}: {exc.details()}") from None
 
-    def _request(self, tensor: np.ndarray, parameters: dict | None = None) -> Any:
+    def _request(self, tensor: np.ndarray, parameters: dict[str, Any] | None = None) -> Any:
         from kserve import InferInput, InferRequest
 
         infer_input = InferInput(RAW_INPUT, list(tensor.shape), "FP32")
@@ -583,7 +588,7 @@ class _GrpcEndpoint(_Endpoint):
         return InferRequest(model_name=self.name, infer_inputs=[infer_input],
                             parameters=parameters)
 
-    async def rt_info(self) -> dict:
+    async def rt_info(self) -> dict[str, Any]:
         # gRPC model metadata has no free-form field: a raw call asks for the rt_info in its
         # response parameters (anomaly-edge serve answers; it is also the first warm-up).
         import grpc

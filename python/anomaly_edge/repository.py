@@ -20,6 +20,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from anomaly_edge.errors import InvalidInputError, ModelLoadError
 from anomaly_edge.metadata import ModelMetadata
@@ -94,7 +95,7 @@ def write_ovms_config(repository: str | Path) -> Path:
     """
     repository = Path(repository)
     path = repository / CONFIG_NAME
-    existing: dict[str, dict] = {}
+    existing: dict[str, dict[str, Any]] = {}
     if path.is_file():
         try:
             for entry in json.loads(path.read_text(encoding="utf-8"))["model_config_list"]:

@@ -17,8 +17,12 @@ import argparse
 import importlib.util
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from anomaly_edge.cli.common import CliError, ExitCode
+
+if TYPE_CHECKING:
+    from anomaly_edge.remote import RemoteAnomalyModel
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -130,7 +134,7 @@ def wants_remote(args: argparse.Namespace) -> bool:
     return is_remote(urls)
 
 
-def open_remote_model(args: argparse.Namespace, **settings):
+def open_remote_model(args: argparse.Namespace, **settings: Any) -> RemoteAnomalyModel:
     """Connect to the model server of ``args.model``; errors become the README's exit codes:
     3 no server reachable, 4 model missing there (or not an anomaly-edge model), 2 bad
     arguments, 5 the serve extra is missing."""

@@ -37,7 +37,7 @@ from anomaly_edge.serve.wire import (
 )
 
 
-class AnomalyServeModel(kserve.Model):
+class AnomalyServeModel(kserve.Model):  # type: ignore[misc]  # kserve has no type hints
     """Serves one anomaly-edge IR under ``name``.
 
     Args:
@@ -67,10 +67,10 @@ class AnomalyServeModel(kserve.Model):
 
     # ---- metadata --------------------------------------------------------------------------
 
-    def get_input_types(self) -> list[dict]:
+    def get_input_types(self) -> list[dict[str, Any]]:
         return [{"name": RAW_INPUT, "datatype": "FP32", "shape": self._network.input_shape}]
 
-    def get_output_types(self) -> list[dict]:
+    def get_output_types(self) -> list[dict[str, Any]]:
         return [{"name": RAW_OUTPUT, "datatype": "FP32", "shape": self._network.output_shape}]
 
     @property
@@ -138,7 +138,7 @@ class AnomalyServeModel(kserve.Model):
         return outputs, extra
 
     async def _convenience(self, tensor: InferInput,
-                           parameters: dict[str, Any]) -> tuple[list[InferOutput], dict]:
+                           parameters: dict[str, Any]) -> tuple[list[InferOutput], dict[str, Any]]:
         """A frame or an encoded image -> score, label, boxes (and the mask on request)."""
         color = ColorFormat.parse(str(parameters.get("color", "BGR")))
         frame = _decode(tensor, color)

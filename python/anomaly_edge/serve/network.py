@@ -76,11 +76,11 @@ class RawNetwork:
         for request in self._requests:
             request.wait()
         self._requests = []
-        self._compiled = None  # type: ignore[assignment]
+        del self._compiled
 
 
-def _settle(future: asyncio.Future, anomaly_map: np.ndarray, idle: asyncio.Queue,
-            request: ov.InferRequest) -> None:
+def _settle(future: asyncio.Future[np.ndarray], anomaly_map: np.ndarray,
+            idle: asyncio.Queue[ov.InferRequest], request: ov.InferRequest) -> None:
     idle.put_nowait(request)
     if not future.done():  # a cancelled caller needs nothing
         future.set_result(anomaly_map)

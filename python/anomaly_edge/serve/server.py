@@ -34,7 +34,7 @@ from anomaly_edge.serve.wire import RT_INFO_KEY
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
 
-class AnomalyModelServer(kserve.ModelServer):
+class AnomalyModelServer(kserve.ModelServer):  # type: ignore[misc]  # kserve: no type hints
     """``kserve.ModelServer`` that listens on ``host`` and shows rt_info in model metadata."""
 
     def __init__(self, host: str = "0.0.0.0", http_port: int = 8080, grpc_port: int = 8081,
@@ -46,7 +46,7 @@ class AnomalyModelServer(kserve.ModelServer):
         self.grpc_threads = grpc_threads
         self._grpc: Any = None
 
-    def start(self, models: list[kserve.Model]) -> None:  # type: ignore[override]
+    def start(self, models: list[kserve.Model]) -> None:
         self._register_and_check_atleast_one_model_is_ready(models)
         _quiet_request_logs()
         self._add_metadata_route()
@@ -98,9 +98,9 @@ class AnomalyModelServer(kserve.ModelServer):
 
         dataplane = self.dataplane
 
-        async def model_metadata(model_name: str) -> dict:
+        async def model_metadata(model_name: str) -> dict[str, Any]:
             try:
-                metadata = await dataplane.model_metadata(model_name)
+                metadata: dict[str, Any] = await dataplane.model_metadata(model_name)
             except kserve.errors.ModelNotFound as exc:
                 raise HTTPException(status_code=404, detail=exc.reason) from None
             model = dataplane.get_model_from_registry(model_name)

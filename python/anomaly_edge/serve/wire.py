@@ -33,6 +33,8 @@ from anomaly_edge.metadata import MODEL_API_SECTION, OUR_SECTION, ModelMetadata
 if TYPE_CHECKING:
     import openvino as ov
 
+    from anomaly_edge.prediction import Box
+
 RAW_INPUT = "image"  # the IR's input name (model_loading.INPUT_NAME)
 RAW_OUTPUT = "anomaly_map"
 FRAME_INPUT = "frame"
@@ -101,7 +103,7 @@ def network_tensor(frame: np.ndarray, metadata: ModelMetadata, color: ColorForma
     return planar[None]
 
 
-def boxes_array(boxes: list) -> np.ndarray:
+def boxes_array(boxes: list[Box]) -> np.ndarray:
     """Prediction boxes -> FP32 ``[n, 7]`` (x1, y1, x2, y2, score, mean_score, area)."""
     rows = [(b.x1, b.y1, b.x2, b.y2, b.score, b.mean_score, b.area) for b in boxes]
     return np.asarray(rows, dtype=np.float32).reshape(len(rows), 7)
