@@ -123,3 +123,27 @@ def _plain_ir(path):
     image = ops.parameter([1, 3, 8, 8], ov.Type.f32, name="image")
     path.parent.mkdir(parents=True)
     ov.save_model(ov.Model([ops.relu(image)], [image], "plain"), str(path))
+
+
+def test_deployment_docs_describe_the_repository_layout(synthetic_ir, tmp_path):
+    """docs/: the OVMS config has the shape `publish` writes, and the KServe manifests parse
+    and point at a repository model folder (the rest needs a cluster)."""
+    yaml = pytest.importorskip("yaml")  # comes with kserve
+
+    from tests.conftest import REPO
+
+    docs = REPO / "docs"
+    example = json.loads((docs / "ovms-config.json").read_text())["model_config_list"]
+    publish(synthetic_ir, tmp_path / "repo", "plate")
+    written = json.loads((tmp_path / "repo" / "config.json").read_text())["model_config_list"]
+    assert {k: v for k, v in example[0]["config"].items() if k in written[0]["config"]} \
+        == written[0]["config"]
+    services = list(yaml.safe_load_all((docs / "kserve-inferenceservice.yaml").read_text()))
+    assert [s["kind"] for s in services] == ["InferenceService", "InferenceService"]
+    ovms, ours = (s["spec"]["predictor"] for s in services)
+    assert ovms["model"]["protocolVersion"] == "v2"
+    assert ovms["model"]["storageUri"].endswith("/plate")
+    assert ovms["minReplicas"] >= 2 and ovms["maxReplicas"] >= ovms["minReplicas"]
+    container = ours["containers"][0]
+    assert container["command"] == ["anomaly-edge", "serve"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
