@@ -165,7 +165,8 @@ def test_run_reconnects_when_the_server_returns_and_loses_no_frame(synthetic_ir,
     run = subprocess.Popen(
         [sys.executable, "-m", "anomaly_edge", "run", "--model", server.grpc_url, "--remote",
          "plate", "--source", str(video), "--events", str(events), "--all-frames", "--quiet",
-         "--num-requests", "1", "--reconnect-delay", "0.2", "--reconnect-max-delay", "2"],
+         "--num-requests", "1", "--reconnect-attempts", "60", "--reconnect-delay", "0.2",
+         "--reconnect-max-delay", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.monotonic() + 60

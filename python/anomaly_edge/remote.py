@@ -554,6 +554,7 @@ class _GrpcEndpoint(_Endpoint):
         super().__init__(url, name, timeout)
         self.target = target
         self._client: Any = None
+        self._closing: set[asyncio.Future[None]] = set()
 
     def _grpc(self) -> Any:
         if self._client is None:  # grpc.aio channels belong to the loop that made them
@@ -563,8 +564,21 @@ class _GrpcEndpoint(_Endpoint):
                 self.target, timeout=self.timeout, retries=0,
                 channel_args=[("grpc.max_send_message_length", -1),
                               ("grpc.max_receive_message_length", -1),
-                              ("grpc.enable_retries", 0)])
+                              ("grpc.enable_retries", 0),
+                              # gRPC's own reconnect back-off grows to minutes; ours decides
+                              ("grpc.initial_reconnect_backoff_ms", 200),
+                              ("grpc.max_reconnect_backoff_ms", 1000)])
         return self._client
+
+    def set_aside(self, reason: str) -> None:
+        super().set_aside(reason)
+        # A fresh channel connects at its first call; one that failed waits out gRPC's
+        # back-off first, which can outlast a server's restart by many seconds.
+        client, self._client = self._client, None
+        if client is not None:
+            closing = asyncio.ensure_future(client.close())
+            self._closing.add(closing)  # held until done, as asyncio asks
+            closing.add_done_callback(self._closing.discard)
 
     async def _call(self, request: Any) -> Any:
         import grpc
