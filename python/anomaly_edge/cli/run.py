@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from anomaly_edge.cli.common import TASKS, CliError, ExitCode
+from anomaly_edge.cli.serve import add_remote_option, open_remote_model, wants_remote
 from anomaly_edge.errors import AnomalyEdgeError
 
 
@@ -40,7 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog="exit codes: 0 done, 2 bad arguments, 3 source cannot be opened or was lost, "
         "4 model cannot be loaded, 130 interrupted (outputs complete), 1 other errors",
     )
-    parser.add_argument("--model", required=True, metavar="XML", help="the exported IR (model.xml)")
+    parser.add_argument("--model", required=True, metavar="XML|URL",
+                        help="the exported IR (model.xml), or a model server URL (see --remote)")
+    add_remote_option(parser)
     parser.add_argument("--source", required=True,
                         help="video file, image folder, glob ('shots/*.png'), camera index (0), "
                         "or rtsp:// / http:// URL")
@@ -173,6 +176,9 @@ def execute(args: argparse.Namespace,
     except SourceError as exc:  # a live source that did not come back
         _print_summary(runner)
         raise CliError(str(exc), ExitCode.INPUT) from None
+    except ConnectionError as exc:  # a model server that did not come back (--model URL)
+        _print_summary(runner)
+        raise CliError(str(exc), ExitCode.INPUT) from None
     except OSError as exc:  # a full disk, a folder removed under our feet, ...
         _print_summary(runner)
         raise CliError(f"writing the outputs failed: {exc}") from None
@@ -184,6 +190,15 @@ def execute(args: argparse.Namespace,
 
 
 def _load_model(args: argparse.Namespace):
+    if wants_remote(args):  # the server's outages are retried as a live source's are
+        from anomaly_edge.remote import RetryPolicy
+
+        return open_remote_model(
+            args, task=args.task, image_threshold=args.image_threshold,
+            pixel_threshold=args.pixel_threshold, min_area=args.min_area,
+            num_requests=args.num_requests, timeout=args.timeout,
+            reconnect=RetryPolicy(args.reconnect_attempts, args.reconnect_delay,
+                                  args.reconnect_max_delay))
     path = Path(args.model)
     if not path.is_file():
         raise CliError(f"model {path} not found; give the model.xml that `anomaly-edge export` "
