@@ -41,9 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "4 model cannot be loaded, 130 interrupted (outputs complete), 1 other errors",
     )
     parser.add_argument("--model", required=True, metavar="XML", help="the exported IR (model.xml)")
-    parser.add_argument("--source", required=True,
+    parser.add_argument("--source", action="append",
                         help="video file, image folder, glob ('shots/*.png'), camera index (0), "
-                        "or rtsp:// / http:// URL")
+                        "or rtsp:// / http:// URL; repeat for several cameras (NAME=SPEC)")
     parser.add_argument("--device", default="AUTO", help="OpenVINO device: AUTO, CPU, GPU, NPU")
     parser.add_argument("--task", choices=TASKS, help="override the model's task")
     parser.add_argument("--image-threshold", type=float, metavar="RAW",
@@ -89,6 +89,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     stream.add_argument("--timeout", type=_positive_float, default=10.0, metavar="SECONDS",
                         help="seconds to wait for a network stream to open or deliver a frame "
                         "(default 10)")
+    from anomaly_edge.cli.run_cameras import add_arguments
+
+    add_arguments(parser)
     parser.set_defaults(handler=handle)
 
 
@@ -114,6 +117,16 @@ def execute(args: argparse.Namespace,
 
     _quiet_video_backends()
     _log_stream_messages()
+    from anomaly_edge.cli.run_cameras import execute_many, wants_many
+
+    if isinstance(args.source, list):  # `--source` may be repeated
+        if wants_many(args):
+            return execute_many(args)
+        if not args.source:
+            raise CliError("give --source (one or more) or --config", ExitCode.USAGE)
+        args.source = args.source[0]
+    if not args.source:
+        raise CliError("give --source (one or more) or --config", ExitCode.USAGE)
     if args.output is not None and args.output.suffix.lower() not in VIDEO_CODECS:
         raise CliError(f"--output {args.output}: unknown video container; use one of "
                        f"{', '.join(sorted(VIDEO_CODECS))}", ExitCode.USAGE)
