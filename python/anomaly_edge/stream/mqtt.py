@@ -78,11 +78,11 @@ class MqttPublisher:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_publish = self._on_publish
         self._client.connect_async(self.host, self.port, keepalive=keepalive)
-        self._client.loop_start()  # paho's network thread reconnects by itself
         self._was_connected = False
         self._closing = False
         self._waiting: tuple[str, Any] | None = None  # (payload, paho's MQTTMessageInfo)
         self._spool = Spool("mqtt", self._publish, spool_dir=spool_dir)
+        self._client.loop_start()  # paho's network thread reconnects by itself
 
     # ---- EventLog consumer -----------------------------------------------------------------
 

@@ -226,7 +226,10 @@ class MultiStreamRunner:
         self._stop = threading.Event()
         self._finished = threading.Event()
         self._error: BaseException | None = None
-        self._applied: CameraSettings | None = None
+        # The model's own settings, put back at the end: whoever shares it finds it as it was.
+        self._original = CameraSettings(Task(model.task), model.image_threshold,
+                                        model.pixel_threshold, model.min_area)
+        self._applied: CameraSettings | None = self._original
         self._next = 0
         self.summary: MultiSummary | None = None
         policy = reconnect or ReconnectPolicy()
@@ -452,6 +455,10 @@ class MultiStreamRunner:
             except BaseException as exc:
                 if self._error is None:
                     self._error = exc
+            try:
+                self._apply(self._original)
+            except BaseException as exc:
+                log.error("could not restore the model's settings: %s", exc)
             for lane in lanes:
                 if not lane.ended:
                     lane.ended = True
