@@ -63,6 +63,7 @@ class MqttPublisher:
         self.ack_timeout = ack_timeout
         self.connected = threading.Event()
         self._acked = threading.Condition()
+        self._acked_ids: set[int] = set()  # acknowledged message ids not yet waited for
         self._client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
             client_id=client_id or f"anomaly-edge-{socket.gethostname()}-{os.getpid()}",
@@ -80,7 +81,7 @@ class MqttPublisher:
         self._client.connect_async(self.host, self.port, keepalive=keepalive)
         self._was_connected = False
         self._closing = False
-        self._waiting: tuple[str, Any] | None = None  # (payload, paho's MQTTMessageInfo)
+        self._waiting: tuple[str, int] | None = None  # (payload, message id) awaiting PUBACK
         self._spool = Spool("mqtt", self._publish, spool_dir=spool_dir)
         self._client.loop_start()  # paho's network thread reconnects by itself
 
@@ -94,9 +95,7 @@ class MqttPublisher:
         self._closing = True
         if self.connected.is_set():  # a clean goodbye; the will covers the other case
             info = self._client.publish(self.status_topic, "offline", qos=1, retain=True)
-            deadline = time.monotonic() + 2.0
-            while not info.is_published() and time.monotonic() < deadline:
-                time.sleep(0.01)
+            self._wait_for_ack(info.mid, 2.0)
         self._client.disconnect()
         self._client.loop_stop()
 
@@ -116,19 +115,29 @@ class MqttPublisher:
         if self._waiting is not None and self._waiting[0] == payload:
             # Published before, not acknowledged yet: paho still holds it and sends it again
             # after reconnecting, so wait for that copy rather than publishing a second one.
-            info = self._waiting[1]
+            mid = self._waiting[1]
         else:
+            if not self.connected.wait(self.ack_timeout):
+                raise ConnectionError(f"not connected to {self.host}:{self.port}")
             topic = f"{self.prefix}/events/{record.get('source', 'unknown')}"
-            info = self._client.publish(topic, payload, qos=1)
-            self._waiting = (payload, info)
-        deadline = time.monotonic() + self.ack_timeout
+            mid = self._client.publish(topic, payload, qos=1).mid
+            self._waiting = (payload, mid)
+        if not self._wait_for_ack(mid, self.ack_timeout):
+            raise TimeoutError("no acknowledgement from the broker yet")
+        self._waiting = None
+
+    def _wait_for_ack(self, mid: int, timeout: float) -> bool:
+        # By message id from on_publish: paho's MQTTMessageInfo keeps the error of the first
+        # attempt (not connected) even after its own resend succeeded.
+        deadline = time.monotonic() + timeout
         with self._acked:
-            while not info.is_published():
+            while mid not in self._acked_ids:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise TimeoutError("no acknowledgement from the broker yet")
-                self._acked.wait(min(left, 0.5))
-        self._waiting = None
+                    return False
+                self._acked.wait(left)
+            self._acked_ids.discard(mid)
+        return True
 
     # ---- paho callbacks (its network thread) -----------------------------------------------
 
@@ -151,5 +160,6 @@ class MqttPublisher:
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         with self._acked:
+            self._acked_ids.add(mid)
             self._acked.notify_all()
 
