@@ -146,7 +146,7 @@ def test_killing_one_camera_server_leaves_the_others_running_and_it_reconnects(m
         time.sleep(1.5)
         after = [lane.stats.frames for lane in lanes]
         assert after[0] == before[0], "the stopped camera still delivers frames"
-        assert all(a > b + 5 for a, b in zip(after[1:], before[1:])), (before, after)
+        assert all(a > b + 5 for a, b in zip(after[1:], before[1:], strict=True)), (before, after)
         assert all(lane.state == "running" for lane in lanes)
         servers[0].start()  # same port
         _wait(lambda: lanes[0].reconnects >= 1 and lanes[0].stats.frames > after[0] + 5,

@@ -48,7 +48,12 @@ class MetricsExporter(FrameObserver):
                                  "Decoded frame to delivered result (end to end)", ["source"],
                                  buckets=BUCKETS, registry=self.registry)
         self.registry.register(_CameraCounters(self))
-        self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        try:
+            self._server, self._thread = start_http_server(port, addr=host,
+                                                           registry=self.registry)
+        except OSError as exc:
+            raise ValueError(f"--metrics {host}:{port}: cannot listen there ({exc.strerror}); "
+                             "choose another port or address") from None
         self.host = host
         self.port = self._server.server_address[1]
         self._children: dict[str, tuple] = {}
@@ -107,7 +112,7 @@ class _CameraCounters:
                           "reconnects": lane.reconnects}
                 for key, family in families.items():
                     family.add_metric([lane.name], values[key])
-                up.add_metric([lane.name], 1.0 if lane.state == "running" else 0.0)
+                up.add_metric([lane.name], 1.0 if lane.summary is None else 0.0)
             for consumer in runner.events.consumers:
                 if hasattr(consumer, "pending"):
                     target = type(consumer).__name__.replace("Publisher", "").lower()

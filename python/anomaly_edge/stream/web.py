@@ -28,6 +28,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import cv2
+import uvicorn
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from anomaly_edge.errors import InvalidInputError
 from anomaly_edge.stream.multi import FrameObserver
@@ -89,8 +92,6 @@ class WebView(FrameObserver):
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8080, *, token: str | None = None,
                  max_fps: float = 5.0, alpha: float = 0.4, events_kept: int = 20) -> None:
-        import uvicorn
-
         if max_fps <= 0:
             raise ValueError("max_fps must be positive")
         self.token = token
@@ -170,9 +171,6 @@ class WebView(FrameObserver):
     # ---- the application -------------------------------------------------------------------
 
     def _app(self):
-        from fastapi import FastAPI, HTTPException, Request
-        from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-
         app = FastAPI(title="anomaly-edge", docs_url=None, redoc_url=None, openapi_url=None)
         view = self
 
@@ -252,8 +250,6 @@ class WebView(FrameObserver):
 
     def _require_runner(self) -> MultiStreamRunner:
         if self._runner is None:
-            from fastapi import HTTPException
-
             raise HTTPException(503, "starting")
         return self._runner
 
