@@ -119,11 +119,9 @@ def execute(args: argparse.Namespace,
     _log_stream_messages()
     from anomaly_edge.cli.run_cameras import execute_many, wants_many
 
+    if wants_many(args):  # several cameras, a config file, the web view, MQTT, metrics
+        return execute_many(args)
     if isinstance(args.source, list):  # `--source` may be repeated
-        if wants_many(args):
-            return execute_many(args)
-        if not args.source:
-            raise CliError("give --source (one or more) or --config", ExitCode.USAGE)
         args.source = args.source[0]
     if not args.source:
         raise CliError("give --source (one or more) or --config", ExitCode.USAGE)

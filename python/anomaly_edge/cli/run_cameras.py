@@ -50,8 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def wants_many(args: argparse.Namespace) -> bool:
     """True when the run needs the multi-camera path (the single-source one stays lean)."""
-    sources = args.source or []
-    return (len(sources) > 1 or args.config is not None or any(
+    sources = args.source if isinstance(args.source, list) else [args.source] * bool(args.source)
+    return (len(sources) > 1 or getattr(args, "config", None) is not None or any(
         getattr(args, name, None) for name in ("web", "mqtt", "webhook", "metrics")))
 
 
@@ -116,6 +116,8 @@ def execute_many(args: argparse.Namespace) -> int:
         check_unique(cameras, "cameras")
     except ConfigError as exc:
         raise CliError(str(exc), ExitCode.USAGE) from None
+    if not cameras:
+        raise CliError("give --source (one or more) or --config", ExitCode.USAGE)
     for camera in cameras:
         if camera.output is not None and camera.output.suffix.lower() not in VIDEO_CODECS:
             raise CliError(f"camera {camera.name}: output {camera.output}: unknown video "
