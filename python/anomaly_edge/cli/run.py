@@ -8,9 +8,13 @@ Exit codes (scripts can rely on them):
       unopenable camera), a live source was lost after ``--reconnect-attempts``
       reconnections, or an output folder is missing;
 * 4   the model cannot be loaded;
+* 5   ``--web``, ``--mqtt`` or ``--metrics`` without its optional extra installed;
 * 130 stopped by Ctrl-C or SIGTERM: frames in flight were finished and every output file
       is complete and playable;
 * 1   anything else.
+
+Several cameras (repeated ``--source``, ``--config``) and the web view, MQTT, webhook and
+metrics run in ``cli/run_cameras.py``; a camera lost there gives 3 once the others finished.
 
 The output video and snapshots appear complete or not at all; the events file is written
 line by line (flushed), so it can be followed while the run goes on.
