@@ -31,7 +31,7 @@ def main() -> int:
                         help="folder searched for images (e.g. a category's test folder)")
     parser.add_argument("--cameras", type=int, default=3)
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "web-view.png")
-    parser.add_argument("--size", default="1280x900", help="browser window WxH")
+    parser.add_argument("--size", default="1100x860", help="browser window WxH")
     args = parser.parse_args()
     sys.path[:0] = [str(REPO / "python"), str(REPO)]
     from tests.browser import Chromium
@@ -40,7 +40,7 @@ def main() -> int:
     paths = sorted(p for p in args.images.rglob("*.png") if "mask" not in p.name)
     if not paths:
         raise SystemExit(f"no .png images under {args.images}")
-    images = [cv2.resize(cv2.imread(str(p)), (320, 320)) for p in paths[::3]]
+    images = [cv2.resize(cv2.imread(str(p)), (256, 256)) for p in paths[::3]]
     servers = [MjpegServer(lambda n, k=k: images[(n // 4 + 7 * k) % len(images)], fps=8).start()
                for k in range(args.cameras)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "python"), str(REPO)]))
@@ -69,7 +69,9 @@ def main() -> int:
         time.sleep(2)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         browser.screenshot(args.out)
-        print(f"wrote {args.out}")
+        # Chromium's PNGs are loosely compressed; the README's copy need not be.
+        cv2.imwrite(str(args.out), cv2.imread(str(args.out)), [cv2.IMWRITE_PNG_COMPRESSION, 9])
+        print(f"wrote {args.out} ({args.out.stat().st_size // 1024} KB)")
     finally:
         if browser is not None:
             browser.close()

@@ -25,6 +25,7 @@ import secrets
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import cv2
@@ -199,7 +200,7 @@ class WebView(FrameObserver):
             with view._lock:
                 events = list(view._events)
             return {"cameras": runner.status(), "events": events,
-                    "model": str(getattr(runner.model, "path", "")),
+                    "model": Path(getattr(runner.model, "path", "")).name,
                     "stream_fps": view.max_fps, "time": time.time()}
 
         @app.post("/api/cameras/{name}/thresholds")

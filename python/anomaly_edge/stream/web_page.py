@@ -16,12 +16,12 @@ PAGE = """<!doctype html>
   header h1 { font-size: 16px; margin: 0; }
   header span { color: #cbd2d9; font-size: 12px; }
   main { padding: 12px 16px; }
-  #cameras { display: grid; grid-template-columns: repeat(auto-fill, minmax(360px, 1fr));
+  #cameras { display: grid; grid-template-columns: repeat(auto-fill, minmax(300px, 1fr));
              gap: 12px; }
   .camera { background: #fff; border-radius: 6px; box-shadow: 0 1px 3px #0002; padding: 8px; }
   .camera h2 { font-size: 15px; margin: 0 0 4px; display: flex; justify-content: space-between; }
-  .camera img { width: 100%; background: #000; border-radius: 4px; min-height: 120px;
-                display: block; }
+  .camera img { width: 100%; max-height: 45vh; object-fit: contain; background: #000;
+                border-radius: 4px; min-height: 120px; display: block; }
   .stats { font-variant-numeric: tabular-nums; color: #333; margin: 4px 0; }
   .state-running { color: var(--ok); } .state-failed { color: var(--bad); }
   .state-ended, .state-stopping { color: var(--muted); }
