@@ -14,9 +14,16 @@ import ipaddress
 import secrets
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from anomaly_edge.cli.common import CliError, ExitCode
+
+if TYPE_CHECKING:
+    import importlib.machinery
+
+    from anomaly_edge.stream.config import Camera
+    from anomaly_edge.stream.events import EventLog
+    from anomaly_edge.stream.multi import MultiStreamRunner, MultiSummary
 
 # extra -> modules it provides (checked before anything starts)
 EXTRAS = {"web": ("fastapi", "uvicorn"), "mqtt": ("paho.mqtt",), "metrics": ("prometheus_client",)}
@@ -63,7 +70,7 @@ def require_extra(extra: str, option: str) -> None:
                        ExitCode.MISSING_EXTRA)
 
 
-def _find_spec(module: str):
+def _find_spec(module: str) -> importlib.machinery.ModuleSpec | None:
     try:
         return importlib.util.find_spec(module)
     except ModuleNotFoundError:  # the parent package is missing
@@ -208,7 +215,7 @@ def execute_many(args: argparse.Namespace) -> int:
     return int(ExitCode.INPUT if summary.errors else ExitCode.OK)
 
 
-def _cameras(args: argparse.Namespace) -> list:
+def _cameras(args: argparse.Namespace) -> list[Camera]:
     from anomaly_edge.stream.config import cameras_from_sources, load_config
 
     shared: dict[str, Any] = {
@@ -232,7 +239,7 @@ def _host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def _close_all(events, observers) -> None:
+def _close_all(events: EventLog, observers: list[Any]) -> None:
     events.close()
     for observer in observers:
         observer.close()
@@ -241,7 +248,7 @@ def _close_all(events, observers) -> None:
 class _Status:
     """The per-camera status line on stderr (in place on a terminal, every 5 s otherwise)."""
 
-    def __init__(self, runner, quiet: bool) -> None:
+    def __init__(self, runner: MultiStreamRunner, quiet: bool) -> None:
         self.runner = runner
         self.quiet = quiet
         self.interactive = sys.stderr.isatty()
@@ -266,7 +273,7 @@ class _Status:
                 sys.stderr.write("\n")
 
 
-def _format(summary, runner) -> str:
+def _format(summary: MultiSummary, runner: MultiStreamRunner) -> str:
     from anomaly_edge.stream import format_summary
 
     lines = []

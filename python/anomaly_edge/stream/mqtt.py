@@ -47,6 +47,7 @@ class MqttPublisher:
                  client_id: str | None = None, keepalive: int = 15,
                  ack_timeout: float = 10.0) -> None:
         import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
 
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
@@ -65,7 +66,7 @@ class MqttPublisher:
         self._acked = threading.Condition()
         self._acked_ids: set[int] = set()  # acknowledged message ids not yet waited for
         self._client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
+            CallbackAPIVersion.VERSION2,
             client_id=client_id or f"anomaly-edge-{socket.gethostname()}-{os.getpid()}",
             protocol=mqtt.MQTTv311)
         if parts.username:

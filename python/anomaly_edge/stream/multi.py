@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from anomaly_edge.errors import InvalidInputError
@@ -209,7 +210,7 @@ class MultiStreamRunner:
         if isinstance(model, (str, os.PathLike)):
             from anomaly_edge.model import AnomalyModel
 
-            model = AnomalyModel(model)
+            model = AnomalyModel(Path(model))
         self.model = model
         self.cameras = _as_cameras(cameras)
         if isinstance(events, EventLog):
@@ -335,7 +336,10 @@ class MultiStreamRunner:
         if not changes:
             raise InvalidInputError("give image_threshold and/or pixel_threshold")
         old = lane.settings
-        lane.settings = replace(old, **changes)  # one assignment: the inference thread sees
+        # One assignment, so the inference thread sees the old settings or the new ones.
+        lane.settings = replace(
+            old, image_threshold=changes.get("image_threshold", old.image_threshold),
+            pixel_threshold=changes.get("pixel_threshold", old.pixel_threshold))
         record = action_event(name, "thresholds_changed", by=by, **{
             key: {"old": getattr(old, key), "new": value} for key, value in changes.items()})
         self.events.emit(record)
