@@ -3,8 +3,8 @@
 For each N, N cameras read the same generated video (every frame is processed: files are not
 live) through :func:`anomaly_edge.stream.run_many`, one compiled model and one request pool.
 The baseline is the model's own asynchronous throughput on a frame of the same video, measured
-as `anomaly-edge benchmark` measures it (``measure_async``), before and after the cases, so
-that a change of the machine's load weighs on both alike.
+as `anomaly-edge benchmark` measures it (``measure_async``), before, between and after the
+cases; each case is compared with the two measurements beside it.
 
 Reported per case: aggregate fps, each camera's fps, the aggregate's share of the model's
 asynchronous throughput, each camera's deviation from its fair share (aggregate / N), and the
@@ -46,7 +46,10 @@ def run(args) -> int:
         capture.release()
         assert ok, "cannot read the generated video"
 
-        before = measure_async(model, frame, args.seconds)["fps"]
+        # The baseline is measured before the first case, between cases and after the last;
+        # each case is compared with the mean of the two measurements beside it, so a change
+        # of the machine's load between cases weighs on both sides alike.
+        baselines = [measure_async(model, frame, args.seconds)["fps"]]
         cases = []
         for n in counts:
             rss: dict[str, int] = {}
@@ -76,14 +79,16 @@ def run(args) -> int:
             })
             print(f"{n} source(s): {total:.1f} fps in total, per source {per_source}",
                   file=sys.stderr, flush=True)
-        after = measure_async(model, frame, args.seconds)["fps"]
+            baselines.append(measure_async(model, frame, args.seconds)["fps"])
 
-    model_async = (before + after) / 2
-    for case in cases:
-        case["share_of_model_async"] = round(case["fps_total"] / model_async, 3)
-    print(f"\nmodel asynchronous throughput: {model_async:.1f} fps (before {before:.1f}, after "
-          f"{after:.1f}); frame {width}x{height}; model: {note}; load average "
-          f"{os.getloadavg()[0]:.1f}")
+    model_async = sum(baselines) / len(baselines)
+    for i, case in enumerate(cases):
+        beside = (baselines[i] + baselines[i + 1]) / 2
+        case["model_async_fps"] = round(beside, 1)
+        case["share_of_model_async"] = round(case["fps_total"] / beside, 3)
+    print(f"\nmodel asynchronous throughput: {model_async:.1f} fps (measured "
+          f"{', '.join(f'{b:.1f}' for b in baselines)}); frame {width}x{height}; model: {note}; "
+          f"load average {os.getloadavg()[0]:.1f}")
     print(f"{'sources':>8}{'fps total':>11}{'share':>8}{'max dev.':>10}  fps per source / RSS MB")
     for case in cases:
         print(f"{case['sources']:>8}{case['fps_total']:>11.1f}{case['share_of_model_async']:>8.2f}"
