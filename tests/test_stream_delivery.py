@@ -72,6 +72,19 @@ def test_spool_keeps_undelivered_events_for_the_next_start(tmp_path):
     assert receiver.got == list(range(11))
 
 
+def test_a_full_spool_drops_new_events_rather_than_fill_the_disk(tmp_path):
+    receiver = _Receiver()
+    spool = Spool("test", receiver, spool_dir=tmp_path, memory=2, max_spooled=3,
+                  retry_delay=0.01)
+    for n in range(10):
+        spool.put({"n": n})
+    assert (spool.pending, spool.dropped) == (5, 5)
+    receiver.up.set()
+    _wait(lambda: spool.pending == 0, what="delivery")
+    spool.close()
+    assert receiver.got == [0, 1, 2, 3, 4]
+
+
 def test_spool_drops_what_the_receiver_refuses_and_goes_on(tmp_path):
     receiver = _Receiver()
     receiver.up.set()

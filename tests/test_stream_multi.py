@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from anomaly_edge.model import AnomalyModel
 from anomaly_edge.stream import Camera, MultiStreamRunner, ReconnectPolicy, run_many
 from anomaly_edge.stream.config import ConfigError, cameras_from_sources, load_config
+from tests.conftest import REPO
 from tests.stream_media import MjpegServer, count_frames, make_frame, make_video
 
 DEFECTS = {3, 11, 12, 30}
@@ -187,6 +190,17 @@ def test_a_missing_file_is_an_error_at_once(model, videos, tmp_path):
         MultiStreamRunner(model, [Camera("a", str(videos[0]), output=tmp_path / "a.mp4"),
                                   Camera("b", str(tmp_path / "missing.mp4"))])
     assert not (tmp_path / "a.mp4").exists()
+
+
+def test_the_multi_camera_modules_do_not_import_torch():
+    script = ("import sys; import anomaly_edge.cli.run_cameras, anomaly_edge.stream.multi, "
+              "anomaly_edge.stream.web, anomaly_edge.stream.mqtt, anomaly_edge.stream.metrics, "
+              "anomaly_edge.stream.webhook; "
+              "print([m for m in sys.modules if m.split('.')[0] == 'torch'])")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 # ---- camera lists ----------------------------------------------------------------------------

@@ -110,6 +110,21 @@ def test_the_stream_is_mjpeg_of_annotated_frames(live_run):
     assert data.startswith(b"--frame\r\nContent-Type: image/jpeg")
 
 
+def test_the_stream_rate_is_capped(live_run):
+    """The sources run at 20 fps; the page gets at most max_fps (5) pictures a second."""
+    _, web, _ = live_run
+    request = urllib.request.Request(f"http://127.0.0.1:{web.port}/stream/b.mjpg",
+                                     headers={"Authorization": "Bearer s3cret"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        response.read1(65536)  # the first picture: the clock starts now
+        start = time.monotonic()
+        data = b""
+        while time.monotonic() - start < 2.0:
+            data += response.read1(65536)
+    pictures = data.count(b"--frame\r\n")
+    assert 4 <= pictures <= 2.0 * web.max_fps + 2, pictures
+
+
 def test_a_non_local_address_needs_a_token(synthetic_ir, tmp_path, capsys):
     """Without --web-token, a token is generated for other addresses, and printed."""
     from anomaly_edge.cli.main import main

@@ -44,17 +44,23 @@ class Spool:
         spool_dir: folder of the spool file (default: a temporary folder, removed at close
             when empty).
         memory: events kept in memory before spilling to disk.
+        max_spooled: events the spool file may hold; beyond that (the receiver has been away
+            for very long) new events are dropped and counted, so a full disk never stops
+            the cameras.
         retry_delay, max_retry_delay: first pause after a failure, doubled up to the max.
     """
 
     def __init__(self, name: str, deliver: Callable[[dict[str, Any]], None], *,
                  spool_dir: str | os.PathLike | None = None, memory: int = 1000,
-                 retry_delay: float = 0.2, max_retry_delay: float = 5.0) -> None:
+                 max_spooled: int = 1_000_000, retry_delay: float = 0.2,
+                 max_retry_delay: float = 5.0) -> None:
         if memory < 1:
             raise ValueError("the spool needs room for at least one event in memory")
         self.name = name
         self.deliver = deliver
         self.memory = memory
+        self.max_spooled = max_spooled
+        self.dropped = 0  # events that found the spool file full
         self.retry_delay = retry_delay
         self.max_retry_delay = max_retry_delay
         self.delivered = 0
@@ -93,6 +99,12 @@ class Spool:
             if self._closing:
                 raise RuntimeError(f"{self.name}: spool is closed")
             if self._on_disk or len(self._memory) >= self.memory:
+                if self._on_disk >= self.max_spooled:
+                    self.dropped += 1
+                    if self.dropped == 1 or self.dropped % 1000 == 0:
+                        log.error("%s: spool full (%d events waiting); %d new event(s) dropped",
+                                  self.name, self._on_disk, self.dropped)
+                    return
                 if not self._on_disk:
                     log.warning("%s: receiver not keeping up; spooling events to %s",
                                 self.name, self.path)
