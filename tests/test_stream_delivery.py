@@ -212,6 +212,7 @@ class _Endpoint:
     def __init__(self) -> None:
         self.down = True
         self.got: list[dict] = []
+        self.auth: list[str | None] = []
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -220,6 +221,7 @@ class _Endpoint:
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                owner.auth.append(self.headers.get("Authorization"))
                 if owner.down:
                     self.send_response(503)
                 elif body.get("frame") == -1:
@@ -243,7 +245,7 @@ def test_webhook_waits_for_the_endpoint_and_delivers_in_order(tmp_path):
 
     endpoint = _Endpoint()
     try:
-        hook = WebhookPublisher(endpoint.url, spool_dir=tmp_path)
+        hook = WebhookPublisher(endpoint.url.replace("//", "//plant:pw@"), spool_dir=tmp_path)
         for n in range(20):
             hook.event({"source": "a", "frame": n}, None)
         hook.event({"source": "a", "frame": -1}, None)  # refused for good: dropped
@@ -254,7 +256,8 @@ def test_webhook_waits_for_the_endpoint_and_delivers_in_order(tmp_path):
         _wait(lambda: hook.pending == 0, what="webhook delivery")
         hook.close()
         assert [e["frame"] for e in endpoint.got] == list(range(21))
-        assert "refused" in hook.report()
+        assert "refused" in hook.report() and "pw" not in hook.report()
+        assert set(endpoint.auth) == {"Basic cGxhbnQ6cHc="}  # plant:pw
     finally:
         endpoint.close()
     with pytest.raises(ValueError, match="--webhook"):

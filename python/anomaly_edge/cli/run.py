@@ -42,7 +42,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run a model over a stream of frames: annotated video, JSON Lines events, "
         "snapshots of anomalous frames and a live status line. Ctrl-C stops cleanly.",
         epilog="exit codes: 0 done, 2 bad arguments, 3 source cannot be opened or was lost, "
-        "4 model cannot be loaded, 130 interrupted (outputs complete), 1 other errors",
+        "4 model cannot be loaded, 5 optional extra missing (web, mqtt, metrics), "
+        "130 interrupted (outputs complete), 1 other errors",
     )
     parser.add_argument("--model", required=True, metavar="XML", help="the exported IR (model.xml)")
     parser.add_argument("--source", action="append",

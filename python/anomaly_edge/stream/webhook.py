@@ -7,12 +7,13 @@ take this event, so it is dropped and logged rather than blocking every later on
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import urllib.error
 import urllib.request
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from anomaly_edge.stream.spool import RejectedError, Spool
 
@@ -30,10 +31,17 @@ class WebhookPublisher:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"--webhook {url!r}: give an http:// or https:// URL")
-        self.url = url
+        # user:password@ in the URL becomes HTTP basic authentication (urllib ignores it),
+        # and stays out of messages.
+        self.url = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+        self.shown = self.url
         self.timeout = timeout
         self.headers = {"Content-Type": "application/json", "User-Agent": "anomaly-edge",
                         **(headers or {})}
+        if parts.username is not None:
+            credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            self.headers["Authorization"] = "Basic " + base64.b64encode(
+                credentials.encode()).decode()
         self._spool = Spool("webhook", self._post, spool_dir=spool_dir)
 
     def event(self, record: dict[str, Any], result: FrameResult | None) -> None:
@@ -48,7 +56,7 @@ class WebhookPublisher:
 
     def report(self) -> str:
         left = self._spool.pending
-        return (f"webhook: {self._spool.delivered} event(s) delivered to {self.url}"
+        return (f"webhook: {self._spool.delivered} event(s) delivered to {self.shown}"
                 + (f", {left} undelivered" if left else "")
                 + (f", {self._spool.rejected} refused" if self._spool.rejected else ""))
 
@@ -61,4 +69,4 @@ class WebhookPublisher:
         except urllib.error.HTTPError as exc:
             if exc.code >= 500 or exc.code in _RETRY_STATUS:
                 raise  # the endpoint may recover: retried
-            raise RejectedError(f"{self.url} answered {exc.code} {exc.reason}") from None
+            raise RejectedError(f"{self.shown} answered {exc.code} {exc.reason}") from None
