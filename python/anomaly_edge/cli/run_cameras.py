@@ -169,7 +169,8 @@ def execute_many(args: argparse.Namespace) -> int:
             web = WebView(*web_address, token=token, max_fps=args.web_fps, alpha=args.alpha)
             observers.append(web)
             events.add(web)
-        visual = args.output is not None or (args.snapshots and args.snapshot_overlay) or web
+        # Not for the web view: heatmaps cost every frame, watched or not; it shows the mask.
+        visual = args.output is not None or (args.snapshots and args.snapshot_overlay)
         runner = MultiStreamRunner(
             model, cameras, events=events, observers=observers,
             heatmap=bool(visual and args.overlay == "heatmap"), alpha=args.alpha,
