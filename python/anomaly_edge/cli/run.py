@@ -8,9 +8,13 @@ Exit codes (scripts can rely on them):
       unopenable camera), a live source was lost after ``--reconnect-attempts``
       reconnections, or an output folder is missing;
 * 4   the model cannot be loaded;
+* 5   ``--web``, ``--mqtt`` or ``--metrics`` without its optional extra installed;
 * 130 stopped by Ctrl-C or SIGTERM: frames in flight were finished and every output file
       is complete and playable;
 * 1   anything else.
+
+Several cameras (repeated ``--source``, ``--config``) and the web view, MQTT, webhook and
+metrics run in ``cli/run_cameras.py``; a camera lost there gives 3 once the others finished.
 
 The output video and snapshots appear complete or not at all; the events file is written
 line by line (flushed), so it can be followed while the run goes on.
@@ -39,14 +43,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run a model over a stream of frames: annotated video, JSON Lines events, "
         "snapshots of anomalous frames and a live status line. Ctrl-C stops cleanly.",
         epilog="exit codes: 0 done, 2 bad arguments, 3 source cannot be opened or was lost, "
-        "4 model cannot be loaded, 130 interrupted (outputs complete), 1 other errors",
+        "4 model cannot be loaded, 5 optional extra missing (web, mqtt, metrics), "
+        "130 interrupted (outputs complete), 1 other errors",
     )
     parser.add_argument("--model", required=True, metavar="XML|URL",
                         help="the exported IR (model.xml), or a model server URL (see --remote)")
     add_remote_option(parser)
-    parser.add_argument("--source", required=True,
+    parser.add_argument("--source", action="append",
                         help="video file, image folder, glob ('shots/*.png'), camera index (0), "
-                        "or rtsp:// / http:// URL")
+                        "or rtsp:// / http:// URL; repeat for several cameras (NAME=SPEC)")
     parser.add_argument("--device", default="AUTO", help="OpenVINO device: AUTO, CPU, GPU, NPU")
     parser.add_argument("--task", choices=TASKS, help="override the model's task")
     parser.add_argument("--image-threshold", type=float, metavar="RAW",
@@ -92,6 +97,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     stream.add_argument("--timeout", type=_positive_float, default=10.0, metavar="SECONDS",
                         help="seconds to wait for a network stream to open or deliver a frame "
                         "(default 10)")
+    from anomaly_edge.cli.run_cameras import add_arguments
+
+    add_arguments(parser)
     parser.set_defaults(handler=handle)
 
 
@@ -117,6 +125,14 @@ def execute(args: argparse.Namespace,
 
     _quiet_video_backends()
     _log_stream_messages()
+    from anomaly_edge.cli.run_cameras import execute_many, wants_many
+
+    if wants_many(args):  # several cameras, a config file, the web view, MQTT, metrics
+        return execute_many(args)
+    if isinstance(args.source, list):  # `--source` may be repeated
+        args.source = args.source[0]
+    if not args.source:
+        raise CliError("give --source (one or more) or --config", ExitCode.USAGE)
     if args.output is not None and args.output.suffix.lower() not in VIDEO_CODECS:
         raise CliError(f"--output {args.output}: unknown video container; use one of "
                        f"{', '.join(sorted(VIDEO_CODECS))}", ExitCode.USAGE)
