@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog="exit codes: 0 done, 2 bad arguments, 3 image cannot be read, "
         "4 model cannot be loaded",
     )
-    add_model_argument(parser)
+    add_model_argument(parser, remote=True)
     add_device_argument(parser)
     parser.add_argument("--task", choices=TASKS, default="detection",
                         help="post-processing to include (default: detection)")

@@ -56,6 +56,8 @@ def exit_code_for(exc: BaseException) -> ExitCode | None:
         return ExitCode.INTERRUPTED
     if isinstance(exc, ModelLoadError):
         return ExitCode.MODEL
+    if isinstance(exc, ConnectionError):  # a model server (--model URL) that stopped answering
+        return ExitCode.INPUT
     if isinstance(exc, InvalidInputError):  # an image, a frame, a data folder, a source
         return ExitCode.INPUT
     if isinstance(exc, (AnomalyEdgeError, OSError)):  # e.g. the INT8 guard, a full disk
@@ -137,12 +139,31 @@ def unit_float(text: str) -> float:
 # ---- shared options -------------------------------------------------------------------------
 
 
-def add_model_argument(parser: argparse.ArgumentParser, positional: bool = True) -> None:
-    """``--model PATH`` and, unless the command has positionals of its own, ``PATH`` alone."""
+def add_model_argument(parser: argparse.ArgumentParser, positional: bool = True,
+                       remote: bool = False) -> None:
+    """``--model PATH`` and, unless the command has positionals of its own, ``PATH`` alone;
+    with ``remote``, a model server URL too (and ``--remote NAME``)."""
     help_text = "the exported IR (model.xml, or the folder holding it)"
+    if remote:
+        help_text += ", or a model server URL (see --remote)"
     if positional:
-        parser.add_argument("model_path", nargs="?", type=Path, metavar="MODEL", help=help_text)
-    parser.add_argument("--model", type=Path, metavar="MODEL", help=help_text)
+        parser.add_argument("model_path", nargs="?", metavar="MODEL", help=help_text)
+    parser.add_argument("--model", metavar="MODEL", help=help_text)  # str: URLs stay intact
+    if remote:
+        from anomaly_edge.cli.serve import add_remote_option
+
+        add_remote_option(parser)
+
+
+def is_remote_model(args: argparse.Namespace) -> bool:
+    """Whether the model named is a model server URL (``--model http://...``, ``--remote``)."""
+    if getattr(args, "model", None) is None and getattr(args, "model_path", None) is not None:
+        args.model, args.model_path = args.model_path, None
+    if getattr(args, "model", None) is None:
+        return False
+    from anomaly_edge.cli.serve import wants_remote
+
+    return wants_remote(args)
 
 
 def model_path(args: argparse.Namespace) -> Path:
@@ -258,6 +279,14 @@ def load_model(args: argparse.Namespace, **options: Any) -> AnomalyModel:
     Arguments are checked first (exit 2); whatever goes wrong while reading or compiling the
     model is exit 4.
     """
+    if is_remote_model(args):  # --model URL: the network runs on a model server
+        from anomaly_edge.cli.serve import open_remote_model
+
+        check_thresholds(args)
+        remote = open_remote_model(args, task=getattr(args, "task", None),
+                                   min_area=getattr(args, "min_area", 1), **options)
+        apply_thresholds(remote, args)  # type: ignore[arg-type]
+        return remote  # type: ignore[return-value]
     path = model_path(args)
     device = check_device(args.device)
     check_thresholds(args)

@@ -54,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE|DIR",
                         help="image files and/or folders of images")
-    add_model_argument(parser, positional=False)
+    add_model_argument(parser, positional=False, remote=True)
     add_device_argument(parser)
     parser.add_argument("--task", choices=TASKS, help="override the model's task")
     add_threshold_arguments(parser)
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         if len(args.inputs) < 2:
             raise CliError("give the model (--model PATH or first) and at least one image",
                            ExitCode.USAGE)
-        args.model, args.inputs = args.inputs[0], args.inputs[1:]
+        args.model, args.inputs = str(args.inputs[0]), args.inputs[1:]
     check_output_file(args.jsonl, "--jsonl")
     check_output_folder(args.overlays, "--overlays")
     model = load_model(args)

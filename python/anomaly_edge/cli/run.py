@@ -8,9 +8,13 @@ Exit codes (scripts can rely on them):
       unopenable camera), a live source was lost after ``--reconnect-attempts``
       reconnections, or an output folder is missing;
 * 4   the model cannot be loaded;
+* 5   ``--web``, ``--mqtt`` or ``--metrics`` without its optional extra installed;
 * 130 stopped by Ctrl-C or SIGTERM: frames in flight were finished and every output file
       is complete and playable;
 * 1   anything else.
+
+Several cameras (repeated ``--source``, ``--config``) and the web view, MQTT, webhook and
+metrics run in ``cli/run_cameras.py``; a camera lost there gives 3 once the others finished.
 
 The output video and snapshots appear complete or not at all; the events file is written
 line by line (flushed), so it can be followed while the run goes on.
@@ -38,6 +42,7 @@ from anomaly_edge.cli.common import (
     check_output_file,
     check_output_folder,
     check_thresholds,
+    is_remote_model,
     load_model,
     model_path,
 )
@@ -55,12 +60,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run a model over a stream of frames: annotated video, JSON Lines events, "
         "snapshots of anomalous frames and a live status line. Ctrl-C stops cleanly.",
         epilog="exit codes: 0 done, 2 bad arguments, 3 source cannot be opened or was lost, "
-        "4 model cannot be loaded, 130 interrupted (outputs complete), 1 other errors",
+        "4 model cannot be loaded, 5 optional extra missing (web, mqtt, metrics), "
+        "130 interrupted (outputs complete), 1 other errors",
     )
-    add_model_argument(parser)
-    parser.add_argument("--source", required=True,
+    add_model_argument(parser, remote=True)
+    parser.add_argument("--source", action="append",
                         help="video file, image folder, glob ('shots/*.png'), camera index (0), "
-                        "or rtsp:// / http:// URL")
+                        "or rtsp:// / http:// URL; repeat for several cameras (NAME=SPEC)")
     add_device_argument(parser)
     parser.add_argument("--task", choices=TASKS, help="override the model's task")
     add_threshold_arguments(parser)
@@ -103,6 +109,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     stream.add_argument("--timeout", type=_positive_float, default=10.0, metavar="SECONDS",
                         help="seconds to wait for a network stream to open or deliver a frame "
                         "(default 10)")
+    from anomaly_edge.cli.run_cameras import add_arguments
+
+    add_arguments(parser)
     parser.set_defaults(handler=handle)
 
 
@@ -128,12 +137,25 @@ def execute(args: argparse.Namespace,
 
     _quiet_video_backends()
     _log_stream_messages()
-    args.model, args.model_path = model_path(args), None  # checks before the source opens
-    check_device(args.device)
+    if not is_remote_model(args):  # all argument checks before a source opens
+        args.model, args.model_path = str(model_path(args)), None
+        check_device(args.device)
     check_thresholds(args)
     check_output_file(args.events, "--events")
     check_output_file(args.output, "--output")
     check_output_folder(args.snapshots, "--snapshots")
+    from anomaly_edge.cli.run_cameras import execute_many, wants_many
+
+    if wants_many(args):  # several cameras, a config file, the web view, MQTT, metrics
+        if (args.image_threshold is not None or args.pixel_threshold is not None) \
+                and not args.raw_thresholds:
+            raise CliError("with several cameras or --config, thresholds are raw score units "
+                           "(as in the config file): add --raw-thresholds", ExitCode.USAGE)
+        return execute_many(args)
+    if isinstance(args.source, list):  # `--source` may be repeated
+        args.source = args.source[0]
+    if not args.source:
+        raise CliError("give --source (one or more) or --config", ExitCode.USAGE)
     if args.output is not None and args.output.suffix.lower() not in VIDEO_CODECS:
         raise CliError(f"--output {args.output}: unknown video container; use one of "
                        f"{', '.join(sorted(VIDEO_CODECS))}", ExitCode.USAGE)
@@ -193,6 +215,9 @@ def execute(args: argparse.Namespace,
     except SourceError as exc:  # a live source that did not come back
         _print_summary(runner)
         raise CliError(str(exc), ExitCode.INPUT) from None
+    except ConnectionError as exc:  # a model server that did not come back (--model URL)
+        _print_summary(runner)
+        raise CliError(str(exc), ExitCode.INPUT) from None
     except OSError as exc:  # a full disk, a folder removed under our feet, ...
         _print_summary(runner)
         raise CliError(f"writing the outputs failed: {exc}") from None
@@ -204,7 +229,14 @@ def execute(args: argparse.Namespace,
 
 
 def _load_model(args: argparse.Namespace):
-    return load_model(args, num_requests=args.num_requests)
+    options: dict[str, Any] = {"num_requests": args.num_requests}
+    if is_remote_model(args):  # the server's outages are retried as a live source's are
+        from anomaly_edge.remote import RetryPolicy
+
+        options.update(timeout=args.timeout,
+                       reconnect=RetryPolicy(args.reconnect_attempts, args.reconnect_delay,
+                                             args.reconnect_max_delay))
+    return load_model(args, **options)
 
 
 def _print_summary(runner) -> None:
