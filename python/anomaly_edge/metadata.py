@@ -168,16 +168,20 @@ class ModelMetadata:
                             "every pixel by zero)")
         if min(self.input_size) < 1:
             problems.append(f"input size {self.input_size} is not positive")
-        if len(model.inputs) == 1:
+        # The graph checks apply to a network (an image input); a holder of rt_info alone
+        # (a remote model's metadata) has a dummy graph.
+        image_graph = len(model.inputs) == 1 and model.inputs[0].get_partial_shape().rank \
+            .is_static and len(model.inputs[0].get_partial_shape()) == 4
+        if image_graph:
             shape = model.inputs[0].get_partial_shape()
-            if shape.is_static and len(shape) == 4:
+            if shape.is_static:
                 graph_size = (shape[2].get_length(), shape[3].get_length())
                 if shape[1].get_length() != 3:
                     problems.append(f"the graph takes {shape[1].get_length()} channels, not 3")
                 if graph_size != self.input_size:
                     problems.append(f"input_size {self.input_size[0]}x{self.input_size[1]} does "
                                     f"not match the graph's input {graph_size[0]}x{graph_size[1]}")
-        if len(model.outputs) == 1:
+        if image_graph and len(model.outputs) == 1:
             out = model.outputs[0].get_partial_shape()
             if out.rank.is_dynamic or len(out) != 4 or (out[1].is_static
                                                        and out[1].get_length() != 1):
