@@ -5,8 +5,9 @@ frame; soon each normal part is flagged (or, the other way, real defects score t
 :class:`DriftMonitor` watches the rolling median of normal-looking frames' raw scores against
 the normal range recorded in the IR (normal validation images at training, or the frames
 `anomaly-edge calibrate` saw), and warns once when the median stays outside it by a clear
-margin for a sustained stretch of frames. It also counts a window where most frames are
-flagged as drift: defects come one at a time, a changed camera hits every frame.
+margin for a sustained stretch of frames. It also counts a long stretch where nearly every
+frame is flagged as drift (then no frame looks normal): defects pass the camera one at a
+time, a changed camera hits every frame.
 
 Limits (a "clear margin"): above ``high + max(margin x (high - low), (threshold - high) / 2)``,
 i.e. normal frames have climbed at least half way from the normal range to the threshold, or
@@ -30,7 +31,8 @@ if TYPE_CHECKING:
 WINDOW = 25  # frames in the rolling median
 SUSTAIN = 25  # consecutive frames out of range before the warning
 MARGIN = 0.5  # share of the normal range's width beyond it that counts as out of range
-FLAGGED_SHARE = 0.5  # more flagged frames than this in the window is drift too
+FLAGGED_WINDOW = 100  # frames in which ...
+FLAGGED_SHARE = 0.9  # ... a larger share of flagged frames is drift too
 
 
 def calibrate_command(model: str = "MODEL.xml", source: str = "SOURCE") -> str:
@@ -47,7 +49,7 @@ class DriftWarning:
     """The one warning a run gives: what was seen and what to do."""
 
     median: float | None  # rolling median of normal-looking frames (None: none left)
-    flagged_share: float  # share of flagged frames in the window
+    flagged_share: float  # share of flagged frames among the last FLAGGED_WINDOW
     low: float  # the normal range and the limits it was compared with
     high: float
     lower_limit: float
@@ -60,7 +62,8 @@ class DriftWarning:
     @property
     def message(self) -> str:
         if self.direction == "up":
-            seen = (f"{100 * self.flagged_share:.0f}% of the last {WINDOW} frames are flagged"
+            seen = (f"{100 * self.flagged_share:.0f}% of the last {FLAGGED_WINDOW} frames are "
+                    "flagged"
                     if self.median is None or self.median <= self.upper_limit else
                     f"normal-looking frames score a median {self.median:.4g}")
             cause = ("the camera's image changed (lossy video compression, focus, exposure, "
@@ -109,7 +112,7 @@ class DriftMonitor:
         self.drift_frames = 0  # frames seen while out of range (a counter for summaries)
         self.warning: DriftWarning | None = None
         self._normal: collections.deque[float] = collections.deque(maxlen=window)
-        self._flagged: collections.deque[bool] = collections.deque(maxlen=window)
+        self._flagged: collections.deque[bool] = collections.deque(maxlen=FLAGGED_WINDOW)
         self._out_for = 0
 
     @classmethod
@@ -146,7 +149,7 @@ class DriftMonitor:
         return sum(self._flagged) / len(self._flagged) if self._flagged else 0.0
 
     def _direction(self) -> str | None:
-        if len(self._flagged) == self.window and self._flagged_share() > FLAGGED_SHARE:
+        if len(self._flagged) == FLAGGED_WINDOW and self._flagged_share() > FLAGGED_SHARE:
             return "up"
         if len(self._normal) < self.window:
             return None  # too few normal-looking frames yet for a median
