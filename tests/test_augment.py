@@ -53,7 +53,7 @@ def test_parse_augment():
     assert custom == Augmentation(quality=(30, 60), brightness=0.02, contrast=0.02, copies=2)
     assert parse_augment("jpeg=50").quality == (50, 50)
     for bad in ("jpeg=0-50", "copies=0", "blur=3", "jpeg=x"):
-        with pytest.raises(ValueError, match="augment|quality|copies"):
+        with pytest.raises(ValueError, match=r"augment|quality|copies"):
             parse_augment(bad)
 
 
@@ -89,7 +89,9 @@ def test_train_with_augmentation_records_it(category):
 def test_export_records_false_alarm_rate_and_normal_range(category, tmp_path, capsys):
     result = train(category, backbone="efficientnet_lite0", image_size=64,
                    out=tmp_path / "run")
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    metrics_file = tmp_path / "run" / "metrics.json"
+    metrics = json.loads(metrics_file.read_text())
+    assert metrics_file.stat().st_mode & 0o044, "metrics.json must be readable by others"
     assert metrics["false_alarm_rate"] == 0.0  # the threshold stays above normal validation
     assert metrics["normal_validation_images"] >= 1
     metadata = ModelMetadata.read_from(read_ir(result.ir_path))

@@ -8,8 +8,8 @@ import pytest
 
 pytest.importorskip("torch")
 
-from anomaly_edge.cli.demo import QUICK  # noqa: E402
-from anomaly_edge.demo.run import DemoSettings, format_report, run_demo  # noqa: E402
+from anomaly_edge.cli.demo import QUICK
+from anomaly_edge.demo.run import DemoSettings, format_report, run_demo
 
 
 @pytest.mark.slow
@@ -24,6 +24,8 @@ def test_demo_lossless_clean_and_lossy_calibrated(tmp_path):
     assert after.false_alarm_rate <= 0.05, text  # ... until calibration
     assert after.recall >= 0.9 and not after.defects_missed, text
     assert report.calibration["frames"] == report.clean_frames == 36
+    assert report.calibrated_model.with_suffix(".bin").read_bytes() == \
+        report.model.with_suffix(".bin").read_bytes()  # same weights
     assert report.drift_warnings["lossless"] == report.drift_warnings["calibrated"] == 0, text
 
 

@@ -15,8 +15,11 @@ or hand a callback to :meth:`StreamRunner.run`, which returns a :class:`StreamSu
 Sources: video files, image folders and globs, camera indices, RTSP/HTTP/... URLs
 (:func:`open_source`). Sinks: :class:`VideoSink`, :class:`EventsSink`, :class:`SnapshotSink`,
 :class:`WindowSink`, :class:`StatusLine`, or any object with ``write(result)`` and ``close()``.
+:class:`DriftMonitor` warns once when normal frames' scores drift out of the model's normal
+range (on by default in :class:`StreamRunner`; usable on its own with ``model.predict``).
 """
 
+from anomaly_edge.stream.drift import DriftMonitor, DriftWarning
 from anomaly_edge.stream.pipeline import FrameResult, StreamRunner, run
 from anomaly_edge.stream.sinks import EventsSink, Sink, SnapshotSink, VideoSink, WindowSink
 from anomaly_edge.stream.sources import Frame, ReconnectPolicy, Source, SourceError, open_source
@@ -24,6 +27,8 @@ from anomaly_edge.stream.stats import StreamStats, StreamSummary
 from anomaly_edge.stream.status import StatusLine, format_summary
 
 __all__ = [
+    "DriftMonitor",
+    "DriftWarning",
     "EventsSink",
     "Frame",
     "FrameResult",

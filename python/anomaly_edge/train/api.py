@@ -288,6 +288,9 @@ def write_json_atomically(path: Path, payload: dict) -> None:
     """Write ``payload`` as JSON to ``path`` via a temporary file in the same folder."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; metrics are for everyone to read
         with os.fdopen(fd, "w") as handle:
             json.dump(_jsonable(payload), handle, indent=2, sort_keys=True, allow_nan=False)
             handle.write("\n")
