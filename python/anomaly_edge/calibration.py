@@ -192,7 +192,8 @@ def _settings(metadata: ModelMetadata) -> dict[str, Any]:
     }
 
 
-def save_model(graph: ov.Model, metadata: ModelMetadata, path: str | os.PathLike) -> Path:
+def save_model(graph: ov.Model, metadata: ModelMetadata, path: str | os.PathLike[str]
+               ) -> Path:
     """Write ``graph`` (the IR as read, without pre-processing) with ``metadata`` as an IR pair.
 
     ``path`` is the new ``.xml`` (or a folder, which gets ``model.xml``). The weights are

@@ -150,9 +150,11 @@ class ModelMetadata:
 
         def optional(key: str) -> str | None:
             # Keys added after format 1 was fixed: older IRs lack them and still load.
-            if not model.has_rt_info([OUR_SECTION, key]):
-                return None
-            return model.get_rt_info([OUR_SECTION, key]).astype(str)
+            return get(key) if model.has_rt_info([OUR_SECTION, key]) else None
+
+        def optional_float(key: str) -> float | None:
+            text = optional(key)
+            return None if text is None else float(text)
 
         version = int(get("format_version"))
         if version > FORMAT_VERSION:
@@ -177,8 +179,9 @@ class ModelMetadata:
                 precision=get("precision"),
                 metrics=json.loads(get("metrics")),
                 format_version=version,
-                **{name: None if optional(name) is None else float(optional(name))
-                   for name in OPTIONAL_FLOATS},
+                normal_score_low=optional_float("normal_score_low"),
+                normal_score_median=optional_float("normal_score_median"),
+                normal_score_high=optional_float("normal_score_high"),
                 calibration=json.loads(optional("calibration") or "{}"),
             )
         except (ValueError, TypeError) as exc:

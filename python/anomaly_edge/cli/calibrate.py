@@ -16,13 +16,20 @@ import argparse
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from anomaly_edge.cli.common import CliError, ExitCode
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from anomaly_edge.model import AnomalyModel
+    from anomaly_edge.stream.sources import Source
 
 DEFAULT_FRAMES = 60
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "calibrate",
         help="fit a model's thresholds to a camera from frames of normal production",
@@ -94,7 +101,8 @@ def handle(args: argparse.Namespace) -> int:
     return int(ExitCode.OK)
 
 
-def _frames(source, count: int | None, seconds: float | None) -> Iterator:
+def _frames(source: Source, count: int | None, seconds: float | None
+            ) -> Iterator[np.ndarray]:
     """The source's first ``count`` frames, or those within its first ``seconds``."""
     limit = count if count is not None or seconds is not None else DEFAULT_FRAMES
     taken = 0
@@ -107,7 +115,7 @@ def _frames(source, count: int | None, seconds: float | None) -> Iterator:
             break
 
 
-def _load_model(args: argparse.Namespace):
+def _load_model(args: argparse.Namespace) -> AnomalyModel:
     path = Path(args.model)
     if not path.is_file():
         raise CliError(f"model {path} not found; give the model.xml that `anomaly-edge train` "

@@ -20,13 +20,20 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from anomaly_edge.demo.dataset import MARKER, make_dataset
 from anomaly_edge.demo.defects import DEFECT_TYPES
 from anomaly_edge.demo.scoring import FrameScore, score_frames
-from anomaly_edge.demo.video import render_video
+from anomaly_edge.demo.video import JPEG_QUALITY, render_video
 from anomaly_edge.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    import numpy as np
+
+    from anomaly_edge.calibration import CalibrationReport
 
 
 @dataclass(frozen=True)
@@ -160,11 +167,13 @@ def run_demo(out: str | os.PathLike = "anomaly-edge-demo", settings: DemoSetting
     log(f"[3/5] rendering {total_seconds:g} s of the surface passing the camera "
         f"({settings.clean_seconds:g} s of normal production first), losslessly and through a "
         f"lossy codec (JPEG quality {settings.lossy_quality}) -> {video_path}, {lossy_path}")
-    render = {"seconds": total_seconds, "fps": settings.video_fps, "speed": settings.video_speed,
-              "frame_size": settings.video_size, "defects": settings.video_defects,
-              "seed": settings.seed, "clean_start": settings.clean_seconds}
-    truth = render_video(video_path, **render)
-    render_video(lossy_path, quality=settings.lossy_quality, **render)  # the same frames
+    truth, lossy_truth = (
+        render_video(path, seconds=total_seconds, fps=settings.video_fps,
+                     speed=settings.video_speed, frame_size=settings.video_size,
+                     defects=settings.video_defects, seed=settings.seed,
+                     clean_start=settings.clean_seconds, quality=quality)
+        for path, quality in ((video_path, JPEG_QUALITY), (lossy_path, settings.lossy_quality)))
+    assert lossy_truth.anomalous_frames == truth.anomalous_frames  # the same frames
     truth_file = _write_json(out / "video" / "conveyor_truth.json", json.loads(truth.to_json()))
     step("video")
 
@@ -227,7 +236,8 @@ def _train(dataset: Path, model_dir: Path, settings: DemoSettings,
     return Path(result.ir_path), dict(result.metrics), model_dir / "metrics.json"
 
 
-def _calibrate(model_xml: Path, video: Path, settings: DemoSettings, out: Path):
+def _calibrate(model_xml: Path, video: Path, settings: DemoSettings,
+               out: Path) -> CalibrationReport:
     """What `anomaly-edge calibrate --seconds S` does, through the Python API."""
     from anomaly_edge.model import AnomalyModel
     from anomaly_edge.stream.sources import open_source
@@ -235,7 +245,7 @@ def _calibrate(model_xml: Path, video: Path, settings: DemoSettings, out: Path):
     model = AnomalyModel(model_xml, device=settings.device)
     source = open_source(str(video))
     try:
-        def clean_frames():
+        def clean_frames() -> Iterator[np.ndarray]:
             while (frame := source.read()) is not None and \
                     frame.timestamp < settings.clean_seconds:
                 yield frame.image

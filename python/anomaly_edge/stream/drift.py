@@ -23,7 +23,7 @@ from __future__ import annotations
 import collections
 import statistics
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from anomaly_edge.metadata import ModelMetadata
@@ -76,7 +76,7 @@ class DriftWarning:
                 f"{self.low:.4g}-{self.high:.4g} ({self.range_source}). Likely cause: {cause}. "
                 f"If the parts are fine, recalibrate on normal production: {self.command}")
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"event": "drift", "direction": self.direction,
                 "median": self.median, "flagged_share": round(self.flagged_share, 4),
                 "normal_range": [self.low, self.high],
@@ -117,7 +117,7 @@ class DriftMonitor:
 
     @classmethod
     def from_metadata(cls, metadata: ModelMetadata, threshold: float | None = None,
-                      **options) -> DriftMonitor:
+                      **options: Any) -> DriftMonitor:
         """A monitor for a model's recorded normal range (derived from thresholds in old IRs)."""
         threshold = metadata.image_threshold if threshold is None else threshold
         recorded = metadata.normal_score_range

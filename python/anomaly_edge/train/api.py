@@ -200,7 +200,9 @@ def _fit_padim(split: Split, backbone: str, size: tuple[int, int], seed: int,
     dataset = augmented(ImageDataset(split.train, size, padim.backbone.mean, padim.backbone.std),
                         augmentation, seed)
     progress = bar("fitting PaDiM", len(dataset))
-    padim.fit(iter_batches(dataset, batch_size), progress=progress.update)
+    # iter_batches needs only len() and items, which the augmented dataset has
+    padim.fit(iter_batches(dataset, batch_size),  # type: ignore[arg-type]
+              progress=progress.update)
     progress.close()
     return padim, padim.backbone.mean, padim.backbone.std
 
@@ -220,8 +222,9 @@ def _fit_stfpm(split: Split, backbone: str, size: tuple[int, int], seed: int,
                          shuffle=True, seed=seed)
     if augmentation is not None:
         loader = torch.utils.data.DataLoader(
-            augmented(loader.dataset, augmentation, seed), batch_size=loader.batch_size,
-            shuffle=True, generator=torch.Generator().manual_seed(seed))
+            augmented(ImageDataset(split.train, size, mean, std), augmentation, seed),
+            batch_size=loader.batch_size, shuffle=True,
+            generator=torch.Generator().manual_seed(seed))
     stfpm = fit_stfpm(backbone, loader, layers=layers,
                       weights=str(weights) if weights is not None else None, seed=seed,
                       progress=bool(progress), **options)

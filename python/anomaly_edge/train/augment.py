@@ -19,6 +19,7 @@ there are fewer training images than feature channels.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -55,13 +56,14 @@ class Augmentation:
         offset = 255.0 * rng.uniform(-self.brightness, self.brightness)
         mean = pixels.mean()
         pixels = (pixels - mean) * gain + mean + offset
-        jittered = np.clip(pixels + 0.5, 0, 255).astype(np.uint8)
+        jittered: np.ndarray = np.clip(pixels + 0.5, 0, 255).astype(np.uint8)
         quality = int(rng.integers(self.quality[0], self.quality[1] + 1))
         ok, encoded = cv2.imencode(".jpg", jittered[:, :, ::-1],
                                    [cv2.IMWRITE_JPEG_QUALITY, quality])
-        if not ok:  # pragma: no cover - OpenCV encodes any uint8 image
+        decoded = cv2.imdecode(encoded, cv2.IMREAD_COLOR) if ok else None
+        if decoded is None:  # pragma: no cover - OpenCV codes any uint8 image
             return jittered
-        return cv2.imdecode(encoded, cv2.IMREAD_COLOR)[:, :, ::-1].copy()
+        return np.ascontiguousarray(decoded[:, :, ::-1])
 
 
 DEFAULT = Augmentation()
@@ -79,7 +81,7 @@ def parse_augment(spec: str | bool | Augmentation | None) -> Augmentation | None
         return None
     if text in ("on", "default", "yes", "true", "1"):
         return DEFAULT
-    settings: dict = {}
+    settings: dict[str, Any] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, _, value = part.partition("=")
         try:
@@ -102,7 +104,7 @@ def parse_augment(spec: str | bool | Augmentation | None) -> Augmentation | None
     return Augmentation(**settings)
 
 
-class AugmentedDataset(torch.utils.data.Dataset):
+class AugmentedDataset(torch.utils.data.Dataset[dict[str, Any]]):
     """``base`` followed by ``copies`` augmented passes over it (deterministic per seed)."""
 
     def __init__(self, base: ImageDataset, augmentation: Augmentation, seed: int = 0) -> None:
@@ -113,7 +115,7 @@ class AugmentedDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.base) * (1 + self.augmentation.copies)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int) -> dict[str, Any]:
         count = len(self.base)
         original, copy = index % count, index // count
         item = self.base[original]
