@@ -151,9 +151,9 @@ def render_video(
             if quality < JPEG_QUALITY:
                 # OpenCV's writers ignore a quality setting for most codecs: code the frame
                 # at the asked quality ourselves (what a camera's lossy encoder leaves).
-                frame = cv2.imdecode(cv2.imencode(".jpg", frame,
-                                                  [cv2.IMWRITE_JPEG_QUALITY, quality])[1],
-                                     cv2.IMREAD_COLOR)
+                coded = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, quality])[1]
+                decoded = cv2.imdecode(coded, cv2.IMREAD_COLOR)
+                frame = frame if decoded is None else decoded
             writer.write(frame)
             counts = np.bincount(labels[view].ravel(), minlength=len(defects) + 1)
             visible[i] = counts[1:]
