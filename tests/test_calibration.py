@@ -84,6 +84,19 @@ def test_a_camera_scoring_lower_keeps_the_trained_threshold(model):
     assert model.image_threshold == trained  # tuned on defects: never less sensitive
 
 
+def test_a_threshold_not_tuned_on_defects_follows_the_camera_down(model):
+    import dataclasses
+
+    model._apply_metadata(dataclasses.replace(
+        model.metadata, metrics={"image_threshold_method": "max_normal"}))
+    grey = [make_frame(i, False) for i in range(15)]
+    report = model.calibrate(grey)
+    assert model.image_threshold < 0.5
+    assert model.image_threshold >= report.scores["max"] * THRESHOLD_MARGIN
+    assert report.flagged_after == 0
+    assert model.predict(bright_frame(1)).label  # brighter than this camera's normal
+
+
 def test_save_writes_same_weights_and_a_calibration_record(model, synthetic_ir, tmp_path):
     model.calibrate([bright_frame(i) for i in range(12)], source="line.mp4")
     target = model.save(tmp_path / "calibrated.xml")

@@ -10,7 +10,9 @@ model over frames of normal production from that camera and re-estimates:
   ``max(trained threshold, CALIBRATION_QUANTILE of the frames' scores x THRESHOLD_MARGIN)``.
   The trained threshold, F1-optimal where validation had defects, is the floor: a camera
   that scores normal parts lower than the stills did must not make the model less sensitive
-  than it was tuned to be. Above it, the threshold clears the highest normal frame by a
+  than it was tuned to be. A threshold training took from normal images alone
+  (``image_threshold_method`` "max_normal": no defects seen) is no such floor; the frames'
+  tail replaces it. Above it, the threshold clears the highest normal frame by a
   margin, because later normal frames vary more than the first few seconds show. The
   margin was measured on the demo's lossy video (see the README, "On the line"): 1.0 left
   8-14 % of later clean frames flagged, 1.1 none, with 84-100 % of defect frames still caught.
@@ -131,11 +133,18 @@ def calibrate(model: AnomalyModel, frames: Iterable[np.ndarray], *, source: str 
     # The thresholds in use (set by the user or exported) are the ones being recalibrated.
     before = dataclasses.replace(model.metadata, image_threshold=model.image_threshold,
                                  pixel_threshold=model.pixel_threshold)
-    tail = float(np.quantile(values, CALIBRATION_QUANTILE, method="higher")) * THRESHOLD_MARGIN
+    quantile = float(np.quantile(values, CALIBRATION_QUANTILE, method="higher"))
+    # The margin widens away from zero whatever the sign, and the result always clears the
+    # highest calibration score (labels are raw >= threshold; flat frames may score 0).
+    tail = max(quantile + (THRESHOLD_MARGIN - 1.0) * abs(quantile),
+               float(np.nextafter(np.float32(values.max()), np.float32(np.inf))))
+    tuned_on_defects = before.metrics.get("image_threshold_method") != "max_normal"
+    image_floor = before.image_threshold if tuned_on_defects else -np.inf
+    pixel_floor = before.pixel_threshold if tuned_on_defects else -np.inf
     after = dataclasses.replace(
         before,
-        image_threshold=max(before.image_threshold, tail),
-        pixel_threshold=max(before.pixel_threshold, tail),
+        image_threshold=max(image_floor, tail),
+        pixel_threshold=max(pixel_floor, tail),
         image_min=float(values.min()),
         image_max=float(values.min()) + (before.image_max - before.image_min),
         pixel_min=map_minimum,

@@ -50,7 +50,8 @@ MODELS = ("padim", "stfpm")
 # Off by default: see the measurement in the README ("On the line") and train/augment.py.
 DEFAULT_AUGMENT = "off"
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_f1", "pixel_f1",
-               "image_threshold", "pixel_threshold", "false_alarm_rate")
+               "image_threshold", "pixel_threshold", "false_alarm_rate",
+               "image_threshold_method")
 
 
 @dataclass
