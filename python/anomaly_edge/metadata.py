@@ -17,13 +17,19 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from anomaly_edge.errors import ModelLoadError
+from anomaly_edge.errors import InvalidInputError, ModelLoadError
 from anomaly_edge.prediction import Task
 
 if TYPE_CHECKING:
     import openvino as ov
 
-FORMAT_VERSION = 1
+    from anomaly_edge.tiles import TileLayout
+
+FORMAT_VERSION = 2  # the newest this runtime reads
+# Tiled models are written as format 2 so that a runtime from before tiling refuses them with
+# "upgrade anomaly-edge" instead of failing on the batch shape; single-view models stay 1.
+SINGLE_VIEW_FORMAT_VERSION = 1
+TILED_FORMAT_VERSION = 2
 OUR_SECTION = "anomaly_edge"
 MODEL_API_SECTION = "model_info"
 
@@ -50,10 +56,20 @@ class ModelMetadata:
     task: str = Task.SEGMENTATION.value
     precision: str = "FP16"
     metrics: dict[str, Any] = field(default_factory=dict)
-    format_version: int = FORMAT_VERSION
+    format_version: int = SINGLE_VIEW_FORMAT_VERSION
+    # Tiles (anomaly_edge.tiles.TileLayout; the tile is input_size): a 1x1 grid is a single view.
+    tile_grid: tuple[int, int] = (1, 1)
+    tile_frame_size: tuple[int, int] | None = None  # frames are resized to it; None = input_size
+    tile_blend: str = "cosine"
 
     def __post_init__(self) -> None:
         self.input_size = (int(self.input_size[0]), int(self.input_size[1]))
+        self.tile_grid = (int(self.tile_grid[0]), int(self.tile_grid[1]))
+        frame = self.input_size if self.tile_frame_size is None else self.tile_frame_size
+        self.tile_frame_size = (int(frame[0]), int(frame[1]))
+        if self.tiled:
+            self.tile_layout  # noqa: B018 - validates the layout
+            self.format_version = max(int(self.format_version), TILED_FORMAT_VERSION)
         self.mean = tuple(float(v) for v in self.mean)  # type: ignore[assignment]
         self.std = tuple(float(v) for v in self.std)  # type: ignore[assignment]
         self.task = Task.parse(self.task).value
@@ -63,6 +79,26 @@ class ModelMetadata:
             if not math.isfinite(value):
                 raise ValueError(f"metadata {name} must be a finite number, got {value}")
             setattr(self, name, value)
+
+    @property
+    def tiled(self) -> bool:
+        """Whether frames are cut into several tiles (one batch through the network)."""
+        return self.tile_grid != (1, 1)
+
+    @property
+    def tile_layout(self) -> TileLayout | None:
+        """Where the tiles of a frame lie; ``None`` for a single-view model."""
+        if not self.tiled:
+            return None
+        from anomaly_edge.tiles import TileLayout
+
+        assert self.tile_frame_size is not None
+        return TileLayout(self.tile_frame_size, self.input_size, self.tile_grid, self.tile_blend)
+
+    @property
+    def batch_size(self) -> int:
+        """The static batch of the network: tiles per frame (1 for a single view)."""
+        return self.tile_grid[0] * self.tile_grid[1]
 
     @property
     def image_scale(self) -> float:
@@ -101,6 +137,12 @@ class ModelMetadata:
         ours["mean"] = model_info["mean_values"]
         ours["std"] = model_info["scale_values"]
         ours["metrics"] = json.dumps(self.metrics, sort_keys=True)
+        assert self.tile_frame_size is not None
+        ours["tile_grid"] = "{} {}".format(*self.tile_grid)
+        ours["tile_frame_size"] = "{} {}".format(*self.tile_frame_size)
+        layout = self.tile_layout
+        # for readers (anomaly-edge info, Netron): the runtime derives it from the grid
+        ours["tile_overlap"] = "{} {}".format(*(layout.overlap if layout else (0, 0)))
         for key, value in ours.items():
             model.set_rt_info(str(value), [OUR_SECTION, key])
 
@@ -118,6 +160,11 @@ class ModelMetadata:
             if not model.has_rt_info([OUR_SECTION, key]):
                 raise ModelLoadError(f"{source}: anomaly-edge metadata lacks the key {key!r}; "
                                      "re-export the model with this version of anomaly-edge.")
+            return model.get_rt_info([OUR_SECTION, key]).astype(str)
+
+        def get_optional(key: str, default: str) -> str:  # keys added after format 1
+            if not model.has_rt_info([OUR_SECTION, key]):
+                return default
             return model.get_rt_info([OUR_SECTION, key]).astype(str)
 
         version = int(get("format_version"))
@@ -143,8 +190,12 @@ class ModelMetadata:
                 precision=get("precision"),
                 metrics=json.loads(get("metrics")),
                 format_version=version,
+                tile_grid=tuple(int(v) for v in get_optional("tile_grid", "1 1").split()),  # type: ignore[arg-type]
+                tile_frame_size=tuple(  # type: ignore[arg-type]
+                    int(v) for v in get_optional("tile_frame_size", get("input_size")).split()),
+                tile_blend=get_optional("tile_blend", "cosine"),
             )
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, InvalidInputError) as exc:
             raise ModelLoadError(f"{source}: anomaly-edge metadata is malformed ({exc}); "
                                  "re-export the model.") from exc
 

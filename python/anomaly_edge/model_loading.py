@@ -82,7 +82,8 @@ def _check_io(model: ov.Model, source: Path) -> None:
 
 
 def attach_preprocessing(model: ov.Model, metadata: ModelMetadata, color: ColorFormat) -> ov.Model:
-    """A copy of ``model`` that takes uint8 ``1 x h x w x C`` images in ``color`` at the
+    """A copy of ``model`` that takes uint8 ``N x h x w x C`` images (N = 1, or the tiles of
+    one frame for a tiled model) in ``color`` at the
     network input size (already resized by :func:`anomaly_edge.images.resize_for_network`).
 
     Channel order, float conversion, mean/std and the layout change run inside the compiled
@@ -100,7 +101,7 @@ def attach_preprocessing(model: ov.Model, metadata: ModelMetadata, color: ColorF
     graph_input = ppp.input()
     tensor = graph_input.tensor()
     tensor.set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC"))
-    tensor.set_shape([1, height, width, color.channels])
+    tensor.set_shape([metadata.batch_size, height, width, color.channels])  # tiles: a batch
     steps = graph_input.preprocess()
     if color is ColorFormat.GRAY:
         steps.convert_element_type(ov.Type.f32)
