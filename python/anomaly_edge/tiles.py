@@ -16,7 +16,9 @@ No torch here: training (:mod:`anomaly_edge.train.tiling`) and the runtime share
 
 from __future__ import annotations
 
+import itertools
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -152,6 +154,17 @@ class TileLayout:
                 f"(overlap >= {ox}x{oy} px, {self.blend} blend)")
 
 
+def parse_tile_option(text: str) -> str | tuple[int, int]:
+    """``"auto"``, ``"off"`` or a grid ``"RxC"`` (e.g. ``"4x5"``); ValueError otherwise."""
+    value = text.strip().lower()
+    if value in ("auto", "off"):
+        return value
+    match = re.fullmatch(r"(\d+)\s*[x×]\s*(\d+)", value)
+    if not match or min(int(match[1]), int(match[2])) < 1:
+        raise ValueError(f"tile option {text!r}: give auto, off, or a grid ROWSxCOLS such as 3x4")
+    return int(match[1]), int(match[2])
+
+
 def tiles_along(frame: int, tile: int, overlap: float = DEFAULT_OVERLAP) -> int:
     """Fewest tiles of ``tile`` pixels over ``frame`` pixels sharing >= ``overlap`` of a tile."""
     if frame <= tile:
@@ -169,4 +182,4 @@ def _starts(frame: int, tile: int, count: int) -> list[int]:
 def _min_overlap(starts: list[int], tile: int) -> int:
     if len(starts) < 2:
         return 0
-    return tile - max(b - a for a, b in zip(starts, starts[1:], strict=False))
+    return tile - max(b - a for a, b in itertools.pairwise(starts))
