@@ -97,6 +97,12 @@ def attach_preprocessing(model: ov.Model, metadata: ModelMetadata, color: ColorF
     makes the deployed model see exactly what the trained one saw.
     """
     height, width = metadata.input_size
+    batch = model.inputs[0].get_partial_shape()[0].get_length()
+    if batch != metadata.batch_size:  # a tiled model takes one frame's tiles as its batch
+        raise ModelLoadError(
+            f"the IR takes batches of {batch} but its metadata describes "
+            f"{metadata.batch_size} tile(s) per frame; re-export the model"
+        )
     ppp = PrePostProcessor(model.clone())
     graph_input = ppp.input()
     tensor = graph_input.tensor()
