@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from anomaly_edge.tiles import DEFAULT_OVERLAP, TileLayout, parse_tile_option
+from anomaly_edge.tiles import DEFAULT_OVERLAP, TileLayout, parse_tile_option, tiles_along
 from anomaly_edge.train.data import Sample, read_mask, read_rgb
 from anomaly_edge.train.evaluate import Predictions
 from anomaly_edge.train.padim import Padim, triangle_blocks
@@ -89,9 +89,9 @@ def choose_layout(tile: TileOption, image_size: tuple[int, int], native: tuple[i
         scale = 1.0
         while True:
             frame = (max(th, round(nh * scale)), max(tw, round(nw * scale)))
-            layout = TileLayout.covering(frame, image_size, overlap, blend)
-            if layout.count <= AUTO_MAX_TILES:
-                return layout
+            if tiles_along(frame[0], th, overlap) * tiles_along(frame[1], tw, overlap) \
+                    <= AUTO_MAX_TILES:
+                return TileLayout.covering(frame, image_size, overlap, blend)
             scale *= 0.95
     rows, cols = option  # type: ignore[misc]
     covered = [t + (n - 1) * math.floor(t * (1.0 - overlap))
