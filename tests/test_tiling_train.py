@@ -1,4 +1,4 @@
-"""Training on tiles: the layout rule, PaDiM per tile position, export at the tile batch, API/CLI."""
+"""Training on tiles: the layout rule, PaDiM per tile position, export at the tile batch, API."""
 
 from __future__ import annotations
 
