@@ -195,3 +195,43 @@ def test_async_and_sync_agree_on_tiled_models(tiled_ir: Path) -> None:
         assert [(b.x1, b.y1, b.x2, b.y2) for b in got.boxes] == \
             [(b.x1, b.y1, b.x2, b.y2) for b in want.boxes]
     model.close()
+
+
+def test_info_shows_the_tile_layout(tiled_ir: Path, capsys) -> None:
+    import json
+
+    from anomaly_edge.cli.main import main as cli_main
+
+    assert cli_main(["info", str(tiled_ir), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["tiles"] == LAYOUT.describe()
+    assert info["input"].endswith("[6,3,64,64]")
+
+
+def test_run_and_benchmark_take_tiled_models_with_no_new_flags(tiled_ir: Path, tmp_path: Path,
+                                                                capsys) -> None:
+    import json
+
+    import cv2
+
+    from anomaly_edge.cli.main import main as cli_main
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(3):
+        frame = grey_frame(240, 320)
+        if i == 1:  # a defect on the border between the first two tile columns
+            x = 2 * LAYOUT.xs[1] + 10
+            frame[100:140, x - 20:x + 20] = 255
+        cv2.imwrite(str(folder / f"{i}.png"), frame)
+    events = tmp_path / "events.jsonl"
+    assert cli_main(["run", "--model", str(tiled_ir), "--device", "CPU", "--source",
+                     str(folder), "--events", str(events), "--quiet"]) == 0
+    flagged = [json.loads(line) for line in events.read_text().splitlines()]
+    assert [event["frame"] for event in flagged] == [1]
+    assert len(flagged[0]["boxes"]) == 1
+    capsys.readouterr()
+    assert cli_main(["benchmark", "--model", str(tiled_ir), "--device", "CPU", "--seconds",
+                     "0.3", "--frame", "320x240", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["sync"]["fps"] > 0 and result["frame"] == "320x240"
