@@ -93,7 +93,7 @@ def choose_layout(tile: TileOption, image_size: tuple[int, int], native: tuple[i
                     <= AUTO_MAX_TILES:
                 return TileLayout.covering(frame, image_size, overlap, blend)
             scale *= 0.95
-    rows, cols = option  # type: ignore[misc]
+    rows, cols = (int(n) for n in option)
     covered = [t + (n - 1) * math.floor(t * (1.0 - overlap))
                for t, n in ((th, rows), (tw, cols))]
     scale = min(1.0, covered[0] / nh, covered[1] / nw)
@@ -225,7 +225,7 @@ class TilePositionPadim(nn.Module):
             padim.backbone.to(memory_format=torch.contiguous_format)
         if stats.count == 0:
             raise ValueError("PaDiM fit got no images; train/good must hold at least one image")
-        stats.whiten_into(padim.mean, padim.whiten_t, padim.regularization)
+        stats.whiten_into(self._buffer("mean"), self._buffer("whiten_t"), padim.regularization)
         padim.fitted = self.fitted = True
         return self
 
@@ -249,16 +249,21 @@ class TilePositionPadim(nn.Module):
         n = embedding.shape[0]
         h, w = padim.feature_size
         positions = self._positions_last(embedding)  # [B, d, TP]
-        delta = positions.permute(2, 0, 1) - padim.mean  # [TP, B, d]
+        delta = positions.permute(2, 0, 1) - self._buffer("mean")  # [TP, B, d]
+        whiten_t = self._buffer("whiten_t")
         squares = None
         for lo, hi in triangle_blocks(padim.n_channels):
-            part = torch.matmul(delta[..., :hi], padim.whiten_t[:, :hi, lo:hi])
+            part = torch.matmul(delta[..., :hi], whiten_t[:, :hi, lo:hi])
             part = (part * part).sum(dim=-1)
             squares = part if squares is None else squares + part
         assert squares is not None
         distance = squares.sqrt()  # [T * h * w, B]
         distance = distance.reshape(self.tiles, h, w, -1).permute(3, 0, 1, 2).reshape(n, 1, h, w)
-        return apply_separable(distance, padim.to_input_rows, padim.to_input_cols_t)
+        return apply_separable(distance, self._buffer("to_input_rows"),
+                               self._buffer("to_input_cols_t"))
+
+    def _buffer(self, name: str) -> torch.Tensor:
+        return self.padim.get_buffer(name)
 
 
 def _mark_fitted(module: nn.Module, incompatible_keys: object) -> None:
