@@ -21,6 +21,7 @@ from anomaly_edge.train.tiling import (
     TilePositionPadim,
     choose_layout,
     predict_tiled,
+    resolve_tile_gaussians,
 )
 
 # ---- the layout rule -------------------------------------------------------------------------
@@ -81,6 +82,14 @@ def test_position_gaussians_know_which_tile_is_where_shared_ones_do_not() -> Non
     assert shared_swapped < 1.5 * shared_normal  # for shared Gaussians both tiles are normal
 
 
+def test_auto_gaussians_per_position_only_with_more_images_than_channels() -> None:
+    assert resolve_tile_gaussians("auto", 111, 80) == "position"  # ball_screw
+    assert resolve_tile_gaussians("auto", 54, 80) == "shared"  # metal_plate
+    assert resolve_tile_gaussians("shared", 500, 80) == "shared"
+    with pytest.raises(ValueError, match="tile_gaussians must be one of"):
+        resolve_tile_gaussians("each", 10, 10)
+
+
 def test_tile_position_padim_takes_whole_frames_only() -> None:
     model = TilePositionPadim(small_padim(), tiles=2)
     with pytest.raises(RuntimeError, match="not fitted"):
@@ -104,7 +113,8 @@ def tiled_run(small_dataset: Path, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("tiled_run")
     result = train(small_dataset, model="padim", backbone="resnet18", pretrained=False,
-                   image_size=64, n_channels=20, pool=2, tile="2x2", out=out)
+                   image_size=64, n_channels=20, pool=2, tile="2x2", tile_gaussians="position",
+                   out=out)
     return result, out
 
 

@@ -47,9 +47,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "native resolution, all tiles one batch: auto (default) tiles when "
                         "training images are at least 3x the input on both sides; off; or a "
                         "grid such as 3x4")
-    parser.add_argument("--tile-gaussians", choices=("position", "shared"), default="position",
-                        help="PaDiM on tiles: Gaussians per tile position (default) or one set "
-                        "shared by all tiles")
+    parser.add_argument("--tile-gaussians", choices=("auto", "position", "shared"),
+                        default="auto",
+                        help="PaDiM on tiles: Gaussians per tile position, or one set shared "
+                        "by all tiles; auto (default): per position when there are more "
+                        "training images than PaDiM channels")
     parser.add_argument("--epochs", type=int, dest="max_epochs",
                         help="STFPM: maximum number of epochs")
     parser.add_argument("--image-threshold", type=float,

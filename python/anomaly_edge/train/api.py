@@ -44,7 +44,6 @@ from anomaly_edge.train.data import (
 )
 from anomaly_edge.train.evaluate import Predictions, calibrate, predict_samples, test_metrics
 from anomaly_edge.train.tiling import (
-    TILE_GAUSSIANS,
     TileFrames,
     TileLayout,
     TileOption,
@@ -54,6 +53,7 @@ from anomaly_edge.train.tiling import (
     median_image_size,
     parse_tile_option,
     predict_tiled,
+    resolve_tile_gaussians,
     tile_images,
     tile_summary,
 )
@@ -87,7 +87,7 @@ def train(data: str | Path, model: str = "padim", backbone: str = "resnet18",
           task: str = "segmentation", batch_size: int = 16, threads: int | None = None,
           export: bool = True, precision: str = "FP16", stfpm_options: dict | None = None,
           progress: bool | ProgressFactory = False, tile: TileOption = "auto",
-          tile_gaussians: str = "position") -> TrainResult:
+          tile_gaussians: str = "auto") -> TrainResult:
     """Train ``model`` on ``data/train/good``, evaluate on ``data/test`` and (with ``out``) save.
 
     Args:
@@ -116,8 +116,9 @@ def train(data: str | Path, model: str = "padim", backbone: str = "resnet18",
             see :mod:`.tiling`), ``"off"``, a grid ``"RxC"``, or a ``TileLayout``. A tiled
             model cuts each frame into overlapping ``image_size`` tiles at (near) native
             resolution, runs them as one batch and stitches their maps.
-        tile_gaussians: PaDiM on tiles: ``"position"`` (Gaussians per tile position) or
-            ``"shared"`` (one set for all tiles).
+        tile_gaussians: PaDiM on tiles: ``"position"`` (Gaussians per tile position),
+            ``"shared"`` (one set for all tiles) or ``"auto"`` (position when there are more
+            training images than PaDiM channels; see :func:`.tiling.resolve_tile_gaussians`).
     """
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
@@ -167,7 +168,7 @@ def train(data: str | Path, model: str = "padim", backbone: str = "resnet18",
         "model": model,
         "backbone": backbone,
         "image_size": list(size),
-        "tiles": tile_summary(layout, native, tile_gaussians if model == "padim" else None),
+        "tiles": tile_summary(layout, native, _gaussians_of(anomaly_module, layout)),
         "seed": seed,
         "train_images": len(split.train),
         "validation_images": len(split.validation),
@@ -197,13 +198,22 @@ def train(data: str | Path, model: str = "padim", backbone: str = "resnet18",
 
 # ---- fitting -------------------------------------------------------------------------------
 
+def _gaussians_of(module: nn.Module, layout: TileLayout | None) -> str | None:
+    """What a tiled PaDiM's Gaussians belong to, for metrics.json (None: not a tiled PaDiM)."""
+    from anomaly_edge.train.padim import Padim
+
+    if layout is None:
+        return None
+    if isinstance(module, TilePositionPadim):
+        return "position"
+    return "shared" if isinstance(module, Padim) else None
+
+
 def _tile_layout(tile: TileOption, size: tuple[int, int], train_samples: tuple[Sample, ...],
                  gaussians: str, precision: str
                  ) -> tuple[TileLayout | None, tuple[int, int] | None]:
     """(layout or None, median training image size or None when not measured)."""
-    if gaussians not in TILE_GAUSSIANS:
-        raise ValueError(f"tile_gaussians must be one of {', '.join(TILE_GAUSSIANS)}, "
-                         f"got {gaussians!r}")
+    resolve_tile_gaussians(gaussians, 0, 0)  # a bad choice fails before any work
     if tile is None or (isinstance(tile, str) and parse_tile_option(tile) == "off"):
         return None, None
     native = median_image_size(train_samples)
@@ -227,8 +237,8 @@ def _fit_padim(split: Split, backbone: str, size: tuple[int, int], seed: int,
                   weights=str(weights) if weights is not None else None)
     if layout is not None:  # tiles: Gaussians per tile position, or shared by all tiles
         frames = TileFrames(split.train, layout, padim.backbone.mean, padim.backbone.std)
-        module = TilePositionPadim(padim, layout.count) if tile_gaussians == "position" \
-            else padim
+        gaussians = resolve_tile_gaussians(tile_gaussians, len(frames), padim.n_channels)
+        module = TilePositionPadim(padim, layout.count) if gaussians == "position" else padim
         progress = bar("fitting PaDiM on tiles", len(frames))
         module.fit(frame_batches(frames, max(batch_size, layout.count)),
                    progress=lambda n: progress.update(n if module is not padim

@@ -39,8 +39,8 @@ from anomaly_edge.train.running_gaussian import RunningGaussian
 AUTO_MIN_FACTOR = 3.0
 # `auto` keeps native resolution up to this many tiles a frame, and shrinks the frame beyond.
 AUTO_MAX_TILES = 32
-TILE_GAUSSIANS = ("position", "shared")
-DEFAULT_TILE_GAUSSIANS = "position"
+TILE_GAUSSIANS = ("auto", "position", "shared")
+DEFAULT_TILE_GAUSSIANS = "auto"
 SIZE_PROBES = 25  # images read to find the median training image size
 
 TileOption = str | TileLayout | None
@@ -169,6 +169,24 @@ def tile_images(frames: TileFrames, batch_size: int = 8) -> Iterator[dict]:
 
 
 # ---- PaDiM with Gaussians per tile position ------------------------------------------------
+
+def resolve_tile_gaussians(choice: str, train_images: int, n_channels: int) -> str:
+    """``"auto"`` -> ``"position"`` when there are more training images than PaDiM channels
+    (so each tile position's covariance has full rank from the data alone), else ``"shared"``
+    (every tile feeds one set of Gaussians: ``tiles`` times the samples).
+
+    Measured (PaDiM, Lite0, 80 channels, whole test set; image AUROC / pixel AUROC / AUPRO):
+    metal_plate, 54 images, 3x3 tiles: position 0.850 / 0.980 / 0.902, shared
+    0.943 / 0.988 / 0.924; ball_screw, 111 images, 1x3 tiles: position 0.959 / 0.988 / 0.806,
+    shared 0.955 / 0.987 / 0.785.
+    """
+    if choice not in TILE_GAUSSIANS:
+        raise ValueError(f"tile_gaussians must be one of {', '.join(TILE_GAUSSIANS)}, "
+                         f"got {choice!r}")
+    if choice != "auto":
+        return choice
+    return "position" if train_images > n_channels else "shared"
+
 
 class TilePositionPadim(nn.Module):
     """PaDiM whose Gaussians belong to one tile position each: tile t, grid cell p has its own.
