@@ -43,12 +43,28 @@ def write_category(root: Path) -> Path:
     return root
 
 
-def found(model: AnomalyModel, image: np.ndarray, centre: tuple[float, float]) -> bool:
-    """Flagged, with a box around the hole."""
+def strongest(model: AnomalyModel, image: np.ndarray) -> tuple[float, tuple[float, float]]:
+    """The frame's raw score and where (frame pixels x, y) its map peaks."""
     prediction = model.predict(image)
-    x, y = centre
-    return prediction.label and any(b.x1 - 8 <= x <= b.x2 + 8 and b.y1 - 8 <= y <= b.y2 + 8
-                                    for b in prediction.boxes)
+    anomaly_map = prediction.anomaly_map
+    y, x = np.unravel_index(int(anomaly_map.argmax()), anomaly_map.shape)
+    scale_y, scale_x = (f / m for f, m in zip(image.shape[:2], anomaly_map.shape, strict=True))
+    return prediction.raw_score, ((x + 0.5) * scale_x, (y + 0.5) * scale_y)
+
+
+def hits(model: AnomalyModel, defective: list, clean: list[np.ndarray]) -> int:
+    """Holes found: the frame scores above every clean frame and its map peaks on the hole.
+
+    (Ranked against clean frames rather than labelled with the tuned threshold: with three
+    defect images to tune on, F1-optimal picks the lowest defect score seen, which says more
+    about those three images than about the model.)"""
+    clean_max = max(strongest(model, image)[0] for image in clean)
+    count = 0
+    for image, centres in defective:
+        score, (x, y) = strongest(model, image)
+        cx, cy = centres[0]
+        count += score > clean_max and np.hypot(x - cx, y - cy) <= 24
+    return count
 
 
 @pytest.mark.slow  # trains two PaDiMs on 5 MP frames: a few minutes on two cores
@@ -63,6 +79,7 @@ def test_tiles_find_small_holes_a_single_view_misses(tmp_path: Path) -> None:
     assert tiled.metadata.tiled and not single.metadata.tiled
     layout = tiled.metadata.tile_layout
     assert layout is not None and layout.frame_size[0] >= FRAME[0] / 2.2  # near native
+    assert tiled.metrics["tiles"]["gaussians"] == "shared"  # 10 frames, 80 channels
 
     tiled_model = AnomalyModel(tiled.ir_path, "CPU", cache_dir=None)
     single_model = AnomalyModel(single.ir_path, "CPU", cache_dir=None)
@@ -75,11 +92,10 @@ def test_tiles_find_small_holes_a_single_view_misses(tmp_path: Path) -> None:
     })()
 
     unseen = [frame(4000 + i, holes=1) for i in range(4)]  # frames no model has seen
-    clean = [frame(5000 + i)[0] for i in range(2)]
-    tiled_hits = sum(found(tiled_model, image, centres[0]) for image, centres in unseen)
-    single_hits = sum(found(single_model, image, centres[0]) for image, centres in unseen)
-    assert tiled_hits >= 3, f"the tiled model found {tiled_hits} of 4 holes"
+    clean = [frame(5000 + i)[0] for i in range(3)]
+    tiled_hits = hits(tiled_model, unseen, clean)
+    single_hits = hits(single_model, unseen, clean)
+    assert tiled_hits == 4, f"the tiled model found {tiled_hits} of 4 holes"
     assert single_hits <= 1, f"the single view found {single_hits} of 4 holes"
-    assert not any(tiled_model.predict(image).label for image in clean)
-    assert calls and all(batch == layout.count for batch in calls)  # one call per frame
-    assert len(calls) == len(unseen) * 1 + len(clean)
+    assert calls and all(batch == layout.count for batch in calls)  # every tile, one call
+    assert len(calls) == len(unseen) + len(clean)  # one call per frame
