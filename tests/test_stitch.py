@@ -16,7 +16,7 @@ from anomaly_edge.tiles import TileLayout
 def crops(frame: np.ndarray, layout: TileLayout) -> np.ndarray:
     """The tiles of a float frame map, as a model that is exact at every position would see."""
     h, w = layout.tile_size
-    return np.stack([frame[y:y + h, x:x + w] for y in layout.ys for x in layout.xs])
+    return np.stack([frame[y : y + h, x : x + w] for y in layout.ys for x in layout.xs])
 
 
 LAYOUTS = [

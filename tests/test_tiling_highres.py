@@ -72,8 +72,12 @@ def test_tiles_find_small_holes_a_single_view_misses(tmp_path: Path) -> None:
     from anomaly_edge.train import train
 
     data = write_category(tmp_path / "metal")
-    common = {"model": "padim", "backbone": "efficientnet_lite0", "validation_fraction": 0.0,
-              "task": "detection"}
+    common = {
+        "model": "padim",
+        "backbone": "efficientnet_lite0",
+        "validation_fraction": 0.0,
+        "task": "detection",
+    }
     tiled = train(data, out=tmp_path / "tiled", tile="auto", **common)
     single = train(data, out=tmp_path / "single", tile="off", image_size=256, **common)
     assert tiled.metadata.tiled and not single.metadata.tiled
@@ -85,11 +89,17 @@ def test_tiles_find_small_holes_a_single_view_misses(tmp_path: Path) -> None:
     single_model = AnomalyModel(single.ir_path, "CPU", cache_dir=None)
     calls: list[int] = []
     request = tiled_model._request
-    tiled_model._request = type("Counting", (), {  # type: ignore[assignment]
-        "infer": lambda self, inputs, **kw: (calls.append(inputs[0].shape[0]),
-                                             request.infer(inputs, **kw)),
-        "get_output_tensor": lambda self, i: request.get_output_tensor(i),
-    })()
+    tiled_model._request = type(
+        "Counting",
+        (),
+        {  # type: ignore[assignment]
+            "infer": lambda self, inputs, **kw: (
+                calls.append(inputs[0].shape[0]),
+                request.infer(inputs, **kw),
+            ),
+            "get_output_tensor": lambda self, i: request.get_output_tensor(i),
+        },
+    )()
 
     unseen = [frame(4000 + i, holes=1) for i in range(4)]  # frames no model has seen
     clean = [frame(5000 + i)[0] for i in range(3)]

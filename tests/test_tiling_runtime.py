@@ -30,11 +30,22 @@ def build_tiled_ir(path: Path, layout: TileLayout = LAYOUT, threshold: float = 0
     deviation.output(0).get_tensor().set_names({"anomaly_map"})
     model = ov.Model([deviation], [image], "synthetic_tiled")
     ModelMetadata(
-        model="synthetic", backbone="none", input_size=layout.tile_size,
-        mean=(GREY, GREY, GREY), std=(64.0, 64.0, 64.0), image_threshold=threshold,
-        pixel_threshold=threshold, image_min=0.0, image_max=2.0, pixel_min=0.0, pixel_max=2.0,
-        task="detection", precision="FP32", tile_grid=layout.grid,
-        tile_frame_size=layout.frame_size, tile_blend=layout.blend,
+        model="synthetic",
+        backbone="none",
+        input_size=layout.tile_size,
+        mean=(GREY, GREY, GREY),
+        std=(64.0, 64.0, 64.0),
+        image_threshold=threshold,
+        pixel_threshold=threshold,
+        image_min=0.0,
+        image_max=2.0,
+        pixel_min=0.0,
+        pixel_max=2.0,
+        task="detection",
+        precision="FP32",
+        tile_grid=layout.grid,
+        tile_frame_size=layout.frame_size,
+        tile_blend=layout.blend,
     ).write_to(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     ov.save_model(model, str(path), compress_to_fp16=False)
@@ -67,6 +78,7 @@ def grey_frame(height: int = 120, width: int = 160) -> np.ndarray:
 
 # ---- layout ----------------------------------------------------------------------------------
 
+
 def test_covering_layout_overlaps_and_reaches_every_edge() -> None:
     layout = TileLayout.covering((1024, 1224), (256, 256), overlap=0.125)
     assert layout.grid == (5, 6) and layout.count == 30
@@ -79,20 +91,24 @@ def test_cut_gives_crops_of_the_resized_frame() -> None:
     frame = np.random.default_rng(0).integers(0, 255, (112, 160, 3), dtype=np.uint8)
     tiles = LAYOUT.cut(frame)
     assert tiles.shape == (6, 64, 64, 3) and tiles.flags.c_contiguous
-    np.testing.assert_array_equal(tiles[4], frame[LAYOUT.ys[1]:LAYOUT.ys[1] + 64,
-                                                  LAYOUT.xs[1]:LAYOUT.xs[1] + 64])
+    np.testing.assert_array_equal(
+        tiles[4], frame[LAYOUT.ys[1] : LAYOUT.ys[1] + 64, LAYOUT.xs[1] : LAYOUT.xs[1] + 64]
+    )
     grey = LAYOUT.cut(frame[:, :, :1], channels=3)  # grey frame, colour model
     assert grey.shape == (6, 64, 64, 3)
 
 
-@pytest.mark.parametrize(("frame", "tile", "grid", "message"), [
-    ((100, 100), (120, 50), (1, 2), "larger than the frame"),
-    ((100, 100), (50, 50), (1, 2), "one tile of height 50 cannot cover"),
-    ((100, 300), (100, 50), (1, 3), "leave gaps"),
-    ((100, 100), (100, 50), (2, 2), "all be the same tile"),
-    ((100, 100), (50, 50), (0, 2), "two positive ints"),
-    ((4000, 4000), (50, 50), (80, 80), "at most 64"),
-])
+@pytest.mark.parametrize(
+    ("frame", "tile", "grid", "message"),
+    [
+        ((100, 100), (120, 50), (1, 2), "larger than the frame"),
+        ((100, 100), (50, 50), (1, 2), "one tile of height 50 cannot cover"),
+        ((100, 300), (100, 50), (1, 3), "leave gaps"),
+        ((100, 100), (100, 50), (2, 2), "all be the same tile"),
+        ((100, 100), (50, 50), (0, 2), "two positive ints"),
+        ((4000, 4000), (50, 50), (80, 80), "at most 64"),
+    ],
+)
 def test_impossible_layouts_are_refused(frame, tile, grid, message) -> None:
     with pytest.raises(InvalidInputError, match=message):
         TileLayout(frame, tile, grid)
@@ -109,6 +125,7 @@ def test_tile_option_parsing() -> None:
 
 # ---- rt_info -----------------------------------------------------------------------------------
 
+
 def test_tile_layout_round_trips_through_rt_info(tiled_ir: Path) -> None:
     metadata = ModelMetadata.read_from(read_ir(tiled_ir))
     assert metadata.tiled and metadata.batch_size == 6
@@ -116,7 +133,8 @@ def test_tile_layout_round_trips_through_rt_info(tiled_ir: Path) -> None:
     assert metadata.format_version == 2  # older runtimes refuse it instead of misreading it
     graph = read_ir(tiled_ir)
     assert graph.get_rt_info(["anomaly_edge", "tile_overlap"]).astype(str) == "{} {}".format(
-        *LAYOUT.overlap)
+        *LAYOUT.overlap
+    )
     assert list(graph.inputs[0].get_shape()) == [6, 3, 64, 64]
 
 
@@ -135,13 +153,17 @@ def test_old_ir_without_tile_keys_loads_as_a_single_view(tmp_path: Path) -> None
     assert model.predict(frame).label
 
 
-@pytest.mark.parametrize(("grid", "message"), [
-    ("2 9", "takes batches of 6 but its metadata describes 18"),  # a valid grid, wrong IR
-    ("2 x", "malformed"),
-    ("1 3", "malformed.*cannot cover"),  # one row of 64 px for 112 px frames
-])
-def test_inconsistent_tile_metadata_is_a_load_error(tmp_path: Path, grid: str,
-                                                    message: str) -> None:
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [
+        ("2 9", "takes batches of 6 but its metadata describes 18"),  # a valid grid, wrong IR
+        ("2 x", "malformed"),
+        ("1 3", "malformed.*cannot cover"),  # one row of 64 px for 112 px frames
+    ],
+)
+def test_inconsistent_tile_metadata_is_a_load_error(
+    tmp_path: Path, grid: str, message: str
+) -> None:
     xml = build_tiled_ir(tmp_path / "model.xml")
     xml.write_text(xml.read_text().replace('<tile_grid value="2 3"', f'<tile_grid value="{grid}"'))
     with pytest.raises(ModelLoadError, match=message):
@@ -149,6 +171,7 @@ def test_inconsistent_tile_metadata_is_a_load_error(tmp_path: Path, grid: str,
 
 
 # ---- inference -----------------------------------------------------------------------------------
+
 
 def test_every_tile_of_a_frame_goes_in_one_inference_call(tiled_ir: Path) -> None:
     model = AnomalyModel(tiled_ir, "CPU", cache_dir=None)
@@ -166,7 +189,7 @@ def test_defect_across_tile_borders_is_one_region(tiled_ir: Path) -> None:
     model = AnomalyModel(tiled_ir, "CPU", task="segmentation", cache_dir=None)
     frame = grey_frame(240, 320)  # twice the layout's frame: resized to it first
     y, x = 2 * LAYOUT.ys[1] + 20, 2 * LAYOUT.xs[1] + 20  # rows 0/1 and columns 0/1 overlap here
-    frame[y - 24:y + 24, x - 24:x + 24] = 255
+    frame[y - 24 : y + 24, x - 24 : x + 24] = 255
     prediction = model.predict(frame)
     assert prediction.label
     assert len(prediction.boxes) == 1
@@ -183,7 +206,7 @@ def test_async_and_sync_agree_on_tiled_models(tiled_ir: Path) -> None:
     frames = []
     for i in range(5):
         frame = grey_frame()
-        frame[10 + 15 * i:30 + 15 * i, 40:70] = 255 if i % 2 else 0
+        frame[10 + 15 * i : 30 + 15 * i, 40:70] = 255 if i % 2 else 0
         frames.append(frame)
     expected = [model.predict(f) for f in frames]
     for i, frame in enumerate(frames):
@@ -192,8 +215,9 @@ def test_async_and_sync_agree_on_tiled_models(tiled_ir: Path) -> None:
     assert [i for i, _ in results] == list(range(5))
     for (_, got), want in zip(results, expected, strict=True):
         assert got.score == pytest.approx(want.score)
-        assert [(b.x1, b.y1, b.x2, b.y2) for b in got.boxes] == \
-            [(b.x1, b.y1, b.x2, b.y2) for b in want.boxes]
+        assert [(b.x1, b.y1, b.x2, b.y2) for b in got.boxes] == [
+            (b.x1, b.y1, b.x2, b.y2) for b in want.boxes
+        ]
     model.close()
 
 
@@ -208,8 +232,9 @@ def test_info_shows_the_tile_layout(tiled_ir: Path, capsys) -> None:
     assert info["input"].endswith("[6,3,64,64]")
 
 
-def test_run_and_benchmark_take_tiled_models_with_no_new_flags(tiled_ir: Path, tmp_path: Path,
-                                                                capsys) -> None:
+def test_run_and_benchmark_take_tiled_models_with_no_new_flags(
+    tiled_ir: Path, tmp_path: Path, capsys
+) -> None:
     import json
 
     import cv2
@@ -222,16 +247,46 @@ def test_run_and_benchmark_take_tiled_models_with_no_new_flags(tiled_ir: Path, t
         frame = grey_frame(240, 320)
         if i == 1:  # a defect on the border between the first two tile columns
             x = 2 * LAYOUT.xs[1] + 10
-            frame[100:140, x - 20:x + 20] = 255
+            frame[100:140, x - 20 : x + 20] = 255
         cv2.imwrite(str(folder / f"{i}.png"), frame)
     events = tmp_path / "events.jsonl"
-    assert cli_main(["run", "--model", str(tiled_ir), "--device", "CPU", "--source",
-                     str(folder), "--events", str(events), "--quiet"]) == 0
+    assert (
+        cli_main(
+            [
+                "run",
+                "--model",
+                str(tiled_ir),
+                "--device",
+                "CPU",
+                "--source",
+                str(folder),
+                "--events",
+                str(events),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     flagged = [json.loads(line) for line in events.read_text().splitlines()]
     assert [event["frame"] for event in flagged] == [1]
     assert len(flagged[0]["boxes"]) == 1
     capsys.readouterr()
-    assert cli_main(["benchmark", "--model", str(tiled_ir), "--device", "CPU", "--seconds",
-                     "0.3", "--frame", "320x240", "--json"]) == 0
+    assert (
+        cli_main(
+            [
+                "benchmark",
+                "--model",
+                str(tiled_ir),
+                "--device",
+                "CPU",
+                "--seconds",
+                "0.3",
+                "--frame",
+                "320x240",
+                "--json",
+            ]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["sync"]["fps"] > 0 and result["frame"] == "320x240"

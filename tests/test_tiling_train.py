@@ -103,8 +103,14 @@ def test_tile_position_padim_takes_whole_frames_only() -> None:
 
 @pytest.fixture(scope="module")
 def small_dataset(tmp_path_factory) -> Path:
-    return make_dataset(tmp_path_factory.mktemp("tiles") / "data", n_train=8, n_test_good=3,
-                        n_test_per_defect=2, size=96, defects=("hole", "stain"))
+    return make_dataset(
+        tmp_path_factory.mktemp("tiles") / "data",
+        n_train=8,
+        n_test_good=3,
+        n_test_per_defect=2,
+        size=96,
+        defects=("hole", "stain"),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -112,9 +118,18 @@ def tiled_run(small_dataset: Path, tmp_path_factory):
     from anomaly_edge.train import train
 
     out = tmp_path_factory.mktemp("tiled_run")
-    result = train(small_dataset, model="padim", backbone="resnet18", pretrained=False,
-                   image_size=64, n_channels=20, pool=2, tile="2x2", tile_gaussians="position",
-                   out=out)
+    result = train(
+        small_dataset,
+        model="padim",
+        backbone="resnet18",
+        pretrained=False,
+        image_size=64,
+        n_channels=20,
+        pool=2,
+        tile="2x2",
+        tile_gaussians="position",
+        out=out,
+    )
     return result, out
 
 
@@ -139,8 +154,9 @@ def test_exported_tiled_model_reproduces_the_torch_maps(tiled_run, small_dataset
     result, out = tiled_run
     layout = result.metadata.tile_layout
     samples = scan_category(small_dataset).test[:3]
-    expected = predict_tiled(result.model, samples, layout, result.metadata.mean,
-                             result.metadata.std)
+    expected = predict_tiled(
+        result.model, samples, layout, result.metadata.mean, result.metadata.std
+    )
     model = AnomalyModel(out / "model.xml", "CPU", cache_dir=None)
     for sample, want in zip(samples, expected.maps, strict=True):
         got = model.predict(sample.path).anomaly_map
@@ -163,8 +179,15 @@ def test_checkpoint_rebuilds_the_tile_position_model(tiled_run) -> None:
 def test_stfpm_trains_on_tiles(small_dataset: Path, tmp_path: Path) -> None:
     from anomaly_edge.train import train
 
-    result = train(small_dataset, model="stfpm", backbone="efficientnet_lite0", image_size=64,
-                   tile="1x2", out=tmp_path, stfpm_options={"max_epochs": 1})
+    result = train(
+        small_dataset,
+        model="stfpm",
+        backbone="efficientnet_lite0",
+        image_size=64,
+        tile="1x2",
+        out=tmp_path,
+        stfpm_options={"max_epochs": 1},
+    )
     assert result.metrics["tiles"]["grid"] == [1, 2]
     assert result.metrics["tiles"]["gaussians"] is None
     assert list(read_ir(tmp_path / "model.xml").inputs[0].get_shape()) == [2, 3, 64, 64]
@@ -172,8 +195,7 @@ def test_stfpm_trains_on_tiles(small_dataset: Path, tmp_path: Path) -> None:
 
 def test_cli_refuses_a_bad_tile_option(small_dataset: Path, tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        cli_main(["train", "--data", str(small_dataset), "--out", str(tmp_path),
-                  "--tile", "many"])
+        cli_main(["train", "--data", str(small_dataset), "--out", str(tmp_path), "--tile", "many"])
     assert exit_info.value.code == 2
     assert "auto, off, or a grid" in capsys.readouterr().err
 
@@ -182,5 +204,13 @@ def test_int8_of_a_tiled_model_is_refused_up_front(small_dataset: Path, tmp_path
     from anomaly_edge.train import train
 
     with pytest.raises(ValueError, match="INT8 export of tiled models"):
-        train(small_dataset, model="padim", backbone="resnet18", pretrained=False,
-              image_size=64, tile="2x2", out=tmp_path, precision="INT8")
+        train(
+            small_dataset,
+            model="padim",
+            backbone="resnet18",
+            pretrained=False,
+            image_size=64,
+            tile="2x2",
+            out=tmp_path,
+            precision="INT8",
+        )

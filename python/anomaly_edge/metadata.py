@@ -165,7 +165,7 @@ class ModelMetadata:
         def get_optional(key: str, default: str) -> str:  # keys added after format 1
             if not model.has_rt_info([OUR_SECTION, key]):
                 return default
-            return model.get_rt_info([OUR_SECTION, key]).astype(str)
+            return str(model.get_rt_info([OUR_SECTION, key]).astype(str))
 
         version = int(get("format_version"))
         if version > FORMAT_VERSION:

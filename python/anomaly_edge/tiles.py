@@ -59,42 +59,63 @@ class TileLayout:
             try:
                 pair = (int(value[0]), int(value[1]))
             except (TypeError, ValueError, IndexError):
-                raise InvalidInputError(f"tile layout {name} must be a pair of ints, "
-                                        f"got {value!r}") from None
+                raise InvalidInputError(
+                    f"tile layout {name} must be a pair of ints, got {value!r}"
+                ) from None
             if len(value) != 2 or min(pair) < 1:
-                raise InvalidInputError(f"tile layout {name} must be two positive ints, "
-                                        f"got {value!r}")
+                raise InvalidInputError(
+                    f"tile layout {name} must be two positive ints, got {value!r}"
+                )
             object.__setattr__(self, name, pair)
         if self.blend not in BLENDS:
-            raise InvalidInputError(f"unknown tile blend {self.blend!r}: choose one of "
-                                    f"{', '.join(BLENDS)}")
+            raise InvalidInputError(
+                f"unknown tile blend {self.blend!r}: choose one of {', '.join(BLENDS)}"
+            )
         if self.count > MAX_TILES:
-            raise InvalidInputError(f"a {self.grid[0]}x{self.grid[1]} grid is {self.count} "
-                                    f"tiles; at most {MAX_TILES} go through the network at once")
-        for axis, frame, tile, count in zip(("height", "width"), self.frame_size,
-                                            self.tile_size, self.grid, strict=True):
+            raise InvalidInputError(
+                f"a {self.grid[0]}x{self.grid[1]} grid is {self.count} "
+                f"tiles; at most {MAX_TILES} go through the network at once"
+            )
+        for axis, frame, tile, count in zip(
+            ("height", "width"), self.frame_size, self.tile_size, self.grid, strict=True
+        ):
             if frame < tile:
-                raise InvalidInputError(f"tile {axis} {tile} is larger than the frame {axis} "
-                                        f"{frame}: tiles must lie inside the frame")
+                raise InvalidInputError(
+                    f"tile {axis} {tile} is larger than the frame {axis} "
+                    f"{frame}: tiles must lie inside the frame"
+                )
             if count == 1 and frame != tile:
-                raise InvalidInputError(f"one tile of {axis} {tile} cannot cover a frame "
-                                        f"{axis} of {frame}: use more tiles")
+                raise InvalidInputError(
+                    f"one tile of {axis} {tile} cannot cover a frame "
+                    f"{axis} of {frame}: use more tiles"
+                )
             if count > 1 and math.ceil((frame - tile) / (count - 1)) > tile:
-                raise InvalidInputError(f"{count} tiles of {axis} {tile} leave gaps in a frame "
-                                        f"{axis} of {frame}: use more or larger tiles")
+                raise InvalidInputError(
+                    f"{count} tiles of {axis} {tile} leave gaps in a frame "
+                    f"{axis} of {frame}: use more or larger tiles"
+                )
             if count > 1 and frame == tile:
-                raise InvalidInputError(f"{count} tiles of {axis} {tile} in a frame {axis} of "
-                                        f"{frame} would all be the same tile")
+                raise InvalidInputError(
+                    f"{count} tiles of {axis} {tile} in a frame {axis} of "
+                    f"{frame} would all be the same tile"
+                )
 
     @classmethod
-    def covering(cls, frame_size: Size, tile_size: Size, overlap: float = DEFAULT_OVERLAP,
-                 blend: str = "cosine") -> TileLayout:
+    def covering(
+        cls,
+        frame_size: Size,
+        tile_size: Size,
+        overlap: float = DEFAULT_OVERLAP,
+        blend: str = "cosine",
+    ) -> TileLayout:
         """The smallest grid of ``tile_size`` tiles over ``frame_size`` in which neighbours
         share at least ``overlap`` of a tile's side."""
         if not 0.0 <= overlap < 1.0:
             raise InvalidInputError(f"tile overlap must be in [0, 1), got {overlap}")
-        grid = tuple(tiles_along(frame, tile, overlap)
-                     for frame, tile in zip(frame_size, tile_size, strict=True))
+        grid = tuple(
+            tiles_along(frame, tile, overlap)
+            for frame, tile in zip(frame_size, tile_size, strict=True)
+        )
         return cls(frame_size, tile_size, grid, blend)  # type: ignore[arg-type]
 
     # ---- geometry ----------------------------------------------------------------------------
@@ -129,8 +150,9 @@ class TileLayout:
         """
         if frame.ndim != 3:
             raise InvalidInputError(f"cut() takes an H x W x C frame, got shape {frame.shape}")
-        resized = resize_for_network(frame if frame.shape[2] != 1 else frame[:, :, 0],
-                                     self.frame_size)
+        resized = resize_for_network(
+            frame if frame.shape[2] != 1 else frame[:, :, 0], self.frame_size
+        )
         if resized.ndim == 2:
             resized = resized[:, :, None]
         h, w = self.tile_size
@@ -138,7 +160,7 @@ class TileLayout:
         cols = self.grid[1]
         for r, y in enumerate(self.ys):
             for c, x in enumerate(self.xs):
-                batch[r * cols + c] = resized[y:y + h, x:x + w]
+                batch[r * cols + c] = resized[y : y + h, x : x + w]
         if channels == 3 and batch.shape[3] == 1:
             batch = np.repeat(batch, 3, axis=3)  # grey: equal channels in any order
         return batch
@@ -150,8 +172,10 @@ class TileLayout:
     def describe(self) -> str:
         (fh, fw), (th, tw), (rows, cols) = self.frame_size, self.tile_size, self.grid
         oy, ox = self.overlap
-        return (f"{rows}x{cols} tiles of {tw}x{th} over {fw}x{fh} frames "
-                f"(overlap >= {ox}x{oy} px, {self.blend} blend)")
+        return (
+            f"{rows}x{cols} tiles of {tw}x{th} over {fw}x{fh} frames "
+            f"(overlap >= {ox}x{oy} px, {self.blend} blend)"
+        )
 
 
 def parse_tile_option(text: str) -> str | tuple[int, int]:

@@ -48,18 +48,26 @@ TileOption = str | TileLayout | None
 
 # ---- choosing the layout ---------------------------------------------------------------------
 
+
 def median_image_size(samples: Sequence[Sample], probes: int = SIZE_PROBES) -> tuple[int, int]:
     """Median (height, width) of up to ``probes`` images spread over ``samples``."""
     if not samples:
         raise ValueError("no training images to measure")
     step = max(1, len(samples) // probes)
     sizes = [read_rgb(s.path).shape[:2] for s in samples[::step][:probes]]
-    return (int(statistics.median(h for h, _ in sizes)),
-            int(statistics.median(w for _, w in sizes)))
+    return (
+        int(statistics.median(h for h, _ in sizes)),
+        int(statistics.median(w for _, w in sizes)),
+    )
 
 
-def choose_layout(tile: TileOption, image_size: tuple[int, int], native: tuple[int, int],
-                  overlap: float = DEFAULT_OVERLAP, blend: str = "cosine") -> TileLayout | None:
+def choose_layout(
+    tile: TileOption,
+    image_size: tuple[int, int],
+    native: tuple[int, int],
+    overlap: float = DEFAULT_OVERLAP,
+    blend: str = "cosine",
+) -> TileLayout | None:
     """The tile layout for training images of median size ``native`` and a network input of
     ``image_size`` (one tile), or ``None`` for a single view.
 
@@ -75,8 +83,10 @@ def choose_layout(tile: TileOption, image_size: tuple[int, int], native: tuple[i
         return None
     if isinstance(tile, TileLayout):
         if tile.tile_size != tuple(image_size):
-            raise ValueError(f"the tile layout's tiles are {tile.tile_size}, the network input "
-                             f"{tuple(image_size)}: they must match")
+            raise ValueError(
+                f"the tile layout's tiles are {tile.tile_size}, the network input "
+                f"{tuple(image_size)}: they must match"
+            )
         return tile if tile.count > 1 else None
     option = parse_tile_option(tile) if isinstance(tile, str) else tuple(tile)
     th, tw = image_size
@@ -89,30 +99,41 @@ def choose_layout(tile: TileOption, image_size: tuple[int, int], native: tuple[i
         scale = 1.0
         while True:
             frame = (max(th, round(nh * scale)), max(tw, round(nw * scale)))
-            if tiles_along(frame[0], th, overlap) * tiles_along(frame[1], tw, overlap) \
-                    <= AUTO_MAX_TILES:
+            if (
+                tiles_along(frame[0], th, overlap) * tiles_along(frame[1], tw, overlap)
+                <= AUTO_MAX_TILES
+            ):
                 return TileLayout.covering(frame, image_size, overlap, blend)
             scale *= 0.95
     rows, cols = (int(n) for n in option)
-    covered = [t + (n - 1) * math.floor(t * (1.0 - overlap))
-               for t, n in ((th, rows), (tw, cols))]
+    covered = [t + (n - 1) * math.floor(t * (1.0 - overlap)) for t, n in ((th, rows), (tw, cols))]
     scale = min(1.0, covered[0] / nh, covered[1] / nw)
-    frame = (th if rows == 1 else max(th + rows - 1, round(nh * scale)),
-             tw if cols == 1 else max(tw + cols - 1, round(nw * scale)))
+    frame = (
+        th if rows == 1 else max(th + rows - 1, round(nh * scale)),
+        tw if cols == 1 else max(tw + cols - 1, round(nw * scale)),
+    )
     layout = TileLayout(frame, image_size, (rows, cols), blend)
     return layout if layout.count > 1 else None
 
 
 # ---- data ------------------------------------------------------------------------------------
 
-class TileFrames(torch.utils.data.Dataset):
+
+class TileFrames(torch.utils.data.Dataset[dict[str, Any]]):
     """Samples as tile batches: ``{"image": [T, 3, h, w] normalised, "mask": [1, H, W] 0/1 at
     the layout's frame size, "label", "has_mask", "index"}``.
 
     ``cache=True`` keeps the resized uint8 frames (for multi-epoch training)."""
 
-    def __init__(self, samples: Sequence[Sample], layout: TileLayout, mean: Sequence[float],
-                 std: Sequence[float], *, cache: bool = False) -> None:
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        layout: TileLayout,
+        mean: Sequence[float],
+        std: Sequence[float],
+        *,
+        cache: bool = False,
+    ) -> None:
         self.samples = tuple(samples)
         self.layout = layout
         self.mean = torch.tensor([float(v) for v in mean]).reshape(1, 3, 1, 1)
@@ -131,21 +152,30 @@ class TileFrames(torch.utils.data.Dataset):
             self._cache[index] = tiles
         return tiles
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int) -> dict[str, Any]:
         tiles = torch.from_numpy(self.tiles(index)).permute(0, 3, 1, 2).float()
         sample = self.samples[index]
         height, width = self.layout.frame_size
         mask = torch.zeros((1, height, width), dtype=torch.float32)
         if sample.mask_path is not None:
-            resized = cv2.resize(read_mask(sample.mask_path).astype(np.uint8), (width, height),
-                                 interpolation=cv2.INTER_NEAREST)
+            resized = cv2.resize(
+                read_mask(sample.mask_path).astype(np.uint8),
+                (width, height),
+                interpolation=cv2.INTER_NEAREST,
+            )
             mask = torch.from_numpy(resized).float()[None]
-        return {"image": (tiles - self.mean) / self.std, "mask": mask, "label": sample.label,
-                "has_mask": sample.label == 0 or sample.mask_path is not None, "index": index}
+        return {
+            "image": (tiles - self.mean) / self.std,
+            "mask": mask,
+            "label": sample.label,
+            "has_mask": sample.label == 0 or sample.mask_path is not None,
+            "index": index,
+        }
 
 
-def frame_batches(frames: TileFrames, batch_size: int = 16, threads: int = 2
-                  ) -> Iterator[dict]:
+def frame_batches(
+    frames: TileFrames, batch_size: int = 16, threads: int = 2
+) -> Iterator[dict[str, Any]]:
     """Batches of whole frames, tiles flattened frame by frame: ``image`` is
     ``[B * T, 3, h, w]``; decoding runs in threads ahead of the caller."""
     from anomaly_edge.train.data import iter_batches
@@ -156,7 +186,7 @@ def frame_batches(frames: TileFrames, batch_size: int = 16, threads: int = 2
         yield batch
 
 
-def tile_images(frames: TileFrames, batch_size: int = 8) -> Iterator[dict]:
+def tile_images(frames: TileFrames, batch_size: int = 8) -> Iterator[dict[str, Any]]:
     """Every tile of every frame as an image of its own (for STFPM), ``batch_size`` a batch."""
     pending: list[torch.Tensor] = []
     for batch in frame_batches(frames, batch_size):
@@ -170,6 +200,7 @@ def tile_images(frames: TileFrames, batch_size: int = 8) -> Iterator[dict]:
 
 # ---- PaDiM with Gaussians per tile position ------------------------------------------------
 
+
 def resolve_tile_gaussians(choice: str, train_images: int, n_channels: int) -> str:
     """``"auto"`` -> ``"position"`` when there are more training images than PaDiM channels
     (so each tile position's covariance has full rank from the data alone), else ``"shared"``
@@ -181,8 +212,9 @@ def resolve_tile_gaussians(choice: str, train_images: int, n_channels: int) -> s
     shared 0.955 / 0.987 / 0.785.
     """
     if choice not in TILE_GAUSSIANS:
-        raise ValueError(f"tile_gaussians must be one of {', '.join(TILE_GAUSSIANS)}, "
-                         f"got {choice!r}")
+        raise ValueError(
+            f"tile_gaussians must be one of {', '.join(TILE_GAUSSIANS)}, got {choice!r}"
+        )
     if choice != "auto":
         return choice
     return "position" if train_images > n_channels else "shared"
@@ -199,7 +231,7 @@ class TilePositionPadim(nn.Module):
 
     checkpoint_factory = "anomaly_edge.train.tiling:TilePositionPadim"
 
-    def __init__(self, padim: Padim | dict, tiles: int) -> None:
+    def __init__(self, padim: Padim | dict[str, Any], tiles: int) -> None:
         super().__init__()
         if isinstance(padim, dict):
             padim = Padim(**padim)
@@ -214,15 +246,18 @@ class TilePositionPadim(nn.Module):
         padim.register_buffer("mean", torch.empty(positions, 1, d))
         padim.register_buffer("whiten_t", torch.empty(positions, d, d))
         self.fitted = False
-        self.register_load_state_dict_post_hook(_mark_fitted)
+        self.register_load_state_dict_post_hook(_mark_fitted)  # type: ignore[no-untyped-call]
         self.eval()
 
     def train(self, mode: bool = True) -> TilePositionPadim:
         return super().train(False)
 
-    def fit(self, batches: Iterable[torch.Tensor | dict],
-            progress: Callable[[int], None] | None = None, extract_batch: int = 4
-            ) -> TilePositionPadim:
+    def fit(
+        self,
+        batches: Iterable[torch.Tensor | dict[str, Any]],
+        progress: Callable[[int], None] | None = None,
+        extract_batch: int = 4,
+    ) -> TilePositionPadim:
         """One streaming pass over batches of frames' tiles ``[B * T, 3, h, w]``."""
         padim = self.padim
         h, w = padim.feature_size
@@ -234,8 +269,9 @@ class TilePositionPadim(nn.Module):
                     images = batch["image"] if isinstance(batch, dict) else batch
                     self._check_input(images)
                     images = images.contiguous(memory_format=torch.channels_last)
-                    embedding = torch.cat([padim.embed(part)
-                                           for part in images.split(extract_batch)])
+                    embedding = torch.cat(
+                        [padim.embed(part) for part in images.split(extract_batch)]
+                    )
                     stats.update(self._positions_last(embedding).transpose(1, 2))  # [B, TP, d]
                     if progress is not None:
                         progress(images.shape[0] // self.tiles)
@@ -250,8 +286,10 @@ class TilePositionPadim(nn.Module):
     def _check_input(self, images: torch.Tensor) -> None:
         self.padim._check_input(images)
         if images.shape[0] % self.tiles:
-            raise ValueError(f"expected whole frames of {self.tiles} tiles, got a batch of "
-                             f"{images.shape[0]} tiles")
+            raise ValueError(
+                f"expected whole frames of {self.tiles} tiles, got a batch of "
+                f"{images.shape[0]} tiles"
+            )
 
     def _positions_last(self, embedding: torch.Tensor) -> torch.Tensor:
         """[B * T, d, h, w] -> [B, d, T * h * w]: a frame's tiles side by side as positions."""
@@ -277,8 +315,9 @@ class TilePositionPadim(nn.Module):
         assert squares is not None
         distance = squares.sqrt()  # [T * h * w, B]
         distance = distance.reshape(self.tiles, h, w, -1).permute(3, 0, 1, 2).reshape(n, 1, h, w)
-        return apply_separable(distance, self._buffer("to_input_rows"),
-                               self._buffer("to_input_cols_t"))
+        return apply_separable(
+            distance, self._buffer("to_input_rows"), self._buffer("to_input_cols_t")
+        )
 
     def _buffer(self, name: str) -> torch.Tensor:
         return self.padim.get_buffer(name)
@@ -291,9 +330,16 @@ def _mark_fitted(module: nn.Module, incompatible_keys: object) -> None:
 
 # ---- evaluation --------------------------------------------------------------------------------
 
-def predict_tiled(model: nn.Module, samples: Sequence[Sample], layout: TileLayout,
-                  mean: Sequence[float], std: Sequence[float], frames_per_batch: int = 2,
-                  progress: Callable[[int], None] | None = None) -> Predictions:
+
+def predict_tiled(
+    model: nn.Module,
+    samples: Sequence[Sample],
+    layout: TileLayout,
+    mean: Sequence[float],
+    std: Sequence[float],
+    frames_per_batch: int = 2,
+    progress: Callable[[int], None] | None = None,
+) -> Predictions:
     """Run ``model`` over whole frames: tiles in, tile maps stitched into frame maps (at the
     layout's frame size, with the runtime's C++ stitch), masks at the same size."""
     samples = tuple(samples)
@@ -309,7 +355,7 @@ def predict_tiled(model: nn.Module, samples: Sequence[Sample], layout: TileLayou
             index = batch["index"].numpy()
             tile_maps = model(batch["image"])[:, 0].float().numpy()
             for k, i in enumerate(index):
-                maps[i] = layout.stitch(tile_maps[k * layout.count:(k + 1) * layout.count])
+                maps[i] = layout.stitch(tile_maps[k * layout.count : (k + 1) * layout.count])
             masks[index] = batch["mask"][:, 0].numpy() > 0.5
             has_mask[index] = batch["has_mask"].numpy()
             if progress is not None:
@@ -319,13 +365,19 @@ def predict_tiled(model: nn.Module, samples: Sequence[Sample], layout: TileLayou
     return Predictions(samples, scores, maps, masks, labels, has_mask)
 
 
-def tile_summary(layout: TileLayout | None, native: tuple[int, int] | None,
-                 gaussians: str | None) -> dict[str, Any] | None:
+def tile_summary(
+    layout: TileLayout | None, native: tuple[int, int] | None, gaussians: str | None
+) -> dict[str, Any] | None:
     """What metrics.json records under ``"tiles"`` (``None`` for a single view)."""
     if layout is None:
         return None
-    return {"grid": list(layout.grid), "frame_size": list(layout.frame_size),
-            "tile_size": list(layout.tile_size), "overlap": list(layout.overlap),
-            "blend": layout.blend, "count": layout.count, "gaussians": gaussians,
-            "native_size": list(native) if native else None}
-
+    return {
+        "grid": list(layout.grid),
+        "frame_size": list(layout.frame_size),
+        "tile_size": list(layout.tile_size),
+        "overlap": list(layout.overlap),
+        "blend": layout.blend,
+        "count": layout.count,
+        "gaussians": gaussians,
+        "native_size": list(native) if native else None,
+    }
