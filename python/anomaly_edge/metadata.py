@@ -31,6 +31,10 @@ FORMAT_VERSION = 2  # the newest this runtime reads
 SINGLE_VIEW_FORMAT_VERSION = 1
 TILED_FORMAT_VERSION = 2
 OUR_SECTION = "anomaly_edge"
+# The graph's tensor names and the precisions an IR is exported at: part of the contract.
+INPUT_NAME = "image"
+OUTPUT_NAME = "anomaly_map"
+PRECISIONS = ("FP32", "FP16", "INT8")
 MODEL_API_SECTION = "model_info"
 # Fields that older IRs lack (they load with None).
 OPTIONAL_FLOATS = ("normal_score_low", "normal_score_median", "normal_score_high")

@@ -22,8 +22,6 @@ from anomaly_edge.errors import InvalidInputError, ModelLoadError
 from anomaly_edge.images import ColorFormat
 from anomaly_edge.metadata import OUR_SECTION, ModelMetadata
 
-INPUT_NAME = "image"
-OUTPUT_NAME = "anomaly_map"
 # rt_info keys of the .bin's fingerprint, stamped into the .xml at export: a pair from two
 # exports (e.g. a kill between the two renames) is refused instead of loading silently.
 WEIGHTS_SHA256_KEY = "weights_sha256"

@@ -24,13 +24,13 @@ from anomaly_edge.cli.common import (
     positive_int,
     require_train_extra,
 )
+from anomaly_edge.metadata import PRECISIONS
 
 if TYPE_CHECKING:
     import numpy as np
 
     from anomaly_edge.metadata import ModelMetadata
 
-PRECISIONS = ("FP32", "FP16", "INT8")
 DEFAULT_MAX_ACCURACY_DROP = 0.01
 
 

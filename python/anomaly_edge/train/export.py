@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from anomaly_edge.atomic import current_umask, make_staging_folder
-from anomaly_edge.metadata import OUR_SECTION, ModelMetadata
+from anomaly_edge.metadata import INPUT_NAME, OUR_SECTION, OUTPUT_NAME, PRECISIONS, ModelMetadata
 from anomaly_edge.model_loading import WEIGHTS_BYTES_KEY, WEIGHTS_SHA256_KEY, file_sha256
 from anomaly_edge.train.quantize import (
     AccuracyDropError,
@@ -42,9 +42,6 @@ __all__ = ["AccuracyDropError", "ValidationSet", "compare_maps", "export_ir", "i
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("FP32", "FP16", "INT8")
-INPUT_NAME = "image"
-OUTPUT_NAME = "anomaly_map"
 
 
 def export_ir(
