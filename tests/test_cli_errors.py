@@ -198,7 +198,6 @@ def test_exit_codes(paths, capsys, what, argv, expected):
     ],
 )
 def test_training_commands_refuse_bad_arguments(argv, capsys):
-    pytest.importorskip("torch")
     assert cli(argv) == USAGE
     assert "Traceback" not in capsys.readouterr().err
 

@@ -37,7 +37,6 @@ def test_sixteen_bit_scales_with_rounding(tmp_path):
 
 
 def test_training_and_runtime_give_the_network_the_same_tensor(tmp_path, synthetic_ir):
-    pytest.importorskip("torch")
     from anomaly_edge.train.data import ImageDataset, Sample
 
     model = AnomalyModel(synthetic_ir, "CPU")
@@ -55,7 +54,6 @@ def test_training_and_runtime_give_the_network_the_same_tensor(tmp_path, synthet
 
 
 def test_every_reader_lists_the_same_images(tmp_path):
-    pytest.importorskip("torch")
     from anomaly_edge.cli.predict import collect_images
     from anomaly_edge.stream.sources import ImageFolderSource
     from anomaly_edge.train.data import list_images as training_list

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import cv2
 import httpx
+import kserve  # noqa: F401  (the test extra installs the serve extra: no skip without it)
 import numpy as np
 import openvino as ov
 import pytest
@@ -27,9 +28,6 @@ from anomaly_edge.cli.main import main
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
-
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("kserve") is None,
-                                reason="the serve extra (kserve) is not installed")
 
 
 def free_port() -> int:

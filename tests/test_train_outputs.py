@@ -11,10 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-
-from anomaly_edge.train import train  # noqa: E402
-from tests.test_data_factory import make_category  # noqa: E402
+from anomaly_edge.train import train
+from tests.test_data_factory import make_category
 
 FAST = {"backbone": "efficientnet_lite0", "image_size": 64}
 

@@ -476,10 +476,8 @@ def _progress_factory(progress: bool | ProgressFactory) -> ProgressFactory:
         return progress
     if not progress:
         return lambda description, total: _NoBar()
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return lambda description, total: _NoBar()
+    from tqdm import tqdm  # part of the train extra
+
     return lambda description, total: tqdm(total=total, desc=description, unit="img",
                                            file=sys.stderr, leave=False)
 
