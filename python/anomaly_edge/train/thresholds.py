@@ -38,9 +38,9 @@ F1 at val FA<=10%  0.915   6%   0.888   6%     0.790   5%  0.639  29%  0.680   9
 F1-optimal alone flags 40% of normal parts on average (tire's weak model, AUROC 0.70, is
 tuned to flag nearly everything); 0.80 still flags 18%. 0.90 flags 9-12% on each category
 over the resplits and, of the rules that get there, loses the least F1: on magnetic_tile
-0.004 against F1-optimal where 0.95 loses 0.05. With 8 normal validation images every such
-rule is the normal maximum, and the F1 it costs there is the price of a threshold that F1
-alone would put just above the highest normal score.
+(resplit means) 0.004 against F1-optimal where 0.95 loses 0.05. With 8 normal validation
+images every such rule is the normal maximum, and the F1 it costs there is the price of a
+threshold that F1 alone would put just above the highest normal score.
 """
 
 from __future__ import annotations
