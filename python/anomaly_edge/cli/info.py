@@ -50,6 +50,7 @@ def describe(path: Path) -> dict:
         "model": md.model,
         "backbone": md.backbone,
         "input_size": f"{md.input_size[0]}x{md.input_size[1]}",
+        "tiles": md.tile_layout.describe() if md.tile_layout else None,
         "precision": md.precision,
         "task": md.task,
         "size_mb": round(size_mb, 2),
