@@ -232,6 +232,7 @@ class StreamRunner:
     def _update_counters(self) -> None:
         self.stats.dropped = self._feed.dropped
         self.stats.corrupt = self.source.corrupt
+        self.stats.missing = self.source.missing
         self.stats.reconnects = self.source.reconnects
 
     def _discard_until_end(self) -> None:
@@ -278,6 +279,8 @@ class StreamRunner:
         elif self._feed.error is not None:
             self.stats.stop_reason = "source_lost"
             self._error = self._feed.error
+        elif self.stats.missing and self.stats.stop_reason == "end":
+            self.stats.stop_reason = "truncated"  # the file ended before its stated length
         self.summary = self.stats.summary()
         errors = []
         for sink in self.sinks:

@@ -9,7 +9,10 @@ Faults are handled where they happen:
 
 * a source that cannot be opened raises :class:`SourceError` at once (bounded network
   timeouts, never a hang);
-* an undecodable frame or image is skipped and counted in :attr:`Source.corrupt`;
+* an undecodable frame or image is skipped and counted in :attr:`Source.corrupt`; frames after
+  a damaged stretch of a video keep their true numbers and timestamps;
+* a video file that ends before the frame count its header states (truncated, or damaged
+  beyond resynchronisation) counts the frames never read in :attr:`Source.missing`;
 * a live source (camera, network) that stops is reopened with exponential backoff, at most
   ``reconnect_attempts`` times in a row, and each attempt is logged on the
   ``anomaly_edge.stream`` logger; when it gives up, :meth:`Source.read` raises
@@ -40,6 +43,9 @@ NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tc
 _URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 # A file whose frame count says there is more, but which fails this many reads in a row, is over.
 MAX_CONSECUTIVE_BAD_FRAMES = 25
+# Some containers (MKV, WebM) only estimate their frame count from the duration: a file that
+# ends within this share of the count (at least one frame) is not called truncated.
+FRAME_COUNT_TOLERANCE = 0.01
 HELP = ("give a video file, an image folder or glob, a camera index (0) or an "
         "rtsp:// or http:// URL")
 
@@ -104,6 +110,7 @@ class Source:
 
     def __init__(self) -> None:
         self.corrupt = 0  # frames that could not be decoded and were skipped
+        self.missing = 0  # frames a file announced but ended before (truncated file)
         self.reconnects = 0  # successful reopenings of a live source
         self._interrupted = threading.Event()
 
@@ -186,7 +193,9 @@ class VideoFileSource(Source):
         self.fps = fps if 0 < fps < 1000 else None
         count = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT))
         self.frame_count = count if count > 0 else None
-        self._index = 0
+        self._index = 0  # the number of the next frame in the file
+        self._clock_origin: float | None = None  # the container's time of frame 0, in ms
+        self._ended = False
         self._pending: Frame | None = None
         first = self._read()
         if first is None:
@@ -204,25 +213,40 @@ class VideoFileSource(Source):
             ok, image = self._capture.read()
             if ok and image is not None and image.size:
                 break
-            # Past the known length a failed read is the end. Before it, a damaged frame;
-            # but frame counts of some containers are estimates, so failures only count as
-            # damaged frames once a good frame follows them.
-            if self.frame_count is None or self._index + failures >= self.frame_count - 1:
-                return None
             failures += 1
+            if self.frame_count is None or self._index + failures >= self.frame_count:
+                return self._end()  # past the announced length a failed read is the end
             if failures >= MAX_CONSECUTIVE_BAD_FRAMES:
                 log.warning("%s: %d undecodable frames in a row, stopping here",
                             self.description, failures)
-                return None
-        self.corrupt += failures
-        self._index += failures
-        index = self._index
-        self._index += 1
-        if self.fps:
-            timestamp = index / self.fps
-        else:
-            timestamp = self._capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
-        return Frame(index, timestamp, _as_bgr(image))
+                return self._end()
+        clock = self._capture.get(cv2.CAP_PROP_POS_MSEC)  # the container's time of this frame
+        if self._clock_origin is None:
+            self._clock_origin = clock
+        index = self._index + failures
+        if failures and self.fps:
+            # One failed read is not always one lost frame (the demuxer may drop several
+            # packets at once): after damage, take the frame number from the container's
+            # clock when it is further on. Not without failures: in variable-frame-rate
+            # files the clock jumps by more than one frame time with nothing lost.
+            by_clock = round((clock - self._clock_origin) * self.fps / 1000.0)
+            index = max(index, by_clock)
+        self.corrupt += index - self._index
+        self._index = index + 1
+        since_start_s = (clock - self._clock_origin) / 1000.0
+        return Frame(index, index / self.fps if self.fps else since_start_s, _as_bgr(image))
+
+    def _end(self) -> None:
+        """The file is over: count the frames its header announced but it never held."""
+        if not self._ended and self.frame_count is not None:
+            self._ended = True
+            missing = self.frame_count - self._index
+            if missing > max(1, round(FRAME_COUNT_TOLERANCE * self.frame_count)):
+                self.missing = missing
+                log.warning("%s ends after %d of the %d frames its header announces: the "
+                            "file is truncated or damaged, %d frames are missing",
+                            self.description, self._index, self.frame_count, missing)
+        return None
 
     def close(self) -> None:
         self._capture.release()
