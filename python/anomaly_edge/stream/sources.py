@@ -29,11 +29,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
 
 from anomaly_edge.errors import InvalidInputError
+from anomaly_edge.stream.avi_index import mjpeg_frame_chunks
 
 log = logging.getLogger("anomaly_edge.stream")
 
@@ -179,7 +181,12 @@ def open_source(
 
 
 class VideoFileSource(Source):
-    """A video file, decoded frame by frame (every frame, in order)."""
+    """A video file, decoded frame by frame (every frame, in order).
+
+    Motion-JPEG AVI files with an index are read by following the index (see
+    :mod:`anomaly_edge.stream.avi_index`), so that a damaged stretch costs exactly its own
+    frames and every later frame keeps its number; other files are read through OpenCV.
+    """
 
     def __init__(self, path: Path) -> None:
         super().__init__()
@@ -193,13 +200,20 @@ class VideoFileSource(Source):
         self.fps = fps if 0 < fps < 1000 else None
         count = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT))
         self.frame_count = count if count > 0 else None
+        self._file: BinaryIO | None = None
+        self._chunks = mjpeg_frame_chunks(path) if path.suffix.lower() == ".avi" else None
+        if self._chunks is not None and len(self._chunks) == self.frame_count:
+            self._capture.release()
+            self._file = open(path, "rb")  # noqa: SIM115 (closed in close())
+        else:
+            self._chunks = None
         self._index = 0  # the number of the next frame in the file
         self._clock_origin: float | None = None  # the container's time of frame 0, in ms
         self._ended = False
         self._pending: Frame | None = None
         first = self._read()
         if first is None:
-            self._capture.release()
+            self.close()
             raise SourceError(f"{path} contains no decodable video frame")
         self._pending = first  # read up front to prove the file decodes
         self.frame_size = first.image.shape[:2]
@@ -208,6 +222,8 @@ class VideoFileSource(Source):
         if self._pending is not None:
             frame, self._pending = self._pending, None
             return frame
+        if self._chunks is not None:
+            return self._read_indexed()
         failures = 0
         while True:
             ok, image = self._capture.read()
@@ -236,6 +252,23 @@ class VideoFileSource(Source):
         since_start_s = (clock - self._clock_origin) / 1000.0
         return Frame(index, index / self.fps if self.fps else since_start_s, _as_bgr(image))
 
+    def _read_indexed(self) -> Frame | None:
+        assert self._chunks is not None and self._file is not None
+        while self._index < len(self._chunks):
+            index = self._index
+            self._index += 1
+            offset, size = self._chunks[index]
+            self._file.seek(offset)
+            data = self._file.read(size)
+            image = None
+            if len(data) == size:
+                image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+            if image is None or not image.size:
+                self.corrupt += 1  # this frame, and no other, is ruined
+                continue
+            return Frame(index, index / self.fps if self.fps else 0.0, image)
+        return self._end()
+
     def _end(self) -> None:
         """The file is over: count the frames its header announced but it never held."""
         if not self._ended and self.frame_count is not None:
@@ -250,6 +283,8 @@ class VideoFileSource(Source):
 
     def close(self) -> None:
         self._capture.release()
+        if self._file is not None:
+            self._file.close()
 
 
 class ImageFolderSource(Source):
