@@ -133,9 +133,9 @@ def _blend_heatmap(canvas: np.ndarray, heatmap: np.ndarray, alpha: float) -> Non
     heat = heatmap[y:y + h, x:x + w]
     region = canvas[y:y + h, x:x + w]
     # uint8 arithmetic throughout (saturating OpenCV calls): weight 0..255 stands for 0..1.
-    weight = cv2.multiply(cv2.subtract(heat, HEAT_TRANSPARENT_BELOW), 1.0,
-                          scale=255.0 * alpha / ramp)
-    np.minimum(weight, round(255 * alpha), out=weight)
+    levels = np.arange(256, dtype=np.float32)
+    opacity = np.clip((levels - HEAT_TRANSPARENT_BELOW) / ramp, 0.0, 1.0) * alpha
+    weight = cv2.LUT(heat, np.round(255 * opacity).astype(np.uint8))
     weight = cv2.cvtColor(weight, cv2.COLOR_GRAY2BGR)
     coloured = cv2.applyColorMap(heat, cv2.COLORMAP_JET)
     kept = cv2.subtract(region, cv2.multiply(region, weight, scale=1 / 255))

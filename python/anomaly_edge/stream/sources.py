@@ -231,11 +231,13 @@ class VideoFileSource(Source):
                 break
             failures += 1
             if self.frame_count is None or self._index + failures >= self.frame_count:
-                return self._end()  # past the announced length a failed read is the end
+                self._end()  # past the announced length a failed read is the end
+                return None
             if failures >= MAX_CONSECUTIVE_BAD_FRAMES:
                 log.warning("%s: %d undecodable frames in a row, stopping here",
                             self.description, failures)
-                return self._end()
+                self._end()
+                return None
         clock = self._capture.get(cv2.CAP_PROP_POS_MSEC)  # the container's time of this frame
         if self._clock_origin is None:
             self._clock_origin = clock
@@ -267,7 +269,8 @@ class VideoFileSource(Source):
                 self.corrupt += 1  # this frame, and no other, is ruined
                 continue
             return Frame(index, index / self.fps if self.fps else 0.0, image)
-        return self._end()
+        self._end()
+        return None
 
     def _end(self) -> None:
         """The file is over: count the frames its header announced but it never held."""
@@ -279,7 +282,6 @@ class VideoFileSource(Source):
                 log.warning("%s ends after %d of the %d frames its header announces: the "
                             "file is truncated or damaged, %d frames are missing",
                             self.description, self._index, self.frame_count, missing)
-        return None
 
     def close(self) -> None:
         self._capture.release()
