@@ -130,18 +130,24 @@ def main() -> int:
             shutil.rmtree(out, ignore_errors=True)
             return run, name, time.perf_counter() - t0, verdict, detail
 
+        interrupted = False  # Ctrl-C: report the exits done so far
         with _busy_loops(args.load), ThreadPoolExecutor(args.jobs) as pool:
-            for run, name, seconds, verdict, detail in pool.map(one, range(args.runs)):
-                entry = tally[name]
-                entry["runs"] += 1
-                entry["seconds"] += seconds
-                if verdict != "ok":
-                    entry["aborts" if verdict == "abort" else "failures"] += 1
-                    first_failure = first_failure or f"{name}: {detail}"
-                    print(f"run {run} ({name}): {verdict}: {detail}", file=sys.stderr)
-                if (run + 1) % 50 == 0:
-                    print(f"{run + 1}/{args.runs} exits, "
-                          f"{sum(t['aborts'] for t in tally.values())} aborts", file=sys.stderr)
+            try:
+                for run, name, seconds, verdict, detail in pool.map(one, range(args.runs)):
+                    entry = tally[name]
+                    entry["runs"] += 1
+                    entry["seconds"] += seconds
+                    if verdict != "ok":
+                        entry["aborts" if verdict == "abort" else "failures"] += 1
+                        first_failure = first_failure or f"{name}: {detail}"
+                        print(f"run {run} ({name}): {verdict}: {detail}", file=sys.stderr)
+                    if (run + 1) % 50 == 0:
+                        print(f"{run + 1}/{args.runs} exits, "
+                              f"{sum(t['aborts'] for t in tally.values())} aborts",
+                              file=sys.stderr)
+            except KeyboardInterrupt:
+                interrupted = True
+                pool.shutdown(wait=True, cancel_futures=True)
         total_s = time.perf_counter() - started
 
     print(f"{'scenario':<24} {'runs':>5} {'aborts':>6} {'failures':>8} {'s/run':>6}  what")
@@ -163,6 +169,7 @@ def main() -> int:
         "scenarios": [{"name": n, "runs": tally[n]["runs"], "aborts": tally[n]["aborts"],
                        "failures": tally[n]["failures"]} for n in names],
         "first_failure": first_failure,
+        "interrupted": interrupted,
     }
     print(json.dumps(summary))
     return 0 if summary["aborts"] == 0 and summary["failures"] == 0 else 1
