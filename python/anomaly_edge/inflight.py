@@ -24,6 +24,8 @@ import openvino as ov
 
 # What a finished frame's raw map is handed to; it never raises (errors go into the job).
 Finish = Callable[[np.ndarray | None, BaseException | None], None]
+# Reads a finished request's raw map into a new array (the request is reused afterwards).
+ReadMap = Callable[[ov.InferRequest], np.ndarray]
 
 
 class InFlight:
@@ -32,8 +34,9 @@ class InFlight:
     Not thread-safe on its own: the caller (``AnomalyModel``) serialises calls with a lock.
     """
 
-    def __init__(self, compiled: ov.CompiledModel, size: int) -> None:
+    def __init__(self, compiled: ov.CompiledModel, size: int, read_map: ReadMap) -> None:
         self._idle = [compiled.create_infer_request() for _ in range(size)]
+        self._read_map = read_map
         self._busy: deque[tuple[ov.InferRequest, Finish, Any]] = deque()
 
     def __len__(self) -> int:
@@ -65,7 +68,7 @@ class InFlight:
         error: BaseException | None = None
         try:
             request.wait()
-            raw_map = request.get_output_tensor(0).data[0, 0].copy()  # the request is reused
+            raw_map = self._read_map(request)
         except BaseException as exc:  # an inference failure belongs to this frame alone
             error = exc
         finally:

@@ -14,7 +14,7 @@ import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import openvino as ov
@@ -32,6 +32,11 @@ from anomaly_edge.model_loading import (
 )
 from anomaly_edge.postprocess import PostprocessParams, postprocess
 from anomaly_edge.prediction import Prediction, Task
+from anomaly_edge.tiles import TileLayout
+
+if TYPE_CHECKING:
+    from anomaly_edge.calibration import CalibrationReport
+    from anomaly_edge.remote import RemoteAnomalyModel
 
 _DEFAULT = object()  # marks "use the default cache directory" (None disables the cache)
 DEFAULT_MAX_PENDING = 32  # finished results a caller may leave uncollected (see submit())
@@ -116,8 +121,11 @@ class AnomalyModel:
         self.color = ColorFormat.parse(color)
         self.device = resolve_device(device)
         graph = read_ir(self.path)
+        self._ir = graph  # as read, without pre-processing: what save() writes back
         self.metadata = ModelMetadata.read_from(graph, source=str(self.path))
         self._params = PostprocessParams.from_metadata(self.metadata)
+        # A tiled model takes all tiles of a frame as one batch; their maps are stitched in C++.
+        self._tiles: TileLayout | None = self.metadata.tile_layout
         self.task = task if task is not None else self.metadata.task
         # The constructor goes through the setters: one validation path for both.
         self.min_area = min_area
@@ -148,6 +156,19 @@ class AnomalyModel:
         self._collector: threading.Thread | None = None  # who last called ready()/drain()
         self._released = False
         _LIVE_MODELS.add(self)
+
+    @classmethod
+    def remote(cls, url: str | list[str], name: str | None = None,
+               **options: Any) -> RemoteAnomalyModel:
+        """A model served by a v2 model server (``anomaly-edge serve``, OpenVINO Model Server,
+        KServe), with this class's interface: pre- and post-processing run here.
+
+        ``url``: ``http://host:8080``, ``grpc://host:8081``, or a list of replicas. ``options``
+        are those of :class:`~anomaly_edge.remote.RemoteAnomalyModel`. Needs the ``serve`` extra.
+        """
+        from anomaly_edge.remote import RemoteAnomalyModel
+
+        return RemoteAnomalyModel(url, name, **options)
 
     # ---- settings changeable at run time ---------------------------------------------------
 
@@ -199,6 +220,32 @@ class AnomalyModel:
     def max_pending(self, value: int) -> None:
         self._max_pending = _whole(value, "max_pending", minimum=1)
 
+    # ---- calibration on the line (anomaly_edge.calibration) -------------------------------
+
+    def calibrate(self, frames: Iterable[np.ndarray], *, source: str | None = None
+                  ) -> CalibrationReport:
+        """Re-estimate thresholds and normalisation on frames of normal production from the
+        deployment camera (no retraining); the model changes in place. See
+        :func:`anomaly_edge.calibration.calibrate`; :meth:`save` writes the result."""
+        from anomaly_edge.calibration import calibrate
+
+        return calibrate(self, frames, source=source)
+
+    def save(self, path: str | Path) -> Path:
+        """Write this model as a new IR pair (same weights), with the thresholds in use and
+        any calibration in its rt_info; atomically. Returns the ``.xml`` path."""
+        import dataclasses
+
+        from anomaly_edge.calibration import save_model
+
+        metadata = dataclasses.replace(self.metadata, image_threshold=self.image_threshold,
+                                       pixel_threshold=self.pixel_threshold)
+        return save_model(self._ir, metadata, path)
+
+    def _apply_metadata(self, metadata: ModelMetadata) -> None:
+        self.metadata = metadata
+        self._params = PostprocessParams.from_metadata(metadata, min_area=self.min_area)
+
     # ---- synchronous -----------------------------------------------------------------------
 
     def predict(self, image: np.ndarray | str | Path, *, heatmap: bool = False) -> Prediction:
@@ -212,7 +259,7 @@ class AnomalyModel:
             if self._request is None:
                 raise RuntimeError("the model was released at interpreter exit")
             self._request.infer({0: tensor}, share_inputs=True)
-            raw_map = self._request.get_output_tensor(0).data[0, 0].copy()
+            raw_map = _frame_map(self._request, self._tiles)
         return postprocess(raw_map, frame_size, self._params, self._task, heatmap=heatmap)
 
     def predict_batch(
@@ -358,7 +405,8 @@ class AnomalyModel:
         if self._released:
             raise RuntimeError("the model was released at interpreter exit")
         if self._inflight is None:
-            self._inflight = InFlight(self._async_model(), self.num_requests)
+            self._inflight = InFlight(self._async_model(), self.num_requests,
+                                      lambda request: _frame_map(request, self._tiles))
         self._inflight.start(tensor, pending.finish)
 
     def _finish_ready(self) -> None:
@@ -396,6 +444,8 @@ class AnomalyModel:
         else:
             frame = check_frame(image, self.color)
         frame = frame if frame.ndim == 3 else frame[:, :, None]
+        if self._tiles is not None:
+            return (frame.shape[0], frame.shape[1]), self._tiles.cut(frame, self.color.channels)
         tensor = network_image(frame, self.metadata.input_size, self.color)
         return (frame.shape[0], frame.shape[1]), tensor[None]
 
@@ -411,6 +461,7 @@ class AnomalyModel:
             "model": md.model,
             "backbone": md.backbone,
             "input_size": list(md.input_size),
+            "tiles": self._tiles.describe() if self._tiles is not None else None,
             "precision": md.precision,
             "task": self._task.value,
             "exported_task": md.task,
@@ -474,6 +525,14 @@ class _Pending:
             raise self.error
         assert self.prediction is not None
         return self.prediction
+
+
+def _frame_map(request: ov.InferRequest, tiles: TileLayout | None) -> np.ndarray:
+    """The raw map of the frame: the output, or its tile maps stitched (C++, GIL released).
+
+    Either way a new array, since the request is reused."""
+    output = request.get_output_tensor(0).data
+    return output[0, 0].copy() if tiles is None else tiles.stitch(output)
 
 
 def _threshold(value: float, name: str) -> float:

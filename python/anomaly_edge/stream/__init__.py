@@ -15,8 +15,17 @@ or hand a callback to :meth:`StreamRunner.run`, which returns a :class:`StreamSu
 Sources: video files, image folders and globs, camera indices, RTSP/HTTP/... URLs
 (:func:`open_source`). Sinks: :class:`VideoSink`, :class:`EventsSink`, :class:`SnapshotSink`,
 :class:`WindowSink`, :class:`StatusLine`, or any object with ``write(result)`` and ``close()``.
+:class:`DriftMonitor` warns once when normal frames' scores drift out of the model's normal
+range (on by default in :class:`StreamRunner`; usable on its own with ``model.predict``).
+
+Several cameras through one model: :func:`run_many` / :class:`MultiStreamRunner` with
+:class:`Camera` s (or :func:`load_config` for a TOML file).
 """
 
+from anomaly_edge.stream.config import Camera, load_config
+from anomaly_edge.stream.drift import DriftMonitor, DriftWarning
+from anomaly_edge.stream.events import EventLog
+from anomaly_edge.stream.multi import MultiStreamRunner, MultiSummary, run_many
 from anomaly_edge.stream.pipeline import FrameResult, StreamRunner, run
 from anomaly_edge.stream.sinks import EventsSink, Sink, SnapshotSink, VideoSink, WindowSink
 from anomaly_edge.stream.sources import Frame, ReconnectPolicy, Source, SourceError, open_source
@@ -24,9 +33,15 @@ from anomaly_edge.stream.stats import StreamStats, StreamSummary
 from anomaly_edge.stream.status import StatusLine, format_summary
 
 __all__ = [
+    "Camera",
+    "DriftMonitor",
+    "DriftWarning",
+    "EventLog",
     "EventsSink",
     "Frame",
     "FrameResult",
+    "MultiStreamRunner",
+    "MultiSummary",
     "ReconnectPolicy",
     "Sink",
     "SnapshotSink",
@@ -39,6 +54,8 @@ __all__ = [
     "VideoSink",
     "WindowSink",
     "format_summary",
+    "load_config",
     "open_source",
     "run",
+    "run_many",
 ]
