@@ -30,7 +30,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -53,7 +53,13 @@ _BUSY_POLL_S = 0.002  # ... and when results may be finishing meanwhile
 _EXIT_GRACE_S = 10.0  # at exit: how long a consumer in another thread gets to finish
 _JOIN_S = 15.0  # at exit: how long a pipeline thread gets to end (a network read may hang)
 
-_LIVE_RUNNERS: weakref.WeakSet[StreamRunner] = weakref.WeakSet()
+class _StoppableAtExit(Protocol):
+    def _shut_down_at_exit(self) -> None: ...
+
+
+# Every runner that was started (one camera or several): stopped, joined and its outputs
+# closed by the hook below if the program exits while it still runs.
+_LIVE_RUNNERS: weakref.WeakSet[_StoppableAtExit] = weakref.WeakSet()
 
 
 @atexit.register
