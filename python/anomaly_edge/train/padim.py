@@ -58,7 +58,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anomaly_edge.train.backbones import FeatureExtractor, build_backbone
+from anomaly_edge.train import efficientnet_lite
+from anomaly_edge.train.backbones import DEFAULT_LAYERS, FeatureExtractor, build_backbone
 from anomaly_edge.train.memory import release_freed_memory
 from anomaly_edge.train.resample import (
     apply_separable,
@@ -69,8 +70,10 @@ from anomaly_edge.train.resample import (
 from anomaly_edge.train.running_gaussian import RunningGaussian
 
 DEFAULT_CHANNELS = {"resnet18": 100, "wide_resnet50_2": 550}
-LITE_DEFAULT_CHANNELS = 80
-NEAREST_UPSAMPLE = frozenset({"resnet18", "wide_resnet50_2"})  # as the paper and anomalib
+LITE_DEFAULT_CHANNELS = 100
+# anomalib's Lite layers: timm's blocks.1/2/4, our stages 2, 3 and 5 (strides 4/8/16)
+LITE_LAYERS = ["stage2", "stage3", "stage5"]
+NEAREST_UPSAMPLE = frozenset(DEFAULT_LAYERS)  # every backbone, as the paper and anomalib
 UPSAMPLE_MODES = ("nearest", "bilinear")
 REGULARIZATION = 0.01
 BLUR_SIGMA = 4.0
@@ -80,6 +83,13 @@ TRIANGLE_BLOCKS = 4
 
 def default_channels(backbone_name: str) -> int:
     return DEFAULT_CHANNELS.get(backbone_name, LITE_DEFAULT_CHANNELS)
+
+
+def default_layers(backbone_name: str) -> list[str]:
+    """The backbone layers PaDiM reads by default (see the module docstring)."""
+    if backbone_name in efficientnet_lite.VARIANTS:
+        return list(LITE_LAYERS)
+    return list(DEFAULT_LAYERS[backbone_name])
 
 
 def default_upsample(backbone_name: str) -> str:
@@ -118,7 +128,7 @@ class Padim(nn.Module):
     first-layer position, as in the paper; default 4, see the module docstring).
     """
 
-    def __init__(self, backbone: FeatureExtractor | str = "resnet18",
+    def __init__(self, backbone: FeatureExtractor | str = "efficientnet_lite0",
                  input_size: tuple[int, int] = (256, 256), n_channels: int | None = None,
                  seed: int = 0, blur_sigma: float = BLUR_SIGMA,
                  regularization: float = REGULARIZATION, *, layers: list[str] | None = None,
@@ -131,6 +141,8 @@ class Padim(nn.Module):
         if isinstance(pool, bool) or not isinstance(pool, int) or not 1 <= pool <= 16:
             raise ValueError(f"pool must be an integer from 1 to 16, got {pool!r}")
         if isinstance(backbone, str):
+            if backbone in DEFAULT_LAYERS and not layers:
+                layers = default_layers(backbone)
             backbone = build_backbone(backbone, layers=layers, pretrained=pretrained,
                                       weights=weights)
         # What rebuilds this module offline (checkpoints): the state dict restores the weights.
