@@ -11,10 +11,10 @@ Names and their layers (stride, channels):
 * ``wide_resnet50_2``: layer1..layer4 (4/8/16/32; 256/512/1024/2048); default layer1-3.
 * ``efficientnet_lite0/1/2``: stage1..stage7 (2/4/8/16/16/32/32); default stage2, stage3,
   stage4: the ends of the first stages at strides 4, 8 and 16 (24/40/80 channels for Lite0).
-  (On mpdd/metal_plate, PaDiM with nearest upsampling and 100 channels, stage3-5 scored image
-  AUROC 0.93 but pixel AUROC 0.963 / AUPRO 0.878, against 0.82 / 0.966 / 0.872 for stages
-  2-4, and the timm/anomalib choice at strides 4/8/16, stages 2, 3 and 5, 0.81 / 0.964 / 0.874;
-  ``layers=`` chooses. PaDiM's current Lite defaults are measured in ``padim.py``.)
+  ``stageN`` is timm's ``blocks.{N-1}`` (timm numbers the same seven stages from 0), so
+  anomalib's Lite0 PaDiM layers ``blocks.1/2/4`` are our stage2, stage3, stage5 (24/40/112
+  channels at strides 4/8/16): PaDiM's default (``padim.default_layers``), chosen on all four
+  shared categories; the default here is what STFPM uses.
 
 Weights: ResNets use torchvision's ImageNet weights, found in the torch hub cache
 (``torch.hub.get_dir()/checkpoints``), downloaded when the machine is online, or read from

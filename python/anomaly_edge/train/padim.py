@@ -73,7 +73,7 @@ DEFAULT_CHANNELS = {"resnet18": 100, "wide_resnet50_2": 550}
 LITE_DEFAULT_CHANNELS = 100
 # anomalib's Lite layers: timm's blocks.1/2/4, our stages 2, 3 and 5 (strides 4/8/16)
 LITE_LAYERS = ["stage2", "stage3", "stage5"]
-NEAREST_UPSAMPLE = frozenset(DEFAULT_LAYERS)  # every backbone, as the paper and anomalib
+NEAREST_UPSAMPLE = frozenset({"resnet18", "wide_resnet50_2"})  # as the paper and anomalib
 UPSAMPLE_MODES = ("nearest", "bilinear")
 REGULARIZATION = 0.01
 BLUR_SIGMA = 4.0
