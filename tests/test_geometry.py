@@ -201,3 +201,16 @@ def test_irs_without_a_training_aspect_never_warn(synthetic_ir):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model.predict(np.full((100, 300, 3), 128, np.uint8))
+
+
+def test_a_broken_training_image_is_named(tmp_path):
+    pytest.importorskip("torch")
+    from anomaly_edge.train import train
+    from anomaly_edge.train.data import DatasetError
+
+    root = _wide_category(tmp_path / "wide", count=3)
+    (root / "train" / "good" / "1.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(DatasetError, match=r"1\.png"):
+        image_sizes(sorted((root / "train" / "good").iterdir()))
+    with pytest.raises(DatasetError, match=r"1\.png"):
+        train(root, export=False)

@@ -40,13 +40,19 @@ class InputGeometry:
 
 
 def image_sizes(paths: Iterable[str | Path]) -> list[tuple[int, int]]:
-    """(height, width) of each image, read from the file header (no pixel decoding)."""
+    """(height, width) of each image, read from the file header where Pillow can; files it
+    cannot open are decoded as training decodes them, which names any broken file."""
     from PIL import Image
 
     sizes = []
     for path in paths:
-        with Image.open(path) as image:
-            width, height = image.size
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+        except Exception:  # any Pillow failure: the training reader decides
+            from anomaly_edge.train.data import read_rgb
+
+            height, width = read_rgb(path).shape[:2]
         sizes.append((int(height), int(width)))
     return sizes
 
