@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="PaDiM: size of the random channel subset")
     parser.add_argument("--pool", type=int,
                         help="PaDiM: one Gaussian per NxN block of the finest feature grid "
-                        "(default 4; 1 = one per stride-4 position, as in the paper)")
+                        "(default 2; 1 = one per stride-4 position, as in the paper)")
     parser.add_argument("--epochs", type=int, dest="max_epochs",
                         help="STFPM: maximum number of epochs")
     parser.add_argument("--image-threshold", type=float,

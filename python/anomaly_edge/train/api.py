@@ -90,7 +90,7 @@ def train(data: str | Path, model: str = "padim", backbone: str = "efficientnet_
         pretrained: ``False`` starts PaDiM's backbone from random weights (tests only).
         n_channels: PaDiM's random channel subset size (default per backbone).
         pool: PaDiM's Gaussian grid: one Gaussian per ``pool`` x ``pool`` block of the
-            finest feature grid (default 4; 1 = per position, as in the paper).
+            finest feature grid (default 2; 1 = per position, as in the paper).
         validation_fraction: share of the test images used to tune thresholds.
         image_threshold, pixel_threshold: fixed thresholds (raw units) instead of tuned ones.
         task: what the exported model reports by default (classification, detection,

@@ -77,7 +77,7 @@ NEAREST_UPSAMPLE = frozenset({"resnet18", "wide_resnet50_2"})  # as the paper an
 UPSAMPLE_MODES = ("nearest", "bilinear")
 REGULARIZATION = 0.01
 BLUR_SIGMA = 4.0
-DEFAULT_POOL = 4
+DEFAULT_POOL = 2
 TRIANGLE_BLOCKS = 4
 
 
@@ -125,7 +125,7 @@ class Padim(nn.Module):
     ``"bilinear"``) says how deeper layers reach the first layer's grid; the default depends
     on the backbone (see :func:`default_upsample`). ``pool`` averages the embedding over
     ``pool`` x ``pool`` blocks of that grid before the Gaussians (1 = one Gaussian per
-    first-layer position, as in the paper; default 4, see the module docstring).
+    first-layer position, as in the paper; default 2, see the module docstring).
     """
 
     def __init__(self, backbone: FeatureExtractor | str = "efficientnet_lite0",
