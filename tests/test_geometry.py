@@ -214,3 +214,12 @@ def test_a_broken_training_image_is_named(tmp_path):
         image_sizes(sorted((root / "train" / "good").iterdir()))
     with pytest.raises(DatasetError, match=r"1\.png"):
         train(root, export=False)
+
+
+def test_cli_summary_says_which_input_was_chosen():
+    from anomaly_edge.cli.train import summary_table
+
+    metrics = {"image_size": [256, 624], "input_geometry": {"source": "data"}}
+    assert "624 x 256 (w x h), from the training images" in summary_table(metrics, None, None)
+    metrics["input_geometry"]["source"] = "user"
+    assert "--image-size" in summary_table(metrics, None, None)

@@ -124,6 +124,7 @@ def summary_table(metrics: dict, out: Path | None, ir_path: Path | None) -> str:
 
     rows = [
         ("model", f"{metrics.get('model')} / {metrics.get('backbone')}"),
+        ("network input", _input_text(metrics)),
         ("images (train/val/test)", f"{metrics.get('train_images')} / "
          f"{metrics.get('validation_images')} / {metrics.get('test_images')}"),
         ("image AUROC", fmt(metrics.get("image_auroc"))),
@@ -143,3 +144,15 @@ def summary_table(metrics: dict, out: Path | None, ir_path: Path | None) -> str:
     lines = [f"{name.ljust(width)}  {value}" for name, value in rows]
     lines += [f"note: {note}" for note in metrics.get("notes", [])]
     return "\n".join(lines)
+
+
+def _input_text(metrics: dict) -> str:
+    """``HxW`` (width x height as people say it) and where it came from."""
+    size = metrics.get("image_size")
+    if not size:
+        return "n/a"
+    geometry = metrics.get("input_geometry") or {}
+    origin = {"data": "from the training images", "user": "--image-size"}.get(
+        geometry.get("source", ""), "")
+    text = f"{size[1]} x {size[0]} (w x h)"
+    return f"{text}, {origin}" if origin else text
