@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1
 OUR_SECTION = "anomaly_edge"
 MODEL_API_SECTION = "model_info"
+# Fields that older IRs lack (they load with None).
+OPTIONAL_FLOATS = ("normal_score_low", "normal_score_median", "normal_score_high", "train_aspect")
 
 
 @dataclass
@@ -51,8 +53,16 @@ class ModelMetadata:
     precision: str = "FP16"
     metrics: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
-    # median width / height of the training images (None in IRs from before it was stored);
-    # the runtime warns once about frames of another shape
+    # Raw image scores of normal images at training (normal validation images) or, after
+    # `anomaly-edge calibrate`, of the calibration frames: low/median/high. The drift monitor
+    # watches the stream against this range. None in IRs exported before these fields existed.
+    normal_score_low: float | None = None
+    normal_score_median: float | None = None
+    normal_score_high: float | None = None
+    # What `anomaly-edge calibrate` did (source, frames, date, before/after); empty if never.
+    calibration: dict[str, Any] = field(default_factory=dict)
+    # Median width / height of the training images: the runtime warns once about frames of
+    # another shape. None in IRs exported before it was stored.
     train_aspect: float | None = None
 
     def __post_init__(self) -> None:
@@ -66,6 +76,21 @@ class ModelMetadata:
             if not math.isfinite(value):
                 raise ValueError(f"metadata {name} must be a finite number, got {value}")
             setattr(self, name, value)
+        for name in OPTIONAL_FLOATS:
+            value = getattr(self, name)
+            if value is not None:
+                value = float(value)
+                if not math.isfinite(value):
+                    raise ValueError(f"metadata {name} must be a finite number or None, "
+                                     f"got {value}")
+                setattr(self, name, value)
+
+    @property
+    def normal_score_range(self) -> tuple[float, float] | None:
+        """(low, high) raw image scores of normal images, when the IR records them."""
+        if self.normal_score_low is None or self.normal_score_high is None:
+            return None
+        return self.normal_score_low, self.normal_score_high
 
     @property
     def image_scale(self) -> float:
@@ -104,9 +129,10 @@ class ModelMetadata:
         ours["mean"] = model_info["mean_values"]
         ours["std"] = model_info["scale_values"]
         ours["metrics"] = json.dumps(self.metrics, sort_keys=True)
-        if self.train_aspect is None:
-            del ours["train_aspect"]
+        ours["calibration"] = json.dumps(self.calibration, sort_keys=True)
         for key, value in ours.items():
+            if key in OPTIONAL_FLOATS and value is None:
+                continue  # absent means unknown, as in older IRs
             model.set_rt_info(str(value), [OUR_SECTION, key])
 
     @classmethod
@@ -124,6 +150,14 @@ class ModelMetadata:
                 raise ModelLoadError(f"{source}: anomaly-edge metadata lacks the key {key!r}; "
                                      "re-export the model with this version of anomaly-edge.")
             return model.get_rt_info([OUR_SECTION, key]).astype(str)
+
+        def optional(key: str) -> str | None:
+            # Keys added after format 1 was fixed: older IRs lack them and still load.
+            return get(key) if model.has_rt_info([OUR_SECTION, key]) else None
+
+        def optional_float(key: str) -> float | None:
+            text = optional(key)
+            return None if text is None else float(text)
 
         version = int(get("format_version"))
         if version > FORMAT_VERSION:
@@ -148,8 +182,11 @@ class ModelMetadata:
                 precision=get("precision"),
                 metrics=json.loads(get("metrics")),
                 format_version=version,
-                train_aspect=(float(get("train_aspect"))
-                              if model.has_rt_info([OUR_SECTION, "train_aspect"]) else None),
+                normal_score_low=optional_float("normal_score_low"),
+                normal_score_median=optional_float("normal_score_median"),
+                normal_score_high=optional_float("normal_score_high"),
+                calibration=json.loads(optional("calibration") or "{}"),
+                train_aspect=optional_float("train_aspect"),
             )
         except (ValueError, TypeError) as exc:
             raise ModelLoadError(f"{source}: anomaly-edge metadata is malformed ({exc}); "

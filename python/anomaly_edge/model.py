@@ -34,6 +34,7 @@ from anomaly_edge.postprocess import PostprocessParams, postprocess
 from anomaly_edge.prediction import Prediction, Task
 
 if TYPE_CHECKING:
+    from anomaly_edge.calibration import CalibrationReport
     from anomaly_edge.remote import RemoteAnomalyModel
 
 # A frame whose width/height differs from the training images' by more than this (relative)
@@ -104,6 +105,7 @@ class AnomalyModel:
         self.color = ColorFormat.parse(color)
         self.device = resolve_device(device)
         graph = read_ir(self.path)
+        self._ir = graph  # as read, without pre-processing: what save() writes back
         self.metadata = ModelMetadata.read_from(graph, source=str(self.path))
         self._params = PostprocessParams.from_metadata(self.metadata, min_area=min_area)
         self.task = task if task is not None else self.metadata.task
@@ -186,6 +188,32 @@ class AnomalyModel:
     @min_area.setter
     def min_area(self, value: int) -> None:
         self._params = self._params.replace(min_area=int(value))
+
+    # ---- calibration on the line (anomaly_edge.calibration) -------------------------------
+
+    def calibrate(self, frames: Iterable[np.ndarray], *, source: str | None = None
+                  ) -> CalibrationReport:
+        """Re-estimate thresholds and normalisation on frames of normal production from the
+        deployment camera (no retraining); the model changes in place. See
+        :func:`anomaly_edge.calibration.calibrate`; :meth:`save` writes the result."""
+        from anomaly_edge.calibration import calibrate
+
+        return calibrate(self, frames, source=source)
+
+    def save(self, path: str | Path) -> Path:
+        """Write this model as a new IR pair (same weights), with the thresholds in use and
+        any calibration in its rt_info; atomically. Returns the ``.xml`` path."""
+        import dataclasses
+
+        from anomaly_edge.calibration import save_model
+
+        metadata = dataclasses.replace(self.metadata, image_threshold=self.image_threshold,
+                                       pixel_threshold=self.pixel_threshold)
+        return save_model(self._ir, metadata, path)
+
+    def _apply_metadata(self, metadata: ModelMetadata) -> None:
+        self.metadata = metadata
+        self._params = PostprocessParams.from_metadata(metadata, min_area=self.min_area)
 
     # ---- synchronous -----------------------------------------------------------------------
 

@@ -57,6 +57,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         default="FP16", help="IR weights precision (default FP16)")
     parser.add_argument("--no-export", dest="export", action="store_false",
                         help="skip writing the OpenVINO IR")
+    parser.add_argument("--augment", default="off", metavar="off|on|SPEC",
+                        help="add compressed, re-lit copies of the training images, as a line "
+                        "camera delivers them: on, off (default), or e.g. "
+                        "jpeg=40-90,jitter=0.05,copies=1")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(handler=run)
 
@@ -101,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
             image_threshold=args.image_threshold, pixel_threshold=args.pixel_threshold,
             task=args.task, batch_size=args.batch_size, threads=args.threads,
             export=args.export, precision=args.precision, stfpm_options=stfpm_options,
-            progress=not args.quiet,
+            progress=not args.quiet, augment=args.augment,
         )
     except DatasetError as exc:
         raise CliError(str(exc), ExitCode.INPUT) from exc
@@ -136,6 +140,7 @@ def summary_table(metrics: dict, out: Path | None, ir_path: Path | None) -> str:
          f"({metrics.get('image_threshold_method')})"),
         ("pixel threshold", f"{fmt(metrics.get('pixel_threshold'))} "
          f"({metrics.get('pixel_threshold_method')})"),
+        ("false alarms (normal val.)", fmt(metrics.get("false_alarm_rate"))),
         ("fit time", f"{metrics.get('fit_seconds', 0):.1f} s"),
         ("output", str(out) if out else "n/a"),
         ("model file", str(ir_path) if ir_path else "not exported"),

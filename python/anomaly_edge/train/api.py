@@ -33,6 +33,7 @@ from torch import nn
 
 from anomaly_edge.metadata import ModelMetadata
 from anomaly_edge.prediction import Task
+from anomaly_edge.train.augment import Augmentation, augmented, parse_augment
 from anomaly_edge.train.data import (
     DEFAULT_VALIDATION_FRACTION,
     ImageDataset,
@@ -44,10 +45,14 @@ from anomaly_edge.train.data import (
 )
 from anomaly_edge.train.evaluate import Predictions, calibrate, predict_samples, test_metrics
 from anomaly_edge.train.geometry import InputGeometry, choose_input_size, image_sizes
+from anomaly_edge.train.thresholds import false_alarm_rate, normal_score_range
 
 MODELS = ("padim", "stfpm")
+# Off by default: see the measurement in the README ("On the line") and train/augment.py.
+DEFAULT_AUGMENT = "off"
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_f1", "pixel_f1",
-               "image_threshold", "pixel_threshold")
+               "image_threshold", "pixel_threshold", "false_alarm_rate",
+               "image_threshold_method")
 
 
 @dataclass
@@ -74,7 +79,8 @@ def train(data: str | Path, model: str = "padim", backbone: str = "efficientnet_
           image_threshold: float | None = None, pixel_threshold: float | None = None,
           task: str = "segmentation", batch_size: int = 16, threads: int | None = None,
           export: bool = True, precision: str = "FP16", stfpm_options: dict | None = None,
-          progress: bool | ProgressFactory = False) -> TrainResult:
+          progress: bool | ProgressFactory = False,
+          augment: str | bool | Augmentation | None = DEFAULT_AUGMENT) -> TrainResult:
     """Train ``model`` on ``data/train/good``, evaluate on ``data/test`` and (with ``out``) save.
 
     Args:
@@ -101,7 +107,11 @@ def train(data: str | Path, model: str = "padim", backbone: str = "efficientnet_
         precision: IR precision, ``FP32``, ``FP16`` or ``INT8``.
         stfpm_options: extra keyword arguments for ``fit_stfpm`` (lr, max_epochs, ...).
         progress: ``True`` for tqdm bars, or a factory ``(description, total) -> bar``.
+        augment: add compressed, re-lit copies of the training images (the deployment
+            camera's path; :mod:`.augment`): ``"on"``, ``"off"``, an :class:`Augmentation`
+            or a spec such as ``"jpeg=40-90,jitter=0.05,copies=1"``.
     """
+    augmentation = parse_augment(augment)
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
     task = Task.parse(task).value
@@ -122,10 +132,12 @@ def train(data: str | Path, model: str = "padim", backbone: str = "efficientnet_
     started = time.perf_counter()
     if model == "padim":
         anomaly_module, mean, std = _fit_padim(split, backbone, size, seed, layers, weights,
-                                               pretrained, n_channels, pool, batch_size, bar)
+                                               pretrained, n_channels, pool, batch_size, bar,
+                                               augmentation)
     else:
         anomaly_module, mean, std = _fit_stfpm(split, backbone, size, seed, layers, weights,
-                                               batch_size, stfpm_options or {}, progress)
+                                               batch_size, stfpm_options or {}, progress,
+                                               augmentation)
     fit_seconds = time.perf_counter() - started
     fit_peak_rss_mb = _peak_rss_mb()
 
@@ -137,8 +149,12 @@ def train(data: str | Path, model: str = "padim", backbone: str = "efficientnet_
     if category.unmasked and not any("mask" in note for note in notes):
         notes.append(f"{len(category.unmasked)} defect images have no mask; pixel metrics "
                      "use the others")
+    normal_scores = validation.scores[validation.labels == 0]
     metrics = {
         **scores,
+        # share of normal validation images flagged at the chosen threshold (None: none seen)
+        "false_alarm_rate": false_alarm_rate(normal_scores, calibration.image_threshold.value),
+        "normal_validation_images": int(normal_scores.size),
         "image_threshold": calibration.image_threshold.value,
         "pixel_threshold": calibration.pixel_threshold.value,
         "image_threshold_method": calibration.image_threshold.method,
@@ -149,6 +165,7 @@ def train(data: str | Path, model: str = "padim", backbone: str = "efficientnet_
         "image_size": list(size),
         "input_geometry": geometry.as_dict(),
         "seed": seed,
+        "augment": dataclasses.asdict(augmentation) if augmentation else None,
         "train_images": len(split.train),
         "validation_images": len(split.validation),
         "test_images": len(split.test),
@@ -165,6 +182,7 @@ def train(data: str | Path, model: str = "padim", backbone: str = "efficientnet_
         pixel_min=norm.pixel_min, pixel_max=norm.pixel_max,
         task=task, precision=precision.upper(), train_aspect=geometry.median_aspect,
         metrics={k: metrics[k] for k in METRIC_KEYS if metrics[k] is not None},
+        **normal_score_range(normal_scores),
     )
     result = TrainResult(anomaly_module, metadata, metrics)
     if out is not None:
@@ -200,23 +218,28 @@ def _input_geometry(image_size: int | tuple[int, int] | None, train_samples: tup
 def _fit_padim(split: Split, backbone: str, size: tuple[int, int], seed: int,
                layers: list[str] | None, weights: str | Path | None, pretrained: bool,
                n_channels: int | None, pool: int | None, batch_size: int,
-               bar: ProgressFactory) -> tuple[nn.Module, tuple, tuple]:
+               bar: ProgressFactory, augmentation: Augmentation | None = None
+               ) -> tuple[nn.Module, tuple, tuple]:
     from anomaly_edge.train.padim import DEFAULT_POOL, Padim
 
     padim = Padim(backbone, size, n_channels=n_channels, seed=seed, layers=layers,
                   pool=DEFAULT_POOL if pool is None else pool,
                   pretrained=pretrained,
                   weights=str(weights) if weights is not None else None)
-    dataset = ImageDataset(split.train, size, padim.backbone.mean, padim.backbone.std)
+    dataset = augmented(ImageDataset(split.train, size, padim.backbone.mean, padim.backbone.std),
+                        augmentation, seed)
     progress = bar("fitting PaDiM", len(dataset))
-    padim.fit(iter_batches(dataset, batch_size), progress=progress.update)
+    # iter_batches needs only len() and items, which the augmented dataset has
+    padim.fit(iter_batches(dataset, batch_size),  # type: ignore[arg-type]
+              progress=progress.update)
     progress.close()
     return padim, padim.backbone.mean, padim.backbone.std
 
 
 def _fit_stfpm(split: Split, backbone: str, size: tuple[int, int], seed: int,
                layers: list[str] | None, weights: str | Path | None, batch_size: int,
-               options: dict, progress: bool | ProgressFactory) -> tuple[nn.Module, tuple, tuple]:
+               options: dict, progress: bool | ProgressFactory,
+               augmentation: Augmentation | None = None) -> tuple[nn.Module, tuple, tuple]:
     from anomaly_edge.train.backbones import build_backbone
     from anomaly_edge.train.stfpm import fit_stfpm
 
@@ -226,6 +249,11 @@ def _fit_stfpm(split: Split, backbone: str, size: tuple[int, int], seed: int,
     del probe
     loader = make_loader(split.train, size, mean, std, batch_size=min(batch_size, 8),
                          shuffle=True, seed=seed)
+    if augmentation is not None:
+        loader = torch.utils.data.DataLoader(
+            augmented(ImageDataset(split.train, size, mean, std), augmentation, seed),
+            batch_size=loader.batch_size, shuffle=True,
+            generator=torch.Generator().manual_seed(seed))
     stfpm = fit_stfpm(backbone, loader, layers=layers,
                       weights=str(weights) if weights is not None else None, seed=seed,
                       progress=bool(progress), **options)
@@ -292,6 +320,9 @@ def write_json_atomically(path: Path, payload: dict) -> None:
     """Write ``payload`` as JSON to ``path`` via a temporary file in the same folder."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; metrics are for everyone to read
         with os.fdopen(fd, "w") as handle:
             json.dump(_jsonable(payload), handle, indent=2, sort_keys=True, allow_nan=False)
             handle.write("\n")
