@@ -17,14 +17,24 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from anomaly_edge.errors import ModelLoadError
+from anomaly_edge.errors import InvalidInputError, ModelLoadError
 from anomaly_edge.prediction import Task
 
 if TYPE_CHECKING:
     import openvino as ov
 
-FORMAT_VERSION = 1
+    from anomaly_edge.tiles import TileLayout
+
+FORMAT_VERSION = 2  # the newest this runtime reads
+# Tiled models are written as format 2 so that a runtime from before tiling refuses them with
+# "upgrade anomaly-edge" instead of failing on the batch shape; single-view models stay 1.
+SINGLE_VIEW_FORMAT_VERSION = 1
+TILED_FORMAT_VERSION = 2
 OUR_SECTION = "anomaly_edge"
+# The graph's tensor names and the precisions an IR is exported at: part of the contract.
+INPUT_NAME = "image"
+OUTPUT_NAME = "anomaly_map"
+PRECISIONS = ("FP32", "FP16", "INT8")
 MODEL_API_SECTION = "model_info"
 # Fields that older IRs lack (they load with None).
 OPTIONAL_FLOATS = ("normal_score_low", "normal_score_median", "normal_score_high", "train_aspect")
@@ -52,7 +62,11 @@ class ModelMetadata:
     task: str = Task.SEGMENTATION.value
     precision: str = "FP16"
     metrics: dict[str, Any] = field(default_factory=dict)
-    format_version: int = FORMAT_VERSION
+    format_version: int = SINGLE_VIEW_FORMAT_VERSION
+    # Tiles (anomaly_edge.tiles.TileLayout; the tile is input_size): a 1x1 grid is a single view.
+    tile_grid: tuple[int, int] = (1, 1)
+    tile_frame_size: tuple[int, int] | None = None  # frames are resized to it; None = input_size
+    tile_blend: str = "cosine"
     # Raw image scores of normal images at training (normal validation images) or, after
     # `anomaly-edge calibrate`, of the calibration frames: low/median/high. The drift monitor
     # watches the stream against this range. None in IRs exported before these fields existed.
@@ -67,6 +81,12 @@ class ModelMetadata:
 
     def __post_init__(self) -> None:
         self.input_size = (int(self.input_size[0]), int(self.input_size[1]))
+        self.tile_grid = (int(self.tile_grid[0]), int(self.tile_grid[1]))
+        frame = self.input_size if self.tile_frame_size is None else self.tile_frame_size
+        self.tile_frame_size = (int(frame[0]), int(frame[1]))
+        if self.tiled:
+            self.tile_layout  # noqa: B018 - validates the layout
+            self.format_version = max(int(self.format_version), TILED_FORMAT_VERSION)
         self.mean = tuple(float(v) for v in self.mean)  # type: ignore[assignment]
         self.std = tuple(float(v) for v in self.std)  # type: ignore[assignment]
         self.task = Task.parse(self.task).value
@@ -91,6 +111,26 @@ class ModelMetadata:
         if self.normal_score_low is None or self.normal_score_high is None:
             return None
         return self.normal_score_low, self.normal_score_high
+
+    @property
+    def tiled(self) -> bool:
+        """Whether frames are cut into several tiles (one batch through the network)."""
+        return self.tile_grid != (1, 1)
+
+    @property
+    def tile_layout(self) -> TileLayout | None:
+        """Where the tiles of a frame lie; ``None`` for a single-view model."""
+        if not self.tiled:
+            return None
+        from anomaly_edge.tiles import TileLayout
+
+        assert self.tile_frame_size is not None
+        return TileLayout(self.tile_frame_size, self.input_size, self.tile_grid, self.tile_blend)
+
+    @property
+    def batch_size(self) -> int:
+        """The static batch of the network: tiles per frame (1 for a single view)."""
+        return self.tile_grid[0] * self.tile_grid[1]
 
     @property
     def image_scale(self) -> float:
@@ -130,6 +170,12 @@ class ModelMetadata:
         ours["std"] = model_info["scale_values"]
         ours["metrics"] = json.dumps(self.metrics, sort_keys=True)
         ours["calibration"] = json.dumps(self.calibration, sort_keys=True)
+        assert self.tile_frame_size is not None
+        ours["tile_grid"] = "{} {}".format(*self.tile_grid)
+        ours["tile_frame_size"] = "{} {}".format(*self.tile_frame_size)
+        layout = self.tile_layout
+        # for readers (anomaly-edge info, Netron): the runtime derives it from the grid
+        ours["tile_overlap"] = "{} {}".format(*(layout.overlap if layout else (0, 0)))
         for key, value in ours.items():
             if key in OPTIONAL_FLOATS and value is None:
                 continue  # absent means unknown, as in older IRs
@@ -149,24 +195,29 @@ class ModelMetadata:
             if not model.has_rt_info([OUR_SECTION, key]):
                 raise ModelLoadError(f"{source}: anomaly-edge metadata lacks the key {key!r}; "
                                      "re-export the model with this version of anomaly-edge.")
-            return model.get_rt_info([OUR_SECTION, key]).astype(str)
+            return str(model.get_rt_info([OUR_SECTION, key]).astype(str))
 
-        def optional(key: str) -> str | None:
+        def optional(key: str, default: str | None = None) -> str | None:
             # Keys added after format 1 was fixed: older IRs lack them and still load.
-            return get(key) if model.has_rt_info([OUR_SECTION, key]) else None
+            return get(key) if model.has_rt_info([OUR_SECTION, key]) else default
 
         def optional_float(key: str) -> float | None:
             text = optional(key)
             return None if text is None else float(text)
 
-        version = int(get("format_version"))
+        try:
+            version = int(get("format_version"))
+        except ValueError:
+            raise ModelLoadError(f"{source}: metadata format_version "
+                                 f"{get('format_version')!r} is not a whole number; the rt_info "
+                                 "was edited or damaged: re-export the model.") from None
         if version > FORMAT_VERSION:
             raise ModelLoadError(
                 f"{source} uses metadata format {version}, newer than this anomaly-edge "
                 f"understands ({FORMAT_VERSION}); upgrade anomaly-edge."
             )
         try:
-            return cls(
+            metadata = cls(
                 model=get("model"),
                 backbone=get("backbone"),
                 input_size=tuple(int(v) for v in get("input_size").split()),  # type: ignore[arg-type]
@@ -186,11 +237,52 @@ class ModelMetadata:
                 normal_score_median=optional_float("normal_score_median"),
                 normal_score_high=optional_float("normal_score_high"),
                 calibration=json.loads(optional("calibration") or "{}"),
+                tile_grid=tuple(int(v) for v in str(optional("tile_grid", "1 1")).split()),  # type: ignore[arg-type]
+                tile_frame_size=tuple(  # type: ignore[arg-type]
+                    int(v) for v in str(optional("tile_frame_size", get("input_size"))).split()),
+                tile_blend=str(optional("tile_blend", "cosine")),
                 train_aspect=optional_float("train_aspect"),
             )
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, IndexError, InvalidInputError) as exc:
             raise ModelLoadError(f"{source}: anomaly-edge metadata is malformed ({exc}); "
                                  "re-export the model.") from exc
+        metadata.check_against(model, source)
+        return metadata
+
+    def check_against(self, model: ov.Model, source: str = "the model") -> None:
+        """Refuse metadata that cannot drive this graph: sizes, mean/std, output shape."""
+        problems = []
+        if len(self.mean) != 3 or len(self.std) != 3:
+            problems.append(f"mean and std need 3 values (RGB), got {len(self.mean)} and "
+                            f"{len(self.std)}")
+        if not all(math.isfinite(v) for v in (*self.mean, *self.std)):
+            problems.append("mean and std must be finite numbers")
+        elif any(v <= 0 for v in self.std):
+            problems.append(f"std must be positive, got {list(self.std)} (a zero std divides "
+                            "every pixel by zero)")
+        if min(self.input_size) < 1:
+            problems.append(f"input size {self.input_size} is not positive")
+        # The graph checks apply to a network (an image input); a holder of rt_info alone
+        # (a remote model's metadata) has a dummy graph.
+        image_graph = len(model.inputs) == 1 and model.inputs[0].get_partial_shape().rank \
+            .is_static and len(model.inputs[0].get_partial_shape()) == 4
+        if image_graph:
+            shape = model.inputs[0].get_partial_shape()
+            if shape.is_static:
+                graph_size = (shape[2].get_length(), shape[3].get_length())
+                if shape[1].get_length() != 3:
+                    problems.append(f"the graph takes {shape[1].get_length()} channels, not 3")
+                if graph_size != self.input_size:
+                    problems.append(f"input_size {self.input_size[0]}x{self.input_size[1]} does "
+                                    f"not match the graph's input {graph_size[0]}x{graph_size[1]}")
+        if image_graph and len(model.outputs) == 1:
+            out = model.outputs[0].get_partial_shape()
+            if out.rank.is_dynamic or len(out) != 4 or (out[1].is_static
+                                                       and out[1].get_length() != 1):
+                problems.append(f"the graph's output must be a [1, 1, H, W] map, not {out}")
+        if problems:
+            raise ModelLoadError(f"{source}: the model's metadata does not fit its graph: "
+                                 + "; ".join(problems) + ". Re-export the model.")
 
 
 def _positive_span(lo: float, hi: float) -> float:

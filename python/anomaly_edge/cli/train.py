@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from anomaly_edge.cli.common import TASKS, CliError, ExitCode, require_train_extra
+from anomaly_edge.cli.common import (
+    TASKS,
+    CliError,
+    ExitCode,
+    finite_float,
+    positive_int,
+    require_train_extra,
+)
 
 BACKBONES = ("resnet18", "wide_resnet50_2", "efficientnet_lite0", "efficientnet_lite1",
              "efficientnet_lite2")
@@ -38,21 +45,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--validation-fraction", type=float, default=0.3,
                         help="share of test images used to tune thresholds (default 0.3; 0 = "
                         "tune on the whole test set)")
-    parser.add_argument("--channels", type=int, dest="n_channels",
+    parser.add_argument("--channels", type=positive_int, dest="n_channels",
                         help="PaDiM: size of the random channel subset")
-    parser.add_argument("--pool", type=int,
+    parser.add_argument("--pool", type=positive_int,
                         help="PaDiM: one Gaussian per NxN block of the finest feature grid "
                         "(default 2; 1 = one per stride-4 position, as in the paper)")
-    parser.add_argument("--epochs", type=int, dest="max_epochs",
+    parser.add_argument("--tile", type=_tile_option, default="auto", metavar="auto|off|RxC",
+                        help="cut frames into overlapping tiles of the input size at (near) "
+                        "native resolution, all tiles one batch: auto (default) tiles when "
+                        "training images are at least 3x the input on both sides; off; or a "
+                        "grid such as 3x4")
+    parser.add_argument("--tile-gaussians", choices=("auto", "position", "shared"),
+                        default="auto",
+                        help="PaDiM on tiles: Gaussians per tile position, or one set shared "
+                        "by all tiles; auto (default): per position when there are more "
+                        "training images than PaDiM channels")
+    parser.add_argument("--epochs", type=positive_int, dest="max_epochs",
                         help="STFPM: maximum number of epochs")
-    parser.add_argument("--image-threshold", type=float,
-                        help="fixed image threshold (raw score units) instead of a tuned one")
-    parser.add_argument("--pixel-threshold", type=float,
-                        help="fixed pixel threshold (raw map units) instead of a tuned one")
+    parser.add_argument("--image-threshold", type=finite_float,
+                        help="fixed image threshold in raw score units instead of a tuned one "
+                        "(needs --raw-thresholds: there is no trained threshold yet)")
+    parser.add_argument("--pixel-threshold", type=finite_float,
+                        help="fixed pixel threshold in raw map units instead of a tuned one "
+                        "(needs --raw-thresholds)")
+    parser.add_argument("--raw-thresholds", action="store_true",
+                        help="confirm that --image-threshold/--pixel-threshold are raw units")
     parser.add_argument("--task", choices=TASKS, default="segmentation",
                         help="what the exported model reports by default")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    parser.add_argument("--batch-size", type=positive_int, default=16)
+    parser.add_argument("--threads", type=positive_int,
+                        help="torch threads (default: all cores)")
     parser.add_argument("--precision", type=str.upper, choices=("FP32", "FP16", "INT8"),
                         default="FP16", help="IR weights precision (default FP16)")
     parser.add_argument("--no-export", dest="export", action="store_false",
@@ -78,12 +100,27 @@ def _image_size(text: str) -> tuple[int, int]:
     return values[0], values[1]
 
 
+def _tile_option(text: str) -> str:
+    from anomaly_edge.tiles import parse_tile_option
+
+    try:
+        parse_tile_option(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def run(args: argparse.Namespace) -> int:
     require_train_extra("anomaly-edge train")
     from anomaly_edge.train.api import train
     from anomaly_edge.train.backbones import WeightsUnavailableError
     from anomaly_edge.train.data import DatasetError
 
+    if (args.image_threshold is not None or args.pixel_threshold is not None) \
+            and not args.raw_thresholds:
+        raise CliError("train --image-threshold/--pixel-threshold fix raw score units (no "
+                       "threshold is trained yet to be relative to): add --raw-thresholds",
+                       ExitCode.USAGE)
     if not 0.0 <= args.validation_fraction < 1.0:
         raise CliError("--validation-fraction must be in [0, 1)", ExitCode.USAGE)
     if args.weights is not None and not args.weights.is_file():
@@ -105,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
             image_threshold=args.image_threshold, pixel_threshold=args.pixel_threshold,
             task=args.task, batch_size=args.batch_size, threads=args.threads,
             export=args.export, precision=args.precision, stfpm_options=stfpm_options,
-            progress=not args.quiet, augment=args.augment,
+            progress=not args.quiet, augment=args.augment, tile=args.tile,
+            tile_gaussians=args.tile_gaussians,
         )
     except DatasetError as exc:
         raise CliError(str(exc), ExitCode.INPUT) from exc
@@ -115,6 +153,13 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(str(exc), ExitCode.USAGE) from exc
     print(summary_table(result.metrics, result.out, result.ir_path))
     return int(ExitCode.OK)
+
+
+def _tiles_text(tiles: dict | None) -> str:
+    if not tiles:
+        return "off (one view)"
+    (rows, cols), (fh, fw), (th, tw) = tiles["grid"], tiles["frame_size"], tiles["tile_size"]
+    return f"{rows}x{cols} of {tw}x{th} over {fw}x{fh} frames"
 
 
 def summary_table(metrics: dict, out: Path | None, ir_path: Path | None) -> str:
@@ -142,6 +187,7 @@ def summary_table(metrics: dict, out: Path | None, ir_path: Path | None) -> str:
          f"({metrics.get('pixel_threshold_method')})"),
         ("false alarms (normal val.)", fmt(metrics.get("false_alarm_rate"))),
         ("fit time", f"{metrics.get('fit_seconds', 0):.1f} s"),
+        ("tiles", _tiles_text(metrics.get("tiles"))),
         ("output", str(out) if out else "n/a"),
         ("model file", str(ir_path) if ir_path else "not exported"),
     ]

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import resource
+import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,6 +45,20 @@ from anomaly_edge.train.data import (
 from anomaly_edge.train.evaluate import Predictions, calibrate, predict_samples, test_metrics
 from anomaly_edge.train.geometry import InputGeometry, choose_input_size, image_sizes
 from anomaly_edge.train.thresholds import false_alarm_rate, normal_score_range
+from anomaly_edge.train.tiling import (
+    TileFrames,
+    TileLayout,
+    TileOption,
+    TilePositionPadim,
+    choose_layout,
+    frame_batches,
+    median_image_size,
+    parse_tile_option,
+    predict_tiled,
+    resolve_tile_gaussians,
+    tile_images,
+    tile_summary,
+)
 
 MODELS = ("padim", "stfpm")
 # Off by default: see the measurement in the README ("On the line") and train/augment.py.
@@ -80,7 +93,8 @@ def train(data: str | Path, model: str = "padim", backbone: str = "efficientnet_
           task: str = "segmentation", batch_size: int = 16, threads: int | None = None,
           export: bool = True, precision: str = "FP16", stfpm_options: dict | None = None,
           progress: bool | ProgressFactory = False,
-          augment: str | bool | Augmentation | None = DEFAULT_AUGMENT) -> TrainResult:
+          augment: str | bool | Augmentation | None = DEFAULT_AUGMENT, tile: TileOption = "auto",
+          tile_gaussians: str = "auto") -> TrainResult:
     """Train ``model`` on ``data/train/good``, evaluate on ``data/test`` and (with ``out``) save.
 
     Args:
@@ -110,6 +124,13 @@ def train(data: str | Path, model: str = "padim", backbone: str = "efficientnet_
         augment: add compressed, re-lit copies of the training images (the deployment
             camera's path; :mod:`.augment`): ``"on"``, ``"off"``, an :class:`Augmentation`
             or a spec such as ``"jpeg=40-90,jitter=0.05,copies=1"``.
+        tile: ``"auto"`` (tile when the training images are much larger than ``image_size``,
+            see :mod:`.tiling`), ``"off"``, a grid ``"RxC"``, or a ``TileLayout``. A tiled
+            model cuts each frame into overlapping ``image_size`` tiles at (near) native
+            resolution, runs them as one batch and stitches their maps.
+        tile_gaussians: PaDiM on tiles: ``"position"`` (Gaussians per tile position),
+            ``"shared"`` (one set for all tiles) or ``"auto"`` (position when there are more
+            training images than PaDiM channels; see :func:`.tiling.resolve_tile_gaussians`).
     """
     augmentation = parse_augment(augment)
     if model not in MODELS:
@@ -117,6 +138,8 @@ def train(data: str | Path, model: str = "padim", backbone: str = "efficientnet_
     task = Task.parse(task).value
     if export and out is None:
         raise ValueError("export=True needs an output folder (out=...)")
+    if out is not None:
+        check_output_folder(out)
     bar = _progress_factory(progress)
     if threads:
         torch.set_num_threads(int(threads))
@@ -128,24 +151,29 @@ def train(data: str | Path, model: str = "padim", backbone: str = "efficientnet_
     geometry = _input_geometry(image_size, split.train, model, backbone, layers)
     size = geometry.size
     notes = [split.note] if split.note else []
+    layout, native = _tile_layout(tile, size, category.train, tile_gaussians, precision)
+    if layout is not None and augmentation is not None:
+        raise ValueError(f"augmentation of tiled training is not supported yet "
+                         f"({layout.describe()}): train with augment='off', or tile='off'")
 
     started = time.perf_counter()
     if model == "padim":
         anomaly_module, mean, std = _fit_padim(split, backbone, size, seed, layers, weights,
                                                pretrained, n_channels, pool, batch_size, bar,
-                                               augmentation)
+                                               augmentation, layout, tile_gaussians)
     else:
         anomaly_module, mean, std = _fit_stfpm(split, backbone, size, seed, layers, weights,
                                                batch_size, stfpm_options or {}, progress,
-                                               augmentation)
+                                               augmentation, layout)
     fit_seconds = time.perf_counter() - started
     fit_peak_rss_mb = _peak_rss_mb()
 
-    evaluated = _evaluate(anomaly_module, category.test, split, size, mean, std, bar)
+    evaluated = _evaluate(anomaly_module, category.test, split, size, mean, std, bar, layout)
     validation, test, everything = evaluated
     calibration = calibrate(validation, image_threshold, pixel_threshold)
     scores, metric_notes = test_metrics(test, calibration, everything)
     notes += calibration.notes + metric_notes
+    notes += _explain_null_metrics(scores, notes)
     if category.unmasked and not any("mask" in note for note in notes):
         notes.append(f"{len(category.unmasked)} defect images have no mask; pixel metrics "
                      "use the others")
@@ -164,6 +192,7 @@ def train(data: str | Path, model: str = "padim", backbone: str = "efficientnet_
         "backbone": backbone,
         "image_size": list(size),
         "input_geometry": geometry.as_dict(),
+        "tiles": tile_summary(layout, native, _gaussians_of(anomaly_module, layout)),
         "seed": seed,
         "augment": dataclasses.asdict(augmentation) if augmentation else None,
         "train_images": len(split.train),
@@ -171,6 +200,7 @@ def train(data: str | Path, model: str = "padim", backbone: str = "efficientnet_
         "test_images": len(split.test),
         "fit_seconds": round(fit_seconds, 3),
         "fit_peak_rss_mb": round(fit_peak_rss_mb, 1),
+        "data": str(category.root.resolve()),  # `export --precision INT8` calibrates on it
         "notes": notes,
     }
     norm = calibration.normalization
@@ -183,6 +213,9 @@ def train(data: str | Path, model: str = "padim", backbone: str = "efficientnet_
         task=task, precision=precision.upper(), train_aspect=geometry.median_aspect,
         metrics={k: metrics[k] for k in METRIC_KEYS if metrics[k] is not None},
         **normal_score_range(normal_scores),
+        tile_grid=layout.grid if layout else (1, 1),
+        tile_frame_size=layout.frame_size if layout else None,
+        tile_blend=layout.blend if layout else "cosine",
     )
     result = TrainResult(anomaly_module, metadata, metrics)
     if out is not None:
@@ -215,17 +248,54 @@ def _input_geometry(image_size: int | tuple[int, int] | None, train_samples: tup
 
 # ---- fitting -------------------------------------------------------------------------------
 
+def _gaussians_of(module: nn.Module, layout: TileLayout | None) -> str | None:
+    """What a tiled PaDiM's Gaussians belong to, for metrics.json (None: not a tiled PaDiM)."""
+    from anomaly_edge.train.padim import Padim
+
+    if layout is None:
+        return None
+    if isinstance(module, TilePositionPadim):
+        return "position"
+    return "shared" if isinstance(module, Padim) else None
+
+
+def _tile_layout(tile: TileOption, size: tuple[int, int], train_samples: tuple[Sample, ...],
+                 gaussians: str, precision: str
+                 ) -> tuple[TileLayout | None, tuple[int, int] | None]:
+    """(layout or None, median training image size or None when not measured)."""
+    resolve_tile_gaussians(gaussians, 0, 0)  # a bad choice fails before any work
+    if tile is None or (isinstance(tile, str) and parse_tile_option(tile) == "off"):
+        return None, None
+    native = median_image_size(train_samples)
+    layout = choose_layout(tile, size, native)
+    if layout is not None and precision.upper() == "INT8":
+        raise ValueError(f"INT8 export of tiled models is not supported yet ({layout.describe()})"
+                         ": export FP16, or train a single view with tile='off'")
+    return layout, native
+
+
 def _fit_padim(split: Split, backbone: str, size: tuple[int, int], seed: int,
                layers: list[str] | None, weights: str | Path | None, pretrained: bool,
                n_channels: int | None, pool: int | None, batch_size: int,
-               bar: ProgressFactory, augmentation: Augmentation | None = None
-               ) -> tuple[nn.Module, tuple, tuple]:
+               bar: ProgressFactory, augmentation: Augmentation | None = None,
+               layout: TileLayout | None = None,
+               tile_gaussians: str = "position") -> tuple[nn.Module, tuple, tuple]:
     from anomaly_edge.train.padim import DEFAULT_POOL, Padim
 
     padim = Padim(backbone, size, n_channels=n_channels, seed=seed, layers=layers,
                   pool=DEFAULT_POOL if pool is None else pool,
                   pretrained=pretrained,
                   weights=str(weights) if weights is not None else None)
+    if layout is not None:  # tiles: Gaussians per tile position, or shared by all tiles
+        frames = TileFrames(split.train, layout, padim.backbone.mean, padim.backbone.std)
+        gaussians = resolve_tile_gaussians(tile_gaussians, len(frames), padim.n_channels)
+        module = TilePositionPadim(padim, layout.count) if gaussians == "position" else padim
+        progress = bar("fitting PaDiM on tiles", len(frames))
+        module.fit(frame_batches(frames, max(batch_size, layout.count)),
+                   progress=lambda n: progress.update(n if module is not padim
+                                                      else n // layout.count))
+        progress.close()
+        return module, padim.backbone.mean, padim.backbone.std
     dataset = augmented(ImageDataset(split.train, size, padim.backbone.mean, padim.backbone.std),
                         augmentation, seed)
     progress = bar("fitting PaDiM", len(dataset))
@@ -239,7 +309,8 @@ def _fit_padim(split: Split, backbone: str, size: tuple[int, int], seed: int,
 def _fit_stfpm(split: Split, backbone: str, size: tuple[int, int], seed: int,
                layers: list[str] | None, weights: str | Path | None, batch_size: int,
                options: dict, progress: bool | ProgressFactory,
-               augmentation: Augmentation | None = None) -> tuple[nn.Module, tuple, tuple]:
+               augmentation: Augmentation | None = None,
+               layout: TileLayout | None = None) -> tuple[nn.Module, tuple, tuple]:
     from anomaly_edge.train.backbones import build_backbone
     from anomaly_edge.train.stfpm import fit_stfpm
 
@@ -247,9 +318,11 @@ def _fit_stfpm(split: Split, backbone: str, size: tuple[int, int], seed: int,
     probe = build_backbone(backbone, layers=layers, pretrained=False)
     mean, std = probe.mean, probe.std
     del probe
-    loader = make_loader(split.train, size, mean, std, batch_size=min(batch_size, 8),
-                         shuffle=True, seed=seed)
-    if augmentation is not None:
+    loader: Any = make_loader(split.train, size, mean, std, batch_size=min(batch_size, 8),
+                              shuffle=True, seed=seed)
+    if layout is not None:  # every tile is a training image of its own
+        loader = tile_images(TileFrames(split.train, layout, mean, std), min(batch_size, 8))
+    elif augmentation is not None:
         loader = torch.utils.data.DataLoader(
             augmented(ImageDataset(split.train, size, mean, std), augmentation, seed),
             batch_size=loader.batch_size, shuffle=True,
@@ -263,12 +336,16 @@ def _fit_stfpm(split: Split, backbone: str, size: tuple[int, int], seed: int,
 # ---- evaluation ----------------------------------------------------------------------------
 
 def _evaluate(module: nn.Module, test_samples: tuple[Sample, ...], split: Split,
-              size: tuple[int, int], mean: tuple, std: tuple, bar: ProgressFactory
+              size: tuple[int, int], mean: tuple, std: tuple, bar: ProgressFactory,
+              layout: TileLayout | None = None
               ) -> tuple[Predictions, Predictions, Predictions]:
     """(validation, test, all test-folder images) predictions, each image run once."""
     sources = test_samples if test_samples else split.validation
     progress = bar("evaluating", len(sources))
-    everything = predict_samples(module, sources, size, mean, std, progress=progress.update)
+    if layout is not None:  # whole frames, tile maps stitched as the runtime does
+        everything = predict_tiled(module, sources, layout, mean, std, progress=progress.update)
+    else:
+        everything = predict_samples(module, sources, size, mean, std, progress=progress.update)
     progress.close()
     position = {sample.path: i for i, sample in enumerate(everything.samples)}
 
@@ -289,47 +366,108 @@ def _evaluate(module: nn.Module, test_samples: tuple[Sample, ...], split: Split,
 
 # ---- outputs -------------------------------------------------------------------------------
 
+RUN_FILES = ("metrics.json", "checkpoint.pt", "model.xml")
+# `train --precision INT8` refuses the IR beyond this image AUROC drop, as `export` does.
+INT8_MAX_ACCURACY_DROP = 0.01
+
+
+def check_output_folder(out: str | Path) -> None:
+    """Refuse, before any work, an existing folder that a run would replace but is not a run."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output {out} exists and is not a folder; choose a folder for the run")
+    if out.is_dir() and any(out.iterdir()) and not any((out / n).exists() for n in RUN_FILES):
+        raise ValueError(f"output folder {out} is not empty and holds no training run; a run "
+                         "replaces its folder as a whole, so choose a new or empty folder")
+
+
 def _write_outputs(result: TrainResult, out: Path, everything: Predictions, export: bool,
                    precision: str, split: Split, size: tuple[int, int], mean: tuple,
                    std: tuple) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    result.out = out
-    result.files.extend(_write_curves(everything, out))
+    """Build the run in a fresh folder beside ``out`` and swap it in at the end, so ``out``
+    holds the previous run or this one, never a mix (e.g. after a kill during the export)."""
+    from anomaly_edge.atomic import make_staging_folder, swap_in_folder
+    from anomaly_edge.train.quantize import AccuracyDropError
+
+    check_output_folder(out)
+    staging = make_staging_folder(out)
+    refused: AccuracyDropError | None = None
     try:
-        from anomaly_edge.train.checkpoint import save_checkpoint
+        try:
+            written = _write_run(result, staging, everything, export, precision, split, size,
+                                 mean, std)
+        except AccuracyDropError as exc:
+            refused, written = exc, [p for p in staging.iterdir() if not p.name.startswith(".")]
+        swap_in_folder(staging, out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    if refused is not None:
+        raise AccuracyDropError(
+            f"{refused} The run is in {out} without an IR (checkpoint, metrics, curves): export "
+            f"it with `anomaly-edge export --run {out} --precision FP16`, or INT8 with a larger "
+            "--max-accuracy-drop.") from None
+    result.out = out
+    result.files = [out / path.relative_to(staging) for path in written]
+    if result.ir_path is not None:
+        result.ir_path = out / result.ir_path.relative_to(staging)
 
-        result.files.append(save_checkpoint(result.model, result.metadata,
-                                            out / "checkpoint.pt"))
-    except ImportError:  # checkpoint support not available in this build
-        pass
+
+def _write_run(result: TrainResult, folder: Path, everything: Predictions, export: bool,
+               precision: str, split: Split, size: tuple[int, int], mean: tuple,
+               std: tuple) -> list[Path]:
+    written = list(_write_curves(everything, folder))
+    from anomaly_edge.train.checkpoint import save_checkpoint
+
+    written.append(save_checkpoint(result.model, result.metadata, folder / "checkpoint.pt"))
+    refused: Exception | None = None
     if export:
-        from anomaly_edge.train.export import export_ir
+        from anomaly_edge.train.export import AccuracyDropError, ValidationSet, export_ir
 
-        calibration = None
+        calibration = validation = max_drop = None
         if precision.upper() == "INT8":
             calibration = ImageDataset(split.train, size, mean, std)
-        result.ir_path = export_ir(result.model, result.metadata, out, precision=precision,
-                                   calibration_images=calibration)
-        result.files += [result.ir_path, result.ir_path.with_suffix(".bin")]
-    metrics_path = out / "metrics.json"
+            if len(everything.samples):  # the guard `export` applies too
+                validation = ValidationSet(ImageDataset(everything.samples, size, mean, std),
+                                           [int(v) for v in everything.labels])
+                max_drop = INT8_MAX_ACCURACY_DROP
+        try:
+            result.ir_path = export_ir(result.model, result.metadata, folder,
+                                       precision=precision, calibration_images=calibration,
+                                       validation=validation, max_accuracy_drop=max_drop)
+            written += [result.ir_path, result.ir_path.with_suffix(".bin")]
+        except AccuracyDropError as exc:  # keep the run; only the IR is refused
+            refused = exc
+            result.metrics["notes"].append(f"no IR written: {exc}")
+    metrics_path = folder / "metrics.json"
     write_json_atomically(metrics_path, result.metrics)
-    result.files.append(metrics_path)
+    written.append(metrics_path)
+    if refused is not None:
+        raise refused
+    return written
 
 
 def write_json_atomically(path: Path, payload: dict) -> None:
     """Write ``payload`` as JSON to ``path`` via a temporary file in the same folder."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; metrics are for everyone to read
-        with os.fdopen(fd, "w") as handle:
-            json.dump(_jsonable(payload), handle, indent=2, sort_keys=True, allow_nan=False)
-            handle.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from anomaly_edge.atomic import atomic_write
+
+    with atomic_write(path) as handle:
+        json.dump(_jsonable(payload), handle, indent=2, sort_keys=True, allow_nan=False)
+        handle.write("\n")
+
+
+def _explain_null_metrics(scores: dict[str, Any], notes: list[str]) -> list[str]:
+    """A note for every metric that came out undefined and no other note mentions."""
+    reasons = {
+        "image_auroc": "needs normal and anomalous test images",
+        "pixel_auroc": "needs defect pixels in the masks and normal pixels (are all masks "
+                       "empty, or the defects too small for the network input?)",
+        "aupro": "needs non-empty defect masks",
+        "image_f1": "needs anomalous images in the test split",
+        "pixel_f1": "needs masks with defect pixels in the test split",
+    }
+    return [f"{key} is null: it {reason}" for key, reason in reasons.items()
+            if scores.get(key) is None and not any(key in note for note in notes)]
 
 
 def _jsonable(value: Any) -> Any:
@@ -366,10 +504,8 @@ def _progress_factory(progress: bool | ProgressFactory) -> ProgressFactory:
         return progress
     if not progress:
         return lambda description, total: _NoBar()
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return lambda description, total: _NoBar()
+    from tqdm import tqdm  # part of the train extra
+
     return lambda description, total: tqdm(total=total, desc=description, unit="img",
                                            file=sys.stderr, leave=False)
 
