@@ -140,7 +140,8 @@ def test_train_aspect_round_trips_through_rt_info_and_old_irs_lack_it():
 
     def model() -> ov.Model:
         image = ops.parameter([1, 3, 64, 160], ov.Type.f32)
-        return ov.Model([ops.relu(image)], [image])
+        score = ops.reduce_mean(image, np.array([1], dtype=np.int64), keep_dims=True)
+        return ov.Model([score], [image])  # a [1, 1, H, W] map, as the runtime requires
 
     new = model()
     _metadata(train_aspect=2.46).write_to(new)
