@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import threading
+import warnings
 import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -38,6 +39,9 @@ if TYPE_CHECKING:
     from anomaly_edge.calibration import CalibrationReport
     from anomaly_edge.remote import RemoteAnomalyModel
 
+# A frame whose width/height differs from the training images' by more than this (relative)
+# is stretched by the resize: the model sees parts shaped unlike anything it learned.
+ASPECT_TOLERANCE = 0.05
 _DEFAULT = object()  # marks "use the default cache directory" (None disables the cache)
 DEFAULT_MAX_PENDING = 32  # finished results a caller may leave uncollected (see submit())
 
@@ -156,6 +160,7 @@ class AnomalyModel:
         self._collector: threading.Thread | None = None  # who last called ready()/drain()
         self._released = False
         _LIVE_MODELS.add(self)
+        self._aspect_warned = False
 
     @classmethod
     def remote(cls, url: str | list[str], name: str | None = None,
@@ -444,10 +449,27 @@ class AnomalyModel:
         else:
             frame = check_frame(image, self.color)
         frame = frame if frame.ndim == 3 else frame[:, :, None]
+        if not self._aspect_warned:
+            self._check_aspect(frame.shape[0], frame.shape[1])
         if self._tiles is not None:
             return (frame.shape[0], frame.shape[1]), self._tiles.cut(frame, self.color.channels)
         tensor = network_image(frame, self.metadata.input_size, self.color)
         return (frame.shape[0], frame.shape[1]), tensor[None]
+
+    def _check_aspect(self, height: int, width: int) -> None:
+        """Warn once per model when frames are shaped unlike the training images."""
+        trained = self.metadata.train_aspect
+        if trained is None:  # an IR from before the aspect was stored: nothing to compare
+            return
+        if abs((width / height) / trained - 1.0) > ASPECT_TOLERANCE:
+            self._aspect_warned = True
+            h, w = self.metadata.input_size
+            warnings.warn(
+                f"{self.path.name}: frames of {width}x{height} (width/height {width / height:.2f}) "
+                f"are shaped unlike the training images (median {trained:.2f}); each is resized "
+                f"to the network's {w}x{h}, which stretches the parts. Crop frames to the "
+                "training images' field of view, or retrain on frames like these.",
+                stacklevel=4)
 
     def info(self) -> dict[str, Any]:
         """What this model is and how it runs: metadata, device, settings, I/O."""
