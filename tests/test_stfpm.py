@@ -223,6 +223,30 @@ def test_fit_stfpm_builds_a_pretrained_teacher_and_trains():
         assert model(torch.zeros(1, 3, SIZE, SIZE)).shape == (1, 1, SIZE, SIZE)
 
 
+def test_learning_rate_warms_up_linearly_then_decays_along_a_cosine():
+    rate = stfpm_training._lr_schedule(0.4, steps_per_epoch=4, max_epochs=5, warmup_epochs=1,
+                                       cosine=True)
+    assert [rate(s) for s in range(4)] == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    assert rate(4) == pytest.approx(0.4)  # the cosine starts at the peak
+    assert rate(12) == pytest.approx(0.2)  # half-way through the 16 decay steps
+    assert rate(19) == pytest.approx(0.4 * 0.5 * (1 + np.cos(np.pi * 15 / 16)))
+    assert all(rate(s) > rate(s + 1) for s in range(3, 19))
+    constant = stfpm_training._lr_schedule(0.4, 4, 5, warmup_epochs=0, cosine=False)
+    assert {constant(s) for s in range(20)} == {0.4}
+
+
+def test_gradient_clipping_bounds_every_step():
+    model = tiny_model()
+    before = [p.detach().clone() for p in model.student.parameters()]
+    history = fit(model, max_epochs=1, lr=0.5, momentum=0.0, weight_decay=0.0,
+                  max_grad_norm=1e-6)
+    moved = torch.sqrt(sum(((p.detach() - b) ** 2).sum()
+                           for p, b in zip(model.student.parameters(), before, strict=True)))
+    steps = 2  # 8 images in batches of 4
+    assert float(moved) <= steps * 0.5 * 1e-6 * 1.01
+    assert history.grad_norm[0] > 1e-6  # the raw norm is recorded, before clipping
+
+
 # ---- bad input -----------------------------------------------------------------------------
 
 
@@ -230,6 +254,7 @@ def test_fit_stfpm_builds_a_pretrained_teacher_and_trains():
     ({"lr": -1.0}, "lr"), ({"momentum": 1.0}, "momentum"), ({"weight_decay": -1.0}, "weight"),
     ({"patience": 0}, "patience"), ({"max_epochs": 0}, "max_epochs"),
     ({"val_fraction": 1.0}, "val_fraction"), ({"batch_size": 0}, "batch_size"),
+    ({"warmup_epochs": -1.0}, "warmup_epochs"), ({"max_grad_norm": 0.0}, "max_grad_norm"),
 ])
 def test_bad_settings_are_named(setting, message):
     with pytest.raises(ValueError, match=message):
