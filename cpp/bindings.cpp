@@ -24,27 +24,11 @@ namespace {
 
 // ---- instruction set ------------------------------------------------------------------------
 
-// set_isa's override for tests and benchmarks; -1 = none, use ae::default_isa(). An atomic,
-// so a switch from one thread is seen whole by any other.
-std::atomic<int> isa_override{-1};
-
-ae::Isa current_isa() {
-  const int isa = isa_override.load(std::memory_order_relaxed);
-  return isa < 0 ? ae::default_isa() : static_cast<ae::Isa>(isa);
-}
-
+// The override itself lives in the library (ae::set_isa_override), where C++ callers reach it.
 void set_isa(const std::optional<std::string>& name) {
-  if (!name) {
-    isa_override.store(-1, std::memory_order_relaxed);
-    return;
-  }
-  try {
-    const ae::Isa isa = ae::parse_isa(*name);
-    ae::require_supported(isa, "set_isa('" + *name + "')");
-    isa_override.store(static_cast<int>(isa), std::memory_order_relaxed);
-  } catch (const std::invalid_argument& e) {
-    throw py::value_error(e.what());
-  }
+  if (!name) return ae::clear_isa_override();
+  const ae::Isa isa = ae::parse_isa(*name);  // std::invalid_argument -> ValueError
+  ae::set_isa_override(isa);
 }
 
 py::dict cpu_features() {
@@ -103,30 +87,11 @@ py::array_t<float> as_float_map(const py::object& obj, const char* name, py::ssi
   return py::reinterpret_borrow<py::array_t<float>>(copy);
 }
 
-ae::Task parse_task(const std::string& task) {
-  if (task == "classification") return ae::Task::Classification;
-  if (task == "detection") return ae::Task::Detection;
-  if (task == "segmentation") return ae::Task::Segmentation;
-  throw py::value_error("unknown task '" + task +
-                        "': choose one of classification, detection, segmentation");
-}
-
 int side(long long value, const char* what) {
   if (value < 1 || value > ae::kMaxSide)
     throw py::value_error(std::string(what) + " must be between 1 and " +
                           std::to_string(ae::kMaxSide) + " pixels, got " + std::to_string(value));
   return static_cast<int>(value);
-}
-
-ae::Params make_params(double image_threshold, double pixel_threshold, double image_scale,
-                       double pixel_scale, long long min_area) {
-  ae::Params p{image_threshold, pixel_threshold, image_scale, pixel_scale, min_area};
-  try {
-    ae::check_params(p);
-  } catch (const std::invalid_argument& e) {
-    throw py::value_error(e.what());
-  }
-  return p;
 }
 
 ae::MapView view_of(const py::array_t<float>& map, py::ssize_t offset_items, int h, int w) {
@@ -196,13 +161,8 @@ py::tuple to_python(const ae::Result& r, const std::optional<py::array_t<std::ui
 }
 
 py::tuple postprocess_one(const py::object& anomaly_map, long long frame_height,
-                          long long frame_width, double image_threshold, double pixel_threshold,
-                          double image_scale, double pixel_scale, long long min_area,
-                          const std::string& task_name, bool heatmap,
-                          std::optional<double> raw_score) {
-  const ae::Task task = parse_task(task_name);
-  const ae::Params params =
-      make_params(image_threshold, pixel_threshold, image_scale, pixel_scale, min_area);
+                          long long frame_width, const ae::Params& params, ae::Task task,
+                          bool heatmap, std::optional<double> raw_score) {
   const py::array_t<float> map = as_float_map(anomaly_map, "anomaly_map", 2, "(height, width)");
   const int h = side(map.shape(0), "anomaly_map height");
   const int w = side(map.shape(1), "anomaly_map width");
@@ -215,15 +175,12 @@ py::tuple postprocess_one(const py::object& anomaly_map, long long frame_height,
   const ae::Outputs outputs{mask ? mask->mutable_data() : nullptr,
                             heat ? heat->mutable_data() : nullptr};
   const ae::MapView view = view_of(map, 0, h, w);
-  const ae::Isa isa = current_isa();
 
   ae::Result result;
-  try {
-    py::gil_scoped_release release;
+  {
+    py::gil_scoped_release release;  // std::invalid_argument reaches Python as ValueError
     result = ae::postprocess(view, raw_score.has_value(), raw_score.value_or(0.0), fh, fw,
-                             params, task, outputs, isa);
-  } catch (const std::invalid_argument& e) {
-    throw py::value_error(e.what());
+                             params, task, outputs);
   }
   return to_python(result, mask, heat);
 }
@@ -261,12 +218,7 @@ std::vector<std::pair<int, int>> parse_frame_sizes(const py::object& obj, py::ss
 }
 
 py::list postprocess_many(const py::object& anomaly_maps, const py::object& frame_sizes,
-                          double image_threshold, double pixel_threshold, double image_scale,
-                          double pixel_scale, long long min_area, const std::string& task_name,
-                          bool heatmap) {
-  const ae::Task task = parse_task(task_name);
-  const ae::Params params =
-      make_params(image_threshold, pixel_threshold, image_scale, pixel_scale, min_area);
+                          const ae::Params& params, ae::Task task, bool heatmap) {
   const py::array_t<float> maps =
       as_float_map(anomaly_maps, "anomaly_maps", 3, "(batch, height, width)");
   const py::ssize_t n = maps.shape(0);
@@ -285,7 +237,7 @@ py::list postprocess_many(const py::object& anomaly_maps, const py::object& fram
   }
 
   std::vector<ae::Result> results(static_cast<std::size_t>(n));
-  const ae::Isa isa = current_isa();
+  const ae::Isa isa = ae::active_isa();
   std::size_t i = 0;
   try {
     py::gil_scoped_release release;
@@ -324,7 +276,7 @@ PYBIND11_MODULE(_post, m) {
         "The instruction sets this build can run on this CPU, slowest first: 'baseline' and "
         "then 'avx2' and 'avx512' where available.");
   m.def(
-      "active_isa", [] { return std::string(ae::isa_name(current_isa())); },
+      "active_isa", [] { return std::string(ae::isa_name(ae::active_isa())); },
       "The instruction set the post-processor uses now: set_isa's choice, else "
       "$ANOMALY_EDGE_ISA (read once, at import), else the fastest supported one.");
   m.def("set_isa", &set_isa, py::arg("isa"),
@@ -332,23 +284,53 @@ PYBIND11_MODULE(_post, m) {
         "('baseline', 'avx2' or 'avx512') in every thread from now on; None restores the "
         "default. ValueError for an unknown name or one this CPU cannot run. Results are "
         "bit-identical with every ISA; only the speed differs.");
+  py::enum_<ae::Task>(m, "Task", "What post-processing produces: score and label "
+                                "(classification), + boxes (detection), + mask (segmentation).")
+      .value("classification", ae::Task::Classification)
+      .value("detection", ae::Task::Detection)
+      .value("segmentation", ae::Task::Segmentation);
+
+  // Constructed only through check_params: an instance that exists is valid, so the values are
+  // validated in one place (the library) and read-only afterwards.
+  py::class_<ae::Params>(m, "Params",
+                         "Thresholds and normalisation statistics in raw anomaly-map units; "
+                         "ValueError unless thresholds are finite float32 values, scales finite "
+                         "and > 0, min_area >= 0.")
+      .def(py::init([](double image_threshold, double pixel_threshold, double image_scale,
+                       double pixel_scale, std::int64_t min_area) {
+             const ae::Params p{image_threshold, pixel_threshold, image_scale, pixel_scale,
+                                min_area};
+             ae::check_params(p);
+             return p;
+           }),
+           py::arg("image_threshold"), py::arg("pixel_threshold"), py::arg("image_scale"),
+           py::arg("pixel_scale"), py::arg("min_area") = 1)
+      .def_readonly("image_threshold", &ae::Params::image_threshold)
+      .def_readonly("pixel_threshold", &ae::Params::pixel_threshold)
+      .def_readonly("image_scale", &ae::Params::image_scale)
+      .def_readonly("pixel_scale", &ae::Params::pixel_scale)
+      .def_readonly("min_area", &ae::Params::min_area)
+      .def("__repr__", [](const ae::Params& p) {
+        return "Params(image_threshold=" + std::to_string(p.image_threshold) +
+               ", pixel_threshold=" + std::to_string(p.pixel_threshold) +
+               ", image_scale=" + std::to_string(p.image_scale) +
+               ", pixel_scale=" + std::to_string(p.pixel_scale) +
+               ", min_area=" + std::to_string(p.min_area) + ")";
+      });
+
   m.def("postprocess", &postprocess_one, py::arg("anomaly_map"), py::arg("frame_height"),
-        py::arg("frame_width"), py::arg("image_threshold"), py::arg("pixel_threshold"),
-        py::arg("image_scale"), py::arg("pixel_scale"), py::arg("min_area") = 1,
-        py::arg("task") = "segmentation", py::arg("heatmap") = false,
-        py::arg("raw_score") = py::none(),
+        py::arg("frame_width"), py::arg("params"), py::arg("task") = ae::Task::Segmentation,
+        py::arg("heatmap") = false, py::arg("raw_score") = py::none(),
         "Post-process one float32 (h, w) map. Returns (score, label, raw_score, boxes, mask, "
         "heatmap); boxes are (x1, y1, x2, y2, score, mean_score, area) tuples, highest score "
         "first. The GIL is released while computing.");
   m.def("box_downsample", &box_downsample, py::arg("image"), py::arg("block_h"),
         py::arg("block_w"),
         "Shrink a uint8 H x W (x C) image by whole blocks: each output pixel is the mean of "
-        "one block_h x block_w block, rounded half up; edge rows and columns that do not fill "
+        "one block_h x block_w block, rounded to nearest (ties to even); edge rows and columns that do not fill "
         "a block are left out. The GIL is released while computing.");
   m.def("postprocess_batch", &postprocess_many, py::arg("anomaly_maps"), py::arg("frame_sizes"),
-        py::arg("image_threshold"), py::arg("pixel_threshold"), py::arg("image_scale"),
-        py::arg("pixel_scale"), py::arg("min_area") = 1, py::arg("task") = "segmentation",
-        py::arg("heatmap") = false,
+        py::arg("params"), py::arg("task") = ae::Task::Segmentation, py::arg("heatmap") = false,
         "Post-process N float32 maps (N, h, w), one (height, width) per map in frame_sizes. "
         "Returns a list of the tuples postprocess returns.");
 }

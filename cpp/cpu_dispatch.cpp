@@ -1,6 +1,7 @@
 // Run-time CPU detection and the choice of kernel ISA (see cpu_dispatch.hpp).
 #include "cpu_dispatch.hpp"
 
+#include <atomic>
 #include <cstdlib>
 #include <stdexcept>
 
@@ -8,6 +9,9 @@ namespace anomaly_edge {
 namespace {
 
 constexpr const char* kEnvironmentVariable = "ANOMALY_EDGE_ISA";
+
+// set_isa_override's choice as an Isa value; -1 = none.
+std::atomic<int> isa_override{-1};
 
 std::string supported_names() {
   std::string names;
@@ -109,6 +113,18 @@ Isa default_isa() {
   // every later call reports the same bad setting.
   static const Isa isa = isa_from_environment();
   return isa;
+}
+
+void set_isa_override(Isa isa) {
+  require_supported(isa, std::string("set_isa('") + isa_name(isa) + "')");
+  isa_override.store(static_cast<int>(isa), std::memory_order_relaxed);
+}
+
+void clear_isa_override() { isa_override.store(-1, std::memory_order_relaxed); }
+
+Isa active_isa() {
+  const int isa = isa_override.load(std::memory_order_relaxed);
+  return isa < 0 ? default_isa() : static_cast<Isa>(isa);
 }
 
 }  // namespace anomaly_edge

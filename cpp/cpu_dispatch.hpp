@@ -51,4 +51,13 @@ void require_supported(Isa isa, const std::string& asked_by);
 // ANOMALY_EDGE_ISA names an unknown ISA or one this CPU lacks.
 Isa default_isa();
 
+// A process-wide override of default_isa() for tests and benchmarks, seen whole by every
+// thread. set_isa_override(isa) throws std::invalid_argument (and changes nothing) unless this
+// CPU can run `isa`; clear_isa_override() returns to default_isa().
+void set_isa_override(Isa isa);
+void clear_isa_override();
+
+// The ISA in use now: the override when one is set, else default_isa().
+Isa active_isa();
+
 }  // namespace anomaly_edge

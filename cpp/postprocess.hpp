@@ -6,7 +6,7 @@
 // threads may call it at once. Invalid arguments throw std::invalid_argument.
 //
 // The per-pixel work runs in kernels for the instruction set `isa` (cpu_dispatch.hpp); every
-// ISA gives bit-identical results, only the speed differs. It defaults to default_isa().
+// ISA gives bit-identical results, only the speed differs. It defaults to active_isa().
 #pragma once
 
 #include <cstddef>
@@ -79,7 +79,7 @@ void check_params(const Params& params);
 // Throws std::invalid_argument unless the map and frame sizes are within 1..kMaxSide.
 void check_sizes(const MapView& map, int frame_height, int frame_width);
 
-MapStats scan_map(const MapView& map, Isa isa = default_isa());
+MapStats scan_map(const MapView& map, Isa isa = active_isa());
 
 // clip((raw - threshold) / scale + 0.5, 0, 1)
 double normalise(double raw, double threshold, double scale);
@@ -87,22 +87,22 @@ double normalise(double raw, double threshold, double scale);
 // Connected components of (map >= pixel threshold), boxes scaled to the frame, filtered by
 // min_area, sorted by score (highest first, ties in raster order of their first pixel).
 std::vector<Region> find_regions(const MapView& map, int frame_height, int frame_width,
-                                 const Params& params, Isa isa = default_isa());
+                                 const Params& params, Isa isa = active_isa());
 
 // Bilinear upsampling of the map to the frame (OpenCV INTER_LINEAR convention) fused with the
 // threshold: out = 255 where the interpolated value >= threshold, else 0.
 void render_mask(const MapView& map, float threshold, std::uint8_t* out, int frame_height,
-                 int frame_width, Isa isa = default_isa());
+                 int frame_width, Isa isa = active_isa());
 
 // round(255 * bilinear(normalised map)) at frame resolution.
 void render_heatmap(const MapView& map, double threshold, double scale, std::uint8_t* out,
-                    int frame_height, int frame_width, Isa isa = default_isa());
+                    int frame_height, int frame_width, Isa isa = active_isa());
 
 // Everything the task asks for. With has_raw_score = false the image's raw score is the map's
 // maximum. Throws std::invalid_argument for bad sizes or params, a non-finite raw score, a
 // map with NaN/inf, or an ISA this CPU cannot run.
 Result postprocess(const MapView& map, bool has_raw_score, double raw_score, int frame_height,
                    int frame_width, const Params& params, Task task, const Outputs& outputs,
-                   Isa isa = default_isa());
+                   Isa isa = active_isa());
 
 }  // namespace anomaly_edge

@@ -364,32 +364,46 @@ def test_bad_batches_are_refused():
     [
         ({"frame_height": 0}, ValueError, "frame height"),
         ({"frame_width": 40000}, ValueError, "frame width"),
-        ({"image_threshold": float("nan")}, ValueError, "finite"),
-        ({"pixel_threshold": 1e300}, ValueError, "float32"),
-        ({"image_scale": 0.0}, ValueError, "scale"),
-        ({"pixel_scale": float("inf")}, ValueError, "scale"),
-        ({"min_area": -3}, ValueError, "min_area"),
-        ({"task": "everything"}, ValueError, "unknown task"),
+        ({"task": "everything"}, TypeError, "incompatible"),
         ({"raw_score": float("nan")}, ValueError, "raw_score"),
         ({"anomaly_map": [[0.0]]}, TypeError, "ndarray"),
         ({"anomaly_map": GOOD[:, :, None]}, ValueError, "2-D"),
+        ({"params": (0.5, 0.5, 1.0, 1.0)}, TypeError, "incompatible"),
     ],
 )
 def test_the_extension_validates_on_its_own(kwargs, error, message):
-    args = {"anomaly_map": GOOD, "frame_height": 8, "frame_width": 8, "image_threshold": 0.5,
-            "pixel_threshold": 0.5, "image_scale": 1.0, "pixel_scale": 1.0, **kwargs}
+    args = {"anomaly_map": GOOD, "frame_height": 8, "frame_width": 8,
+            "params": _post.Params(0.5, 0.5, 1.0, 1.0), "task": _post.Task.segmentation,
+            **kwargs}
     with pytest.raises(error, match=message):
         _post.postprocess(**args)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"image_threshold": float("nan")}, "finite"),
+        ({"pixel_threshold": 1e300}, "float32"),
+        ({"image_scale": 0.0}, "scale"),
+        ({"pixel_scale": float("inf")}, "scale"),
+        ({"min_area": -3}, "min_area"),
+    ],
+)
+def test_native_params_are_validated_once_when_built(kwargs, message):
+    values = {"image_threshold": 0.5, "pixel_threshold": 0.5, "image_scale": 1.0,
+              "pixel_scale": 1.0, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        _post.Params(**values)
+    assert _post.Params(0.5, 0.25, 2.0, 4.0, 3).pixel_threshold == 0.25
+
+
 def test_the_extension_batch_validates_frame_sizes():
     maps = np.zeros((2, 4, 4), np.float32)
-    common = {"image_threshold": 0.5, "pixel_threshold": 0.5, "image_scale": 1.0,
-              "pixel_scale": 1.0}
+    params = _post.Params(0.5, 0.5, 1.0, 1.0)
     for sizes, error in [("ab", TypeError), ([(8, 8)], ValueError), ([(8, 8), (8,)], TypeError),
                          ([(8, 8), (8, 2**70)], ValueError), ([(8, 8), (8, 1.0)], TypeError)]:
         with pytest.raises(error, match="frame_sizes"):
-            _post.postprocess_batch(maps, sizes, **common)
+            _post.postprocess_batch(maps, sizes, params)
 
 
 # ---- threads ---------------------------------------------------------------------------------
@@ -416,9 +430,11 @@ def test_threads_give_the_same_results_as_one():
 def test_stub_declares_what_the_extension_has():
     stub = ast.parse((Path(_post.__file__).parent / "_post.pyi").read_text())
     functions = {n.name: n for n in stub.body if isinstance(n, ast.FunctionDef)}
+    classes = {n.name for n in stub.body if isinstance(n, ast.ClassDef)}
     exported = {name for name in dir(_post) if callable(getattr(_post, name))
                 and not name.startswith("_")}
-    assert set(functions) == exported
+    assert set(functions) | classes == exported
+    assert classes == {"Params", "Task"}
     assert {"postprocess", "postprocess_batch", "box_downsample", "set_isa"} <= exported
     for name, node in functions.items():
         declared = [a.arg for a in node.args.args]

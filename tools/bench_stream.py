@@ -9,6 +9,7 @@ Both read the same video, use the same IR and device, and write an annotated .mp
 Usage (from a checkout)::
 
     python tools/bench_stream.py [--model model.xml] [--frames 5000] [--plain-frames 300]
+    python tools/bench_stream.py --sources 1,2,4,8 [--model model.xml] [--frames-per-source 600]
 
 Without --model, a synthetic IR (tests/ir_factory.py, 256x256 input, no training needed) is
 built and the output says so; give a real PaDiM IR for representative inference costs.
@@ -42,8 +43,23 @@ def main() -> int:
     parser.add_argument("--plain-frames", type=int, default=300,
                         help="frames for the plain loop (it is slow; its rate is steady)")
     parser.add_argument("--work", type=Path, help="folder for the video files (default: temp)")
+    many = parser.add_argument_group("several cameras (tools/bench_stream_sources.py)")
+    many.add_argument("--sources", metavar="N,N,...",
+                      help="instead: N file cameras through one model, e.g. 1,2,4,8, against "
+                      "the model's asynchronous throughput")
+    many.add_argument("--frames-per-source", type=int, default=600, metavar="N")
+    many.add_argument("--frame", default="640x480", metavar="WxH",
+                      help="frame size of the --sources video (default 640x480)")
+    many.add_argument("--seconds", type=float, default=8.0,
+                      help="--sources: seconds for each measurement of the model's own "
+                      "asynchronous throughput (default 8)")
     args = parser.parse_args()
     sys.path[:0] = [str(REPO / "python"), str(REPO)]
+    if args.sources:
+        sys.path.insert(0, str(REPO / "tools"))
+        from bench_stream_sources import run
+
+        return run(args)
 
     with tempfile.TemporaryDirectory(prefix="bench_stream_") as temp:
         work = args.work or Path(temp)

@@ -94,6 +94,9 @@ DATA = re.compile(r"\.(png|jpe?g|bmp|tiff?|avi|mp4|mkv|xml|bin|onnx|pt|pth|npy|n
 problems = []
 if not any(re.fullmatch(r"anomaly_edge/_post[^/]*\.so", n) for n in names):
     problems.append("the compiled extension anomaly_edge/_post*.so is missing")
+for typed in ("anomaly_edge/py.typed", "anomaly_edge/_post.pyi"):
+    if typed not in names:
+        problems.append(f"{typed} is missing: users' type checkers would ignore the hints")
 problems += [f"unexpected file in the wheel: {n}" for n in names
              if n.startswith(("tests/", "tools/", "cpp/")) or "/tests/" in n
              or DATA.search(n) or "__pycache__" in n]

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build anomaly_edge._post with AddressSanitizer + UndefinedBehaviorSanitizer (-DAE_SANITIZE=ON)
-# in its own build directory and run the post-processor tests against that build.
+# Build anomaly_edge._post and the C++ library test with AddressSanitizer +
+# UndefinedBehaviorSanitizer (-DAE_SANITIZE=ON) in their own build directory, run the C++ test
+# with ctest and the post-processor's Python tests against that build.
 #
 #   tools/sanitize.sh                    # tests/test_postprocess*.py, tests/test_box_downsample.py
 #   tools/sanitize.sh -k threads         # extra arguments go to pytest
@@ -23,10 +24,12 @@ if [[ ! -e "$libasan" ]]; then
 fi
 
 cmake -S "$repo" -B "$build_dir" \
-  -DAE_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DAE_SANITIZE=ON -DAE_BUILD_TESTS=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -Dpybind11_DIR="$("$python" -m pybind11 --cmakedir)" \
   -DPython_EXECUTABLE="$("$python" -c 'import sys; print(sys.executable)')" >/dev/null
 cmake --build "$build_dir" --parallel "$jobs"
+ASAN_OPTIONS="abort_on_error=1" UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1" \
+  ctest --test-dir "$build_dir" --output-on-failure
 
 stage="$(mktemp -d)"
 trap 'rm -rf "$stage"' EXIT
@@ -37,7 +40,8 @@ cp "$build_dir"/_post*.so "$stage/anomaly_edge/"
 export PYTHONPATH="$stage${PYTHONPATH:+:$PYTHONPATH}"
 # libstdc++ is preloaded too: ASan intercepts C++ throws and must find the real __cxa_throw at
 # start-up, before Python loads the extension (and with it libstdc++).
-export LD_PRELOAD="$libasan $(gcc -print-file-name=libstdc++.so.6)"
+libstdcxx="$(gcc -print-file-name=libstdc++.so.6)"
+export LD_PRELOAD="$libasan $libstdcxx"
 # Python itself "leaks" by design at exit; leak reports would be noise.
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:strict_string_checks=1:detect_stack_use_after_return=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"

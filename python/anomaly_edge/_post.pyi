@@ -26,36 +26,65 @@ Result = tuple[
     npt.NDArray[np.uint8] | None,  # heatmap (frame_height, frame_width); when asked for
 ]
 
+class Task:
+    """What post-processing produces (an enum; anomaly_edge.Task maps onto it by name)."""
+
+    classification: Task
+    detection: Task
+    segmentation: Task
+    @property
+    def name(self) -> str: ...
+    @property
+    def value(self) -> int: ...
+
+class Params:
+    """Thresholds and normalisation statistics in raw map units, validated when built.
+
+    Raises ValueError unless thresholds are finite float32 values, scales finite and > 0 and
+    min_area >= 0. Read-only.
+    """
+
+    def __init__(
+        self,
+        image_threshold: float,
+        pixel_threshold: float,
+        image_scale: float,
+        pixel_scale: float,
+        min_area: int = 1,
+    ) -> None: ...
+    @property
+    def image_threshold(self) -> float: ...
+    @property
+    def pixel_threshold(self) -> float: ...
+    @property
+    def image_scale(self) -> float: ...
+    @property
+    def pixel_scale(self) -> float: ...
+    @property
+    def min_area(self) -> int: ...
+
 def postprocess(
     anomaly_map: npt.NDArray[np.float32],
     frame_height: int,
     frame_width: int,
-    image_threshold: float,
-    pixel_threshold: float,
-    image_scale: float,
-    pixel_scale: float,
-    min_area: int = 1,
-    task: str = "segmentation",
+    params: Params,
+    task: Task = ...,
     heatmap: bool = False,
     raw_score: float | None = None,
 ) -> Result: ...
 def postprocess_batch(
     anomaly_maps: npt.NDArray[np.float32],
     frame_sizes: list[tuple[int, int]],
-    image_threshold: float,
-    pixel_threshold: float,
-    image_scale: float,
-    pixel_scale: float,
-    min_area: int = 1,
-    task: str = "segmentation",
+    params: Params,
+    task: Task = ...,
     heatmap: bool = False,
 ) -> list[Result]: ...
-
 def box_downsample(
     image: npt.NDArray[np.uint8], block_h: int, block_w: int
 ) -> npt.NDArray[np.uint8]:
     """Shrink a uint8 H x W (x C) image: each output pixel is the mean of one block_h x block_w
-    block, rounded half up; edge rows/columns that do not fill a block are left out."""
+    block, rounded to nearest (ties to even); edge rows/columns that do not fill a block are
+    left out."""
 
 def cpu_features() -> dict[str, bool]:
     """{"sse2", "avx2", "avx512f", "avx512bw", "avx512vl"}: what this CPU (and OS) offer."""

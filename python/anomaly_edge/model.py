@@ -14,7 +14,7 @@ import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import openvino as ov
@@ -31,6 +31,9 @@ from anomaly_edge.model_loading import (
 )
 from anomaly_edge.postprocess import PostprocessParams, postprocess
 from anomaly_edge.prediction import Prediction, Task
+
+if TYPE_CHECKING:
+    from anomaly_edge.remote import RemoteAnomalyModel
 
 _DEFAULT = object()  # marks "use the default cache directory" (None disables the cache)
 
@@ -124,6 +127,19 @@ class AnomalyModel:
         self._queue: ov.AsyncInferQueue | None = None  # created on first asynchronous use
         _LIVE_MODELS.add(self)
         self._submitted: deque[_Pending] = deque()  # submit() results, in submission order
+
+    @classmethod
+    def remote(cls, url: str | list[str], name: str | None = None,
+               **options: Any) -> RemoteAnomalyModel:
+        """A model served by a v2 model server (``anomaly-edge serve``, OpenVINO Model Server,
+        KServe), with this class's interface: pre- and post-processing run here.
+
+        ``url``: ``http://host:8080``, ``grpc://host:8081``, or a list of replicas. ``options``
+        are those of :class:`~anomaly_edge.remote.RemoteAnomalyModel`. Needs the ``serve`` extra.
+        """
+        from anomaly_edge.remote import RemoteAnomalyModel
+
+        return RemoteAnomalyModel(url, name, **options)
 
     # ---- settings changeable at run time ---------------------------------------------------
 

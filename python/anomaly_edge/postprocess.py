@@ -31,6 +31,8 @@ __all__ = ["PostprocessParams", "postprocess", "postprocess_batch"]
 
 FrameSize = tuple[int, int]
 
+_NATIVE_TASKS = {task: getattr(_post.Task, task.value) for task in Task}
+
 
 @dataclasses.dataclass(frozen=True)
 class PostprocessParams:
@@ -47,20 +49,24 @@ class PostprocessParams:
     image_scale: float
     pixel_scale: float
     min_area: int = 1
+    _native: _post.Params = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        # Python checks types (a bool or a str is no threshold); the C++ library checks values,
+        # in one place (check_params), when the native twin is built.
         for name in ("image_threshold", "pixel_threshold", "image_scale", "pixel_scale"):
-            value = _finite_float(getattr(self, name), name)
-            if name.endswith("scale") and value <= 0:
-                raise InvalidInputError(
-                    f"{name} must be > 0 (the spread max - min of validation scores), got {value}"
-                )
-            object.__setattr__(self, name, value)
+            object.__setattr__(self, name, _number(getattr(self, name), name))
         if not _is_int(self.min_area):
             raise TypeError(f"min_area must be an int, got {type(self.min_area).__name__}")
-        if self.min_area < 0:
-            raise InvalidInputError(f"min_area must be >= 0, got {self.min_area}")
         object.__setattr__(self, "min_area", int(self.min_area))
+        try:
+            native = _post.Params(
+                self.image_threshold, self.pixel_threshold, self.image_scale, self.pixel_scale,
+                self.min_area,
+            )
+        except ValueError as exc:
+            raise InvalidInputError(str(exc)) from None
+        object.__setattr__(self, "_native", native)
 
     @classmethod
     def from_metadata(cls, metadata: ModelMetadata, min_area: int = 1) -> PostprocessParams:
@@ -112,10 +118,9 @@ def postprocess(
         raw_score = _finite_float(raw_score, "raw_score")
     try:
         result = _post.postprocess(
-            anomaly_map, height, width,
-            params.image_threshold, params.pixel_threshold, params.image_scale, params.pixel_scale,
-            params.min_area, task.value, bool(heatmap), raw_score,
-        )  # fmt: skip
+            anomaly_map, height, width, params._native, _NATIVE_TASKS[task], bool(heatmap),
+            raw_score,
+        )
     except ValueError as exc:  # e.g. NaN in the map: one exception type for every bad input
         raise InvalidInputError(str(exc)) from None
     return _prediction(result, task, anomaly_map)
@@ -156,10 +161,8 @@ def postprocess_batch(
         sizes = [_frame_size(s, f"frame_sizes[{i}]") for i, s in enumerate(frame_sizes)]
     try:
         results = _post.postprocess_batch(
-            anomaly_maps, sizes,
-            params.image_threshold, params.pixel_threshold, params.image_scale, params.pixel_scale,
-            params.min_area, task.value, bool(heatmap),
-        )  # fmt: skip
+            anomaly_maps, sizes, params._native, _NATIVE_TASKS[task], bool(heatmap)
+        )
     except ValueError as exc:
         raise InvalidInputError(str(exc)) from None
     return [_prediction(r, task, anomaly_maps[i]) for i, r in enumerate(results)]
@@ -235,10 +238,14 @@ def _frame_size(value: object, name: str) -> FrameSize:
     return height, width
 
 
-def _finite_float(value: object, name: str) -> float:
+def _number(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    result = float(value)
+    return float(value)
+
+
+def _finite_float(value: object, name: str) -> float:
+    result = _number(value, name)
     if not math.isfinite(result):
         raise InvalidInputError(f"{name} must be a finite number, got {result}")
     return result

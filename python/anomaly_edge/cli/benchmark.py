@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from anomaly_edge.cli.common import TASKS, CliError, ExitCode
+from anomaly_edge.cli.serve import add_remote_option, open_remote_model, wants_remote
 
 if TYPE_CHECKING:
     import numpy as np
@@ -30,7 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog="exit codes: 0 done, 2 bad arguments, 3 image cannot be read, "
         "4 model cannot be loaded",
     )
-    parser.add_argument("--model", required=True, type=Path, help="the exported IR (model.xml)")
+    parser.add_argument("--model", required=True,
+                        help="the exported IR (model.xml), or a model server URL (see --remote)")
+    add_remote_option(parser)
     parser.add_argument("--device", default="AUTO", help="OpenVINO device: AUTO, CPU, GPU, NPU")
     parser.add_argument("--task", choices=TASKS, default="detection",
                         help="post-processing to include (default: detection)")
@@ -50,8 +53,11 @@ def run(args: argparse.Namespace) -> int:
     from anomaly_edge.model import AnomalyModel
 
     try:
-        model = AnomalyModel(args.model, args.device, task=args.task,
-                             num_requests=args.num_requests)
+        if wants_remote(args):
+            model = open_remote_model(args, task=args.task, num_requests=args.num_requests)
+        else:
+            model = AnomalyModel(args.model, args.device, task=args.task,
+                                 num_requests=args.num_requests)
     except InvalidInputError as exc:
         raise CliError(str(exc), ExitCode.USAGE) from None
     if args.image is not None:

@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "written), 3 data folder missing, 4 checkpoint cannot be loaded, 5 training extra "
         "not installed",
     )
-    parser.add_argument("--run", "--checkpoint", dest="checkpoint", required=True, type=Path,
+    parser.add_argument("--run", "--checkpoint", dest="checkpoint", type=Path,
                         help="training output folder (holding checkpoint.pt) or the checkpoint")
     parser.add_argument("--precision", type=str.upper, choices=PRECISIONS, default="FP16",
                         help="weights precision (default FP16)")
@@ -48,10 +48,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="INT8: refuse when image AUROC drops by more than this (e.g. 0.01)")
     parser.add_argument("--calibration-images", type=int, default=300,
                         help="INT8: at most this many training images (default 300)")
+    repository = parser.add_argument_group(
+        "model repository (OpenVINO Model Server, KServe, anomaly-edge serve)")
+    repository.add_argument("--repository", type=Path, metavar="DIR",
+                            help="also publish the IR as DIR/NAME/VERSION/model.xml|bin and "
+                            "update DIR/config.json (OVMS); earlier versions are kept")
+    repository.add_argument("--name", help="--repository: the model's name (in server URLs)")
+    repository.add_argument("--version", type=int,
+                            help="--repository: version number (default: the next one)")
+    repository.add_argument("--model", type=Path, metavar="XML",
+                            help="--repository: publish this exported IR as it is (no "
+                            "re-export, no training extra needed) instead of --run")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.repository is not None or args.model is not None:
+        _check_repository_args(args)
+        if args.model is not None:  # an exported IR as it is: no torch needed
+            _publish(args.model, args)
+            return 0
+    if args.checkpoint is None:
+        raise CliError("give --run DIR (a training folder), or --model XML --repository DIR",
+                       ExitCode.USAGE)
     require_train_extra("anomaly-edge export")
     from anomaly_edge.train.checkpoint import load_checkpoint
     from anomaly_edge.train.export import ValidationSet, export_ir, ir_size_mb
@@ -76,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
     xml = export_ir(model, metadata, out, args.precision, calibration_images=calibration,
                     max_accuracy_drop=args.max_accuracy_drop, validation=validation)
     print(f"exported {xml} ({args.precision}, {ir_size_mb(xml):.1f} MB)")
+    if args.repository is not None:
+        _publish(xml, args)
     if args.precision == "INT8" and validation is not None:
         from anomaly_edge.metadata import ModelMetadata
         from anomaly_edge.model_loading import read_ir
@@ -83,6 +104,27 @@ def run(args: argparse.Namespace) -> int:
         report = ModelMetadata.read_from(read_ir(xml)).metrics.get("int8")
         print(f"INT8 accuracy change: {json.dumps(report)}")
     return 0
+
+
+def _check_repository_args(args: argparse.Namespace) -> None:
+    if args.repository is None or not args.name:
+        raise CliError("publishing to a model repository needs --repository DIR and --name NAME",
+                       ExitCode.USAGE)
+    if (args.model is None) == (args.checkpoint is None):
+        raise CliError("give either --model XML (an exported IR, published as it is) or --run "
+                       "DIR (exported again, then published)", ExitCode.USAGE)
+
+
+def _publish(xml: Path, args: argparse.Namespace) -> None:
+    from anomaly_edge.errors import InvalidInputError
+    from anomaly_edge.repository import publish
+
+    try:
+        published = publish(xml, args.repository, args.name, args.version)
+    except InvalidInputError as exc:
+        raise CliError(str(exc), ExitCode.USAGE) from None
+    print(f"published {published} (model {args.name!r}, version {published.parent.name}; "
+          f"OVMS config {Path(args.repository) / 'config.json'})")
 
 
 def mvtec_inputs(

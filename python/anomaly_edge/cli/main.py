@@ -18,8 +18,8 @@ from anomaly_edge.cli.common import CliError, ExitCode
 from anomaly_edge.errors import AnomalyEdgeError, ModelLoadError
 
 # The order in `--help`; modules found but not listed come after, by name.
-ORDER = ["demo", "train", "export", "predict", "run", "info", "benchmark"]
-NOT_COMMANDS = {"main", "common"}
+ORDER = ["demo", "train", "export", "predict", "run", "info", "benchmark", "serve"]
+NOT_COMMANDS = {"main", "common", "run_cameras"}  # run_cameras: part of `run`
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     except ModelLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return int(ExitCode.MODEL)
+    except ConnectionError as exc:  # a model server (--model URL) that stopped answering
+        print(f"error: {exc}", file=sys.stderr)
+        return int(ExitCode.INPUT)
     except AnomalyEdgeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return int(ExitCode.FAILURE)

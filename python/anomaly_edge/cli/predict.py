@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from anomaly_edge.cli.common import TASKS, CliError, ExitCode
+from anomaly_edge.cli.serve import add_remote_option, open_remote_model, wants_remote
 
 if TYPE_CHECKING:
     import numpy as np
@@ -39,7 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE|DIR",
                         help="image files and/or folders of images")
-    parser.add_argument("--model", required=True, type=Path, help="the exported IR (model.xml)")
+    parser.add_argument("--model", required=True,
+                        help="the exported IR (model.xml), or a model server URL (see --remote)")
+    add_remote_option(parser)
     parser.add_argument("--device", default="AUTO", help="OpenVINO device: AUTO, CPU, GPU, NPU")
     parser.add_argument("--task", choices=TASKS, help="override the model's task")
     parser.add_argument("--image-threshold", type=float,
@@ -66,9 +69,12 @@ def run(args: argparse.Namespace) -> int:
     if args.overlays is not None:
         args.overlays.mkdir(parents=True, exist_ok=True)
     try:
-        model = AnomalyModel(args.model, args.device, task=args.task,
-                             image_threshold=args.image_threshold,
-                             pixel_threshold=args.pixel_threshold, min_area=args.min_area)
+        settings = {"task": args.task, "image_threshold": args.image_threshold,
+                    "pixel_threshold": args.pixel_threshold, "min_area": args.min_area}
+        if wants_remote(args):
+            model = open_remote_model(args, **settings)
+        else:
+            model = AnomalyModel(args.model, args.device, **settings)
     except InvalidInputError as exc:  # a bad device, task or threshold: the user's arguments
         raise CliError(str(exc), ExitCode.USAGE) from None
 

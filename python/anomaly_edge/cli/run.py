@@ -8,9 +8,13 @@ Exit codes (scripts can rely on them):
       unopenable camera), a live source was lost after ``--reconnect-attempts``
       reconnections, or an output folder is missing;
 * 4   the model cannot be loaded;
+* 5   ``--web``, ``--mqtt`` or ``--metrics`` without its optional extra installed;
 * 130 stopped by Ctrl-C or SIGTERM: frames in flight were finished and every output file
       is complete and playable;
 * 1   anything else.
+
+Several cameras (repeated ``--source``, ``--config``) and the web view, MQTT, webhook and
+metrics run in ``cli/run_cameras.py``; a camera lost there gives 3 once the others finished.
 
 The output video and snapshots appear complete or not at all; the events file is written
 line by line (flushed), so it can be followed while the run goes on.
@@ -28,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from anomaly_edge.cli.common import TASKS, CliError, ExitCode
+from anomaly_edge.cli.serve import add_remote_option, open_remote_model, wants_remote
 from anomaly_edge.errors import AnomalyEdgeError
 
 
@@ -38,12 +43,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run a model over a stream of frames: annotated video, JSON Lines events, "
         "snapshots of anomalous frames and a live status line. Ctrl-C stops cleanly.",
         epilog="exit codes: 0 done, 2 bad arguments, 3 source cannot be opened or was lost, "
-        "4 model cannot be loaded, 130 interrupted (outputs complete), 1 other errors",
+        "4 model cannot be loaded, 5 optional extra missing (web, mqtt, metrics), "
+        "130 interrupted (outputs complete), 1 other errors",
     )
-    parser.add_argument("--model", required=True, metavar="XML", help="the exported IR (model.xml)")
-    parser.add_argument("--source", required=True,
+    parser.add_argument("--model", required=True, metavar="XML|URL",
+                        help="the exported IR (model.xml), or a model server URL (see --remote)")
+    add_remote_option(parser)
+    parser.add_argument("--source", action="append",
                         help="video file, image folder, glob ('shots/*.png'), camera index (0), "
-                        "or rtsp:// / http:// URL")
+                        "or rtsp:// / http:// URL; repeat for several cameras (NAME=SPEC)")
     parser.add_argument("--device", default="AUTO", help="OpenVINO device: AUTO, CPU, GPU, NPU")
     parser.add_argument("--task", choices=TASKS, help="override the model's task")
     parser.add_argument("--image-threshold", type=float, metavar="RAW",
@@ -89,6 +97,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     stream.add_argument("--timeout", type=_positive_float, default=10.0, metavar="SECONDS",
                         help="seconds to wait for a network stream to open or deliver a frame "
                         "(default 10)")
+    from anomaly_edge.cli.run_cameras import add_arguments
+
+    add_arguments(parser)
     parser.set_defaults(handler=handle)
 
 
@@ -114,6 +125,14 @@ def execute(args: argparse.Namespace,
 
     _quiet_video_backends()
     _log_stream_messages()
+    from anomaly_edge.cli.run_cameras import execute_many, wants_many
+
+    if wants_many(args):  # several cameras, a config file, the web view, MQTT, metrics
+        return execute_many(args)
+    if isinstance(args.source, list):  # `--source` may be repeated
+        args.source = args.source[0]
+    if not args.source:
+        raise CliError("give --source (one or more) or --config", ExitCode.USAGE)
     if args.output is not None and args.output.suffix.lower() not in VIDEO_CODECS:
         raise CliError(f"--output {args.output}: unknown video container; use one of "
                        f"{', '.join(sorted(VIDEO_CODECS))}", ExitCode.USAGE)
@@ -173,6 +192,9 @@ def execute(args: argparse.Namespace,
     except SourceError as exc:  # a live source that did not come back
         _print_summary(runner)
         raise CliError(str(exc), ExitCode.INPUT) from None
+    except ConnectionError as exc:  # a model server that did not come back (--model URL)
+        _print_summary(runner)
+        raise CliError(str(exc), ExitCode.INPUT) from None
     except OSError as exc:  # a full disk, a folder removed under our feet, ...
         _print_summary(runner)
         raise CliError(f"writing the outputs failed: {exc}") from None
@@ -184,6 +206,15 @@ def execute(args: argparse.Namespace,
 
 
 def _load_model(args: argparse.Namespace):
+    if wants_remote(args):  # the server's outages are retried as a live source's are
+        from anomaly_edge.remote import RetryPolicy
+
+        return open_remote_model(
+            args, task=args.task, image_threshold=args.image_threshold,
+            pixel_threshold=args.pixel_threshold, min_area=args.min_area,
+            num_requests=args.num_requests, timeout=args.timeout,
+            reconnect=RetryPolicy(args.reconnect_attempts, args.reconnect_delay,
+                                  args.reconnect_max_delay))
     path = Path(args.model)
     if not path.is_file():
         raise CliError(f"model {path} not found; give the model.xml that `anomaly-edge export` "

@@ -15,8 +15,14 @@ or hand a callback to :meth:`StreamRunner.run`, which returns a :class:`StreamSu
 Sources: video files, image folders and globs, camera indices, RTSP/HTTP/... URLs
 (:func:`open_source`). Sinks: :class:`VideoSink`, :class:`EventsSink`, :class:`SnapshotSink`,
 :class:`WindowSink`, :class:`StatusLine`, or any object with ``write(result)`` and ``close()``.
+
+Several cameras through one model: :func:`run_many` / :class:`MultiStreamRunner` with
+:class:`Camera` s (or :func:`load_config` for a TOML file).
 """
 
+from anomaly_edge.stream.config import Camera, load_config
+from anomaly_edge.stream.events import EventLog
+from anomaly_edge.stream.multi import MultiStreamRunner, MultiSummary, run_many
 from anomaly_edge.stream.pipeline import FrameResult, StreamRunner, run
 from anomaly_edge.stream.sinks import EventsSink, Sink, SnapshotSink, VideoSink, WindowSink
 from anomaly_edge.stream.sources import Frame, ReconnectPolicy, Source, SourceError, open_source
@@ -24,9 +30,13 @@ from anomaly_edge.stream.stats import StreamStats, StreamSummary
 from anomaly_edge.stream.status import StatusLine, format_summary
 
 __all__ = [
+    "Camera",
+    "EventLog",
     "EventsSink",
     "Frame",
     "FrameResult",
+    "MultiStreamRunner",
+    "MultiSummary",
     "ReconnectPolicy",
     "Sink",
     "SnapshotSink",
@@ -39,6 +49,8 @@ __all__ = [
     "VideoSink",
     "WindowSink",
     "format_summary",
+    "load_config",
     "open_source",
     "run",
+    "run_many",
 ]
