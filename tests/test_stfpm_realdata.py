@@ -31,8 +31,16 @@ def test_short_training_on_metal_plate_beats_chance_by_far(datasets_root, isa_le
     # The short schedule warms up for one epoch, decays the rate to 0 by the last and clips
     # gradients at norm 1 (the first steps reach 16.6): no step is large enough to amplify
     # rounding. Image AUROC at SSE4.1 / AVX2 / AVX-512: 0.843 / 0.873 / 0.859.
-    model = stfpm.fit_stfpm("efficientnet_lite0", train, None, max_epochs=EPOCHS,
-                            warmup_epochs=1, cosine=True, max_grad_norm=1.0, progress=False)
+    model = stfpm.fit_stfpm(
+        "efficientnet_lite0",
+        train,
+        None,
+        max_epochs=EPOCHS,
+        warmup_epochs=1,
+        cosine=True,
+        max_grad_norm=1.0,
+        progress=False,
+    )
     assert model.history is not None and model.history.epochs == EPOCHS
     assert model.history.val_loss[-1] < model.history.val_loss[0]
 

@@ -47,8 +47,14 @@ def child_main(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     from anomaly_edge.train import train
 
-    options = {"model": args.model, "backbone": args.backbone, "image_size": args.image_size,
-               "seed": args.seed, "export": False, "threads": args.threads}
+    options = {
+        "model": args.model,
+        "backbone": args.backbone,
+        "image_size": args.image_size,
+        "seed": args.seed,
+        "export": False,
+        "threads": args.threads,
+    }
     if args.model == "stfpm":
         stfpm_options = json.loads(args.stfpm_options or "{}")
         if args.max_epochs is not None:
@@ -67,26 +73,39 @@ def child_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_child(level: isa.IsaLevel, folder: Path, model: str,
-              args: argparse.Namespace) -> dict | str:
+def run_child(
+    level: isa.IsaLevel, folder: Path, model: str, args: argparse.Namespace
+) -> dict | str:
     """One child run: its record, or the tail of its error output."""
-    command = [sys.executable, str(Path(__file__).resolve()), CHILD_FLAG, "--data", str(folder),
-               "--model-name", model, "--backbone", args.backbone, "--image-size",
-               str(args.image_size), "--seed", str(args.seed), "--threads", str(args.threads)]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        CHILD_FLAG,
+        "--data",
+        str(folder),
+        "--model-name",
+        model,
+        "--backbone",
+        args.backbone,
+        "--image-size",
+        str(args.image_size),
+        "--seed",
+        str(args.seed),
+        "--threads",
+        str(args.threads),
+    ]
     if args.max_epochs is not None:
         command += ["--max-epochs", str(args.max_epochs)]
     if args.stfpm_options:
         command += ["--stfpm-options", args.stfpm_options]
     # A fresh process per level: the libraries read their caps once, at start.
-    env = level.environment({k: v for k, v in os.environ.items()
-                             if k not in isa.CAP_VARIABLES})
+    env = level.environment({k: v for k, v in os.environ.items() if k not in isa.CAP_VARIABLES})
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # spinning threads starve a shared machine
     env.setdefault("CI", "true")  # no telemetry attempts offline
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO,
-                          check=False)
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, check=False)
     for line in reversed(done.stdout.splitlines()):
         if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX):])
+            return json.loads(line[len(RESULT_PREFIX) :])
     return "\n".join(done.stderr.strip().splitlines()[-5:]) or f"exit code {done.returncode}"
 
 
@@ -98,8 +117,12 @@ def spreads(runs: list[dict]) -> list[dict]:
             groups.setdefault((run["dataset"], run["category"], run["model"]), []).append(run)
     result = []
     for (dataset, category, model), members in groups.items():
-        row: dict = {"dataset": dataset, "category": category, "model": model,
-                     "levels": len(members)}
+        row: dict = {
+            "dataset": dataset,
+            "category": category,
+            "model": model,
+            "levels": len(members),
+        }
         for key in METRICS:
             values = [m[key] for m in members if m[key] is not None]
             row[key] = round(max(values) - min(values), 4) if values else None
@@ -111,9 +134,16 @@ def format_table(runs: list[dict]) -> str:
     header = ("level", "data", "model", "img AUROC", "pix AUROC", "AUPRO", "fit s", "epochs")
     rows = [header]
     for run in runs:
-        rows.append((run["level"], f"{run['dataset']}/{run['category']}", run["model"],
-                     *(_fmt(run.get(k), 3) for k in METRICS), _fmt(run.get("fit_s"), 1),
-                     f"{run.get('best_epoch') or '-'}/{run.get('epochs') or '-'}"))
+        rows.append(
+            (
+                run["level"],
+                f"{run['dataset']}/{run['category']}",
+                run["model"],
+                *(_fmt(run.get(k), 3) for k in METRICS),
+                _fmt(run.get("fit_s"), 1),
+                f"{run.get('best_epoch') or '-'}/{run.get('epochs') or '-'}",
+            )
+        )
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -126,19 +156,28 @@ def _fmt(value: float | None, digits: int) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", help="datasets root (default ../shared/datasets or "
-                                       "$ANOMALY_EDGE_DATASETS)")
+    parser.add_argument(
+        "--root", help="datasets root (default ../shared/datasets or $ANOMALY_EDGE_DATASETS)"
+    )
     parser.add_argument("--datasets", nargs="+", help="dataset folder names (default: all)")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
-    parser.add_argument("--levels", nargs="+", choices=list(isa.LEVELS),
-                        default=list(isa.LEVELS), help="instruction-set levels (default: all "
-                                                       "this CPU has)")
+    parser.add_argument(
+        "--levels",
+        nargs="+",
+        choices=list(isa.LEVELS),
+        default=list(isa.LEVELS),
+        help="instruction-set levels (default: all this CPU has)",
+    )
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--max-epochs", type=int, default=None,
-                        help="STFPM epoch cap (default: the train API's)")
-    parser.add_argument("--stfpm-options", default=None,
-                        help="JSON object of extra STFPM settings, e.g. '{\"lr\": 0.1}'")
+    parser.add_argument(
+        "--max-epochs", type=int, default=None, help="STFPM epoch cap (default: the train API's)"
+    )
+    parser.add_argument(
+        "--stfpm-options",
+        default=None,
+        help="JSON object of extra STFPM settings, e.g. '{\"lr\": 0.1}'",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads per run")
     parser.add_argument(CHILD_FLAG, action="store_true", help=argparse.SUPPRESS)
@@ -169,29 +208,48 @@ def main(argv: list[str] | None = None) -> int:
     for dataset, category, folder in categories:
         for model in args.models:
             for level in levels:
-                print(f"{model} on {dataset}/{category} at {level.name} ...", file=sys.stderr,
-                      flush=True)
+                print(
+                    f"{model} on {dataset}/{category} at {level.name} ...",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 record = run_child(level, folder, model, args)
-                run = {"level": level.name, "dataset": dataset, "category": category,
-                       "model": model}
+                run = {
+                    "level": level.name,
+                    "dataset": dataset,
+                    "category": category,
+                    "model": model,
+                }
                 if isinstance(record, str):
                     print(f"  FAILED: {record}", file=sys.stderr, flush=True)
                     run["error"] = record
                 else:
-                    run.update({k: (round(v, 4) if isinstance(v, float) else v)
-                                for k, v in record.items()})
+                    run.update(
+                        {k: (round(v, 4) if isinstance(v, float) else v) for k, v in record.items()}
+                    )
                     print("  " + json.dumps(run), file=sys.stderr, flush=True)
                 runs.append(run)
     spread = spreads(runs)
     print(format_table(runs))
     print()
     for row in spread:
-        print(f"spread over {row['levels']} levels, {row['dataset']}/{row['category']} "
-              f"{row['model']}: " + ", ".join(f"{k} {_fmt(row[k], 3)}" for k in METRICS))
-    print(json.dumps({"benchmark": "isa", "levels": [level.name for level in levels],
-                      "image_size": args.image_size, "max_epochs": args.max_epochs,
-                      "stfpm_options": json.loads(args.stfpm_options or "{}"),
-                      "runs": runs, "spread": spread}))
+        print(
+            f"spread over {row['levels']} levels, {row['dataset']}/{row['category']} "
+            f"{row['model']}: " + ", ".join(f"{k} {_fmt(row[k], 3)}" for k in METRICS)
+        )
+    print(
+        json.dumps(
+            {
+                "benchmark": "isa",
+                "levels": [level.name for level in levels],
+                "image_size": args.image_size,
+                "max_epochs": args.max_epochs,
+                "stfpm_options": json.loads(args.stfpm_options or "{}"),
+                "runs": runs,
+                "spread": spread,
+            }
+        )
+    )
     return 1 if any("error" in run for run in runs) else 0
 
 

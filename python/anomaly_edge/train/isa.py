@@ -38,9 +38,11 @@ class IsaLevel:
 
 
 def _level(name: str, flags: str, onednn: str, aten: str) -> IsaLevel:
-    return IsaLevel(name, frozenset(flags.split()),
-                    {"ONEDNN_MAX_CPU_ISA": onednn, "OV_CPU_MAX_ISA": onednn,
-                     "ATEN_CPU_CAPABILITY": aten})
+    return IsaLevel(
+        name,
+        frozenset(flags.split()),
+        {"ONEDNN_MAX_CPU_ISA": onednn, "OV_CPU_MAX_ISA": onednn, "ATEN_CPU_CAPABILITY": aten},
+    )
 
 
 # The levels torch's CPU kernels are built for; "avx512" is AVX-512 without bf16/AMX
@@ -78,8 +80,9 @@ def level(name: str) -> IsaLevel:
     try:
         return LEVELS[name]
     except KeyError:
-        raise ValueError(f"unknown instruction-set level {name!r}; choose one of "
-                         f"{', '.join(LEVELS)}") from None
+        raise ValueError(
+            f"unknown instruction-set level {name!r}; choose one of {', '.join(LEVELS)}"
+        ) from None
 
 
 def active_caps() -> dict[str, str]:

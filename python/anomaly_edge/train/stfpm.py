@@ -22,6 +22,16 @@ from anomaly_edge.train.stfpm_model import (
 )
 from anomaly_edge.train.stfpm_training import StfpmHistory, fit_stfpm, train_stfpm
 
-__all__ = ["BLUR_SIGMA", "STUDENT_BN_MOMENTUM", "Combine", "Stfpm", "StfpmHistory",
-           "build_stfpm", "fit_stfpm", "layer_distance", "rebuild_stfpm", "stfpm_loss",
-           "train_stfpm"]
+__all__ = [
+    "BLUR_SIGMA",
+    "STUDENT_BN_MOMENTUM",
+    "Combine",
+    "Stfpm",
+    "StfpmHistory",
+    "build_stfpm",
+    "fit_stfpm",
+    "layer_distance",
+    "rebuild_stfpm",
+    "stfpm_loss",
+    "train_stfpm",
+]

@@ -72,8 +72,14 @@ class Stfpm(nn.Module):
     frozen whatever mode the module is put in.
     """
 
-    def __init__(self, teacher: nn.Module, student: nn.Module, *, combine: Combine = "product",
-                 blur_sigma: float = BLUR_SIGMA):
+    def __init__(
+        self,
+        teacher: nn.Module,
+        student: nn.Module,
+        *,
+        combine: Combine = "product",
+        blur_sigma: float = BLUR_SIGMA,
+    ):
         super().__init__()
         if combine not in ("product", "sum"):
             raise ValueError(f"combine must be 'product' or 'sum', got {combine!r}")
@@ -81,8 +87,10 @@ class Stfpm(nn.Module):
             raise ValueError(f"blur_sigma must be >= 0 (0 = no blur), got {blur_sigma}")
         for attr in ("channels", "mean", "std"):
             if getattr(teacher, attr, None) != getattr(student, attr, None):
-                raise ValueError(f"teacher and student differ in {attr}: they must be the "
-                                 "same backbone with the same layers")
+                raise ValueError(
+                    f"teacher and student differ in {attr}: they must be the "
+                    "same backbone with the same layers"
+                )
         self.teacher = teacher
         self.student = student
         self.combine: Combine = combine
@@ -101,8 +109,12 @@ class Stfpm(nn.Module):
 
     @property
     def init_kwargs(self) -> dict[str, Any]:
-        return {"backbone": self.backbone, "layers": list(getattr(self.teacher, "layers", [])),
-                "combine": self.combine, "blur_sigma": self.blur_sigma}
+        return {
+            "backbone": self.backbone,
+            "layers": list(getattr(self.teacher, "layers", [])),
+            "combine": self.combine,
+            "blur_sigma": self.blur_sigma,
+        }
 
     # What the train API needs for the metadata, taken from the backbone.
     @property
@@ -122,13 +134,16 @@ class Stfpm(nn.Module):
         self.teacher.eval()  # BatchNorm must keep the ImageNet statistics
         return self
 
-    def distances(self, teacher: list[torch.Tensor], student: list[torch.Tensor],
-                  size: tuple[int, int] | torch.Size) -> torch.Tensor:
+    def distances(
+        self,
+        teacher: list[torch.Tensor],
+        student: list[torch.Tensor],
+        size: tuple[int, int] | torch.Size,
+    ) -> torch.Tensor:
         """Combine per-layer distances, each upsampled to ``size``, into one [N,1,H,W] map."""
         amap: torch.Tensor | None = None
         for t, s in zip(teacher, student, strict=True):
-            d = F.interpolate(layer_distance(t, s), size=size, mode="bilinear",
-                              align_corners=False)
+            d = F.interpolate(layer_distance(t, s), size=size, mode="bilinear", align_corners=False)
             if amap is None:
                 amap = d
             elif self.combine == "product":
@@ -151,10 +166,15 @@ class Stfpm(nn.Module):
         return self.blur(self.distances(self.teacher(x), self.student(x), x.shape[-2:]))
 
 
-
-def build_stfpm(backbone: str = "resnet18", *, layers: list[str] | None = None,
-                weights: str | None = None, combine: Combine = "product",
-                blur_sigma: float = BLUR_SIGMA, seed: int = 0) -> Stfpm:
+def build_stfpm(
+    backbone: str = "resnet18",
+    *,
+    layers: list[str] | None = None,
+    weights: str | None = None,
+    combine: Combine = "product",
+    blur_sigma: float = BLUR_SIGMA,
+    seed: int = 0,
+) -> Stfpm:
     """A pretrained teacher and a seeded random student of the same backbone, not yet trained."""
     from anomaly_edge.train.backbones import build_backbone
 
@@ -173,8 +193,12 @@ def build_stfpm(backbone: str = "resnet18", *, layers: list[str] | None = None,
     return Stfpm(teacher, student, combine=combine, blur_sigma=blur_sigma)
 
 
-def rebuild_stfpm(backbone: str, layers: list[str] | None = None,
-                  combine: Combine = "product", blur_sigma: float = BLUR_SIGMA) -> Stfpm:
+def rebuild_stfpm(
+    backbone: str,
+    layers: list[str] | None = None,
+    combine: Combine = "product",
+    blur_sigma: float = BLUR_SIGMA,
+) -> Stfpm:
     """An untrained STFPM with the structure of :func:`build_stfpm`'s, for loading a state dict.
 
     Nothing is downloaded: the state dict restores every weight (the teacher's folded too).

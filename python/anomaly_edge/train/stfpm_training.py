@@ -41,19 +41,37 @@ class StfpmHistory:
         return len(self.train_loss)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"epochs": self.epochs, "best_epoch": self.best_epoch,
-                "stopped_early": self.stopped_early, "fit_seconds": round(self.seconds, 2),
-                "best_val_loss": (self.val_loss[self.best_epoch - 1]
-                                  if self.best_epoch else None)}
+        return {
+            "epochs": self.epochs,
+            "best_epoch": self.best_epoch,
+            "stopped_early": self.stopped_early,
+            "fit_seconds": round(self.seconds, 2),
+            "best_val_loss": (self.val_loss[self.best_epoch - 1] if self.best_epoch else None),
+        }
 
 
-def fit_stfpm(backbone: str, train_loader: Iterable[Any], val_loader: Iterable[Any] | None = None,
-              *, layers: list[str] | None = None, weights: str | None = None,
-              lr: float = 0.4, momentum: float = 0.9, weight_decay: float = 1e-4,
-              batch_size: int | None = None, patience: int = 10, max_epochs: int = 30,
-              val_fraction: float = 0.15, warmup_epochs: float = 0.0, cosine: bool = False,
-              max_grad_norm: float | None = None, combine: Combine = "product",
-              blur_sigma: float = BLUR_SIGMA, seed: int = 0, progress: bool = True) -> Stfpm:
+def fit_stfpm(
+    backbone: str,
+    train_loader: Iterable[Any],
+    val_loader: Iterable[Any] | None = None,
+    *,
+    layers: list[str] | None = None,
+    weights: str | None = None,
+    lr: float = 0.4,
+    momentum: float = 0.9,
+    weight_decay: float = 1e-4,
+    batch_size: int | None = None,
+    patience: int = 10,
+    max_epochs: int = 30,
+    val_fraction: float = 0.15,
+    warmup_epochs: float = 0.0,
+    cosine: bool = False,
+    max_grad_norm: float | None = None,
+    combine: Combine = "product",
+    blur_sigma: float = BLUR_SIGMA,
+    seed: int = 0,
+    progress: bool = True,
+) -> Stfpm:
     """Train STFPM on normal images and return it in eval mode, with the best epoch's weights.
 
     Args:
@@ -78,26 +96,59 @@ def fit_stfpm(backbone: str, train_loader: Iterable[Any], val_loader: Iterable[A
         seed: fixes the student's initialisation, the hold-out and the batch order.
         progress: show a progress bar.
     """
-    model = build_stfpm(backbone, layers=layers, weights=weights, combine=combine,
-                        blur_sigma=blur_sigma, seed=seed)
-    train_stfpm(model, train_loader, val_loader, lr=lr, momentum=momentum,
-                weight_decay=weight_decay, batch_size=batch_size, patience=patience,
-                max_epochs=max_epochs, val_fraction=val_fraction, warmup_epochs=warmup_epochs,
-                cosine=cosine, max_grad_norm=max_grad_norm, seed=seed, progress=progress)
+    model = build_stfpm(
+        backbone, layers=layers, weights=weights, combine=combine, blur_sigma=blur_sigma, seed=seed
+    )
+    train_stfpm(
+        model,
+        train_loader,
+        val_loader,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        batch_size=batch_size,
+        patience=patience,
+        max_epochs=max_epochs,
+        val_fraction=val_fraction,
+        warmup_epochs=warmup_epochs,
+        cosine=cosine,
+        max_grad_norm=max_grad_norm,
+        seed=seed,
+        progress=progress,
+    )
     return model
 
 
-def train_stfpm(model: Stfpm, train_loader: Iterable[Any],
-                val_loader: Iterable[Any] | None = None, *, lr: float = 0.4,
-                momentum: float = 0.9, weight_decay: float = 1e-4, batch_size: int | None = None,
-                patience: int = 10, max_epochs: int = 30, val_fraction: float = 0.15,
-                warmup_epochs: float = 0.0, cosine: bool = False,
-                max_grad_norm: float | None = None, seed: int = 0,
-                progress: bool = True) -> StfpmHistory:
+def train_stfpm(
+    model: Stfpm,
+    train_loader: Iterable[Any],
+    val_loader: Iterable[Any] | None = None,
+    *,
+    lr: float = 0.4,
+    momentum: float = 0.9,
+    weight_decay: float = 1e-4,
+    batch_size: int | None = None,
+    patience: int = 10,
+    max_epochs: int = 30,
+    val_fraction: float = 0.15,
+    warmup_epochs: float = 0.0,
+    cosine: bool = False,
+    max_grad_norm: float | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> StfpmHistory:
     """Fit ``model.student`` in place (see :func:`fit_stfpm`); returns and stores the history."""
-    _check_settings(lr=lr, momentum=momentum, weight_decay=weight_decay, patience=patience,
-                    max_epochs=max_epochs, val_fraction=val_fraction, batch_size=batch_size,
-                    warmup_epochs=warmup_epochs, max_grad_norm=max_grad_norm)
+    _check_settings(
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        patience=patience,
+        max_epochs=max_epochs,
+        val_fraction=val_fraction,
+        batch_size=batch_size,
+        warmup_epochs=warmup_epochs,
+        max_grad_norm=max_grad_norm,
+    )
     started = time.perf_counter()
     generator = torch.Generator().manual_seed(seed)
 
@@ -120,8 +171,9 @@ def train_stfpm(model: Stfpm, train_loader: Iterable[Any],
     train_targets = _teacher_features(model.teacher, train_images, net_input, batch_size)
     val_targets = _teacher_features(model.teacher, val_images, net_input, batch_size)
 
-    optimizer = torch.optim.SGD(model.student.parameters(), lr=lr, momentum=momentum,
-                                weight_decay=weight_decay)
+    optimizer = torch.optim.SGD(
+        model.student.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
+    )
     steps_per_epoch = math.ceil(len(train_images) / batch_size)
     rate = _lr_schedule(lr, steps_per_epoch, max_epochs, warmup_epochs, cosine)
     clip = math.inf if max_grad_norm is None else max_grad_norm
@@ -133,7 +185,7 @@ def train_stfpm(model: Stfpm, train_loader: Iterable[Any],
         order = torch.randperm(len(train_images), generator=generator)
         running, largest_norm = 0.0, 0.0
         for start in range(0, len(order), batch_size):
-            index = order[start:start + batch_size]
+            index = order[start : start + batch_size]
             x = net_input(train_images[index])
             target = _targets_for(model.teacher, train_targets, index, x)
             loss = stfpm_loss(target, model.student(x))
@@ -152,7 +204,8 @@ def train_stfpm(model: Stfpm, train_loader: Iterable[Any],
             raise FloatingPointError(
                 f"STFPM training diverged at epoch {epoch + 1} (loss "
                 f"{history.train_loss[-1]}); lower the learning rate (now {lr}) or the batch "
-                f"size (now {batch_size})")
+                f"size (now {batch_size})"
+            )
 
         val_loss = _evaluate_loss(model, val_images, val_targets, net_input, batch_size)
         history.val_loss.append(val_loss)
@@ -163,8 +216,11 @@ def train_stfpm(model: Stfpm, train_loader: Iterable[Any],
         else:
             stale += 1
         if hasattr(epochs, "set_postfix"):
-            epochs.set_postfix(train=f"{history.train_loss[-1]:.4f}", val=f"{val_loss:.4f}",
-                               best=history.best_epoch)
+            epochs.set_postfix(
+                train=f"{history.train_loss[-1]:.4f}",
+                val=f"{val_loss:.4f}",
+                best=history.best_epoch,
+            )
         if stale >= patience:
             history.stopped_early = True
             break
@@ -182,8 +238,9 @@ def train_stfpm(model: Stfpm, train_loader: Iterable[Any],
 # ---- helpers ------------------------------------------------------------------------------
 
 
-def _lr_schedule(lr: float, steps_per_epoch: int, max_epochs: int, warmup_epochs: float,
-                 cosine: bool) -> Any:
+def _lr_schedule(
+    lr: float, steps_per_epoch: int, max_epochs: int, warmup_epochs: float, cosine: bool
+) -> Any:
     """``step -> learning rate``: linear warm-up, then constant or half a cosine down to 0."""
     warmup = round(warmup_epochs * steps_per_epoch)
     total = max_epochs * steps_per_epoch
@@ -199,9 +256,18 @@ def _lr_schedule(lr: float, steps_per_epoch: int, max_epochs: int, warmup_epochs
     return rate
 
 
-def _check_settings(*, lr: float, momentum: float, weight_decay: float, patience: int,
-                    max_epochs: int, val_fraction: float, batch_size: int | None,
-                    warmup_epochs: float = 0.0, max_grad_norm: float | None = None) -> None:
+def _check_settings(
+    *,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    patience: int,
+    max_epochs: int,
+    val_fraction: float,
+    batch_size: int | None,
+    warmup_epochs: float = 0.0,
+    max_grad_norm: float | None = None,
+) -> None:
     problems = []
     if not (warmup_epochs >= 0 and math.isfinite(warmup_epochs)):
         problems.append(f"warmup_epochs must be >= 0, got {warmup_epochs}")
@@ -229,8 +295,7 @@ def _batch_images(batch: Any, source: str) -> torch.Tensor:
     """The image tensor of one batch, whatever container the loader wraps it in."""
     if isinstance(batch, dict):
         if "image" not in batch:
-            raise TypeError(f"{source} yields dicts without an 'image' key "
-                            f"(keys: {sorted(batch)})")
+            raise TypeError(f"{source} yields dicts without an 'image' key (keys: {sorted(batch)})")
         batch = batch["image"]
     elif isinstance(batch, (tuple, list)):
         if not batch:
@@ -242,16 +307,19 @@ def _batch_images(batch: Any, source: str) -> torch.Tensor:
     return batch
 
 
-def _collect_images(loader: Iterable[Any], source: str, mean: torch.Tensor,
-                    std: torch.Tensor) -> tuple[torch.Tensor, int]:
+def _collect_images(
+    loader: Iterable[Any], source: str, mean: torch.Tensor, std: torch.Tensor
+) -> tuple[torch.Tensor, int]:
     """All images of a loader in one tensor, as uint8 whenever that loses nothing."""
     batches = [_compact(_batch_images(batch, source), mean, std) for batch in loader]
     if not batches:
         raise ValueError(f"{source} yielded no images: STFPM needs normal images to learn from")
     sizes = {tuple(b.shape[1:]) for b in batches}
     if len(sizes) > 1:
-        raise ValueError(f"{source} yields images of different sizes {sorted(sizes)}; "
-                         "resize them to one input size")
+        raise ValueError(
+            f"{source} yields images of different sizes {sorted(sizes)}; "
+            "resize them to one input size"
+        )
     return torch.cat(batches), int(batches[0].shape[0])
 
 
@@ -266,12 +334,15 @@ def _compact(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> tor
     return images.float()
 
 
-def _hold_out(images: torch.Tensor, fraction: float,
-              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _hold_out(
+    images: torch.Tensor, fraction: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Split off a seeded validation subset for early stopping (at least one image each way)."""
     if len(images) < 2:
-        raise ValueError(f"STFPM needs at least 2 normal training images to hold one out for "
-                         f"early stopping, got {len(images)}; add images or pass val_loader")
+        raise ValueError(
+            f"STFPM needs at least 2 normal training images to hold one out for "
+            f"early stopping, got {len(images)}; add images or pass val_loader"
+        )
     n_val = min(len(images) - 1, max(1, round(len(images) * fraction)))
     order = torch.randperm(len(images), generator=generator)
     return images[order[n_val:]], images[order[:n_val]]
@@ -284,20 +355,23 @@ def _network_input(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) 
 
 
 @torch.no_grad()
-def _teacher_features(teacher: nn.Module, images: torch.Tensor, net_input: Any,
-                      batch_size: int) -> list[torch.Tensor] | None:
+def _teacher_features(
+    teacher: nn.Module, images: torch.Tensor, net_input: Any, batch_size: int
+) -> list[torch.Tensor] | None:
     """The teacher's features of every image, or None when they would not fit the cache limit."""
     first = teacher(net_input(images[:1]))
     per_image = sum(f[0].numel() for f in first) * 4 / 2**20
     if per_image * len(images) > TEACHER_CACHE_LIMIT_MB:
         return None
-    chunks = [teacher(net_input(images[i:i + batch_size]))
-              for i in range(0, len(images), batch_size)]
+    chunks = [
+        teacher(net_input(images[i : i + batch_size])) for i in range(0, len(images), batch_size)
+    ]
     return [torch.cat(layer) for layer in zip(*chunks, strict=True)]
 
 
-def _targets_for(teacher: nn.Module, cache: list[torch.Tensor] | None, index: torch.Tensor,
-                 x: torch.Tensor) -> list[torch.Tensor]:
+def _targets_for(
+    teacher: nn.Module, cache: list[torch.Tensor] | None, index: torch.Tensor, x: torch.Tensor
+) -> list[torch.Tensor]:
     if cache is not None:
         return [layer[index] for layer in cache]
     with torch.no_grad():
@@ -305,15 +379,19 @@ def _targets_for(teacher: nn.Module, cache: list[torch.Tensor] | None, index: to
 
 
 @torch.no_grad()
-def _evaluate_loss(model: Stfpm, images: torch.Tensor, targets: list[torch.Tensor] | None,
-                   net_input: Any, batch_size: int) -> float:
+def _evaluate_loss(
+    model: Stfpm,
+    images: torch.Tensor,
+    targets: list[torch.Tensor] | None,
+    net_input: Any,
+    batch_size: int,
+) -> float:
     model.eval()
     total = 0.0
     for start in range(0, len(images), batch_size):
         index = torch.arange(start, min(start + batch_size, len(images)))
         x = net_input(images[index])
-        total += float(stfpm_loss(_targets_for(model.teacher, targets, index, x),
-                                  model.student(x)))
+        total += float(stfpm_loss(_targets_for(model.teacher, targets, index, x), model.student(x)))
     return total / len(images)
 
 
