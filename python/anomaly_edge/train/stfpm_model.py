@@ -72,6 +72,8 @@ class Stfpm(nn.Module):
     frozen whatever mode the module is put in.
     """
 
+    blur_kernel: torch.Tensor  # a buffer, registered in __init__
+
     def __init__(
         self,
         teacher: nn.Module,
@@ -123,11 +125,11 @@ class Stfpm(nn.Module):
 
     @property
     def mean(self) -> tuple[float, float, float]:
-        return tuple(self.teacher.mean)  # type: ignore[return-value]
+        return tuple(self.teacher.mean)  # type: ignore[arg-type]
 
     @property
     def std(self) -> tuple[float, float, float]:
-        return tuple(self.teacher.std)  # type: ignore[return-value]
+        return tuple(self.teacher.std)  # type: ignore[arg-type]
 
     def train(self, mode: bool = True) -> Stfpm:
         super().train(mode)

@@ -375,7 +375,8 @@ def _targets_for(
     if cache is not None:
         return [layer[index] for layer in cache]
     with torch.no_grad():
-        return teacher(x)
+        features: list[torch.Tensor] = teacher(x)
+    return features
 
 
 @torch.no_grad()
