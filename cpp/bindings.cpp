@@ -16,6 +16,7 @@
 #include "box_downsample.hpp"
 #include "cpu_dispatch.hpp"
 #include "postprocess.hpp"
+#include "stitch.hpp"
 
 namespace py = pybind11;
 namespace ae = anomaly_edge;
@@ -255,6 +256,57 @@ py::list postprocess_many(const py::object& anomaly_maps, const py::object& fram
   return out;
 }
 
+// ---- tiles ----------------------------------------------------------------------------------
+
+std::vector<int> parse_starts(const py::object& obj, const char* name) {
+  if (!py::isinstance<py::sequence>(obj) || py::isinstance<py::str>(obj))
+    throw py::type_error(std::string(name) + " must be a list of ints (tile start offsets)");
+  std::vector<int> starts;
+  for (const py::handle item : py::reinterpret_borrow<py::sequence>(obj)) {
+    if (py::isinstance<py::bool_>(item) || !py::hasattr(item, "__index__"))
+      throw py::type_error(std::string(name) + " must be a list of ints (tile start offsets)");
+    const long long value = py::cast<long long>(item.attr("__index__")());
+    if (value < 0 || value > ae::kMaxSide)
+      throw py::value_error(std::string(name) + " holds " + std::to_string(value) +
+                            ", outside 0.." + std::to_string(ae::kMaxSide));
+    starts.push_back(static_cast<int>(value));
+  }
+  return starts;
+}
+
+ae::Blend parse_blend(const std::string& blend) {
+  if (blend == "cosine") return ae::Blend::Cosine;
+  if (blend == "average") return ae::Blend::Average;
+  throw py::value_error("unknown blend '" + blend + "': choose cosine or average");
+}
+
+// (rows * cols, h, w) tile maps -> one (frame_height, frame_width) map.
+py::array_t<float> stitch(const py::object& tile_maps, const py::object& ys_obj,
+                          const py::object& xs_obj, long long frame_height, long long frame_width,
+                          const std::string& blend_name) {
+  const ae::Blend blend = parse_blend(blend_name);
+  const py::array_t<float> maps = as_float_map(tile_maps, "tile_maps", 3, "(tiles, height, width)");
+  const std::vector<int> ys = parse_starts(ys_obj, "ys");
+  const std::vector<int> xs = parse_starts(xs_obj, "xs");
+  const int th = side(maps.shape(1), "tile_maps height");
+  const int tw = side(maps.shape(2), "tile_maps width");
+  const int fh = side(frame_height, "frame height");
+  const int fw = side(frame_width, "frame width");
+  if (static_cast<py::ssize_t>(ys.size() * xs.size()) != maps.shape(0))
+    throw py::value_error("tile_maps holds " + std::to_string(maps.shape(0)) + " maps for a " +
+                          std::to_string(ys.size()) + " x " + std::to_string(xs.size()) +
+                          " grid of tiles: give one map per tile, row by row");
+  py::array_t<float> out({static_cast<py::ssize_t>(fh), static_cast<py::ssize_t>(fw)});
+  float* dst = out.mutable_data();
+  try {
+    py::gil_scoped_release release;
+    ae::stitch_tiles(maps.data(), th, tw, ys, xs, fh, fw, blend, dst);
+  } catch (const std::invalid_argument& e) {
+    throw py::value_error(e.what());
+  }
+  return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_post, m) {
@@ -329,6 +381,12 @@ PYBIND11_MODULE(_post, m) {
         "Shrink a uint8 H x W (x C) image by whole blocks: each output pixel is the mean of "
         "one block_h x block_w block, rounded to nearest (ties to even); edge rows and columns that do not fill "
         "a block are left out. The GIL is released while computing.");
+  m.def("stitch", &stitch, py::arg("tile_maps"), py::arg("ys"), py::arg("xs"),
+        py::arg("frame_height"), py::arg("frame_width"), py::arg("blend") = "cosine",
+        "Blend float32 tile maps (rows * cols, h, w), tile (r, c) at index r * cols + c and "
+        "placed at (ys[r], xs[c]), into one (frame_height, frame_width) map. Overlaps are "
+        "blended with weights that fall smoothly (raised cosine) to the tile edge across each "
+        "overlap ('cosine'), or averaged ('average'). The GIL is released while computing.");
   m.def("postprocess_batch", &postprocess_many, py::arg("anomaly_maps"), py::arg("frame_sizes"),
         py::arg("params"), py::arg("task") = ae::Task::Segmentation, py::arg("heatmap") = false,
         "Post-process N float32 maps (N, h, w), one (height, width) per map in frame_sizes. "

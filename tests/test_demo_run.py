@@ -24,13 +24,17 @@ def test_reduced_demo_end_to_end(tmp_path):
     messages: list[str] = []
     report = run_demo(tmp_path / "demo", TOY, log=messages.append, quiet=True)
 
-    assert [m[:5] for m in messages if m.startswith("[")] == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"]
+    assert [m[:5] for m in messages if m.startswith("[")] == [
+        "[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"]
     assert report.model.is_file() and report.model.with_suffix(".bin").is_file()
     assert report.metrics_file.is_file()
     assert report.image_auroc is not None and report.image_auroc >= 0.8
 
     truth = json.loads(report.truth_file.read_text())
-    assert report.frames.frames_processed == truth["n_frames"] == 24
+    # 3 s of normal production (calibration) and then the 3 s with the defects, at 8 fps
+    assert report.frames.frames_processed == truth["n_frames"] == 48
+    assert report.clean_frames == 24 and report.frames_calibrated.frames_processed == 24
+    assert report.calibrated_model.is_file() and report.lossy_video.is_file()
     capture = cv2.VideoCapture(str(report.annotated_video))
     written = 0
     while capture.read()[0]:
@@ -43,7 +47,9 @@ def test_reduced_demo_end_to_end(tmp_path):
     assert report.frames.hits > 0, "the model flagged none of the frames with a defect"
 
     summary = json.loads(report.summary_file.read_text())
-    assert summary["frames"]["frames_processed"] == 24
+    assert summary["frames"]["frames_processed"] == 48
+    assert summary["frames_calibrated"]["frames_processed"] == 24
     text = format_report(report)
     assert str(report.annotated_video) in text and str(report.events) in text
     assert str(report.metrics_file) in text and "image AUROC" in text
+    assert "JPEG 22, as trained" in text and "JPEG 22, calibrated" in text

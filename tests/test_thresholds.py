@@ -8,6 +8,10 @@ import pytest
 from anomaly_edge.train.thresholds import (
     choose_threshold,
     f1_optimal_threshold,
+    false_alarm_rate,
+    just_above,
+    normal_score_range,
+    normal_upper_tail,
     normalization_stats,
 )
 
@@ -36,9 +40,11 @@ def test_rules_fixed_tuned_and_fallbacks():
     fixed = choose_threshold(scores, labels, fixed=0.5)
     assert (fixed.value, fixed.method) == (0.5, "fixed")
     normal_only = choose_threshold(scores[:3], labels[:3])
-    assert (normal_only.value, normal_only.method) == (0.3, "max_normal")
+    # just above the highest normal score, so that image is not flagged (labels: raw >= t)
+    assert normal_only.method == "max_normal"
+    assert 0.3 < normal_only.value == just_above(0.3) < 0.30001
     assert "not tuned on defects" in normal_only.note
-    assert choose_threshold(scores[:3], None).value == 0.3
+    assert choose_threshold(scores[:3], None).value == just_above(0.3)
     assert choose_threshold(scores[3:], labels[3:]).method == "min_anomalous"
     with pytest.raises(ValueError, match="no validation scores"):
         choose_threshold(np.array([]), None)
@@ -50,3 +56,34 @@ def test_normalization_stats():
     stats = normalization_stats(np.array([2.0, 5.0]), np.array([[0.5, 7.0]]))
     assert (stats.image_min, stats.image_max, stats.pixel_min, stats.pixel_max) == (
         2.0, 5.0, 0.5, 7.0)
+
+
+def test_tuned_threshold_never_at_or_below_the_normal_upper_tail():
+    # F1 is best at 0.5, the highest normal score: the next normal part would be flagged.
+    scores = np.array([0.1, 0.2, 0.3, 0.5, 0.5, 0.9, 0.95])
+    labels = np.array([0, 0, 0, 0, 1, 1, 1])
+    assert f1_optimal_threshold(scores, labels) == 0.5
+    chosen = choose_threshold(scores, labels)
+    assert chosen.method == "normal_tail" and "raised" in chosen.note
+    assert chosen.value == just_above(0.5)
+    normal = scores[labels == 0]
+    assert false_alarm_rate(normal, chosen.value) == 0.0
+    assert false_alarm_rate(normal, 0.5) == 0.25
+    assert false_alarm_rate(np.array([]), 0.5) is None
+
+
+def test_normal_tail_is_a_high_quantile_with_many_normal_scores():
+    normal = np.arange(200, dtype=np.float64)  # 0..199
+    assert normal_upper_tail(normal[:19]) == 18.0  # below 20 scores: the maximum
+    assert normal_upper_tail(normal) == pytest.approx(190.0, abs=1.0)
+    labels = np.r_[np.zeros(200), np.ones(5)].astype(bool)
+    scores = np.r_[normal, [185.0, 186, 300, 301, 302]]
+    chosen = choose_threshold(scores, labels)
+    assert chosen.value > normal_upper_tail(normal)
+    assert false_alarm_rate(normal, chosen.value) <= 0.05
+
+
+def test_normal_score_range():
+    assert normal_score_range(np.array([3.0, 1.0, 2.0])) == {
+        "normal_score_low": 1.0, "normal_score_median": 2.0, "normal_score_high": 3.0}
+    assert set(normal_score_range(np.array([])).values()) == {None}

@@ -7,6 +7,11 @@ For each frame size (default 640x480, 1920x1080 and 512x512), task detection, CP
 * ``model_api_sync``:     ``model_api.models.AnomalyDetection`` called on each frame;
 * ``model_api_async``:    Model API's ``AsyncPipeline`` (submit_data / get_result in order).
 
+A tiled case follows (``--tiled-frame``, default 2448x2048, a 5 MP camera): a PaDiM whose
+tiles the ``auto`` rule lays over that frame (one batch per frame, maps stitched in C++)
+against the single 256x256 view on the same frames, sync and async (Model API cannot run a
+batch of tiles, so the tiled case compares with our single view only).
+
 Everything is frame in, result with boxes out. Methods run in alternating rounds and the best
 round counts, so a noisy neighbour on this shared machine hurts all of them alike. The model
 is ``--model`` or, by default, a PaDiM (efficientnet_lite0, 256x256) fitted here on
@@ -14,11 +19,13 @@ mpdd/metal_plate and exported at ``--precision`` (FP16 by default; the output sa
 last stdout line is one JSON object (../shared/BENCHMARKS.md).
 
     python tools/bench_runtime.py [--model model.xml | --precision INT8] [--seconds 2] [--rounds 2]
+                                  [--tiled-frame 2448x2048 | --tiled-frame off]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -32,6 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "python"))
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "mpdd" / "metal_plate"
 FRAMES = ((640, 480), (1920, 1080), (512, 512))
+TILED_FIT_FRAMES = 8
 
 
 def main() -> None:
@@ -45,6 +53,9 @@ def main() -> None:
     parser.add_argument("--precision", choices=("FP32", "FP16", "INT8"), default="FP16",
                         help="precision of the default PaDiM's IR (INT8: NNCF on its training "
                         "images)")
+    parser.add_argument("--tiled-frame", default="2448x2048",
+                        help="WIDTHxHEIGHT of the tiled case's frames, or 'off' (default "
+                        "2448x2048)")
     args = parser.parse_args()
 
     if args.model is not None:
@@ -54,11 +65,22 @@ def main() -> None:
                                   args.precision)
     print(f"model: {source}", flush=True)
     cases = [bench_case(xml, size, args) for size in FRAMES]
+    if args.tiled_frame != "off":
+        width, height = (int(v) for v in args.tiled_frame.lower().split("x"))
+        tiled_xml, tiled_source = build_padim(
+            args.data, Path(tempfile.mkdtemp(prefix="bench_runtime_tiled_")), "FP16",
+            native=(height, width))
+        print(f"tiled model: {tiled_source}", flush=True)
+        cases.append(bench_tiled_case(xml, tiled_xml, (width, height), args))
     print(json.dumps({"benchmark": "runtime", "model_source": source, "cases": cases}))
 
 
-def build_padim(data: Path, out: Path, precision: str = "FP16") -> tuple[Path, str]:
-    """Fit PaDiM (efficientnet_lite0, 256x256) on ``data``/train/good and export it."""
+def build_padim(data: Path, out: Path, precision: str = "FP16",
+                native: tuple[int, int] | None = None) -> tuple[Path, str]:
+    """Fit PaDiM (efficientnet_lite0, 256x256) on ``data``/train/good and export it.
+
+    With ``native`` (height, width), the model is tiled as ``train(tile="auto")`` would tile
+    frames of that size (its training images are resized to the layout's frame size)."""
     os.environ.setdefault("CI", "true")  # no OpenVINO telemetry attempts while exporting
     import torch
 
@@ -67,6 +89,14 @@ def build_padim(data: Path, out: Path, precision: str = "FP16") -> tuple[Path, s
     from anomaly_edge.train.backbones import build_backbone
     from anomaly_edge.train.export import export_ir
     from anomaly_edge.train.padim import Padim
+    from anomaly_edge.train.tiling import (
+        TileFrames,
+        TilePositionPadim,
+        choose_layout,
+        frame_batches,
+        predict_tiled,
+        resolve_tile_gaussians,
+    )
 
     if not (data / "train" / "good").is_dir():
         sys.exit(f"no dataset at {data}; pass --model or --data")
@@ -74,11 +104,27 @@ def build_padim(data: Path, out: Path, precision: str = "FP16") -> tuple[Path, s
     category = datasets.scan_category(data)
     backbone = build_backbone("efficientnet_lite0", pretrained=True)
     model = Padim(backbone, (256, 256))
-    train = datasets.ImageDataset(category.train, 256, backbone.mean, backbone.std)
-    model.fit(datasets.iter_batches(train, batch_size=8))
-    test = datasets.ImageDataset(category.test, 256, backbone.mean, backbone.std)
-    with torch.no_grad():
-        scores = [float(model(test[i]["image"][None]).max()) for i in range(len(test))]
+    layout = choose_layout("auto", (256, 256), native) if native else None
+    gaussians = None
+    if layout is None:
+        train = datasets.ImageDataset(category.train, 256, backbone.mean, backbone.std)
+        model.fit(datasets.iter_batches(train, batch_size=8))
+        test = datasets.ImageDataset(category.test, 256, backbone.mean, backbone.std)
+        with torch.no_grad():
+            scores = [float(model(test[i]["image"][None]).max()) for i in range(len(test))]
+    else:
+        # Speed does not depend on how well the Gaussians are fitted: a few frames do (each
+        # is ~30 tiles), and keep the build short on a shared machine.
+        gaussians = resolve_tile_gaussians("auto", len(category.train), model.n_channels)
+        if gaussians == "position":  # as train() would choose for this many images
+            model = TilePositionPadim(model, layout.count)
+        train_samples = category.train[:: max(1, len(category.train) // TILED_FIT_FRAMES)]
+        train = TileFrames(train_samples, layout, backbone.mean, backbone.std)
+        model.fit(frame_batches(train, batch_size=layout.count))
+        test_samples = category.test[:: max(1, len(category.test) // 6)]  # enough for labels
+        scores = predict_tiled(model, test_samples, layout, backbone.mean,
+                               backbone.std).scores.tolist()
+        category = dataclasses.replace(category, train=train_samples, test=test_samples)
     normal = [s for s, sample in zip(scores, category.test, strict=True) if not sample.label]
     threshold = float(np.percentile(normal, 95))  # thresholds only steer labels/boxes here
     metadata = ModelMetadata(
@@ -86,11 +132,14 @@ def build_padim(data: Path, out: Path, precision: str = "FP16") -> tuple[Path, s
         mean=backbone.mean, std=backbone.std, image_threshold=threshold,
         pixel_threshold=threshold, image_min=min(scores), image_max=max(scores),
         pixel_min=0.0, pixel_max=max(scores), task="detection",
+        tile_grid=layout.grid if layout else (1, 1),
+        tile_frame_size=layout.frame_size if layout else None,
     )
     xml = export_ir(model, metadata, out, precision=precision,
                     calibration_images=train if precision == "INT8" else None)
     took = time.perf_counter() - started
-    return xml, (f"PaDiM efficientnet_lite0 256x256 {precision}, fitted on {data.name} "
+    shape = f"{layout.describe()}, {gaussians} Gaussians" if layout else "256x256"
+    return xml, (f"PaDiM efficientnet_lite0 {shape} {precision}, fitted on {data.name} "
                  f"({len(category.train)} images) and exported in {took:.0f} s")
 
 
@@ -157,6 +206,48 @@ def bench_case(xml: Path, size: tuple[int, int], args: argparse.Namespace) -> di
     }
     print(f"{case['frame']:>10}: " + "  ".join(f"{k} {v:7.1f} fps" for k, v in fps.items())
           + f"  labels match: {case['labels_match']}", flush=True)
+    return case
+
+
+def bench_tiled_case(single_xml: Path, tiled_xml: Path, size: tuple[int, int],
+                     args: argparse.Namespace) -> dict:
+    """Frame time of a tiled model against the single view, on the same large frames."""
+    from anomaly_edge import AnomalyModel
+
+    frames = frames_for(size, args.data)
+    tiled = AnomalyModel(tiled_xml, args.device, task="detection", cache_dir=None)
+    single = AnomalyModel(single_xml, args.device, task="detection", cache_dir=None)
+    methods = {
+        "anomaly_edge_sync": lambda n: [tiled.predict(frames[i % len(frames)]) for i in range(n)],
+        "anomaly_edge_async": lambda n: run_ours_async(tiled, frames, n),
+        "single_view_sync": lambda n: [single.predict(frames[i % len(frames)]) for i in range(n)],
+        "single_view_async": lambda n: run_ours_async(single, frames, n),
+    }
+    best: dict[str, float] = {}
+    for _ in range(args.rounds):
+        for name, run in methods.items():
+            best[name] = max(best.get(name, 0.0), frames_per_second(run, args.seconds))
+    layout = tiled.metadata.tile_layout
+    assert layout is not None
+    case = {
+        "frame": f"{size[0]}x{size[1]}", "model": "padim", "device": args.device,
+        "tiles": {"grid": f"{layout.grid[0]}x{layout.grid[1]}", "count": layout.count,
+                  "frame_size": f"{layout.frame_size[1]}x{layout.frame_size[0]}",
+                  "tile_size": f"{layout.tile_size[1]}x{layout.tile_size[0]}",
+                  # the compiled model's batch: every tile of a frame in one inference call
+                  "network_batch": int(tiled._compiled.inputs[0].get_shape()[0])},
+        "fps": {k: round(v, 2) for k, v in best.items()},
+        # below 1: the tiled model is slower, by about its tile count (the price of resolution)
+        "speedup": {"tiled_vs_single_sync": round(best["anomaly_edge_sync"]
+                                                  / best["single_view_sync"], 3),
+                    "tiled_vs_single_async": round(best["anomaly_edge_async"]
+                                                   / best["single_view_async"], 3)},
+        "latency_ms": {"anomaly_edge_sync": round(1e3 / best["anomaly_edge_sync"], 2),
+                       "single_view_sync": round(1e3 / best["single_view_sync"], 2)},
+        "num_requests": tiled.num_requests,
+    }
+    print(f"{case['frame']:>10} tiled {case['tiles']['grid']}: "
+          + "  ".join(f"{k} {v:7.2f} fps" for k, v in case["fps"].items()), flush=True)
     return case
 
 

@@ -3,7 +3,7 @@
 # UndefinedBehaviorSanitizer (-DAE_SANITIZE=ON) in their own build directory, run the C++ test
 # with ctest and the post-processor's Python tests against that build.
 #
-#   tools/sanitize.sh                    # tests/test_postprocess*.py, tests/test_box_downsample.py
+#   tools/sanitize.sh                    # tests/test_postprocess*.py, test_box_downsample.py, test_stitch.py
 #   tools/sanitize.sh -k threads         # extra arguments go to pytest
 #
 # The sanitized module is staged in a temporary copy of the package that comes first on
@@ -48,5 +48,5 @@ export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 
 cd "$repo"
 "$python" -c "import anomaly_edge._post as m, sys; assert m.__file__.startswith('$stage'), m.__file__; print('sanitized module:', m.__file__)"
-"$python" -m pytest -q -p no:cacheprovider tests/test_postprocess*.py tests/test_box_downsample.py "$@"
+"$python" -m pytest -q -p no:cacheprovider tests/test_postprocess*.py tests/test_box_downsample.py tests/test_stitch.py "$@"
 echo "sanitizer run clean"

@@ -14,6 +14,7 @@
 #include "box_downsample.hpp"
 #include "cpu_dispatch.hpp"
 #include "postprocess.hpp"
+#include "stitch.hpp"
 
 namespace ae = anomaly_edge;
 
@@ -146,6 +147,27 @@ void box_downsample_takes_block_means() {
   CHECK(out[1] == 25);
 }
 
+void stitch_blends_tiles_into_one_map() {
+  // Two 4 x 6 tiles over a 4 x 8 frame (overlap 4 columns): a constant 1 and a constant 3.
+  std::vector<float> tiles(2 * 4 * 6);
+  for (std::size_t i = 0; i < tiles.size(); ++i) tiles[i] = i < 24 ? 1.0f : 3.0f;
+  std::vector<float> out(4 * 8);
+  ae::stitch_tiles(tiles.data(), 4, 6, {0}, {0, 2}, 4, 8, ae::Blend::Cosine, out.data());
+  CHECK(out[0] == 1.0f && out[1] == 1.0f);  // only the first tile covers columns 0-1
+  CHECK(out[6] == 3.0f && out[7] == 3.0f);  // only the second covers columns 6-7
+  for (int x = 1; x < 8; ++x) CHECK(out[static_cast<std::size_t>(x)] >= out[x - 1]);  // smooth
+  CHECK(std::fabs(out[3] + out[4] - 4.0f) < 1e-5f);  // symmetric cross-over
+  CHECK(throws_invalid(
+      [&] { ae::stitch_tiles(tiles.data(), 4, 6, {0}, {0, 3}, 4, 8, ae::Blend::Cosine,
+                             out.data()); },
+      "end on the frame's edge"));
+  tiles[30] = NAN;
+  CHECK(throws_invalid(
+      [&] { ae::stitch_tiles(tiles.data(), 4, 6, {0}, {0, 2}, 4, 8, ae::Blend::Average,
+                             out.data()); },
+      "NaN"));
+}
+
 }  // namespace
 
 int main() {
@@ -156,6 +178,7 @@ int main() {
   every_isa_agrees_with_the_baseline();
   isa_override_is_process_wide_and_checked();
   box_downsample_takes_block_means();
+  stitch_blends_tiles_into_one_map();
   if (failures) {
     std::fprintf(stderr, "%d check(s) failed\n", failures);
     return 1;

@@ -79,6 +79,19 @@ def postprocess_batch(
     task: Task = ...,
     heatmap: bool = False,
 ) -> list[Result]: ...
+
+def stitch(
+    tile_maps: npt.NDArray[np.float32],
+    ys: list[int],
+    xs: list[int],
+    frame_height: int,
+    frame_width: int,
+    blend: str = "cosine",
+) -> npt.NDArray[np.float32]:
+    """Blend tile maps (rows * cols, h, w), tile (r, c) at index r * cols + c placed at
+    (ys[r], xs[c]), into one (frame_height, frame_width) map: "cosine" weights fall smoothly to
+    the tile edge across each overlap (no seams), "average" weighs covering tiles alike."""
+
 def box_downsample(
     image: npt.NDArray[np.uint8], block_h: int, block_w: int
 ) -> npt.NDArray[np.uint8]:

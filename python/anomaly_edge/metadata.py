@@ -17,15 +17,23 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from anomaly_edge.errors import ModelLoadError
+from anomaly_edge.errors import InvalidInputError, ModelLoadError
 from anomaly_edge.prediction import Task
 
 if TYPE_CHECKING:
     import openvino as ov
 
-FORMAT_VERSION = 1
+    from anomaly_edge.tiles import TileLayout
+
+FORMAT_VERSION = 2  # the newest this runtime reads
+# Tiled models are written as format 2 so that a runtime from before tiling refuses them with
+# "upgrade anomaly-edge" instead of failing on the batch shape; single-view models stay 1.
+SINGLE_VIEW_FORMAT_VERSION = 1
+TILED_FORMAT_VERSION = 2
 OUR_SECTION = "anomaly_edge"
 MODEL_API_SECTION = "model_info"
+# Fields that older IRs lack (they load with None).
+OPTIONAL_FLOATS = ("normal_score_low", "normal_score_median", "normal_score_high")
 
 
 @dataclass
@@ -50,10 +58,28 @@ class ModelMetadata:
     task: str = Task.SEGMENTATION.value
     precision: str = "FP16"
     metrics: dict[str, Any] = field(default_factory=dict)
-    format_version: int = FORMAT_VERSION
+    format_version: int = SINGLE_VIEW_FORMAT_VERSION
+    # Tiles (anomaly_edge.tiles.TileLayout; the tile is input_size): a 1x1 grid is a single view.
+    tile_grid: tuple[int, int] = (1, 1)
+    tile_frame_size: tuple[int, int] | None = None  # frames are resized to it; None = input_size
+    tile_blend: str = "cosine"
+    # Raw image scores of normal images at training (normal validation images) or, after
+    # `anomaly-edge calibrate`, of the calibration frames: low/median/high. The drift monitor
+    # watches the stream against this range. None in IRs exported before these fields existed.
+    normal_score_low: float | None = None
+    normal_score_median: float | None = None
+    normal_score_high: float | None = None
+    # What `anomaly-edge calibrate` did (source, frames, date, before/after); empty if never.
+    calibration: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.input_size = (int(self.input_size[0]), int(self.input_size[1]))
+        self.tile_grid = (int(self.tile_grid[0]), int(self.tile_grid[1]))
+        frame = self.input_size if self.tile_frame_size is None else self.tile_frame_size
+        self.tile_frame_size = (int(frame[0]), int(frame[1]))
+        if self.tiled:
+            self.tile_layout  # noqa: B018 - validates the layout
+            self.format_version = max(int(self.format_version), TILED_FORMAT_VERSION)
         self.mean = tuple(float(v) for v in self.mean)  # type: ignore[assignment]
         self.std = tuple(float(v) for v in self.std)  # type: ignore[assignment]
         self.task = Task.parse(self.task).value
@@ -63,6 +89,41 @@ class ModelMetadata:
             if not math.isfinite(value):
                 raise ValueError(f"metadata {name} must be a finite number, got {value}")
             setattr(self, name, value)
+        for name in OPTIONAL_FLOATS:
+            value = getattr(self, name)
+            if value is not None:
+                value = float(value)
+                if not math.isfinite(value):
+                    raise ValueError(f"metadata {name} must be a finite number or None, "
+                                     f"got {value}")
+                setattr(self, name, value)
+
+    @property
+    def normal_score_range(self) -> tuple[float, float] | None:
+        """(low, high) raw image scores of normal images, when the IR records them."""
+        if self.normal_score_low is None or self.normal_score_high is None:
+            return None
+        return self.normal_score_low, self.normal_score_high
+
+    @property
+    def tiled(self) -> bool:
+        """Whether frames are cut into several tiles (one batch through the network)."""
+        return self.tile_grid != (1, 1)
+
+    @property
+    def tile_layout(self) -> TileLayout | None:
+        """Where the tiles of a frame lie; ``None`` for a single-view model."""
+        if not self.tiled:
+            return None
+        from anomaly_edge.tiles import TileLayout
+
+        assert self.tile_frame_size is not None
+        return TileLayout(self.tile_frame_size, self.input_size, self.tile_grid, self.tile_blend)
+
+    @property
+    def batch_size(self) -> int:
+        """The static batch of the network: tiles per frame (1 for a single view)."""
+        return self.tile_grid[0] * self.tile_grid[1]
 
     @property
     def image_scale(self) -> float:
@@ -101,7 +162,16 @@ class ModelMetadata:
         ours["mean"] = model_info["mean_values"]
         ours["std"] = model_info["scale_values"]
         ours["metrics"] = json.dumps(self.metrics, sort_keys=True)
+        ours["calibration"] = json.dumps(self.calibration, sort_keys=True)
+        assert self.tile_frame_size is not None
+        ours["tile_grid"] = "{} {}".format(*self.tile_grid)
+        ours["tile_frame_size"] = "{} {}".format(*self.tile_frame_size)
+        layout = self.tile_layout
+        # for readers (anomaly-edge info, Netron): the runtime derives it from the grid
+        ours["tile_overlap"] = "{} {}".format(*(layout.overlap if layout else (0, 0)))
         for key, value in ours.items():
+            if key in OPTIONAL_FLOATS and value is None:
+                continue  # absent means unknown, as in older IRs
             model.set_rt_info(str(value), [OUR_SECTION, key])
 
     @classmethod
@@ -119,6 +189,14 @@ class ModelMetadata:
                 raise ModelLoadError(f"{source}: anomaly-edge metadata lacks the key {key!r}; "
                                      "re-export the model with this version of anomaly-edge.")
             return model.get_rt_info([OUR_SECTION, key]).astype(str)
+
+        def optional(key: str, default: str | None = None) -> str | None:
+            # Keys added after format 1 was fixed: older IRs lack them and still load.
+            return get(key) if model.has_rt_info([OUR_SECTION, key]) else default
+
+        def optional_float(key: str) -> float | None:
+            text = optional(key)
+            return None if text is None else float(text)
 
         version = int(get("format_version"))
         if version > FORMAT_VERSION:
@@ -143,8 +221,16 @@ class ModelMetadata:
                 precision=get("precision"),
                 metrics=json.loads(get("metrics")),
                 format_version=version,
+                normal_score_low=optional_float("normal_score_low"),
+                normal_score_median=optional_float("normal_score_median"),
+                normal_score_high=optional_float("normal_score_high"),
+                calibration=json.loads(optional("calibration") or "{}"),
+                tile_grid=tuple(int(v) for v in str(optional("tile_grid", "1 1")).split()),  # type: ignore[arg-type]
+                tile_frame_size=tuple(  # type: ignore[arg-type]
+                    int(v) for v in str(optional("tile_frame_size", get("input_size"))).split()),
+                tile_blend=str(optional("tile_blend", "cosine")),
             )
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, InvalidInputError) as exc:
             raise ModelLoadError(f"{source}: anomaly-edge metadata is malformed ({exc}); "
                                  "re-export the model.") from exc
 

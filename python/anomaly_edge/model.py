@@ -31,8 +31,10 @@ from anomaly_edge.model_loading import (
 )
 from anomaly_edge.postprocess import PostprocessParams, postprocess
 from anomaly_edge.prediction import Prediction, Task
+from anomaly_edge.tiles import TileLayout
 
 if TYPE_CHECKING:
+    from anomaly_edge.calibration import CalibrationReport
     from anomaly_edge.remote import RemoteAnomalyModel
 
 _DEFAULT = object()  # marks "use the default cache directory" (None disables the cache)
@@ -100,8 +102,11 @@ class AnomalyModel:
         self.color = ColorFormat.parse(color)
         self.device = resolve_device(device)
         graph = read_ir(self.path)
+        self._ir = graph  # as read, without pre-processing: what save() writes back
         self.metadata = ModelMetadata.read_from(graph, source=str(self.path))
         self._params = PostprocessParams.from_metadata(self.metadata, min_area=min_area)
+        # A tiled model takes all tiles of a frame as one batch; their maps are stitched in C++.
+        self._tiles: TileLayout | None = self.metadata.tile_layout
         self.task = task if task is not None else self.metadata.task
         if image_threshold is not None:
             self.image_threshold = image_threshold
@@ -182,6 +187,32 @@ class AnomalyModel:
     def min_area(self, value: int) -> None:
         self._params = self._params.replace(min_area=int(value))
 
+    # ---- calibration on the line (anomaly_edge.calibration) -------------------------------
+
+    def calibrate(self, frames: Iterable[np.ndarray], *, source: str | None = None
+                  ) -> CalibrationReport:
+        """Re-estimate thresholds and normalisation on frames of normal production from the
+        deployment camera (no retraining); the model changes in place. See
+        :func:`anomaly_edge.calibration.calibrate`; :meth:`save` writes the result."""
+        from anomaly_edge.calibration import calibrate
+
+        return calibrate(self, frames, source=source)
+
+    def save(self, path: str | Path) -> Path:
+        """Write this model as a new IR pair (same weights), with the thresholds in use and
+        any calibration in its rt_info; atomically. Returns the ``.xml`` path."""
+        import dataclasses
+
+        from anomaly_edge.calibration import save_model
+
+        metadata = dataclasses.replace(self.metadata, image_threshold=self.image_threshold,
+                                       pixel_threshold=self.pixel_threshold)
+        return save_model(self._ir, metadata, path)
+
+    def _apply_metadata(self, metadata: ModelMetadata) -> None:
+        self.metadata = metadata
+        self._params = PostprocessParams.from_metadata(metadata, min_area=self.min_area)
+
     # ---- synchronous -----------------------------------------------------------------------
 
     def predict(self, image: np.ndarray | str | Path, *, heatmap: bool = False) -> Prediction:
@@ -194,7 +225,7 @@ class AnomalyModel:
             if self._request is None:
                 raise RuntimeError("the model was released at interpreter exit")
             self._request.infer({0: tensor}, share_inputs=True)
-            raw_map = self._request.get_output_tensor(0).data[0, 0].copy()
+            raw_map = _frame_map(self._request, self._tiles)
         return postprocess(raw_map, frame_size, self._params, self._task, heatmap=heatmap)
 
     def predict_batch(
@@ -304,6 +335,7 @@ class AnomalyModel:
     def _start(self, image: np.ndarray | str | Path, userdata: Any, heatmap: bool) -> _Pending:
         frame_size, tensor = self._network_input(image)  # a new array: the caller's is free
         pending = _Pending(userdata, frame_size, self._params, self._task, heatmap)
+        pending.tiles = self._tiles
         if self._queue is None:
             self._queue = ov.AsyncInferQueue(self._async_model(), self.num_requests)
             self._queue.set_callback(_on_inferred)
@@ -319,6 +351,8 @@ class AnomalyModel:
         else:
             frame = check_frame(image, self.color)
         frame = frame if frame.ndim == 3 else frame[:, :, None]
+        if self._tiles is not None:
+            return (frame.shape[0], frame.shape[1]), self._tiles.cut(frame, self.color.channels)
         tensor = network_image(frame, self.metadata.input_size, self.color)
         return (frame.shape[0], frame.shape[1]), tensor[None]
 
@@ -334,6 +368,7 @@ class AnomalyModel:
             "model": md.model,
             "backbone": md.backbone,
             "input_size": list(md.input_size),
+            "tiles": self._tiles.describe() if self._tiles is not None else None,
             "precision": md.precision,
             "task": self._task.value,
             "exported_task": md.task,
@@ -366,7 +401,7 @@ class _Pending:
     """One frame in flight: what its post-processing needs, and then its result."""
 
     __slots__ = ("done", "error", "frame_size", "heatmap", "params", "prediction", "task",
-                 "tensor", "userdata")
+                 "tensor", "tiles", "userdata")
 
     def __init__(self, userdata: Any, frame_size: tuple[int, int], params: PostprocessParams,
                  task: Task, heatmap: bool) -> None:
@@ -376,6 +411,7 @@ class _Pending:
         self.task = task
         self.heatmap = heatmap
         self.tensor: np.ndarray | None = None
+        self.tiles: TileLayout | None = None
         self.prediction: Prediction | None = None
         self.error: BaseException | None = None
         self.done = threading.Event()
@@ -392,7 +428,7 @@ def _on_inferred(request: ov.InferRequest, pending: _Pending) -> None:
     # Runs on an OpenVINO thread. Post-processing happens here, so it overlaps inference of the
     # next frames; the C++ post-processor releases the GIL while it works.
     try:
-        raw_map = request.get_output_tensor(0).data[0, 0].copy()  # the request is reused
+        raw_map = _frame_map(request, pending.tiles)
         pending.prediction = postprocess(raw_map, pending.frame_size, pending.params,
                                          pending.task, heatmap=pending.heatmap)
     except BaseException as exc:  # handed to the caller of ready()/drain()
@@ -400,6 +436,14 @@ def _on_inferred(request: ov.InferRequest, pending: _Pending) -> None:
     finally:
         pending.tensor = None
         pending.done.set()
+
+
+def _frame_map(request: ov.InferRequest, tiles: TileLayout | None) -> np.ndarray:
+    """The raw map of the frame: the output, or its tile maps stitched (C++, GIL released).
+
+    Either way a new array, since the request is reused."""
+    output = request.get_output_tensor(0).data
+    return output[0, 0].copy() if tiles is None else tiles.stitch(output)
 
 
 def _finite(value: float, name: str) -> float:

@@ -82,7 +82,8 @@ def _check_io(model: ov.Model, source: Path) -> None:
 
 
 def attach_preprocessing(model: ov.Model, metadata: ModelMetadata, color: ColorFormat) -> ov.Model:
-    """A copy of ``model`` that takes uint8 ``1 x h x w x C`` images in ``color`` at the
+    """A copy of ``model`` that takes uint8 ``N x h x w x C`` images (N = 1, or the tiles of
+    one frame for a tiled model) in ``color`` at the
     network input size (already resized by :func:`anomaly_edge.images.resize_for_network`).
 
     Channel order, float conversion, mean/std and the layout change run inside the compiled
@@ -96,11 +97,17 @@ def attach_preprocessing(model: ov.Model, metadata: ModelMetadata, color: ColorF
     makes the deployed model see exactly what the trained one saw.
     """
     height, width = metadata.input_size
+    batch = model.inputs[0].get_partial_shape()[0].get_length()
+    if batch != metadata.batch_size:  # a tiled model takes one frame's tiles as its batch
+        raise ModelLoadError(
+            f"the IR takes batches of {batch} but its metadata describes "
+            f"{metadata.batch_size} tile(s) per frame; re-export the model"
+        )
     ppp = PrePostProcessor(model.clone())
     graph_input = ppp.input()
     tensor = graph_input.tensor()
     tensor.set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC"))
-    tensor.set_shape([1, height, width, color.channels])
+    tensor.set_shape([metadata.batch_size, height, width, color.channels])  # tiles: a batch
     steps = graph_input.preprocess()
     if color is ColorFormat.GRAY:
         steps.convert_element_type(ov.Type.f32)

@@ -27,7 +27,7 @@ from anomaly_edge.prediction import Box, Prediction, Task
 if TYPE_CHECKING:
     from anomaly_edge.metadata import ModelMetadata
 
-__all__ = ["PostprocessParams", "postprocess", "postprocess_batch"]
+__all__ = ["PostprocessParams", "postprocess", "postprocess_batch", "stitch_tiles"]
 
 FrameSize = tuple[int, int]
 
@@ -166,6 +166,32 @@ def postprocess_batch(
     except ValueError as exc:
         raise InvalidInputError(str(exc)) from None
     return [_prediction(r, task, anomaly_maps[i]) for i, r in enumerate(results)]
+
+
+def stitch_tiles(tile_maps: np.ndarray, ys: Sequence[int], xs: Sequence[int],
+                 frame_size: FrameSize, blend: str = "cosine") -> np.ndarray:
+    """Blend tile maps into one frame map in C++ (the GIL is released).
+
+    Args:
+        tile_maps: float32 ``(rows * cols, h, w)`` (a model's ``(N, 1, h, w)`` output is
+            accepted too); tile (r, c) is item ``r * cols + c``.
+        ys, xs: first row of each tile row, first column of each tile column (ascending,
+            starting at 0, the last tile ending on the frame's edge, no gaps).
+        frame_size: (height, width) of the frame map.
+        blend: ``"cosine"`` (weights fall smoothly to the tile edge across each overlap:
+            no seams) or ``"average"``; see :class:`anomaly_edge.tiles.TileLayout`.
+
+    Raises:
+        TypeError: not a float32 array, or starts that are not ints.
+        InvalidInputError: shapes, starts or sizes that do not fit, NaN/inf in the maps.
+    """
+    if isinstance(tile_maps, np.ndarray) and tile_maps.ndim == 4 and tile_maps.shape[1] == 1:
+        tile_maps = tile_maps[:, 0]
+    height, width = frame_size
+    try:
+        return _post.stitch(tile_maps, list(ys), list(xs), int(height), int(width), blend)
+    except ValueError as exc:
+        raise InvalidInputError(str(exc)) from None
 
 
 # ---- helpers ---------------------------------------------------------------------------------

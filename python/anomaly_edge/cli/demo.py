@@ -13,10 +13,15 @@ from pathlib import Path
 from anomaly_edge.cli.common import CliError, ExitCode, require_train_extra
 
 DEFAULT_OUT = Path("anomaly-edge-demo")
-# --quick: the same steps at toy sizes (a smoke test of an installation).
-QUICK = {"n_train": 16, "n_test_good": 6, "n_test_per_defect": 3, "dataset_size": 128,
+# --quick: the same steps at toy sizes (a smoke test of an installation). With 16 training
+# images (fewer than PaDiM's 80 channels) and 6 normal test images, every clean frame of the
+# video was flagged: 32 images plus two compressed, re-lit copies of each give the Gaussians
+# enough samples, and 12 normal test images a threshold above the normal tail (measured:
+# 0 false alarms in 30 clean frames, both defects caught).
+QUICK = {"n_train": 32, "n_test_good": 12, "n_test_per_defect": 3, "dataset_size": 128,
          "image_size": 128, "video_seconds": 3.0, "video_fps": 8.0, "video_size": (240, 320),
-         "video_speed": 40, "video_defects": ("hole", "missing")}
+         "video_speed": 40, "video_defects": ("hole", "missing"),
+         "augment": "jpeg=70-95,jitter=0.03,copies=2"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

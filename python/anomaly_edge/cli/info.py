@@ -50,11 +50,18 @@ def describe(path: Path) -> dict:
         "model": md.model,
         "backbone": md.backbone,
         "input_size": f"{md.input_size[0]}x{md.input_size[1]}",
+        "tiles": md.tile_layout.describe() if md.tile_layout else None,
         "precision": md.precision,
         "task": md.task,
         "size_mb": round(size_mb, 2),
         "image_threshold": md.image_threshold,
         "pixel_threshold": md.pixel_threshold,
+        # share of normal validation images flagged at the exported threshold
+        "expected_false_alarm_rate": md.metrics.get("false_alarm_rate"),
+        "normal_score_range": (list(md.normal_score_range) if md.normal_score_range
+                               else "not recorded (older IR): drift watch uses thresholds"),
+        "calibrated": (f"{md.calibration.get('date')} on {md.calibration.get('frames')} frames "
+                       f"of {md.calibration.get('source')}" if md.calibration else "no"),
         "image_range": [md.image_min, md.image_max],
         "pixel_range": [md.pixel_min, md.pixel_max],
         "mean": list(md.mean),

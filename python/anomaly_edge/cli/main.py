@@ -18,7 +18,7 @@ from anomaly_edge.cli.common import CliError, ExitCode
 from anomaly_edge.errors import AnomalyEdgeError, ModelLoadError
 
 # The order in `--help`; modules found but not listed come after, by name.
-ORDER = ["demo", "train", "export", "predict", "run", "info", "benchmark", "serve"]
+ORDER = ["demo", "train", "export", "predict", "run", "calibrate", "info", "benchmark", "serve"]
 NOT_COMMANDS = {"main", "common", "run_cameras"}  # run_cameras: part of `run`
 
 

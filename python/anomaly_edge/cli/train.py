@@ -42,6 +42,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--pool", type=int,
                         help="PaDiM: one Gaussian per NxN block of the finest feature grid "
                         "(default 4; 1 = one per stride-4 position, as in the paper)")
+    parser.add_argument("--tile", type=_tile_option, default="auto", metavar="auto|off|RxC",
+                        help="cut frames into overlapping tiles of the input size at (near) "
+                        "native resolution, all tiles one batch: auto (default) tiles when "
+                        "training images are at least 3x the input on both sides; off; or a "
+                        "grid such as 3x4")
+    parser.add_argument("--tile-gaussians", choices=("auto", "position", "shared"),
+                        default="auto",
+                        help="PaDiM on tiles: Gaussians per tile position, or one set shared "
+                        "by all tiles; auto (default): per position when there are more "
+                        "training images than PaDiM channels")
     parser.add_argument("--epochs", type=int, dest="max_epochs",
                         help="STFPM: maximum number of epochs")
     parser.add_argument("--image-threshold", type=float,
@@ -56,6 +66,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         default="FP16", help="IR weights precision (default FP16)")
     parser.add_argument("--no-export", dest="export", action="store_false",
                         help="skip writing the OpenVINO IR")
+    parser.add_argument("--augment", default="off", metavar="off|on|SPEC",
+                        help="add compressed, re-lit copies of the training images, as a line "
+                        "camera delivers them: on, off (default), or e.g. "
+                        "jpeg=40-90,jitter=0.05,copies=1")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(handler=run)
 
@@ -71,6 +85,16 @@ def _image_size(text: str) -> tuple[int, int]:
     if len(values) != 2 or min(values) < 32:
         raise argparse.ArgumentTypeError(f"image size {text!r}: give N or HxW, each >= 32")
     return values[0], values[1]
+
+
+def _tile_option(text: str) -> str:
+    from anomaly_edge.tiles import parse_tile_option
+
+    try:
+        parse_tile_option(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,7 +124,8 @@ def run(args: argparse.Namespace) -> int:
             image_threshold=args.image_threshold, pixel_threshold=args.pixel_threshold,
             task=args.task, batch_size=args.batch_size, threads=args.threads,
             export=args.export, precision=args.precision, stfpm_options=stfpm_options,
-            progress=not args.quiet,
+            progress=not args.quiet, augment=args.augment, tile=args.tile,
+            tile_gaussians=args.tile_gaussians,
         )
     except DatasetError as exc:
         raise CliError(str(exc), ExitCode.INPUT) from exc
@@ -110,6 +135,13 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(str(exc), ExitCode.USAGE) from exc
     print(summary_table(result.metrics, result.out, result.ir_path))
     return int(ExitCode.OK)
+
+
+def _tiles_text(tiles: dict | None) -> str:
+    if not tiles:
+        return "off (one view)"
+    (rows, cols), (fh, fw), (th, tw) = tiles["grid"], tiles["frame_size"], tiles["tile_size"]
+    return f"{rows}x{cols} of {tw}x{th} over {fw}x{fh} frames"
 
 
 def summary_table(metrics: dict, out: Path | None, ir_path: Path | None) -> str:
@@ -134,7 +166,9 @@ def summary_table(metrics: dict, out: Path | None, ir_path: Path | None) -> str:
          f"({metrics.get('image_threshold_method')})"),
         ("pixel threshold", f"{fmt(metrics.get('pixel_threshold'))} "
          f"({metrics.get('pixel_threshold_method')})"),
+        ("false alarms (normal val.)", fmt(metrics.get("false_alarm_rate"))),
         ("fit time", f"{metrics.get('fit_seconds', 0):.1f} s"),
+        ("tiles", _tiles_text(metrics.get("tiles"))),
         ("output", str(out) if out else "n/a"),
         ("model file", str(ir_path) if ir_path else "not exported"),
     ]

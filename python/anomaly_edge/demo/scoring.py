@@ -34,25 +34,28 @@ class FrameScore:
         return {**asdict(self), "recall": self.recall, "false_alarm_rate": self.false_alarm_rate}
 
 
-def score_frames(truth: VideoTruth, flagged: Iterable[int], processed: int) -> FrameScore:
+def score_frames(truth: VideoTruth, flagged: Iterable[int], processed: int,
+                 skip: int = 0) -> FrameScore:
     """Compare the indices of flagged frames with ``truth`` over the first ``processed`` frames.
 
     Frames that show only a sliver of a defect at the edge (``truth.partial_frames``) are
-    ambiguous and left out of every count.
+    ambiguous and left out of every count; so are the first ``skip`` frames (e.g. those a
+    calibration saw), and ``frames_processed`` then counts the frames after them.
     """
     ambiguous = set(truth.partial_frames)
-    flagged_set = {i for i in flagged if 0 <= i < processed} - ambiguous
-    defective = {i for i in truth.anomalous_frames if i < processed}
+    flagged_set = {i for i in flagged if skip <= i < processed} - ambiguous
+    defective = {i for i in truth.anomalous_frames if skip <= i < processed}
     caught, missed = [], []
     for defect in truth.defects:
-        if defect["first_frame"] is None or defect["first_frame"] >= processed:
+        if defect["first_frame"] is None or defect["first_frame"] >= processed \
+                or defect["last_frame"] < skip:
             continue
-        passage = set(range(defect["first_frame"], defect["last_frame"] + 1))
+        passage = set(range(max(skip, defect["first_frame"]), defect["last_frame"] + 1))
         (caught if passage & flagged_set else missed).append(defect["kind"])
     return FrameScore(
-        frames_processed=processed,
+        frames_processed=max(0, processed - skip),
         frames_with_defects=len(defective),
-        frames_ambiguous=len({i for i in ambiguous if i < processed}),
+        frames_ambiguous=len({i for i in ambiguous if skip <= i < processed}),
         frames_flagged=len(flagged_set),
         hits=len(flagged_set & defective),
         false_alarms=len(flagged_set - defective),

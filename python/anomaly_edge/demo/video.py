@@ -82,6 +82,8 @@ def render_video(
     defects: Sequence[str] = DEFECT_TYPES,
     seed: int = 0,
     min_visible_px: int | None = None,
+    quality: int = JPEG_QUALITY,
+    clean_start: float = 0.0,
 ) -> VideoTruth:
     """Render the demo video to ``path`` (.avi or .mp4, written atomically) and say where the
     defects are.
@@ -91,11 +93,20 @@ def render_video(
     moves per frame; one defect of each kind in ``defects`` passes the camera, in that order,
     evenly spread over the video. A frame counts as anomalous when at least ``min_visible_px``
     pixels of a defect are in view (default: 40 at 480 lines, scaled with the frame area);
-    frames with less of a defect in view are listed as ``partial_frames``.
+    frames with less of a defect in view are listed as ``partial_frames``. ``quality`` is the
+    JPEG quality of .avi frames (MJPG): the default keeps the texture as training saw it; a
+    low one (e.g. 20) imitates a camera behind a lossy codec. The first ``clean_start``
+    seconds show no defect (normal production to calibrate on); the defects pass after them.
     """
+    if not 1 <= quality <= 100:
+        raise InvalidInputError(f"quality must be in 1-100, got {quality}")
     path = Path(path)
     n_frames = _check(seconds, fps, speed, frame_size, defects, path.suffix.lower())
     height, width = frame_size
+    lead = round(clean_start * fps)
+    if not 0 <= lead <= n_frames - 2:
+        raise InvalidInputError(f"clean_start must be at least 0 and leave some of the "
+                                f"{seconds:g} s for the defects, got {clean_start}")
     sheet_rng, light_rng, defect_rng, frame_rng = (
         np.random.default_rng(s) for s in np.random.SeedSequence([seed, 99]).spawn(4)
     )
@@ -112,8 +123,9 @@ def render_video(
         min_visible_px = max(1, round(40 * scale**2))
     margin = min(round(DEFECT_RADIUS * 0.8 * scale), height // 2 - 1)
     for k, kind in enumerate(defects):
-        # Defect k is in the middle of the view at frame (k + 0.5) * n_frames / len(defects).
-        centre_x = speed * (k + 0.5) * n_frames / len(defects) + width / 2
+        # Defect k is in the middle of the view at frame lead + (k + 0.5) * span / len(defects).
+        centre_frame = lead + (k + 0.5) * (n_frames - lead) / len(defects)
+        centre_x = speed * centre_frame + width / 2
         centre_y = float(defect_rng.uniform(margin, sheet_shape[0] - margin))
         mask = paint_defect(kind, sheet, defect_rng, scale=scale, centre=(centre_x, centre_y))
         labels[mask] = k + 1
@@ -135,7 +147,14 @@ def render_video(
             flicker = dataclasses.replace(
                 lighting, gain=lighting.gain * (1.0 + float(frame_rng.uniform(-0.01, 0.01)))
             )
-            writer.write(expose(sheet[view], flicker, frame_rng))
+            frame = expose(sheet[view], flicker, frame_rng)
+            if quality < JPEG_QUALITY:
+                # OpenCV's writers ignore a quality setting for most codecs: code the frame
+                # at the asked quality ourselves (what a camera's lossy encoder leaves).
+                coded = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, quality])[1]
+                decoded = cv2.imdecode(coded, cv2.IMREAD_COLOR)
+                frame = frame if decoded is None else decoded
+            writer.write(frame)
             counts = np.bincount(labels[view].ravel(), minlength=len(defects) + 1)
             visible[i] = counts[1:]
         writer.release()

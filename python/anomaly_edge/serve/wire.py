@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from anomaly_edge.errors import ModelLoadError
+from anomaly_edge.errors import InvalidInputError, ModelLoadError
 from anomaly_edge.images import ColorFormat, network_image
 from anomaly_edge.metadata import MODEL_API_SECTION, OUR_SECTION, ModelMetadata
 
@@ -92,6 +92,11 @@ def network_tensor(frame: np.ndarray, metadata: ModelMetadata, color: ColorForma
     then do on the host what :func:`~anomaly_edge.model_loading.attach_preprocessing` puts
     into a local model's graph.
     """
+    if metadata.tile_layout is not None:  # its batch is a frame's tiles: not wired here yet
+        raise InvalidInputError(
+            f"the model is tiled ({metadata.tile_layout.describe()}); the remote backend "
+            "sends one view per frame: run tiled models locally (AnomalyModel(path))"
+        )
     image = network_image(frame, metadata.input_size, color)  # h x w x C uint8
     if image.shape[2] == 1:
         image = np.repeat(image, 3, axis=2)  # grey: the backbone takes three equal channels

@@ -15,12 +15,15 @@ or hand a callback to :meth:`StreamRunner.run`, which returns a :class:`StreamSu
 Sources: video files, image folders and globs, camera indices, RTSP/HTTP/... URLs
 (:func:`open_source`). Sinks: :class:`VideoSink`, :class:`EventsSink`, :class:`SnapshotSink`,
 :class:`WindowSink`, :class:`StatusLine`, or any object with ``write(result)`` and ``close()``.
+:class:`DriftMonitor` warns once when normal frames' scores drift out of the model's normal
+range (on by default in :class:`StreamRunner`; usable on its own with ``model.predict``).
 
 Several cameras through one model: :func:`run_many` / :class:`MultiStreamRunner` with
 :class:`Camera` s (or :func:`load_config` for a TOML file).
 """
 
 from anomaly_edge.stream.config import Camera, load_config
+from anomaly_edge.stream.drift import DriftMonitor, DriftWarning
 from anomaly_edge.stream.events import EventLog
 from anomaly_edge.stream.multi import MultiStreamRunner, MultiSummary, run_many
 from anomaly_edge.stream.pipeline import FrameResult, StreamRunner, run
@@ -31,6 +34,8 @@ from anomaly_edge.stream.status import StatusLine, format_summary
 
 __all__ = [
     "Camera",
+    "DriftMonitor",
+    "DriftWarning",
     "EventLog",
     "EventsSink",
     "Frame",

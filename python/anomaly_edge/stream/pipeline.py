@@ -30,6 +30,7 @@ import numpy as np
 
 from anomaly_edge.errors import InvalidInputError
 from anomaly_edge.prediction import Prediction
+from anomaly_edge.stream.drift import DriftMonitor, DriftWarning, calibrate_command
 from anomaly_edge.stream.feed import FrameFeed
 from anomaly_edge.stream.sources import Frame, ReconnectPolicy, Source, open_source
 from anomaly_edge.stream.stats import StreamStats, StreamSummary
@@ -66,6 +67,7 @@ class FrameResult:
     latency: float = 0.0
     wall_time: float = 0.0
     name: str | None = None
+    drift: DriftWarning | None = None  # set on the frame that raised the run's drift warning
     _annotated: dict[float, np.ndarray] = field(default_factory=dict, repr=False)
 
     def annotated(self, alpha: float = 0.4) -> np.ndarray:
@@ -103,6 +105,10 @@ class StreamRunner:
         heatmap: ask for ``Prediction.heatmap`` (nicer segmentation overlays, more work).
         reconnect: retry policy of live sources (when ``source`` is not opened yet).
         timeout: network timeout in seconds (when ``source`` is not opened yet).
+        drift: watch for score drift (:mod:`anomaly_edge.stream.drift`) and warn once on
+            the ``anomaly_edge.stream`` logger, in :attr:`FrameResult.drift` and the stats;
+            ``True`` (default) uses the model's recorded normal range, ``False`` turns it
+            off, or pass a :class:`DriftMonitor`.
     """
 
     def __init__(
@@ -115,6 +121,7 @@ class StreamRunner:
         heatmap: bool = False,
         reconnect: ReconnectPolicy | None = None,
         timeout: float = 10.0,
+        drift: bool | DriftMonitor = True,
     ) -> None:
         if max_frames is not None and max_frames < 1:
             raise InvalidInputError(f"max_frames must be at least 1, got {max_frames}")
@@ -128,6 +135,7 @@ class StreamRunner:
         self.max_frames = max_frames
         self.heatmap = heatmap
         self.stats = StreamStats()
+        self.drift = self._drift_monitor(drift)
         self.summary: StreamSummary | None = None
         # Requests that can run at once; the results queue holds a few more so that the
         # inference thread rarely waits on the sinks.
@@ -139,6 +147,16 @@ class StreamRunner:
         self._thread = threading.Thread(target=self._infer, name="anomaly-edge-infer",
                                         daemon=True)
         self._started = False
+
+    def _drift_monitor(self, drift: bool | DriftMonitor) -> DriftMonitor | None:
+        if not isinstance(drift, bool):
+            return drift
+        metadata = getattr(self.model, "metadata", None)
+        if not drift or metadata is None:
+            return None
+        command = calibrate_command(str(getattr(self.model, "path", "MODEL.xml")),
+                                    str(getattr(self.source, "description", "SOURCE")))
+        return DriftMonitor.from_metadata(metadata, self.model.image_threshold, command=command)
 
     # ---- control ---------------------------------------------------------------------------
 
@@ -203,6 +221,12 @@ class StreamRunner:
         )
         self._update_counters()
         self.stats.record(result.latency, bool(prediction.label))
+        if self.drift is not None:
+            result.drift = self.drift.update(prediction.raw_score, bool(prediction.label))
+            self.stats.drift_frames = self.drift.drift_frames
+            if result.drift is not None:
+                self.stats.drift_warnings += 1
+                log.warning("%s", result.drift.message)
         for sink in self.sinks:
             sink.write(result)
         return result

@@ -152,7 +152,8 @@ class EventsSink:
     Each line: ``frame`` (index in the source), ``timestamp`` (seconds into the stream),
     ``time`` (UTC, ISO 8601), ``score``, ``label``, ``anomalous``, ``raw_score``, ``boxes``
     (``x1, y1, x2, y2`` in frame pixels, x2/y2 exclusive, ``score``, ``mean_score``,
-    ``area``) and ``image`` (file name, for folder sources).
+    ``area``) and ``image`` (file name, for folder sources). A score drift warning is a line
+    of its own with ``"event": "drift"`` (see :mod:`anomaly_edge.stream.drift`).
     """
 
     def __init__(self, path: str | os.PathLike, *, all_frames: bool = False) -> None:
@@ -166,15 +167,19 @@ class EventsSink:
 
     def write(self, result: FrameResult) -> None:
         prediction = result.prediction
-        if not (prediction.label or self.all_frames):
-            return
-        event = {
+        where = {
             "frame": result.index,
             "timestamp": round(result.timestamp, 4),
             "time": datetime.fromtimestamp(result.wall_time, timezone.utc)
             .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            **prediction.to_dict(),
         }
+        drift = getattr(result, "drift", None)
+        if drift is not None:  # its own line: {"event": "drift", ..., "message": ...}
+            self._file.write(json.dumps({**where, **drift.to_dict()}) + "\n")
+            self._file.flush()
+        if not (prediction.label or self.all_frames):
+            return
+        event = {**where, **prediction.to_dict()}
         if result.name is not None:
             event["image"] = result.name
         self._file.write(json.dumps(event) + "\n")

@@ -58,6 +58,8 @@ class StreamSummary:
     latency_p50_ms: float | None
     latency_p95_ms: float | None
     stop_reason: str  # "end", "max_frames", "stopped", "source_lost" or "error"
+    drift_warnings: int = 0  # score drift warnings (at most one per run)
+    drift_frames: int = 0  # frames seen while the scores were out of the normal range
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -75,6 +77,8 @@ class StreamStats:
         self.corrupt = 0
         self.reconnects = 0
         self.stop_reason = "end"
+        self.drift_warnings = 0
+        self.drift_frames = 0
         self.started = time.monotonic()
         self._latencies = LatencyHistogram()
         self._recent_latency: collections.deque[float] = collections.deque(maxlen=self.RECENT)
@@ -123,4 +127,6 @@ class StreamStats:
             latency_p50_ms=None if p50 is None else round(1000 * p50, 2),
             latency_p95_ms=None if p95 is None else round(1000 * p95, 2),
             stop_reason=self.stop_reason,
+            drift_warnings=self.drift_warnings,
+            drift_frames=self.drift_frames,
         )

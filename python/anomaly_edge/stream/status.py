@@ -66,6 +66,8 @@ class StatusLine:
             parts.append(f"corrupt {stats.corrupt}")
         if stats.reconnects:
             parts.append(f"reconnects {stats.reconnects}")
+        if stats.drift_warnings:
+            parts.append("SCORE DRIFT: run anomaly-edge calibrate")
         return " | ".join(parts)
 
     def _show(self, line: str) -> None:
@@ -104,5 +106,8 @@ def format_summary(summary: StreamSummary, outputs: Sequence[str] = ()) -> str:
                      f"p95 {summary.latency_p95_ms:.1f} ms")
     lines.append(f"dropped frames: {summary.dropped}, undecodable frames: {summary.corrupt}, "
                  f"reconnects: {summary.reconnects}")
+    if summary.drift_warnings:
+        lines.append(f"score drift: warned ({summary.drift_frames} frames out of the normal "
+                     "range); recalibrate with `anomaly-edge calibrate` if the parts are fine")
     lines.extend(outputs)
     return "\n".join(lines)

@@ -33,6 +33,7 @@ from torch import nn
 
 from anomaly_edge.metadata import ModelMetadata
 from anomaly_edge.prediction import Task
+from anomaly_edge.train.augment import Augmentation, augmented, parse_augment
 from anomaly_edge.train.data import (
     DEFAULT_VALIDATION_FRACTION,
     ImageDataset,
@@ -43,10 +44,28 @@ from anomaly_edge.train.data import (
     scan_category,
 )
 from anomaly_edge.train.evaluate import Predictions, calibrate, predict_samples, test_metrics
+from anomaly_edge.train.thresholds import false_alarm_rate, normal_score_range
+from anomaly_edge.train.tiling import (
+    TileFrames,
+    TileLayout,
+    TileOption,
+    TilePositionPadim,
+    choose_layout,
+    frame_batches,
+    median_image_size,
+    parse_tile_option,
+    predict_tiled,
+    resolve_tile_gaussians,
+    tile_images,
+    tile_summary,
+)
 
 MODELS = ("padim", "stfpm")
+# Off by default: see the measurement in the README ("On the line") and train/augment.py.
+DEFAULT_AUGMENT = "off"
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_f1", "pixel_f1",
-               "image_threshold", "pixel_threshold")
+               "image_threshold", "pixel_threshold", "false_alarm_rate",
+               "image_threshold_method")
 
 
 @dataclass
@@ -72,7 +91,9 @@ def train(data: str | Path, model: str = "padim", backbone: str = "resnet18",
           image_threshold: float | None = None, pixel_threshold: float | None = None,
           task: str = "segmentation", batch_size: int = 16, threads: int | None = None,
           export: bool = True, precision: str = "FP16", stfpm_options: dict | None = None,
-          progress: bool | ProgressFactory = False) -> TrainResult:
+          progress: bool | ProgressFactory = False,
+          augment: str | bool | Augmentation | None = DEFAULT_AUGMENT, tile: TileOption = "auto",
+          tile_gaussians: str = "auto") -> TrainResult:
     """Train ``model`` on ``data/train/good``, evaluate on ``data/test`` and (with ``out``) save.
 
     Args:
@@ -97,7 +118,18 @@ def train(data: str | Path, model: str = "padim", backbone: str = "resnet18",
         precision: IR precision, ``FP32``, ``FP16`` or ``INT8``.
         stfpm_options: extra keyword arguments for ``fit_stfpm`` (lr, max_epochs, ...).
         progress: ``True`` for tqdm bars, or a factory ``(description, total) -> bar``.
+        augment: add compressed, re-lit copies of the training images (the deployment
+            camera's path; :mod:`.augment`): ``"on"``, ``"off"``, an :class:`Augmentation`
+            or a spec such as ``"jpeg=40-90,jitter=0.05,copies=1"``.
+        tile: ``"auto"`` (tile when the training images are much larger than ``image_size``,
+            see :mod:`.tiling`), ``"off"``, a grid ``"RxC"``, or a ``TileLayout``. A tiled
+            model cuts each frame into overlapping ``image_size`` tiles at (near) native
+            resolution, runs them as one batch and stitches their maps.
+        tile_gaussians: PaDiM on tiles: ``"position"`` (Gaussians per tile position),
+            ``"shared"`` (one set for all tiles) or ``"auto"`` (position when there are more
+            training images than PaDiM channels; see :func:`.tiling.resolve_tile_gaussians`).
     """
+    augmentation = parse_augment(augment)
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
     task = Task.parse(task).value
@@ -114,18 +146,24 @@ def train(data: str | Path, model: str = "padim", backbone: str = "resnet18",
     category = scan_category(data)
     split = category.split(validation_fraction, seed)
     notes = [split.note] if split.note else []
+    layout, native = _tile_layout(tile, size, category.train, tile_gaussians, precision)
+    if layout is not None and augmentation is not None:
+        raise ValueError(f"augmentation of tiled training is not supported yet "
+                         f"({layout.describe()}): train with augment='off', or tile='off'")
 
     started = time.perf_counter()
     if model == "padim":
         anomaly_module, mean, std = _fit_padim(split, backbone, size, seed, layers, weights,
-                                               pretrained, n_channels, pool, batch_size, bar)
+                                               pretrained, n_channels, pool, batch_size, bar,
+                                               augmentation, layout, tile_gaussians)
     else:
         anomaly_module, mean, std = _fit_stfpm(split, backbone, size, seed, layers, weights,
-                                               batch_size, stfpm_options or {}, progress)
+                                               batch_size, stfpm_options or {}, progress,
+                                               augmentation, layout)
     fit_seconds = time.perf_counter() - started
     fit_peak_rss_mb = _peak_rss_mb()
 
-    evaluated = _evaluate(anomaly_module, category.test, split, size, mean, std, bar)
+    evaluated = _evaluate(anomaly_module, category.test, split, size, mean, std, bar, layout)
     validation, test, everything = evaluated
     calibration = calibrate(validation, image_threshold, pixel_threshold)
     scores, metric_notes = test_metrics(test, calibration, everything)
@@ -133,8 +171,12 @@ def train(data: str | Path, model: str = "padim", backbone: str = "resnet18",
     if category.unmasked and not any("mask" in note for note in notes):
         notes.append(f"{len(category.unmasked)} defect images have no mask; pixel metrics "
                      "use the others")
+    normal_scores = validation.scores[validation.labels == 0]
     metrics = {
         **scores,
+        # share of normal validation images flagged at the chosen threshold (None: none seen)
+        "false_alarm_rate": false_alarm_rate(normal_scores, calibration.image_threshold.value),
+        "normal_validation_images": int(normal_scores.size),
         "image_threshold": calibration.image_threshold.value,
         "pixel_threshold": calibration.pixel_threshold.value,
         "image_threshold_method": calibration.image_threshold.method,
@@ -143,7 +185,9 @@ def train(data: str | Path, model: str = "padim", backbone: str = "resnet18",
         "model": model,
         "backbone": backbone,
         "image_size": list(size),
+        "tiles": tile_summary(layout, native, _gaussians_of(anomaly_module, layout)),
         "seed": seed,
+        "augment": dataclasses.asdict(augmentation) if augmentation else None,
         "train_images": len(split.train),
         "validation_images": len(split.validation),
         "test_images": len(split.test),
@@ -160,6 +204,10 @@ def train(data: str | Path, model: str = "padim", backbone: str = "resnet18",
         pixel_min=norm.pixel_min, pixel_max=norm.pixel_max,
         task=task, precision=precision.upper(),
         metrics={k: metrics[k] for k in METRIC_KEYS if metrics[k] is not None},
+        **normal_score_range(normal_scores),
+        tile_grid=layout.grid if layout else (1, 1),
+        tile_frame_size=layout.frame_size if layout else None,
+        tile_blend=layout.blend if layout else "cosine",
     )
     result = TrainResult(anomaly_module, metadata, metrics)
     if out is not None:
@@ -169,26 +217,69 @@ def train(data: str | Path, model: str = "padim", backbone: str = "resnet18",
 
 # ---- fitting -------------------------------------------------------------------------------
 
+def _gaussians_of(module: nn.Module, layout: TileLayout | None) -> str | None:
+    """What a tiled PaDiM's Gaussians belong to, for metrics.json (None: not a tiled PaDiM)."""
+    from anomaly_edge.train.padim import Padim
+
+    if layout is None:
+        return None
+    if isinstance(module, TilePositionPadim):
+        return "position"
+    return "shared" if isinstance(module, Padim) else None
+
+
+def _tile_layout(tile: TileOption, size: tuple[int, int], train_samples: tuple[Sample, ...],
+                 gaussians: str, precision: str
+                 ) -> tuple[TileLayout | None, tuple[int, int] | None]:
+    """(layout or None, median training image size or None when not measured)."""
+    resolve_tile_gaussians(gaussians, 0, 0)  # a bad choice fails before any work
+    if tile is None or (isinstance(tile, str) and parse_tile_option(tile) == "off"):
+        return None, None
+    native = median_image_size(train_samples)
+    layout = choose_layout(tile, size, native)
+    if layout is not None and precision.upper() == "INT8":
+        raise ValueError(f"INT8 export of tiled models is not supported yet ({layout.describe()})"
+                         ": export FP16, or train a single view with tile='off'")
+    return layout, native
+
+
 def _fit_padim(split: Split, backbone: str, size: tuple[int, int], seed: int,
                layers: list[str] | None, weights: str | Path | None, pretrained: bool,
                n_channels: int | None, pool: int | None, batch_size: int,
-               bar: ProgressFactory) -> tuple[nn.Module, tuple, tuple]:
+               bar: ProgressFactory, augmentation: Augmentation | None = None,
+               layout: TileLayout | None = None,
+               tile_gaussians: str = "position") -> tuple[nn.Module, tuple, tuple]:
     from anomaly_edge.train.padim import DEFAULT_POOL, Padim
 
     padim = Padim(backbone, size, n_channels=n_channels, seed=seed, layers=layers,
                   pool=DEFAULT_POOL if pool is None else pool,
                   pretrained=pretrained,
                   weights=str(weights) if weights is not None else None)
-    dataset = ImageDataset(split.train, size, padim.backbone.mean, padim.backbone.std)
+    if layout is not None:  # tiles: Gaussians per tile position, or shared by all tiles
+        frames = TileFrames(split.train, layout, padim.backbone.mean, padim.backbone.std)
+        gaussians = resolve_tile_gaussians(tile_gaussians, len(frames), padim.n_channels)
+        module = TilePositionPadim(padim, layout.count) if gaussians == "position" else padim
+        progress = bar("fitting PaDiM on tiles", len(frames))
+        module.fit(frame_batches(frames, max(batch_size, layout.count)),
+                   progress=lambda n: progress.update(n if module is not padim
+                                                      else n // layout.count))
+        progress.close()
+        return module, padim.backbone.mean, padim.backbone.std
+    dataset = augmented(ImageDataset(split.train, size, padim.backbone.mean, padim.backbone.std),
+                        augmentation, seed)
     progress = bar("fitting PaDiM", len(dataset))
-    padim.fit(iter_batches(dataset, batch_size), progress=progress.update)
+    # iter_batches needs only len() and items, which the augmented dataset has
+    padim.fit(iter_batches(dataset, batch_size),  # type: ignore[arg-type]
+              progress=progress.update)
     progress.close()
     return padim, padim.backbone.mean, padim.backbone.std
 
 
 def _fit_stfpm(split: Split, backbone: str, size: tuple[int, int], seed: int,
                layers: list[str] | None, weights: str | Path | None, batch_size: int,
-               options: dict, progress: bool | ProgressFactory) -> tuple[nn.Module, tuple, tuple]:
+               options: dict, progress: bool | ProgressFactory,
+               augmentation: Augmentation | None = None,
+               layout: TileLayout | None = None) -> tuple[nn.Module, tuple, tuple]:
     from anomaly_edge.train.backbones import build_backbone
     from anomaly_edge.train.stfpm import fit_stfpm
 
@@ -196,8 +287,15 @@ def _fit_stfpm(split: Split, backbone: str, size: tuple[int, int], seed: int,
     probe = build_backbone(backbone, layers=layers, pretrained=False)
     mean, std = probe.mean, probe.std
     del probe
-    loader = make_loader(split.train, size, mean, std, batch_size=min(batch_size, 8),
-                         shuffle=True, seed=seed)
+    loader: Any = make_loader(split.train, size, mean, std, batch_size=min(batch_size, 8),
+                              shuffle=True, seed=seed)
+    if layout is not None:  # every tile is a training image of its own
+        loader = tile_images(TileFrames(split.train, layout, mean, std), min(batch_size, 8))
+    elif augmentation is not None:
+        loader = torch.utils.data.DataLoader(
+            augmented(ImageDataset(split.train, size, mean, std), augmentation, seed),
+            batch_size=loader.batch_size, shuffle=True,
+            generator=torch.Generator().manual_seed(seed))
     stfpm = fit_stfpm(backbone, loader, layers=layers,
                       weights=str(weights) if weights is not None else None, seed=seed,
                       progress=bool(progress), **options)
@@ -207,12 +305,16 @@ def _fit_stfpm(split: Split, backbone: str, size: tuple[int, int], seed: int,
 # ---- evaluation ----------------------------------------------------------------------------
 
 def _evaluate(module: nn.Module, test_samples: tuple[Sample, ...], split: Split,
-              size: tuple[int, int], mean: tuple, std: tuple, bar: ProgressFactory
+              size: tuple[int, int], mean: tuple, std: tuple, bar: ProgressFactory,
+              layout: TileLayout | None = None
               ) -> tuple[Predictions, Predictions, Predictions]:
     """(validation, test, all test-folder images) predictions, each image run once."""
     sources = test_samples if test_samples else split.validation
     progress = bar("evaluating", len(sources))
-    everything = predict_samples(module, sources, size, mean, std, progress=progress.update)
+    if layout is not None:  # whole frames, tile maps stitched as the runtime does
+        everything = predict_tiled(module, sources, layout, mean, std, progress=progress.update)
+    else:
+        everything = predict_samples(module, sources, size, mean, std, progress=progress.update)
     progress.close()
     position = {sample.path: i for i, sample in enumerate(everything.samples)}
 
@@ -264,6 +366,9 @@ def write_json_atomically(path: Path, payload: dict) -> None:
     """Write ``payload`` as JSON to ``path`` via a temporary file in the same folder."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; metrics are for everyone to read
         with os.fdopen(fd, "w") as handle:
             json.dump(_jsonable(payload), handle, indent=2, sort_keys=True, allow_nan=False)
             handle.write("\n")

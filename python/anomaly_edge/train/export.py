@@ -1,7 +1,8 @@
 """Export an anomaly module (torch) to an OpenVINO IR pair the runtime can load on its own.
 
 The IR takes the normalised float32 image ``[1, 3, H, W]`` (input ``"image"``, static size)
-and returns the raw anomaly map ``[1, 1, H, W]`` (output ``"anomaly_map"``). Thresholds,
+and returns the raw anomaly map ``[1, 1, H, W]`` (output ``"anomaly_map"``); a tiled model
+takes the ``T`` tiles of one frame as a static batch ``[T, 3, H, W]``. Thresholds,
 normalisation statistics and everything else the runtime needs go into the IR's rt_info
 (:class:`~anomaly_edge.metadata.ModelMetadata`). Both files are written atomically.
 """
@@ -91,7 +92,9 @@ def export_ir(
         raise ValueError("max_accuracy_drop needs validation images (validation=...) to measure "
                          "the drop against")
 
-    ov_model = to_openvino(model, metadata.input_size)
+    if metadata.tiled and precision == "INT8":
+        raise ValueError("INT8 export of tiled models is not supported yet: export FP16 or FP32")
+    ov_model = to_openvino(model, metadata.input_size, batch=metadata.batch_size)
     metadata = dataclasses.replace(metadata, precision=precision, metrics=dict(metadata.metrics))
     if precision == "INT8":
         if calibration_images is None:
@@ -124,8 +127,10 @@ def as_saved_fp16(model: ov.Model) -> ov.Model:
         return core.read_model(f"{folder}/m.xml")
 
 
-def to_openvino(model: nn.Module, input_size: tuple[int, int]) -> ov.Model:
-    """Trace ``model`` at the static ``input_size`` and name its input and output."""
+def to_openvino(model: nn.Module, input_size: tuple[int, int], batch: int = 1) -> ov.Model:
+    """Trace ``model`` at the static ``input_size`` and name its input and output.
+
+    ``batch`` is the static batch: 1, or the tiles of one frame for a tiled model."""
     h, w = input_size
     was_training = model.training
     model.eval()
@@ -136,7 +141,7 @@ def to_openvino(model: nn.Module, input_size: tuple[int, int]) -> ov.Model:
             warnings.filterwarnings("ignore", category=FutureWarning)
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             ov_model = ov.convert_model(
-                model, example_input=torch.zeros(1, 3, h, w), input=[[1, 3, h, w]]
+                model, example_input=torch.zeros(batch, 3, h, w), input=[[batch, 3, h, w]]
             )
     finally:
         model.train(was_training)
@@ -146,9 +151,10 @@ def to_openvino(model: nn.Module, input_size: tuple[int, int]) -> ov.Model:
             f"{len(ov_model.inputs)} inputs and {len(ov_model.outputs)} outputs"
         )
     out_shape = ov_model.outputs[0].get_partial_shape()
-    if out_shape.is_dynamic or len(out_shape) != 4 or out_shape[0].get_length() != 1 \
+    if out_shape.is_dynamic or len(out_shape) != 4 or out_shape[0].get_length() != batch \
             or out_shape[1].get_length() != 1:
-        raise ValueError(f"an anomaly module must return a [1, 1, H, W] map, got {out_shape}")
+        raise ValueError(f"an anomaly module must return a [{batch}, 1, H, W] map, "
+                         f"got {out_shape}")
     ov_model.inputs[0].get_tensor().set_names({INPUT_NAME})
     ov_model.outputs[0].get_tensor().set_names({OUTPUT_NAME})
     return ov_model

@@ -4,12 +4,20 @@ Rules, in order:
 
 1. A threshold the user fixed is used as it is.
 2. With anomalous validation images: the F1-optimal threshold (``scores >= t`` predicts
-   anomalous; ``t`` is one of the observed scores, as anomalib's adaptive threshold). For
-   pixels this needs masks; without any, the pixel threshold falls back to rule 3.
-3. Without anomalies (or masks): the maximum of the normal validation scores, i.e. the
-   lowest threshold at which no normal validation image (pixel) is flagged. Its reason is
-   recorded so reports can say the threshold was not tuned on defects. (The mirror case, a
-   validation set with anomalies only, takes the lowest anomalous score.)
+   anomalous; ``t`` is one of the observed scores, as anomalib's adaptive threshold), but
+   never at or below the normal validation scores' upper tail (their
+   :data:`NORMAL_TAIL_QUANTILE` quantile, which is their maximum below 20 normal images):
+   with few validation images F1 is often maximal just above the highest normal score, and
+   the next normal part on the line scores a little higher (the demo flagged every clean
+   frame of its video that way). For pixels this needs masks; without any, the pixel
+   threshold falls back to rule 3.
+3. Without anomalies (or masks): just above the maximum of the normal validation scores,
+   i.e. the lowest threshold at which no normal validation image (pixel) is flagged. Its
+   reason is recorded so reports can say the threshold was not tuned on defects. (The mirror
+   case, a validation set with anomalies only, takes the lowest anomalous score.)
+
+:func:`false_alarm_rate` says which share of the normal validation images the chosen
+threshold flags: the expected false-alarm rate that ``metrics.json`` and ``info`` report.
 """
 
 from __future__ import annotations
@@ -18,11 +26,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# Share of normal validation scores the threshold must stay above (rule 2).
+NORMAL_TAIL_QUANTILE = 0.95
+
 
 @dataclass(frozen=True)
 class Threshold:
     value: float
-    method: str  # "fixed" | "f1_optimal" | "max_normal" | "min_anomalous"
+    method: str  # "fixed" | "f1_optimal" | "normal_tail" | "max_normal" | "min_anomalous"
     note: str = ""
 
 
@@ -55,7 +66,14 @@ def choose_threshold(scores: np.ndarray, labels: np.ndarray | None, fixed: float
     if labels is not None:
         labels = np.asarray(labels).ravel().astype(bool)
         if labels.any() and not labels.all():
-            return Threshold(f1_optimal_threshold(scores, labels), "f1_optimal")
+            best = f1_optimal_threshold(scores, labels)
+            tail = normal_upper_tail(scores[~labels])
+            if best > tail:
+                return Threshold(best, "f1_optimal")
+            return Threshold(just_above(tail), "normal_tail",
+                             f"{what} threshold: the F1-optimal {best:.6g} was at or below the "
+                             f"normal validation scores' upper tail ({tail:.6g}); raised above "
+                             "it")
         normal = scores[~labels] if not labels.all() else scores
     else:
         normal = scores
@@ -64,9 +82,41 @@ def choose_threshold(scores: np.ndarray, labels: np.ndarray | None, fixed: float
     if labels is not None and labels.all():
         return Threshold(float(normal.min()), "min_anomalous",
                          f"{what} threshold: {reason}; lowest anomalous score used")
-    return Threshold(float(normal.max()), "max_normal",
+    return Threshold(just_above(float(normal.max())), "max_normal",
                      f"{what} threshold: {reason}; maximum normal validation score used "
                      "(not tuned on defects)")
+
+
+def normal_upper_tail(normal_scores: np.ndarray) -> float:
+    """The :data:`NORMAL_TAIL_QUANTILE` quantile of normal scores, taken at an observed score
+    (so below 20 scores it is their maximum)."""
+    normal_scores = np.asarray(normal_scores, dtype=np.float64).ravel()
+    return float(np.quantile(normal_scores, NORMAL_TAIL_QUANTILE, method="higher"))
+
+
+def just_above(value: float) -> float:
+    """The next float32 above ``value``: a threshold that does not flag a score of ``value``
+    (labels are ``raw >= threshold``; the runtime's maps are float32)."""
+    return float(np.nextafter(np.float32(value), np.float32(np.inf)))
+
+
+def false_alarm_rate(normal_scores: np.ndarray, threshold: float) -> float | None:
+    """Share of ``normal_scores`` flagged at ``threshold`` (None without normal scores)."""
+    normal_scores = np.asarray(normal_scores).ravel()
+    if normal_scores.size == 0:
+        return None
+    return float(np.count_nonzero(normal_scores >= threshold) / normal_scores.size)
+
+
+def normal_score_range(normal_scores: np.ndarray) -> dict[str, float | None]:
+    """Low/median/high of normal image scores, as ``ModelMetadata`` stores them (the range the
+    stream's drift monitor watches); all None without normal scores."""
+    normal_scores = np.asarray(normal_scores, dtype=np.float64).ravel()
+    if normal_scores.size == 0:
+        return dict.fromkeys(("normal_score_low", "normal_score_median", "normal_score_high"))
+    return {"normal_score_low": float(normal_scores.min()),
+            "normal_score_median": float(np.median(normal_scores)),
+            "normal_score_high": float(normal_scores.max())}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,231 @@
+"""Fit a trained model to the camera it meets on the line, without retraining.
+
+A model trained on still images sees a deployment camera's frames through a video codec,
+other lighting and exposure: its scores for perfectly normal parts move up (compression
+artefacts look like texture anomalies) and a threshold tuned on the stills flags them. The
+weights are fine; what depends on the camera is the score level. :func:`calibrate` runs the
+model over frames of normal production from that camera and re-estimates:
+
+* **thresholds** (image and pixel):
+  ``max(trained threshold, CALIBRATION_QUANTILE of the frames' scores x THRESHOLD_MARGIN)``.
+  The trained threshold, F1-optimal where validation had defects, is the floor: a camera
+  that scores normal parts lower than the stills did must not make the model less sensitive
+  than it was tuned to be. A threshold training took from normal images alone
+  (``image_threshold_method`` "max_normal": no defects seen) is no such floor; the frames'
+  tail replaces it. Above it, the threshold clears the highest normal frame by a
+  margin, because later normal frames vary more than the first few seconds show. The
+  margin was measured on the demo's lossy video (see the README, "On the line"): 1.0 left
+  8-14 % of later clean frames flagged, 1.1 none, with 84-100 % of defect frames still caught.
+  The pixel threshold gets the same rule on map values (a frame's score is its map's maximum),
+  so no region of a normal calibration frame is reported;
+* **normalisation statistics**: the minima of the frames' scores and maps become
+  ``image_min``/``pixel_min``; the spans (max - min), which encode how far defects score above
+  normal parts and cannot be measured on normal frames, stay as trained;
+* **the normal score range** (low, median, high of the frames' scores) that the stream's
+  drift monitor watches (:mod:`anomaly_edge.stream.drift`).
+
+The model is updated in place; :func:`save_model` writes it as a new IR pair with the same
+weights and a calibration record (source, frames, date, before/after) in its rt_info.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import openvino as ov
+
+from anomaly_edge.errors import InvalidInputError
+from anomaly_edge.metadata import ModelMetadata
+
+if TYPE_CHECKING:
+    from anomaly_edge.model import AnomalyModel
+
+MIN_FRAMES = 10  # fewer normal frames say too little about the score level
+CALIBRATION_QUANTILE = 0.99  # of the frames' scores; "higher" method: the maximum below 100
+THRESHOLD_MARGIN = 1.1  # see the module docstring
+
+
+class CalibrationError(InvalidInputError):
+    """The frames cannot calibrate the model (too few, mixed sizes, none at all)."""
+
+
+@dataclass
+class CalibrationReport:
+    """What :func:`calibrate` measured and changed.
+
+    ``before``/``after`` hold the thresholds, normalisation statistics and normal score range;
+    ``flagged_before``/``flagged_after`` how many calibration frames each flags.
+    """
+
+    frames: int
+    frame_size: tuple[int, int]  # (height, width)
+    scores: dict[str, float]  # min, median, max of the frames' raw scores
+    before: dict[str, Any]
+    after: dict[str, Any]
+    flagged_before: int
+    flagged_after: int
+    source: str | None = None
+    date: str = field(default_factory=lambda: datetime.now(timezone.utc)
+                      .isoformat(timespec="seconds").replace("+00:00", "Z"))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["frame_size"] = list(self.frame_size)
+        return data
+
+    def __str__(self) -> str:
+        h, w = self.frame_size
+        lines = [
+            f"calibrated on {self.frames} frames ({w}x{h})"
+            + (f" from {self.source}" if self.source else ""),
+            f"  raw scores of the frames: min {self.scores['min']:.4g}, median "
+            f"{self.scores['median']:.4g}, max {self.scores['max']:.4g}",
+            f"  image threshold: {self.before['image_threshold']:.4g} -> "
+            f"{self.after['image_threshold']:.4g}",
+            f"  pixel threshold: {self.before['pixel_threshold']:.4g} -> "
+            f"{self.after['pixel_threshold']:.4g}",
+            f"  calibration frames flagged: {self.flagged_before} before, "
+            f"{self.flagged_after} after",
+        ]
+        return "\n".join(lines)
+
+
+def calibrate(model: AnomalyModel, frames: Iterable[np.ndarray], *, source: str | None = None,
+              min_frames: int = MIN_FRAMES) -> CalibrationReport:
+    """Re-estimate ``model``'s thresholds and statistics on ``frames`` of normal production.
+
+    ``frames`` are uint8 images in the model's colour format, all of one size (one camera);
+    they are consumed lazily, so a long iterable never sits in memory. The model is changed
+    in place and the report returned; nothing is changed when an error is raised.
+
+    Raises:
+        CalibrationError: no frames, fewer than ``min_frames``, or frames of another size
+            than the first ones.
+    """
+    min_frames = max(1, int(min_frames))
+    sizes: list[tuple[int, int]] = []
+    scores: list[float] = []
+    map_minimum = np.inf
+    for prediction in model.predict_iter(_same_size(frames, sizes)):
+        scores.append(float(prediction.raw_score))
+        if prediction.anomaly_map is not None:
+            map_minimum = min(map_minimum, float(prediction.anomaly_map.min()))
+    if not scores:
+        raise CalibrationError("no frames to calibrate on: the source delivered none (empty, "
+                               "unreadable or corrupt?); give frames of normal production")
+    if len(scores) < min_frames:
+        raise CalibrationError(
+            f"only {len(scores)} frames to calibrate on; at least {min_frames} are needed to "
+            "measure the camera's score level: give a longer stretch of normal production")
+    values = np.asarray(scores, dtype=np.float64)
+    if not np.isfinite(map_minimum):
+        map_minimum = float(values.min())
+
+    # The thresholds in use (set by the user or exported) are the ones being recalibrated.
+    before = dataclasses.replace(model.metadata, image_threshold=model.image_threshold,
+                                 pixel_threshold=model.pixel_threshold)
+    quantile = float(np.quantile(values, CALIBRATION_QUANTILE, method="higher"))
+    # The margin widens away from zero whatever the sign, and the result always clears the
+    # highest calibration score (labels are raw >= threshold; flat frames may score 0).
+    tail = max(quantile + (THRESHOLD_MARGIN - 1.0) * abs(quantile),
+               float(np.nextafter(np.float32(values.max()), np.float32(np.inf))))
+    tuned_on_defects = before.metrics.get("image_threshold_method") != "max_normal"
+    image_floor = before.image_threshold if tuned_on_defects else -np.inf
+    pixel_floor = before.pixel_threshold if tuned_on_defects else -np.inf
+    after = dataclasses.replace(
+        before,
+        image_threshold=max(image_floor, tail),
+        pixel_threshold=max(pixel_floor, tail),
+        image_min=float(values.min()),
+        image_max=float(values.min()) + (before.image_max - before.image_min),
+        pixel_min=map_minimum,
+        pixel_max=map_minimum + (before.pixel_max - before.pixel_min),
+        normal_score_low=float(values.min()),
+        normal_score_median=float(np.median(values)),
+        normal_score_high=float(values.max()),
+    )
+    report = CalibrationReport(
+        frames=len(scores),
+        frame_size=sizes[0],
+        scores={"min": float(values.min()), "median": float(np.median(values)),
+                "max": float(values.max())},
+        before=_settings(before),
+        after=_settings(after),
+        flagged_before=int(np.count_nonzero(values >= before.image_threshold)),
+        flagged_after=int(np.count_nonzero(values >= after.image_threshold)),
+        source=source,
+    )
+    after.calibration = {k: v for k, v in report.to_dict().items() if k != "scores"}
+    model._apply_metadata(after)
+    return report
+
+
+def _same_size(frames: Iterable[np.ndarray], sizes: list[tuple[int, int]]
+               ) -> Iterator[np.ndarray]:
+    """``frames``, checking that each has the first frame's size (recorded in ``sizes``)."""
+    for index, frame in enumerate(frames):
+        shape = getattr(frame, "shape", None)
+        if shape is None or len(shape) < 2:
+            raise CalibrationError(f"frame {index} is not an image array (got "
+                                   f"{type(frame).__name__})")
+        size = (int(shape[0]), int(shape[1]))
+        if not sizes:
+            sizes.append(size)
+        elif size != sizes[0]:
+            raise CalibrationError(
+                f"frame {index} is {size[1]}x{size[0]} but the first frames are "
+                f"{sizes[0][1]}x{sizes[0][0]}: calibrate on frames of one camera at one size "
+                "(the size the model will see on the line)")
+        yield frame
+
+
+def _settings(metadata: ModelMetadata) -> dict[str, Any]:
+    return {
+        "image_threshold": metadata.image_threshold,
+        "pixel_threshold": metadata.pixel_threshold,
+        "image_min": metadata.image_min,
+        "image_max": metadata.image_max,
+        "pixel_min": metadata.pixel_min,
+        "pixel_max": metadata.pixel_max,
+        "normal_score_range": (None if metadata.normal_score_range is None
+                               else list(metadata.normal_score_range)),
+    }
+
+
+def save_model(graph: ov.Model, metadata: ModelMetadata, path: str | os.PathLike[str]
+               ) -> Path:
+    """Write ``graph`` (the IR as read, without pre-processing) with ``metadata`` as an IR pair.
+
+    ``path`` is the new ``.xml`` (or a folder, which gets ``model.xml``). The weights are
+    written exactly as they were read (no re-compression). Both files go to a temporary
+    folder beside the target and are renamed into place, weights first, so a reader never
+    sees a half-written pair; overwriting the model being used is safe.
+    """
+    target = Path(path)
+    if target.is_dir() or target.suffix.lower() != ".xml":
+        if target.suffix:
+            raise InvalidInputError(f"cannot save the model as {target}: give a .xml path "
+                                    "or a folder")
+        target = target / "model.xml"
+    folder = target.parent
+    if not folder.is_dir():
+        raise InvalidInputError(f"cannot save the model: folder {folder} does not exist")
+    copy = graph.clone()
+    metadata.write_to(copy)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.stem}-save-", dir=folder))
+    try:
+        ov.save_model(copy, str(staging / "model.xml"), compress_to_fp16=False)
+        os.replace(staging / "model.bin", target.with_suffix(".bin"))
+        os.replace(staging / "model.xml", target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

@@ -1,0 +1,143 @@
+"""`anomaly-edge calibrate`: fit a model's thresholds to the camera on the line, no retraining.
+
+Reads N frames (or T seconds) of normal production from any source `run` accepts, re-estimates
+the thresholds, normalisation statistics and normal score range
+(:mod:`anomaly_edge.calibration`), and writes a new IR with the same weights and a calibration
+record in its rt_info. Nothing is written unless calibration succeeds.
+
+Exit codes: 0 done; 2 bad arguments; 3 the source cannot be opened, delivers no or too few
+frames, or frames of mixed sizes; 4 the model cannot be loaded; 1 anything else (e.g. the
+output cannot be written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from anomaly_edge.cli.common import CliError, ExitCode
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from anomaly_edge.model import AnomalyModel
+    from anomaly_edge.stream.sources import Source
+
+DEFAULT_FRAMES = 60
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "calibrate",
+        help="fit a model's thresholds to a camera from frames of normal production",
+        description="Run a model over frames of normal production from the deployment camera "
+        "(video file, image folder, camera index or URL) and write a new IR with thresholds, "
+        "normalisation statistics and the normal score range re-estimated for that camera. "
+        "The weights stay as they are; no training data or torch is needed.",
+        epilog="exit codes: 0 done, 2 bad arguments, 3 source cannot be opened or gives no, "
+        "too few or mixed-size frames, 4 model cannot be loaded, 1 other errors (nothing is "
+        "written unless it succeeds)",
+    )
+    parser.add_argument("--model", required=True, metavar="XML", help="the exported IR (model.xml)")
+    parser.add_argument("--source", required=True,
+                        help="normal production: video file, image folder, glob, camera index "
+                        "or rtsp:// / http:// URL")
+    amount = parser.add_mutually_exclusive_group()
+    amount.add_argument("--frames", type=_positive_int, metavar="N",
+                        help=f"calibrate on the first N frames (default {DEFAULT_FRAMES})")
+    amount.add_argument("--seconds", type=_positive_float, metavar="T",
+                        help="calibrate on the first T seconds of the source")
+    parser.add_argument("--out", required=True, type=Path, metavar="XML",
+                        help="the calibrated IR to write (a .xml path, or a folder for "
+                        "model.xml); may be the input model itself")
+    parser.add_argument("--device", default="AUTO", help="OpenVINO device: AUTO, CPU, GPU, NPU")
+    parser.add_argument("--timeout", type=_positive_float, default=10.0, metavar="SECONDS",
+                        help="network sources: seconds to wait for the stream (default 10)")
+    parser.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    from anomaly_edge.calibration import MIN_FRAMES, CalibrationError
+    from anomaly_edge.cli.run import _quiet_video_backends
+    from anomaly_edge.errors import AnomalyEdgeError
+    from anomaly_edge.stream.sources import ReconnectPolicy, SourceError, open_source
+
+    _quiet_video_backends()
+
+    if args.frames is not None and args.frames < MIN_FRAMES:
+        raise CliError(f"--frames {args.frames}: calibration needs at least {MIN_FRAMES} "
+                       "frames", ExitCode.USAGE)
+    out = args.out / "model.xml" if args.out.is_dir() or not args.out.suffix else args.out
+    if out.suffix.lower() != ".xml":
+        raise CliError(f"--out {args.out}: give a .xml path or a folder", ExitCode.USAGE)
+    if not out.parent.is_dir():
+        raise CliError(f"--out {args.out}: folder {out.parent} does not exist", ExitCode.INPUT)
+    model = _load_model(args)
+    try:
+        source = open_source(args.source, reconnect=ReconnectPolicy(attempts=0),
+                             timeout=args.timeout)
+    except SourceError as exc:
+        raise CliError(str(exc), ExitCode.INPUT) from None
+    wanted = (f"{args.seconds:g} s" if args.seconds is not None
+              else f"{args.frames or DEFAULT_FRAMES} frames")
+    print(f"calibrating {args.model} on {wanted} of {source.description}", file=sys.stderr)
+    try:
+        report = model.calibrate(_frames(source, args.frames, args.seconds),
+                                 source=str(args.source))
+    except (CalibrationError, SourceError) as exc:
+        corrupt = f" ({source.corrupt} frames could not be decoded)" if source.corrupt else ""
+        raise CliError(f"{exc}{corrupt}", ExitCode.INPUT) from None
+    finally:
+        source.close()
+    try:
+        written = model.save(out)
+    except (AnomalyEdgeError, OSError, RuntimeError) as exc:
+        raise CliError(f"cannot write {out}: {exc}") from None
+    print(report)
+    print(f"calibrated model: {written}")
+    return int(ExitCode.OK)
+
+
+def _frames(source: Source, count: int | None, seconds: float | None
+            ) -> Iterator[np.ndarray]:
+    """The source's first ``count`` frames, or those within its first ``seconds``."""
+    limit = count if count is not None or seconds is not None else DEFAULT_FRAMES
+    taken = 0
+    while (frame := source.read()) is not None:
+        if seconds is not None and frame.timestamp >= seconds:
+            break
+        yield frame.image
+        taken += 1
+        if limit is not None and taken >= limit:
+            break
+
+
+def _load_model(args: argparse.Namespace) -> AnomalyModel:
+    path = Path(args.model)
+    if not path.is_file():
+        raise CliError(f"model {path} not found; give the model.xml that `anomaly-edge train` "
+                       "or `anomaly-edge export` wrote", ExitCode.MODEL)
+    from anomaly_edge.errors import AnomalyEdgeError
+    from anomaly_edge.model import AnomalyModel
+
+    try:
+        return AnomalyModel(path, device=args.device)
+    except (AnomalyEdgeError, RuntimeError, OSError, ValueError) as exc:
+        raise CliError(f"cannot load model {path}: {exc}", ExitCode.MODEL) from None
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value

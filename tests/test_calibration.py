@@ -1,0 +1,213 @@
+"""Calibration on the line: `model.calibrate(frames)`, `model.save(path)`, `anomaly-edge calibrate`.
+
+The synthetic IR (tests/ir_factory.py) scores a frame by how far it is from mid-grey, so a
+"camera" that delivers brighter frames plays the part of a lossy codec: every normal frame
+scores above the trained threshold until calibration moves it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import cv2
+import numpy as np
+import pytest
+
+from anomaly_edge.calibration import (
+    MIN_FRAMES,
+    THRESHOLD_MARGIN,
+    CalibrationError,
+    CalibrationReport,
+)
+from anomaly_edge.cli.common import ExitCode
+from anomaly_edge.cli.main import main
+from anomaly_edge.metadata import ModelMetadata
+from anomaly_edge.model_loading import read_ir
+from tests.stream_media import make_frame, make_image_folder
+
+BRIGHT = 168  # the new camera's "normal" level; the synthetic IR scores it ~0.62 (> 0.5)
+
+
+def bright_frame(index: int, defect: bool = False, size=(160, 120)) -> np.ndarray:
+    rng = np.random.default_rng(index)
+    frame = np.full((size[1], size[0], 3), BRIGHT, np.int16)
+    frame += rng.integers(-3, 4, frame.shape, dtype=np.int16)
+    frame = frame.clip(0, 255).astype(np.uint8)
+    if defect:
+        cv2.circle(frame, (size[0] // 2, size[1] // 2), 15, (255, 255, 255), -1)
+    return frame
+
+
+def write_bright_video(path, frames: int, defects=(), size=(160, 120), fps=10.0):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    for index in range(frames):
+        writer.write(bright_frame(index, index in set(defects), size))
+    writer.release()
+    return path
+
+
+@pytest.fixture
+def model(synthetic_ir):
+    from anomaly_edge.model import AnomalyModel
+
+    return AnomalyModel(synthetic_ir, device="CPU", cache_dir=None)
+
+
+def test_calibrate_moves_the_threshold_above_the_new_cameras_normal_frames(model):
+    frames = [bright_frame(i) for i in range(20)]
+    assert all(p.label for p in model.predict_batch(frames)), "premise: all flagged before"
+    trained = model.image_threshold
+
+    report = model.calibrate(iter(frames), source="camera 0")
+
+    assert isinstance(report, CalibrationReport)
+    assert report.frames == 20 and report.frame_size == (120, 160)
+    assert report.flagged_before == 20 and report.flagged_after == 0
+    assert report.before["image_threshold"] == trained
+    assert model.image_threshold == pytest.approx(report.scores["max"] * THRESHOLD_MARGIN)
+    assert model.image_threshold == report.after["image_threshold"] > trained
+    # unseen normal frames of the same camera pass, defects are still found
+    assert not any(p.label for p in model.predict_batch(bright_frame(i) for i in range(50, 70)))
+    assert model.predict(bright_frame(99, defect=True)).label
+    # the normal range the drift monitor watches is the frames' range now
+    low, high = model.metadata.normal_score_range
+    assert low == report.scores["min"] and high == report.scores["max"]
+    assert "20 frames" in str(report) and "camera 0" in str(report)
+
+
+def test_a_camera_scoring_lower_keeps_the_trained_threshold(model):
+    grey = [make_frame(i, False) for i in range(15)]  # scores ~0, far below 0.5
+    trained = model.image_threshold
+    model.calibrate(grey)
+    assert model.image_threshold == trained  # tuned on defects: never less sensitive
+
+
+def test_a_threshold_not_tuned_on_defects_follows_the_camera_down(model):
+    import dataclasses
+
+    model._apply_metadata(dataclasses.replace(
+        model.metadata, metrics={"image_threshold_method": "max_normal"}))
+    grey = [make_frame(i, False) for i in range(15)]
+    report = model.calibrate(grey)
+    assert model.image_threshold < 0.5
+    assert model.image_threshold >= report.scores["max"] * THRESHOLD_MARGIN
+    assert report.flagged_after == 0
+    assert model.predict(bright_frame(1)).label  # brighter than this camera's normal
+
+
+def test_save_writes_same_weights_and_a_calibration_record(model, synthetic_ir, tmp_path):
+    model.calibrate([bright_frame(i) for i in range(12)], source="line.mp4")
+    target = model.save(tmp_path / "calibrated.xml")
+
+    assert target == tmp_path / "calibrated.xml"
+    assert target.with_suffix(".bin").read_bytes() == synthetic_ir.with_suffix(".bin").read_bytes()
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (target, target.with_suffix(".bin")):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calibrated.bin", "calibrated.xml"]
+
+    metadata = ModelMetadata.read_from(read_ir(target))
+    assert metadata.image_threshold == pytest.approx(model.image_threshold)
+    record = metadata.calibration
+    assert record["source"] == "line.mp4" and record["frames"] == 12 and record["date"]
+    assert record["before"]["image_threshold"] == 0.5
+    assert record["after"]["image_threshold"] == pytest.approx(model.image_threshold)
+    assert metadata.normal_score_range is not None
+
+    from anomaly_edge.model import AnomalyModel
+
+    reloaded = AnomalyModel(target, device="CPU", cache_dir=None)
+    assert not reloaded.predict(bright_frame(3)).label
+    assert reloaded.predict(bright_frame(4, defect=True)).label
+
+
+def test_save_over_the_model_in_use(model, synthetic_ir, tmp_path):
+    copy = tmp_path / "model.xml"
+    copy.write_bytes(synthetic_ir.read_bytes())
+    copy.with_suffix(".bin").write_bytes(synthetic_ir.with_suffix(".bin").read_bytes())
+    from anomaly_edge.model import AnomalyModel
+
+    in_use = AnomalyModel(copy, device="CPU", cache_dir=None)
+    in_use.calibrate([bright_frame(i) for i in range(12)])
+    in_use.save(tmp_path)  # a folder: model.xml in it
+    assert ModelMetadata.read_from(read_ir(copy)).calibration["frames"] == 12
+
+
+@pytest.mark.parametrize("frames, message", [
+    ([], "no frames"),
+    ([bright_frame(i) for i in range(MIN_FRAMES - 1)], f"at least {MIN_FRAMES}"),
+    ([bright_frame(i) for i in range(6)] + [bright_frame(6, size=(200, 120))] * 6,
+     "frame 6 is 200x120 but the first frames are 160x120"),
+])
+def test_bad_frames_give_a_clear_error_and_change_nothing(model, frames, message):
+    before = model.metadata
+    with pytest.raises(CalibrationError, match=message):
+        model.calibrate(iter(frames))
+    assert model.metadata is before and model.image_threshold == 0.5
+
+
+def test_old_irs_without_the_new_fields_still_load(synthetic_ir):
+    metadata = ModelMetadata.read_from(read_ir(synthetic_ir))
+    assert metadata.normal_score_range is None and metadata.calibration == {}
+
+
+# ---- the command ---------------------------------------------------------------------------
+
+def test_cli_calibrates_on_the_first_seconds_of_a_video(synthetic_ir, tmp_path, capsys):
+    video = write_bright_video(tmp_path / "line.avi", 40, defects={35}, fps=10.0)
+    out = tmp_path / "calibrated.xml"
+    code = main(["calibrate", "--model", str(synthetic_ir), "--source", str(video),
+                 "--seconds", "2", "--out", str(out), "--device", "CPU"])
+    assert code == ExitCode.OK
+    printed = capsys.readouterr().out
+    assert "calibrated on 20 frames (160x120)" in printed and str(out) in printed
+    record = ModelMetadata.read_from(read_ir(out)).calibration
+    assert record["frames"] == 20 and record["source"] == str(video)
+
+    assert main(["info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["calibrated"].endswith(f"on 20 frames of {video}")
+    assert info["normal_score_range"][0] > 0.5
+
+
+def _no_output(folder) -> bool:
+    return not any(p.name.startswith("calibrated") or "save" in p.name for p in folder.iterdir())
+
+
+def test_cli_corrupt_empty_short_and_mixed_sources_fail_and_write_nothing(synthetic_ir, tmp_path,
+                                                                         capsys):
+    corrupt = tmp_path / "corrupt.avi"
+    corrupt.write_bytes(b"RIFF" + os.urandom(4000))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    short = write_bright_video(tmp_path / "short.avi", MIN_FRAMES - 3)
+    mixed = make_image_folder(tmp_path / "mixed", 12)
+    cv2.imwrite(str(mixed / "frame_0005.png"), np.full((50, 70, 3), 128, np.uint8))
+    out = tmp_path / "calibrated.xml"
+    cases = {corrupt: "", empty: "", short: f"at least {MIN_FRAMES}",
+             mixed: "but the first frames are"}
+    for source, message in cases.items():
+        code = main(["calibrate", "--model", str(synthetic_ir), "--source", str(source),
+                     "--frames", "20", "--out", str(out), "--device", "CPU"])
+        err = capsys.readouterr().err
+        assert code == ExitCode.INPUT, (source, err)
+        assert "error:" in err and message in err
+        assert _no_output(tmp_path), source
+
+
+def test_cli_arguments_and_model_errors(synthetic_ir, tmp_path, capsys):
+    video = write_bright_video(tmp_path / "line.avi", 15)
+    base = ["calibrate", "--source", str(video), "--out", str(tmp_path / "c.xml")]
+    assert main([*base, "--model", str(synthetic_ir), "--frames", "3"]) == ExitCode.USAGE
+    assert "at least" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # --frames and --seconds exclude each other
+        main([*base, "--model", str(synthetic_ir), "--frames", "12", "--seconds", "2"])
+    assert exit_info.value.code == ExitCode.USAGE
+    assert main([*base, "--model", str(tmp_path / "missing.xml")]) == ExitCode.MODEL
+    missing_folder = ["calibrate", "--model", str(synthetic_ir), "--source", str(video),
+                      "--out", str(tmp_path / "nope" / "c.xml")]
+    assert main(missing_folder) == ExitCode.INPUT
+    assert _no_output(tmp_path)

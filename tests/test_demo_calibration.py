@@ -1,0 +1,38 @@
+"""The demo's promise on the line: no false alarm on the lossless video, and on the lossy one
+after `calibrate` on its first 3 s of normal production, at most 5 % of the later clean frames
+flagged while at least 90 % of the frames with a defect still are."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("torch")
+
+from anomaly_edge.cli.demo import QUICK
+from anomaly_edge.demo.run import DemoSettings, format_report, run_demo
+
+
+@pytest.mark.slow
+def test_demo_lossless_clean_and_lossy_calibrated(tmp_path):
+    report = run_demo(tmp_path / "demo", DemoSettings(device="CPU"), log=lambda _: None,
+                      quiet=True)
+    text = format_report(report)
+    lossless = report.frames
+    assert lossless.false_alarms == 0 and not lossless.defects_missed, text
+    before, after = report.frames_lossy, report.frames_calibrated
+    assert before.false_alarms > 0, text  # the codec makes normal parts look anomalous ...
+    assert after.false_alarm_rate <= 0.05, text  # ... until calibration
+    assert after.recall >= 0.9 and not after.defects_missed, text
+    assert report.calibration["frames"] == report.clean_frames == 36
+    assert report.calibrated_model.with_suffix(".bin").read_bytes() == \
+        report.model.with_suffix(".bin").read_bytes()  # same weights
+    assert report.drift_warnings["lossless"] == report.drift_warnings["calibrated"] == 0, text
+
+
+@pytest.mark.slow
+def test_quick_demo_has_no_false_alarm_on_its_lossless_video(tmp_path):
+    report = run_demo(tmp_path / "demo", DemoSettings(device="CPU", **QUICK),
+                      log=lambda _: None, quiet=True)
+    text = format_report(report)
+    assert report.frames.false_alarms == 0 and not report.frames.defects_missed, text
+    assert report.frames_calibrated.false_alarm_rate <= 0.05, text
