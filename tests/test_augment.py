@@ -7,21 +7,20 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from anomaly_edge.cli.main import main  # noqa: E402
-from anomaly_edge.metadata import ModelMetadata  # noqa: E402
-from anomaly_edge.model_loading import read_ir  # noqa: E402
-from anomaly_edge.train import train  # noqa: E402
-from anomaly_edge.train.augment import (  # noqa: E402
+from anomaly_edge.cli.main import main
+from anomaly_edge.metadata import ModelMetadata
+from anomaly_edge.model_loading import read_ir
+from anomaly_edge.train import train
+from anomaly_edge.train.augment import (
     DEFAULT,
     Augmentation,
     AugmentedDataset,
     parse_augment,
 )
-from anomaly_edge.train.data import ImageDataset, scan_category  # noqa: E402
-from tests.test_data_factory import make_category  # noqa: E402
+from anomaly_edge.train.data import ImageDataset, scan_category
+from tests.test_data_factory import make_category
 
 
 def texture(seed: int = 0) -> np.ndarray:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("torch")
-
 from anomaly_edge.cli.demo import QUICK
 from anomaly_edge.demo.run import DemoSettings, format_report, run_demo
 

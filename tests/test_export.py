@@ -19,7 +19,7 @@ from anomaly_edge.train.export import (
     export_ir,
     ir_size_mb,
 )
-from anomaly_edge.train.quantize import image_auroc
+from anomaly_edge.train.metrics import auroc as image_auroc
 from tests.toy_models import fitted_toy, synthetic_images, to_input
 
 # openvino.convert_model sends usage telemetry unless it runs in CI; offline, every attempt
@@ -259,3 +259,73 @@ def test_padim_ir_is_a_small_fraction_of_anomalibs(tmp_path):
     xml = export_ir(padim, metadata, tmp_path, precision="FP16")
     assert ir_size_mb(xml) < 160 / 4
     assert ir_size_mb(xml) < 10  # measured 8.3 MB (47 MB with pool=1): mostly ResNet18 itself
+
+
+def _export_pair(toy, folder, threshold):
+    import dataclasses
+
+    model, metadata = toy
+    return export_ir(model, dataclasses.replace(metadata, image_threshold=threshold), folder,
+                     precision="FP32")
+
+
+def test_a_kill_between_the_renames_is_refused_at_load(toy, tmp_path, monkeypatch):
+    from anomaly_edge.errors import ModelLoadError
+    from anomaly_edge.train import export as export_module
+
+    folder = tmp_path / "ir"
+    xml = _export_pair(fitted_toy((32, 32)), folder, 1.0)  # the old pair: other weights
+    renames, real_replace = [], os.replace
+
+    def replace_then_die(src, dst):
+        if renames:
+            raise KeyboardInterrupt  # killed after the .bin landed, before the .xml did
+        renames.append(dst)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(export_module.os, "replace", replace_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _export_pair(toy, folder, 2.0)
+    monkeypatch.undo()
+    assert renames == [folder / "model.bin"]
+    with pytest.raises(ModelLoadError, match=r"does not belong to model\.xml"):
+        AnomalyModel(xml, "CPU")
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]
+
+
+def test_irs_without_the_stamp_still_load(toy, tmp_path):
+    xml = _export_pair(toy, tmp_path / "ir", 1.0)
+    text = xml.read_text()
+    assert "weights_sha256" in text
+    import re
+
+    xml.write_text(re.sub(r'<weights_(sha256|bytes) value="[^"]*" />', "", text))
+    assert "weights_sha256" not in xml.read_text()
+    AnomalyModel(xml, "CPU").close()
+
+
+def test_a_model_saved_again_does_not_carry_a_stale_stamp(toy, tmp_path):
+    from anomaly_edge.model_loading import read_ir
+
+    xml = _export_pair(toy, tmp_path / "ir", 1.0)
+    graph = read_ir(xml)
+    ov.save_model(graph, str(tmp_path / "again.xml"), compress_to_fp16=True)  # other bytes
+    AnomalyModel(tmp_path / "again.xml", "CPU").close()
+
+
+def test_int8_is_the_smallest_ir(toy, exported, evaluation_set, tmp_path):
+    model, metadata = toy
+    images, _ = evaluation_set
+    xml = export_ir(model, metadata, tmp_path / "int8", precision="INT8",
+                    calibration_images=images[:8])
+    # the weights: features in INT8, the head in FP16 (the toy's .xml text outweighs them)
+    fp16_bin = exported["FP16"].with_suffix(".bin").stat().st_size
+    assert xml.with_suffix(".bin").stat().st_size < fp16_bin
+    text = xml.read_text()
+    assert 'element_type="i8"' in text
+
+
+def test_quantize_has_no_auroc_of_its_own():
+    import anomaly_edge.train.quantize as quantize
+
+    assert not hasattr(quantize, "image_auroc")  # one AUROC: train/metrics.auroc

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import sklearn.metrics as sklearn_metrics
 
 from anomaly_edge.train.metrics import _partial_area, aupro, auroc, f1_at, label_regions
-
-sklearn_metrics = pytest.importorskip("sklearn.metrics")
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import model_api.models as model_api
 import numpy as np
 import pytest
 
 from anomaly_edge import AnomalyModel
 from tests.ir_factory import GREY
-
-model_api = pytest.importorskip("model_api.models")
 
 
 def frames():
@@ -40,7 +39,6 @@ def test_model_api_gives_our_label_and_score(synthetic_ir):
 
 
 def test_model_api_loads_an_exported_model(tmp_path):
-    pytest.importorskip("torch")
     import os
 
     os.environ.setdefault("CI", "true")  # no OpenVINO telemetry attempts (see test_export)

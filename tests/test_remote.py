@@ -18,9 +18,7 @@ from anomaly_edge.cli.main import main
 from anomaly_edge.errors import ModelLoadError
 from anomaly_edge.remote import RetryPolicy, ServerUnavailableError
 from tests.stream_media import make_video
-from tests.test_serve import REPO, ServeProcess, frame_with_defects, free_port, pytestmark
-
-__all__ = ["pytestmark"]  # the serve tests' skip-without-kserve applies here too
+from tests.test_serve import REPO, ServeProcess, frame_with_defects, free_port
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,6 @@ from anomaly_edge.model import AnomalyModel
 from anomaly_edge.stream import Camera, run_many
 from tests.stream_media import damage_frames, make_video
 
-pytest.importorskip("prometheus_client")
-
 
 def _scrape(port: int) -> dict[str, float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:

@@ -23,8 +23,6 @@ from anomaly_edge.stream.events import EventLog, JsonLinesWriter
 from tests.conftest import REPO
 from tests.stream_media import MjpegServer, make_frame
 
-pytest.importorskip("fastapi")
-
 
 def _request(url: str, *, data: dict | bytes | None = None, headers: dict | None = None,
              content_type: str = "application/json") -> tuple[int, bytes, dict]:

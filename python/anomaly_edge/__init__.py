@@ -6,7 +6,7 @@ and run the IR anywhere OpenVINO runs with :class:`AnomalyModel`.
 The runtime part of this package never imports torch.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from anomaly_edge.errors import AnomalyEdgeError
 from anomaly_edge.prediction import Box, Prediction, Task

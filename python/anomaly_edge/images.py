@@ -12,13 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from anomaly_edge import _post
+from anomaly_edge import _post, media
 from anomaly_edge.errors import InvalidInputError
+from anomaly_edge.media import IMAGE_SUFFIXES, MAX_IMAGE_SIDE
 
-# What cv2.imread can decode; used to pick image files out of a folder.
-IMAGE_SUFFIXES = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jp2"}
-)
+__all__ = ["IMAGE_SUFFIXES", "MAX_IMAGE_SIDE", "ColorFormat", "check_frame", "list_images",
+           "network_image", "read_image", "resize_for_network"]
 
 
 class ColorFormat(str, Enum):
@@ -45,38 +44,13 @@ class ColorFormat(str, Enum):
 
 def list_images(folder: str | Path) -> list[Path]:
     """Image files directly in ``folder`` (sorted by name; other files are skipped)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InvalidInputError(f"{folder} is not a folder")
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return media.list_images(folder)
 
 
 def read_image(path: str | Path, color: ColorFormat | str = ColorFormat.BGR) -> np.ndarray:
-    """Read an image file as a uint8 frame in ``color`` (16-bit files are scaled to 8 bits)."""
-    import cv2
-
-    color = ColorFormat.parse(color)
-    path = Path(path)
-    if not path.exists():
-        raise InvalidInputError(f"image file {path} does not exist")
-    if path.is_dir():
-        raise InvalidInputError(f"{path} is a folder, not an image file")
-    # imdecode instead of imread: imread cannot open non-ASCII paths on every platform and
-    # prints warnings instead of failing.
-    try:
-        data = np.fromfile(path, dtype=np.uint8)
-    except OSError as exc:
-        raise InvalidInputError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    flag = cv2.IMREAD_GRAYSCALE if color is ColorFormat.GRAY else cv2.IMREAD_COLOR
-    image = cv2.imdecode(data, flag) if data.size else None
-    if image is None:
-        raise InvalidInputError(
-            f"{path} is not an image OpenCV can decode (empty, truncated or another file type); "
-            f"supported types: {', '.join(sorted(IMAGE_SUFFIXES))}"
-        )
-    if color is ColorFormat.RGB:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    return image
+    """Read an image file as a uint8 frame in ``color`` (see :mod:`anomaly_edge.media` for how
+    16-bit, grey, RGBA and oversized files are handled)."""
+    return media.read_image(path, ColorFormat.parse(color).value)
 
 
 def resize_for_network(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -131,6 +105,7 @@ def check_frame(frame: object, color: ColorFormat = ColorFormat.BGR) -> np.ndarr
     if frame.dtype != np.uint8:
         raise InvalidInputError(_dtype_advice(frame.dtype))
     frame = _as_hwc(frame)
+    media.check_size(frame.shape[0], frame.shape[1], f"the frame (shape {frame.shape})")
     channels = frame.shape[2]
     if channels == 4:
         code = "cv2.COLOR_BGRA2BGR" if color is not ColorFormat.RGB else "cv2.COLOR_RGBA2RGB"

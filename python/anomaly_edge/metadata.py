@@ -31,6 +31,10 @@ FORMAT_VERSION = 2  # the newest this runtime reads
 SINGLE_VIEW_FORMAT_VERSION = 1
 TILED_FORMAT_VERSION = 2
 OUR_SECTION = "anomaly_edge"
+# The graph's tensor names and the precisions an IR is exported at: part of the contract.
+INPUT_NAME = "image"
+OUTPUT_NAME = "anomaly_map"
+PRECISIONS = ("FP32", "FP16", "INT8")
 MODEL_API_SECTION = "model_info"
 # Fields that older IRs lack (they load with None).
 OPTIONAL_FLOATS = ("normal_score_low", "normal_score_median", "normal_score_high")
@@ -188,7 +192,7 @@ class ModelMetadata:
             if not model.has_rt_info([OUR_SECTION, key]):
                 raise ModelLoadError(f"{source}: anomaly-edge metadata lacks the key {key!r}; "
                                      "re-export the model with this version of anomaly-edge.")
-            return model.get_rt_info([OUR_SECTION, key]).astype(str)
+            return str(model.get_rt_info([OUR_SECTION, key]).astype(str))
 
         def optional(key: str, default: str | None = None) -> str | None:
             # Keys added after format 1 was fixed: older IRs lack them and still load.
@@ -198,14 +202,19 @@ class ModelMetadata:
             text = optional(key)
             return None if text is None else float(text)
 
-        version = int(get("format_version"))
+        try:
+            version = int(get("format_version"))
+        except ValueError:
+            raise ModelLoadError(f"{source}: metadata format_version "
+                                 f"{get('format_version')!r} is not a whole number; the rt_info "
+                                 "was edited or damaged: re-export the model.") from None
         if version > FORMAT_VERSION:
             raise ModelLoadError(
                 f"{source} uses metadata format {version}, newer than this anomaly-edge "
                 f"understands ({FORMAT_VERSION}); upgrade anomaly-edge."
             )
         try:
-            return cls(
+            metadata = cls(
                 model=get("model"),
                 backbone=get("backbone"),
                 input_size=tuple(int(v) for v in get("input_size").split()),  # type: ignore[arg-type]
@@ -230,9 +239,46 @@ class ModelMetadata:
                     int(v) for v in str(optional("tile_frame_size", get("input_size"))).split()),
                 tile_blend=str(optional("tile_blend", "cosine")),
             )
-        except (ValueError, TypeError, InvalidInputError) as exc:
+        except (ValueError, TypeError, IndexError, InvalidInputError) as exc:
             raise ModelLoadError(f"{source}: anomaly-edge metadata is malformed ({exc}); "
                                  "re-export the model.") from exc
+        metadata.check_against(model, source)
+        return metadata
+
+    def check_against(self, model: ov.Model, source: str = "the model") -> None:
+        """Refuse metadata that cannot drive this graph: sizes, mean/std, output shape."""
+        problems = []
+        if len(self.mean) != 3 or len(self.std) != 3:
+            problems.append(f"mean and std need 3 values (RGB), got {len(self.mean)} and "
+                            f"{len(self.std)}")
+        if not all(math.isfinite(v) for v in (*self.mean, *self.std)):
+            problems.append("mean and std must be finite numbers")
+        elif any(v <= 0 for v in self.std):
+            problems.append(f"std must be positive, got {list(self.std)} (a zero std divides "
+                            "every pixel by zero)")
+        if min(self.input_size) < 1:
+            problems.append(f"input size {self.input_size} is not positive")
+        # The graph checks apply to a network (an image input); a holder of rt_info alone
+        # (a remote model's metadata) has a dummy graph.
+        image_graph = len(model.inputs) == 1 and model.inputs[0].get_partial_shape().rank \
+            .is_static and len(model.inputs[0].get_partial_shape()) == 4
+        if image_graph:
+            shape = model.inputs[0].get_partial_shape()
+            if shape.is_static:
+                graph_size = (shape[2].get_length(), shape[3].get_length())
+                if shape[1].get_length() != 3:
+                    problems.append(f"the graph takes {shape[1].get_length()} channels, not 3")
+                if graph_size != self.input_size:
+                    problems.append(f"input_size {self.input_size[0]}x{self.input_size[1]} does "
+                                    f"not match the graph's input {graph_size[0]}x{graph_size[1]}")
+        if image_graph and len(model.outputs) == 1:
+            out = model.outputs[0].get_partial_shape()
+            if out.rank.is_dynamic or len(out) != 4 or (out[1].is_static
+                                                       and out[1].get_length() != 1):
+                problems.append(f"the graph's output must be a [1, 1, H, W] map, not {out}")
+        if problems:
+            raise ModelLoadError(f"{source}: the model's metadata does not fit its graph: "
+                                 + "; ".join(problems) + ". Re-export the model.")
 
 
 def _positive_span(lo: float, hi: float) -> float:

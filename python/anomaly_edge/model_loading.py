@@ -7,7 +7,9 @@ that is not there.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,10 +20,12 @@ from openvino.preprocess import PrePostProcessor
 
 from anomaly_edge.errors import InvalidInputError, ModelLoadError
 from anomaly_edge.images import ColorFormat
-from anomaly_edge.metadata import ModelMetadata
+from anomaly_edge.metadata import OUR_SECTION, ModelMetadata
 
-INPUT_NAME = "image"
-OUTPUT_NAME = "anomaly_map"
+# rt_info keys of the .bin's fingerprint, stamped into the .xml at export: a pair from two
+# exports (e.g. a kill between the two renames) is refused instead of loading silently.
+WEIGHTS_SHA256_KEY = "weights_sha256"
+WEIGHTS_BYTES_KEY = "weights_bytes"
 # Devices that are not hardware but schedule onto other devices ("AUTO:GPU,CPU").
 VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO", "BATCH")
 
@@ -57,6 +61,7 @@ def read_ir(path: str | Path) -> ov.Model:
             f"{path} has no weights file beside it ({weights.name} is missing); copy the .xml "
             "and the .bin together"
         )
+    check_weights_stamp(path, weights)
     try:
         model = shared_core().read_model(str(path), str(weights))
     except RuntimeError as exc:
@@ -65,7 +70,46 @@ def read_ir(path: str | Path) -> ov.Model:
             f"{_first_line(exc)}"
         ) from exc
     _check_io(model, path)
+    # Verified: forget the stamp, so a model saved again from this one (other weights bytes)
+    # does not carry a fingerprint that no longer fits.
+    for key in (WEIGHTS_SHA256_KEY, WEIGHTS_BYTES_KEY):
+        if model.has_rt_info([OUR_SECTION, key]):
+            model.set_rt_info("", [OUR_SECTION, key])
     return model
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _rt_value(xml_text: str, key: str) -> str:
+    found = re.search(rf'<{key} value="([^"]*)"', xml_text)
+    return found.group(1) if found else ""
+
+
+def check_weights_stamp(xml: Path, weights: Path) -> None:
+    """Refuse a .bin that is not the one exported with this .xml (IRs without a stamp pass)."""
+    try:
+        text = xml.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {xml}: {exc.strerror or exc}") from exc
+    expected_sha, expected_size = (_rt_value(text, key)
+                                   for key in (WEIGHTS_SHA256_KEY, WEIGHTS_BYTES_KEY))
+    if not expected_sha:
+        return
+    mismatch = (expected_size and expected_size.isdigit()
+                and int(expected_size) != weights.stat().st_size) \
+        or file_sha256(weights) != expected_sha
+    if mismatch:
+        raise ModelLoadError(
+            f"{weights.name} does not belong to {xml.name} in {xml.parent}: the weights are "
+            "from another export (an interrupted export, or files copied from two exports). "
+            "Export the model again, or copy the .xml and .bin of one export together."
+        )
 
 
 def _check_io(model: ov.Model, source: Path) -> None:

@@ -13,8 +13,16 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from anomaly_edge.cli.common import TASKS, CliError, ExitCode
-from anomaly_edge.cli.serve import add_remote_option, open_remote_model, wants_remote
+from anomaly_edge.cli.common import (
+    TASKS,
+    CliError,
+    ExitCode,
+    add_device_argument,
+    add_model_argument,
+    load_model,
+    positive_float,
+    positive_int,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -31,18 +39,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog="exit codes: 0 done, 2 bad arguments, 3 image cannot be read, "
         "4 model cannot be loaded",
     )
-    parser.add_argument("--model", required=True,
-                        help="the exported IR (model.xml), or a model server URL (see --remote)")
-    add_remote_option(parser)
-    parser.add_argument("--device", default="AUTO", help="OpenVINO device: AUTO, CPU, GPU, NPU")
+    add_model_argument(parser, remote=True)
+    add_device_argument(parser)
     parser.add_argument("--task", choices=TASKS, default="detection",
                         help="post-processing to include (default: detection)")
     parser.add_argument("--frame", default="1920x1080", type=_frame_size,
                         help="synthetic frame size WIDTHxHEIGHT (default 1920x1080)")
     parser.add_argument("--image", type=Path, help="benchmark on this image instead")
-    parser.add_argument("--seconds", type=float, default=5.0,
+    parser.add_argument("--seconds", type=positive_float, default=5.0,
                         help="time spent on each of sync and async (default 5)")
-    parser.add_argument("--num-requests", type=int, help="async requests in flight")
+    parser.add_argument("--num-requests", type=positive_int, help="async requests in flight")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(handler=run)
 
@@ -50,16 +56,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from anomaly_edge.errors import InvalidInputError
     from anomaly_edge.images import read_image
-    from anomaly_edge.model import AnomalyModel
 
-    try:
-        if wants_remote(args):
-            model = open_remote_model(args, task=args.task, num_requests=args.num_requests)
-        else:
-            model = AnomalyModel(args.model, args.device, task=args.task,
-                                 num_requests=args.num_requests)
-    except InvalidInputError as exc:
-        raise CliError(str(exc), ExitCode.USAGE) from None
+    if args.image is not None and not args.image.is_file():
+        raise CliError(f"--image {args.image}: no such file", ExitCode.INPUT)
+    model = load_model(args, num_requests=args.num_requests)
     if args.image is not None:
         try:
             frame = read_image(args.image)

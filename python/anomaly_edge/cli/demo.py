@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from anomaly_edge.cli.common import CliError, ExitCode, require_train_extra
+from anomaly_edge.cli.common import CliError, ExitCode, check_device, require_train_extra
 
 DEFAULT_OUT = Path("anomaly-edge-demo")
 # --quick: the same steps at toy sizes (a smoke test of an installation). With 16 training
@@ -44,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def handle(args: argparse.Namespace) -> int:
     require_train_extra("anomaly-edge demo")
+    check_device(args.device)  # before minutes of work, not after
     from anomaly_edge.demo.run import DemoSettings, format_report, run_demo
     from anomaly_edge.errors import InvalidInputError
 

@@ -4,8 +4,10 @@
 checkpoint ``checkpoint.pt`` beside it; this command rebuilds the model from that checkpoint
 (an IR cannot be re-quantised: INT8 needs the float graph and calibration images).
 
-INT8 calibrates on the training images of ``--data`` and measures the accuracy change on its
-test split; ``--max-accuracy-drop`` refuses the export when image AUROC falls by more.
+INT8 calibrates on the training images of the run's data (remembered in its metrics.json, or
+``--data``) and measures the image AUROC change against FP32 on the test images there; it
+refuses the export (exit 1, nothing written) when the drop exceeds ``--max-accuracy-drop``
+(default 0.01).
 """
 
 from __future__ import annotations
@@ -15,14 +17,21 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from anomaly_edge.cli.common import CliError, ExitCode, require_train_extra
+from anomaly_edge.cli.common import (
+    CliError,
+    ExitCode,
+    non_negative_float,
+    positive_int,
+    require_train_extra,
+)
+from anomaly_edge.metadata import PRECISIONS
 
 if TYPE_CHECKING:
     import numpy as np
 
     from anomaly_edge.metadata import ModelMetadata
 
-PRECISIONS = ("FP32", "FP16", "INT8")
+DEFAULT_MAX_ACCURACY_DROP = 0.01
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,11 +52,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path,
                         help="output folder (default: <run>/<precision>, e.g. run/int8)")
     parser.add_argument("--data", type=Path,
-                        help="INT8: the dataset folder (MVTec layout) the model was trained on")
-    parser.add_argument("--max-accuracy-drop", type=float,
-                        help="INT8: refuse when image AUROC drops by more than this (e.g. 0.01)")
-    parser.add_argument("--calibration-images", type=int, default=300,
+                        help="INT8: the dataset folder (MVTec layout) to calibrate and check "
+                        "on (default: the one the run was trained on)")
+    parser.add_argument("--max-accuracy-drop", type=non_negative_float,
+                        help="INT8: refuse when image AUROC drops by more than this against "
+                        f"FP32 (default {DEFAULT_MAX_ACCURACY_DROP})")
+    parser.add_argument("--calibration-images", type=positive_int, default=300,
                         help="INT8: at most this many training images (default 300)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show NNCF's log lines and progress bars")
     repository = parser.add_argument_group(
         "model repository (OpenVINO Model Server, KServe, anomaly-edge serve)")
     repository.add_argument("--repository", type=Path, metavar="DIR",
@@ -78,22 +91,24 @@ def run(args: argparse.Namespace) -> int:
     if args.precision != "INT8" and (args.data or args.max_accuracy_drop is not None):
         raise CliError("--data and --max-accuracy-drop apply to --precision INT8 only",
                        ExitCode.USAGE)
-    if args.precision == "INT8" and args.data is None:
-        raise CliError("--precision INT8 needs --data DIR (training images calibrate it)",
-                       ExitCode.USAGE)
-    model, metadata = load_checkpoint(args.checkpoint)
     run_dir = args.checkpoint if args.checkpoint.is_dir() else args.checkpoint.parent
+    data = args.data
+    if args.precision == "INT8" and data is None:
+        data = remembered_data(run_dir)
+    model, metadata = load_checkpoint(args.checkpoint)
     out = args.out or run_dir / args.precision.lower()
 
     calibration = validation = None
+    max_drop = args.max_accuracy_drop
     if args.precision == "INT8":
-        calibration, images, labels = mvtec_inputs(args.data, metadata, args.calibration_images)
-        validation = ValidationSet(images, labels) if images else None
-        if validation is None and args.max_accuracy_drop is not None:
-            raise CliError(f"{args.data}/test has no images to measure the accuracy drop on",
-                           ExitCode.INPUT)
+        max_drop = DEFAULT_MAX_ACCURACY_DROP if max_drop is None else max_drop
+        calibration, images, labels = mvtec_inputs(data, metadata, args.calibration_images)
+        if not images:
+            raise CliError(f"{data}/test has no images to check the INT8 accuracy on; add "
+                           "test images (test/good and test/<defect>)", ExitCode.INPUT)
+        validation = ValidationSet(images, labels)
     xml = export_ir(model, metadata, out, args.precision, calibration_images=calibration,
-                    max_accuracy_drop=args.max_accuracy_drop, validation=validation)
+                    max_accuracy_drop=max_drop, validation=validation, verbose=args.verbose)
     print(f"exported {xml} ({args.precision}, {ir_size_mb(xml):.1f} MB)")
     if args.repository is not None:
         _publish(xml, args)
@@ -104,6 +119,22 @@ def run(args: argparse.Namespace) -> int:
         report = ModelMetadata.read_from(read_ir(xml)).metrics.get("int8")
         print(f"INT8 accuracy change: {json.dumps(report)}")
     return 0
+
+
+def remembered_data(run_dir: Path) -> Path:
+    """The data folder a run was trained on, from its metrics.json (``train`` writes it)."""
+    metrics = run_dir / "metrics.json"
+    try:
+        data = json.loads(metrics.read_text()).get("data")
+    except (OSError, ValueError):
+        data = None
+    if not data:
+        raise CliError(f"--precision INT8 needs the training images: {metrics} does not say "
+                       "which data the run was trained on, so pass --data DIR", ExitCode.USAGE)
+    if not Path(data).is_dir():
+        raise CliError(f"the run was trained on {data}, which is not there any more; pass "
+                       "--data DIR", ExitCode.INPUT)
+    return Path(data)
 
 
 def _check_repository_args(args: argparse.Namespace) -> None:
@@ -132,10 +163,8 @@ def mvtec_inputs(
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
     """Network inputs from an MVTec-layout folder: training images (calibration) and the
     test split with labels (good = 0, any defect folder = 1)."""
-    from anomaly_edge.images import IMAGE_SUFFIXES, read_image
-
-    def images_in(folder: Path) -> list[Path]:
-        return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    from anomaly_edge.images import read_image
+    from anomaly_edge.media import list_images as images_in
 
     train_dir = root / "train" / "good"
     if not train_dir.is_dir():
@@ -147,7 +176,7 @@ def mvtec_inputs(
     images, labels = [], []
     test_dir = root / "test"
     for folder in sorted(test_dir.iterdir()) if test_dir.is_dir() else []:
-        if folder.is_dir():
+        if folder.is_dir() and not folder.name.startswith("."):
             for path in images_in(folder):
                 images.append(network_input(read_image(path, "RGB"), metadata))
                 labels.append(0 if folder.name == "good" else 1)

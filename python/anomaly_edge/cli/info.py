@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from anomaly_edge.cli.common import add_model_argument, model_path, raw_threshold
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -15,13 +17,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "thresholds, normalisation, metrics at export time, file size.",
         epilog="exit codes: 0 done, 4 model cannot be loaded",
     )
-    parser.add_argument("model", type=Path, help="the exported IR (model.xml, or its folder)")
+    add_model_argument(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    info = describe(args.model)
+    info = describe(model_path(args))
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=False))
         return 0
@@ -56,6 +58,14 @@ def describe(path: Path) -> dict:
         "size_mb": round(size_mb, 2),
         "image_threshold": md.image_threshold,
         "pixel_threshold": md.pixel_threshold,
+        # The same thresholds as --image-threshold/--pixel-threshold take them: normalised
+        # 0.5 is the raw value above; e.g. 0.7 and 0.3 map to these raw values.
+        "image_threshold_normalised": {
+            str(t): round(raw_threshold(t, md.image_threshold, md.image_scale), 6)
+            for t in (0.3, 0.5, 0.7)},
+        "pixel_threshold_normalised": {
+            str(t): round(raw_threshold(t, md.pixel_threshold, md.pixel_scale), 6)
+            for t in (0.3, 0.5, 0.7)},
         # share of normal validation images flagged at the exported threshold
         "expected_false_alarm_rate": md.metrics.get("false_alarm_rate"),
         "normal_score_range": (list(md.normal_score_range) if md.normal_score_range

@@ -11,11 +11,11 @@ import argparse
 import importlib
 import os
 import pkgutil
+import signal
 import sys
 
 import anomaly_edge
-from anomaly_edge.cli.common import CliError, ExitCode
-from anomaly_edge.errors import AnomalyEdgeError, ModelLoadError
+from anomaly_edge.cli.common import ExitCode, exit_code_for
 
 # The order in `--help`; modules found but not listed come after, by name.
 ORDER = ["demo", "train", "export", "predict", "run", "calibrate", "info", "benchmark", "serve"]
@@ -40,31 +40,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns its exit code (see the README's table)."""
+    _interrupt_on_sigterm()  # first thing: a SIGTERM at any moment exits 130, like Ctrl-C
     # torch's OpenMP threads otherwise spin while they wait, which starves OpenVINO and the
     # decode thread on small edge CPUs; set before any subcommand imports torch.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "handler", None) is None:
-        parser.print_help()
-        return ExitCode.USAGE
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if getattr(args, "handler", None) is None:
+            parser.print_help()
+            return ExitCode.USAGE
         return int(args.handler(args) or 0)
-    except CliError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return int(exc.code)
-    except ModelLoadError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return int(ExitCode.MODEL)
-    except ConnectionError as exc:  # a model server (--model URL) that stopped answering
-        print(f"error: {exc}", file=sys.stderr)
-        return int(ExitCode.INPUT)
-    except AnomalyEdgeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return int(ExitCode.FAILURE)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return int(ExitCode.INTERRUPTED)
+    except BaseException as exc:
+        code = exit_code_for(exc)
+        if code is None:
+            raise  # argparse's SystemExit (--help 0, bad arguments 2), or a bug: traceback
+        message = "interrupted" if code == ExitCode.INTERRUPTED else f"error: {exc}"
+        print(message, file=sys.stderr)
+        return int(code)
+
+
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM raises KeyboardInterrupt, so it stops a command exactly as Ctrl-C does."""
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        signal.signal(signal.SIGTERM, interrupt)
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # e.g. started with nohup
+            return
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    except ValueError:  # not the main thread (main() called from a worker): leave them be
+        pass
 
 
 if __name__ == "__main__":

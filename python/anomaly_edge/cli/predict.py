@@ -1,11 +1,13 @@
 """`anomaly-edge predict`: score image files and folders, write JSON Lines and overlays.
 
 One JSON object per image: ``{"file", "score", "label", "anomalous", "raw_score", "boxes"}``
-(boxes in image pixels, x2/y2 exclusive). Without ``--jsonl`` the lines go to stdout, so
-the command pipes into ``jq``; the summary goes to stderr.
+(boxes in image pixels, x2/y2 exclusive); an image that cannot be read gets
+``{"file", "error"}`` instead, and a line on stderr, and the others are still scored.
+Without ``--jsonl`` the lines go to stdout, so the command pipes into ``jq``; the summary
+goes to stderr.
 
-Exit codes: 0 done, 3 an input cannot be found or read, 4 the model cannot be loaded,
-1 anything else.
+Exit codes: 0 done, 2 bad arguments, 3 at least one input could not be found or read (the
+results of the others are written), 4 the model cannot be loaded, 1 anything else.
 """
 
 from __future__ import annotations
@@ -13,15 +15,25 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from anomaly_edge.cli.common import TASKS, CliError, ExitCode
-from anomaly_edge.cli.serve import add_remote_option, open_remote_model, wants_remote
+from anomaly_edge.cli.common import (
+    TASKS,
+    CliError,
+    ExitCode,
+    add_device_argument,
+    add_model_argument,
+    add_threshold_arguments,
+    check_output_file,
+    check_output_folder,
+    load_model,
+    positive_int,
+    report,
+    unit_float,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -34,104 +46,117 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "predict",
         help="score images (files or folders) with an exported model",
         description="Score images with an exported model: one JSON line per image (file, "
-        "score, label, boxes), optionally overlay images.",
-        epilog="exit codes: 0 done, 3 an input cannot be found or read, 4 model cannot be "
-        "loaded, 1 other errors",
+        "score, label, boxes), optionally overlay images. The model is --model PATH, or the "
+        "first argument when --model is not given.",
+        epilog="exit codes: 0 done, 2 bad arguments, 3 some inputs could not be read (the "
+        "others' results are written; the bad ones are listed), 4 model cannot be loaded, "
+        "1 other errors",
     )
     parser.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE|DIR",
                         help="image files and/or folders of images")
-    parser.add_argument("--model", required=True,
-                        help="the exported IR (model.xml), or a model server URL (see --remote)")
-    add_remote_option(parser)
-    parser.add_argument("--device", default="AUTO", help="OpenVINO device: AUTO, CPU, GPU, NPU")
+    add_model_argument(parser, positional=False, remote=True)
+    add_device_argument(parser)
     parser.add_argument("--task", choices=TASKS, help="override the model's task")
-    parser.add_argument("--image-threshold", type=float,
-                        help="image threshold in raw score units (default: the model's)")
-    parser.add_argument("--pixel-threshold", type=float,
-                        help="pixel threshold in raw score units (default: the model's)")
-    parser.add_argument("--min-area", type=int, default=1,
+    add_threshold_arguments(parser)
+    parser.add_argument("--min-area", type=positive_int, default=1,
                         help="ignore anomalous regions smaller than this (anomaly-map pixels)")
     parser.add_argument("--recursive", action="store_true", help="descend into sub-folders")
     parser.add_argument("--jsonl", type=Path,
                         help="write the JSON Lines here (written atomically) instead of stdout")
     parser.add_argument("--overlays", type=Path,
                         help="folder for overlay images (prediction drawn on the image)")
-    parser.add_argument("--alpha", type=float, default=0.4, help="overlay opacity, 0-1")
+    parser.add_argument("--alpha", type=unit_float, default=0.4, help="overlay opacity, 0-1")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from anomaly_edge.errors import InvalidInputError
     from anomaly_edge.images import read_image
-    from anomaly_edge.model import AnomalyModel
 
-    files = collect_images(args.inputs, args.recursive)
+    if args.model is None:  # `predict MODEL IMAGE...`, as `info MODEL`
+        if len(args.inputs) < 2:
+            raise CliError("give the model (--model PATH or first) and at least one image",
+                           ExitCode.USAGE)
+        args.model, args.inputs = str(args.inputs[0]), args.inputs[1:]
+    check_output_file(args.jsonl, "--jsonl")
+    check_output_folder(args.overlays, "--overlays")
+    model = load_model(args)
+    files, failures = collect_inputs(args.inputs, args.recursive)
     if args.overlays is not None:
         args.overlays.mkdir(parents=True, exist_ok=True)
-    try:
-        settings = {"task": args.task, "image_threshold": args.image_threshold,
-                    "pixel_threshold": args.pixel_threshold, "min_area": args.min_area}
-        if wants_remote(args):
-            model = open_remote_model(args, **settings)
-        else:
-            model = AnomalyModel(args.model, args.device, **settings)
-    except InvalidInputError as exc:  # a bad device, task or threshold: the user's arguments
-        raise CliError(str(exc), ExitCode.USAGE) from None
 
-    anomalous = 0
+    scored = anomalous = 0
     overlay_names: set[str] = set()
     with _jsonl_output(args.jsonl) as out:
+        for path, problem in failures:
+            _report_failure(out, path, problem)
         for path in files:
             try:
                 frame = read_image(path)
                 prediction = model.predict(frame, heatmap=args.overlays is not None)
             except InvalidInputError as exc:
-                raise CliError(str(exc), ExitCode.INPUT) from None
+                failures.append((path, str(exc)))
+                _report_failure(out, path, str(exc))
+                continue
+            scored += 1
             anomalous += prediction.label
             out.write(json.dumps({"file": str(path), **prediction.to_dict()}) + "\n")
             if args.overlays is not None:
                 _write_overlay(frame, path, prediction, args.overlays, overlay_names, args.alpha)
-    print(f"{len(files)} images, {anomalous} anomalous"
+    model.close()
+    print(f"{scored} images, {anomalous} anomalous"
+          + (f", {len(failures)} could not be read" if failures else "")
           + (f"; results in {args.jsonl}" if args.jsonl else ""), file=sys.stderr)
-    return ExitCode.OK
+    return int(ExitCode.INPUT if failures else ExitCode.OK)
 
 
 def collect_images(inputs: list[Path], recursive: bool) -> list[Path]:
     """Expand folders into their image files (sorted); explicit files are kept as given."""
-    from anomaly_edge.images import IMAGE_SUFFIXES
+    files, failures = collect_inputs(inputs, recursive)
+    if failures:
+        raise CliError(failures[0][1], ExitCode.INPUT)
+    return files
+
+
+def collect_inputs(inputs: list[Path], recursive: bool
+                   ) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(image files to score, [(input, why it gives nothing)]): folders expand into their
+    images (sorted, :mod:`anomaly_edge.media`); explicit files are kept as given."""
+    from anomaly_edge.media import list_images
 
     files: list[Path] = []
+    failures: list[tuple[Path, str]] = []
     for item in inputs:
         if item.is_dir():
-            found = item.rglob("*") if recursive else item.iterdir()
-            images = sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            images = list_images(item, recursive=recursive)
             if not images:
-                raise CliError(f"no images in {item}" + ("" if recursive else
-                               " (use --recursive for sub-folders)"), ExitCode.INPUT)
+                failures.append((item, f"no images in {item}" + (
+                    "" if recursive else " (use --recursive for sub-folders)")))
             files.extend(images)
         elif item.is_file():
             files.append(item)
         else:
-            raise CliError(f"{item} does not exist", ExitCode.INPUT)
-    return files
+            failures.append((item, f"{item} does not exist"))
+    return files, failures
+
+
+def _report_failure(out: IO[str], path: Path, problem: str) -> None:
+    out.write(json.dumps({"file": str(path), "error": problem}) + "\n")
+    report(f"error: {problem}")
 
 
 @contextlib.contextmanager
 def _jsonl_output(path: Path | None) -> Iterator[IO[str]]:
-    """stdout, or a file that appears complete (atomic rename) only when the run succeeds."""
+    """stdout, or a file that appears complete (atomic rename) when the run ends."""
     if path is None:
         yield sys.stdout
         sys.stdout.flush()
         return
+    from anomaly_edge.atomic import atomic_write
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            yield handle
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_write(path) as handle:
+        yield handle
 
 
 def _write_overlay(frame: np.ndarray, path: Path, prediction: Prediction, folder: Path,
@@ -150,7 +175,7 @@ def _write_overlay(frame: np.ndarray, path: Path, prediction: Prediction, folder
     ok, encoded = cv2.imencode(".png", canvas)
     if not ok:
         raise CliError(f"could not encode the overlay of {path}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}-", dir=folder)
-    with os.fdopen(fd, "wb") as handle:
+    from anomaly_edge.atomic import atomic_write
+
+    with atomic_write(folder / name, "wb") as handle:
         handle.write(encoded.tobytes())
-    os.replace(tmp, folder / name)

@@ -31,9 +31,26 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from anomaly_edge.cli.common import TASKS, CliError, ExitCode
-from anomaly_edge.cli.serve import add_remote_option, open_remote_model, wants_remote
-from anomaly_edge.errors import AnomalyEdgeError
+from anomaly_edge.cli.common import (
+    TASKS,
+    CliError,
+    ExitCode,
+    add_device_argument,
+    add_model_argument,
+    add_threshold_arguments,
+    check_device,
+    check_output_file,
+    check_output_folder,
+    check_thresholds,
+    is_remote_model,
+    load_model,
+    model_path,
+)
+from anomaly_edge.cli.common import non_negative_float as _non_negative_float
+from anomaly_edge.cli.common import non_negative_int as _non_negative_int
+from anomaly_edge.cli.common import positive_float as _positive_float
+from anomaly_edge.cli.common import positive_int as _positive_int
+from anomaly_edge.cli.common import unit_float as _unit_float
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,18 +63,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "4 model cannot be loaded, 5 optional extra missing (web, mqtt, metrics), "
         "130 interrupted (outputs complete), 1 other errors",
     )
-    parser.add_argument("--model", required=True, metavar="XML|URL",
-                        help="the exported IR (model.xml), or a model server URL (see --remote)")
-    add_remote_option(parser)
+    add_model_argument(parser, remote=True)
     parser.add_argument("--source", action="append",
                         help="video file, image folder, glob ('shots/*.png'), camera index (0), "
                         "or rtsp:// / http:// URL; repeat for several cameras (NAME=SPEC)")
-    parser.add_argument("--device", default="AUTO", help="OpenVINO device: AUTO, CPU, GPU, NPU")
+    add_device_argument(parser)
     parser.add_argument("--task", choices=TASKS, help="override the model's task")
-    parser.add_argument("--image-threshold", type=float, metavar="RAW",
-                        help="image threshold in raw score units (default: the model's)")
-    parser.add_argument("--pixel-threshold", type=float, metavar="RAW",
-                        help="pixel threshold in raw score units (default: the model's)")
+    add_threshold_arguments(parser)
     parser.add_argument("--min-area", type=_positive_int, default=1, metavar="N",
                         help="ignore anomalous regions smaller than this (anomaly-map pixels)")
     parser.add_argument("--num-requests", type=_positive_int, metavar="N",
@@ -125,9 +137,20 @@ def execute(args: argparse.Namespace,
 
     _quiet_video_backends()
     _log_stream_messages()
+    if not is_remote_model(args):  # all argument checks before a source opens
+        args.model, args.model_path = str(model_path(args)), None
+        check_device(args.device)
+    check_thresholds(args)
+    check_output_file(args.events, "--events")
+    check_output_file(args.output, "--output")
+    check_output_folder(args.snapshots, "--snapshots")
     from anomaly_edge.cli.run_cameras import execute_many, wants_many
 
     if wants_many(args):  # several cameras, a config file, the web view, MQTT, metrics
+        if (args.image_threshold is not None or args.pixel_threshold is not None) \
+                and not args.raw_thresholds:
+            raise CliError("with several cameras or --config, thresholds are raw score units "
+                           "(as in the config file): add --raw-thresholds", ExitCode.USAGE)
         return execute_many(args)
     if isinstance(args.source, list):  # `--source` may be repeated
         args.source = args.source[0]
@@ -206,29 +229,14 @@ def execute(args: argparse.Namespace,
 
 
 def _load_model(args: argparse.Namespace):
-    if wants_remote(args):  # the server's outages are retried as a live source's are
+    options: dict[str, Any] = {"num_requests": args.num_requests}
+    if is_remote_model(args):  # the server's outages are retried as a live source's are
         from anomaly_edge.remote import RetryPolicy
 
-        return open_remote_model(
-            args, task=args.task, image_threshold=args.image_threshold,
-            pixel_threshold=args.pixel_threshold, min_area=args.min_area,
-            num_requests=args.num_requests, timeout=args.timeout,
-            reconnect=RetryPolicy(args.reconnect_attempts, args.reconnect_delay,
-                                  args.reconnect_max_delay))
-    path = Path(args.model)
-    if not path.is_file():
-        raise CliError(f"model {path} not found; give the model.xml that `anomaly-edge export` "
-                       "or `anomaly-edge train` wrote", ExitCode.MODEL)
-    from anomaly_edge.model import AnomalyModel
-
-    try:
-        return AnomalyModel(path, device=args.device, task=args.task,
-                            image_threshold=args.image_threshold,
-                            pixel_threshold=args.pixel_threshold, min_area=args.min_area,
-                            num_requests=args.num_requests)
-    except (AnomalyEdgeError, RuntimeError, OSError, ValueError) as exc:
-        # whatever OpenVINO says while reading or compiling, the model is the problem
-        raise CliError(f"cannot load model {path}: {exc}", ExitCode.MODEL) from None
+        options.update(timeout=args.timeout,
+                       reconnect=RetryPolicy(args.reconnect_attempts, args.reconnect_delay,
+                                             args.reconnect_max_delay))
+    return load_model(args, **options)
 
 
 def _print_summary(runner) -> None:
@@ -297,38 +305,3 @@ def _log_stream_messages() -> None:
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
-    return value
-
-
-def _unit_float(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
-    return value

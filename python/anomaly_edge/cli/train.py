@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from anomaly_edge.cli.common import TASKS, CliError, ExitCode, require_train_extra
+from anomaly_edge.cli.common import (
+    TASKS,
+    CliError,
+    ExitCode,
+    finite_float,
+    positive_int,
+    require_train_extra,
+)
 
 BACKBONES = ("resnet18", "wide_resnet50_2", "efficientnet_lite0", "efficientnet_lite1",
              "efficientnet_lite2")
@@ -37,9 +44,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--validation-fraction", type=float, default=0.3,
                         help="share of test images used to tune thresholds (default 0.3; 0 = "
                         "tune on the whole test set)")
-    parser.add_argument("--channels", type=int, dest="n_channels",
+    parser.add_argument("--channels", type=positive_int, dest="n_channels",
                         help="PaDiM: size of the random channel subset")
-    parser.add_argument("--pool", type=int,
+    parser.add_argument("--pool", type=positive_int,
                         help="PaDiM: one Gaussian per NxN block of the finest feature grid "
                         "(default 4; 1 = one per stride-4 position, as in the paper)")
     parser.add_argument("--tile", type=_tile_option, default="auto", metavar="auto|off|RxC",
@@ -52,16 +59,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="PaDiM on tiles: Gaussians per tile position, or one set shared "
                         "by all tiles; auto (default): per position when there are more "
                         "training images than PaDiM channels")
-    parser.add_argument("--epochs", type=int, dest="max_epochs",
+    parser.add_argument("--epochs", type=positive_int, dest="max_epochs",
                         help="STFPM: maximum number of epochs")
-    parser.add_argument("--image-threshold", type=float,
-                        help="fixed image threshold (raw score units) instead of a tuned one")
-    parser.add_argument("--pixel-threshold", type=float,
-                        help="fixed pixel threshold (raw map units) instead of a tuned one")
+    parser.add_argument("--image-threshold", type=finite_float,
+                        help="fixed image threshold in raw score units instead of a tuned one "
+                        "(needs --raw-thresholds: there is no trained threshold yet)")
+    parser.add_argument("--pixel-threshold", type=finite_float,
+                        help="fixed pixel threshold in raw map units instead of a tuned one "
+                        "(needs --raw-thresholds)")
+    parser.add_argument("--raw-thresholds", action="store_true",
+                        help="confirm that --image-threshold/--pixel-threshold are raw units")
     parser.add_argument("--task", choices=TASKS, default="segmentation",
                         help="what the exported model reports by default")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    parser.add_argument("--batch-size", type=positive_int, default=16)
+    parser.add_argument("--threads", type=positive_int,
+                        help="torch threads (default: all cores)")
     parser.add_argument("--precision", type=str.upper, choices=("FP32", "FP16", "INT8"),
                         default="FP16", help="IR weights precision (default FP16)")
     parser.add_argument("--no-export", dest="export", action="store_false",
@@ -103,6 +115,11 @@ def run(args: argparse.Namespace) -> int:
     from anomaly_edge.train.backbones import WeightsUnavailableError
     from anomaly_edge.train.data import DatasetError
 
+    if (args.image_threshold is not None or args.pixel_threshold is not None) \
+            and not args.raw_thresholds:
+        raise CliError("train --image-threshold/--pixel-threshold fix raw score units (no "
+                       "threshold is trained yet to be relative to): add --raw-thresholds",
+                       ExitCode.USAGE)
     if not 0.0 <= args.validation_fraction < 1.0:
         raise CliError("--validation-fraction must be in [0, 1)", ExitCode.USAGE)
     if args.weights is not None and not args.weights.is_file():

@@ -28,14 +28,14 @@ import numpy as np
 
 from anomaly_edge.errors import InvalidInputError, ModelLoadError
 from anomaly_edge.images import ColorFormat, network_image
-from anomaly_edge.metadata import MODEL_API_SECTION, OUR_SECTION, ModelMetadata
+from anomaly_edge.metadata import INPUT_NAME, MODEL_API_SECTION, OUR_SECTION, ModelMetadata
 
 if TYPE_CHECKING:
     import openvino as ov
 
     from anomaly_edge.prediction import Box
 
-RAW_INPUT = "image"  # the IR's input name (model_loading.INPUT_NAME)
+RAW_INPUT = INPUT_NAME
 RAW_OUTPUT = "anomaly_map"
 FRAME_INPUT = "frame"
 ENCODED_INPUT = "image_bytes"

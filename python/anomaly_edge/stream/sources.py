@@ -30,12 +30,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from anomaly_edge import media
 from anomaly_edge.errors import InvalidInputError
+from anomaly_edge.media import IMAGE_SUFFIXES
 
 log = logging.getLogger("anomaly_edge.stream")
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm",
-                  ".pbm", ".pnm", ".jp2"}
 NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt")
 _URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 # A file whose frame count says there is more, but which fails this many reads in a row, is over.
@@ -241,7 +241,7 @@ class ImageFolderSource(Source):
 
     @classmethod
     def from_folder(cls, folder: Path) -> ImageFolderSource:
-        paths = sorted((p for p in folder.iterdir() if _is_image(p)), key=_natural_key)
+        paths = media.list_images(folder, natural_order=True)
         if not paths:
             raise SourceError(f"folder {folder} contains no images "
                               f"({', '.join(sorted(IMAGE_SUFFIXES))})")
@@ -250,7 +250,7 @@ class ImageFolderSource(Source):
     @classmethod
     def from_glob(cls, pattern: str) -> ImageFolderSource:
         matches = (Path(p) for p in glob.glob(os.path.expanduser(pattern), recursive=True))
-        paths = sorted((p for p in matches if _is_image(p)), key=_natural_key)
+        paths = sorted((p for p in matches if media.is_image_file(p)), key=media.natural_key)
         if not paths:
             raise SourceError(f"no image matches {pattern!r} ({HELP})")
         return cls(paths, f"images {pattern}")
@@ -272,24 +272,12 @@ class ImageFolderSource(Source):
         return None
 
 
-def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
-
-
-def _natural_key(path: Path) -> list:
-    # frame_2.png before frame_10.png
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", str(path))]
-
-
 def _read_image(path: Path) -> np.ndarray | None:
     try:
-        data = np.fromfile(path, dtype=np.uint8)  # imread cannot open non-ASCII paths everywhere
-    except OSError:
+        return media.read_image(path)  # 8-bit BGR, decoded as training decodes it
+    except InvalidInputError as exc:
+        log.debug("%s", exc)
         return None
-    if not data.size:
-        return None
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)  # 8-bit BGR, whatever the file holds
-    return image if image is not None and image.size else None
 
 
 def _as_bgr(image: np.ndarray) -> np.ndarray:

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import resource
+import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -135,6 +134,8 @@ def train(data: str | Path, model: str = "padim", backbone: str = "resnet18",
     task = Task.parse(task).value
     if export and out is None:
         raise ValueError("export=True needs an output folder (out=...)")
+    if out is not None:
+        check_output_folder(out)
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     size = (int(size[0]), int(size[1]))
     bar = _progress_factory(progress)
@@ -168,6 +169,7 @@ def train(data: str | Path, model: str = "padim", backbone: str = "resnet18",
     calibration = calibrate(validation, image_threshold, pixel_threshold)
     scores, metric_notes = test_metrics(test, calibration, everything)
     notes += calibration.notes + metric_notes
+    notes += _explain_null_metrics(scores, notes)
     if category.unmasked and not any("mask" in note for note in notes):
         notes.append(f"{len(category.unmasked)} defect images have no mask; pixel metrics "
                      "use the others")
@@ -193,6 +195,7 @@ def train(data: str | Path, model: str = "padim", backbone: str = "resnet18",
         "test_images": len(split.test),
         "fit_seconds": round(fit_seconds, 3),
         "fit_peak_rss_mb": round(fit_peak_rss_mb, 1),
+        "data": str(category.root.resolve()),  # `export --precision INT8` calibrates on it
         "notes": notes,
     }
     norm = calibration.normalization
@@ -335,47 +338,108 @@ def _evaluate(module: nn.Module, test_samples: tuple[Sample, ...], split: Split,
 
 # ---- outputs -------------------------------------------------------------------------------
 
+RUN_FILES = ("metrics.json", "checkpoint.pt", "model.xml")
+# `train --precision INT8` refuses the IR beyond this image AUROC drop, as `export` does.
+INT8_MAX_ACCURACY_DROP = 0.01
+
+
+def check_output_folder(out: str | Path) -> None:
+    """Refuse, before any work, an existing folder that a run would replace but is not a run."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output {out} exists and is not a folder; choose a folder for the run")
+    if out.is_dir() and any(out.iterdir()) and not any((out / n).exists() for n in RUN_FILES):
+        raise ValueError(f"output folder {out} is not empty and holds no training run; a run "
+                         "replaces its folder as a whole, so choose a new or empty folder")
+
+
 def _write_outputs(result: TrainResult, out: Path, everything: Predictions, export: bool,
                    precision: str, split: Split, size: tuple[int, int], mean: tuple,
                    std: tuple) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    result.out = out
-    result.files.extend(_write_curves(everything, out))
+    """Build the run in a fresh folder beside ``out`` and swap it in at the end, so ``out``
+    holds the previous run or this one, never a mix (e.g. after a kill during the export)."""
+    from anomaly_edge.atomic import make_staging_folder, swap_in_folder
+    from anomaly_edge.train.quantize import AccuracyDropError
+
+    check_output_folder(out)
+    staging = make_staging_folder(out)
+    refused: AccuracyDropError | None = None
     try:
-        from anomaly_edge.train.checkpoint import save_checkpoint
+        try:
+            written = _write_run(result, staging, everything, export, precision, split, size,
+                                 mean, std)
+        except AccuracyDropError as exc:
+            refused, written = exc, [p for p in staging.iterdir() if not p.name.startswith(".")]
+        swap_in_folder(staging, out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    if refused is not None:
+        raise AccuracyDropError(
+            f"{refused} The run is in {out} without an IR (checkpoint, metrics, curves): export "
+            f"it with `anomaly-edge export --run {out} --precision FP16`, or INT8 with a larger "
+            "--max-accuracy-drop.") from None
+    result.out = out
+    result.files = [out / path.relative_to(staging) for path in written]
+    if result.ir_path is not None:
+        result.ir_path = out / result.ir_path.relative_to(staging)
 
-        result.files.append(save_checkpoint(result.model, result.metadata,
-                                            out / "checkpoint.pt"))
-    except ImportError:  # checkpoint support not available in this build
-        pass
+
+def _write_run(result: TrainResult, folder: Path, everything: Predictions, export: bool,
+               precision: str, split: Split, size: tuple[int, int], mean: tuple,
+               std: tuple) -> list[Path]:
+    written = list(_write_curves(everything, folder))
+    from anomaly_edge.train.checkpoint import save_checkpoint
+
+    written.append(save_checkpoint(result.model, result.metadata, folder / "checkpoint.pt"))
+    refused: Exception | None = None
     if export:
-        from anomaly_edge.train.export import export_ir
+        from anomaly_edge.train.export import AccuracyDropError, ValidationSet, export_ir
 
-        calibration = None
+        calibration = validation = max_drop = None
         if precision.upper() == "INT8":
             calibration = ImageDataset(split.train, size, mean, std)
-        result.ir_path = export_ir(result.model, result.metadata, out, precision=precision,
-                                   calibration_images=calibration)
-        result.files += [result.ir_path, result.ir_path.with_suffix(".bin")]
-    metrics_path = out / "metrics.json"
+            if len(everything.samples):  # the guard `export` applies too
+                validation = ValidationSet(ImageDataset(everything.samples, size, mean, std),
+                                           [int(v) for v in everything.labels])
+                max_drop = INT8_MAX_ACCURACY_DROP
+        try:
+            result.ir_path = export_ir(result.model, result.metadata, folder,
+                                       precision=precision, calibration_images=calibration,
+                                       validation=validation, max_accuracy_drop=max_drop)
+            written += [result.ir_path, result.ir_path.with_suffix(".bin")]
+        except AccuracyDropError as exc:  # keep the run; only the IR is refused
+            refused = exc
+            result.metrics["notes"].append(f"no IR written: {exc}")
+    metrics_path = folder / "metrics.json"
     write_json_atomically(metrics_path, result.metrics)
-    result.files.append(metrics_path)
+    written.append(metrics_path)
+    if refused is not None:
+        raise refused
+    return written
 
 
 def write_json_atomically(path: Path, payload: dict) -> None:
     """Write ``payload`` as JSON to ``path`` via a temporary file in the same folder."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; metrics are for everyone to read
-        with os.fdopen(fd, "w") as handle:
-            json.dump(_jsonable(payload), handle, indent=2, sort_keys=True, allow_nan=False)
-            handle.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from anomaly_edge.atomic import atomic_write
+
+    with atomic_write(path) as handle:
+        json.dump(_jsonable(payload), handle, indent=2, sort_keys=True, allow_nan=False)
+        handle.write("\n")
+
+
+def _explain_null_metrics(scores: dict[str, Any], notes: list[str]) -> list[str]:
+    """A note for every metric that came out undefined and no other note mentions."""
+    reasons = {
+        "image_auroc": "needs normal and anomalous test images",
+        "pixel_auroc": "needs defect pixels in the masks and normal pixels (are all masks "
+                       "empty, or the defects too small for the network input?)",
+        "aupro": "needs non-empty defect masks",
+        "image_f1": "needs anomalous images in the test split",
+        "pixel_f1": "needs masks with defect pixels in the test split",
+    }
+    return [f"{key} is null: it {reason}" for key, reason in reasons.items()
+            if scores.get(key) is None and not any(key in note for note in notes)]
 
 
 def _jsonable(value: Any) -> Any:
@@ -412,10 +476,8 @@ def _progress_factory(progress: bool | ProgressFactory) -> ProgressFactory:
         return progress
     if not progress:
         return lambda description, total: _NoBar()
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return lambda description, total: _NoBar()
+    from tqdm import tqdm  # part of the train extra
+
     return lambda description, total: tqdm(total=total, desc=description, unit="img",
                                            file=sys.stderr, leave=False)
 

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from anomaly_edge.atomic import atomic_path
 from anomaly_edge.errors import ModelLoadError
 from anomaly_edge.metadata import ModelMetadata
 
@@ -72,14 +71,8 @@ def save_checkpoint(
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

@@ -6,13 +6,12 @@ Image-level curves use every score; pixel-level curves come from histograms on a
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from anomaly_edge.atomic import atomic_path
 from anomaly_edge.train import metrics
 
 if TYPE_CHECKING:
@@ -64,8 +63,9 @@ def plot_curves(predictions: Predictions, out: Path) -> list[Path]:
         for name, scores, labels, bins in series:
             fpr, tpr, recall, precision = roc_pr_points(scores, labels, bins)
             if kind == "roc":
-                area = metrics.auroc(scores, labels)
-                axes.plot(fpr, tpr, label=f"{name} (AUROC {area:.3f})")
+                area = metrics.auroc(scores, labels)  # None: one class only
+                shown = "n/a" if area is None else f"{area:.3f}"
+                axes.plot(fpr, tpr, label=f"{name} (AUROC {shown})")
             else:
                 axes.plot(recall, precision, label=name)
         if kind == "roc":
@@ -85,11 +85,5 @@ def plot_curves(predictions: Predictions, out: Path) -> list[Path]:
 
 
 def _save_atomically(figure: object, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

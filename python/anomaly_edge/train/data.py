@@ -7,9 +7,10 @@ Layout (also the layout for users' own data)::
     CATEGORY/test/<defect>/*.png                    anomalous test images     (optional)
     CATEGORY/ground_truth/<defect>/<name>_mask.png  pixel masks               (optional)
 
-Images: png, jpg/jpeg, bmp, tif/tiff, any size, grey/colour/RGBA, 8 or 16 bit; all become
-8-bit RGB. Other files (and hidden ones) are ignored. A defect image without a mask is fine
-for image-level metrics; :attr:`CategoryData.unmasked` lists them for pixel metrics.
+Images: whatever :mod:`anomaly_edge.media` reads (png, jpg, bmp, tif, webp, ...), any size,
+grey/colour/RGBA, 8 or 16 bit; all become 8-bit RGB, decoded exactly as the runtime decodes.
+Other files (and hidden ones) are ignored. A defect image without a mask is fine for
+image-level metrics; :attr:`CategoryData.unmasked` lists them for pixel metrics.
 
 API for model code (PaDiM here, STFPM in ``stfpm.py``)::
 
@@ -39,10 +40,11 @@ import cv2
 import numpy as np
 import torch
 
-from anomaly_edge.errors import AnomalyEdgeError
+from anomaly_edge import media
+from anomaly_edge.errors import AnomalyEdgeError, InvalidInputError
 from anomaly_edge.images import resize_for_network
+from anomaly_edge.media import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 GOOD = "good"
 DEFAULT_VALIDATION_FRACTION = 0.3
 
@@ -100,9 +102,7 @@ class CategoryData:
 
 def list_images(folder: Path) -> list[Path]:
     """Image files directly in ``folder``, sorted by name (non-images and hidden files skipped)."""
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".")
-                  and p.suffix.lower() in IMAGE_SUFFIXES)
+    return media.list_images(folder)
 
 
 def scan_category(root: str | Path) -> CategoryData:
@@ -208,47 +208,20 @@ def _take(group: list[Sample], fraction: float, rng: np.random.Generator
 # ---- decoding ------------------------------------------------------------------------------
 
 def read_rgb(path: str | Path) -> np.ndarray:
-    """Any supported image as uint8 HxWx3 RGB (grey replicated, alpha dropped, 16 bit scaled)."""
-    path = Path(path)
-    data = np.fromfile(path, dtype=np.uint8) if path.is_file() else None
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data is not None and data.size else None
-    if image is None:
-        raise DatasetError(f"cannot read image {path}: missing, empty or not a valid "
-                           f"{path.suffix or 'image'} file; fix or remove it")
-    image = _to_uint8(image, path)
-    if image.ndim == 2:
-        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    channels = image.shape[2]
-    if channels == 1:
-        return cv2.cvtColor(image[:, :, 0], cv2.COLOR_GRAY2RGB)
-    if channels == 3:
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    if channels == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
-    raise DatasetError(f"image {path} has {channels} channels; expected grey, RGB or RGBA")
+    """Any supported image as uint8 HxWx3 RGB, decoded as the runtime decodes it
+    (:func:`anomaly_edge.media.read_image`: grey replicated, alpha dropped, 16 bit scaled)."""
+    try:
+        return media.read_image(path, "RGB")
+    except InvalidInputError as exc:
+        raise DatasetError(f"cannot read image {path}: {exc}; fix or remove it") from None
 
 
 def read_mask(path: str | Path) -> np.ndarray:
     """A ground-truth mask as bool HxW (any non-zero pixel is anomalous)."""
-    path = Path(path)
-    data = np.fromfile(path, dtype=np.uint8) if path.is_file() else None
-    mask = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data is not None and data.size else None
-    if mask is None:
-        raise DatasetError(f"cannot read mask {path}; fix or remove it")
-    if mask.ndim == 3:
-        mask = mask.max(axis=2)
-    return mask > 0
-
-
-def _to_uint8(image: np.ndarray, path: Path) -> np.ndarray:
-    if image.dtype == np.uint8:
-        return image
-    if image.dtype == np.uint16:
-        return (image.astype(np.uint32) * 255 // 65535).astype(np.uint8)
-    if np.issubdtype(image.dtype, np.floating):
-        peak = 1.0 if float(np.nanmax(image)) <= 1.0 else 255.0
-        return np.clip(np.nan_to_num(image) * (255.0 / peak), 0, 255).astype(np.uint8)
-    raise DatasetError(f"image {path} has unsupported pixel type {image.dtype}")
+    try:
+        return media.read_mask(path)
+    except InvalidInputError as exc:
+        raise DatasetError(f"cannot read mask: {exc}; fix or remove it") from None
 
 
 def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -24,7 +24,9 @@ import openvino as ov
 import torch
 from torch import nn
 
-from anomaly_edge.metadata import ModelMetadata
+from anomaly_edge.atomic import current_umask, make_staging_folder
+from anomaly_edge.metadata import INPUT_NAME, OUR_SECTION, OUTPUT_NAME, PRECISIONS, ModelMetadata
+from anomaly_edge.model_loading import WEIGHTS_BYTES_KEY, WEIGHTS_SHA256_KEY, file_sha256
 from anomaly_edge.train.quantize import (
     AccuracyDropError,
     AccuracyFn,
@@ -33,15 +35,13 @@ from anomaly_edge.train.quantize import (
     compare_accuracy,
     feature_modules,
     quantize_int8,
+    store_float_weights_as_fp16,
 )
 
 __all__ = ["AccuracyDropError", "ValidationSet", "compare_maps", "export_ir", "ir_size_mb"]
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("FP32", "FP16", "INT8")
-INPUT_NAME = "image"
-OUTPUT_NAME = "anomaly_map"
 
 
 def export_ir(
@@ -55,6 +55,7 @@ def export_ir(
     *,
     quantized_modules: Sequence[str] | None = None,
     name: str = "model",
+    verbose: bool = False,
 ) -> Path:
     """Write ``out_dir/<name>.xml`` + ``.bin`` and return the ``.xml`` path.
 
@@ -79,6 +80,7 @@ def export_ir(
             extractor). Default: ``model.quantized_modules`` if defined, else every top-level
             child holding a convolution. The anomaly head always stays in float.
         name: file stem of the IR pair.
+        verbose: INT8 only: show NNCF's log lines and progress bars.
     """
     precision = precision.upper()
     if precision not in PRECISIONS:
@@ -102,7 +104,10 @@ def export_ir(
         reference = ov_model.clone()
         modules = quantized_modules if quantized_modules is not None else feature_modules(model)
         ov_model = quantize_int8(ov_model, calibration_images, modules,
-                                 mean=metadata.mean, std=metadata.std)
+                                 mean=metadata.mean, std=metadata.std, verbose=verbose)
+        # measured as it will be stored: the head's float weights in FP16
+        pack_sparse_constants(ov_model)
+        store_float_weights_as_fp16(ov_model)
         if validation is not None:
             report = compare_accuracy(reference, ov_model, validation, "INT8")
             check_drop(report, max_accuracy_drop)
@@ -111,7 +116,8 @@ def export_ir(
         report = compare_accuracy(ov_model, as_saved_fp16(ov_model), validation, "FP16")
         check_drop(report, max_accuracy_drop)
         metadata.metrics["fp16"] = report.to_dict()
-    pack_sparse_constants(ov_model)  # last: NNCF would fold the packing back
+    if precision != "INT8":
+        pack_sparse_constants(ov_model)  # after NNCF, which would fold the packing back
     metadata.write_to(ov_model)
     xml = save_atomically(ov_model, Path(out_dir), name, compress_to_fp16=precision != "FP32")
     log.info("exported %s (%s, %.1f MB)", xml, precision, ir_size_mb(xml))
@@ -204,17 +210,40 @@ def save_atomically(model: ov.Model, out_dir: Path, name: str, compress_to_fp16:
     """Save the IR pair into ``out_dir`` via a temporary folder there, then rename into place.
 
     A reader never sees a half-written file; an interrupted export leaves the previous pair.
+
+    The .bin's SHA-256 and size are stamped into the .xml's rt_info, and the runtime refuses a
+    pair whose stamp does not fit; so a kill between the two renames below (new .bin, old
+    .xml) gives a clear "re-export" error at load, never old thresholds on new weights.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-export-", dir=out_dir))
+    staging = make_staging_folder(out_dir / f".{name}-export")
     try:
-        ov.save_model(model, str(staging / f"{name}.xml"), compress_to_fp16=compress_to_fp16)
+        xml, weights = staging / f"{name}.xml", staging / f"{name}.bin"
+        model.set_rt_info(_SHA_PLACEHOLDER, [OUR_SECTION, WEIGHTS_SHA256_KEY])
+        model.set_rt_info(_SIZE_PLACEHOLDER, [OUR_SECTION, WEIGHTS_BYTES_KEY])
+        ov.save_model(model, str(xml), compress_to_fp16=compress_to_fp16)
+        _stamp(xml, file_sha256(weights), weights.stat().st_size)
+        for path in (xml, weights):
+            path.chmod(0o666 & ~current_umask())
         # Weights first: the .xml is what readers open, so it lands last.
-        os.replace(staging / f"{name}.bin", out_dir / f"{name}.bin")
-        os.replace(staging / f"{name}.xml", out_dir / f"{name}.xml")
+        os.replace(weights, out_dir / f"{name}.bin")
+        os.replace(xml, out_dir / f"{name}.xml")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_dir / f"{name}.xml"
+
+
+# Written by save_model, then overwritten in place with the real values (same length).
+_SHA_PLACEHOLDER = "~" * 64
+_SIZE_PLACEHOLDER = "^" * 20
+
+
+def _stamp(xml: Path, sha256: str, size: int) -> None:
+    text = xml.read_text(encoding="utf-8")
+    if text.count(_SHA_PLACEHOLDER) != 1 or text.count(_SIZE_PLACEHOLDER) != 1:
+        raise RuntimeError(f"{xml}: cannot find the place for the weights' fingerprint")
+    text = text.replace(_SHA_PLACEHOLDER, sha256).replace(_SIZE_PLACEHOLDER, f"{size:020d}")
+    xml.write_text(text, encoding="utf-8")
 
 
 def ir_size_mb(xml: str | Path) -> float:

@@ -7,8 +7,10 @@ exceeds the bound the user set the export is refused rather than shipped.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,6 +108,7 @@ def quantize_int8(
     std: Sequence[float],
     subset_size: int = 300,
     seed: int = 0,
+    verbose: bool = False,
 ) -> ov.Model:
     """Post-training INT8 quantisation of an FP32 OpenVINO model with NNCF.
 
@@ -120,7 +123,33 @@ def quantize_int8(
       colour and of noise over the whole 0-255 range, ``mean``/``std`` in 0-255 units), and
       ranges are the min/max over all of them, so activations of unusual content keep
       headroom.
+
+    NNCF's INFO lines and progress bars are shown only with ``verbose``.
     """
+    with quiet_nncf(verbose):
+        return _quantize(model, calibration_images, quantized_modules, mean, std,
+                         subset_size, seed)
+
+
+@contextlib.contextmanager
+def quiet_nncf(verbose: bool = False) -> Iterator[None]:
+    """Keep NNCF's INFO logging and its progress bars (printed to stdout) off the console."""
+    if verbose:
+        yield
+        return
+    nncf_log = logging.getLogger("nncf")
+    level = nncf_log.level
+    nncf_log.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        nncf_log.setLevel(level)
+
+
+def _quantize(model: ov.Model, calibration_images: Iterable[Any],
+              quantized_modules: Sequence[str], mean: Sequence[float], std: Sequence[float],
+              subset_size: int, seed: int) -> ov.Model:
     import re
 
     import nncf
@@ -180,16 +209,32 @@ def feature_modules(model: Any) -> list[str]:
             if any(isinstance(m, nn.Conv2d) for m in child.modules())]
 
 
-def image_auroc(scores: Sequence[float], labels: Sequence[int]) -> float:
-    """Area under the ROC curve (Mann-Whitney U with ties counted half)."""
-    scores_arr = np.asarray(scores, dtype=np.float64)
-    labels_arr = np.asarray(labels).astype(bool)
-    positives, negatives = scores_arr[labels_arr], scores_arr[~labels_arr]
-    if positives.size == 0 or negatives.size == 0:
-        raise ValueError("AUROC needs both normal and anomalous images")
-    greater = (positives[:, None] > negatives[None, :]).sum()
-    ties = (positives[:, None] == negatives[None, :]).sum()
-    return float((greater + 0.5 * ties) / (positives.size * negatives.size))
+def store_float_weights_as_fp16(model: ov.Model, min_elements: int = 64) -> int:
+    """Store the float constants quantisation left alone (the anomaly head) in half precision.
+
+    ``ov.save_model(compress_to_fp16=True)`` leaves every constant of a quantised model in
+    FP32, which made the INT8 IR larger than the FP16 one. This does what it does for float
+    models: an FP16 constant and a Convert back to FP32, folded when the model is compiled,
+    so inference runs on exactly the weights an FP16 export holds. Small constants
+    (quantisation ranges, shapes) stay as they are. Returns how many were converted.
+    """
+    import openvino.opset13 as ops
+
+    converted = 0
+    for node in model.get_ordered_ops():
+        if node.get_type_name() != "Constant" or node.get_output_element_type(0) != ov.Type.f32:
+            continue
+        if int(np.prod(list(node.get_output_shape(0)))) < min_elements:
+            continue
+        values = node.get_data()
+        half = values.astype(np.float16)
+        if not np.all(np.isfinite(half[np.isfinite(values)])):
+            continue  # outside FP16's range: keep it exact
+        restored = ops.convert(ops.constant(half), ov.Type.f32)
+        for target in list(node.output(0).get_target_inputs()):
+            target.replace_source_output(restored.output(0))
+        converted += 1
+    return converted
 
 
 def compare_accuracy(
@@ -209,12 +254,20 @@ def compare_accuracy(
     ref_scores = [float(infer_ref(x).max()) for x in images]
     q_scores = [float(infer_q(x).max()) for x in images]
     if len(set(int(v) for v in validation.labels)) == 2:
-        return QuantizationReport("image_auroc", image_auroc(ref_scores, validation.labels),
-                                  image_auroc(q_scores, validation.labels), len(images),
-                                  precision)
+        return QuantizationReport("image_auroc", _auroc(ref_scores, validation.labels),
+                                  _auroc(q_scores, validation.labels), len(images), precision)
     # One class only: how faithfully INT8 reproduces the FP32 scores is the best we can say.
     correlation = float(np.corrcoef(ref_scores, q_scores)[0, 1]) if len(images) > 1 else 1.0
     return QuantizationReport("score_correlation", 1.0, correlation, len(images), precision)
+
+
+def _auroc(scores: Sequence[float], labels: Sequence[int]) -> float:
+    from anomaly_edge.train.metrics import auroc
+
+    value = auroc(np.asarray(scores), np.asarray(labels))
+    if value is None:
+        raise ValueError("AUROC needs both normal and anomalous images")
+    return value
 
 
 def check_drop(report: QuantizationReport, max_accuracy_drop: float | None) -> None:
