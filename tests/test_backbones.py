@@ -31,6 +31,25 @@ def test_default_layers_report_strides_and_channels(name, channels):
     assert len(extractor.mean) == len(extractor.std) == 3
 
 
+def test_padim_reads_anomalibs_lite_layers_and_strides_are_known_without_building():
+    from anomaly_edge.train.padim import default_layers
+
+    # timm's blocks.1/2/4 (anomalib's Lite0 PaDiM) are our stage2/3/5
+    assert default_layers("efficientnet_lite0") == ["stage2", "stage3", "stage5"]
+    assert default_layers("resnet18") == ["layer1", "layer2", "layer3"]
+    extractor = build_backbone("efficientnet_lite0", layers=default_layers("efficientnet_lite0"),
+                               pretrained=False)
+    assert extractor.channels == [24, 40, 112] and extractor.strides == [4, 8, 16]
+    for name, layers in (("efficientnet_lite1", ["stage2", "stage6"]), ("resnet18", None),
+                         ("wide_resnet50_2", ["layer1", "layer4"])):
+        built = build_backbone(name, layers=layers, pretrained=False)
+        assert backbones.deepest_stride(name, layers) == max(built.strides)
+    with pytest.raises(ValueError, match="no layer"):
+        backbones.deepest_stride("resnet18", ["stage2"])
+    with pytest.raises(ValueError, match="unknown backbone"):
+        backbones.deepest_stride("vgg")
+
+
 def test_layers_are_selectable_and_truncate_the_network():
     extractor = build_backbone("resnet18", layers=["layer2"], pretrained=False)
     assert extractor.layers == ["layer2"] and extractor.strides == [8]

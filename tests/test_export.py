@@ -256,7 +256,8 @@ def test_padim_ir_is_a_small_fraction_of_anomalibs(tmp_path):
                              image_max=2.0, pixel_min=0.0, pixel_max=2.0)
     xml = export_ir(padim, metadata, tmp_path, precision="FP16")
     assert ir_size_mb(xml) < 160 / 4
-    assert ir_size_mb(xml) < 10  # measured 8.3 MB (47 MB with pool=1): mostly ResNet18 itself
+    # measured 16.0 MB with the default pool 2 (8.3 MB with pool 4, 47 MB with pool 1)
+    assert ir_size_mb(xml) < 20
 
 
 def _export_pair(toy, folder, threshold):

@@ -16,6 +16,7 @@ from anomaly_edge import AnomalyModel
 from anomaly_edge.cli.common import ExitCode
 from anomaly_edge.cli.main import main
 from anomaly_edge.errors import ModelLoadError
+from anomaly_edge.model import PendingResultsError
 from anomaly_edge.remote import RetryPolicy, ServerUnavailableError
 from tests.stream_media import make_video
 from tests.test_serve import REPO, ServeProcess, frame_with_defects, free_port
@@ -84,6 +85,20 @@ def test_async_interface_keeps_order_with_requests_in_flight(protocol, server, s
         for (index, prediction) in results:
             assert_same(local.predict(inputs[index]), prediction)
         assert len(remote.predict_batch(inputs[:5])) == 5
+
+
+def test_unread_results_are_bounded_as_on_a_local_model(server):
+    frame = frames()[1]
+    with AnomalyModel.remote(server.rest_url, "plate", max_pending=3) as remote:
+        with pytest.raises(PendingResultsError, match="ready"):
+            for index in range(50):  # never collected: memory would grow without the bound
+                remote.submit(frame, userdata=index)
+                time.sleep(0.01)
+        assert len(remote.drain()) <= 3 + remote.num_requests
+        for index in range(10):  # the README's loop, collecting as it goes, never hits it
+            remote.submit(frame, userdata=index)
+            remote.ready()
+        remote.drain()
 
 
 def test_model_name_in_the_url_and_errors(server, synthetic_ir):

@@ -259,3 +259,26 @@ def test_bad_config_files_say_what_is_wrong(tmp_path, text, message):
     config.write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_config(config)
+
+
+EXIT_WITHOUT_JOIN = """
+import sys
+from anomaly_edge.model import AnomalyModel
+from anomaly_edge.stream import Camera, MultiStreamRunner
+model = AnomalyModel(sys.argv[1], device="CPU", task="detection")
+from pathlib import Path
+cameras = [Camera("a", sys.argv[2], output=Path(sys.argv[3])), Camera("b", sys.argv[2])]
+MultiStreamRunner(model, cameras, events=sys.argv[4]).start()
+# the program ends here, without join(): the exit hook must stop and close everything
+"""
+
+
+def test_exit_without_join_closes_every_camera_cleanly(synthetic_ir, videos, tmp_path):
+    out, events = tmp_path / "a.mp4", tmp_path / "events.jsonl"
+    done = subprocess.run([sys.executable, "-c", EXIT_WITHOUT_JOIN, str(synthetic_ir),
+                           str(videos[0]), str(out), str(events)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert count_frames(out)[0] > 0  # a complete, playable file
+    for line in events.read_text().splitlines():
+        json.loads(line)  # every line whole

@@ -175,3 +175,23 @@ def test_http_mjpeg_stream_cut_and_restarted_keeps_going(model_factory, tmp_path
     finally:
         server.stop()
 
+
+
+def test_segmentation_events_describe_the_mask(model_factory, video, tmp_path):
+    """Before: segmentation lines said nothing about the mask."""
+    events_path = tmp_path / "seg.jsonl"
+    StreamRunner(model_factory("segmentation"), video,
+                 sinks=[EventsSink(events_path, all_frames=True)]).run()
+    events = _events(events_path)
+    for event in events:
+        assert {"frame", "timestamp", "score", "label", "boxes"} <= event.keys()  # kept
+        mask = event["mask"]
+        assert (mask["height"], mask["width"]) == (120, 160)
+        assert mask["regions"] == len(event["boxes"])
+        assert mask["anomalous_fraction"] == pytest.approx(
+            mask["anomalous_pixels"] / (120 * 160), abs=1e-6)
+        assert (mask["anomalous_pixels"] > 0) == event["anomalous"]
+    detection_path = tmp_path / "det.jsonl"
+    StreamRunner(model_factory("detection"), video,
+                 sinks=[EventsSink(detection_path, all_frames=True)]).run()
+    assert all("mask" not in e for e in _events(detection_path))  # no mask, no mask facts

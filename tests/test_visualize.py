@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import cv2
 import numpy as np
 import pytest
 
@@ -48,15 +49,37 @@ def test_segmentation_tints_only_the_mask_and_outlines_it():
     assert _is_red(out[40, 80])  # the outline
 
 
-def test_segmentation_heatmap_colours_the_whole_frame():
-    frame = np.full((120, 160, 3), 128, np.uint8)
-    heatmap = np.zeros((120, 160), np.uint8)
+def test_segmentation_heatmap_colours_only_where_the_map_says_something():
+    """Before: JET at alpha over the whole frame, so every normal part was washed blue."""
+    frame = np.random.default_rng(1).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    heatmap = np.full((120, 160), 40, np.uint8)  # well below the threshold (128)
     heatmap[40:80, 60:100] = 255
+    heatmap[100:, :40] = 96  # rising towards the threshold: a faint tint
     out = draw_prediction(frame, _prediction(Task.SEGMENTATION, heatmap=heatmap,
                                              mask=(heatmap > 127).astype(np.uint8) * 255))
-    cold, hot = out[110, 150].astype(int), out[60, 80].astype(int)
-    assert cold[0] > cold[2]  # blue where the map is low
-    assert hot[2] > hot[0]  # red where it is high
+    normal = (slice(0, 35), slice(110, 160))  # away from the blob and the banner
+    assert np.abs(out[normal].astype(int) - frame[normal]).max() <= 1
+    red = cv2.applyColorMap(np.full((1, 1), 255, np.uint8), cv2.COLORMAP_JET)[0, 0]
+    expected = 0.6 * frame[60, 80] + 0.4 * red  # alpha (0.4) at and above the threshold
+    assert np.abs(out[60, 80] - expected).max() <= 2
+    faint = np.abs(out[110, 20].astype(int) - frame[110, 20]).max()
+    full = np.abs(out[60, 80].astype(int) - frame[60, 80]).max()
+    assert 0 < faint < full
+
+
+def test_banner_grows_with_the_frame():
+    """Before: the banner's text was about 2 % of a large frame's height."""
+    heights = {}
+    for height, width in [(240, 320), (720, 1280), (2160, 3840), (3648, 5472)]:
+        frame = np.full((height, width, 3), 128, np.uint8)
+        out = draw_prediction(frame, _prediction(Task.DETECTION, label=False))
+        column = out[:, 1]  # the banner's left padding: no text there
+        banner = int(np.argmax(~(column == NORMAL_COLOUR).all(axis=1)))
+        heights[height] = banner
+        if height >= 720:
+            assert banner >= 0.05 * height, (height, banner)
+    assert heights[240] >= 12  # still legible on small frames
+    assert heights[3648] > 4 * heights[720]
 
 
 def test_detection_draws_each_box_with_exclusive_corners():

@@ -8,7 +8,8 @@ then, as the last stdout line, one JSON object (keys in ../shared/BENCHMARKS.md)
 
     {"benchmark": "accuracy", "runs": [{"dataset": ..., "category": ..., "model": ...,
       "backbone": ..., "image_auroc": ..., "pixel_auroc": ..., "aupro": ..., "fit_s": ...,
-      "peak_rss_mb": ..., "ir_mb": ...}, ...]}
+      "peak_rss_mb": ..., "ir_mb": ..., "frame_ms": ..., "test_images": ...,
+      "input_size": [h, w]}, ...]}
 
 Every run is a fresh child process, so its peak RSS (``wait4``'s ``ru_maxrss``) is that run's
 alone (training, evaluation and export together). ``fit_s`` is the model fitting time as the
@@ -16,7 +17,16 @@ train API reports it (``fit_seconds``; the whole ``train()`` call when it report
 children run with ``OMP_WAIT_POLICY=PASSIVE`` unless the environment sets it. Timing on a
 shared machine is noisy: compare runs made together.
 
-    python tools/bench_accuracy.py                       # all categories, padim + stfpm
+Every run uses the defaults a user meets (backbone ``efficientnet_lite0``, input geometry from
+the training images) unless ``--image-size``/``--backbone`` say otherwise, and the whole test
+set (``validation_fraction=0``): AUROC and AUPRO are threshold-free, over all test images, as
+anomalib reports them. ``frame_ms`` is the median time of ``AnomalyModel.predict`` on test
+images at their own size (FP16 IR, CPU, resize and post-processing included).
+``test_images`` counts the images the metrics cover. PaDiM rows print anomalib 2.7's figures
+for the same category beside ours (``../shared/BENCHMARKS.md``).
+
+    python tools/bench_accuracy.py --all                 # every category, padim + stfpm
+    python tools/bench_accuracy.py --all --models padim  # every category, PaDiM only
     python tools/bench_accuracy.py --datasets mpdd --models stfpm --max-epochs 30
 """
 
@@ -36,6 +46,11 @@ REPO = Path(__file__).resolve().parents[1]
 MODELS = ("padim", "stfpm")
 CHILD_FLAG = "--child-run"
 RESULT_PREFIX = "BENCH_ACCURACY_RESULT "
+FRAMES_TIMED = 20
+# anomalib 2.7, PaDiM, timm tf_efficientnet_lite0, 256x256, whole test set (BENCHMARKS.md):
+# image AUROC, pixel AUROC, AUPRO
+ANOMALIB_PADIM = {"metal_plate": (0.848, 0.967, 0.884), "magnetic_tile": (0.952, 0.745, 0.747),
+                  "ball_screw": (0.940, 0.984, 0.748), "tire": (0.762, 0.582, 0.146)}
 
 
 def datasets_root(explicit: str | None) -> Path:
@@ -82,7 +97,8 @@ def child_main(args: argparse.Namespace) -> int:
 
     accepted = inspect.signature(train).parameters
     options = {"model": args.model, "backbone": args.backbone, "image_size": args.image_size,
-               "seed": args.seed, "export": True, "progress": False, "threads": args.threads}
+               "seed": args.seed, "export": True, "progress": False, "threads": args.threads,
+               "validation_fraction": 0.0}
     if args.max_epochs is not None and args.model == "stfpm":
         options["stfpm_options"] = {"max_epochs": args.max_epochs}
     options = {k: v for k, v in options.items() if k in accepted}
@@ -120,9 +136,34 @@ def child_main(args: argparse.Namespace) -> int:
             "train_s": total,
             "ir_mb": ir_mb,
             "epochs": epochs,
+            "frame_ms": frame_ms(ir_path, args.data) if ir_mb is not None else None,
+            "test_images": metrics.get("test_images"),
+            "input_size": metrics.get("image_size"),
         }
     print(RESULT_PREFIX + json.dumps(record), flush=True)
     return 0
+
+
+def frame_ms(ir_path: str | Path, data: str) -> float:
+    """Median ms of ``AnomalyModel.predict`` (CPU) over test images at their own size."""
+    from anomaly_edge import AnomalyModel
+    from anomaly_edge.images import list_images, read_image
+
+    paths = sorted(p for folder in sorted((Path(data) / "test").iterdir()) if folder.is_dir()
+                   for p in list_images(folder))[:FRAMES_TIMED]
+    frames = [read_image(p) for p in paths]
+    model = AnomalyModel(ir_path, device="CPU", cache_dir=None)
+    try:
+        for frame in frames[:3]:  # warm-up
+            model.predict(frame)
+        times = []
+        for frame in frames:
+            started = time.perf_counter()
+            model.predict(frame)
+            times.append((time.perf_counter() - started) * 1000.0)
+    finally:
+        model.close()
+    return float(sorted(times)[len(times) // 2])
 
 
 def _first_number(metrics: dict, keys: tuple[str, ...]) -> float | None:
@@ -140,8 +181,10 @@ def run_child(folder: Path, model: str, args: argparse.Namespace) -> tuple[dict 
                                                                                str]:
     """Run one child; returns (its record or None, its peak RSS in MB, an error text)."""
     command = [sys.executable, str(Path(__file__).resolve()), CHILD_FLAG, "--data", str(folder),
-               "--model-name", model, "--backbone", args.backbone, "--image-size",
-               str(args.image_size), "--seed", str(args.seed), "--threads", str(args.threads)]
+               "--model-name", model, "--backbone", args.backbone, "--seed", str(args.seed),
+               "--threads", str(args.threads)]
+    if args.image_size is not None:
+        command += ["--image-size", "x".join(str(v) for v in args.image_size)]
     if args.max_epochs is not None:
         command += ["--max-epochs", str(args.max_epochs)]
     env = dict(os.environ)
@@ -166,14 +209,20 @@ def run_child(folder: Path, model: str, args: argparse.Namespace) -> tuple[dict 
 
 
 def format_table(runs: list[dict]) -> str:
-    header = ("dataset", "category", "model", "img AUROC", "pix AUROC", "AUPRO", "fit s",
-              "peak MB", "IR MB", "epochs")
+    header = ("dataset", "category", "model", "input", "img AUROC", "pix AUROC", "AUPRO",
+              "fit s", "peak MB", "IR MB", "frame ms", "test imgs", "epochs",
+              "anomalib PaDiM (img/pix/PRO)")
     rows = [header]
     for run in runs:
+        size = run.get("input_size")
+        reference = ANOMALIB_PADIM.get(run["category"]) if run["model"] == "padim" else None
         rows.append((run["dataset"], run["category"], run["model"],
+                     "x".join(str(v) for v in size) if size else "-",
                      *(_fmt(run[k], 3) for k in ("image_auroc", "pixel_auroc", "aupro")),
                      _fmt(run["fit_s"], 1), _fmt(run["peak_rss_mb"], 0), _fmt(run["ir_mb"], 1),
-                     _fmt(run.get("epochs"), 0)))
+                     _fmt(run.get("frame_ms"), 1), _fmt(run.get("test_images"), 0),
+                     _fmt(run.get("epochs"), 0),
+                     " / ".join(f"{v:.3f}" for v in reference) if reference else "-"))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
     lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True))
              for row in rows]
@@ -187,6 +236,9 @@ def _fmt(value: float | None, digits: int) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--all", action="store_true",
+                        help="every category under the root (refuses --datasets); the table "
+                        "the README shows")
     parser.add_argument("--root", help="datasets root (default ../shared/datasets or "
                                        "$ANOMALY_EDGE_DATASETS)")
     parser.add_argument("--datasets", nargs="+", help="dataset folder names (default: all)")
@@ -194,7 +246,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--max-epochs", type=int, default=None,
                         help="STFPM epoch cap (default: the train API's)")
-    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--image-size", type=_image_size, default=None, metavar="N|HxW",
+                        help="network input (default: chosen from each category's images)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads per run")
     # the child's private arguments
@@ -206,7 +259,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--max-epochs must be at least 1")
     if args.threads < 1:
         parser.error("--threads must be at least 1")
+    if args.all and args.datasets:
+        parser.error("--all runs every dataset; drop --datasets (or --all)")
     return args
+
+
+def _image_size(text: str) -> tuple[int, int]:
+    try:
+        values = [int(v) for v in text.lower().split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not N or HxW") from None
+    if len(values) == 1:
+        values *= 2
+    if len(values) != 2 or min(values) < 32:
+        raise argparse.ArgumentTypeError(f"image size {text!r}: give N or HxW, each >= 32")
+    return values[0], values[1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
                          "fit_s": _rounded(record["fit_s"], 2),
                          "peak_rss_mb": round(peak_mb),
                          "ir_mb": _rounded(record["ir_mb"], 2),
+                         "frame_ms": _rounded(record.get("frame_ms"), 2),
+                         "test_images": record.get("test_images"),
+                         "input_size": record.get("input_size"),
                          **({"epochs": record["epochs"]} if record.get("epochs") else {}),
                          **({"error": record["error"]} if "error" in record else {})})
     print(format_table(runs))

@@ -37,7 +37,7 @@ OUTPUT_NAME = "anomaly_map"
 PRECISIONS = ("FP32", "FP16", "INT8")
 MODEL_API_SECTION = "model_info"
 # Fields that older IRs lack (they load with None).
-OPTIONAL_FLOATS = ("normal_score_low", "normal_score_median", "normal_score_high")
+OPTIONAL_FLOATS = ("normal_score_low", "normal_score_median", "normal_score_high", "train_aspect")
 
 
 @dataclass
@@ -75,6 +75,9 @@ class ModelMetadata:
     normal_score_high: float | None = None
     # What `anomaly-edge calibrate` did (source, frames, date, before/after); empty if never.
     calibration: dict[str, Any] = field(default_factory=dict)
+    # Median width / height of the training images: the runtime warns once about frames of
+    # another shape. None in IRs exported before it was stored.
+    train_aspect: float | None = None
 
     def __post_init__(self) -> None:
         self.input_size = (int(self.input_size[0]), int(self.input_size[1]))
@@ -238,6 +241,7 @@ class ModelMetadata:
                 tile_frame_size=tuple(  # type: ignore[arg-type]
                     int(v) for v in str(optional("tile_frame_size", get("input_size"))).split()),
                 tile_blend=str(optional("tile_blend", "cosine")),
+                train_aspect=optional_float("train_aspect"),
             )
         except (ValueError, TypeError, IndexError, InvalidInputError) as exc:
             raise ModelLoadError(f"{source}: anomaly-edge metadata is malformed ({exc}); "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import threading
+import warnings
 import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -19,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import openvino as ov
 
-from anomaly_edge.errors import InvalidInputError
+from anomaly_edge.errors import AnomalyEdgeError, InvalidInputError
 from anomaly_edge.images import ColorFormat, check_frame, network_image, read_image
+from anomaly_edge.inflight import InFlight
 from anomaly_edge.metadata import ModelMetadata
 from anomaly_edge.model_loading import (
     attach_preprocessing,
@@ -37,13 +39,21 @@ if TYPE_CHECKING:
     from anomaly_edge.calibration import CalibrationReport
     from anomaly_edge.remote import RemoteAnomalyModel
 
+# A frame whose width/height differs from the training images' by more than this (relative)
+# is stretched by the resize: the model sees parts shaped unlike anything it learned.
+ASPECT_TOLERANCE = 0.05
 _DEFAULT = object()  # marks "use the default cache directory" (None disables the cache)
+DEFAULT_MAX_PENDING = 32  # finished results a caller may leave uncollected (see submit())
 
-# Every model, released at interpreter exit while Python is still whole. OpenVINO threads that
-# finish a request may need the GIL (callbacks, releasing Python objects); once the interpreter
-# is finalising, such a thread is killed inside C++ code and the process aborts ("terminate
-# called without an active exception", seen about once in a hundred exits).
+# Every model, released at interpreter exit while Python is still whole: frames in flight
+# finish and every OpenVINO object goes before the interpreter starts to tear itself down.
+# (OpenVINO threads themselves never run Python code: see anomaly_edge.inflight.)
 _LIVE_MODELS: weakref.WeakSet[AnomalyModel] = weakref.WeakSet()
+
+
+class PendingResultsError(AnomalyEdgeError, RuntimeError):
+    """``submit()`` was called while ``max_pending`` finished results wait to be collected
+    and no other thread collects them."""
 
 
 @atexit.register
@@ -64,12 +74,16 @@ class AnomalyModel:
             stored at export. Settable later (``model.task = "detection"``).
         image_threshold, pixel_threshold: raw-score thresholds overriding the exported ones;
             settable later. Normalised scores keep 0.5 at the threshold in use.
-        min_area: smallest anomalous region reported as a box, in anomaly-map pixels.
+        min_area: smallest anomalous region reported as a box, in anomaly-map pixels (a
+            whole number >= 0).
         color: channel order of the frames you pass: ``"BGR"`` (OpenCV, default), ``"RGB"`` or
             ``"GRAY"``. Colour models also accept grey frames (expanded with one OpenCV call);
             for a grey camera open the model with ``"GRAY"`` and frames go in untouched.
         num_requests: inference requests the asynchronous interface keeps in flight; defaults
             to the device's optimal number plus one (so post-processing overlaps inference).
+        max_pending: finished :meth:`submit` results that may wait to be collected with
+            :meth:`ready` or :meth:`drain` (default 32); this bounds the memory of the
+            asynchronous interface (see :meth:`submit`).
         cache_dir: where OpenVINO caches the compiled model so the next start is fast;
             default ``~/.cache/anomaly-edge/openvino``; ``None`` disables caching.
         properties: extra OpenVINO compile properties, e.g. ``{"INFERENCE_NUM_THREADS": 2}``.
@@ -81,7 +95,15 @@ class AnomalyModel:
     Raises:
         ModelLoadError: the file is missing, truncated or corrupted, or was not exported by
             anomaly-edge (no metadata), or cannot be compiled for the device.
-        InvalidInputError: an unknown device, task or colour format.
+        InvalidInputError: an unknown device, task or colour format, or a setting out of range
+            (the same checks as the setters).
+
+    Thread safety: every method may be called from several threads at once. :meth:`predict`
+    calls take turns on one request (use the asynchronous interface or :meth:`predict_batch`
+    for throughput); :meth:`predict_batch`, :meth:`predict_iter`, :meth:`submit`,
+    :meth:`ready` and :meth:`drain` share one pool of requests, each call's results stay its
+    own and in order; a producer thread may :meth:`submit` while a consumer thread calls
+    :meth:`ready`. Settings changed while frames are in flight apply to later frames.
     """
 
     def __init__(
@@ -95,6 +117,7 @@ class AnomalyModel:
         min_area: int = 1,
         color: ColorFormat | str = ColorFormat.BGR,
         num_requests: int | None = None,
+        max_pending: int = DEFAULT_MAX_PENDING,
         cache_dir: str | Path | None = _DEFAULT,  # type: ignore[assignment]
         properties: dict[str, Any] | None = None,
     ) -> None:
@@ -104,18 +127,19 @@ class AnomalyModel:
         graph = read_ir(self.path)
         self._ir = graph  # as read, without pre-processing: what save() writes back
         self.metadata = ModelMetadata.read_from(graph, source=str(self.path))
-        self._params = PostprocessParams.from_metadata(self.metadata, min_area=min_area)
+        self._params = PostprocessParams.from_metadata(self.metadata)
         # A tiled model takes all tiles of a frame as one batch; their maps are stitched in C++.
         self._tiles: TileLayout | None = self.metadata.tile_layout
         self.task = task if task is not None else self.metadata.task
+        # The constructor goes through the setters: one validation path for both.
+        self.min_area = min_area
         if image_threshold is not None:
             self.image_threshold = image_threshold
         if pixel_threshold is not None:
             self.pixel_threshold = pixel_threshold
-        if num_requests is not None and (not isinstance(num_requests, int) or num_requests < 1):
-            raise InvalidInputError(
-                f"num_requests must be a positive integer, got {num_requests!r}"
-            )
+        if num_requests is not None:
+            num_requests = _whole(num_requests, "num_requests", minimum=1)
+        self.max_pending = max_pending
 
         self._graph = attach_preprocessing(graph, self.metadata, self.color)
         self._cache_dir = default_cache_dir() if cache_dir is _DEFAULT else cache_dir
@@ -129,9 +153,14 @@ class AnomalyModel:
         # the lowest latency.
         self._async_compiled: ov.CompiledModel | None = None
         self._num_requests = num_requests
-        self._queue: ov.AsyncInferQueue | None = None  # created on first asynchronous use
-        _LIVE_MODELS.add(self)
+        # The asynchronous interface: one lock for the request pool and the submit() results.
+        self._async_lock = threading.Condition()
+        self._inflight: InFlight | None = None  # created on first asynchronous use
         self._submitted: deque[_Pending] = deque()  # submit() results, in submission order
+        self._collector: threading.Thread | None = None  # who last called ready()/drain()
+        self._released = False
+        _LIVE_MODELS.add(self)
+        self._aspect_warned = False
 
     @classmethod
     def remote(cls, url: str | list[str], name: str | None = None,
@@ -167,7 +196,7 @@ class AnomalyModel:
 
     @image_threshold.setter
     def image_threshold(self, value: float) -> None:
-        self._params = self._params.replace(image_threshold=_finite(value, "image_threshold"))
+        self._params = _changed(self._params, image_threshold=_threshold(value, "image_threshold"))
 
     @property
     def pixel_threshold(self) -> float:
@@ -176,7 +205,7 @@ class AnomalyModel:
 
     @pixel_threshold.setter
     def pixel_threshold(self, value: float) -> None:
-        self._params = self._params.replace(pixel_threshold=_finite(value, "pixel_threshold"))
+        self._params = _changed(self._params, pixel_threshold=_threshold(value, "pixel_threshold"))
 
     @property
     def min_area(self) -> int:
@@ -185,7 +214,16 @@ class AnomalyModel:
 
     @min_area.setter
     def min_area(self, value: int) -> None:
-        self._params = self._params.replace(min_area=int(value))
+        self._params = _changed(self._params, min_area=_whole(value, "min_area", minimum=0))
+
+    @property
+    def max_pending(self) -> int:
+        """Finished :meth:`submit` results that may wait to be collected (see :meth:`submit`)."""
+        return self._max_pending
+
+    @max_pending.setter
+    def max_pending(self, value: int) -> None:
+        self._max_pending = _whole(value, "max_pending", minimum=1)
 
     # ---- calibration on the line (anomaly_edge.calibration) -------------------------------
 
@@ -218,7 +256,8 @@ class AnomalyModel:
     def predict(self, image: np.ndarray | str | Path, *, heatmap: bool = False) -> Prediction:
         """Score one frame (a uint8 array in the model's colour format, or an image path).
 
-        ``heatmap=True`` adds a uint8 heatmap at frame resolution (for overlays).
+        ``heatmap=True`` adds a uint8 heatmap at frame resolution (for overlays). Thread-safe:
+        calls from several threads take turns on one inference request.
         """
         frame_size, tensor = self._network_input(image)
         with self._request_lock:
@@ -231,20 +270,28 @@ class AnomalyModel:
     def predict_batch(
         self, images: Iterable[np.ndarray | str | Path], *, heatmap: bool = False
     ) -> list[Prediction]:
-        """Score several frames, in parallel where the device allows; results in input order."""
+        """Score several frames, in parallel where the device allows; results in input order.
+
+        Thread-safe: concurrent calls share the request pool and each gets its own results.
+        """
         return list(self.predict_iter(images, heatmap=heatmap))
 
     def predict_iter(
         self, images: Iterable[np.ndarray | str | Path], *, heatmap: bool = False
     ) -> Iterator[Prediction]:
-        """Score a stream of frames lazily, keeping up to ``num_requests`` in flight."""
+        """Score a stream of frames lazily, keeping up to ``num_requests`` in flight.
+
+        Thread-safe like :meth:`predict_batch`; memory stays bounded however long the stream.
+        """
         window: deque[_Pending] = deque()
         for image in images:
             window.append(self._start(image, None, heatmap))
+            with self._async_lock:
+                self._finish_ready()
             while window and (window[0].done.is_set() or len(window) > self.num_requests):
-                yield window.popleft().result()
+                yield self._finished(window.popleft()).result()
         while window:
-            yield window.popleft().result()
+            yield self._finished(window.popleft()).result()
 
     # ---- asynchronous ----------------------------------------------------------------------
 
@@ -271,13 +318,27 @@ class AnomalyModel:
         The frame is copied, so the caller may reuse its buffer. Collect results with
         :meth:`ready` or :meth:`drain`; they come in submission order with their ``userdata``.
         Settings (thresholds, task) in force at submission apply to the frame.
+
+        Memory stays bounded: at most :attr:`max_pending` finished results wait to be
+        collected (plus up to ``num_requests`` frames in flight). When that many wait, and
+        another thread collects results (it called :meth:`ready` or :meth:`drain`), ``submit``
+        waits until it does; otherwise nobody could collect them while ``submit`` waits, so it
+        raises :class:`PendingResultsError` instead of blocking for ever. Calling
+        :meth:`ready` after each ``submit`` (as in the README) never gets there; to score
+        many frames in one go use :meth:`predict_iter` or :meth:`predict_batch`.
         """
-        self._submitted.append(self._start(image, userdata, heatmap))
+        frame_size, tensor = self._network_input(image)  # a new array: the caller's is free
+        pending = _Pending(userdata, frame_size, self._params, self._task, heatmap)
+        with self._async_lock:
+            self._wait_for_room()
+            self._start_locked(pending, tensor)
+            self._submitted.append(pending)
 
     def ready(self) -> list[tuple[Any, Prediction]]:
-        """Results finished so far, in submission order (waits for nothing).
+        """Results finished so far, in submission order (waits for no inference).
 
-        A result is held back until every frame submitted before it is finished.
+        A result is held back until every frame submitted before it is finished. Finished
+        frames are post-processed here, on the caller's thread.
         """
         return self._collect(wait=False)
 
@@ -287,34 +348,40 @@ class AnomalyModel:
 
     def _collect(self, wait: bool) -> list[tuple[Any, Prediction]]:
         out: list[tuple[Any, Prediction]] = []
-        while self._submitted and (wait or self._submitted[0].done.is_set()):
-            head = self._submitted[0]
-            head.done.wait()
-            if head.error is not None and out:
-                return out  # hand over the good results first; the next call raises
-            self._submitted.popleft()
-            out.append((head.userdata, head.result()))
+        with self._async_lock:
+            self._collector = threading.current_thread()
+            if wait and self._inflight is not None:
+                while self._submitted and not self._submitted[-1].done.is_set():
+                    self._inflight.finish_next()
+            else:
+                self._finish_ready()
+            while self._submitted and self._submitted[0].done.is_set():
+                head = self._submitted[0]
+                if head.error is not None and out:
+                    break  # hand over the good results first; the next call raises
+                self._submitted.popleft()
+                self._async_lock.notify_all()  # room for a submit() waiting in another thread
+                out.append((head.userdata, head.result()))
         return out
 
     def close(self) -> None:
-        """Wait for frames still in flight and release the asynchronous queue.
+        """Wait for frames still in flight and let go of the asynchronous requests.
 
         Results not yet collected are dropped. The model stays usable: a later
-        :meth:`submit` starts a new queue. Also runs by itself at interpreter exit.
+        :meth:`submit` starts anew. Also runs by itself at interpreter exit.
         """
-        if self._queue is not None:
-            self._queue.wait_all()
-            # wait_all() returns once every request is marked idle, which can be a moment
-            # before the OpenVINO thread that ran its callback is done with Python. Waiting on
-            # each request returns only when its whole task, callback included, is over, so no
-            # OpenVINO thread still needs the GIL once the queue is gone.
-            for index in range(len(self._queue)):
-                self._queue[index].wait()
-            self._queue = None
-        self._submitted.clear()
+        with self._async_lock:
+            if self._inflight is not None:
+                self._inflight.cancel(RuntimeError("the model was closed before this frame "
+                                                   "finished"))
+                self._inflight = None
+            self._submitted.clear()
+            self._async_lock.notify_all()
 
     def _release(self) -> None:
-        # At interpreter exit: every OpenVINO object goes while Python can still serve threads.
+        # At interpreter exit: every OpenVINO object goes while Python is still whole.
+        with self._async_lock:
+            self._released = True
         self.close()
         with self._request_lock:
             self._request = None
@@ -335,14 +402,45 @@ class AnomalyModel:
     def _start(self, image: np.ndarray | str | Path, userdata: Any, heatmap: bool) -> _Pending:
         frame_size, tensor = self._network_input(image)  # a new array: the caller's is free
         pending = _Pending(userdata, frame_size, self._params, self._task, heatmap)
-        pending.tiles = self._tiles
-        if self._queue is None:
-            self._queue = ov.AsyncInferQueue(self._async_model(), self.num_requests)
-            self._queue.set_callback(_on_inferred)
-        # share_inputs: OpenVINO reads the tensor in place; `pending` keeps it alive until done.
-        pending.tensor = tensor
-        self._queue.start_async({0: tensor}, pending, share_inputs=True)
+        with self._async_lock:
+            self._start_locked(pending, tensor)
         return pending
+
+    def _start_locked(self, pending: _Pending, tensor: np.ndarray) -> None:
+        if self._released:
+            raise RuntimeError("the model was released at interpreter exit")
+        if self._inflight is None:
+            self._inflight = InFlight(self._async_model(), self.num_requests,
+                                      lambda request: _frame_map(request, self._tiles))
+        self._inflight.start(tensor, pending.finish)
+
+    def _finish_ready(self) -> None:
+        if self._inflight is not None:
+            self._inflight.finish_ready()
+
+    def _finished(self, pending: _Pending) -> _Pending:
+        """``pending`` once finished, finishing older frames (any caller's) on the way."""
+        while not pending.done.is_set():
+            with self._async_lock:
+                if pending.done.is_set():
+                    break
+                if self._inflight is None or not len(self._inflight):
+                    raise RuntimeError("the model was closed before this frame finished")
+                self._inflight.finish_next()
+        return pending
+
+    def _wait_for_room(self) -> None:
+        # Called with the lock held; see submit() for the rule.
+        while sum(p.done.is_set() for p in self._submitted) >= self._max_pending:
+            collector = self._collector
+            if (collector is None or collector is threading.current_thread()
+                    or not collector.is_alive()):
+                raise PendingResultsError(
+                    f"{self._max_pending} finished results wait to be collected: call "
+                    "ready() (or drain()) between submit() calls, use predict_iter() to "
+                    "score many frames, or raise max_pending"
+                )
+            self._async_lock.wait(0.5)  # ready()/drain()/close() in the other thread notify
 
     def _network_input(self, image: np.ndarray | str | Path) -> tuple[tuple[int, int], np.ndarray]:
         """(frame height and width, the 1 x h x w x C uint8 tensor the graph takes)."""
@@ -351,10 +449,27 @@ class AnomalyModel:
         else:
             frame = check_frame(image, self.color)
         frame = frame if frame.ndim == 3 else frame[:, :, None]
+        if not self._aspect_warned:
+            self._check_aspect(frame.shape[0], frame.shape[1])
         if self._tiles is not None:
             return (frame.shape[0], frame.shape[1]), self._tiles.cut(frame, self.color.channels)
         tensor = network_image(frame, self.metadata.input_size, self.color)
         return (frame.shape[0], frame.shape[1]), tensor[None]
+
+    def _check_aspect(self, height: int, width: int) -> None:
+        """Warn once per model when frames are shaped unlike the training images."""
+        trained = self.metadata.train_aspect
+        if trained is None:  # an IR from before the aspect was stored: nothing to compare
+            return
+        if abs((width / height) / trained - 1.0) > ASPECT_TOLERANCE:
+            self._aspect_warned = True
+            h, w = self.metadata.input_size
+            warnings.warn(
+                f"{self.path.name}: frames of {width}x{height} (width/height {width / height:.2f}) "
+                f"are shaped unlike the training images (median {trained:.2f}); each is resized "
+                f"to the network's {w}x{h}, which stretches the parts. Crop frames to the "
+                "training images' field of view, or retrain on frames like these.",
+                stacklevel=4)
 
     def info(self) -> dict[str, Any]:
         """What this model is and how it runs: metadata, device, settings, I/O."""
@@ -401,7 +516,7 @@ class _Pending:
     """One frame in flight: what its post-processing needs, and then its result."""
 
     __slots__ = ("done", "error", "frame_size", "heatmap", "params", "prediction", "task",
-                 "tensor", "tiles", "userdata")
+                 "userdata")
 
     def __init__(self, userdata: Any, frame_size: tuple[int, int], params: PostprocessParams,
                  task: Task, heatmap: bool) -> None:
@@ -410,11 +525,21 @@ class _Pending:
         self.params = params
         self.task = task
         self.heatmap = heatmap
-        self.tensor: np.ndarray | None = None
-        self.tiles: TileLayout | None = None
         self.prediction: Prediction | None = None
         self.error: BaseException | None = None
         self.done = threading.Event()
+
+    def finish(self, raw_map: np.ndarray | None, error: BaseException | None) -> None:
+        """Post-process the raw map (the C++ work releases the GIL); never raises."""
+        try:
+            if error is None:
+                assert raw_map is not None
+                self.prediction = postprocess(raw_map, self.frame_size, self.params, self.task,
+                                              heatmap=self.heatmap)
+        except BaseException as exc:  # handed to whoever collects this frame
+            error = exc
+        self.error = error
+        self.done.set()
 
     def result(self) -> Prediction:
         self.done.wait()
@@ -422,20 +547,6 @@ class _Pending:
             raise self.error
         assert self.prediction is not None
         return self.prediction
-
-
-def _on_inferred(request: ov.InferRequest, pending: _Pending) -> None:
-    # Runs on an OpenVINO thread. Post-processing happens here, so it overlaps inference of the
-    # next frames; the C++ post-processor releases the GIL while it works.
-    try:
-        raw_map = _frame_map(request, pending.tiles)
-        pending.prediction = postprocess(raw_map, pending.frame_size, pending.params,
-                                         pending.task, heatmap=pending.heatmap)
-    except BaseException as exc:  # handed to the caller of ready()/drain()
-        pending.error = exc
-    finally:
-        pending.tensor = None
-        pending.done.set()
 
 
 def _frame_map(request: ov.InferRequest, tiles: TileLayout | None) -> np.ndarray:
@@ -446,11 +557,37 @@ def _frame_map(request: ov.InferRequest, tiles: TileLayout | None) -> np.ndarray
     return output[0, 0].copy() if tiles is None else tiles.stitch(output)
 
 
-def _finite(value: float, name: str) -> float:
+def _threshold(value: float, name: str) -> float:
     try:
         number = float(value)
     except (TypeError, ValueError):
         raise InvalidInputError(f"{name} must be a number, got {value!r}") from None
     if not np.isfinite(number):
         raise InvalidInputError(f"{name} must be finite, got {value!r}")
+    if abs(number) > _FLOAT32_MAX:
+        # The map is float32: a threshold beyond its range would make every frame fail later.
+        raise InvalidInputError(f"{name} must lie within +-{_FLOAT32_MAX:.3g} (the float32 "
+                                f"range of the anomaly map), got {value!r}")
     return number
+
+
+def _whole(value: Any, name: str, *, minimum: int) -> int:
+    """``value`` as an int, refusing fractions (1.5), booleans and non-numbers."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise InvalidInputError(f"{name} must be a whole number, got {value!r}")
+    if not float(value).is_integer():
+        raise InvalidInputError(f"{name} must be a whole number, got {value!r}")
+    number = int(value)
+    if number < minimum:
+        raise InvalidInputError(f"{name} must be >= {minimum}, got {number}")
+    return number
+
+
+def _changed(params: PostprocessParams, **changes: Any) -> PostprocessParams:
+    try:
+        return params.replace(**changes)
+    except (TypeError, ValueError) as exc:  # one error type for every bad setting
+        raise InvalidInputError(str(exc)) from None
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)

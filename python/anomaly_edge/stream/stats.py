@@ -57,7 +57,8 @@ class StreamSummary:
     fps: float
     latency_p50_ms: float | None
     latency_p95_ms: float | None
-    stop_reason: str  # "end", "max_frames", "stopped", "source_lost" or "error"
+    stop_reason: str  # "end", "truncated", "max_frames", "stopped", "source_lost" or "error"
+    missing: int = 0  # frames a video file announced but ended before (truncated)
     drift_warnings: int = 0  # score drift warnings (at most one per run)
     drift_frames: int = 0  # frames seen while the scores were out of the normal range
 
@@ -75,6 +76,7 @@ class StreamStats:
         self.anomalies = 0
         self.dropped = 0
         self.corrupt = 0
+        self.missing = 0
         self.reconnects = 0
         self.stop_reason = "end"
         self.drift_warnings = 0
@@ -127,6 +129,7 @@ class StreamStats:
             latency_p50_ms=None if p50 is None else round(1000 * p50, 2),
             latency_p95_ms=None if p95 is None else round(1000 * p95, 2),
             stop_reason=self.stop_reason,
+            missing=self.missing,
             drift_warnings=self.drift_warnings,
             drift_frames=self.drift_frames,
         )

@@ -64,6 +64,8 @@ class StatusLine:
         parts.append(f"dropped {stats.dropped}")
         if stats.corrupt:
             parts.append(f"corrupt {stats.corrupt}")
+        if stats.missing:
+            parts.append(f"missing {stats.missing}")
         if stats.reconnects:
             parts.append(f"reconnects {stats.reconnects}")
         if stats.drift_warnings:
@@ -91,6 +93,7 @@ def format_summary(summary: StreamSummary, outputs: Sequence[str] = ()) -> str:
     """The few lines printed when a run ends."""
     reasons = {
         "end": "end of stream",
+        "truncated": "the file ended early (truncated or damaged)",
         "max_frames": "--max-frames reached",
         "stopped": "stopped",
         "source_lost": "source lost",
@@ -104,8 +107,9 @@ def format_summary(summary: StreamSummary, outputs: Sequence[str] = ()) -> str:
     if summary.latency_p50_ms is not None:
         lines.append(f"latency: p50 {summary.latency_p50_ms:.1f} ms, "
                      f"p95 {summary.latency_p95_ms:.1f} ms")
-    lines.append(f"dropped frames: {summary.dropped}, undecodable frames: {summary.corrupt}, "
-                 f"reconnects: {summary.reconnects}")
+    missing = f", missing frames: {summary.missing}" if summary.missing else ""
+    lines.append(f"dropped frames: {summary.dropped}, undecodable frames: {summary.corrupt}"
+                 f"{missing}, reconnects: {summary.reconnects}")
     if summary.drift_warnings:
         lines.append(f"score drift: warned ({summary.drift_frames} frames out of the normal "
                      "range); recalibrate with `anomaly-edge calibrate` if the parts are fine")

@@ -43,6 +43,7 @@ from anomaly_edge.train.data import (
     scan_category,
 )
 from anomaly_edge.train.evaluate import Predictions, calibrate, predict_samples, test_metrics
+from anomaly_edge.train.geometry import InputGeometry, choose_input_size, image_sizes
 from anomaly_edge.train.thresholds import false_alarm_rate, normal_score_range
 from anomaly_edge.train.tiling import (
     TileFrames,
@@ -82,8 +83,9 @@ class TrainResult:
 ProgressFactory = Callable[[str, int], Any]  # (description, total) -> object with update(n)
 
 
-def train(data: str | Path, model: str = "padim", backbone: str = "resnet18",
-          out: str | Path | None = None, image_size: int | tuple[int, int] = 256, seed: int = 0,
+def train(data: str | Path, model: str = "padim", backbone: str = "efficientnet_lite0",
+          out: str | Path | None = None, image_size: int | tuple[int, int] | None = None,
+          seed: int = 0,
           *, layers: list[str] | None = None, weights: str | Path | None = None,
           pretrained: bool = True, n_channels: int | None = None, pool: int | None = None,
           validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
@@ -100,13 +102,15 @@ def train(data: str | Path, model: str = "padim", backbone: str = "resnet18",
         model: ``"padim"`` or ``"stfpm"``.
         backbone: ``resnet18``, ``wide_resnet50_2`` or ``efficientnet_lite0/1/2``.
         out: output folder for metrics.json, curves, checkpoint.pt and model.xml/.bin.
-        image_size: network input, one int (square) or (height, width).
+        image_size: network input, one int (square) or (height, width). Default: chosen
+            from the training images (their median aspect ratio, short side 256, long side
+            rounded to the backbone's stride; see :mod:`.geometry`).
         seed: fixes channel choice / student init, the validation split and data order.
         layers, weights: backbone layers and a weights file (see ``build_backbone``).
         pretrained: ``False`` starts PaDiM's backbone from random weights (tests only).
         n_channels: PaDiM's random channel subset size (default per backbone).
         pool: PaDiM's Gaussian grid: one Gaussian per ``pool`` x ``pool`` block of the
-            finest feature grid (default 4; 1 = per position, as in the paper).
+            finest feature grid (default 2; 1 = per position, as in the paper).
         validation_fraction: share of the test images used to tune thresholds.
         image_threshold, pixel_threshold: fixed thresholds (raw units) instead of tuned ones.
         task: what the exported model reports by default (classification, detection,
@@ -136,8 +140,6 @@ def train(data: str | Path, model: str = "padim", backbone: str = "resnet18",
         raise ValueError("export=True needs an output folder (out=...)")
     if out is not None:
         check_output_folder(out)
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    size = (int(size[0]), int(size[1]))
     bar = _progress_factory(progress)
     if threads:
         torch.set_num_threads(int(threads))
@@ -146,6 +148,8 @@ def train(data: str | Path, model: str = "padim", backbone: str = "resnet18",
 
     category = scan_category(data)
     split = category.split(validation_fraction, seed)
+    geometry = _input_geometry(image_size, split.train, model, backbone, layers)
+    size = geometry.size
     notes = [split.note] if split.note else []
     layout, native = _tile_layout(tile, size, category.train, tile_gaussians, precision)
     if layout is not None and augmentation is not None:
@@ -187,6 +191,7 @@ def train(data: str | Path, model: str = "padim", backbone: str = "resnet18",
         "model": model,
         "backbone": backbone,
         "image_size": list(size),
+        "input_geometry": geometry.as_dict(),
         "tiles": tile_summary(layout, native, _gaussians_of(anomaly_module, layout)),
         "seed": seed,
         "augment": dataclasses.asdict(augmentation) if augmentation else None,
@@ -205,7 +210,7 @@ def train(data: str | Path, model: str = "padim", backbone: str = "resnet18",
         pixel_threshold=calibration.pixel_threshold.value,
         image_min=norm.image_min, image_max=norm.image_max,
         pixel_min=norm.pixel_min, pixel_max=norm.pixel_max,
-        task=task, precision=precision.upper(),
+        task=task, precision=precision.upper(), train_aspect=geometry.median_aspect,
         metrics={k: metrics[k] for k in METRIC_KEYS if metrics[k] is not None},
         **normal_score_range(normal_scores),
         tile_grid=layout.grid if layout else (1, 1),
@@ -216,6 +221,29 @@ def train(data: str | Path, model: str = "padim", backbone: str = "resnet18",
     if out is not None:
         _write_outputs(result, Path(out), everything, export, precision, split, size, mean, std)
     return result
+
+
+# ---- input geometry ------------------------------------------------------------------------
+
+def _input_geometry(image_size: int | tuple[int, int] | None, train_samples: tuple[Sample, ...],
+                    model: str, backbone: str, layers: list[str] | None) -> InputGeometry:
+    """The user's size, or one chosen from the training images; either way with their
+    median aspect ratio, which the runtime compares frames against."""
+    from anomaly_edge.train.backbones import deepest_stride
+
+    if model == "padim" and not layers:
+        from anomaly_edge.train.padim import default_layers
+
+        layers = default_layers(backbone)
+    chosen = choose_input_size(image_sizes(s.path for s in train_samples),
+                               stride=deepest_stride(backbone, layers))
+    if image_size is None:
+        return chosen
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+    if len(size) != 2 or any(int(v) < 32 for v in size):
+        raise ValueError(f"image_size must be one int or (height, width), each >= 32; "
+                         f"got {image_size!r}")
+    return dataclasses.replace(chosen, size=(int(size[0]), int(size[1])), source="user")
 
 
 # ---- fitting -------------------------------------------------------------------------------

@@ -11,10 +11,10 @@ Names and their layers (stride, channels):
 * ``wide_resnet50_2``: layer1..layer4 (4/8/16/32; 256/512/1024/2048); default layer1-3.
 * ``efficientnet_lite0/1/2``: stage1..stage7 (2/4/8/16/16/32/32); default stage2, stage3,
   stage4: the ends of the first stages at strides 4, 8 and 16 (24/40/80 channels for Lite0).
-  (On mpdd/metal_plate, PaDiM with nearest upsampling and 100 channels, stage3-5 scored image
-  AUROC 0.93 but pixel AUROC 0.963 / AUPRO 0.878, against 0.82 / 0.966 / 0.872 for stages
-  2-4, and the timm/anomalib choice at strides 4/8/16, stages 2, 3 and 5, 0.81 / 0.964 / 0.874;
-  ``layers=`` chooses. PaDiM's current Lite defaults are measured in ``padim.py``.)
+  ``stageN`` is timm's ``blocks.{N-1}`` (timm numbers the same seven stages from 0), so
+  anomalib's Lite0 PaDiM layers ``blocks.1/2/4`` are our stage2, stage3, stage5 (24/40/112
+  channels at strides 4/8/16): PaDiM's default (``padim.default_layers``), chosen on all four
+  shared categories; the default here is what STFPM uses.
 
 Weights: ResNets use torchvision's ImageNet weights, found in the torch hub cache
 (``torch.hub.get_dir()/checkpoints``), downloaded when the machine is online, or read from
@@ -50,6 +50,7 @@ DEFAULT_LAYERS = {
     **{name: ["stage2", "stage3", "stage4"] for name in efficientnet_lite.VARIANTS},
 }
 BACKBONES = tuple(DEFAULT_LAYERS)
+RESNET_STRIDES = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
 ONLINE_CHECK_SECONDS = 3.0
 
 
@@ -149,6 +150,25 @@ def build_backbone(name: str = "resnet18", layers: list[str] | None = None,
     if name in RESNETS:
         return _resnet_extractor(name, layers, pretrained, weights)
     return _lite_extractor(name, layers, pretrained, weights)
+
+
+def deepest_stride(name: str, layers: list[str] | None = None) -> int:
+    """The stride of the deepest of ``layers`` (default: the backbone's), without building it.
+
+    An input whose sides are multiples of it gives every requested feature map whole cells
+    (and exact TensorFlow "same" padding in the Lite models).
+    """
+    if name not in DEFAULT_LAYERS:
+        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
+    layers = list(layers) if layers else list(DEFAULT_LAYERS[name])
+    if name in RESNETS:
+        strides = RESNET_STRIDES
+    else:
+        strides = {f"stage{i + 1}": s for i, s in enumerate(efficientnet_lite.STAGE_STRIDES)}
+    unknown = [layer for layer in layers if layer not in strides]
+    if unknown:
+        raise ValueError(f"{name} has no layer(s) {unknown!r}; choose from {', '.join(strides)}")
+    return max(strides[layer] for layer in layers)
 
 
 def _lite_extractor(name: str, layers: list[str], pretrained: bool,

