@@ -12,6 +12,7 @@ import torch
 from anomaly_edge import AnomalyModel
 from anomaly_edge.metadata import ModelMetadata
 from anomaly_edge.train.export import (
+    PARITY_PROPERTIES,
     AccuracyDropError,
     ValidationSet,
     compare_maps,
@@ -47,7 +48,8 @@ def evaluation_set():
 
 
 def ir_scores(xml, images):
-    request = ov.Core().compile_model(str(xml), "CPU").create_infer_request()
+    """Image scores of the IR at float32 (parity is about the IR, not the CPU's bf16 choice)."""
+    request = ov.Core().compile_model(str(xml), "CPU", PARITY_PROPERTIES).create_infer_request()
     scores = []
     for x in images:
         request.infer({0: x[None].numpy()})
@@ -78,7 +80,7 @@ def test_runtime_runs_the_export(exported):
     assert not normal.label and defect.label and defect.boxes
 
 
-def test_fp32_maps_match_torch(toy, exported, evaluation_set):
+def test_fp32_maps_match_torch(toy, exported, evaluation_set, isa_level):
     model, _ = toy
     images, labels = evaluation_set
     xml = exported["FP32"]

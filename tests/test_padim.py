@@ -159,7 +159,7 @@ def test_state_dict_round_trip_rebuilds_offline():
         torch.testing.assert_close(rebuilt(x), model(x))
 
 
-def test_exports_with_openvino_and_matches_torch():
+def test_exports_with_openvino_and_matches_torch(isa_level):
     ov = pytest.importorskip("openvino")
     model = tiny_padim(channels=30).fit([images(8)])
     x = images(1, seed=5)

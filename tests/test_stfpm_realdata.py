@@ -1,4 +1,9 @@
-"""STFPM on real data (mpdd/metal_plate): a short training already separates defects."""
+"""STFPM on real data (mpdd/metal_plate): a short training already separates defects, on any CPU.
+
+Run under every instruction-set level the CPU has (``isa_level``, see conftest.py): users train
+on many kinds of CPU, and a short run at a constant learning rate of 0.4 amplified the rounding
+differences between SSE4.1, AVX2 and AVX-512 kernels into image AUROCs from 0.33 to 0.86.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ EPOCHS = 3
 
 @pytest.mark.realdata
 @pytest.mark.slow
-def test_short_training_on_metal_plate_beats_chance_by_far(datasets_root):
+def test_short_training_on_metal_plate_beats_chance_by_far(datasets_root, isa_level):
     folder = datasets_root / "mpdd" / "metal_plate"
     if not folder.is_dir():
         pytest.skip(f"{folder} not found")
@@ -23,8 +28,19 @@ def test_short_training_on_metal_plate_beats_chance_by_far(datasets_root):
     category = data.scan_category(folder)
     lite_mean = lite_std = (127.5, 127.5, 127.5)
     train = data.make_loader(category.train, SIZE, lite_mean, lite_std, batch_size=8)
-    model = stfpm.fit_stfpm("efficientnet_lite0", train, None, max_epochs=EPOCHS,
-                            progress=False)
+    # The short schedule warms up for one epoch, decays the rate to 0 by the last and clips
+    # gradients at norm 1 (the first steps reach 16.6): no step is large enough to amplify
+    # rounding. Image AUROC at SSE4.1 / AVX2 / AVX-512: 0.843 / 0.873 / 0.859.
+    model = stfpm.fit_stfpm(
+        "efficientnet_lite0",
+        train,
+        None,
+        max_epochs=EPOCHS,
+        warmup_epochs=1,
+        cosine=True,
+        max_grad_norm=1.0,
+        progress=False,
+    )
     assert model.history is not None and model.history.epochs == EPOCHS
     assert model.history.val_loss[-1] < model.history.val_loss[0]
 
@@ -35,5 +51,5 @@ def test_short_training_on_metal_plate_beats_chance_by_far(datasets_root):
             scores.append(model(batch["image"]).amax(dim=(1, 2, 3)).numpy())
             labels.append(batch["label"].numpy())
     image_auroc = metrics.auroc(np.concatenate(scores), np.concatenate(labels))
-    # 3 epochs at 128 px gave 0.86 (seed 0); chance is 0.5, the 30-epoch 256 px bar 0.92
-    assert image_auroc is not None and image_auroc > 0.7
+    # chance is 0.5, the 30-epoch 256 px bar 0.92; see the module docstring for the spread
+    assert image_auroc is not None and image_auroc > 0.7, (isa_level, image_auroc)

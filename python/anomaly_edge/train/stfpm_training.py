@@ -1,0 +1,406 @@
+"""STFPM's training loop: fit the student to the frozen teacher on normal images.
+
+The teacher's features of the un-augmented training images are computed once (no
+augmentation, so they never change); the student learns by SGD on :func:`stfpm_loss`; a
+held-out set of normal images decides when to stop, and the weights of the epoch with the
+lowest validation loss are kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from anomaly_edge.train.stfpm_model import BLUR_SIGMA, Combine, Stfpm, build_stfpm, stfpm_loss
+
+# Beyond this many MB the teacher's training features are recomputed every epoch instead of
+# being cached (one forward of a frozen network is cheaper than running out of memory).
+TEACHER_CACHE_LIMIT_MB = 256.0
+
+
+@dataclass
+class StfpmHistory:
+    """What happened during fitting; losses are per image (the batch sum divided by its size)."""
+
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    grad_norm: list[float] = field(default_factory=list)  # largest gradient norm per epoch
+    best_epoch: int = 0  # 1-based; its weights are the ones kept
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+    @property
+    def epochs(self) -> int:
+        return len(self.train_loss)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "epochs": self.epochs,
+            "best_epoch": self.best_epoch,
+            "stopped_early": self.stopped_early,
+            "fit_seconds": round(self.seconds, 2),
+            "best_val_loss": (self.val_loss[self.best_epoch - 1] if self.best_epoch else None),
+        }
+
+
+def fit_stfpm(
+    backbone: str,
+    train_loader: Iterable[Any],
+    val_loader: Iterable[Any] | None = None,
+    *,
+    layers: list[str] | None = None,
+    weights: str | None = None,
+    lr: float = 0.4,
+    momentum: float = 0.9,
+    weight_decay: float = 1e-4,
+    batch_size: int | None = None,
+    patience: int = 10,
+    max_epochs: int = 30,
+    val_fraction: float = 0.15,
+    warmup_epochs: float = 0.0,
+    cosine: bool = False,
+    max_grad_norm: float | None = None,
+    combine: Combine = "product",
+    blur_sigma: float = BLUR_SIGMA,
+    seed: int = 0,
+    progress: bool = True,
+) -> Stfpm:
+    """Train STFPM on normal images and return it in eval mode, with the best epoch's weights.
+
+    Args:
+        backbone: a name :func:`anomaly_edge.train.backbones.build_backbone` knows.
+        train_loader: normal training images; batches as the data loaders give them (a tensor,
+            a tuple/list whose first item is the images, or a dict with ``"image"``), uint8
+            (normalised here with the backbone's mean/std) or already normalised float.
+        val_loader: held-out normal images for early stopping; ``None`` holds out
+            ``val_fraction`` of the training images (chosen with ``seed``).
+        layers, weights: passed to ``build_backbone`` (``weights`` for the teacher).
+        lr, momentum, weight_decay: SGD on the student.
+        batch_size: images per step; ``None`` keeps the loader's batch size.
+        patience: stop after this many epochs without a better validation loss.
+        max_epochs: hard cap on the number of epochs.
+        warmup_epochs: the learning rate rises linearly from ``lr / steps`` to ``lr`` over
+            this many epochs (0 = none).
+        cosine: after the warm-up, the learning rate follows half a cosine from ``lr`` down
+            to 0 at ``max_epochs``.
+        max_grad_norm: clip the student's gradient to this norm per step (None = never).
+        combine: how per-layer maps make the anomaly map ("product" or "sum").
+        blur_sigma: Gaussian blur of the map in pixels (0 = none).
+        seed: fixes the student's initialisation, the hold-out and the batch order.
+        progress: show a progress bar.
+    """
+    model = build_stfpm(
+        backbone, layers=layers, weights=weights, combine=combine, blur_sigma=blur_sigma, seed=seed
+    )
+    train_stfpm(
+        model,
+        train_loader,
+        val_loader,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        batch_size=batch_size,
+        patience=patience,
+        max_epochs=max_epochs,
+        val_fraction=val_fraction,
+        warmup_epochs=warmup_epochs,
+        cosine=cosine,
+        max_grad_norm=max_grad_norm,
+        seed=seed,
+        progress=progress,
+    )
+    return model
+
+
+def train_stfpm(
+    model: Stfpm,
+    train_loader: Iterable[Any],
+    val_loader: Iterable[Any] | None = None,
+    *,
+    lr: float = 0.4,
+    momentum: float = 0.9,
+    weight_decay: float = 1e-4,
+    batch_size: int | None = None,
+    patience: int = 10,
+    max_epochs: int = 30,
+    val_fraction: float = 0.15,
+    warmup_epochs: float = 0.0,
+    cosine: bool = False,
+    max_grad_norm: float | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> StfpmHistory:
+    """Fit ``model.student`` in place (see :func:`fit_stfpm`); returns and stores the history."""
+    _check_settings(
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        patience=patience,
+        max_epochs=max_epochs,
+        val_fraction=val_fraction,
+        batch_size=batch_size,
+        warmup_epochs=warmup_epochs,
+        max_grad_norm=max_grad_norm,
+    )
+    started = time.perf_counter()
+    generator = torch.Generator().manual_seed(seed)
+
+    mean = torch.tensor(model.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(model.std, dtype=torch.float32).view(1, 3, 1, 1)
+
+    # Decode once, keep the images in memory: every later epoch is pure arithmetic.
+    train_images, loader_batch = _collect_images(train_loader, "train_loader", mean, std)
+    batch_size = batch_size or loader_batch
+    if val_loader is not None:
+        val_images, _ = _collect_images(val_loader, "val_loader", mean, std)
+    else:
+        train_images, val_images = _hold_out(train_images, val_fraction, generator)
+    model.teacher.eval()
+
+    def net_input(images: torch.Tensor) -> torch.Tensor:
+        return _network_input(images, mean, std)
+
+    # No augmentation, so the teacher's answers never change: compute them once.
+    train_targets = _teacher_features(model.teacher, train_images, net_input, batch_size)
+    val_targets = _teacher_features(model.teacher, val_images, net_input, batch_size)
+
+    optimizer = torch.optim.SGD(
+        model.student.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
+    )
+    steps_per_epoch = math.ceil(len(train_images) / batch_size)
+    rate = _lr_schedule(lr, steps_per_epoch, max_epochs, warmup_epochs, cosine)
+    clip = math.inf if max_grad_norm is None else max_grad_norm
+    history = StfpmHistory()
+    best_loss, best_state, stale, step = math.inf, None, 0, 0
+    epochs = _progress(range(max_epochs), progress)
+    for epoch in epochs:
+        model.train()
+        order = torch.randperm(len(train_images), generator=generator)
+        running, largest_norm = 0.0, 0.0
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            x = net_input(train_images[index])
+            target = _targets_for(model.teacher, train_targets, index, x)
+            loss = stfpm_loss(target, model.student(x))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            norm = torch.nn.utils.clip_grad_norm_(model.student.parameters(), clip)
+            largest_norm = max(largest_norm, float(norm))
+            for group in optimizer.param_groups:
+                group["lr"] = rate(step)
+            optimizer.step()
+            step += 1
+            running += float(loss.detach())
+        history.train_loss.append(running / len(order))
+        history.grad_norm.append(largest_norm)
+        if not math.isfinite(history.train_loss[-1]):
+            raise FloatingPointError(
+                f"STFPM training diverged at epoch {epoch + 1} (loss "
+                f"{history.train_loss[-1]}); lower the learning rate (now {lr}) or the batch "
+                f"size (now {batch_size})"
+            )
+
+        val_loss = _evaluate_loss(model, val_images, val_targets, net_input, batch_size)
+        history.val_loss.append(val_loss)
+        if val_loss < best_loss:
+            best_loss, stale = val_loss, 0
+            best_state = copy.deepcopy(model.student.state_dict())
+            history.best_epoch = epoch + 1
+        else:
+            stale += 1
+        if hasattr(epochs, "set_postfix"):
+            epochs.set_postfix(
+                train=f"{history.train_loss[-1]:.4f}",
+                val=f"{val_loss:.4f}",
+                best=history.best_epoch,
+            )
+        if stale >= patience:
+            history.stopped_early = True
+            break
+    if hasattr(epochs, "close"):
+        epochs.close()
+
+    if best_state is not None:
+        model.student.load_state_dict(best_state)
+    model.eval()
+    history.seconds = time.perf_counter() - started
+    model.history = history
+    return history
+
+
+# ---- helpers ------------------------------------------------------------------------------
+
+
+def _lr_schedule(
+    lr: float, steps_per_epoch: int, max_epochs: int, warmup_epochs: float, cosine: bool
+) -> Any:
+    """``step -> learning rate``: linear warm-up, then constant or half a cosine down to 0."""
+    warmup = round(warmup_epochs * steps_per_epoch)
+    total = max_epochs * steps_per_epoch
+
+    def rate(step: int) -> float:
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        if not cosine:
+            return lr
+        done = (step - warmup) / max(1, total - warmup)
+        return lr * 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))
+
+    return rate
+
+
+def _check_settings(
+    *,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    patience: int,
+    max_epochs: int,
+    val_fraction: float,
+    batch_size: int | None,
+    warmup_epochs: float = 0.0,
+    max_grad_norm: float | None = None,
+) -> None:
+    problems = []
+    if not (warmup_epochs >= 0 and math.isfinite(warmup_epochs)):
+        problems.append(f"warmup_epochs must be >= 0, got {warmup_epochs}")
+    if max_grad_norm is not None and not (max_grad_norm > 0 and math.isfinite(max_grad_norm)):
+        problems.append(f"max_grad_norm must be a positive number or None, got {max_grad_norm}")
+    if not (lr > 0 and math.isfinite(lr)):
+        problems.append(f"lr must be a positive number, got {lr}")
+    if not 0 <= momentum < 1:
+        problems.append(f"momentum must be in [0, 1), got {momentum}")
+    if not (weight_decay >= 0 and math.isfinite(weight_decay)):
+        problems.append(f"weight_decay must be >= 0, got {weight_decay}")
+    if patience < 1:
+        problems.append(f"patience must be at least 1 epoch, got {patience}")
+    if max_epochs < 1:
+        problems.append(f"max_epochs must be at least 1, got {max_epochs}")
+    if not 0 < val_fraction < 1:
+        problems.append(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    if batch_size is not None and batch_size < 1:
+        problems.append(f"batch_size must be at least 1, got {batch_size}")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+
+def _batch_images(batch: Any, source: str) -> torch.Tensor:
+    """The image tensor of one batch, whatever container the loader wraps it in."""
+    if isinstance(batch, dict):
+        if "image" not in batch:
+            raise TypeError(f"{source} yields dicts without an 'image' key (keys: {sorted(batch)})")
+        batch = batch["image"]
+    elif isinstance(batch, (tuple, list)):
+        if not batch:
+            raise TypeError(f"{source} yielded an empty batch")
+        batch = batch[0]
+    if not isinstance(batch, torch.Tensor) or batch.ndim != 4 or batch.shape[1] != 3:
+        shape = tuple(batch.shape) if isinstance(batch, torch.Tensor) else type(batch).__name__
+        raise TypeError(f"{source} must yield image batches shaped [N,3,H,W], got {shape}")
+    return batch
+
+
+def _collect_images(
+    loader: Iterable[Any], source: str, mean: torch.Tensor, std: torch.Tensor
+) -> tuple[torch.Tensor, int]:
+    """All images of a loader in one tensor, as uint8 whenever that loses nothing."""
+    batches = [_compact(_batch_images(batch, source), mean, std) for batch in loader]
+    if not batches:
+        raise ValueError(f"{source} yielded no images: STFPM needs normal images to learn from")
+    sizes = {tuple(b.shape[1:]) for b in batches}
+    if len(sizes) > 1:
+        raise ValueError(
+            f"{source} yields images of different sizes {sorted(sizes)}; "
+            "resize them to one input size"
+        )
+    return torch.cat(batches), int(batches[0].shape[0])
+
+
+def _compact(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Normalised 8-bit pixels back to uint8 (a quarter of the memory), other floats as they are."""
+    if images.dtype == torch.uint8:
+        return images
+    pixels = images.float() * std + mean
+    rounded = pixels.round()
+    if rounded.min() >= 0 and rounded.max() <= 255 and (pixels - rounded).abs().max() < 1e-2:
+        return rounded.to(torch.uint8)
+    return images.float()
+
+
+def _hold_out(
+    images: torch.Tensor, fraction: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split off a seeded validation subset for early stopping (at least one image each way)."""
+    if len(images) < 2:
+        raise ValueError(
+            f"STFPM needs at least 2 normal training images to hold one out for "
+            f"early stopping, got {len(images)}; add images or pass val_loader"
+        )
+    n_val = min(len(images) - 1, max(1, round(len(images) * fraction)))
+    order = torch.randperm(len(images), generator=generator)
+    return images[order[n_val:]], images[order[:n_val]]
+
+
+def _network_input(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    if images.dtype == torch.uint8:
+        return (images.float() - mean) / std
+    return images.float()
+
+
+@torch.no_grad()
+def _teacher_features(
+    teacher: nn.Module, images: torch.Tensor, net_input: Any, batch_size: int
+) -> list[torch.Tensor] | None:
+    """The teacher's features of every image, or None when they would not fit the cache limit."""
+    first = teacher(net_input(images[:1]))
+    per_image = sum(f[0].numel() for f in first) * 4 / 2**20
+    if per_image * len(images) > TEACHER_CACHE_LIMIT_MB:
+        return None
+    chunks = [
+        teacher(net_input(images[i : i + batch_size])) for i in range(0, len(images), batch_size)
+    ]
+    return [torch.cat(layer) for layer in zip(*chunks, strict=True)]
+
+
+def _targets_for(
+    teacher: nn.Module, cache: list[torch.Tensor] | None, index: torch.Tensor, x: torch.Tensor
+) -> list[torch.Tensor]:
+    if cache is not None:
+        return [layer[index] for layer in cache]
+    with torch.no_grad():
+        features: list[torch.Tensor] = teacher(x)
+    return features
+
+
+@torch.no_grad()
+def _evaluate_loss(
+    model: Stfpm,
+    images: torch.Tensor,
+    targets: list[torch.Tensor] | None,
+    net_input: Any,
+    batch_size: int,
+) -> float:
+    model.eval()
+    total = 0.0
+    for start in range(0, len(images), batch_size):
+        index = torch.arange(start, min(start + batch_size, len(images)))
+        x = net_input(images[index])
+        total += float(stfpm_loss(_targets_for(model.teacher, targets, index, x), model.student(x)))
+    return total / len(images)
+
+
+def _progress(iterable: range, enabled: bool) -> Any:
+    if not enabled:
+        return iterable
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is in the train extra, but a bar is not worth failing over
+        return iterable
+    return tqdm(iterable, desc="STFPM epochs", unit="epoch", leave=False)
