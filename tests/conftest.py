@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def child_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a child Python that must import the same anomaly_edge as this
+    process (the checkout's python/ in development, site-packages after `pip install .`, as in
+    CI) and the repository's `tests` package."""
+    import anomaly_edge
+
+    package_root = str(Path(anomaly_edge.__file__).resolve().parents[1])
+    env = dict(os.environ if base is None else base)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, str(REPO),
+                                                      env.get("PYTHONPATH")]))
+    return env
 
 
 def shared_datasets() -> Path | None:
@@ -98,9 +112,7 @@ def _run_at_level(nodeid: str, name: str) -> None:
     from anomaly_edge.train import isa
 
     base = {k: v for k, v in os.environ.items() if k not in isa.CAP_VARIABLES}
-    env = isa.level(name).environment(base)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "python"), str(REPO),
-                                                      env.get("PYTHONPATH")]))
+    env = child_env(isa.level(name).environment(base))
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
                "-o", "addopts=", nodeid]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,

@@ -4,7 +4,6 @@ does any work, with a message and never a traceback (table-driven, in-process)."
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import pytest
 
 from anomaly_edge.cli.common import ExitCode
 from anomaly_edge.cli.main import main
+from tests.conftest import child_env
 from tests.ir_factory import GREY
 
 USAGE, INPUT, MODEL, OK = ExitCode.USAGE, ExitCode.INPUT, ExitCode.MODEL, ExitCode.OK
@@ -285,7 +285,7 @@ def test_sigterm_during_startup_exits_130(tmp_path):
         "m.build_parser = slow\n"
         "sys.exit(m.main(['info', 'x']))\n"
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "python") + os.pathsep + str(ROOT)}
+    env = child_env()
     child = subprocess.Popen(
         [sys.executable, "-c", script],
         stdout=subprocess.PIPE,

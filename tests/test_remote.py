@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -18,8 +17,9 @@ from anomaly_edge.cli.main import main
 from anomaly_edge.errors import ModelLoadError
 from anomaly_edge.model import PendingResultsError
 from anomaly_edge.remote import RetryPolicy, ServerUnavailableError
+from tests.conftest import child_env
 from tests.stream_media import make_video
-from tests.test_serve import REPO, ServeProcess, frame_with_defects, free_port
+from tests.test_serve import ServeProcess, frame_with_defects, free_port
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +174,7 @@ def test_run_reconnects_when_the_server_returns_and_loses_no_frame(synthetic_ir,
     restarted = ServeProcess(synthetic_ir, "plate", tmp_path, http_port=server.http_port,
                              grpc_port=server.grpc_port)
     events = tmp_path / "events.jsonl"
-    env = {**os.environ, "PYTHONPATH": str(REPO / "python")}
+    env = child_env()
     run = subprocess.Popen(
         [sys.executable, "-m", "anomaly_edge", "run", "--model", server.grpc_url, "--remote",
          "plate", "--source", str(video), "--events", str(events), "--all-frames", "--quiet",
@@ -206,7 +206,7 @@ def test_run_gives_up_with_the_input_code_when_the_server_stays_away(synthetic_i
     video = make_video(tmp_path / "line.avi", 2000)
     server = ServeProcess(synthetic_ir, "plate", tmp_path).start()
     events = tmp_path / "events.jsonl"
-    env = {**os.environ, "PYTHONPATH": str(REPO / "python")}
+    env = child_env()
     run = subprocess.Popen(
         [sys.executable, "-m", "anomaly_edge", "run", "--model", server.rest_url, "--remote",
          "plate", "--source", str(video), "--quiet", "--num-requests", "1", "--events",

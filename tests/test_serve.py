@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -24,6 +23,7 @@ import pytest
 from anomaly_edge import AnomalyModel
 from anomaly_edge.cli.common import ExitCode
 from anomaly_edge.cli.main import main
+from tests.conftest import child_env
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
@@ -60,7 +60,7 @@ class ServeProcess:
         return f"grpc://{HOST}:{self.grpc_port}"
 
     def start(self, limit_s: float = 60.0) -> ServeProcess:
-        env = {**os.environ, "PYTHONPATH": str(REPO / "python")}
+        env = child_env()
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "anomaly_edge", "serve", "--model", str(self.model),

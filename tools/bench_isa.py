@@ -28,8 +28,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "python"))
 sys.path.insert(0, str(REPO / "tools"))
+__import__("checkout").use_package()  # the built checkout, else the installed package
 
 from anomaly_edge.train import isa  # noqa: E402
 from bench_accuracy import datasets_root, find_categories  # noqa: E402

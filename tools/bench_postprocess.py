@@ -44,7 +44,8 @@ import cv2
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "python"))  # run from a checkout without installing
+sys.path.insert(0, str(REPO / "tools"))
+__import__("checkout").use_package()  # the built checkout, else the installed package
 
 from anomaly_edge import _post  # noqa: E402
 from anomaly_edge.metadata import ModelMetadata  # noqa: E402

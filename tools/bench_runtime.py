@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "python"))
+sys.path.insert(0, str(REPO / "tools"))
+__import__("checkout").use_package()  # the built checkout, else the installed package
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "mpdd" / "metal_plate"
 FRAMES = ((640, 480), (1920, 1080), (512, 512))
 TILED_FIT_FRAMES = 8

@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "python"))
 sys.path.insert(0, str(REPO / "tools"))
+__import__("checkout").use_package()  # the built checkout, else the installed package
 DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "mpdd" / "metal_plate"
 
 
@@ -189,7 +189,7 @@ def start_server(xml: Path, num_requests: int | None) -> dict:
                str(ports[1]), "--device", "CPU"]
     if num_requests:
         command += ["--num-requests", str(num_requests)]
-    env = {**os.environ, "PYTHONPATH": str(REPO / "python")}
+    env = {**os.environ, "PYTHONPATH": str(__import__("checkout").package_path())}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
     import httpx

@@ -54,9 +54,9 @@ def main() -> int:
                       help="--sources: seconds for each measurement of the model's own "
                       "asynchronous throughput (default 8)")
     args = parser.parse_args()
-    sys.path[:0] = [str(REPO / "python"), str(REPO)]
+    sys.path.insert(0, str(REPO / "tools"))
+    __import__("checkout").use_package()  # the built checkout, else the installed package
     if args.sources:
-        sys.path.insert(0, str(REPO / "tools"))
         from bench_stream_sources import run
 
         return run(args)

@@ -97,8 +97,9 @@ def main() -> int:
     parser.add_argument("--load", type=int, default=2, help="busy-loop processes meanwhile")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
                         help=f"comma-separated subset of: {', '.join(SCENARIOS)}")
-    parser.add_argument("--python-path", type=Path, default=REPO / "python",
-                        help="folder holding the anomaly_edge package to test")
+    parser.add_argument("--python-path", type=Path, default=None,
+                        help="folder holding the anomaly_edge package to test (default: the "
+                        "checkout's python/ when its extension is built, else the installed one)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per run")
     parser.add_argument("--jobs", type=int, default=1, help="exits running at once (they add "
                         "to the load)")
@@ -107,6 +108,9 @@ def main() -> int:
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown or not names or args.runs < 1 or args.load < 0 or args.jobs < 1:
         parser.error(f"bad --scenarios/--runs/--load/--jobs (unknown: {unknown})")
+    if args.python_path is None:
+        sys.path.insert(0, str(REPO / "tools"))
+        args.python_path = __import__("checkout").package_path()
     sys.path[:0] = [str(REPO), str(args.python_path)]
 
     from tests.ir_factory import build_synthetic_ir

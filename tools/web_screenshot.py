@@ -33,7 +33,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "web-view.png")
     parser.add_argument("--size", default="1100x860", help="browser window WxH")
     args = parser.parse_args()
-    sys.path[:0] = [str(REPO / "python"), str(REPO)]
+    sys.path.insert(0, str(REPO / "tools"))
+    __import__("checkout").use_package()  # the built checkout, else the installed package
     from tests.browser import Chromium
     from tests.stream_media import MjpegServer
 
@@ -43,7 +44,8 @@ def main() -> int:
     images = [cv2.resize(cv2.imread(str(p)), (256, 256)) for p in paths[::3]]
     servers = [MjpegServer(lambda n, k=k: images[(n // 4 + 7 * k) % len(images)], fps=8).start()
                for k in range(args.cameras)]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "python"), str(REPO)]))
+    package = str(__import__("checkout").package_path())
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([package, str(REPO)]))
     command = [sys.executable, "-m", "anomaly_edge", "run", "--model", str(args.model),
                "--device", "CPU", "--task", "detection", "--web", "127.0.0.1:0", "--quiet"]
     for k, server in enumerate(servers):
