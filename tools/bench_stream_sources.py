@@ -23,6 +23,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from bench_stream import _model  # the same model choice as the single-stream benchmark
+
 
 def run(args) -> int:
     import psutil
@@ -98,18 +100,6 @@ def run(args) -> int:
                       "frame": f"{width}x{height}", "model": note, "device": args.device,
                       "load_average": round(os.getloadavg()[0], 1), "cases": cases}))
     return 0
-
-
-def _model(given: Path | None, work: Path) -> tuple[Path, str]:
-    if given is not None:
-        if not given.is_file():
-            raise SystemExit(f"--model {given}: no such file")
-        return given, str(given)
-    from tests.ir_factory import build_synthetic_ir
-
-    path = build_synthetic_ir(work / "synthetic" / "model.xml", input_size=(256, 256),
-                              task="detection")
-    return path, "synthetic IR (tests/ir_factory.py, 256x256), not a trained PaDiM"
 
 
 def _make_video(path: Path, frames: int, width: int, height: int) -> None:
