@@ -16,7 +16,7 @@ import dataclasses
 import math
 import operator
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -81,7 +81,8 @@ class PostprocessParams:
 
     def replace(self, **changes: float | int) -> PostprocessParams:
         """A copy with some fields changed, e.g. ``params.replace(pixel_threshold=0.7)``."""
-        return dataclasses.replace(self, **changes)
+        # Each field's type and value are checked by __post_init__, as for a new instance.
+        return dataclasses.replace(self, **cast("dict[str, Any]", changes))
 
 
 def postprocess(
@@ -149,7 +150,7 @@ def postprocess_batch(
     if isinstance(frame_sizes, np.ndarray) and frame_sizes.ndim == 2:  # (N, 2) array
         frame_sizes = [tuple(row) for row in frame_sizes]
     if _is_frame_size(frame_sizes):
-        sizes = [_frame_size(frame_sizes, "frame_sizes")] * count  # type: ignore[arg-type]
+        sizes = [_frame_size(frame_sizes, "frame_sizes")] * count
     else:
         if not isinstance(frame_sizes, Sequence):
             raise TypeError("frame_sizes must be a (height, width) pair or a list of them")
@@ -197,7 +198,7 @@ def stitch_tiles(tile_maps: np.ndarray, ys: Sequence[int], xs: Sequence[int],
 # ---- helpers ---------------------------------------------------------------------------------
 
 
-def _prediction(result: tuple, task: Task, anomaly_map: np.ndarray) -> Prediction:
+def _prediction(result: _post.Result, task: Task, anomaly_map: np.ndarray) -> Prediction:
     score, label, raw_score, boxes, mask, heat = result
     return Prediction(
         score=score,
@@ -234,11 +235,12 @@ def _squeeze(array: object, name: str, ndim: int) -> np.ndarray:
     """Drop leading axes of size 1 down to ``ndim`` axes; the extension checks the rest."""
     if not isinstance(array, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray of float32, got {type(array).__name__}")
-    while array.ndim > ndim and array.shape[0] == 1:
-        array = array[0]
-    if array.ndim > ndim and ndim == 3 and array.shape[1] == 1:
-        array = array[:, 0]  # (N, 1, h, w) model output
-    return array
+    squeezed: np.ndarray = array
+    while squeezed.ndim > ndim and squeezed.shape[0] == 1:
+        squeezed = squeezed[0]
+    if squeezed.ndim > ndim and ndim == 3 and squeezed.shape[1] == 1:
+        squeezed = squeezed[:, 0]  # (N, 1, h, w) model output
+    return squeezed
 
 
 def _is_frame_size(value: object) -> bool:

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from anomaly_edge.model import AnomalyModel
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "benchmark",
         help="measure latency and throughput of a model (post-processing included)",

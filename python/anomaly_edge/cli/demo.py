@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from anomaly_edge.cli.common import CliError, ExitCode, check_device, require_train_extra
 
@@ -18,13 +19,15 @@ DEFAULT_OUT = Path("anomaly-edge-demo")
 # video was flagged: 32 images plus two compressed, re-lit copies of each give the Gaussians
 # enough samples, and 12 normal test images a threshold above the normal tail (measured:
 # 0 false alarms in 30 clean frames, both defects caught).
-QUICK = {"n_train": 32, "n_test_good": 12, "n_test_per_defect": 3, "dataset_size": 128,
-         "image_size": 128, "video_seconds": 3.0, "video_fps": 8.0, "video_size": (240, 320),
-         "video_speed": 40, "video_defects": ("hole", "missing"),
-         "augment": "jpeg=70-95,jitter=0.03,copies=2"}
+QUICK: dict[str, Any] = {
+    "n_train": 32, "n_test_good": 12, "n_test_per_defect": 3, "dataset_size": 128,
+    "image_size": 128, "video_seconds": 3.0, "video_fps": 8.0, "video_size": (240, 320),
+    "video_speed": 40, "video_defects": ("hole", "missing"),
+    "augment": "jpeg=70-95,jitter=0.03,copies=2",
+}
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "demo",
         help="train and run a model on generated data (no data needed; needs the train extra)",

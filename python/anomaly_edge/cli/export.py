@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 DEFAULT_MAX_ACCURACY_DROP = 0.01
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "export",
         help="export a trained model (from its training folder) to OpenVINO IR",
@@ -190,5 +190,6 @@ def network_input(rgb: np.ndarray, metadata: ModelMetadata) -> np.ndarray:
     from anomaly_edge.images import resize_for_network
 
     resized = resize_for_network(rgb, metadata.input_size).astype(np.float32)
-    normalised = (resized - np.float32(metadata.mean)) / np.float32(metadata.std)
+    normalised = ((resized - np.asarray(metadata.mean, dtype=np.float32))
+                  / np.asarray(metadata.std, dtype=np.float32))
     return np.ascontiguousarray(normalised.transpose(2, 0, 1))

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 from anomaly_edge.cli.common import add_model_argument, model_path, raw_threshold
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "info",
         help="show an exported model's metadata, size and inputs/outputs",
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def describe(path: Path) -> dict:
+def describe(path: Path) -> dict[str, Any]:
     """The facts about an IR, from its rt_info and files (no device needed)."""
     from anomaly_edge.metadata import ModelMetadata
     from anomaly_edge.model_loading import read_ir

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from anomaly_edge.prediction import Prediction
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "predict",
         help="score images (files or folders) with an exported model",

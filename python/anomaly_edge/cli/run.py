@@ -30,7 +30,7 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from anomaly_edge.cli.common import (
     TASKS,
@@ -53,8 +53,12 @@ from anomaly_edge.cli.common import positive_float as _positive_float
 from anomaly_edge.cli.common import positive_int as _positive_int
 from anomaly_edge.cli.common import unit_float as _unit_float
 
+if TYPE_CHECKING:
+    from anomaly_edge.model import AnomalyModel
+    from anomaly_edge.stream import MultiStreamRunner, StreamRunner
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "run",
         help="detect anomalies in a video, camera, network stream or image folder",
@@ -237,7 +241,7 @@ def execute(args: argparse.Namespace,
     return int(ExitCode.OK)
 
 
-def _load_model(args: argparse.Namespace):
+def _load_model(args: argparse.Namespace) -> AnomalyModel:
     options: dict[str, Any] = {"num_requests": args.num_requests}
     if is_remote_model(args):  # the server's outages are retried as a live source's are
         from anomaly_edge.remote import RetryPolicy
@@ -248,7 +252,7 @@ def _load_model(args: argparse.Namespace):
     return load_model(args, **options)
 
 
-def _print_summary(runner) -> None:
+def _print_summary(runner: StreamRunner) -> None:
     from anomaly_edge.stream import EventsSink, SnapshotSink, VideoSink, format_summary
 
     if runner.summary is None:
@@ -269,7 +273,7 @@ class _StopOnSignals:
     """First Ctrl-C / SIGTERM: stop reading, finish frames in flight, close the outputs.
     A second one aborts at once (the outputs are still closed on the way out)."""
 
-    def __init__(self, runner) -> None:
+    def __init__(self, runner: StreamRunner | MultiStreamRunner) -> None:
         self.runner = runner
         self.signalled = False
         self._previous: dict[int, Any] = {}

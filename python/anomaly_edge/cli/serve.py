@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from anomaly_edge.remote import RemoteAnomalyModel
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "serve",
         help="serve a model over KServe's v2 protocol (REST and gRPC)",

@@ -7,6 +7,8 @@ material sliding past a camera, with defects at known frames. Both need only Num
 ``train`` extra.
 """
 
+from typing import Any
+
 from anomaly_edge.demo.dataset import make_dataset, render_sample
 from anomaly_edge.demo.defects import DEFECT_TYPES
 from anomaly_edge.demo.video import VideoTruth, render_video
@@ -15,7 +17,7 @@ __all__ = ["DEFECT_TYPES", "VideoTruth", "make_dataset", "render_sample", "rende
            "run_demo"]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     # The demo runner pulls in the training stack; the generators must not.
     if name == "run_demo":
         from anomaly_edge.demo.run import run_demo

@@ -21,6 +21,7 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -69,7 +70,7 @@ def _write_png(path: Path, image: np.ndarray) -> None:
 
 
 def _settings(n_train: int, n_test_good: int, n_test_per_defect: int, size: int, seed: int,
-              defects: Sequence[str]) -> dict:
+              defects: Sequence[str]) -> dict[str, Any]:
     return {
         "generator_version": GENERATOR_VERSION,
         "n_train": n_train,
@@ -97,7 +98,7 @@ def _check_arguments(n_train: int, n_test_good: int, n_test_per_defect: int, siz
 
 
 def make_dataset(
-    root: str | os.PathLike,
+    root: str | os.PathLike[str],
     *,
     n_train: int = 60,
     n_test_good: int = 15,
@@ -137,14 +138,14 @@ def make_dataset(
     return root
 
 
-def _made_with(root: Path, settings: dict) -> bool:
+def _made_with(root: Path, settings: dict[str, Any]) -> bool:
     try:
-        return json.loads((root / MARKER).read_text()) == settings
+        return bool(json.loads((root / MARKER).read_text()) == settings)
     except (OSError, ValueError):
         return False
 
 
-def _fill(folder: Path, settings: dict) -> None:
+def _fill(folder: Path, settings: dict[str, Any]) -> None:
     seed, size = settings["seed"], settings["size"]
     jobs: list[tuple[str, Path, int, str | None]] = [
         ("train", folder / "train" / "good", i, None) for i in range(settings["n_train"])

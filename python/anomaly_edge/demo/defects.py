@@ -67,7 +67,7 @@ def hole(albedo: np.ndarray, rng: np.random.Generator, centre: tuple[float, floa
     h, w = albedo.shape[:2]
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
     distance = np.sqrt(((x - centre[0]) / radius_x) ** 2 + ((y - centre[1]) / radius_y) ** 2)
-    inside = distance <= 1.0
+    inside: np.ndarray = distance <= 1.0
     rim = inside & (distance > 0.7)
     # The belt seen through the hole, in the hole's own shadow: darkest at the centre.
     shade = np.float32(rng.uniform(0.35, 0.8))

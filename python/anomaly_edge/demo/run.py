@@ -115,7 +115,8 @@ def find_metric(metrics: dict[str, Any], *words: str) -> float | None:
     return None
 
 
-def run_demo(out: str | os.PathLike = "anomaly-edge-demo", settings: DemoSettings | None = None,
+def run_demo(out: str | os.PathLike[str] = "anomaly-edge-demo",
+             settings: DemoSettings | None = None,
              *, log: Callable[[str], None] = print, quiet: bool = False) -> DemoReport:
     """Run the demo into ``out`` and return its report (also written to out/demo_summary.json).
 
@@ -225,7 +226,7 @@ def run_demo(out: str | os.PathLike = "anomaly-edge-demo", settings: DemoSetting
 
 
 def _train(dataset: Path, model_dir: Path, settings: DemoSettings,
-           progress: bool) -> tuple[Path, dict, Path]:
+           progress: bool) -> tuple[Path, dict[str, Any], Path]:
     from anomaly_edge.train import train
 
     result = train(dataset, model="padim", backbone=settings.backbone, out=model_dir,
@@ -288,7 +289,7 @@ def _run_stream(argv: list[str]) -> tuple[list[int], int, int]:
     return flagged, processed, drift
 
 
-def _write_json(path: Path, data: dict) -> Path:
+def _write_json(path: Path, data: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     staging.write_text(json.dumps(data, indent=2, default=str) + "\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from anomaly_edge.demo.video import VideoTruth
 
@@ -30,7 +31,7 @@ class FrameScore:
         normal = self.frames_processed - self.frames_with_defects - self.frames_ambiguous
         return self.false_alarms / normal if normal > 0 else 0.0
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "recall": self.recall, "false_alarm_rate": self.false_alarm_rate}
 
 
@@ -45,7 +46,8 @@ def score_frames(truth: VideoTruth, flagged: Iterable[int], processed: int,
     ambiguous = set(truth.partial_frames)
     flagged_set = {i for i in flagged if skip <= i < processed} - ambiguous
     defective = {i for i in truth.anomalous_frames if skip <= i < processed}
-    caught, missed = [], []
+    caught: list[str] = []
+    missed: list[str] = []
     for defect in truth.defects:
         if defect["first_frame"] is None or defect["first_frame"] >= processed \
                 or defect["last_frame"] < skip:

@@ -31,7 +31,7 @@ SENSOR_NOISE = 0.006  # std of per-pixel camera noise, in [0, 1] units
 def _unit_noise(shape: tuple[int, int], rng: np.random.Generator, sigma_x: float,
                 sigma_y: float) -> np.ndarray:
     """Gaussian noise blurred anisotropically and scaled back to unit standard deviation."""
-    noise = rng.standard_normal(shape, dtype=np.float32)
+    noise: np.ndarray = rng.standard_normal(shape, dtype=np.float32)
     noise = cv2.GaussianBlur(noise, (0, 0), sigmaX=sigma_x, sigmaY=sigma_y,
                              borderType=cv2.BORDER_REFLECT)
     return noise / max(float(noise.std()), 1e-6)
@@ -56,7 +56,8 @@ def metal_albedo(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray
     waviness = cv2.resize(_unit_noise((wh, ww), rng, 1.0, 1.0), (w, h),
                           interpolation=cv2.INTER_CUBIC)
     grey = BASE_ALBEDO + 0.045 * fine + 0.03 * bands + 0.025 * waviness
-    return grey[:, :, None] * METAL_TINT
+    albedo: np.ndarray = grey[:, :, None] * METAL_TINT
+    return albedo
 
 
 def rotated_albedo(shape: tuple[int, int], rng: np.random.Generator,
@@ -103,9 +104,10 @@ class Lighting:
         y = np.linspace(-1.0, 1.0, h, dtype=np.float32)[:, None]
         x = np.linspace(-1.0, 1.0, w, dtype=np.float32)[None, :]
         band = self.band_strength * np.exp(-(((y - self.band_centre) / self.band_width) ** 2))
-        return (self.gain * (1.0 + self.gradient_x * x + self.gradient_y * y) + band).astype(
-            np.float32
-        )
+        light: np.ndarray = (
+            self.gain * (1.0 + self.gradient_x * x + self.gradient_y * y) + band
+        ).astype(np.float32)
+        return light
 
 
 def expose(albedo: np.ndarray, lighting: Lighting, rng: np.random.Generator) -> np.ndarray:
@@ -115,4 +117,5 @@ def expose(albedo: np.ndarray, lighting: Lighting, rng: np.random.Generator) -> 
     # Uniform noise of the same spread as Gaussian sensor noise: looks alike, half the cost.
     noise = rng.random(albedo.shape, dtype=np.float32) - np.float32(0.5)
     image = (albedo * light + np.float32(SENSOR_NOISE * np.sqrt(12.0)) * noise) * 255.0 + 0.5
-    return np.clip(image, 0, 255).astype(np.uint8)
+    photo: np.ndarray = np.clip(image, 0, 255).astype(np.uint8)
+    return photo

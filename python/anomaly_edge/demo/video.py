@@ -19,6 +19,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -41,7 +42,8 @@ class VideoTruth:
     fps: float
     frame_size: tuple[int, int]  # (height, width)
     anomalous_frames: list[int]  # frames showing at least min_visible_px defect pixels
-    defects: list[dict] = field(default_factory=list)  # kind, first_frame, last_frame, area_px
+    # kind, first_frame, last_frame, area_px
+    defects: list[dict[str, Any]] = field(default_factory=list)
     partial_frames: list[int] = field(default_factory=list)  # only a sliver of a defect in view
 
     def to_json(self) -> str:
@@ -73,7 +75,7 @@ def _check(seconds: float, fps: float, speed: int, frame_size: tuple[int, int],
 
 
 def render_video(
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     *,
     seconds: float = 10.0,
     fps: float = 12.0,
@@ -134,7 +136,7 @@ def render_video(
     visible = np.zeros((n_frames, len(defects)), np.int64)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    writer = cv2.VideoWriter(str(staging), cv2.VideoWriter_fourcc(*CODECS[path.suffix.lower()]),
+    writer = cv2.VideoWriter(str(staging), cv2.VideoWriter.fourcc(*CODECS[path.suffix.lower()]),
                              float(fps), (width, height))
     try:
         if not writer.isOpened():

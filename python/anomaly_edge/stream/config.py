@@ -130,7 +130,7 @@ def cameras_from_sources(specs: list[str], **defaults: Any) -> list[Camera]:
     return cameras
 
 
-def load_config(path: str | os.PathLike, **defaults: Any) -> list[Camera]:
+def load_config(path: str | os.PathLike[str], **defaults: Any) -> list[Camera]:
     """The cameras of a TOML file; ``defaults`` (e.g. from the command line) come before the
     file's ``[defaults]``, which come before each camera's own keys."""
     path = Path(path)
@@ -220,7 +220,7 @@ def check_unique(cameras: list[Camera], where: str) -> None:
                               f"its own (or use {{source}} in the path)")
 
 
-def _check_keys(table: dict, where: str, allowed: set[str]) -> None:
+def _check_keys(table: dict[str, Any], where: str, allowed: set[str]) -> None:
     unknown = set(table) - allowed
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; "

@@ -97,7 +97,7 @@ class EventLog:
 class JsonLinesWriter:
     """Every camera's events in one JSON Lines file, one flushed line per event."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         folder = self.path.resolve().parent
         if not folder.is_dir():

@@ -15,10 +15,11 @@ Served at ``http://HOST:PORT/metrics``, one label ``source`` per camera:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from anomaly_edge.stream.multi import FrameObserver
 
@@ -56,7 +57,7 @@ class MetricsExporter(FrameObserver):
                              "choose another port or address") from None
         self.host = host
         self.port = self._server.server_address[1]
-        self._children: dict[str, tuple] = {}
+        self._children: dict[str, tuple[Histogram, Histogram]] = {}
 
     def attach(self, runner: MultiStreamRunner) -> None:
         self._runner = runner
@@ -81,10 +82,10 @@ class _CameraCounters:
     def __init__(self, exporter: MetricsExporter) -> None:
         self.exporter = exporter
 
-    def describe(self):
+    def describe(self) -> list[Metric]:
         return []  # computed at scrape time; nothing to check at registration
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         runner = self.exporter._runner
         families = {
             "frames": CounterMetricFamily("anomaly_edge_frames", "Frames processed",

@@ -24,6 +24,10 @@ from urllib.parse import unquote, urlsplit
 from anomaly_edge.stream.spool import Spool
 
 if TYPE_CHECKING:
+    from paho.mqtt.client import Client, ConnectFlags, DisconnectFlags
+    from paho.mqtt.properties import Properties
+    from paho.mqtt.reasoncodes import ReasonCode
+
     from anomaly_edge.stream.pipeline import FrameResult
 
 log = logging.getLogger("anomaly_edge.stream")
@@ -43,7 +47,7 @@ class MqttPublisher:
             (the message stays with paho, which sends it again after reconnecting).
     """
 
-    def __init__(self, url: str, *, spool_dir: str | os.PathLike | None = None,
+    def __init__(self, url: str, *, spool_dir: str | os.PathLike[str] | None = None,
                  client_id: str | None = None, keepalive: int = 15,
                  ack_timeout: float = 10.0) -> None:
         import paho.mqtt.client as mqtt
@@ -142,7 +146,8 @@ class MqttPublisher:
 
     # ---- paho callbacks (its network thread) -----------------------------------------------
 
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_connect(self, client: Client, userdata: Any, flags: ConnectFlags,
+                    reason_code: ReasonCode, properties: Properties | None) -> None:
         if reason_code.is_failure:
             log.warning("mqtt: %s:%d refused the connection: %s", self.host, self.port,
                         reason_code)
@@ -153,13 +158,15 @@ class MqttPublisher:
                  self.host, self.port)
         self._was_connected = True
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+    def _on_disconnect(self, client: Client, userdata: Any, flags: DisconnectFlags,
+                       reason_code: ReasonCode, properties: Properties | None) -> None:
         if self.connected.is_set() and not self._closing:
             log.warning("mqtt: lost the broker %s:%d (%s); events wait in the spool",
                         self.host, self.port, reason_code)
         self.connected.clear()
 
-    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+    def _on_publish(self, client: Client, userdata: Any, mid: int, reason_code: ReasonCode,
+                    properties: Properties) -> None:
         with self._acked:
             self._acked_ids.add(mid)
             self._acked.notify_all()

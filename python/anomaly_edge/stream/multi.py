@@ -24,6 +24,7 @@
 from __future__ import annotations
 
 import contextlib
+import enum
 import logging
 import math
 import os
@@ -33,17 +34,17 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from anomaly_edge.errors import InvalidInputError
-from anomaly_edge.prediction import Task
+from anomaly_edge.prediction import Prediction, Task
 from anomaly_edge.stream.config import Camera, check_unique
 from anomaly_edge.stream.events import EventLog, action_event, frame_event
 from anomaly_edge.stream.feed import FrameFeed
 from anomaly_edge.stream.late_source import open_or_defer
 from anomaly_edge.stream.pipeline import _EXIT_GRACE_S, _LIVE_RUNNERS, FrameResult
 from anomaly_edge.stream.sinks import SnapshotSink, VideoSink
-from anomaly_edge.stream.sources import ReconnectPolicy, Source
+from anomaly_edge.stream.sources import Frame, ReconnectPolicy, Source
 from anomaly_edge.stream.stats import StreamStats, StreamSummary
 
 if TYPE_CHECKING:
@@ -52,7 +53,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("anomaly_edge.stream")
 
-_END = object()
+
+class _End(enum.Enum):
+    """The end-of-results marker a camera's queue ends with (an enum, so mypy narrows it)."""
+
+    END = enum.auto()
+
+
+_END: Final = _End.END
+# What a camera's delivery thread gets: the frame, its prediction, the inference seconds.
+_Delivery = tuple[Frame, Prediction, float]
 _BUSY_POLL_S = 0.002  # nothing to submit, frames in flight: results may finish any moment
 _IDLE_POLL_S = 0.005  # nothing to submit, nothing in flight: waiting for the cameras
 
@@ -83,7 +93,7 @@ class MultiSummary:
     def fps(self) -> float:
         return round(self.frames / self.seconds, 2) if self.seconds > 0 else 0.0
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"cameras": {n: s.to_dict() for n, s in self.cameras.items()},
                 "errors": dict(self.errors), "seconds": self.seconds, "frames": self.frames,
                 "fps": self.fps}
@@ -129,7 +139,8 @@ class CameraLane:
 
     def __post_init__(self) -> None:
         self.feed = FrameFeed(self.source)
-        self.results: queue.Queue = queue.Queue()  # bounded by `capacity` (see can_take)
+        # Bounded by `capacity` (see can_take).
+        self.results: queue.Queue[_Delivery | _End] = queue.Queue()
         self.thread: threading.Thread | None = None
 
     @property
@@ -195,12 +206,12 @@ class MultiStreamRunner:
 
     def __init__(
         self,
-        model: AnomalyModel | str | os.PathLike,
-        cameras: Iterable[Camera | str | int | os.PathLike] | Mapping[str, Any],
+        model: AnomalyModel | str | os.PathLike[str],
+        cameras: Iterable[Camera | str | int | os.PathLike[str]] | Mapping[str, Any],
         *,
-        events: EventLog | str | os.PathLike | None = None,
+        events: EventLog | str | os.PathLike[str] | None = None,
         observers: Iterable[FrameObserver] = (),
-        sinks: Callable[[Camera], list] | None = None,
+        sinks: Callable[[Camera], list[Sink]] | None = None,
         heatmap: bool = False,
         alpha: float = 0.4,
         reconnect: ReconnectPolicy | None = None,
@@ -335,7 +346,7 @@ class MultiStreamRunner:
                                     f"{', '.join(self._lanes_by_name)}") from None
 
     def set_thresholds(self, name: str, *, image_threshold: float | None = None,
-                       pixel_threshold: float | None = None, by: str = "api") -> dict:
+                       pixel_threshold: float | None = None, by: str = "api") -> dict[str, Any]:
         """Change a camera's thresholds (raw units) from the next frame on; the change is an
         event (``"event": "thresholds_changed"``) naming who made it. Returns that event."""
         lane = self.lane(name)
@@ -507,7 +518,7 @@ class MultiStreamRunner:
                 lane.ended = True
                 lane.results.put(_END)
 
-    def _forward(self, done: list) -> int:
+    def _forward(self, done: list[tuple[Any, Prediction]]) -> int:
         now = time.monotonic()
         for (lane, frame, submitted_at), prediction in done:
             lane.forwarded += 1
@@ -531,7 +542,8 @@ class MultiStreamRunner:
             if all(other.summary is not None for other in self.lanes):
                 self._finished.set()
 
-    def _deliver_one(self, lane: CameraLane, frame, prediction, inference_s: float) -> None:
+    def _deliver_one(self, lane: CameraLane, frame: Frame, prediction: Prediction,
+                     inference_s: float) -> None:
         result = FrameResult(
             index=frame.index, timestamp=frame.timestamp, frame=frame.image,
             prediction=prediction, latency=time.monotonic() - frame.captured,
@@ -580,8 +592,8 @@ class MultiStreamRunner:
 
 
 def run_many(
-    model: AnomalyModel | str | os.PathLike,
-    cameras: Iterable[Camera | str | int | os.PathLike] | Mapping[str, Any],
+    model: AnomalyModel | str | os.PathLike[str],
+    cameras: Iterable[Camera | str | int | os.PathLike[str]] | Mapping[str, Any],
     **options: Any,
 ) -> MultiSummary:
     """Run ``model`` over several cameras at once and return how it went.

@@ -51,7 +51,7 @@ class Spool:
     """
 
     def __init__(self, name: str, deliver: Callable[[dict[str, Any]], None], *,
-                 spool_dir: str | os.PathLike | None = None, memory: int = 1000,
+                 spool_dir: str | os.PathLike[str] | None = None, memory: int = 1000,
                  max_spooled: int = 1_000_000, retry_delay: float = 0.2,
                  max_retry_delay: float = 5.0) -> None:
         if memory < 1:
@@ -169,7 +169,8 @@ class Spool:
 
     def _peek_disk(self) -> dict[str, Any]:
         self._reader.seek(self._read_offset)
-        return json.loads(self._reader.readline())
+        record: dict[str, Any] = json.loads(self._reader.readline())
+        return record
 
     def _pop(self, from_memory: bool) -> None:
         if from_memory:

@@ -38,6 +38,10 @@ from anomaly_edge.stream.multi import FrameObserver
 from anomaly_edge.stream.web_page import PAGE
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable
+
+    import numpy as np
+
     from anomaly_edge.stream.multi import CameraLane, MultiStreamRunner
     from anomaly_edge.stream.pipeline import FrameResult
 
@@ -70,7 +74,7 @@ class _Latest:
             return self._jpeg
 
 
-def encode_jpeg(image, width: int, quality: int = 80) -> bytes:
+def encode_jpeg(image: np.ndarray, width: int, quality: int = 80) -> bytes:
     if image.shape[1] > width:
         height = round(image.shape[0] * width / image.shape[1])
         image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
@@ -171,12 +175,13 @@ class WebView(FrameObserver):
 
     # ---- the application -------------------------------------------------------------------
 
-    def _app(self):
+    def _app(self) -> FastAPI:
         app = FastAPI(title="anomaly-edge", docs_url=None, redoc_url=None, openapi_url=None)
         view = self
 
         @app.middleware("http")
-        async def require_token(request: Request, call_next):
+        async def require_token(request: Request,
+                                call_next: Callable[[Request], Awaitable[Response]]) -> Response:
             if view.token is None:
                 return await call_next(request)
             given = (request.query_params.get("token") or request.cookies.get(COOKIE)
@@ -195,7 +200,7 @@ class WebView(FrameObserver):
             return PAGE
 
         @app.get("/api/state")
-        async def state() -> dict:
+        async def state() -> dict[str, Any]:
             runner = view._require_runner()
             with view._lock:
                 events = list(view._events)
@@ -204,7 +209,7 @@ class WebView(FrameObserver):
                     "stream_fps": view.max_fps, "time": time.time()}
 
         @app.post("/api/cameras/{name}/thresholds")
-        async def thresholds(name: str, request: Request):
+        async def thresholds(name: str, request: Request) -> JSONResponse:
             if request.headers.get("content-type", "").split(";")[0] != "application/json":
                 raise HTTPException(415, "send JSON (Content-Type: application/json)")
             origin = request.headers.get("origin")
@@ -254,7 +259,7 @@ class WebView(FrameObserver):
             raise HTTPException(503, "starting")
         return self._runner
 
-    async def _mjpeg(self, latest: _Latest):
+    async def _mjpeg(self, latest: _Latest) -> AsyncIterator[bytes]:
         sent = -1
         period = 1.0 / self.max_fps
         while not self._closing.is_set():

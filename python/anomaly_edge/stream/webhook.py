@@ -26,7 +26,7 @@ _RETRY_STATUS = {408, 425, 429}
 class WebhookPublisher:
     """An event consumer that POSTs each event as ``application/json`` to ``url``."""
 
-    def __init__(self, url: str, *, spool_dir: str | os.PathLike | None = None,
+    def __init__(self, url: str, *, spool_dir: str | os.PathLike[str] | None = None,
                  timeout: float = 10.0, headers: dict[str, str] | None = None) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:

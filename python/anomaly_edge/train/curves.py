@@ -15,6 +15,8 @@ from anomaly_edge.atomic import atomic_path
 from anomaly_edge.train import metrics
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from anomaly_edge.train.evaluate import Predictions
 
 CURVE_BINS = 4096
@@ -54,7 +56,10 @@ def plot_curves(predictions: Predictions, out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    series = [("image", predictions.scores, predictions.labels, None)]
+    # (name, scores, labels, histogram bins: None for exact points)
+    series: list[tuple[str, np.ndarray, np.ndarray, int | None]] = [
+        ("image", predictions.scores, predictions.labels, None)
+    ]
     if predictions.pixel_ready:
         series.append(("pixel", predictions.maps, predictions.masks, CURVE_BINS))
     written = []
@@ -84,6 +89,6 @@ def plot_curves(predictions: Predictions, out: Path) -> list[Path]:
     return written
 
 
-def _save_atomically(figure: object, path: Path) -> None:
+def _save_atomically(figure: Figure, path: Path) -> None:
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", bbox_inches="tight")

@@ -145,7 +145,8 @@ def to_openvino(model: nn.Module, input_size: tuple[int, int], batch: int = 1) -
             # OpenVINO's PyTorch frontend traces with torch.jit.trace, deprecated in torch 2.x;
             # the warning is for OpenVINO, not for our users.
             warnings.filterwarnings("ignore", category=FutureWarning)
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            # torch.jit re-exports TracerWarning at run time without listing it in __all__.
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # type: ignore[attr-defined]
             ov_model = ov.convert_model(
                 model, example_input=torch.zeros(batch, 3, h, w), input=[[batch, 3, h, w]]
             )

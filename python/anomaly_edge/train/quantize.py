@@ -164,8 +164,9 @@ def _quantize(model: ov.Model, calibration_images: Iterable[Any],
                          "quantized_modules=[...] (torch submodule names)")
     samples = samples[:subset_size]
     rng = np.random.default_rng(seed)
-    low = (0.0 - np.float32(mean)) / np.float32(std)
-    high = (255.0 - np.float32(mean)) / np.float32(std)
+    mean_f32, std_f32 = np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
+    low = (0.0 - mean_f32) / std_f32
+    high = (255.0 - mean_f32) / std_f32
     samples += [with_synthetic_defects(x, low, high, rng) for x in samples]
     # OpenVINO names traced operations "__module.<submodule path>/aten::...".
     prefixes = "|".join(re.escape(name) for name in quantized_modules)
@@ -185,7 +186,7 @@ def with_synthetic_defects(x: np.ndarray, low: np.ndarray, high: np.ndarray,
                            rng: np.random.Generator) -> np.ndarray:
     """A copy of the normalised image ``x`` [1, 3, H, W] with a few random rectangles of
     flat colour or noise anywhere in the valid pixel range [low, high] (per channel)."""
-    out = x.copy()
+    out: np.ndarray = x.copy()
     _, channels, height, width = out.shape
     low, high = low.reshape(channels, 1, 1), high.reshape(channels, 1, 1)
     for _ in range(int(rng.integers(1, 4))):
@@ -289,6 +290,7 @@ def _infer_fn(compiled: ov.CompiledModel) -> InferFn:
 
     def infer(x: np.ndarray) -> np.ndarray:
         request.infer({0: x})
-        return request.get_output_tensor(0).data.copy()
+        output: np.ndarray = request.get_output_tensor(0).data.copy()
+        return output
 
     return infer

@@ -59,7 +59,8 @@ class RunningGaussian:
         if self.shift is None:
             self.shift = features.mean(dim=0).contiguous()
 
-        if self._products is None:  # reused every batch: no allocator churn, flat memory
+        # Reused every batch: no allocator churn, flat memory. (Set and cleared together.)
+        if self._products is None or self._triangle is None:
             chunk = self.bounds[0][1] - self.bounds[0][0]
             self._products = torch.empty(chunk, self.dims, self.dims)
             self._triangle = torch.empty(chunk, self._flat_tril.numel())
@@ -69,13 +70,16 @@ class RunningGaussian:
             products = torch.bmm(x.transpose(1, 2), x, out=self._products[:size])
             triangle = torch.index_select(products.view(size, -1), 1, self._flat_tril,
                                           out=self._triangle[:size])
-            self.outers[index] += triangle
+            outer = self.outers[index]
+            assert outer is not None  # checked above: no chunk is consumed before whiten_into
+            outer += triangle  # in place: the list keeps the same tensor
             self.sums[index] += x.sum(dim=1)
         self.count += batch
 
     def mean(self) -> torch.Tensor:
         """Per-position mean, [P, d] float64."""
         self._require_data()
+        assert self.shift is not None  # _require_data checked it
         return torch.cat(self.sums) / self.count + self.shift.double()
 
     def whiten_into(self, mean_out: torch.Tensor, whiten_t_out: torch.Tensor,
@@ -94,6 +98,7 @@ class RunningGaussian:
         def whiten(index: int) -> None:
             start, stop = self.bounds[index]
             packed = self.outers[index]
+            assert packed is not None  # each chunk is whitened once
             mean = self.sums[index] / self.count  # mean of the shifted features
             for first in range(0, stop - start, WHITEN_CHUNK):
                 last = min(first + WHITEN_CHUNK, stop - start)
@@ -118,7 +123,9 @@ class RunningGaussian:
         cov.diagonal(dim1=1, dim2=2).add_(regularization)
         chol = torch.linalg.cholesky(cov)
         del cov
-        return torch.linalg.solve_triangular(chol, eye.expand_as(chol), upper=False)
+        inverse: torch.Tensor = torch.linalg.solve_triangular(chol, eye.expand_as(chol),
+                                                              upper=False)
+        return inverse
 
     def _parallel(self, work: Callable[[int], None]) -> None:
         # Small batched kernels scale badly with intra-op threads (and spin when the machine
