@@ -9,6 +9,7 @@ the raw anomaly map comes back, and the C++ post-processor turns it into a
 from __future__ import annotations
 
 import atexit
+import os
 import threading
 import warnings
 import weakref
@@ -108,7 +109,7 @@ class AnomalyModel:
 
     def __init__(
         self,
-        path: str | Path,
+        path: str | os.PathLike[str],
         device: str = "AUTO",
         *,
         task: Task | str | None = None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 import numpy as np
 
@@ -52,7 +53,7 @@ class Box:
     def height(self) -> int:
         return self.y2 - self.y1
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "x1": self.x1,
             "y1": self.y1,
@@ -92,7 +93,7 @@ class Prediction:
     def label_name(self) -> str:
         return "Anomaly" if self.label else "Normal"
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary (no arrays): score, label and boxes; for segmentation also
         ``mask``: its ``height`` and ``width``, ``anomalous_pixels``, ``anomalous_fraction``
         and ``regions`` (the number of anomalous regions, each one of ``boxes``)."""

@@ -85,7 +85,8 @@ def _to_bgr(frame: np.ndarray) -> np.ndarray:
     if frame.ndim == 2 or (frame.ndim == 3 and frame.shape[2] == 1):
         return cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
     if frame.ndim == 3 and frame.shape[2] == 3:
-        return frame.copy()
+        bgr: np.ndarray = frame.copy()  # numpy's stubs type this copy as Any
+        return bgr
     if frame.ndim == 3 and frame.shape[2] == 4:
         return cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
     raise InvalidInputError(f"draw_prediction needs an HxW or HxWx3 image, got shape {frame.shape}")

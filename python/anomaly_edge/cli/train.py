@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from anomaly_edge.cli.common import (
     TASKS,
@@ -18,7 +19,7 @@ BACKBONES = ("resnet18", "wide_resnet50_2", "efficientnet_lite0", "efficientnet_
              "efficientnet_lite2")
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "train",
         help="train a model on normal images, evaluate it and export it to OpenVINO IR",
@@ -155,14 +156,14 @@ def run(args: argparse.Namespace) -> int:
     return int(ExitCode.OK)
 
 
-def _tiles_text(tiles: dict | None) -> str:
+def _tiles_text(tiles: dict[str, Any] | None) -> str:
     if not tiles:
         return "off (one view)"
     (rows, cols), (fh, fw), (th, tw) = tiles["grid"], tiles["frame_size"], tiles["tile_size"]
     return f"{rows}x{cols} of {tw}x{th} over {fw}x{fh} frames"
 
 
-def summary_table(metrics: dict, out: Path | None, ir_path: Path | None) -> str:
+def summary_table(metrics: dict[str, Any], out: Path | None, ir_path: Path | None) -> str:
     """A plain two-column table of the run's results."""
     def fmt(value: object) -> str:
         if value is None:
@@ -197,7 +198,7 @@ def summary_table(metrics: dict, out: Path | None, ir_path: Path | None) -> str:
     return "\n".join(lines)
 
 
-def _input_text(metrics: dict) -> str:
+def _input_text(metrics: dict[str, Any]) -> str:
     """``HxW`` (width x height as people say it) and where it came from."""
     size = metrics.get("image_size")
     if not size:

@@ -22,6 +22,7 @@ would abort the process); its sinks are closed, so their files are complete.
 from __future__ import annotations
 
 import atexit
+import enum
 import logging
 import os
 import queue
@@ -30,7 +31,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import numpy as np
 
@@ -47,7 +48,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("anomaly_edge.stream")
 
-_END = object()  # marks the end of the results queue
+class _Marker(enum.Enum):
+    # An enum member rather than a bare object() so that `item is _END` narrows the type.
+    END = "end"
+
+
+_END: Final = _Marker.END  # marks the end of the results queue
 _IDLE_POLL_S = 0.1  # wait for a frame when nothing is in flight
 _BUSY_POLL_S = 0.002  # ... and when results may be finishing meanwhile
 _EXIT_GRACE_S = 10.0  # at exit: how long a consumer in another thread gets to finish
@@ -135,8 +141,8 @@ class StreamRunner:
 
     def __init__(
         self,
-        model: AnomalyModel | str | os.PathLike,
-        source: Source | str | int | os.PathLike,
+        model: AnomalyModel | str | os.PathLike[str],
+        source: Source | str | int | os.PathLike[str],
         *,
         sinks: Iterable[Sink] = (),
         max_frames: int | None = None,
@@ -163,7 +169,8 @@ class StreamRunner:
         # inference thread rarely waits on the sinks.
         self._in_flight_limit = max(1, int(getattr(model, "num_requests", 1) or 1))
         self._feed = FrameFeed(self.source)
-        self._results: queue.Queue = queue.Queue(maxsize=self._in_flight_limit + 2)
+        self._results: queue.Queue[tuple[Frame, Prediction] | _Marker] = queue.Queue(
+            maxsize=self._in_flight_limit + 2)
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._infer, name="anomaly-edge-infer",
@@ -358,7 +365,7 @@ class StreamRunner:
             self._put(item)
         return len(done)
 
-    def _put(self, item: object) -> None:
+    def _put(self, item: tuple[Frame, Prediction] | _Marker) -> None:
         while not self._abandoned:
             try:
                 self._results.put(item, timeout=_IDLE_POLL_S)
@@ -368,8 +375,8 @@ class StreamRunner:
 
 
 def run(
-    model: AnomalyModel | str | os.PathLike,
-    source: Source | str | int | os.PathLike,
+    model: AnomalyModel | str | os.PathLike[str],
+    source: Source | str | int | os.PathLike[str],
     **options: Any,
 ) -> Iterator[FrameResult]:
     """Iterate over the results of ``model`` on ``source``, in frame order.

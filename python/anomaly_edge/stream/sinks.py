@@ -21,6 +21,7 @@ import queue
 import re
 import sys
 import threading
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -68,7 +69,7 @@ class VideoSink:
 
     QUEUE = 4  # frames waiting for the encoder; bounds memory, and a slow disk slows the run
 
-    def __init__(self, path: str | os.PathLike, fps: float | None = None, *,
+    def __init__(self, path: str | os.PathLike[str], fps: float | None = None, *,
                  alpha: float = 0.4) -> None:
         self.path = Path(path)
         suffix = self.path.suffix.lower()
@@ -85,7 +86,7 @@ class VideoSink:
         self._temp = self.path.with_name(f".{self.path.stem}.{os.getpid()}.partial{suffix}")
         self._writer: cv2.VideoWriter | None = None
         self._size: tuple[int, int] | None = None
-        self._queue: queue.Queue = queue.Queue(maxsize=self.QUEUE)
+        self._queue: queue.Queue[FrameResult | None] = queue.Queue(maxsize=self.QUEUE)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._encode, name="anomaly-edge-video",
                                         daemon=True)
@@ -135,7 +136,7 @@ class VideoSink:
         self.frames += 1
 
     def _open(self, width: int, height: int) -> None:
-        fourcc = cv2.VideoWriter_fourcc(*VIDEO_CODECS[self.path.suffix.lower()])
+        fourcc = cv2.VideoWriter.fourcc(*VIDEO_CODECS[self.path.suffix.lower()])
         writer = cv2.VideoWriter(str(self._temp), fourcc, self.fps, (width, height))
         if not writer.isOpened():
             writer.release()
@@ -156,7 +157,7 @@ class EventsSink:
     of its own with ``"event": "drift"`` (see :mod:`anomaly_edge.stream.drift`).
     """
 
-    def __init__(self, path: str | os.PathLike, *, all_frames: bool = False) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, all_frames: bool = False) -> None:
         self.path = Path(path)
         _check_writable_dir(self.path.parent.resolve(), f"events {self.path}")
         self.all_frames = all_frames
@@ -201,7 +202,7 @@ class SnapshotSink:
         overlay: draw the prediction on the snapshot instead of saving the raw frame.
     """
 
-    def __init__(self, directory: str | os.PathLike, *, interval: float = 1.0,
+    def __init__(self, directory: str | os.PathLike[str], *, interval: float = 1.0,
                  overlay: bool = False, alpha: float = 0.4, quality: int = 95) -> None:
         if interval < 0:
             raise InvalidInputError(f"snapshot interval must not be negative, got {interval}")
@@ -257,7 +258,7 @@ class WindowSink:
     """
 
     def __init__(self, title: str = "anomaly-edge", *, alpha: float = 0.4,
-                 on_quit=None) -> None:
+                 on_quit: Callable[[], object] | None = None) -> None:
         reason = gui_unavailable_reason()
         if reason is not None:
             raise InvalidInputError(f"cannot show a window: {reason}")

@@ -93,7 +93,7 @@ class ReconnectPolicy:
             raise ValueError("reconnect attempts and delays must not be negative")
 
     def wait_before(self, attempt: int) -> float:
-        return min(self.delay * (2 ** (attempt - 1)), self.max_delay)
+        return min(self.delay * (2.0 ** (attempt - 1)), self.max_delay)
 
 
 class Source:
@@ -137,7 +137,7 @@ class Source:
 
 
 def open_source(
-    spec: str | int | os.PathLike,
+    spec: Source | str | int | os.PathLike[str],
     *,
     reconnect: ReconnectPolicy | None = None,
     timeout: float = 10.0,

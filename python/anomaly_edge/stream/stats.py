@@ -11,6 +11,7 @@ import collections
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 _MIN_LATENCY_S = 1e-5
 _BIN_RATIO = 1.05  # each histogram bin is 5 % wider than the previous one
@@ -40,7 +41,7 @@ class LatencyHistogram:
             seen += n
             if seen >= rank:
                 # The bin's geometric middle.
-                return _MIN_LATENCY_S * _BIN_RATIO ** (index + 0.5)
+                return _MIN_LATENCY_S * math.pow(_BIN_RATIO, index + 0.5)
         return None  # unreachable
 
 
@@ -62,7 +63,7 @@ class StreamSummary:
     drift_warnings: int = 0  # score drift warnings (at most one per run)
     drift_frames: int = 0  # frames seen while the scores were out of the normal range
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 

@@ -21,10 +21,10 @@ import resource
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ from torch import nn
 
 from anomaly_edge.metadata import ModelMetadata
 from anomaly_edge.prediction import Task
+from anomaly_edge.tiles import TileLayout, parse_tile_option
 from anomaly_edge.train.augment import Augmentation, augmented, parse_augment
 from anomaly_edge.train.data import (
     DEFAULT_VALIDATION_FRACTION,
@@ -47,13 +48,11 @@ from anomaly_edge.train.geometry import InputGeometry, choose_input_size, image_
 from anomaly_edge.train.thresholds import false_alarm_rate, normal_score_range
 from anomaly_edge.train.tiling import (
     TileFrames,
-    TileLayout,
     TileOption,
     TilePositionPadim,
     choose_layout,
     frame_batches,
     median_image_size,
-    parse_tile_option,
     predict_tiled,
     resolve_tile_gaussians,
     tile_images,
@@ -91,7 +90,7 @@ def train(data: str | Path, model: str = "padim", backbone: str = "efficientnet_
           validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
           image_threshold: float | None = None, pixel_threshold: float | None = None,
           task: str = "segmentation", batch_size: int = 16, threads: int | None = None,
-          export: bool = True, precision: str = "FP16", stfpm_options: dict | None = None,
+          export: bool = True, precision: str = "FP16", stfpm_options: dict[str, Any] | None = None,
           progress: bool | ProgressFactory = False,
           augment: str | bool | Augmentation | None = DEFAULT_AUGMENT, tile: TileOption = "auto",
           tile_gaussians: str = "auto") -> TrainResult:
@@ -279,7 +278,8 @@ def _fit_padim(split: Split, backbone: str, size: tuple[int, int], seed: int,
                n_channels: int | None, pool: int | None, batch_size: int,
                bar: ProgressFactory, augmentation: Augmentation | None = None,
                layout: TileLayout | None = None,
-               tile_gaussians: str = "position") -> tuple[nn.Module, tuple, tuple]:
+               tile_gaussians: str = "position"
+               ) -> tuple[nn.Module, tuple[float, float, float], tuple[float, float, float]]:
     from anomaly_edge.train.padim import DEFAULT_POOL, Padim
 
     padim = Padim(backbone, size, n_channels=n_channels, seed=seed, layers=layers,
@@ -308,9 +308,10 @@ def _fit_padim(split: Split, backbone: str, size: tuple[int, int], seed: int,
 
 def _fit_stfpm(split: Split, backbone: str, size: tuple[int, int], seed: int,
                layers: list[str] | None, weights: str | Path | None, batch_size: int,
-               options: dict, progress: bool | ProgressFactory,
+               options: dict[str, Any], progress: bool | ProgressFactory,
                augmentation: Augmentation | None = None,
-               layout: TileLayout | None = None) -> tuple[nn.Module, tuple, tuple]:
+               layout: TileLayout | None = None
+               ) -> tuple[nn.Module, tuple[float, float, float], tuple[float, float, float]]:
     from anomaly_edge.train.backbones import build_backbone
     from anomaly_edge.train.stfpm import fit_stfpm
 
@@ -336,7 +337,8 @@ def _fit_stfpm(split: Split, backbone: str, size: tuple[int, int], seed: int,
 # ---- evaluation ----------------------------------------------------------------------------
 
 def _evaluate(module: nn.Module, test_samples: tuple[Sample, ...], split: Split,
-              size: tuple[int, int], mean: tuple, std: tuple, bar: ProgressFactory,
+              size: tuple[int, int], mean: tuple[float, ...], std: tuple[float, ...],
+              bar: ProgressFactory,
               layout: TileLayout | None = None
               ) -> tuple[Predictions, Predictions, Predictions]:
     """(validation, test, all test-folder images) predictions, each image run once."""
@@ -382,8 +384,8 @@ def check_output_folder(out: str | Path) -> None:
 
 
 def _write_outputs(result: TrainResult, out: Path, everything: Predictions, export: bool,
-                   precision: str, split: Split, size: tuple[int, int], mean: tuple,
-                   std: tuple) -> None:
+                   precision: str, split: Split, size: tuple[int, int],
+                   mean: tuple[float, ...], std: tuple[float, ...]) -> None:
     """Build the run in a fresh folder beside ``out`` and swap it in at the end, so ``out``
     holds the previous run or this one, never a mix (e.g. after a kill during the export)."""
     from anomaly_edge.atomic import make_staging_folder, swap_in_folder
@@ -414,8 +416,8 @@ def _write_outputs(result: TrainResult, out: Path, everything: Predictions, expo
 
 
 def _write_run(result: TrainResult, folder: Path, everything: Predictions, export: bool,
-               precision: str, split: Split, size: tuple[int, int], mean: tuple,
-               std: tuple) -> list[Path]:
+               precision: str, split: Split, size: tuple[int, int],
+               mean: tuple[float, ...], std: tuple[float, ...]) -> list[Path]:
     written = list(_write_curves(everything, folder))
     from anomaly_edge.train.checkpoint import save_checkpoint
 
@@ -428,8 +430,9 @@ def _write_run(result: TrainResult, folder: Path, everything: Predictions, expor
         if precision.upper() == "INT8":
             calibration = ImageDataset(split.train, size, mean, std)
             if len(everything.samples):  # the guard `export` applies too
-                validation = ValidationSet(ImageDataset(everything.samples, size, mean, std),
-                                           [int(v) for v in everything.labels])
+                # An ImageDataset is a sequence in all but name (len, int indexing, iteration)
+                images = cast("Sequence[Any]", ImageDataset(everything.samples, size, mean, std))
+                validation = ValidationSet(images, [int(v) for v in everything.labels])
                 max_drop = INT8_MAX_ACCURACY_DROP
         try:
             result.ir_path = export_ir(result.model, result.metadata, folder,
@@ -447,7 +450,7 @@ def _write_run(result: TrainResult, folder: Path, everything: Predictions, expor
     return written
 
 
-def write_json_atomically(path: Path, payload: dict) -> None:
+def write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` as JSON to ``path`` via a temporary file in the same folder."""
     from anomaly_edge.atomic import atomic_write
 

@@ -85,8 +85,8 @@ class FeatureExtractor(nn.Module):
         info = {stage_name: (channels, stride) for stage_name, _, channels, stride in kept}
         self.channels = [info[layer][0] for layer in self.layers]
         self.strides = [info[layer][1] for layer in self.layers]
-        self.mean = tuple(float(v) for v in mean)
-        self.std = tuple(float(v) for v in std)
+        self.mean: tuple[float, float, float] = (float(mean[0]), float(mean[1]), float(mean[2]))
+        self.std: tuple[float, float, float] = (float(std[0]), float(std[1]), float(std[2]))
         self._wanted = frozenset(self.layers)
         self.eval()
 
@@ -127,10 +127,13 @@ def _conv_bn_pairs(module: nn.Module) -> list[tuple[str, str]]:
 
 
 def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    running_mean, running_var = bn.running_mean, bn.running_var
+    if running_mean is None or running_var is None:
+        raise ValueError("cannot fold a batch norm without running statistics into its conv")
+    scale = bn.weight / torch.sqrt(running_var + bn.eps)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(running_mean)
     conv.weight = nn.Parameter(conv.weight * scale.reshape(-1, 1, 1, 1), requires_grad=False)
-    conv.bias = nn.Parameter(bn.bias + (bias - bn.running_mean) * scale, requires_grad=False)
+    conv.bias = nn.Parameter(bn.bias + (bias - running_mean) * scale, requires_grad=False)
 
 
 def build_backbone(name: str = "resnet18", layers: list[str] | None = None,

@@ -35,6 +35,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -232,7 +233,7 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 # ---- torch ---------------------------------------------------------------------------------
 
-class ImageDataset(torch.utils.data.Dataset):
+class ImageDataset(torch.utils.data.Dataset[dict[str, Any]]):
     """Samples as normalised tensors at ``image_size`` (masks resized nearest-neighbour)."""
 
     def __init__(self, samples: Sequence[Sample], image_size: tuple[int, int] | int = 256,
@@ -269,7 +270,11 @@ class ImageDataset(torch.utils.data.Dataset):
             self._cache[index] = result
         return result
 
-    def __getitem__(self, index: int) -> dict:
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        # What Python's fallback iteration over __getitem__ does, spelled out for type checkers.
+        return (self[index] for index in range(len(self)))
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
         image, mask = self.load(index)
         tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
         tensor = (tensor - self.mean) / self.std
@@ -292,7 +297,8 @@ def _size_pair(size: tuple[int, int] | int) -> tuple[int, int]:
 def make_loader(samples: Sequence[Sample], image_size: tuple[int, int] | int,
                 mean: Sequence[float], std: Sequence[float], *, batch_size: int = 16,
                 shuffle: bool = False, seed: int = 0, num_workers: int = 0,
-                cache: bool = False, drop_last: bool = False) -> torch.utils.data.DataLoader:
+                cache: bool = False, drop_last: bool = False
+                ) -> torch.utils.data.DataLoader[dict[str, Any]]:
     """A torch DataLoader over :class:`ImageDataset` items; shuffling is seeded."""
     dataset = ImageDataset(samples, image_size, mean, std, cache=cache)
     generator = torch.Generator().manual_seed(seed)
@@ -302,7 +308,7 @@ def make_loader(samples: Sequence[Sample], image_size: tuple[int, int] | int,
 
 
 def iter_batches(dataset: ImageDataset, batch_size: int = 16, threads: int = 2
-                 ) -> Iterator[dict]:
+                 ) -> Iterator[dict[str, Any]]:
     """Batches in dataset order; images decode in threads while the caller computes.
 
     Only about two batches are decoded ahead, so memory stays flat however long the dataset.
@@ -318,7 +324,7 @@ def iter_batches(dataset: ImageDataset, batch_size: int = 16, threads: int = 2
             pending = upcoming
 
 
-def _collate(items: list[dict]) -> dict:
+def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "image": torch.stack([item["image"] for item in items]),
         "mask": torch.stack([item["mask"] for item in items]),

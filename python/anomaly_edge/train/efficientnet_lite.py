@@ -128,8 +128,9 @@ class MBConvBlock(nn.Module):
         if self.expands:
             y = F.relu6(self._bn0(self._expand_conv(y)), inplace=True)
         y = F.relu6(self._bn1(self._depthwise_conv(y)), inplace=True)
-        y = self._bn2(self._project_conv(y))
-        return y + x if self.residual else y
+        # Annotated: calling an nn.Module is typed as returning Any.
+        out: torch.Tensor = self._bn2(self._project_conv(y))
+        return out + x if self.residual else out
 
 
 class EfficientNetLite(nn.Module):
@@ -184,7 +185,8 @@ class EfficientNetLite(nn.Module):
         for block in self._blocks:
             x = block(x)
         x = F.relu6(self._bn1(self._conv_head(x)))
-        return self._fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+        logits: torch.Tensor = self._fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+        return logits
 
 
 def packaged_weights_path(variant: str) -> Path:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,7 +33,7 @@ class InputGeometry:
     median_aspect: float | None = None  # width / height over the training images
     images_measured: int = 0
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"input_size": list(self.size), "source": self.source,
                 "median_aspect": None if self.median_aspect is None
                 else round(self.median_aspect, 4),

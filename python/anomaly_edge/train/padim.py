@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -145,6 +146,13 @@ class Padim(nn.Module):
     first-layer position, as in the paper; default 2, see the module docstring).
     """
 
+    # Buffers registered in __init__, declared so that type checkers see tensors rather than
+    # the `Tensor | Module` that nn.Module.__getattr__ is typed to return.
+    mean: torch.Tensor
+    whiten_t: torch.Tensor
+    to_input_rows: torch.Tensor
+    to_input_cols_t: torch.Tensor
+
     def __init__(self, backbone: FeatureExtractor | str = "efficientnet_lite0",
                  input_size: tuple[int, int] = (256, 256), n_channels: int | None = None,
                  seed: int = 0, blur_sigma: float = BLUR_SIGMA,
@@ -162,14 +170,14 @@ class Padim(nn.Module):
                 layers = default_layers(backbone)
             backbone = build_backbone(backbone, layers=layers, pretrained=pretrained,
                                       weights=weights)
+        upsample = upsample or default_upsample(backbone.name)
         # What rebuilds this module offline (checkpoints): the state dict restores the weights.
-        self.init_kwargs = {"backbone": backbone.name, "layers": list(backbone.layers),
-                            "pretrained": False, "input_size": list(input_size),
-                            "n_channels": n_channels, "seed": seed, "blur_sigma": blur_sigma,
-                            "regularization": regularization,
-                            "upsample": upsample or default_upsample(backbone.name),
-                            "pool": pool}
-        self.upsample = self.init_kwargs["upsample"]
+        self.init_kwargs: dict[str, Any] = {
+            "backbone": backbone.name, "layers": list(backbone.layers), "pretrained": False,
+            "input_size": list(input_size), "n_channels": n_channels, "seed": seed,
+            "blur_sigma": blur_sigma, "regularization": regularization, "upsample": upsample,
+            "pool": pool}
+        self.upsample = upsample
         self.pool = pool
         self.blur_sigma = float(blur_sigma)
         self.backbone = backbone.fold_batchnorm()
@@ -230,11 +238,13 @@ class Padim(nn.Module):
         self.register_buffer("mean", torch.empty(positions, 1, n_channels))
         self.register_buffer("whiten_t", torch.empty(positions, n_channels, n_channels))
         self.fitted = False
-        self.register_load_state_dict_post_hook(_mark_fitted)
+        # torch leaves this registration unannotated
+        self.register_load_state_dict_post_hook(_mark_fitted)  # type: ignore[no-untyped-call]
         self.eval()
 
     @staticmethod
-    def upgrade_checkpoint(init_kwargs: dict, state_dict: dict) -> tuple[dict, dict]:
+    def upgrade_checkpoint(init_kwargs: dict[str, Any], state_dict: dict[str, Any]
+                           ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Read checkpoints written before the pooled grid: those have no ``pool`` (it was 1)
         and stored the blur kernel, which is now built into the resampling matrices."""
         init_kwargs = {"pool": 1, **init_kwargs}
@@ -272,7 +282,7 @@ class Padim(nn.Module):
 
     # ---- fitting -----------------------------------------------------------------------------
 
-    def fit(self, batches: Iterable[torch.Tensor | dict],
+    def fit(self, batches: Iterable[torch.Tensor | dict[str, Any]],
             progress: Callable[[int], None] | None = None, extract_batch: int = 4) -> Padim:
         """Fit the Gaussians in one streaming pass over batches of normal images.
 
@@ -327,11 +337,12 @@ class Padim(nn.Module):
         # Wᵀ is upper triangular, so output columns lo:hi need only inputs :hi. Reading the
         # factors is the cost of this step (memory-bound), and the column blocks skip most
         # of the zeros: 4 blocks read 62% of the square matrices.
-        squares = None
+        squares: torch.Tensor | None = None
         for lo, hi in triangle_blocks(self.n_channels):
             part = torch.matmul(delta[..., :hi], self.whiten_t[:, :hi, lo:hi])
             part = (part * part).sum(dim=-1)
             squares = part if squares is None else squares + part
+        assert squares is not None  # triangle_blocks yields at least one block
         distance = squares.sqrt()  # [P, N]
         distance = distance.permute(1, 0).reshape(n, 1, h, w)
         return apply_separable(distance, self.to_input_rows, self.to_input_cols_t)
@@ -343,6 +354,6 @@ class Padim(nn.Module):
                 f"feature_size={self.feature_size}")
 
 
-def _mark_fitted(module: nn.Module, incompatible_keys: object) -> None:
+def _mark_fitted(module: Padim, incompatible_keys: object) -> None:
     # A loaded state dict carries fitted statistics (checkpoints are written after fit).
     module.fitted = True

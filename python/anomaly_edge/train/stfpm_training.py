@@ -190,7 +190,7 @@ def train_stfpm(
             target = _targets_for(model.teacher, train_targets, index, x)
             loss = stfpm_loss(target, model.student(x))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]  # torch leaves it unannotated
             norm = torch.nn.utils.clip_grad_norm_(model.student.parameters(), clip)
             largest_norm = max(largest_norm, float(norm))
             for group in optimizer.param_groups:

@@ -46,6 +46,7 @@ threshold that F1 alone would put just above the highest normal score.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 import numpy as np
 
@@ -131,12 +132,21 @@ def false_alarm_rate(normal_scores: np.ndarray, threshold: float) -> float | Non
     return float(np.count_nonzero(normal_scores >= threshold) / normal_scores.size)
 
 
-def normal_score_range(normal_scores: np.ndarray) -> dict[str, float | None]:
+class NormalScoreRange(TypedDict):
+    """The ``ModelMetadata`` fields of :func:`normal_score_range` (a TypedDict, so that
+    ``ModelMetadata(**normal_score_range(...))`` type-checks)."""
+
+    normal_score_low: float | None
+    normal_score_median: float | None
+    normal_score_high: float | None
+
+
+def normal_score_range(normal_scores: np.ndarray) -> NormalScoreRange:
     """Low/median/high of normal image scores, as ``ModelMetadata`` stores them (the range the
     stream's drift monitor watches); all None without normal scores."""
     normal_scores = np.asarray(normal_scores, dtype=np.float64).ravel()
     if normal_scores.size == 0:
-        return dict.fromkeys(("normal_score_low", "normal_score_median", "normal_score_high"))
+        return {"normal_score_low": None, "normal_score_median": None, "normal_score_high": None}
     return {"normal_score_low": float(normal_scores.min()),
             "normal_score_median": float(np.median(normal_scores)),
             "normal_score_high": float(normal_scores.max())}
