@@ -27,11 +27,23 @@ class Chromium:
         self._closing = contextlib.ExitStack()
         self._profile = tempfile.TemporaryDirectory(prefix="anomaly-edge-chromium-")
         self.process = subprocess.Popen(
-            [binary, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-             "--disable-dev-shm-usage", "--remote-debugging-port=0",
-             "--remote-allow-origins=*", f"--user-data-dir={self._profile.name}",
-             f"--window-size={size[0]},{size[1]}", url],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            [
+                binary,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-dev-shm-usage",
+                "--remote-debugging-port=0",
+                "--remote-allow-origins=*",
+                f"--user-data-dir={self._profile.name}",
+                f"--window-size={size[0]},{size[1]}",
+                url,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self._lines: list[str] = []
         ready = threading.Event()
 
@@ -76,8 +88,9 @@ class Chromium:
                 return message["result"]
 
     def evaluate(self, expression: str):
-        result = self.call("Runtime.evaluate", expression=expression, awaitPromise=True,
-                           returnByValue=True)
+        result = self.call(
+            "Runtime.evaluate", expression=expression, awaitPromise=True, returnByValue=True
+        )
         if "exceptionDetails" in result:
             raise AssertionError(f"{expression}: {result['exceptionDetails']}")
         return result["result"].get("value")

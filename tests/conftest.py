@@ -19,8 +19,9 @@ def child_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
 
     package_root = str(Path(anomaly_edge.__file__).resolve().parents[1])
     env = dict(os.environ if base is None else base)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, str(REPO),
-                                                      env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [package_root, str(REPO), env.get("PYTHONPATH")])
+    )
     return env
 
 
@@ -45,6 +46,7 @@ def synthetic_ir(tmp_path_factory) -> Path:
     from tests.ir_factory import build_synthetic_ir
 
     return build_synthetic_ir(tmp_path_factory.mktemp("synthetic_ir") / "model.xml")
+
 
 # Whether the caller (a CI job) set CI, before the line below sets it for everyone: tests that
 # need system tools (mosquitto, chromium) fail instead of skipping when they are missing in CI.
@@ -83,9 +85,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         from anomaly_edge.train import isa
 
         levels = [level.name for level in isa.supported_levels()]
-        metafunc.parametrize("isa_level", [
-            name if _isa_level_is_active(name) else pytest.param(name, marks=pytest.mark.slow)
-            for name in levels])
+        metafunc.parametrize(
+            "isa_level",
+            [
+                name if _isa_level_is_active(name) else pytest.param(name, marks=pytest.mark.slow)
+                for name in levels
+            ],
+        )
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -96,11 +102,16 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
         return None  # run the test here, as usual
     from anomaly_edge.train import isa
 
-    capped = [level.name for level in isa.LEVELS.values()
-              if level.env and _isa_level_is_active(level.name)]
+    capped = [
+        level.name
+        for level in isa.LEVELS.values()
+        if level.env and _isa_level_is_active(level.name)
+    ]
     if capped:  # e.g. one leg of CI's matrix: the other legs run the other levels
-        pytest.skip(f"this run is capped at {capped[0]}; run pytest without "
-                    f"{'/'.join(isa.CAP_VARIABLES)} to test every level")
+        pytest.skip(
+            f"this run is capped at {capped[0]}; run pytest without "
+            f"{'/'.join(isa.CAP_VARIABLES)} to test every level"
+        )
     _run_at_level(pyfuncitem.nodeid, name)
     return True
 
@@ -113,16 +124,31 @@ def _run_at_level(nodeid: str, name: str) -> None:
 
     base = {k: v for k, v in os.environ.items() if k not in isa.CAP_VARIABLES}
     env = child_env(isa.level(name).environment(base))
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
-               "-o", "addopts=", nodeid]
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
-                          check=False)
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-x",
+        "-o",
+        "addopts=",
+        nodeid,
+    ]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=False)
     if done.returncode == 0 and " passed" in done.stdout:
         return
     if done.returncode == 0 and " skipped" in done.stdout:
         pytest.skip(f"skipped at {name}: {done.stdout.strip().splitlines()[-1]}")
     if done.returncode == 1:
-        pytest.fail(f"fails at instruction-set level {name} ({dict(isa.level(name).env)}):\n"
-                    f"{done.stdout[-6000:]}", pytrace=False)
-    pytest.fail(f"the child run at {name} did not run the test (exit code {done.returncode}):"
-                f"\n{done.stdout[-3000:]}{done.stderr[-2000:]}", pytrace=False)
+        pytest.fail(
+            f"fails at instruction-set level {name} ({dict(isa.level(name).env)}):\n"
+            f"{done.stdout[-6000:]}",
+            pytrace=False,
+        )
+    pytest.fail(
+        f"the child run at {name} did not run the test (exit code {done.returncode}):"
+        f"\n{done.stdout[-3000:]}{done.stderr[-2000:]}",
+        pytrace=False,
+    )

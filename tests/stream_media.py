@@ -21,8 +21,9 @@ SIZE = (160, 120)  # width, height
 FOURCC = {".avi": "MJPG", ".mp4": "mp4v", ".mkv": "mp4v"}
 
 
-def make_frame(index: int, defect: bool, size: tuple[int, int] = SIZE,
-               grey: bool = False) -> np.ndarray:
+def make_frame(
+    index: int, defect: bool, size: tuple[int, int] = SIZE, grey: bool = False
+) -> np.ndarray:
     """A grey frame; with a white disc (moving with the index) when ``defect``."""
     width, height = size
     frame = np.full((height, width, 3), GREY, np.uint8)
@@ -33,8 +34,15 @@ def make_frame(index: int, defect: bool, size: tuple[int, int] = SIZE,
     return cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY) if grey else frame
 
 
-def make_video(path: Path, frames: int, defects: Iterable[int] = (), *, fps: float = 20.0,
-               size: tuple[int, int] = SIZE, grey: bool = False) -> Path:
+def make_video(
+    path: Path,
+    frames: int,
+    defects: Iterable[int] = (),
+    *,
+    fps: float = 20.0,
+    size: tuple[int, int] = SIZE,
+    grey: bool = False,
+) -> Path:
     defects = set(defects)
     fourcc = cv2.VideoWriter_fourcc(*FOURCC[path.suffix.lower()])
     writer = cv2.VideoWriter(str(path), fourcc, fps, size, isColor=not grey)
@@ -50,13 +58,14 @@ def damage_frames(video: Path, frames: Iterable[int]) -> Path:
     data = bytearray(video.read_bytes())
     starts = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xD8]
     for index in frames:
-        data[starts[index]:starts[index] + 200] = bytes(200)
+        data[starts[index] : starts[index] + 200] = bytes(200)
     video.write_bytes(bytes(data))
     return video
 
 
-def make_image_folder(folder: Path, count: int, defects: Iterable[int] = (),
-                      suffix: str = ".png") -> Path:
+def make_image_folder(
+    folder: Path, count: int, defects: Iterable[int] = (), suffix: str = ".png"
+) -> Path:
     defects = set(defects)
     folder.mkdir(parents=True, exist_ok=True)
     for index in range(count):
@@ -87,8 +96,9 @@ class MjpegServer:
     every connection, ``start()`` serves again on the same port.
     """
 
-    def __init__(self, frame_for: Callable[[int], np.ndarray], fps: float = 25.0,
-                 port: int = 0) -> None:
+    def __init__(
+        self, frame_for: Callable[[int], np.ndarray], fps: float = 25.0, port: int = 0
+    ) -> None:
         self.frame_for = frame_for
         self.fps = fps
         self.port = port
@@ -114,8 +124,13 @@ class MjpegServer:
                 n = 0
                 while owner._running.is_set():
                     _, jpeg = cv2.imencode(".jpg", owner.frame_for(n))
-                    part = (b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
-                            + str(len(jpeg)).encode() + b"\r\n\r\n" + jpeg.tobytes() + b"\r\n")
+                    part = (
+                        b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
+                        + str(len(jpeg)).encode()
+                        + b"\r\n\r\n"
+                        + jpeg.tobytes()
+                        + b"\r\n"
+                    )
                     try:
                         self.wfile.write(part)
                         self.wfile.flush()

@@ -25,8 +25,9 @@ def require_program(path: str, package: str) -> str:
     found = path if os.access(path, os.X_OK) else shutil.which(Path(path).name)
     if found:
         return found
-    message = (f"{path} is missing: install Debian's {package} package "
-               f"(apt-get install -y {package})")
+    message = (
+        f"{path} is missing: install Debian's {package} package (apt-get install -y {package})"
+    )
     if CI_REQUESTED:
         pytest.fail(f"{message}; CI is set, so this test may not be skipped")
     pytest.skip(message)
@@ -48,7 +49,8 @@ class Mosquitto:
         self.config = folder / "mosquitto.conf"
         self.config.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-            f"persistence_location {folder}/\nautosave_interval 1\n")
+            f"persistence_location {folder}/\nautosave_interval 1\n"
+        )
         self.log = folder / "mosquitto.log"
         self.process: subprocess.Popen | None = None
 
@@ -58,8 +60,9 @@ class Mosquitto:
 
     def start(self) -> Mosquitto:
         with open(self.log, "a") as log:
-            self.process = subprocess.Popen([self.binary, "-c", str(self.config)],
-                                            stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                [self.binary, "-c", str(self.config)], stdout=log, stderr=subprocess.STDOUT
+            )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             assert self.process.poll() is None, self.log.read_text()

@@ -58,8 +58,9 @@ def test_parse_augment():
 
 @pytest.fixture(scope="module")
 def category(tmp_path_factory):
-    return make_category(tmp_path_factory.mktemp("data") / "cat", train=8, good=6,
-                         defects={"scratch": 5, "spot": 5})
+    return make_category(
+        tmp_path_factory.mktemp("data") / "cat", train=8, good=6, defects={"scratch": 5, "spot": 5}
+    )
 
 
 def test_augmented_dataset_keeps_the_originals_and_adds_copies(category):
@@ -70,24 +71,35 @@ def test_augmented_dataset_keeps_the_originals_and_adds_copies(category):
     assert torch.equal(data[0]["image"], base[0]["image"])
     copy = data[len(base)]["image"]
     assert copy.shape == base[0]["image"].shape and not torch.equal(copy, base[0]["image"])
-    assert torch.equal(copy, AugmentedDataset(base, Augmentation(copies=2), seed=0)
-                       [len(base)]["image"])
+    assert torch.equal(
+        copy, AugmentedDataset(base, Augmentation(copies=2), seed=0)[len(base)]["image"]
+    )
 
 
 def test_train_with_augmentation_records_it(category):
-    result = train(category, backbone="efficientnet_lite0", image_size=64, export=False,
-                   augment="jpeg=50-90,copies=1")
-    assert result.metrics["augment"]["quality"] == [50, 90] or \
-        tuple(result.metrics["augment"]["quality"]) == (50, 90)
+    result = train(
+        category,
+        backbone="efficientnet_lite0",
+        image_size=64,
+        export=False,
+        augment="jpeg=50-90,copies=1",
+    )
+    assert result.metrics["augment"]["quality"] == [50, 90] or tuple(
+        result.metrics["augment"]["quality"]
+    ) == (50, 90)
     assert result.metrics["image_auroc"] > 0.8
     with pytest.raises(ValueError, match="augment"):
-        train(category, backbone="efficientnet_lite0", image_size=64, export=False,
-              augment="sharpen=2")
+        train(
+            category,
+            backbone="efficientnet_lite0",
+            image_size=64,
+            export=False,
+            augment="sharpen=2",
+        )
 
 
 def test_export_records_false_alarm_rate_and_normal_range(category, tmp_path, capsys):
-    result = train(category, backbone="efficientnet_lite0", image_size=64,
-                   out=tmp_path / "run")
+    result = train(category, backbone="efficientnet_lite0", image_size=64, out=tmp_path / "run")
     metrics_file = tmp_path / "run" / "metrics.json"
     metrics = json.loads(metrics_file.read_text())
     assert metrics_file.stat().st_mode & 0o044, "metrics.json must be readable by others"

@@ -16,8 +16,12 @@ from anomaly_edge.train.backbones import (  # noqa: E402
 
 @pytest.mark.parametrize(
     ("name", "channels"),
-    [("resnet18", [64, 128, 256]), ("wide_resnet50_2", [256, 512, 1024]),
-     ("efficientnet_lite0", [24, 40, 80]), ("efficientnet_lite2", [24, 48, 88])],
+    [
+        ("resnet18", [64, 128, 256]),
+        ("wide_resnet50_2", [256, 512, 1024]),
+        ("efficientnet_lite0", [24, 40, 80]),
+        ("efficientnet_lite2", [24, 48, 88]),
+    ],
 )
 def test_default_layers_report_strides_and_channels(name, channels):
     extractor = build_backbone(name, pretrained=False)
@@ -37,11 +41,15 @@ def test_padim_reads_anomalibs_lite_layers_and_strides_are_known_without_buildin
     # timm's blocks.1/2/4 (anomalib's Lite0 PaDiM) are our stage2/3/5
     assert default_layers("efficientnet_lite0") == ["stage2", "stage3", "stage5"]
     assert default_layers("resnet18") == ["layer1", "layer2", "layer3"]
-    extractor = build_backbone("efficientnet_lite0", layers=default_layers("efficientnet_lite0"),
-                               pretrained=False)
+    extractor = build_backbone(
+        "efficientnet_lite0", layers=default_layers("efficientnet_lite0"), pretrained=False
+    )
     assert extractor.channels == [24, 40, 112] and extractor.strides == [4, 8, 16]
-    for name, layers in (("efficientnet_lite1", ["stage2", "stage6"]), ("resnet18", None),
-                         ("wide_resnet50_2", ["layer1", "layer4"])):
+    for name, layers in (
+        ("efficientnet_lite1", ["stage2", "stage6"]),
+        ("resnet18", None),
+        ("wide_resnet50_2", ["layer1", "layer4"]),
+    ):
         built = build_backbone(name, layers=layers, pretrained=False)
         assert backbones.deepest_stride(name, layers) == max(built.strides)
     with pytest.raises(ValueError, match="no layer"):
@@ -140,7 +148,7 @@ def _imagenet_top5(model, image: np.ndarray) -> list[int]:
 
     h, w = image.shape[:2]
     side = min(h, w)
-    crop = image[(h - side) // 2:(h + side) // 2, (w - side) // 2:(w + side) // 2]
+    crop = image[(h - side) // 2 : (h + side) // 2, (w - side) // 2 : (w + side) // 2]
     rgb = cv2.resize(crop, (224, 224), interpolation=cv2.INTER_AREA).astype(np.float32)
     mean = np.array(efficientnet_lite.MEAN, np.float32)
     std = np.array(efficientnet_lite.STD, np.float32)
@@ -158,6 +166,5 @@ def test_pretrained_lite_classifies_real_photos():
     assert china[0] in {698, 663, 483, 442} and 698 in china[:3]
     flower = _imagenet_top5(model, datasets.load_sample_image("flower.jpg"))
     assert 985 in flower
-    random_init = efficientnet_lite.build_efficientnet_lite("efficientnet_lite0",
-                                                           pretrained=False)
+    random_init = efficientnet_lite.build_efficientnet_lite("efficientnet_lite0", pretrained=False)
     assert _imagenet_top5(random_init, datasets.load_sample_image("china.jpg"))[0] != 698

@@ -19,8 +19,7 @@ def reference(image: np.ndarray, bh: int, bw: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("channels", [None, 1, 3, 4])
-@pytest.mark.parametrize(("bh", "bw"), [(1, 1), (1, 2), (2, 1), (3, 5), (4, 7), (9, 6),
-                                        (1, 13)])
+@pytest.mark.parametrize(("bh", "bw"), [(1, 1), (1, 2), (2, 1), (3, 5), (4, 7), (9, 6), (1, 13)])
 def test_block_means(channels, bh, bw):
     shape = (53, 71) if channels is None else (53, 71, channels)
     image = np.random.default_rng(bh * 10 + bw).integers(0, 256, shape, dtype=np.uint8)
@@ -42,11 +41,13 @@ def test_extremes_do_not_overflow():
 def test_views_of_larger_frames():
     frame = np.random.default_rng(1).integers(0, 256, (120, 200, 3), dtype=np.uint8)
     crop = frame[10:90, 20:180]  # rows wider than the crop: used in place
-    assert np.array_equal(_post.box_downsample(crop, 4, 5), reference(np.ascontiguousarray(crop),
-                                                                        4, 5))
+    assert np.array_equal(
+        _post.box_downsample(crop, 4, 5), reference(np.ascontiguousarray(crop), 4, 5)
+    )
     for view in (frame[::2, ::3], frame[::-1], frame[:, :, ::-1], frame[:, :, 1]):
-        assert np.array_equal(_post.box_downsample(view, 3, 2),
-                              reference(np.ascontiguousarray(view), 3, 2))
+        assert np.array_equal(
+            _post.box_downsample(view, 3, 2), reference(np.ascontiguousarray(view), 3, 2)
+        )
 
 
 def test_same_numbers_as_opencv_area_interpolation():

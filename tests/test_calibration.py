@@ -87,8 +87,9 @@ def test_a_camera_scoring_lower_keeps_the_trained_threshold(model):
 def test_a_threshold_not_tuned_on_defects_follows_the_camera_down(model):
     import dataclasses
 
-    model._apply_metadata(dataclasses.replace(
-        model.metadata, metrics={"image_threshold_method": "max_normal"}))
+    model._apply_metadata(
+        dataclasses.replace(model.metadata, metrics={"image_threshold_method": "max_normal"})
+    )
     grey = [make_frame(i, False) for i in range(15)]
     report = model.calibrate(grey)
     assert model.image_threshold < 0.5
@@ -136,12 +137,17 @@ def test_save_over_the_model_in_use(model, synthetic_ir, tmp_path):
     assert ModelMetadata.read_from(read_ir(copy)).calibration["frames"] == 12
 
 
-@pytest.mark.parametrize("frames, message", [
-    ([], "no frames"),
-    ([bright_frame(i) for i in range(MIN_FRAMES - 1)], f"at least {MIN_FRAMES}"),
-    ([bright_frame(i) for i in range(6)] + [bright_frame(6, size=(200, 120))] * 6,
-     "frame 6 is 200x120 but the first frames are 160x120"),
-])
+@pytest.mark.parametrize(
+    "frames, message",
+    [
+        ([], "no frames"),
+        ([bright_frame(i) for i in range(MIN_FRAMES - 1)], f"at least {MIN_FRAMES}"),
+        (
+            [bright_frame(i) for i in range(6)] + [bright_frame(6, size=(200, 120))] * 6,
+            "frame 6 is 200x120 but the first frames are 160x120",
+        ),
+    ],
+)
 def test_bad_frames_give_a_clear_error_and_change_nothing(model, frames, message):
     before = model.metadata
     with pytest.raises(CalibrationError, match=message):
@@ -156,11 +162,25 @@ def test_old_irs_without_the_new_fields_still_load(synthetic_ir):
 
 # ---- the command ---------------------------------------------------------------------------
 
+
 def test_cli_calibrates_on_the_first_seconds_of_a_video(synthetic_ir, tmp_path, capsys):
     video = write_bright_video(tmp_path / "line.avi", 40, defects={35}, fps=10.0)
     out = tmp_path / "calibrated.xml"
-    code = main(["calibrate", "--model", str(synthetic_ir), "--source", str(video),
-                 "--seconds", "2", "--out", str(out), "--device", "CPU"])
+    code = main(
+        [
+            "calibrate",
+            "--model",
+            str(synthetic_ir),
+            "--source",
+            str(video),
+            "--seconds",
+            "2",
+            "--out",
+            str(out),
+            "--device",
+            "CPU",
+        ]
+    )
     assert code == ExitCode.OK
     printed = capsys.readouterr().out
     assert "calibrated on 20 frames (160x120)" in printed and str(out) in printed
@@ -177,8 +197,9 @@ def _no_output(folder) -> bool:
     return not any(p.name.startswith("calibrated") or "save" in p.name for p in folder.iterdir())
 
 
-def test_cli_corrupt_empty_short_and_mixed_sources_fail_and_write_nothing(synthetic_ir, tmp_path,
-                                                                         capsys):
+def test_cli_corrupt_empty_short_and_mixed_sources_fail_and_write_nothing(
+    synthetic_ir, tmp_path, capsys
+):
     corrupt = tmp_path / "corrupt.avi"
     corrupt.write_bytes(b"RIFF" + os.urandom(4000))
     empty = tmp_path / "empty"
@@ -187,11 +208,28 @@ def test_cli_corrupt_empty_short_and_mixed_sources_fail_and_write_nothing(synthe
     mixed = make_image_folder(tmp_path / "mixed", 12)
     cv2.imwrite(str(mixed / "frame_0005.png"), np.full((50, 70, 3), 128, np.uint8))
     out = tmp_path / "calibrated.xml"
-    cases = {corrupt: "", empty: "", short: f"at least {MIN_FRAMES}",
-             mixed: "but the first frames are"}
+    cases = {
+        corrupt: "",
+        empty: "",
+        short: f"at least {MIN_FRAMES}",
+        mixed: "but the first frames are",
+    }
     for source, message in cases.items():
-        code = main(["calibrate", "--model", str(synthetic_ir), "--source", str(source),
-                     "--frames", "20", "--out", str(out), "--device", "CPU"])
+        code = main(
+            [
+                "calibrate",
+                "--model",
+                str(synthetic_ir),
+                "--source",
+                str(source),
+                "--frames",
+                "20",
+                "--out",
+                str(out),
+                "--device",
+                "CPU",
+            ]
+        )
         err = capsys.readouterr().err
         assert code == ExitCode.INPUT, (source, err)
         assert "error:" in err and message in err
@@ -207,7 +245,14 @@ def test_cli_arguments_and_model_errors(synthetic_ir, tmp_path, capsys):
         main([*base, "--model", str(synthetic_ir), "--frames", "12", "--seconds", "2"])
     assert exit_info.value.code == ExitCode.USAGE
     assert main([*base, "--model", str(tmp_path / "missing.xml")]) == ExitCode.MODEL
-    missing_folder = ["calibrate", "--model", str(synthetic_ir), "--source", str(video),
-                      "--out", str(tmp_path / "nope" / "c.xml")]
+    missing_folder = [
+        "calibrate",
+        "--model",
+        str(synthetic_ir),
+        "--source",
+        str(video),
+        "--out",
+        str(tmp_path / "nope" / "c.xml"),
+    ]
     assert main(missing_folder) == ExitCode.INPUT
     assert _no_output(tmp_path)

@@ -193,7 +193,7 @@ def test_exit_codes(paths, capsys, what, argv, expected):
         ["train", "--data", "D", "--out", "O", "--batch-size", "0"],
         ["train", "--data", "D", "--out", "O", "--image-threshold", "inf", "--raw-thresholds"],
         ["export", "--run", "R", "--calibration-images", "0"],
-    ["demo", "--device", "FOO"],
+        ["demo", "--device", "FOO"],
         ["export", "--run", "R", "--precision", "FP16", "--max-accuracy-drop", "0.1"],
     ],
 )

@@ -28,8 +28,22 @@ def images(tmp_path):
 
 def test_predict_folder_to_jsonl_and_overlays(synthetic_ir, images, tmp_path, capsys):
     out, overlays = tmp_path / "out" / "results.jsonl", tmp_path / "overlays"
-    code = main(["predict", "--model", str(synthetic_ir), str(images), "--jsonl", str(out),
-                 "--overlays", str(overlays), "--task", "detection", "--device", "CPU"])
+    code = main(
+        [
+            "predict",
+            "--model",
+            str(synthetic_ir),
+            str(images),
+            "--jsonl",
+            str(out),
+            "--overlays",
+            str(overlays),
+            "--task",
+            "detection",
+            "--device",
+            "CPU",
+        ]
+    )
     assert code == ExitCode.OK
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [line["file"].rsplit("/", 1)[-1] for line in lines] == ["a_flat.png", "b_blob.jpg"]
@@ -43,26 +57,63 @@ def test_predict_folder_to_jsonl_and_overlays(synthetic_ir, images, tmp_path, ca
 
 
 def test_predict_to_stdout(synthetic_ir, images, capsys):
-    code = main(["predict", "--model", str(synthetic_ir), str(images / "b_blob.jpg"),
-                 "--image-threshold", "1e6", "--raw-thresholds", "--device", "CPU"])
+    code = main(
+        [
+            "predict",
+            "--model",
+            str(synthetic_ir),
+            str(images / "b_blob.jpg"),
+            "--image-threshold",
+            "1e6",
+            "--raw-thresholds",
+            "--device",
+            "CPU",
+        ]
+    )
     assert code == ExitCode.OK
     line = json.loads(capsys.readouterr().out.strip())
     assert line["label"] == "Normal"  # the threshold override applies
 
 
 def test_predict_errors(synthetic_ir, images, tmp_path, capsys):
-    assert main(["predict", "--model", str(synthetic_ir), str(tmp_path / "missing.png"),
-                 "--device", "CPU"]) == ExitCode.INPUT
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(synthetic_ir),
+                str(tmp_path / "missing.png"),
+                "--device",
+                "CPU",
+            ]
+        )
+        == ExitCode.INPUT
+    )
     bad = images / "bad.png"
     bad.write_bytes(b"\x89PNG truncated")
     out = tmp_path / "results.jsonl"
-    assert main(["predict", "--model", str(synthetic_ir), str(images), "--jsonl", str(out),
-                 "--device", "CPU"]) == ExitCode.INPUT
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(synthetic_ir),
+                str(images),
+                "--jsonl",
+                str(out),
+                "--device",
+                "CPU",
+            ]
+        )
+        == ExitCode.INPUT
+    )
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [("error" in line) for line in lines] == [False, False, True]  # good ones kept
     assert main(["predict", "--model", str(tmp_path / "none.xml"), str(images)]) == ExitCode.MODEL
-    assert main(["predict", "--model", str(synthetic_ir), str(images), "--device", "FPGA"]) \
+    assert (
+        main(["predict", "--model", str(synthetic_ir), str(images), "--device", "FPGA"])
         == ExitCode.USAGE
+    )
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["predict", "--model", str(synthetic_ir), str(empty)]) == ExitCode.INPUT
@@ -79,8 +130,20 @@ def test_info(synthetic_ir, capsys):
 
 
 def test_benchmark(synthetic_ir, capsys):
-    code = main(["benchmark", "--model", str(synthetic_ir), "--device", "CPU", "--seconds",
-                 "0.2", "--frame", "320x240", "--json"])
+    code = main(
+        [
+            "benchmark",
+            "--model",
+            str(synthetic_ir),
+            "--device",
+            "CPU",
+            "--seconds",
+            "0.2",
+            "--frame",
+            "320x240",
+            "--json",
+        ]
+    )
     assert code == ExitCode.OK
     result = json.loads(capsys.readouterr().out)
     assert result["frame"] == "320x240" and result["task"] == "detection"
@@ -127,15 +190,43 @@ def test_export_int8_from_an_mvtec_folder(tmp_path, monkeypatch, capsys):
     model, metadata = fitted_toy()
     checkpoint.save_checkpoint(model, metadata, tmp_path / "run" / "checkpoint.pt")
     data = tmp_path / "data"  # calibrated on train/good, checked on test/
-    for folder, images in [("train/good", synthetic_images(8, seed=1)),
-                           ("test/good", synthetic_images(3, seed=2)),
-                           ("test/defect", synthetic_images(3, anomalous=True, seed=3))]:
+    for folder, images in [
+        ("train/good", synthetic_images(8, seed=1)),
+        ("test/good", synthetic_images(3, seed=2)),
+        ("test/defect", synthetic_images(3, anomalous=True, seed=3)),
+    ]:
         (data / folder).mkdir(parents=True)
         for i, rgb in enumerate(images):
             cv2.imwrite(str(data / folder / f"{i:03d}.png"), rgb[:, :, ::-1])
-    assert main(["export", "--run", str(tmp_path / "run"), "--precision", "INT8", "--data",
-                 str(data), "--max-accuracy-drop", "0.5"]) == ExitCode.OK
+    assert (
+        main(
+            [
+                "export",
+                "--run",
+                str(tmp_path / "run"),
+                "--precision",
+                "INT8",
+                "--data",
+                str(data),
+                "--max-accuracy-drop",
+                "0.5",
+            ]
+        )
+        == ExitCode.OK
+    )
     assert "INT8 accuracy change" in capsys.readouterr().out
     assert (tmp_path / "run" / "int8" / "model.xml").is_file()
-    assert main(["export", "--run", str(tmp_path / "run"), "--precision", "INT8", "--data",
-                 str(tmp_path / "missing")]) == ExitCode.INPUT
+    assert (
+        main(
+            [
+                "export",
+                "--run",
+                str(tmp_path / "run"),
+                "--precision",
+                "INT8",
+                "--data",
+                str(tmp_path / "missing"),
+            ]
+        )
+        == ExitCode.INPUT
+    )

@@ -30,9 +30,14 @@ def _start(*args: object) -> subprocess.Popen:
     # The repository root for `tests.*`; anomaly_edge itself comes from the installed package.
     paths = [str(REPO), os.environ.get("PYTHONPATH", "")]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
-    return subprocess.Popen([sys.executable, "-m", "anomaly_edge", "run", *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            cwd=REPO)
+    return subprocess.Popen(
+        [sys.executable, "-m", "anomaly_edge", "run", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
 
 
 def _wait_for_lines(path: Path, count: int, process: subprocess.Popen, limit_s: float = 60) -> None:
@@ -54,10 +59,24 @@ def _processed(stdout: str) -> int:
 
 
 def test_run_writes_every_output(synthetic_ir, video, tmp_path):
-    process = _start("--model", synthetic_ir, "--source", video, "--device", "CPU",
-                     "--task", "detection", "--output", tmp_path / "out.mp4",
-                     "--events", tmp_path / "events.jsonl", "--snapshots", tmp_path / "snaps",
-                     "--snapshot-interval", "0")
+    process = _start(
+        "--model",
+        synthetic_ir,
+        "--source",
+        video,
+        "--device",
+        "CPU",
+        "--task",
+        "detection",
+        "--output",
+        tmp_path / "out.mp4",
+        "--events",
+        tmp_path / "events.jsonl",
+        "--snapshots",
+        tmp_path / "snaps",
+        "--snapshot-interval",
+        "0",
+    )
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == ExitCode.OK, stderr
     assert _frames(tmp_path / "events.jsonl") == sorted(DEFECTS)
@@ -72,8 +91,19 @@ def test_run_writes_every_output(synthetic_ir, video, tmp_path):
 def test_interrupt_mid_run_leaves_complete_outputs(signum, synthetic_ir, tmp_path):
     long_video = make_video(tmp_path / "long.avi", 3000, defects=range(0, 3000, 50), fps=25)
     out, events = tmp_path / "out.mp4", tmp_path / "events.jsonl"
-    process = _start("--model", synthetic_ir, "--source", long_video, "--device", "CPU",
-                     "--output", out, "--events", events, "--all-frames")
+    process = _start(
+        "--model",
+        synthetic_ir,
+        "--source",
+        long_video,
+        "--device",
+        "CPU",
+        "--output",
+        out,
+        "--events",
+        events,
+        "--all-frames",
+    )
     _wait_for_lines(events, 20, process)
     process.send_signal(signum)
     stdout, stderr = process.communicate(timeout=60)
@@ -90,9 +120,21 @@ def test_http_stream_cut_reconnects_and_says_so(synthetic_ir, tmp_path):
     phase = {"defects": False}
     server = MjpegServer(lambda n: make_frame(n, phase["defects"]), fps=30).start()
     events = tmp_path / "events.jsonl"
-    process = _start("--model", synthetic_ir, "--source", server.url, "--device", "CPU",
-                     "--events", events, "--all-frames", "--reconnect-delay", "0.1",
-                     "--timeout", "3")
+    process = _start(
+        "--model",
+        synthetic_ir,
+        "--source",
+        server.url,
+        "--device",
+        "CPU",
+        "--events",
+        events,
+        "--all-frames",
+        "--reconnect-delay",
+        "0.1",
+        "--timeout",
+        "3",
+    )
     try:
         _wait_for_lines(events, 10, process)
         server.stop()
@@ -118,9 +160,23 @@ def test_http_stream_cut_reconnects_and_says_so(synthetic_ir, tmp_path):
 def test_lost_stream_gives_up_with_the_input_code(synthetic_ir, tmp_path):
     server = MjpegServer(lambda n: make_frame(n, False), fps=30).start()
     events = tmp_path / "events.jsonl"
-    process = _start("--model", synthetic_ir, "--source", server.url, "--device", "CPU",
-                     "--events", events, "--all-frames", "--reconnect-attempts", "2",
-                     "--reconnect-delay", "0.1", "--timeout", "2")
+    process = _start(
+        "--model",
+        synthetic_ir,
+        "--source",
+        server.url,
+        "--device",
+        "CPU",
+        "--events",
+        events,
+        "--all-frames",
+        "--reconnect-attempts",
+        "2",
+        "--reconnect-delay",
+        "0.1",
+        "--timeout",
+        "2",
+    )
     try:
         _wait_for_lines(events, 5, process)
     finally:
@@ -139,8 +195,9 @@ def test_lost_stream_gives_up_with_the_input_code(synthetic_ir, tmp_path):
         ("97", "cannot open camera 97"),
     ],
 )
-def test_unusable_sources_exit_with_the_input_code(source, message, synthetic_ir, tmp_path,
-                                                   monkeypatch, capsys):
+def test_unusable_sources_exit_with_the_input_code(
+    source, message, synthetic_ir, tmp_path, monkeypatch, capsys
+):
     monkeypatch.chdir(tmp_path)
     code = main(["run", "--model", str(synthetic_ir), "--source", source, "--timeout", "2"])
     assert code == ExitCode.INPUT
@@ -148,8 +205,10 @@ def test_unusable_sources_exit_with_the_input_code(source, message, synthetic_ir
 
 
 def test_missing_or_broken_model_exits_with_the_model_code(video, tmp_path, capsys):
-    assert main(["run", "--model", str(tmp_path / "none.xml"), "--source", str(video)]) \
+    assert (
+        main(["run", "--model", str(tmp_path / "none.xml"), "--source", str(video)])
         == ExitCode.MODEL
+    )
     assert "not found" in capsys.readouterr().err
     broken = tmp_path / "broken.xml"
     broken.write_text("<net>not really</net>")
@@ -157,8 +216,9 @@ def test_missing_or_broken_model_exits_with_the_model_code(video, tmp_path, caps
     assert "cannot load model" in capsys.readouterr().err
 
 
-def test_bad_output_and_show_without_gui_are_usage_errors(synthetic_ir, video, tmp_path,
-                                                          monkeypatch, capsys):
+def test_bad_output_and_show_without_gui_are_usage_errors(
+    synthetic_ir, video, tmp_path, monkeypatch, capsys
+):
     base = ["run", "--model", str(synthetic_ir), "--source", str(video)]
     assert main([*base, "--output", str(tmp_path / "out.gif")]) == ExitCode.USAGE
     assert "unknown video container" in capsys.readouterr().err

@@ -21,15 +21,29 @@ def videos(tmp_path_factory):
 
 
 def _run(synthetic_ir, *args: object) -> int:
-    return main(["run", "--model", str(synthetic_ir), "--device", "CPU", "--quiet",
-                 *map(str, args)])
+    return main(
+        ["run", "--model", str(synthetic_ir), "--device", "CPU", "--quiet", *map(str, args)]
+    )
 
 
-def test_two_sources_get_their_own_outputs_and_share_the_events(synthetic_ir, videos, tmp_path,
-                                                                capsys):
-    code = _run(synthetic_ir, "--source", f"left={videos[0]}", "--source", videos[1],
-                "--output", tmp_path / "out.mp4", "--snapshots", tmp_path / "snaps_{source}",
-                "--snapshot-interval", "0", "--events", tmp_path / "events.jsonl")
+def test_two_sources_get_their_own_outputs_and_share_the_events(
+    synthetic_ir, videos, tmp_path, capsys
+):
+    code = _run(
+        synthetic_ir,
+        "--source",
+        f"left={videos[0]}",
+        "--source",
+        videos[1],
+        "--output",
+        tmp_path / "out.mp4",
+        "--snapshots",
+        tmp_path / "snaps_{source}",
+        "--snapshot-interval",
+        "0",
+        "--events",
+        tmp_path / "events.jsonl",
+    )
     out = capsys.readouterr().out
     assert code == ExitCode.OK
     for name in ("left", "cam2"):
@@ -38,7 +52,8 @@ def test_two_sources_get_their_own_outputs_and_share_the_events(synthetic_ir, vi
         assert f"[{name}]" in out
     events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert sorted((e["source"], e["frame"]) for e in events) == sorted(
-        (name, frame) for name in ("left", "cam2") for frame in DEFECTS)
+        (name, frame) for name in ("left", "cam2") for frame in DEFECTS
+    )
     assert "all cameras: 40 frames" in out
 
 
@@ -66,17 +81,21 @@ output = "lenient.avi"
     assert count_frames(tmp_path / "lenient.avi")[0] == 20
 
 
-@pytest.mark.parametrize(("args", "code", "message"), [
-    (["--web", "nonsense"], ExitCode.USAGE, "give HOST:PORT"),
-    (["--metrics", "127.0.0.1:99999"], ExitCode.USAGE, "give HOST:PORT"),
-    (["--show"], ExitCode.USAGE, "use --web"),
-    (["--output", "x.gif"], ExitCode.USAGE, "unknown video container"),
-    (["--source", "missing.mp4"], ExitCode.INPUT, "not found"),
-    (["--events", "/no/such/folder/e.jsonl"], ExitCode.INPUT, "does not exist"),
-    (["--mqtt", "http://broker"], ExitCode.USAGE, "mqtt://"),
-])
-def test_bad_arguments_fail_clearly(synthetic_ir, videos, tmp_path, capsys, args, code,
-                                    message, monkeypatch):
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--web", "nonsense"], ExitCode.USAGE, "give HOST:PORT"),
+        (["--metrics", "127.0.0.1:99999"], ExitCode.USAGE, "give HOST:PORT"),
+        (["--show"], ExitCode.USAGE, "use --web"),
+        (["--output", "x.gif"], ExitCode.USAGE, "unknown video container"),
+        (["--source", "missing.mp4"], ExitCode.INPUT, "not found"),
+        (["--events", "/no/such/folder/e.jsonl"], ExitCode.INPUT, "does not exist"),
+        (["--mqtt", "http://broker"], ExitCode.USAGE, "mqtt://"),
+    ],
+)
+def test_bad_arguments_fail_clearly(
+    synthetic_ir, videos, tmp_path, capsys, args, code, message, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     assert _run(synthetic_ir, "--source", videos[0], "--source", videos[1], *args) == code
     assert message in capsys.readouterr().err
@@ -94,18 +113,23 @@ def test_no_source_at_all(synthetic_ir, capsys):
     assert "give --source" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("option", "extra", "module"), [
-    (["--web", "127.0.0.1:0"], "web", "fastapi"),
-    (["--mqtt", "mqtt://127.0.0.1"], "mqtt", "paho.mqtt"),
-    (["--metrics", "127.0.0.1:0"], "metrics", "prometheus_client"),
-])
-def test_a_missing_extra_says_what_to_install(synthetic_ir, videos, monkeypatch, capsys, option,
-                                              extra, module):
+@pytest.mark.parametrize(
+    ("option", "extra", "module"),
+    [
+        (["--web", "127.0.0.1:0"], "web", "fastapi"),
+        (["--mqtt", "mqtt://127.0.0.1"], "mqtt", "paho.mqtt"),
+        (["--metrics", "127.0.0.1:0"], "metrics", "prometheus_client"),
+    ],
+)
+def test_a_missing_extra_says_what_to_install(
+    synthetic_ir, videos, monkeypatch, capsys, option, extra, module
+):
     import anomaly_edge.cli.run_cameras as run_cameras
 
     real = run_cameras._find_spec
-    monkeypatch.setattr(run_cameras, "_find_spec", lambda name: None if name == module
-                        else real(name))
+    monkeypatch.setattr(
+        run_cameras, "_find_spec", lambda name: None if name == module else real(name)
+    )
     assert _run(synthetic_ir, "--source", videos[0], *option) == ExitCode.MISSING_EXTRA
     assert f"pip install 'anomaly-edge[{extra}]'" in capsys.readouterr().err
 
@@ -114,14 +138,24 @@ def test_a_lost_camera_ends_with_exit_code_3_after_the_others(synthetic_ir, caps
     servers = [MjpegServer(lambda n: make_frame(n, False), fps=20).start() for _ in range(2)]
     threading.Timer(1.0, servers[0].stop).start()
     try:
-        code = _run(synthetic_ir, "--source", f"lost={servers[0].url}", "--source",
-                    f"fine={servers[1].url}", "--max-frames", "60",
-                    "--reconnect-attempts", "0", "--timeout", "2")
+        code = _run(
+            synthetic_ir,
+            "--source",
+            f"lost={servers[0].url}",
+            "--source",
+            f"fine={servers[1].url}",
+            "--max-frames",
+            "60",
+            "--reconnect-attempts",
+            "0",
+            "--timeout",
+            "2",
+        )
     finally:
         for server in servers:
             server.stop()
     out = capsys.readouterr().out
     assert code == ExitCode.INPUT, out
     assert "stopped early" in out
-    fine = out[out.index("[fine]"):]
+    fine = out[out.index("[fine]") :]
     assert "processed 60 frames" in fine

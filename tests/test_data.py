@@ -47,7 +47,7 @@ def test_all_image_formats_are_found(tmp_path, suffix):
 def test_grey_rgba_and_16_bit_become_8_bit_rgb(tmp_path):
     grey = np.arange(48 * 64, dtype=np.uint8).reshape(48, 64)
     cv2.imwrite(str(tmp_path / "grey.png"), grey)
-    deep = (grey.astype(np.uint16) * 257)
+    deep = grey.astype(np.uint16) * 257
     cv2.imwrite(str(tmp_path / "deep.png"), deep)
     bgra = np.zeros((48, 64, 4), np.uint8)
     bgra[..., 0] = 200  # blue
@@ -145,9 +145,11 @@ def test_dataset_items_and_batches(tmp_path):
     assert [b["index"].tolist() for b in batches] == [[0, 1], [2]]
     torch.testing.assert_close(batches[0]["image"][0], item["image"])
     assert batches[1]["label"].tolist() == [0] and batches[1]["mask"].sum() == 0
+
     def order(seed):
-        loader = make_loader(data.train, 32, (0, 0, 0), (1, 1, 1), batch_size=2, shuffle=True,
-                             seed=seed)
+        loader = make_loader(
+            data.train, 32, (0, 0, 0), (1, 1, 1), batch_size=2, shuffle=True, seed=seed
+        )
         return [b["index"].tolist() for b in loader]
 
     first = order(3)

@@ -39,9 +39,16 @@ def draw_defect(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
     return mask
 
 
-def make_category(root: Path, *, train: int = 12, good: int = 4,
-                  defects: dict[str, int] | None = None, size: int = 64, seed: int = 0,
-                  masks: bool = True) -> Path:
+def make_category(
+    root: Path,
+    *,
+    train: int = 12,
+    good: int = 4,
+    defects: dict[str, int] | None = None,
+    size: int = 64,
+    seed: int = 0,
+    masks: bool = True,
+) -> Path:
     """Write a category folder; ``defects`` maps defect name -> image count."""
     rng = np.random.default_rng(seed)
     defects = {"scratch": 4} if defects is None else defects

@@ -12,8 +12,7 @@ from anomaly_edge.demo.run import DemoSettings, format_report, run_demo
 
 @pytest.mark.slow
 def test_demo_lossless_clean_and_lossy_calibrated(tmp_path):
-    report = run_demo(tmp_path / "demo", DemoSettings(device="CPU"), log=lambda _: None,
-                      quiet=True)
+    report = run_demo(tmp_path / "demo", DemoSettings(device="CPU"), log=lambda _: None, quiet=True)
     text = format_report(report)
     lossless = report.frames
     assert lossless.false_alarms == 0 and not lossless.defects_missed, text
@@ -22,15 +21,18 @@ def test_demo_lossless_clean_and_lossy_calibrated(tmp_path):
     assert after.false_alarm_rate <= 0.05, text  # ... until calibration
     assert after.recall >= 0.9 and not after.defects_missed, text
     assert report.calibration["frames"] == report.clean_frames == 36
-    assert report.calibrated_model.with_suffix(".bin").read_bytes() == \
-        report.model.with_suffix(".bin").read_bytes()  # same weights
+    assert (
+        report.calibrated_model.with_suffix(".bin").read_bytes()
+        == report.model.with_suffix(".bin").read_bytes()
+    )  # same weights
     assert report.drift_warnings["lossless"] == report.drift_warnings["calibrated"] == 0, text
 
 
 @pytest.mark.slow
 def test_quick_demo_has_no_false_alarm_on_its_lossless_video(tmp_path):
-    report = run_demo(tmp_path / "demo", DemoSettings(device="CPU", **QUICK),
-                      log=lambda _: None, quiet=True)
+    report = run_demo(
+        tmp_path / "demo", DemoSettings(device="CPU", **QUICK), log=lambda _: None, quiet=True
+    )
     text = format_report(report)
     assert report.frames.false_alarms == 0 and not report.frames.defects_missed, text
     assert report.frames_calibrated.false_alarm_rate <= 0.05, text

@@ -38,10 +38,15 @@ def test_demo_has_its_own_help(capsys):
 
 def _truth() -> VideoTruth:
     return VideoTruth(
-        path=Path("v.avi"), n_frames=20, fps=10.0, frame_size=(48, 64),
+        path=Path("v.avi"),
+        n_frames=20,
+        fps=10.0,
+        frame_size=(48, 64),
         anomalous_frames=[3, 4, 5, 12, 13],
-        defects=[{"kind": "hole", "first_frame": 3, "last_frame": 5, "area_px": 50},
-                 {"kind": "stain", "first_frame": 12, "last_frame": 13, "area_px": 90}],
+        defects=[
+            {"kind": "hole", "first_frame": 3, "last_frame": 5, "area_px": 50},
+            {"kind": "stain", "first_frame": 12, "last_frame": 13, "area_px": 90},
+        ],
         partial_frames=[2, 6, 11, 14],
     )
 
@@ -80,7 +85,9 @@ def test_demo_never_replaces_a_folder_it_did_not_make(tmp_path, capsys):
 
 
 def test_generators_and_demo_command_do_not_import_torch():
-    code = ("import sys, anomaly_edge.demo, anomaly_edge.cli.demo; "
-            "from anomaly_edge.demo import run_demo; "
-            "sys.exit('torch' in sys.modules or 'openvino' in sys.modules)")
+    code = (
+        "import sys, anomaly_edge.demo, anomaly_edge.cli.demo; "
+        "from anomaly_edge.demo import run_demo; "
+        "sys.exit('torch' in sys.modules or 'openvino' in sys.modules)"
+    )
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -52,8 +52,10 @@ def test_dataset_layout(tmp_path):
         images = sorted((root / "test" / kind).glob("*.png"))
         assert [p.name for p in images] == ["000.png", "001.png"]
         for image_path in images:
-            mask = cv2.imread(str(root / "ground_truth" / kind / f"{image_path.stem}_mask.png"),
-                              cv2.IMREAD_UNCHANGED)
+            mask = cv2.imread(
+                str(root / "ground_truth" / kind / f"{image_path.stem}_mask.png"),
+                cv2.IMREAD_UNCHANGED,
+            )
             image = cv2.imread(str(image_path))
             assert mask.shape == image.shape[:2] and set(np.unique(mask)) == {0, 255}
     assert not (root / "ground_truth" / "good").exists()
@@ -84,8 +86,9 @@ def test_existing_folder_is_reused_or_refused(tmp_path):
         make_dataset(foreign, **SMALL)
 
 
-@pytest.mark.parametrize("bad", [{"n_train": 0}, {"size": 8}, {"defects": ["dent"]},
-                                 {"n_test_good": -1}])
+@pytest.mark.parametrize(
+    "bad", [{"n_train": 0}, {"size": 8}, {"defects": ["dent"]}, {"n_test_good": -1}]
+)
 def test_bad_dataset_arguments(tmp_path, bad):
     with pytest.raises(InvalidInputError):
         make_dataset(tmp_path / "x", **{**SMALL, **bad})
@@ -93,8 +96,15 @@ def test_bad_dataset_arguments(tmp_path, bad):
 
 
 def test_video_frames_and_truth(tmp_path):
-    truth = render_video(tmp_path / "line.avi", seconds=2, fps=12, speed=48,
-                         frame_size=(120, 160), defects=["hole", "scratch"], seed=3)
+    truth = render_video(
+        tmp_path / "line.avi",
+        seconds=2,
+        fps=12,
+        speed=48,
+        frame_size=(120, 160),
+        defects=["hole", "scratch"],
+        seed=3,
+    )
     capture = cv2.VideoCapture(str(truth.path))
     frames = []
     while True:
@@ -121,8 +131,10 @@ def test_video_is_deterministic(tmp_path):
     assert (tmp_path / "a.avi").read_bytes() == (tmp_path / "b.avi").read_bytes()
 
 
-@pytest.mark.parametrize("name, kwargs", [("v.mkv", {}), ("v.avi", {"fps": 0}),
-                                          ("v.avi", {"speed": 0}), ("v.avi", {"defects": ["x"]})])
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [("v.mkv", {}), ("v.avi", {"fps": 0}), ("v.avi", {"speed": 0}), ("v.avi", {"defects": ["x"]})],
+)
 def test_bad_video_arguments(tmp_path, name, kwargs):
     with pytest.raises(InvalidInputError):
         render_video(tmp_path / name, **kwargs)

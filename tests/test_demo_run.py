@@ -9,9 +9,19 @@ import pytest
 
 from anomaly_edge.demo.run import DemoSettings, format_report, run_demo
 
-TOY = DemoSettings(n_train=12, n_test_good=6, n_test_per_defect=3, dataset_size=128,
-                   image_size=128, video_seconds=3.0, video_fps=8.0, video_size=(240, 320),
-                   video_speed=40, video_defects=("hole", "missing"), device="CPU")
+TOY = DemoSettings(
+    n_train=12,
+    n_test_good=6,
+    n_test_per_defect=3,
+    dataset_size=128,
+    image_size=128,
+    video_seconds=3.0,
+    video_fps=8.0,
+    video_size=(240, 320),
+    video_speed=40,
+    video_defects=("hole", "missing"),
+    device="CPU",
+)
 
 
 @pytest.mark.slow
@@ -20,7 +30,12 @@ def test_reduced_demo_end_to_end(tmp_path):
     report = run_demo(tmp_path / "demo", TOY, log=messages.append, quiet=True)
 
     assert [m[:5] for m in messages if m.startswith("[")] == [
-        "[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"]
+        "[1/5]",
+        "[2/5]",
+        "[3/5]",
+        "[4/5]",
+        "[5/5]",
+    ]
     assert report.model.is_file() and report.model.with_suffix(".bin").is_file()
     assert report.metrics_file.is_file()
     assert report.image_auroc is not None and report.image_auroc >= 0.8

@@ -33,8 +33,10 @@ def test_a_sustained_rise_warns_exactly_once_naming_cause_and_command():
     assert len(warnings) == 1
     warning = warnings[0]
     assert warning.direction == "up" and warning.median == 9.0 and warning.frames == SUSTAIN
-    assert "compression" in warning.message and "anomaly-edge calibrate --model m.xml" in \
-        warning.message
+    assert (
+        "compression" in warning.message
+        and "anomaly-edge calibrate --model m.xml" in warning.message
+    )
     assert monitor.drift_frames > SUSTAIN
 
 
@@ -62,9 +64,20 @@ def test_a_fall_warns_about_lost_detail():
 
 
 def _metadata(**extra) -> ModelMetadata:
-    return ModelMetadata(model="padim", backbone="x", input_size=(64, 64), mean=(0, 0, 0),
-                         std=(1, 1, 1), image_threshold=10.0, pixel_threshold=10.0,
-                         image_min=3.0, image_max=20.0, pixel_min=0.0, pixel_max=20.0, **extra)
+    return ModelMetadata(
+        model="padim",
+        backbone="x",
+        input_size=(64, 64),
+        mean=(0, 0, 0),
+        std=(1, 1, 1),
+        image_threshold=10.0,
+        pixel_threshold=10.0,
+        image_min=3.0,
+        image_max=20.0,
+        pixel_min=0.0,
+        pixel_max=20.0,
+        **extra,
+    )
 
 
 def test_the_range_comes_from_the_ir_or_from_old_irs_thresholds():
@@ -86,8 +99,9 @@ def bright_folder(tmp_path_factory):
     return folder
 
 
-def test_the_stream_warns_once_in_the_log_events_status_and_summary(synthetic_ir, bright_folder,
-                                                                    tmp_path, caplog):
+def test_the_stream_warns_once_in_the_log_events_status_and_summary(
+    synthetic_ir, bright_folder, tmp_path, caplog
+):
     from anomaly_edge.model import AnomalyModel
 
     model = AnomalyModel(synthetic_ir, device="CPU", cache_dir=None)

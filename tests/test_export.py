@@ -89,7 +89,8 @@ def test_fp32_maps_match_torch(toy, exported, evaluation_set, isa_level):
     with torch.no_grad():
         torch_scores = [float(model(x[None]).max()) for x in images]
     assert round(image_auroc(ir_scores(xml, images), labels), 3) == round(
-        image_auroc(torch_scores, labels), 3)
+        image_auroc(torch_scores, labels), 3
+    )
 
 
 def test_fp16_is_smaller_and_close(toy, exported, evaluation_set):
@@ -99,8 +100,13 @@ def test_fp16_is_smaller_and_close(toy, exported, evaluation_set):
     assert fp16.with_suffix(".bin").stat().st_size < 0.6 * fp32.with_suffix(".bin").stat().st_size
     parity = compare_maps(model, fp16, images)
     assert parity["correlation"] >= 0.999
-    assert abs(image_auroc(ir_scores(fp16, images), labels)
-               - image_auroc(ir_scores(fp32, images), labels)) <= 0.01
+    assert (
+        abs(
+            image_auroc(ir_scores(fp16, images), labels)
+            - image_auroc(ir_scores(fp32, images), labels)
+        )
+        <= 0.01
+    )
     assert ir_size_mb(fp16) > 0
 
 
@@ -108,8 +114,15 @@ def test_int8_reports_the_accuracy_change(toy, evaluation_set, tmp_path):
     model, metadata = toy
     images, labels = evaluation_set
     calibration = to_input(synthetic_images(16, seed=1))
-    xml = export_ir(model, metadata, tmp_path, precision="INT8", calibration_images=calibration,
-                    validation=ValidationSet(list(images), labels), max_accuracy_drop=0.05)
+    xml = export_ir(
+        model,
+        metadata,
+        tmp_path,
+        precision="INT8",
+        calibration_images=calibration,
+        validation=ValidationSet(list(images), labels),
+        max_accuracy_drop=0.05,
+    )
     stored = ModelMetadata.read_from(ov.Core().read_model(str(xml)))
     report = stored.metrics["int8"]
     assert stored.precision == "INT8" and report["metric"] == "image_auroc"
@@ -118,22 +131,40 @@ def test_int8_reports_the_accuracy_change(toy, evaluation_set, tmp_path):
 
     # A bound that cannot be met: refused, and nothing is written.
     with pytest.raises(AccuracyDropError, match="nothing was written"):
-        export_ir(model, metadata, tmp_path / "refused", precision="INT8",
-                  calibration_images=calibration, max_accuracy_drop=-1.0,
-                  validation=ValidationSet(list(images), labels))
+        export_ir(
+            model,
+            metadata,
+            tmp_path / "refused",
+            precision="INT8",
+            calibration_images=calibration,
+            max_accuracy_drop=-1.0,
+            validation=ValidationSet(list(images), labels),
+        )
     assert not (tmp_path / "refused" / "model.xml").exists()
 
 
 def test_fp16_is_checked_against_fp32_on_request(toy, evaluation_set, tmp_path):
     model, metadata = toy
     images, labels = evaluation_set
-    xml = export_ir(model, metadata, tmp_path, precision="FP16", max_accuracy_drop=0.01,
-                    validation=ValidationSet(list(images), labels))
+    xml = export_ir(
+        model,
+        metadata,
+        tmp_path,
+        precision="FP16",
+        max_accuracy_drop=0.01,
+        validation=ValidationSet(list(images), labels),
+    )
     report = ModelMetadata.read_from(ov.Core().read_model(str(xml))).metrics["fp16"]
     assert report["metric"] == "image_auroc" and abs(report["drop"]) <= 0.01
     with pytest.raises(AccuracyDropError, match="FP16 lowered"):
-        export_ir(model, metadata, tmp_path / "refused", precision="FP16",
-                  max_accuracy_drop=-1.0, validation=ValidationSet(list(images), labels))
+        export_ir(
+            model,
+            metadata,
+            tmp_path / "refused",
+            precision="FP16",
+            max_accuracy_drop=-1.0,
+            validation=ValidationSet(list(images), labels),
+        )
     assert not (tmp_path / "refused" / "model.xml").exists()
 
 
@@ -146,8 +177,14 @@ def test_int8_with_a_custom_accuracy_function(toy, tmp_path):
         calls.append(infer)
         return float(-infer(to_input(synthetic_images(1, seed=5)).numpy()).max())
 
-    xml = export_ir(model, metadata, tmp_path, precision="INT8", calibration_images=calibration,
-                    validation=accuracy)
+    xml = export_ir(
+        model,
+        metadata,
+        tmp_path,
+        precision="INT8",
+        calibration_images=calibration,
+        validation=accuracy,
+    )
     assert len(calls) == 2
     report = ModelMetadata.read_from(ov.Core().read_model(str(xml))).metrics["int8"]
     assert report["metric"] == "custom"
@@ -164,8 +201,14 @@ def test_bad_arguments(toy, tmp_path):
     with pytest.raises(ValueError, match="FP32"):
         export_ir(model, metadata, tmp_path, precision="FP32", max_accuracy_drop=0.1)
     with pytest.raises(ValueError, match="validation"):
-        export_ir(model, metadata, tmp_path, precision="INT8", max_accuracy_drop=0.1,
-                  calibration_images=[torch.zeros(3, 64, 64)])
+        export_ir(
+            model,
+            metadata,
+            tmp_path,
+            precision="INT8",
+            max_accuracy_drop=0.1,
+            calibration_images=[torch.zeros(3, 64, 64)],
+        )
 
 
 def test_a_module_that_is_not_an_anomaly_module(toy, tmp_path):
@@ -252,10 +295,19 @@ def test_padim_ir_is_a_small_fraction_of_anomalibs(tmp_path):
     torch.manual_seed(0)
     padim = Padim("resnet18", (256, 256), pretrained=False)  # 100 channels, as anomalib
     padim.fit([torch.randn(4, 3, 256, 256)])
-    metadata = ModelMetadata(model="padim", backbone="resnet18", input_size=(256, 256),
-                             mean=(123.7, 116.3, 103.5), std=(58.4, 57.1, 57.4),
-                             image_threshold=1.0, pixel_threshold=1.0, image_min=0.0,
-                             image_max=2.0, pixel_min=0.0, pixel_max=2.0)
+    metadata = ModelMetadata(
+        model="padim",
+        backbone="resnet18",
+        input_size=(256, 256),
+        mean=(123.7, 116.3, 103.5),
+        std=(58.4, 57.1, 57.4),
+        image_threshold=1.0,
+        pixel_threshold=1.0,
+        image_min=0.0,
+        image_max=2.0,
+        pixel_min=0.0,
+        pixel_max=2.0,
+    )
     xml = export_ir(padim, metadata, tmp_path, precision="FP16")
     assert ir_size_mb(xml) < 160 / 4
     # measured 16.0 MB with the default pool 2 (8.3 MB with pool 4, 47 MB with pool 1)
@@ -266,8 +318,9 @@ def _export_pair(toy, folder, threshold):
     import dataclasses
 
     model, metadata = toy
-    return export_ir(model, dataclasses.replace(metadata, image_threshold=threshold), folder,
-                     precision="FP32")
+    return export_ir(
+        model, dataclasses.replace(metadata, image_threshold=threshold), folder, precision="FP32"
+    )
 
 
 def test_a_kill_between_the_renames_is_refused_at_load(toy, tmp_path, monkeypatch):
@@ -317,8 +370,9 @@ def test_a_model_saved_again_does_not_carry_a_stale_stamp(toy, tmp_path):
 def test_int8_is_the_smallest_ir(toy, exported, evaluation_set, tmp_path):
     model, metadata = toy
     images, _ = evaluation_set
-    xml = export_ir(model, metadata, tmp_path / "int8", precision="INT8",
-                    calibration_images=images[:8])
+    xml = export_ir(
+        model, metadata, tmp_path / "int8", precision="INT8", calibration_images=images[:8]
+    )
     # the weights: features in INT8, the head in FP16 (the toy's .xml text outweighs them)
     fp16_bin = exported["FP16"].with_suffix(".bin").stat().st_size
     assert xml.with_suffix(".bin").stat().st_size < fp16_bin

@@ -18,14 +18,17 @@ from anomaly_edge.train.geometry import (
 )
 
 
-@pytest.mark.parametrize(("aspect", "stride", "expected"), [
-    (1.0, 16, (256, 256)),
-    (2.4565, 16, (256, 624)),  # bsdata/ball_screw, 565 x 230: 628.9 -> 624
-    (0.75, 16, (336, 256)),  # mvtec3d/tire, 300 x 400: 341.3 -> 336
-    (0.75, 32, (352, 256)),  # the same with a stride-32 layer: 341.3 -> 352
-    (1260 / 500, 16, (256, 640)),  # the issue's 500 x 1260 parts: 645 -> 640
-    (1.02, 16, (256, 256)),  # a hair off square stays square
-])
+@pytest.mark.parametrize(
+    ("aspect", "stride", "expected"),
+    [
+        (1.0, 16, (256, 256)),
+        (2.4565, 16, (256, 624)),  # bsdata/ball_screw, 565 x 230: 628.9 -> 624
+        (0.75, 16, (336, 256)),  # mvtec3d/tire, 300 x 400: 341.3 -> 336
+        (0.75, 32, (352, 256)),  # the same with a stride-32 layer: 341.3 -> 352
+        (1260 / 500, 16, (256, 640)),  # the issue's 500 x 1260 parts: 645 -> 640
+        (1.02, 16, (256, 256)),  # a hair off square stays square
+    ],
+)
 def test_short_side_is_the_base_and_the_long_side_keeps_the_aspect(aspect, stride, expected):
     size = size_for_aspect(aspect, stride=stride)
     assert size == expected
@@ -51,7 +54,13 @@ def test_bad_geometry_arguments_are_refused():
 
 def test_rounding_to_the_stride():
     assert [round_to_stride(v, 16) for v in (1, 7.9, 8.1, 23.9, 24.1, 640)] == [
-        16, 16, 16, 16, 32, 640]
+        16,
+        16,
+        16,
+        16,
+        32,
+        640,
+    ]
 
 
 def test_median_aspect_of_a_varied_set_ignores_a_few_odd_images():
@@ -73,6 +82,7 @@ def test_image_sizes_reads_headers(tmp_path):
 
 
 # ---- train(): chosen from the data, or overridden ---------------------------------------------
+
 
 def _wide_category(root, count=10, shape=(48, 120)):
     """A tiny category of 2.5:1 images (h, w = 48 x 120)."""
@@ -96,8 +106,11 @@ def test_train_picks_the_input_from_the_data_and_records_it(tmp_path, monkeypatc
     from anomaly_edge.train import api
 
     # a smaller base keeps this test fast; the rule is the same
-    monkeypatch.setattr(api, "choose_input_size",
-                        lambda sizes, stride: choose_input_size(sizes, base=64, stride=stride))
+    monkeypatch.setattr(
+        api,
+        "choose_input_size",
+        lambda sizes, stride: choose_input_size(sizes, base=64, stride=stride),
+    )
     root = _wide_category(tmp_path / "wide")
     result = api.train(root, pool=1, out=tmp_path / "run", export=False)
     assert result.metadata.input_size == (64, 160)  # 2.5:1, long side on the stride 16
@@ -105,8 +118,12 @@ def test_train_picks_the_input_from_the_data_and_records_it(tmp_path, monkeypatc
     assert result.metadata.train_aspect == pytest.approx(2.5)
     written = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert written["image_size"] == [64, 160]
-    assert written["input_geometry"] == {"input_size": [64, 160], "source": "data",
-                                         "median_aspect": 2.5, "images_measured": 10}
+    assert written["input_geometry"] == {
+        "input_size": [64, 160],
+        "source": "data",
+        "median_aspect": 2.5,
+        "images_measured": 10,
+    }
 
     overridden = api.train(root, image_size=64, pool=1, export=False)
     assert overridden.metadata.input_size == (64, 64)
@@ -121,17 +138,30 @@ def test_cli_defaults_to_the_lite_backbone_and_the_data_geometry():
 
     args = build_parser().parse_args(["train", "--data", "d", "--out", "o"])
     assert args.backbone == "efficientnet_lite0" and args.image_size is None
-    args = build_parser().parse_args(["train", "--data", "d", "--out", "o",
-                                      "--image-size", "256x640"])
+    args = build_parser().parse_args(
+        ["train", "--data", "d", "--out", "o", "--image-size", "256x640"]
+    )
     assert args.image_size == (256, 640)
 
 
 # ---- rt_info and the runtime warning ---------------------------------------------------------
 
+
 def _metadata(**extra) -> ModelMetadata:
-    return ModelMetadata(model="padim", backbone="efficientnet_lite0", input_size=(64, 160),
-                         mean=(0, 0, 0), std=(1, 1, 1), image_threshold=1, pixel_threshold=1,
-                         image_min=0, image_max=2, pixel_min=0, pixel_max=2, **extra)
+    return ModelMetadata(
+        model="padim",
+        backbone="efficientnet_lite0",
+        input_size=(64, 160),
+        mean=(0, 0, 0),
+        std=(1, 1, 1),
+        image_threshold=1,
+        pixel_threshold=1,
+        image_min=0,
+        image_max=2,
+        pixel_min=0,
+        pixel_max=2,
+        **extra,
+    )
 
 
 def test_train_aspect_round_trips_through_rt_info_and_old_irs_lack_it():

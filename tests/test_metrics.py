@@ -14,8 +14,9 @@ def test_auroc_matches_sklearn_including_ties(seed):
     rng = np.random.default_rng(seed)
     scores = rng.random(500).round(1 + seed % 2)  # many ties
     labels = rng.random(500) < 0.2
-    assert auroc(scores, labels) == pytest.approx(sklearn_metrics.roc_auc_score(labels, scores),
-                                                  abs=1e-12)
+    assert auroc(scores, labels) == pytest.approx(
+        sklearn_metrics.roc_auc_score(labels, scores), abs=1e-12
+    )
 
 
 def test_auroc_needs_both_classes():

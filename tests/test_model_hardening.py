@@ -106,9 +106,9 @@ def test_concurrent_predict_batch_calls_are_safe(model):
     def work(worker: int) -> None:
         try:
             for _ in range(4):
-                order = frames[worker % 2:] + frames[:worker % 2]
+                order = frames[worker % 2 :] + frames[: worker % 2]
                 scores = [p.raw_score for p in model.predict_batch(order)]
-                want = expected[worker % 2:] + expected[:worker % 2]
+                want = expected[worker % 2 :] + expected[: worker % 2]
                 assert scores == pytest.approx(want)
             results[worker] = scores
         except BaseException as exc:  # reported below
@@ -187,9 +187,20 @@ def _stress(runs: int, scenarios: str) -> dict:
     import json
 
     result = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "stress_exit.py"), "--runs", str(runs),
-         "--load", "0", "--scenarios", scenarios],
-        capture_output=True, text=True, timeout=60 * runs, cwd=REPO,
+        [
+            sys.executable,
+            str(REPO / "tools" / "stress_exit.py"),
+            "--runs",
+            str(runs),
+            "--load",
+            "0",
+            "--scenarios",
+            scenarios,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60 * runs,
+        cwd=REPO,
     )
     return json.loads(result.stdout.strip().splitlines()[-1]) | {"stderr": result.stderr[-2000:]}
 
@@ -203,6 +214,9 @@ def test_exit_with_frames_in_flight_is_clean_fast(synthetic_ir):
 @pytest.mark.slow
 def test_exit_with_frames_in_flight_is_clean_many_times():
     """Before: about 1 exit in 12 aborted on a loaded 2-core machine (rc 134)."""
-    summary = _stress(24, "submit_unread,submit_no_ready,predict_iter_left,stream_left,"
-                          "stream_sys_exit,stream_daemon_consumer")
+    summary = _stress(
+        24,
+        "submit_unread,submit_no_ready,predict_iter_left,stream_left,"
+        "stream_sys_exit,stream_daemon_consumer",
+    )
     assert summary["aborts"] == 0 and summary["failures"] == 0, summary

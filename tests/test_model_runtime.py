@@ -142,8 +142,9 @@ def test_thresholds_and_task_change_at_run_time(synthetic_ir):
         model.task = "tracking"
     with pytest.raises(InvalidInputError, match="finite"):
         model.image_threshold = float("nan")
-    overridden = AnomalyModel(synthetic_ir, "CPU", task="classification", image_threshold=5.0,
-                              cache_dir=None)
+    overridden = AnomalyModel(
+        synthetic_ir, "CPU", task="classification", image_threshold=5.0, cache_dir=None
+    )
     assert overridden.task is Task.CLASSIFICATION and overridden.image_threshold == 5.0
 
 
@@ -267,7 +268,12 @@ def test_interpreter_exit_with_frames_in_flight_is_clean(synthetic_ir):
     from tests.conftest import REPO
 
     for _ in range(3):
-        result = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, str(synthetic_ir)],
-                                capture_output=True, text=True, timeout=120, cwd=REPO)
+        result = subprocess.run(
+            [sys.executable, "-c", EXIT_SCRIPT, str(synthetic_ir)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO,
+        )
         assert result.returncode == 0, result.stderr
         assert "terminate" not in result.stderr and "Traceback" not in result.stderr, result.stderr

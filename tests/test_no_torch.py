@@ -33,7 +33,10 @@ def test_runtime_and_cli_predict_do_not_import_torch(synthetic_ir, tmp_path):
     cv2.imwrite(str(image), np.full((60, 80, 3), 128, np.uint8))
     result = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(synthetic_ir), str(image), str(tmp_path / "out.jsonl")],
-        capture_output=True, text=True, timeout=120, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])

@@ -31,7 +31,7 @@ def test_running_gaussian_matches_direct_covariance():
     x[:, :, 1] = 2 * x[:, :, 0] + 0.05 * torch.randn(40, 700, generator=generator)
     stats = RunningGaussian(700, 12, workers=2)
     for start in range(0, 40, 6):  # uneven batches
-        stats.update(x[start:start + 6].float())
+        stats.update(x[start : start + 6].float())
     mean, whiten_t = torch.empty(700, 1, 12), torch.empty(700, 12, 12)
     stats.whiten_into(mean, whiten_t, regularization=0.01)
     for p in (0, 511, 512, 699):  # both sides of a chunk boundary
@@ -53,7 +53,7 @@ def test_running_gaussian_errors():
 def test_fit_is_the_same_in_one_batch_or_many():
     data = images(12)
     whole = tiny_padim().fit([data])
-    pieces = tiny_padim().fit([data[i:i + 5] for i in range(0, 12, 5)], extract_batch=2)
+    pieces = tiny_padim().fit([data[i : i + 5] for i in range(0, 12, 5)], extract_batch=2)
     torch.testing.assert_close(whole.mean, pieces.mean, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(whole.whiten_t, pieces.whiten_t, rtol=1e-4, atol=1e-4)
 
@@ -74,8 +74,9 @@ def test_map_is_the_blurred_upsampled_mahalanobis_distance():
         cov = torch.cov(e[:, :, p].T) + 0.01 * torch.eye(e.shape[1], dtype=torch.float64)
         delta = embedding.flatten(2)[:, :, p].double() - e[:, :, p].mean(0)
         expected[:, p] = torch.einsum("nd,de,ne->n", delta, torch.linalg.inv(cov), delta).sqrt()
-    expected = torch.nn.functional.interpolate(expected.float().reshape(2, 1, h, w), size=SIZE,
-                                               mode="bilinear", align_corners=False)
+    expected = torch.nn.functional.interpolate(
+        expected.float().reshape(2, 1, h, w), size=SIZE, mode="bilinear", align_corners=False
+    )
     assert model.blur_sigma == 2.0  # the default, chosen on all four shared categories
     torch.testing.assert_close(out, reference_blur(expected, 2.0), rtol=1e-3, atol=1e-3)
 
@@ -102,16 +103,16 @@ def test_deeper_layers_are_upsampled_per_backbone_default_or_as_asked():
     assert tiny_padim().upsample == "nearest"  # ResNets: as the paper and anomalib
     assert default_upsample("efficientnet_lite0") == "bilinear"
     torch.manual_seed(123)
-    model = Padim("resnet18", SIZE, n_channels=448, pretrained=False, upsample="bilinear",
-                  pool=1)
+    model = Padim("resnet18", SIZE, n_channels=448, pretrained=False, upsample="bilinear", pool=1)
     assert model.init_kwargs["upsample"] == "bilinear"
     x = images(1)
     with torch.inference_mode():
         deepest = model.backbone(x)[-1]
         embedding = model.embed(x)
-    expected = torch.nn.functional.interpolate(deepest, size=model.feature_size,
-                                               mode="bilinear", align_corners=False)
-    torch.testing.assert_close(embedding[:, -deepest.shape[1]:], expected)
+    expected = torch.nn.functional.interpolate(
+        deepest, size=model.feature_size, mode="bilinear", align_corners=False
+    )
+    torch.testing.assert_close(embedding[:, -deepest.shape[1] :], expected)
     with pytest.raises(ValueError, match="upsample must be one of nearest, bilinear"):
         Padim("resnet18", SIZE, pretrained=False, upsample="cubic")
 
@@ -182,8 +183,9 @@ def test_gaussians_sit_on_the_pooled_grid():
     assert pooled.mean.shape == (64, 1, 40) and pooled.whiten_t.shape == (64, 40, 40)
     x = images(2, seed=3)
     with torch.inference_mode():
-        torch.testing.assert_close(pooled.embed(x),
-                                   torch.nn.functional.avg_pool2d(paper.embed(x), 2))
+        torch.testing.assert_close(
+            pooled.embed(x), torch.nn.functional.avg_pool2d(paper.embed(x), 2)
+        )
 
 
 def test_pool_is_checked():
@@ -221,7 +223,7 @@ def test_partial_pooling_blocks_export_like_torch():
         embedding = model.embed(x)
         corner = model.backbone(x)[0][:, model.channels_0, 16:, 12:].mean(dim=(2, 3))
         expected = model(x).numpy()
-    torch.testing.assert_close(embedding[:, :corner.shape[1], -1, -1], corner)
+    torch.testing.assert_close(embedding[:, : corner.shape[1], -1, -1], corner)
     converted = ov.convert_model(model, example_input=x, input=[1, 3, *size])
     compiled = ov.Core().compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     np.testing.assert_allclose(compiled(x.numpy())[0], expected, rtol=1e-3, atol=1e-3)
@@ -237,10 +239,19 @@ def test_checkpoints_from_before_the_pooled_grid_still_load(tmp_path):
     old = Padim("resnet18", SIZE, n_channels=20, pretrained=False, pool=1).fit([images(6)])
     kwargs = {k: v for k, v in old.init_kwargs.items() if k != "pool"}
     state = {**old.state_dict(), "blur_kernel": gaussian_kernel_1d(4.0)}
-    metadata = ModelMetadata(model="padim", backbone="resnet18", input_size=SIZE,
-                             mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), image_threshold=1.0,
-                             pixel_threshold=1.0, image_min=0.0, image_max=2.0, pixel_min=0.0,
-                             pixel_max=2.0)
+    metadata = ModelMetadata(
+        model="padim",
+        backbone="resnet18",
+        input_size=SIZE,
+        mean=(0.0, 0.0, 0.0),
+        std=(1.0, 1.0, 1.0),
+        image_threshold=1.0,
+        pixel_threshold=1.0,
+        image_min=0.0,
+        image_max=2.0,
+        pixel_min=0.0,
+        pixel_max=2.0,
+    )
     path = save_checkpoint(old, metadata, tmp_path / "checkpoint.pt", init_kwargs=kwargs)
     payload = torch.load(path, weights_only=True)
     payload["state_dict"] = state

@@ -23,8 +23,9 @@ from tests.test_postprocess_reference import (
     reference_heatmap,
 )
 
-PARAMS = PostprocessParams(image_threshold=0.5, pixel_threshold=0.5, image_scale=1.0,
-                           pixel_scale=1.0)
+PARAMS = PostprocessParams(
+    image_threshold=0.5, pixel_threshold=0.5, image_scale=1.0, pixel_scale=1.0
+)
 
 
 def one_pixel_map(shape=(4, 4), at=(1, 1), value=1.0) -> np.ndarray:
@@ -206,8 +207,13 @@ def test_strided_readonly_and_misaligned_maps_give_the_same_answer():
     raw = bytearray(1) + anomaly_map.tobytes()
     misaligned = np.frombuffer(raw, np.float32, count=anomaly_map.size, offset=1).reshape(24, 24)
     assert not misaligned.flags.aligned
-    for variant in (wide[:, ::2], readonly, misaligned, np.asfortranarray(anomaly_map),
-                    anomaly_map[None, None]):
+    for variant in (
+        wide[:, ::2],
+        readonly,
+        misaligned,
+        np.asfortranarray(anomaly_map),
+        anomaly_map[None, None],
+    ):
         got = postprocess(variant, (50, 70), PARAMS)
         assert got.boxes == want.boxes
         np.testing.assert_array_equal(got.mask, want.mask)
@@ -372,9 +378,14 @@ def test_bad_batches_are_refused():
     ],
 )
 def test_the_extension_validates_on_its_own(kwargs, error, message):
-    args = {"anomaly_map": GOOD, "frame_height": 8, "frame_width": 8,
-            "params": _post.Params(0.5, 0.5, 1.0, 1.0), "task": _post.Task.segmentation,
-            **kwargs}
+    args = {
+        "anomaly_map": GOOD,
+        "frame_height": 8,
+        "frame_width": 8,
+        "params": _post.Params(0.5, 0.5, 1.0, 1.0),
+        "task": _post.Task.segmentation,
+        **kwargs,
+    }
     with pytest.raises(error, match=message):
         _post.postprocess(**args)
 
@@ -390,8 +401,13 @@ def test_the_extension_validates_on_its_own(kwargs, error, message):
     ],
 )
 def test_native_params_are_validated_once_when_built(kwargs, message):
-    values = {"image_threshold": 0.5, "pixel_threshold": 0.5, "image_scale": 1.0,
-              "pixel_scale": 1.0, **kwargs}
+    values = {
+        "image_threshold": 0.5,
+        "pixel_threshold": 0.5,
+        "image_scale": 1.0,
+        "pixel_scale": 1.0,
+        **kwargs,
+    }
     with pytest.raises(ValueError, match=message):
         _post.Params(**values)
     assert _post.Params(0.5, 0.25, 2.0, 4.0, 3).pixel_threshold == 0.25
@@ -400,8 +416,13 @@ def test_native_params_are_validated_once_when_built(kwargs, message):
 def test_the_extension_batch_validates_frame_sizes():
     maps = np.zeros((2, 4, 4), np.float32)
     params = _post.Params(0.5, 0.5, 1.0, 1.0)
-    for sizes, error in [("ab", TypeError), ([(8, 8)], ValueError), ([(8, 8), (8,)], TypeError),
-                         ([(8, 8), (8, 2**70)], ValueError), ([(8, 8), (8, 1.0)], TypeError)]:
+    for sizes, error in [
+        ("ab", TypeError),
+        ([(8, 8)], ValueError),
+        ([(8, 8), (8,)], TypeError),
+        ([(8, 8), (8, 2**70)], ValueError),
+        ([(8, 8), (8, 1.0)], TypeError),
+    ]:
         with pytest.raises(error, match="frame_sizes"):
             _post.postprocess_batch(maps, sizes, params)
 
@@ -431,8 +452,9 @@ def test_stub_declares_what_the_extension_has():
     stub = ast.parse((Path(_post.__file__).parent / "_post.pyi").read_text())
     functions = {n.name: n for n in stub.body if isinstance(n, ast.FunctionDef)}
     classes = {n.name for n in stub.body if isinstance(n, ast.ClassDef)}
-    exported = {name for name in dir(_post) if callable(getattr(_post, name))
-                and not name.startswith("_")}
+    exported = {
+        name for name in dir(_post) if callable(getattr(_post, name)) and not name.startswith("_")
+    }
     assert set(functions) | classes == exported
     assert classes == {"Params", "Task"}
     assert {"postprocess", "postprocess_batch", "box_downsample", "set_isa"} <= exported

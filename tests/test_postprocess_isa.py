@@ -122,7 +122,8 @@ def test_supported_isas_follow_the_cpu_features():
     if sys.platform == "linux" and os.uname().machine == "x86_64":  # this build has the kernels
         assert ("avx2" in SUPPORTED) == features["avx2"]
         assert ("avx512" in SUPPORTED) == all(
-            features[f] for f in ("avx512f", "avx512bw", "avx512vl"))
+            features[f] for f in ("avx512f", "avx512bw", "avx512vl")
+        )
 
 
 def test_the_default_is_the_fastest_unless_the_environment_says_otherwise(restore_isa):

@@ -26,8 +26,11 @@ SCALE = float(os.environ.get("ANOMALY_EDGE_PROPERTY_SCALE", "1"))
 
 
 def examples(count: int) -> settings:
-    return settings(max_examples=max(1, round(count * SCALE)), deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    return settings(
+        max_examples=max(1, round(count * SCALE)),
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
 
 
 sides = st.one_of(st.integers(1, 8), st.integers(1, 64), st.integers(1, 256))
@@ -92,8 +95,9 @@ def test_boxes_and_mask_agree_with_opencv(anomaly_map, frame_h, frame_w, p):
 
 
 @examples(25)
-@given(anomaly_map=anomaly_maps(), frame_h=st.integers(1, 300), frame_w=st.integers(1, 300),
-       p=params())
+@given(
+    anomaly_map=anomaly_maps(), frame_h=st.integers(1, 300), frame_w=st.integers(1, 300), p=params()
+)
 def test_heatmap_is_within_one_level_of_opencv(anomaly_map, frame_h, frame_w, p):
     prediction = postprocess(anomaly_map, (frame_h, frame_w), p, "classification", heatmap=True)
     expected = reference_heatmap(anomaly_map, (frame_h, frame_w), p)
@@ -101,8 +105,12 @@ def test_heatmap_is_within_one_level_of_opencv(anomaly_map, frame_h, frame_w, p)
 
 
 @examples(15)
-@given(maps=st.lists(anomaly_maps(), min_size=1, max_size=4), frame_h=st.integers(1, 200),
-       frame_w=st.integers(1, 200), p=params())
+@given(
+    maps=st.lists(anomaly_maps(), min_size=1, max_size=4),
+    frame_h=st.integers(1, 200),
+    frame_w=st.integers(1, 200),
+    p=params(),
+)
 def test_batch_equals_single_calls(maps, frame_h, frame_w, p):
     shape = maps[0].shape
     stack = np.stack([m if m.shape == shape else np.resize(m, shape) for m in maps])

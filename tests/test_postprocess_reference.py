@@ -18,8 +18,9 @@ def normalise(raw: np.ndarray | float, threshold: float, scale: float) -> np.nda
     return np.clip((np.asarray(raw, dtype=np.float64) - threshold) / scale + 0.5, 0.0, 1.0)
 
 
-def reference_boxes(anomaly_map: np.ndarray, frame_size: tuple[int, int],
-                    params: PostprocessParams) -> list[tuple]:
+def reference_boxes(
+    anomaly_map: np.ndarray, frame_size: tuple[int, int], params: PostprocessParams
+) -> list[tuple]:
     """(x1, y1, x2, y2, area, score, mean_score) per component, via connectedComponentsWithStats."""
     h, w = anomaly_map.shape
     frame_h, frame_w = frame_size
@@ -35,15 +36,17 @@ def reference_boxes(anomaly_map: np.ndarray, frame_size: tuple[int, int],
         x, y, bw, bh, area = (int(v) for v in stats[label])
         if area < params.min_area:
             continue
-        boxes.append((
-            x * frame_w // w,
-            y * frame_h // h,
-            -(-(x + bw) * frame_w // w),  # ceil division
-            -(-(y + bh) * frame_h // h),
-            area,
-            float(normalise(maxima[label], params.pixel_threshold, params.pixel_scale)),
-            float(sums[label] / area),
-        ))
+        boxes.append(
+            (
+                x * frame_w // w,
+                y * frame_h // h,
+                -(-(x + bw) * frame_w // w),  # ceil division
+                -(-(y + bh) * frame_h // h),
+                area,
+                float(normalise(maxima[label], params.pixel_threshold, params.pixel_scale)),
+                float(sums[label] / area),
+            )
+        )
     return boxes
 
 
@@ -67,8 +70,9 @@ def mask_mismatches(mask: np.ndarray, anomaly_map: np.ndarray, threshold: float)
     return (expected != (mask == 255)) & ~tie
 
 
-def reference_heatmap(anomaly_map: np.ndarray, frame_size: tuple[int, int],
-                      params: PostprocessParams) -> np.ndarray:
+def reference_heatmap(
+    anomaly_map: np.ndarray, frame_size: tuple[int, int], params: PostprocessParams
+) -> np.ndarray:
     normalised = normalise(anomaly_map, params.pixel_threshold, params.pixel_scale) * 255.0
     return upsampled(normalised.astype(np.float32), frame_size)
 

@@ -45,8 +45,9 @@ def assert_same(local, remote) -> None:
     assert abs(local.score - remote.score) < 1e-4
     assert abs(local.raw_score - remote.raw_score) < 1e-4
     assert local.label == remote.label
-    assert [(b.x1, b.y1, b.x2, b.y2, b.area) for b in local.boxes] == \
-        [(b.x1, b.y1, b.x2, b.y2, b.area) for b in remote.boxes]
+    assert [(b.x1, b.y1, b.x2, b.y2, b.area) for b in local.boxes] == [
+        (b.x1, b.y1, b.x2, b.y2, b.area) for b in remote.boxes
+    ]
     if local.mask is not None:
         assert remote.mask is not None and np.array_equal(local.mask, remote.mask)
 
@@ -82,7 +83,7 @@ def test_async_interface_keeps_order_with_requests_in_flight(protocol, server, s
             results += remote.ready()
         results += remote.drain()
         assert [index for index, _ in results] == list(range(len(inputs)))
-        for (index, prediction) in results:
+        for index, prediction in results:
             assert_same(local.predict(inputs[index]), prediction)
         assert len(remote.predict_batch(inputs[:5])) == 5
 
@@ -121,23 +122,48 @@ def test_cli_remote_predict_and_exit_codes(server, synthetic_ir, tmp_path, capsy
     image = tmp_path / "defect.png"
     cv2.imwrite(str(image), frame_with_defects())
     for url in (server.rest_url, server.grpc_url):
-        assert main(["predict", "--model", url, "--remote", "plate", "--task", "detection",
-                     str(image)]) == ExitCode.OK
+        assert (
+            main(
+                ["predict", "--model", url, "--remote", "plate", "--task", "detection", str(image)]
+            )
+            == ExitCode.OK
+        )
         remote_line = json.loads(capsys.readouterr().out)
-        assert main(["predict", "--model", str(synthetic_ir), "--task", "detection",
-                     str(image)]) == ExitCode.OK
+        assert (
+            main(["predict", "--model", str(synthetic_ir), "--task", "detection", str(image)])
+            == ExitCode.OK
+        )
         local_line = json.loads(capsys.readouterr().out)
         assert remote_line["boxes"] == local_line["boxes"]
         assert abs(remote_line["score"] - local_line["score"]) < 1e-4
     dead = f"http://127.0.0.1:{free_port()}"
     assert main(["predict", "--model", dead, str(image)]) == ExitCode.INPUT
     assert "cannot reach the model server" in capsys.readouterr().err
-    assert main(["predict", "--model", server.rest_url, "--remote", "nope", str(image)]) \
+    assert (
+        main(["predict", "--model", server.rest_url, "--remote", "nope", str(image)])
         == ExitCode.MODEL
-    assert main(["predict", "--model", str(synthetic_ir), "--remote", "plate", str(image)]) \
+    )
+    assert (
+        main(["predict", "--model", str(synthetic_ir), "--remote", "plate", str(image)])
         == ExitCode.USAGE
-    assert main(["benchmark", "--model", server.grpc_url, "--remote", "plate", "--seconds",
-                 "0.3", "--frame", "320x240", "--json"]) == ExitCode.OK
+    )
+    assert (
+        main(
+            [
+                "benchmark",
+                "--model",
+                server.grpc_url,
+                "--remote",
+                "plate",
+                "--seconds",
+                "0.3",
+                "--frame",
+                "320x240",
+                "--json",
+            ]
+        )
+        == ExitCode.OK
+    )
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["device"] == "remote" and result["async"]["frames"] > 0
 
@@ -149,9 +175,14 @@ def test_two_replicas_one_killed_mid_run_loses_no_frame(synthetic_ir, tmp_path):
     try:
         local = AnomalyModel(synthetic_ir, "CPU", task="detection")
         inputs = frames()
-        with AnomalyModel.remote([first.grpc_url, second.rest_url], "plate", task="detection",
-                                 num_requests=4, timeout=5,
-                                 reconnect=RetryPolicy(3, 0.2, 1.0)) as remote:
+        with AnomalyModel.remote(
+            [first.grpc_url, second.rest_url],
+            "plate",
+            task="detection",
+            num_requests=4,
+            timeout=5,
+            reconnect=RetryPolicy(3, 0.2, 1.0),
+        ) as remote:
             results = []
             for index in range(300):
                 if index == 100:
@@ -171,20 +202,48 @@ def test_two_replicas_one_killed_mid_run_loses_no_frame(synthetic_ir, tmp_path):
 def test_run_reconnects_when_the_server_returns_and_loses_no_frame(synthetic_ir, tmp_path):
     video = make_video(tmp_path / "line.avi", 600, defects=range(0, 600, 10))
     server = ServeProcess(synthetic_ir, "plate", tmp_path).start()
-    restarted = ServeProcess(synthetic_ir, "plate", tmp_path, http_port=server.http_port,
-                             grpc_port=server.grpc_port)
+    restarted = ServeProcess(
+        synthetic_ir, "plate", tmp_path, http_port=server.http_port, grpc_port=server.grpc_port
+    )
     events = tmp_path / "events.jsonl"
     env = child_env()
     run = subprocess.Popen(
-        [sys.executable, "-m", "anomaly_edge", "run", "--model", server.grpc_url, "--remote",
-         "plate", "--source", str(video), "--events", str(events), "--all-frames", "--quiet",
-         "--num-requests", "1", "--reconnect-attempts", "60", "--reconnect-delay", "0.2",
-         "--reconnect-max-delay", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        [
+            sys.executable,
+            "-m",
+            "anomaly_edge",
+            "run",
+            "--model",
+            server.grpc_url,
+            "--remote",
+            "plate",
+            "--source",
+            str(video),
+            "--events",
+            str(events),
+            "--all-frames",
+            "--quiet",
+            "--num-requests",
+            "1",
+            "--reconnect-attempts",
+            "60",
+            "--reconnect-delay",
+            "0.2",
+            "--reconnect-max-delay",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         deadline = time.monotonic() + 60
-        while (not events.exists() or len(events.read_text().splitlines()) < 50) \
-                and run.poll() is None and time.monotonic() < deadline:
+        while (
+            (not events.exists() or len(events.read_text().splitlines()) < 50)
+            and run.poll() is None
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.01)
         server.kill()
         assert run.poll() is None, "the run finished before the server was killed"
@@ -208,15 +267,42 @@ def test_run_gives_up_with_the_input_code_when_the_server_stays_away(synthetic_i
     events = tmp_path / "events.jsonl"
     env = child_env()
     run = subprocess.Popen(
-        [sys.executable, "-m", "anomaly_edge", "run", "--model", server.rest_url, "--remote",
-         "plate", "--source", str(video), "--quiet", "--num-requests", "1", "--events",
-         str(events), "--all-frames", "--reconnect-attempts", "2", "--reconnect-delay", "0.1",
-         "--timeout", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        [
+            sys.executable,
+            "-m",
+            "anomaly_edge",
+            "run",
+            "--model",
+            server.rest_url,
+            "--remote",
+            "plate",
+            "--source",
+            str(video),
+            "--quiet",
+            "--num-requests",
+            "1",
+            "--events",
+            str(events),
+            "--all-frames",
+            "--reconnect-attempts",
+            "2",
+            "--reconnect-delay",
+            "0.1",
+            "--timeout",
+            "2",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     try:
         deadline = time.monotonic() + 60
-        while (not events.exists() or len(events.read_text().splitlines()) < 5) \
-                and run.poll() is None and time.monotonic() < deadline:
+        while (
+            (not events.exists() or len(events.read_text().splitlines()) < 5)
+            and run.poll() is None
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.01)
         server.kill()
         _, err = run.communicate(timeout=60)

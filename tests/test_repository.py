@@ -25,7 +25,8 @@ def test_versions_count_up_and_earlier_ones_stay(synthetic_ir, tmp_path):
     assert first == repo / "plate" / "1" / "model.xml"
     assert second == repo / "plate" / "2" / "model.xml"
     assert (repo / "plate" / "2" / "model.bin").read_bytes() == synthetic_ir.with_suffix(
-        ".bin").read_bytes()
+        ".bin"
+    ).read_bytes()
     assert first.read_bytes() == first_bytes
     assert versions(repo / "plate") == [1, 2]
     assert publish(synthetic_ir, repo, "plate", version=7).parent.name == "7"
@@ -41,14 +42,24 @@ def test_ovms_config_lists_every_model_and_keeps_user_settings(synthetic_ir, tmp
     publish(synthetic_ir, repo, "plate")
     config_path = repo / "config.json"
     config = json.loads(config_path.read_text())
-    assert config == {"model_config_list": [{"config": {
-        "name": "plate", "base_path": "plate",
-        "model_version_policy": {"latest": {"num_versions": 1}}}}]}
+    assert config == {
+        "model_config_list": [
+            {
+                "config": {
+                    "name": "plate",
+                    "base_path": "plate",
+                    "model_version_policy": {"latest": {"num_versions": 1}},
+                }
+            }
+        ]
+    }
     config["model_config_list"][0]["config"]["nireq"] = 4  # a user's own tuning
     config_path.write_text(json.dumps(config))
     publish(synthetic_ir, repo, "tire")
-    entries = {e["config"]["name"]: e["config"]
-               for e in json.loads(config_path.read_text())["model_config_list"]}
+    entries = {
+        e["config"]["name"]: e["config"]
+        for e in json.loads(config_path.read_text())["model_config_list"]
+    }
     assert set(entries) == {"plate", "tire"}
     assert entries["plate"]["nireq"] == 4
     assert entries["tire"]["base_path"] == "tire"
@@ -107,11 +118,24 @@ def test_export_command_publishes_without_the_training_extra(synthetic_ir, tmp_p
     assert "version 2" in capsys.readouterr().out
     assert main([*args, "--version", "2"]) == ExitCode.USAGE
     assert "already exists" in capsys.readouterr().err
-    assert main(["export", "--model", str(synthetic_ir), "--repository", str(repo)]) \
-        == ExitCode.USAGE
+    assert (
+        main(["export", "--model", str(synthetic_ir), "--repository", str(repo)]) == ExitCode.USAGE
+    )
     assert "--name" in capsys.readouterr().err
-    assert main(["export", "--model", str(tmp_path / "none.xml"), "--repository", str(repo),
-                 "--name", "x"]) == ExitCode.MODEL
+    assert (
+        main(
+            [
+                "export",
+                "--model",
+                str(tmp_path / "none.xml"),
+                "--repository",
+                str(repo),
+                "--name",
+                "x",
+            ]
+        )
+        == ExitCode.MODEL
+    )
     assert main(["export"]) == ExitCode.USAGE
     assert versions(repo / "plate") == [1, 2]
 
@@ -136,8 +160,9 @@ def test_deployment_docs_describe_the_repository_layout(synthetic_ir, tmp_path):
     example = json.loads((docs / "ovms-config.json").read_text())["model_config_list"]
     publish(synthetic_ir, tmp_path / "repo", "plate")
     written = json.loads((tmp_path / "repo" / "config.json").read_text())["model_config_list"]
-    assert {k: v for k, v in example[0]["config"].items() if k in written[0]["config"]} \
-        == written[0]["config"]
+    assert {k: v for k, v in example[0]["config"].items() if k in written[0]["config"]} == written[
+        0
+    ]["config"]
     services = list(yaml.safe_load_all((docs / "kserve-inferenceservice.yaml").read_text()))
     assert [s["kind"] for s in services] == ["InferenceService", "InferenceService"]
     ovms, ours = (s["spec"]["predictor"] for s in services)

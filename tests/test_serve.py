@@ -42,8 +42,14 @@ class ServeProcess:
     """``anomaly-edge serve`` in a subprocess, on free local ports; ``start`` waits until
     it is ready, ``kill`` ends it at once (SIGKILL), ``stop`` politely (SIGTERM)."""
 
-    def __init__(self, model: Path, name: str = "anomaly-edge", log_dir: Path | None = None,
-                 http_port: int | None = None, grpc_port: int | None = None) -> None:
+    def __init__(
+        self,
+        model: Path,
+        name: str = "anomaly-edge",
+        log_dir: Path | None = None,
+        http_port: int | None = None,
+        grpc_port: int | None = None,
+    ) -> None:
         self.model = model
         self.name = name
         self.http_port = http_port or free_port()
@@ -63,15 +69,34 @@ class ServeProcess:
         env = child_env()
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "anomaly_edge", "serve", "--model", str(self.model),
-                 "--name", self.name, "--host", HOST, "--http-port", str(self.http_port),
-                 "--grpc-port", str(self.grpc_port), "--num-requests", "2"],
-                stdout=log, stderr=subprocess.STDOUT, env=env)
+                [
+                    sys.executable,
+                    "-m",
+                    "anomaly_edge",
+                    "serve",
+                    "--model",
+                    str(self.model),
+                    "--name",
+                    self.name,
+                    "--host",
+                    HOST,
+                    "--http-port",
+                    str(self.http_port),
+                    "--grpc-port",
+                    str(self.grpc_port),
+                    "--num-requests",
+                    "2",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
         deadline = time.monotonic() + limit_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"serve exited with {self.process.returncode}:\n"
-                                   + self.log.read_text()[-3000:])
+                raise RuntimeError(
+                    f"serve exited with {self.process.returncode}:\n" + self.log.read_text()[-3000:]
+                )
             try:
                 if httpx.get(f"{self.rest_url}/v2/health/ready", timeout=1).status_code == 200:
                     return self
@@ -123,8 +148,9 @@ def test_health_readiness_and_metadata_with_rt_info(server, synthetic_ir):
     assert httpx.get(f"{base}/v2/models/plate/ready").status_code == 200
     metadata = httpx.get(f"{base}/v2/models/plate").json()
     assert metadata["inputs"] == [{"name": "image", "datatype": "FP32", "shape": [1, 3, 64, 64]}]
-    assert metadata["outputs"] == [{"name": "anomaly_map", "datatype": "FP32",
-                                    "shape": [1, 1, 64, 64]}]
+    assert metadata["outputs"] == [
+        {"name": "anomaly_map", "datatype": "FP32", "shape": [1, 1, 64, 64]}
+    ]
     model = ov.Core().read_model(str(synthetic_ir))
     for section in ("model_info", "anomaly_edge"):
         expected = {k: v.astype(str) for k, v in model.get_rt_info([section]).astype(dict).items()}
@@ -135,8 +161,16 @@ def test_health_readiness_and_metadata_with_rt_info(server, synthetic_ir):
 def test_generic_v2_json_client_gets_the_raw_anomaly_map(server, synthetic_ir):
     rng = np.random.default_rng(0)
     tensor = rng.normal(0, 1, (1, 3, 64, 64)).astype(np.float32)
-    body = {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 3, 64, 64],
-                        "data": tensor.ravel().tolist()}]}
+    body = {
+        "inputs": [
+            {
+                "name": "image",
+                "datatype": "FP32",
+                "shape": [1, 3, 64, 64],
+                "data": tensor.ravel().tolist(),
+            }
+        ]
+    }
     response = httpx.post(f"{server.rest_url}/v2/models/plate/infer", json=body, timeout=30)
     assert response.status_code == 200, response.text
     (output,) = response.json()["outputs"]
@@ -147,10 +181,19 @@ def test_generic_v2_json_client_gets_the_raw_anomaly_map(server, synthetic_ir):
 
 def test_raw_call_takes_a_batch(server, synthetic_ir):
     tensor = np.random.default_rng(1).normal(0, 1, (3, 3, 64, 64)).astype(np.float32)
-    body = {"inputs": [{"name": "image", "datatype": "FP32", "shape": [3, 3, 64, 64],
-                        "data": tensor.ravel().tolist()}]}
-    output = httpx.post(f"{server.rest_url}/v2/models/plate/infer", json=body,
-                        timeout=30).json()["outputs"][0]
+    body = {
+        "inputs": [
+            {
+                "name": "image",
+                "datatype": "FP32",
+                "shape": [3, 3, 64, 64],
+                "data": tensor.ravel().tolist(),
+            }
+        ]
+    }
+    output = httpx.post(f"{server.rest_url}/v2/models/plate/infer", json=body, timeout=30).json()[
+        "outputs"
+    ][0]
     got = np.asarray(output["data"], dtype=np.float32).reshape(3, 1, 64, 64)
     for i in range(3):
         expected = raw_network_output(synthetic_ir, tensor[i : i + 1])
@@ -168,8 +211,12 @@ def _convenience(server, inputs, parameters=None) -> dict[str, np.ndarray]:
 def test_convenience_call_answers_like_a_local_model(server, synthetic_ir):
     frame = frame_with_defects()
     local = AnomalyModel(synthetic_ir, "CPU", task="segmentation").predict(frame)
-    frame_input = {"name": "frame", "datatype": "UINT8", "shape": list(frame.shape),
-                   "data": frame.ravel().tolist()}
+    frame_input = {
+        "name": "frame",
+        "datatype": "UINT8",
+        "shape": list(frame.shape),
+        "data": frame.ravel().tolist(),
+    }
     out = _convenience(server, [frame_input], {"mask": True})
     assert abs(float(out["score"][0]) - local.score) < 1e-4
     assert bool(out["label"][0]) == local.label
@@ -181,8 +228,12 @@ def test_convenience_call_answers_like_a_local_model(server, synthetic_ir):
     # without "mask": no mask; an encoded PNG gives the same answer as the pixels
     ok, png = cv2.imencode(".png", frame)
     assert ok
-    encoded = {"name": "image_bytes", "datatype": "BYTES", "shape": [1],
-               "data": [png.tobytes().decode("latin-1")]}
+    encoded = {
+        "name": "image_bytes",
+        "datatype": "BYTES",
+        "shape": [1],
+        "data": [png.tobytes().decode("latin-1")],
+    }
     out_png = _convenience(server, [encoded])
     assert "mask" not in out_png
     assert np.array_equal(out_png["boxes"], out["boxes"])
@@ -190,15 +241,24 @@ def test_convenience_call_answers_like_a_local_model(server, synthetic_ir):
 
 def test_bad_requests_get_400_with_the_reason(server):
     url = f"{server.rest_url}/v2/models/plate/infer"
-    wrong_shape = {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 3, 32, 32],
-                               "data": [0.0] * (3 * 32 * 32)}]}
+    wrong_shape = {
+        "inputs": [
+            {
+                "name": "image",
+                "datatype": "FP32",
+                "shape": [1, 3, 32, 32],
+                "data": [0.0] * (3 * 32 * 32),
+            }
+        ]
+    }
     response = httpx.post(url, json=wrong_shape, timeout=30)
     assert response.status_code == 400 and "[N, 3, 64, 64]" in response.text
     wrong_type = {"inputs": [{"name": "image", "datatype": "INT32", "shape": [1], "data": [1]}]}
     response = httpx.post(url, json=wrong_type, timeout=30)
     assert response.status_code == 400 and "datatype INT32" in response.text
-    not_an_image = {"inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [1],
-                                "data": ["hello"]}]}
+    not_an_image = {
+        "inputs": [{"name": "image_bytes", "datatype": "BYTES", "shape": [1], "data": ["hello"]}]
+    }
     response = httpx.post(url, json=not_an_image, timeout=30)
     assert response.status_code == 400 and "not an image" in response.text
     assert httpx.get(f"{server.rest_url}/v2/health/live").status_code == 200  # still serving
@@ -217,9 +277,13 @@ def test_grpc_raw_call_and_rt_info_parameter(server, synthetic_ir):
         assert list(metadata.inputs[0].shape) == [1, 3, 64, 64]
         request = pb.ModelInferRequest(
             model_name="plate",
-            inputs=[pb.ModelInferRequest.InferInputTensor(name="image", datatype="FP32",
-                                                          shape=[1, 3, 64, 64])],
-            raw_input_contents=[tensor.tobytes()])
+            inputs=[
+                pb.ModelInferRequest.InferInputTensor(
+                    name="image", datatype="FP32", shape=[1, 3, 64, 64]
+                )
+            ],
+            raw_input_contents=[tensor.tobytes()],
+        )
         request.parameters["anomaly_edge_rt_info"].bool_param = True
         response = stub.ModelInfer(request)
     got = np.frombuffer(response.raw_output_contents[0], np.float32).reshape(1, 1, 64, 64)
@@ -241,15 +305,19 @@ def test_cli_errors_have_their_exit_codes(synthetic_ir, tmp_path, monkeypatch, c
         busy.bind((HOST, 0))
         busy.listen()
         port = busy.getsockname()[1]
-        assert main(["serve", "--model", str(synthetic_ir), "--host", HOST,
-                     "--http-port", str(port)]) == ExitCode.USAGE
+        assert (
+            main(["serve", "--model", str(synthetic_ir), "--host", HOST, "--http-port", str(port)])
+            == ExitCode.USAGE
+        )
     assert "port in use" in capsys.readouterr().err
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "kserve" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "kserve" else real_find_spec(name, *a),
+    )
     assert main(["serve", "--model", str(synthetic_ir)]) == ExitCode.MISSING_EXTRA
     assert "pip install 'anomaly-edge[serve]'" in capsys.readouterr().err
     image = tmp_path / "a.png"
     cv2.imwrite(str(image), frame_with_defects())
-    assert main(["predict", "--model", "http://127.0.0.1:1", str(image)]) \
-        == ExitCode.MISSING_EXTRA
+    assert main(["predict", "--model", "http://127.0.0.1:1", str(image)]) == ExitCode.MISSING_EXTRA

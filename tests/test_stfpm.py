@@ -49,14 +49,15 @@ def textured_images(count: int, seed: int = 0) -> torch.Tensor:
 
 
 def batches(images: torch.Tensor, size: int = 4) -> list[torch.Tensor]:
-    return [images[i:i + size] for i in range(0, len(images), size)]
+    return [images[i : i + size] for i in range(0, len(images), size)]
 
 
 def fit(model: stfpm.Stfpm, **kwargs) -> stfpm.StfpmHistory:
     settings = {"max_epochs": 2, "patience": 10, "lr": 0.05, "progress": False, "seed": 0}
     settings.update(kwargs)
-    return stfpm.train_stfpm(model, batches(textured_images(8)),
-                             batches(textured_images(4, seed=1)), **settings)
+    return stfpm.train_stfpm(
+        model, batches(textured_images(8)), batches(textured_images(4, seed=1)), **settings
+    )
 
 
 # ---- arithmetic --------------------------------------------------------------------------
@@ -69,7 +70,11 @@ def test_layer_distance_is_half_squared_distance_of_unit_vectors():
     s = torch.tensor([0.0, 5.0]).view(1, 2, 1, 1)
     assert stfpm.layer_distance(t, s).item() == pytest.approx(1.0)  # orthogonal
     assert stfpm.layer_distance(torch.randn(2, 8, 5, 7), torch.randn(2, 8, 5, 7)).shape == (
-        2, 1, 5, 7)
+        2,
+        1,
+        5,
+        7,
+    )
 
 
 def test_loss_sums_images_and_averages_positions():
@@ -88,9 +93,12 @@ def test_map_combines_upsampled_layer_distances(combine):
     t = [torch.rand(1, 3, 4, 4), torch.rand(1, 3, 2, 2)]
     s = [torch.rand(1, 3, 4, 4), torch.rand(1, 3, 2, 2)]
     amap = model.distances(t, s, (8, 8))
-    ups = [torch.nn.functional.interpolate(stfpm.layer_distance(a, b), size=(8, 8),
-                                           mode="bilinear", align_corners=False)
-           for a, b in zip(t, s, strict=True)]
+    ups = [
+        torch.nn.functional.interpolate(
+            stfpm.layer_distance(a, b), size=(8, 8), mode="bilinear", align_corners=False
+        )
+        for a, b in zip(t, s, strict=True)
+    ]
     expected = ups[0] * ups[1] if combine == "product" else ups[0] + ups[1]
     torch.testing.assert_close(amap, expected)
 
@@ -135,8 +143,9 @@ def test_openvino_converts_the_module_and_agrees_with_torch(isa_level):
         expected = model(x).numpy()
     # float32 arithmetic: by default OpenVINO runs bf16 on CPUs with AVX512_BF16/AMX (1.7%
     # off here), which is the CPU's choice, not a conversion error
-    compiled = ov.compile_model(ov.convert_model(model, example_input=x), "CPU",
-                                {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = ov.compile_model(
+        ov.convert_model(model, example_input=x), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+    )
     got = compiled(x.numpy())[0]
     assert got.shape == (1, 1, SIZE, SIZE)
     np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-5 * float(expected.max()))
@@ -194,8 +203,15 @@ def test_same_seed_same_model_other_seed_other_model():
 
 def test_holds_out_training_images_when_no_validation_loader():
     model = tiny_model()
-    history = stfpm.train_stfpm(model, batches(textured_images(10)), None, max_epochs=1,
-                                lr=0.05, progress=False, val_fraction=0.2)
+    history = stfpm.train_stfpm(
+        model,
+        batches(textured_images(10)),
+        None,
+        max_epochs=1,
+        lr=0.05,
+        progress=False,
+        val_fraction=0.2,
+    )
     assert history.epochs == 1 and np.isfinite(history.val_loss[0])
 
 
@@ -203,19 +219,27 @@ def test_accepts_dict_batches_of_normalised_floats():
     model = tiny_model()
     mean = torch.tensor(model.mean).view(1, 3, 1, 1)
     std = torch.tensor(model.std).view(1, 3, 1, 1)
-    normalised = [{"image": (b.float() - mean) / std, "label": torch.zeros(len(b))}
-                  for b in batches(textured_images(8))]
+    normalised = [
+        {"image": (b.float() - mean) / std, "label": torch.zeros(len(b))}
+        for b in batches(textured_images(8))
+    ]
     kept, batch = stfpm_training._collect_images(normalised, "train_loader", mean, std)
     assert kept.dtype == torch.uint8 and batch == 4  # compacted losslessly
     torch.testing.assert_close(kept, textured_images(8))
-    history = stfpm.train_stfpm(model, normalised, normalised[:1], max_epochs=1, lr=0.05,
-                                progress=False)
+    history = stfpm.train_stfpm(
+        model, normalised, normalised[:1], max_epochs=1, lr=0.05, progress=False
+    )
     assert history.epochs == 1
 
 
 def test_fit_stfpm_builds_a_pretrained_teacher_and_trains():
-    model = stfpm.fit_stfpm("efficientnet_lite0", batches(textured_images(6)),
-                            batches(textured_images(2, seed=1)), max_epochs=1, progress=False)
+    model = stfpm.fit_stfpm(
+        "efficientnet_lite0",
+        batches(textured_images(6)),
+        batches(textured_images(2, seed=1)),
+        max_epochs=1,
+        progress=False,
+    )
     assert model.backbone == "efficientnet_lite0"
     assert model.mean == (127.5, 127.5, 127.5)
     assert model.history is not None and model.history.epochs == 1
@@ -224,8 +248,9 @@ def test_fit_stfpm_builds_a_pretrained_teacher_and_trains():
 
 
 def test_learning_rate_warms_up_linearly_then_decays_along_a_cosine():
-    rate = stfpm_training._lr_schedule(0.4, steps_per_epoch=4, max_epochs=5, warmup_epochs=1,
-                                       cosine=True)
+    rate = stfpm_training._lr_schedule(
+        0.4, steps_per_epoch=4, max_epochs=5, warmup_epochs=1, cosine=True
+    )
     assert [rate(s) for s in range(4)] == pytest.approx([0.1, 0.2, 0.3, 0.4])
     assert rate(4) == pytest.approx(0.4)  # the cosine starts at the peak
     assert rate(12) == pytest.approx(0.2)  # half-way through the 16 decay steps
@@ -238,10 +263,13 @@ def test_learning_rate_warms_up_linearly_then_decays_along_a_cosine():
 def test_gradient_clipping_bounds_every_step():
     model = tiny_model()
     before = [p.detach().clone() for p in model.student.parameters()]
-    history = fit(model, max_epochs=1, lr=0.5, momentum=0.0, weight_decay=0.0,
-                  max_grad_norm=1e-6)
-    moved = torch.sqrt(sum(((p.detach() - b) ** 2).sum()
-                           for p, b in zip(model.student.parameters(), before, strict=True)))
+    history = fit(model, max_epochs=1, lr=0.5, momentum=0.0, weight_decay=0.0, max_grad_norm=1e-6)
+    moved = torch.sqrt(
+        sum(
+            ((p.detach() - b) ** 2).sum()
+            for p, b in zip(model.student.parameters(), before, strict=True)
+        )
+    )
     steps = 2  # 8 images in batches of 4
     assert float(moved) <= steps * 0.5 * 1e-6 * 1.01
     assert history.grad_norm[0] > 1e-6  # the raw norm is recorded, before clipping
@@ -250,12 +278,20 @@ def test_gradient_clipping_bounds_every_step():
 # ---- bad input -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("setting", "message"), [
-    ({"lr": -1.0}, "lr"), ({"momentum": 1.0}, "momentum"), ({"weight_decay": -1.0}, "weight"),
-    ({"patience": 0}, "patience"), ({"max_epochs": 0}, "max_epochs"),
-    ({"val_fraction": 1.0}, "val_fraction"), ({"batch_size": 0}, "batch_size"),
-    ({"warmup_epochs": -1.0}, "warmup_epochs"), ({"max_grad_norm": 0.0}, "max_grad_norm"),
-])
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"lr": -1.0}, "lr"),
+        ({"momentum": 1.0}, "momentum"),
+        ({"weight_decay": -1.0}, "weight"),
+        ({"patience": 0}, "patience"),
+        ({"max_epochs": 0}, "max_epochs"),
+        ({"val_fraction": 1.0}, "val_fraction"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"warmup_epochs": -1.0}, "warmup_epochs"),
+        ({"max_grad_norm": 0.0}, "max_grad_norm"),
+    ],
+)
 def test_bad_settings_are_named(setting, message):
     with pytest.raises(ValueError, match=message):
         fit(tiny_model(), **setting)
@@ -272,8 +308,9 @@ def test_bad_loaders_get_clear_errors():
     with pytest.raises(ValueError, match="at least 2"):
         stfpm.train_stfpm(model, [textured_images(1)], None, progress=False)
     with pytest.raises(ValueError, match="different sizes"):
-        stfpm.train_stfpm(model, [textured_images(2), textured_images(2)[..., :32]], None,
-                          progress=False)
+        stfpm.train_stfpm(
+            model, [textured_images(2), textured_images(2)[..., :32]], None, progress=False
+        )
     with pytest.raises(ValueError, match="combine"):
         stfpm.Stfpm(model.teacher, model.student, combine="max")  # type: ignore[arg-type]
 
@@ -288,8 +325,9 @@ def test_blur_smooths_the_raw_distances_and_zero_turns_it_off():
     with torch.no_grad():
         raw = sharp_off(x)
         blurred = sharp(x)
-        torch.testing.assert_close(raw, sharp_off.distances(sharp.teacher(x), sharp.student(x),
-                                                            (SIZE, SIZE)))
+        torch.testing.assert_close(
+            raw, sharp_off.distances(sharp.teacher(x), sharp.student(x), (SIZE, SIZE))
+        )
     torch.testing.assert_close(blurred, sharp.blur(raw))
     assert float(blurred.std()) < float(raw.std())
     torch.testing.assert_close(blurred.mean(), raw.mean(), rtol=0.05, atol=0)
@@ -301,13 +339,27 @@ def test_checkpoint_round_trip_rebuilds_the_same_module(tmp_path):
     checkpoint = pytest.importorskip("anomaly_edge.train.checkpoint")
     from anomaly_edge.metadata import ModelMetadata
 
-    model = stfpm.fit_stfpm("efficientnet_lite0", batches(textured_images(4)),
-                            batches(textured_images(2, seed=1)), max_epochs=1, progress=False,
-                            blur_sigma=2.0)
-    metadata = ModelMetadata(model="stfpm", backbone=model.backbone, input_size=(SIZE, SIZE),
-                             mean=model.mean, std=model.std, image_threshold=1.0,
-                             pixel_threshold=1.0, image_min=0.0, image_max=2.0, pixel_min=0.0,
-                             pixel_max=2.0)
+    model = stfpm.fit_stfpm(
+        "efficientnet_lite0",
+        batches(textured_images(4)),
+        batches(textured_images(2, seed=1)),
+        max_epochs=1,
+        progress=False,
+        blur_sigma=2.0,
+    )
+    metadata = ModelMetadata(
+        model="stfpm",
+        backbone=model.backbone,
+        input_size=(SIZE, SIZE),
+        mean=model.mean,
+        std=model.std,
+        image_threshold=1.0,
+        pixel_threshold=1.0,
+        image_min=0.0,
+        image_max=2.0,
+        pixel_min=0.0,
+        pixel_max=2.0,
+    )
     path = checkpoint.save_checkpoint(model, metadata, tmp_path / "checkpoint.pt")
     rebuilt, _ = checkpoint.load_checkpoint(path)
     assert isinstance(rebuilt, stfpm.Stfpm) and rebuilt.blur_sigma == 2.0

@@ -57,8 +57,21 @@ def test_truncated_video_in_summary_status_and_exit_code(synthetic_ir, tmp_path,
     assert f"missing frames: {summary.missing}" in text and "ended early" in text
 
     events = tmp_path / "e.jsonl"
-    code = main(["run", "--model", str(synthetic_ir), "--source", str(video), "--device", "CPU",
-                 "--events", str(events), "--all-frames", "--quiet"])
+    code = main(
+        [
+            "run",
+            "--model",
+            str(synthetic_ir),
+            "--source",
+            str(video),
+            "--device",
+            "CPU",
+            "--events",
+            str(events),
+            "--all-frames",
+            "--quiet",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == ExitCode.INPUT, captured
     assert "before its stated length" in captured.err
@@ -81,8 +94,12 @@ def _wreck_chunks(video, first: int, stop: int):
 def test_frames_after_a_damaged_stretch_keep_their_numbers_and_times(tmp_path):
     """Before: frames 30-39 vanished without a count and frame 40 came out as number 30."""
     defects = range(FRAMES)  # a disc in every frame, at a place that depends on the index
-    intact = {f.index: f for f in _read_all(open_source(
-        make_video(tmp_path / "intact.avi", FRAMES, defects, fps=FPS)))}
+    intact = {
+        f.index: f
+        for f in _read_all(
+            open_source(make_video(tmp_path / "intact.avi", FRAMES, defects, fps=FPS))
+        )
+    }
     damaged = _wreck_chunks(make_video(tmp_path / "d.avi", FRAMES, defects, fps=FPS), 30, 40)
     source = open_source(damaged)
     frames = _read_all(source)
@@ -109,8 +126,9 @@ def test_only_indexed_mjpeg_avi_files_are_read_by_index(tmp_path):
     chunks = mjpeg_frame_chunks(avi)
     data = avi.read_bytes()
     assert len(chunks) == 5
-    assert all(data[o:o + 2] == b"\xff\xd8" and data[o + s - 2:o + s] == b"\xff\xd9"
-               for o, s in chunks)  # each chunk is one whole JPEG
+    assert all(
+        data[o : o + 2] == b"\xff\xd8" and data[o + s - 2 : o + s] == b"\xff\xd9" for o, s in chunks
+    )  # each chunk is one whole JPEG
     assert mjpeg_frame_chunks(make_video(tmp_path / "v.mp4", 5, fps=FPS)) is None
     (tmp_path / "junk.avi").write_bytes(b"RIFF\x10\x00\x00\x00AVI LIST")
     assert mjpeg_frame_chunks(tmp_path / "junk.avi") is None

@@ -43,8 +43,9 @@ class _Receiver:
 
 def test_spool_spills_to_disk_while_down_and_delivers_in_order(tmp_path):
     receiver = _Receiver()
-    spool = Spool("test", receiver, spool_dir=tmp_path, memory=5, retry_delay=0.01,
-                  max_retry_delay=0.05)
+    spool = Spool(
+        "test", receiver, spool_dir=tmp_path, memory=5, retry_delay=0.01, max_retry_delay=0.05
+    )
     for n in range(40):
         spool.put({"n": n})  # never waits, though the receiver is down
     assert spool.pending == 40
@@ -74,8 +75,7 @@ def test_spool_keeps_undelivered_events_for_the_next_start(tmp_path):
 
 def test_a_full_spool_drops_new_events_rather_than_fill_the_disk(tmp_path):
     receiver = _Receiver()
-    spool = Spool("test", receiver, spool_dir=tmp_path, memory=2, max_spooled=3,
-                  retry_delay=0.01)
+    spool = Spool("test", receiver, spool_dir=tmp_path, memory=2, max_spooled=3, retry_delay=0.01)
     for n in range(10):
         spool.put({"n": n})
     assert (spool.pending, spool.dropped) == (5, 5)
@@ -108,8 +108,12 @@ class _Subscriber:
 
         self.messages: list[dict] = []
         self.status: list[str] = []
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="plant-subscriber",
-                                  clean_session=False, protocol=mqtt.MQTTv311)
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id="plant-subscriber",
+            clean_session=False,
+            protocol=mqtt.MQTTv311,
+        )
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe([(topic, 1)])
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(0.2, 1)
@@ -133,14 +137,13 @@ def test_a_broker_restart_mid_run_loses_no_event(synthetic_ir, tmp_path):
 
     broker = Mosquitto(tmp_path / "broker").start()
     subscriber = _Subscriber(broker.port, "plant/#")
-    servers = [MjpegServer(lambda n: make_frame(n, n % 2 == 0), fps=20).start()
-               for _ in range(2)]
+    servers = [MjpegServer(lambda n: make_frame(n, n % 2 == 0), fps=20).start() for _ in range(2)]
     model = AnomalyModel(synthetic_ir, device="CPU", task="detection")
-    publisher = MqttPublisher(f"{broker.url}/plant", spool_dir=tmp_path / "spool",
-                              ack_timeout=1.0)
+    publisher = MqttPublisher(f"{broker.url}/plant", spool_dir=tmp_path / "spool", ack_timeout=1.0)
     events = EventLog([JsonLinesWriter(tmp_path / "events.jsonl"), publisher])
-    runner = MultiStreamRunner(model, [Camera(f"cam{i}", s.url) for i, s in enumerate(servers)],
-                               events=events)
+    runner = MultiStreamRunner(
+        model, [Camera(f"cam{i}", s.url) for i, s in enumerate(servers)], events=events
+    )
     try:
         runner.start()
         _wait(lambda: len(subscriber.messages) >= 10, what="the first events")
@@ -150,14 +153,18 @@ def test_a_broker_restart_mid_run_loses_no_event(synthetic_ir, tmp_path):
         _wait(lambda: events.count >= sent_before + 20, what="events while the broker is down")
         assert publisher.pending > 0  # waiting in the spool, the cameras go on
         broker.start()
-        _wait(lambda: publisher.connected.is_set() and events.count >= sent_before + 30,
-              what="the publisher to reconnect")
+        _wait(
+            lambda: publisher.connected.is_set() and events.count >= sent_before + 30,
+            what="the publisher to reconnect",
+        )
         runner.stop()
         runner.join()  # closes the publisher after it delivered what was spooled
         lines = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
         expected = {(e["source"], e["frame"]) for e in lines}
-        _wait(lambda: {(m["source"], m["frame"]) for m in subscriber.messages} >= expected,
-              what="every event at the subscriber")
+        _wait(
+            lambda: {(m["source"], m["frame"]) for m in subscriber.messages} >= expected,
+            what="every event at the subscriber",
+        )
         received = {(m["source"], m["frame"]) for m in subscriber.messages}
         assert received == expected  # nothing lost, nothing invented
         assert len(expected) == len(lines)
@@ -166,8 +173,10 @@ def test_a_broker_restart_mid_run_loses_no_event(synthetic_ir, tmp_path):
             frames = [m["frame"] for m in subscriber.messages if m["source"] == camera]
             assert frames == sorted(frames)
         assert set(subscriber.messages[0]) >= {"source", "frame", "time", "score", "boxes"}
-        _wait(lambda: subscriber.status and subscriber.status[-1] == "offline",
-              what="the retained offline status")
+        _wait(
+            lambda: subscriber.status and subscriber.status[-1] == "offline",
+            what="the retained offline status",
+        )
     finally:
         runner.stop()
         subscriber.close()
@@ -183,8 +192,7 @@ def test_the_broker_says_offline_when_the_box_vanishes(tmp_path):
     broker = Mosquitto(tmp_path / "broker").start()
     try:
         subscriber = _Subscriber(broker.port, "box/status")
-        publisher = MqttPublisher(f"{broker.url}/box", spool_dir=tmp_path / "spool",
-                                  keepalive=1)
+        publisher = MqttPublisher(f"{broker.url}/box", spool_dir=tmp_path / "spool", keepalive=1)
         _wait(lambda: subscriber.status[-1:] == ["online"], what="online")
         publisher._client.loop_stop()  # paho's thread would reconnect
         publisher._client._sock.close()  # the connection dies without a DISCONNECT

@@ -35,8 +35,12 @@ def test_metrics_per_camera(synthetic_ir, tmp_path):
             scraped.update(_scrape(exporter.port))
 
     model = AnomalyModel(synthetic_ir, device="CPU", task="detection")
-    run_many(model, [Camera("clean", str(clean)), Camera("damaged", str(damaged))],
-             observers=[exporter], on_result=scrape_at_the_end)
+    run_many(
+        model,
+        [Camera("clean", str(clean)), Camera("damaged", str(damaged))],
+        observers=[exporter],
+        on_result=scrape_at_the_end,
+    )
     assert scraped['anomaly_edge_frames_total{source="clean"}'] == 30
     assert scraped['anomaly_edge_anomalies_total{source="clean"}'] == 3
     assert scraped['anomaly_edge_undecodable_frames_total{source="clean"}'] == 0
@@ -63,8 +67,12 @@ def test_damaged_frames_are_counted(synthetic_ir, tmp_path):
         if result.index == 29:
             scraped.update(_scrape(exporter.port))
 
-    run_many(AnomalyModel(synthetic_ir, device="CPU"), [Camera("d", str(damaged))],
-             observers=[exporter], on_result=scrape_at_the_end)
+    run_many(
+        AnomalyModel(synthetic_ir, device="CPU"),
+        [Camera("d", str(damaged))],
+        observers=[exporter],
+        on_result=scrape_at_the_end,
+    )
     assert scraped['anomaly_edge_undecodable_frames_total{source="d"}'] == 2
     assert scraped['anomaly_edge_frames_total{source="d"}'] == 28
 

@@ -34,9 +34,16 @@ def _events(path):
 
 
 def test_every_camera_gets_every_frame_its_outputs_and_named_events(model, videos, tmp_path):
-    cameras = [Camera(f"line{i}", str(video), output=tmp_path / f"line{i}.mp4",
-                      snapshots=tmp_path / f"snaps{i}", snapshot_interval=0)
-               for i, video in enumerate(videos)]
+    cameras = [
+        Camera(
+            f"line{i}",
+            str(video),
+            output=tmp_path / f"line{i}.mp4",
+            snapshots=tmp_path / f"snaps{i}",
+            snapshot_interval=0,
+        )
+        for i, video in enumerate(videos)
+    ]
     summary = run_many(model, cameras, events=tmp_path / "events.jsonl")
     assert summary.errors == {}
     assert {n: s.frames for n, s in summary.cameras.items()} == {c.name: 40 for c in cameras}
@@ -47,14 +54,25 @@ def test_every_camera_gets_every_frame_its_outputs_and_named_events(model, video
         assert count_frames(camera.output)[0] == 40
         assert len(list(camera.snapshots.glob("*.jpg"))) == len(DEFECTS)
     # The fields of the single-source JSON Lines, plus the camera.
-    assert set(events[0]) == {"source", "frame", "timestamp", "time", "score", "label",
-                              "anomalous", "raw_score", "boxes"}
+    assert set(events[0]) == {
+        "source",
+        "frame",
+        "timestamp",
+        "time",
+        "score",
+        "label",
+        "anomalous",
+        "raw_score",
+        "boxes",
+    }
 
 
 def test_each_camera_keeps_its_own_thresholds_and_task(model, videos, tmp_path):
-    cameras = [Camera("normal", str(videos[0])),
-               Camera("blind", str(videos[1]), image_threshold=1e9, pixel_threshold=1e9),
-               Camera("classify", str(videos[2]), task="classification")]
+    cameras = [
+        Camera("normal", str(videos[0])),
+        Camera("blind", str(videos[1]), image_threshold=1e9, pixel_threshold=1e9),
+        Camera("classify", str(videos[2]), task="classification"),
+    ]
     seen: dict[str, list] = {c.name: [] for c in cameras}
     run_many(model, cameras, on_result=lambda name, r: seen[name].append(r.prediction))
     assert sum(p.label for p in seen["normal"]) == len(DEFECTS)
@@ -80,11 +98,17 @@ def test_thresholds_change_during_the_run_and_are_logged(model, tmp_path):
     runner.run()
     assert all(labels[:100])
     # Frames submitted after the change (+1: the read may race with one submission).
-    assert not any(labels[switched_at[0] + 1:])
+    assert not any(labels[switched_at[0] + 1 :])
     change = [e for e in _events(tmp_path / "ev.jsonl") if e.get("event")]
-    assert change == [{"source": "a", "event": "thresholds_changed", "time": change[0]["time"],
-                       "by": "test",
-                       "image_threshold": {"old": model.image_threshold, "new": 1e9}}]
+    assert change == [
+        {
+            "source": "a",
+            "event": "thresholds_changed",
+            "time": change[0]["time"],
+            "by": "test",
+            "image_threshold": {"old": model.image_threshold, "new": 1e9},
+        }
+    ]
     with pytest.raises(Exception, match="finite"):
         runner.set_thresholds("a", image_threshold=float("nan"))
     with pytest.raises(Exception, match="no camera named 'zz'"):
@@ -107,8 +131,11 @@ class _FailingSink:
 
 def test_a_failing_camera_stops_alone(model, videos):
     sinks = {"bad": [_FailingSink(after=5)]}
-    summary = run_many(model, [Camera("bad", str(videos[0])), Camera("good", str(videos[1]))],
-                       sinks=lambda camera: sinks.get(camera.name, []))
+    summary = run_many(
+        model,
+        [Camera("bad", str(videos[0])), Camera("good", str(videos[1]))],
+        sinks=lambda camera: sinks.get(camera.name, []),
+    )
     assert "disk full" in summary.errors["bad"]
     assert summary.cameras["bad"].stop_reason == "error"
     assert summary.cameras["good"].frames == 40
@@ -116,8 +143,9 @@ def test_a_failing_camera_stops_alone(model, videos):
 
 
 def test_max_frames_per_camera(model, videos):
-    summary = run_many(model, [Camera("a", str(videos[0]), max_frames=7),
-                               Camera("b", str(videos[1]))])
+    summary = run_many(
+        model, [Camera("a", str(videos[0]), max_frames=7), Camera("b", str(videos[1]))]
+    )
     assert summary.cameras["a"].frames == 7
     assert summary.cameras["a"].stop_reason == "max_frames"
     assert summary.cameras["b"].frames == 40
@@ -134,12 +162,14 @@ def _wait(condition, limit_s: float = 30.0, what: str = "") -> None:
 
 @pytest.mark.slow
 def test_killing_one_camera_server_leaves_the_others_running_and_it_reconnects(model):
-    servers = [MjpegServer(lambda n: make_frame(n, n % 10 == 0), fps=20).start()
-               for _ in range(4)]
+    servers = [MjpegServer(lambda n: make_frame(n, n % 10 == 0), fps=20).start() for _ in range(4)]
     try:
         runner = MultiStreamRunner(
-            model, [Camera(f"cam{i}", s.url) for i, s in enumerate(servers)],
-            reconnect=ReconnectPolicy(attempts=50, delay=0.2, max_delay=0.5), timeout=5)
+            model,
+            [Camera(f"cam{i}", s.url) for i, s in enumerate(servers)],
+            reconnect=ReconnectPolicy(attempts=50, delay=0.2, max_delay=0.5),
+            timeout=5,
+        )
         runner.start()
         lanes = runner.lanes
         _wait(lambda: all(lane.stats.frames >= 10 for lane in lanes), what="first frames")
@@ -152,8 +182,10 @@ def test_killing_one_camera_server_leaves_the_others_running_and_it_reconnects(m
         assert all(a > b + 5 for a, b in zip(after[1:], before[1:], strict=True)), (before, after)
         assert all(lane.state == "running" for lane in lanes)
         servers[0].start()  # same port
-        _wait(lambda: lanes[0].reconnects >= 1 and lanes[0].stats.frames > after[0] + 5,
-              what="the camera to come back")
+        _wait(
+            lambda: lanes[0].reconnects >= 1 and lanes[0].stats.frames > after[0] + 5,
+            what="the camera to come back",
+        )
         runner.stop()
         summary = runner.join()
     finally:
@@ -169,9 +201,12 @@ def test_a_live_camera_down_at_the_start_is_waited_for(model):
     port_holder = server.start()
     url = port_holder.url
     server.stop()
-    runner = MultiStreamRunner(model, [Camera("late", url)],
-                               reconnect=ReconnectPolicy(attempts=40, delay=0.1, max_delay=0.3),
-                               timeout=3)
+    runner = MultiStreamRunner(
+        model,
+        [Camera("late", url)],
+        reconnect=ReconnectPolicy(attempts=40, delay=0.1, max_delay=0.3),
+        timeout=3,
+    )
     runner.start()
     try:
         time.sleep(0.5)
@@ -187,18 +222,26 @@ def test_a_live_camera_down_at_the_start_is_waited_for(model):
 
 def test_a_missing_file_is_an_error_at_once(model, videos, tmp_path):
     with pytest.raises(Exception, match="not found"):
-        MultiStreamRunner(model, [Camera("a", str(videos[0]), output=tmp_path / "a.mp4"),
-                                  Camera("b", str(tmp_path / "missing.mp4"))])
+        MultiStreamRunner(
+            model,
+            [
+                Camera("a", str(videos[0]), output=tmp_path / "a.mp4"),
+                Camera("b", str(tmp_path / "missing.mp4")),
+            ],
+        )
     assert not (tmp_path / "a.mp4").exists()
 
 
 def test_the_multi_camera_modules_do_not_import_torch():
-    script = ("import sys; import anomaly_edge.cli.run_cameras, anomaly_edge.stream.multi, "
-              "anomaly_edge.stream.web, anomaly_edge.stream.mqtt, anomaly_edge.stream.metrics, "
-              "anomaly_edge.stream.webhook; "
-              "print([m for m in sys.modules if m.split('.')[0] == 'torch'])")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=120, cwd=REPO)
+    script = (
+        "import sys; import anomaly_edge.cli.run_cameras, anomaly_edge.stream.multi, "
+        "anomaly_edge.stream.web, anomaly_edge.stream.mqtt, anomaly_edge.stream.metrics, "
+        "anomaly_edge.stream.webhook; "
+        "print([m for m in sys.modules if m.split('.')[0] == 'torch'])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
 
@@ -207,10 +250,14 @@ def test_the_multi_camera_modules_do_not_import_torch():
 
 
 def test_sources_from_the_command_line_get_names():
-    cameras = cameras_from_sources(["line1=rtsp://x/s?a=b", "rtsp://y/s?a=b", "0"],
-                                   task="detection")
+    cameras = cameras_from_sources(
+        ["line1=rtsp://x/s?a=b", "rtsp://y/s?a=b", "0"], task="detection"
+    )
     assert [(c.name, c.source) for c in cameras] == [
-        ("line1", "rtsp://x/s?a=b"), ("cam2", "rtsp://y/s?a=b"), ("cam3", "0")]
+        ("line1", "rtsp://x/s?a=b"),
+        ("cam2", "rtsp://y/s?a=b"),
+        ("cam3", "0"),
+    ]
     assert all(c.task == "detection" for c in cameras)
     with pytest.raises(ConfigError, match="two cameras are named 'a'"):
         cameras_from_sources(["a=x.mp4", "a=y.mp4"])
@@ -238,22 +285,32 @@ task = "segmentation"
     assert first.source == str(tmp_path / "videos" / "line1.mp4")
     assert first.output == tmp_path / "out" / "line1.mp4"
     assert (first.task, first.image_threshold, first.snapshot_interval, first.min_area) == (
-        "detection", 14.5, 2.0, 3)
+        "detection",
+        14.5,
+        2.0,
+        3,
+    )
     assert (second.source, second.task, second.image_threshold) == (
-        "rtsp://10.0.0.2/s", "segmentation", None)
+        "rtsp://10.0.0.2/s",
+        "segmentation",
+        None,
+    )
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("[[camera]]\nname = 'a'\n", "needs both 'name' and 'source'"),
-    ("[[camera]]\nname = 'a'\nsource = 'x'\nthreshold = 3\n", "unknown key"),
-    ("[[camera]]\nname = 'a'\nsource = 'x'\nimage_threshold = 'high'\n", "finite number"),
-    ("[[camera]]\nname = 'a b'\nsource = 'x'\n", "camera name"),
-    ("[[camera]]\nname = 'a'\nsource = 'x'\ntask = 'detect'\n", "task 'detect'"),
-    ("[cameras]\n", "unknown section"),
-    ("", "no camera"),
-    ("[[camera]\n", "not valid TOML"),
-    ("[[camera]]\nname='a'\nsource='x'\n[[camera]]\nname='a'\nsource='y'\n", "two cameras"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[[camera]]\nname = 'a'\n", "needs both 'name' and 'source'"),
+        ("[[camera]]\nname = 'a'\nsource = 'x'\nthreshold = 3\n", "unknown key"),
+        ("[[camera]]\nname = 'a'\nsource = 'x'\nimage_threshold = 'high'\n", "finite number"),
+        ("[[camera]]\nname = 'a b'\nsource = 'x'\n", "camera name"),
+        ("[[camera]]\nname = 'a'\nsource = 'x'\ntask = 'detect'\n", "task 'detect'"),
+        ("[cameras]\n", "unknown section"),
+        ("", "no camera"),
+        ("[[camera]\n", "not valid TOML"),
+        ("[[camera]]\nname='a'\nsource='x'\n[[camera]]\nname='a'\nsource='y'\n", "two cameras"),
+    ],
+)
 def test_bad_config_files_say_what_is_wrong(tmp_path, text, message):
     config = tmp_path / "cameras.toml"
     config.write_text(text)
@@ -275,9 +332,20 @@ MultiStreamRunner(model, cameras, events=sys.argv[4]).start()
 
 def test_exit_without_join_closes_every_camera_cleanly(synthetic_ir, videos, tmp_path):
     out, events = tmp_path / "a.mp4", tmp_path / "events.jsonl"
-    done = subprocess.run([sys.executable, "-c", EXIT_WITHOUT_JOIN, str(synthetic_ir),
-                           str(videos[0]), str(out), str(events)],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            EXIT_WITHOUT_JOIN,
+            str(synthetic_ir),
+            str(videos[0]),
+            str(out),
+            str(events),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert count_frames(out)[0] > 0  # a complete, playable file
     for line in events.read_text().splitlines():

@@ -54,10 +54,13 @@ def _events(path) -> list[dict]:
 
 @pytest.mark.parametrize("task", ["segmentation", "detection", "classification"])
 def test_events_name_exactly_the_defect_frames_and_the_video_is_complete(
-        task, model_factory, video, tmp_path):
+    task, model_factory, video, tmp_path
+):
     runner = StreamRunner(model_factory(task), video, heatmap=task == "segmentation")
-    runner.sinks += [VideoSink(tmp_path / "out.mp4", runner.source.fps),
-                     EventsSink(tmp_path / "events.jsonl")]
+    runner.sinks += [
+        VideoSink(tmp_path / "out.mp4", runner.source.fps),
+        EventsSink(tmp_path / "events.jsonl"),
+    ]
     results = list(runner)
     assert [r.index for r in results] == list(range(40))
     events = _events(tmp_path / "events.jsonl")
@@ -90,10 +93,11 @@ def test_image_folder_and_glob(model_factory, tmp_path):
     folder = make_image_folder(tmp_path / "shots", 8, defects={2, 6})
     for source in (folder, str(folder / "img_*.png")):
         events_path = tmp_path / "events.jsonl"
-        StreamRunner(model_factory("detection"), source,
-                     sinks=[EventsSink(events_path)]).run()
+        StreamRunner(model_factory("detection"), source, sinks=[EventsSink(events_path)]).run()
         assert [(e["frame"], e["image"]) for e in _events(events_path)] == [
-            (2, "img_2.png"), (6, "img_6.png")]
+            (2, "img_2.png"),
+            (6, "img_6.png"),
+        ]
 
 
 def test_damaged_frames_are_skipped_and_counted(model_factory, tmp_path):
@@ -112,8 +116,9 @@ def test_grey_video(model_factory, tmp_path):
 
 def test_max_frames_and_callback(model_factory, video, tmp_path):
     seen = []
-    runner = StreamRunner(model_factory(), video, max_frames=10,
-                          sinks=[VideoSink(tmp_path / "ten.mp4")])
+    runner = StreamRunner(
+        model_factory(), video, max_frames=10, sinks=[VideoSink(tmp_path / "ten.mp4")]
+    )
     summary = runner.run(lambda result: seen.append(result.index))
     assert seen == list(range(10))
     assert summary.frames == 10 and summary.stop_reason == "max_frames"
@@ -157,8 +162,13 @@ def test_http_mjpeg_stream_cut_and_restarted_keeps_going(model_factory, tmp_path
     phase = {"defects": False}
     server = MjpegServer(lambda n: make_frame(n, phase["defects"]), fps=30).start()
     events_path = tmp_path / "events.jsonl"
-    runner = StreamRunner(model_factory(), server.url, sinks=[EventsSink(events_path)],
-                          reconnect=ReconnectPolicy(20, 0.1, 0.5), timeout=3)
+    runner = StreamRunner(
+        model_factory(),
+        server.url,
+        sinks=[EventsSink(events_path)],
+        reconnect=ReconnectPolicy(20, 0.1, 0.5),
+        timeout=3,
+    )
     try:
         restarted_at = None
         for result in runner:
@@ -176,12 +186,12 @@ def test_http_mjpeg_stream_cut_and_restarted_keeps_going(model_factory, tmp_path
         server.stop()
 
 
-
 def test_segmentation_events_describe_the_mask(model_factory, video, tmp_path):
     """Before: segmentation lines said nothing about the mask."""
     events_path = tmp_path / "seg.jsonl"
-    StreamRunner(model_factory("segmentation"), video,
-                 sinks=[EventsSink(events_path, all_frames=True)]).run()
+    StreamRunner(
+        model_factory("segmentation"), video, sinks=[EventsSink(events_path, all_frames=True)]
+    ).run()
     events = _events(events_path)
     for event in events:
         assert {"frame", "timestamp", "score", "label", "boxes"} <= event.keys()  # kept
@@ -189,9 +199,11 @@ def test_segmentation_events_describe_the_mask(model_factory, video, tmp_path):
         assert (mask["height"], mask["width"]) == (120, 160)
         assert mask["regions"] == len(event["boxes"])
         assert mask["anomalous_fraction"] == pytest.approx(
-            mask["anomalous_pixels"] / (120 * 160), abs=1e-6)
+            mask["anomalous_pixels"] / (120 * 160), abs=1e-6
+        )
         assert (mask["anomalous_pixels"] > 0) == event["anomalous"]
     detection_path = tmp_path / "det.jsonl"
-    StreamRunner(model_factory("detection"), video,
-                 sinks=[EventsSink(detection_path, all_frames=True)]).run()
+    StreamRunner(
+        model_factory("detection"), video, sinks=[EventsSink(detection_path, all_frames=True)]
+    ).run()
     assert all("mask" not in e for e in _events(detection_path))  # no mask, no mask facts

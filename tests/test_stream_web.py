@@ -24,8 +24,13 @@ from tests.conftest import REPO
 from tests.stream_media import MjpegServer, make_frame
 
 
-def _request(url: str, *, data: dict | bytes | None = None, headers: dict | None = None,
-             content_type: str = "application/json") -> tuple[int, bytes, dict]:
+def _request(
+    url: str,
+    *,
+    data: dict | bytes | None = None,
+    headers: dict | None = None,
+    content_type: str = "application/json",
+) -> tuple[int, bytes, dict]:
     body = json.dumps(data).encode() if isinstance(data, dict) else data
     request = urllib.request.Request(url, data=body, headers=headers or {})
     if body is not None:
@@ -41,13 +46,15 @@ def _request(url: str, *, data: dict | bytes | None = None, headers: dict | None
 def live_run(synthetic_ir, tmp_path):
     from anomaly_edge.stream.web import WebView
 
-    servers = [MjpegServer(lambda n: make_frame(n, n % 4 == 0), fps=20).start()
-               for _ in range(2)]
+    servers = [MjpegServer(lambda n: make_frame(n, n % 4 == 0), fps=20).start() for _ in range(2)]
     web = WebView("127.0.0.1", 0, token="s3cret")
     events = EventLog([JsonLinesWriter(tmp_path / "events.jsonl"), web])
-    runner = MultiStreamRunner(AnomalyModel(synthetic_ir, device="CPU", task="detection"),
-                               [Camera("a", servers[0].url), Camera("b", servers[1].url)],
-                               events=events, observers=[web])
+    runner = MultiStreamRunner(
+        AnomalyModel(synthetic_ir, device="CPU", task="detection"),
+        [Camera("a", servers[0].url), Camera("b", servers[1].url)],
+        events=events,
+        observers=[web],
+    )
     runner.start()
     yield runner, web, tmp_path / "events.jsonl"
     runner.stop()
@@ -85,21 +92,39 @@ def test_thresholds_change_through_the_api_and_are_logged(live_run):
     change = [e for e in logged if e.get("event") == "thresholds_changed"]
     assert change[-1]["source"] == "a" and change[-1]["image_threshold"]["new"] == 3.25
     assert change[-1]["by"] == "web (127.0.0.1)"
-    for data, expected in ((b'{"image_threshold": "x"}', 400), (b'{"speed": 3}', 400),
-                           (b"not json", 400), (b'{"image_threshold": NaN}', 400)):
+    for data, expected in (
+        (b'{"image_threshold": "x"}', 400),
+        (b'{"speed": 3}', 400),
+        (b"not json", 400),
+        (b'{"image_threshold": NaN}', 400),
+    ):
         assert _request(url, data=data, headers=auth)[0] == expected, data
-    assert _request(url, data=b"image_threshold=1", headers=auth,
-                    content_type="application/x-www-form-urlencoded")[0] == 415
-    assert _request(base + "/api/cameras/zz/thresholds", data={"image_threshold": 1},
-                    headers=auth)[0] == 404
-    assert _request(url, data={"image_threshold": 1},
-                    headers={**auth, "Origin": "http://evil.example"})[0] == 403
+    assert (
+        _request(
+            url,
+            data=b"image_threshold=1",
+            headers=auth,
+            content_type="application/x-www-form-urlencoded",
+        )[0]
+        == 415
+    )
+    assert (
+        _request(base + "/api/cameras/zz/thresholds", data={"image_threshold": 1}, headers=auth)[0]
+        == 404
+    )
+    assert (
+        _request(
+            url, data={"image_threshold": 1}, headers={**auth, "Origin": "http://evil.example"}
+        )[0]
+        == 403
+    )
 
 
 def test_the_stream_is_mjpeg_of_annotated_frames(live_run):
     _, web, _ = live_run
-    request = urllib.request.Request(f"http://127.0.0.1:{web.port}/stream/a.mjpg",
-                                     headers={"Authorization": "Bearer s3cret"})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{web.port}/stream/a.mjpg", headers={"Authorization": "Bearer s3cret"}
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.headers["content-type"].startswith("multipart/x-mixed-replace")
         data = b""
@@ -111,8 +136,9 @@ def test_the_stream_is_mjpeg_of_annotated_frames(live_run):
 def test_the_stream_rate_is_capped(live_run):
     """The sources run at 20 fps; the page gets at most max_fps (5) pictures a second."""
     _, web, _ = live_run
-    request = urllib.request.Request(f"http://127.0.0.1:{web.port}/stream/b.mjpg",
-                                     headers={"Authorization": "Bearer s3cret"})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{web.port}/stream/b.mjpg", headers={"Authorization": "Bearer s3cret"}
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         response.read1(65536)  # the first picture: the clock starts now
         start = time.monotonic()
@@ -129,8 +155,20 @@ def test_a_non_local_address_needs_a_token(synthetic_ir, tmp_path, capsys):
     from tests.stream_media import make_video
 
     video = make_video(tmp_path / "v.avi", 5)
-    code = main(["run", "--model", str(synthetic_ir), "--source", str(video), "--device", "CPU",
-                 "--web", "0.0.0.0:0", "--quiet"])
+    code = main(
+        [
+            "run",
+            "--model",
+            str(synthetic_ir),
+            "--source",
+            str(video),
+            "--device",
+            "CPU",
+            "--web",
+            "0.0.0.0:0",
+            "--quiet",
+        ]
+    )
     assert code == 0
     assert re.search(r"web view: http://0\.0\.0\.0:\d+/\?token=\S{20,}", capsys.readouterr().err)
 
@@ -139,11 +177,17 @@ def test_a_non_local_address_needs_a_token(synthetic_ir, tmp_path, capsys):
 
 
 def _start_cli(*args: object) -> tuple[subprocess.Popen, list[str]]:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH",
-                                                                                   "")]))
-    process = subprocess.Popen([sys.executable, "-m", "anomaly_edge", "run", *map(str, args)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=env, cwd=REPO)
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "anomaly_edge", "run", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
     lines: list[str] = []
 
     def read() -> None:
@@ -159,13 +203,27 @@ def _start_cli(*args: object) -> tuple[subprocess.Popen, list[str]]:
 def test_the_page_in_chromium_shows_live_frames_and_changes_a_threshold(synthetic_ir, tmp_path):
     from tests.browser import Chromium
 
-    servers = [MjpegServer(lambda n: make_frame(n, n % 3 == 0), fps=15).start()
-               for _ in range(2)]
+    servers = [MjpegServer(lambda n: make_frame(n, n % 3 == 0), fps=15).start() for _ in range(2)]
     events = tmp_path / "events.jsonl"
-    process, stderr = _start_cli("--model", synthetic_ir, "--device", "CPU", "--task",
-                                 "detection", "--source", f"line1={servers[0].url}",
-                                 "--source", f"line2={servers[1].url}", "--events", events,
-                                 "--web", "127.0.0.1:0", "--web-token", "t0ken", "--quiet")
+    process, stderr = _start_cli(
+        "--model",
+        synthetic_ir,
+        "--device",
+        "CPU",
+        "--task",
+        "detection",
+        "--source",
+        f"line1={servers[0].url}",
+        "--source",
+        f"line2={servers[1].url}",
+        "--events",
+        events,
+        "--web",
+        "127.0.0.1:0",
+        "--web-token",
+        "t0ken",
+        "--quiet",
+    )
     browser = None
     try:
         deadline = time.monotonic() + 60
@@ -175,35 +233,48 @@ def test_the_page_in_chromium_shows_live_frames_and_changes_a_threshold(syntheti
         url = re.search(r"web view: (\S+)", "".join(stderr)).group(1)
         assert url.endswith("?token=t0ken")
         browser = Chromium(url)
-        browser.wait_for("document.querySelectorAll('section.camera').length === 2",
-                         what="both cameras on the page")
+        browser.wait_for(
+            "document.querySelectorAll('section.camera').length === 2",
+            what="both cameras on the page",
+        )
         # Frames arrive: the MJPEG pictures load and keep changing.
-        browser.wait_for("document.getElementById('img-line1').naturalWidth === 160",
-                         what="the first frame")
+        browser.wait_for(
+            "document.getElementById('img-line1').naturalWidth === 160", what="the first frame"
+        )
         grab = """(() => { const img = document.getElementById('img-line1');
             const c = document.createElement('canvas'); c.width = 160; c.height = 120;
             c.getContext('2d').drawImage(img, 0, 0); return c.toDataURL(); })()"""
         first = browser.evaluate(grab)
         browser.wait_for(f"{grab} !== {json.dumps(first)}", what="a new frame")
         frames = int(browser.evaluate("document.getElementById('frames-line1').textContent"))
-        browser.wait_for(f"Number(document.getElementById('frames-line1').textContent) > "
-                         f"{frames}", what="the frame counter to move")
-        browser.wait_for("document.querySelector('#events img') !== null && "
-                         "document.querySelector('#events img').naturalWidth > 0",
-                         what="an event with its snapshot")
+        browser.wait_for(
+            f"Number(document.getElementById('frames-line1').textContent) > {frames}",
+            what="the frame counter to move",
+        )
+        browser.wait_for(
+            "document.querySelector('#events img') !== null && "
+            "document.querySelector('#events img').naturalWidth > 0",
+            what="an event with its snapshot",
+        )
         # An operator raises line1's image threshold on the page.
         browser.evaluate("""(() => {
             const input = document.getElementById('it-line1');
             input.value = '1000000';
             input.dispatchEvent(new Event('input'));
             document.getElementById('apply-line1').click(); })()""")
-        browser.wait_for("document.getElementById('msg-line1').textContent"
-                         ".includes('thresholds changed')", what="the confirmation")
-        browser.wait_for("window.aeState.cameras[0].image_threshold === 1000000",
-                         what="the new threshold in the state")
-        browser.wait_for("[...document.querySelectorAll('#events td')].some("
-                         "td => td.textContent.includes('thresholds changed by web'))",
-                         what="the change in the events list")
+        browser.wait_for(
+            "document.getElementById('msg-line1').textContent.includes('thresholds changed')",
+            what="the confirmation",
+        )
+        browser.wait_for(
+            "window.aeState.cameras[0].image_threshold === 1000000",
+            what="the new threshold in the state",
+        )
+        browser.wait_for(
+            "[...document.querySelectorAll('#events td')].some("
+            "td => td.textContent.includes('thresholds changed by web'))",
+            what="the change in the events list",
+        )
         anomalies = browser.evaluate("window.aeState.cameras.map(c => c.anomalies)")
         time.sleep(1.5)
         later = browser.wait_for("window.aeState.cameras.map(c => c.anomalies)")

@@ -55,7 +55,11 @@ def test_rules_fixed_tuned_and_fallbacks():
 def test_normalization_stats():
     stats = normalization_stats(np.array([2.0, 5.0]), np.array([[0.5, 7.0]]))
     assert (stats.image_min, stats.image_max, stats.pixel_min, stats.pixel_max) == (
-        2.0, 5.0, 0.5, 7.0)
+        2.0,
+        5.0,
+        0.5,
+        7.0,
+    )
 
 
 def test_tuned_threshold_never_at_or_below_the_normal_upper_tail():
@@ -92,5 +96,8 @@ def test_normal_tail_is_the_90th_percentile_with_many_normal_scores():
 
 def test_normal_score_range():
     assert normal_score_range(np.array([3.0, 1.0, 2.0])) == {
-        "normal_score_low": 1.0, "normal_score_median": 2.0, "normal_score_high": 3.0}
+        "normal_score_low": 1.0,
+        "normal_score_median": 2.0,
+        "normal_score_high": 3.0,
+    }
     assert set(normal_score_range(np.array([])).values()) == {None}

@@ -13,14 +13,22 @@ from anomaly_edge.train import train  # noqa: E402
 from tests.test_data_factory import make_category  # noqa: E402
 
 FAST = {"backbone": "efficientnet_lite0", "image_size": 64, "export": False}
-REQUIRED = ("image_auroc", "pixel_auroc", "aupro", "image_f1", "pixel_f1", "image_threshold",
-            "pixel_threshold")
+REQUIRED = (
+    "image_auroc",
+    "pixel_auroc",
+    "aupro",
+    "image_f1",
+    "pixel_f1",
+    "image_threshold",
+    "pixel_threshold",
+)
 
 
 @pytest.fixture(scope="module")
 def category(tmp_path_factory):
-    return make_category(tmp_path_factory.mktemp("data") / "cat", train=12, good=6,
-                         defects={"scratch": 5, "spot": 5})
+    return make_category(
+        tmp_path_factory.mktemp("data") / "cat", train=12, good=6, defects={"scratch": 5, "spot": 5}
+    )
 
 
 def test_train_writes_metrics_curves_and_checkpoint(category, tmp_path):
@@ -68,7 +76,10 @@ def test_without_test_images_validation_is_held_out_of_train(tmp_path):
     root = make_category(tmp_path / "train_only", train=10, good=0, defects={})
     metrics = train(root, **FAST).metrics
     assert (metrics["train_images"], metrics["validation_images"], metrics["test_images"]) == (
-        7, 3, 0)
+        7,
+        3,
+        0,
+    )
     assert metrics["image_auroc"] is None and metrics["image_threshold_method"] == "max_normal"
     assert any("no test images" in note for note in metrics["notes"])
 
@@ -91,8 +102,22 @@ def test_bad_arguments_are_clear(category):
 def test_cli_trains_exports_and_prints_a_summary(category, tmp_path, capsys):
     pytest.importorskip("openvino")
     out = tmp_path / "cli"
-    code = main(["train", "--data", str(category), "--backbone", "efficientnet_lite0",
-                 "--image-size", "64", "--out", str(out), "--quiet", "--precision", "FP32"])
+    code = main(
+        [
+            "train",
+            "--data",
+            str(category),
+            "--backbone",
+            "efficientnet_lite0",
+            "--image-size",
+            "64",
+            "--out",
+            str(out),
+            "--quiet",
+            "--precision",
+            "FP32",
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0
     assert "image AUROC" in printed and "AUPRO" in printed
@@ -101,8 +126,18 @@ def test_cli_trains_exports_and_prints_a_summary(category, tmp_path, capsys):
 
 
 def test_cli_bad_data_exits_with_input_code(tmp_path, capsys):
-    code = main(["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "o"),
-                 "--backbone", "efficientnet_lite0", "--quiet"])
+    code = main(
+        [
+            "train",
+            "--data",
+            str(tmp_path / "missing"),
+            "--out",
+            str(tmp_path / "o"),
+            "--backbone",
+            "efficientnet_lite0",
+            "--quiet",
+        ]
+    )
     assert code == 3
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit) as usage:  # argparse rejects it before training starts
@@ -112,7 +147,8 @@ def test_cli_bad_data_exits_with_input_code(tmp_path, capsys):
 
 @pytest.mark.realdata
 def test_padim_on_metal_plate_reaches_the_bars_and_its_ir_gives_the_same_answers(
-        datasets_root, tmp_path, isa_level):
+    datasets_root, tmp_path, isa_level
+):
     """anomalib 2.7's PaDiM bars (0.85 / 0.967 / 0.88), and exported maps equal to torch's.
 
     Under every instruction-set level this CPU has (``isa_level``, see conftest.py): the fit

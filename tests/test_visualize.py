@@ -55,8 +55,12 @@ def test_segmentation_heatmap_colours_only_where_the_map_says_something():
     heatmap = np.full((120, 160), 40, np.uint8)  # well below the threshold (128)
     heatmap[40:80, 60:100] = 255
     heatmap[100:, :40] = 96  # rising towards the threshold: a faint tint
-    out = draw_prediction(frame, _prediction(Task.SEGMENTATION, heatmap=heatmap,
-                                             mask=(heatmap > 127).astype(np.uint8) * 255))
+    out = draw_prediction(
+        frame,
+        _prediction(
+            Task.SEGMENTATION, heatmap=heatmap, mask=(heatmap > 127).astype(np.uint8) * 255
+        ),
+    )
     normal = (slice(0, 35), slice(110, 160))  # away from the blob and the banner
     assert np.abs(out[normal].astype(int) - frame[normal]).max() <= 1
     red = cv2.applyColorMap(np.full((1, 1), 255, np.uint8), cv2.COLORMAP_JET)[0, 0]
@@ -113,8 +117,9 @@ def test_mask_of_another_size_is_fitted():
     assert draw_prediction(frame, _prediction(Task.SEGMENTATION, mask=mask)).shape == (120, 160, 3)
 
 
-@pytest.mark.parametrize("frame", [np.zeros((10, 10), np.float32), np.zeros((10, 10, 2), np.uint8),
-                                   "frame.png"])
+@pytest.mark.parametrize(
+    "frame", [np.zeros((10, 10), np.float32), np.zeros((10, 10, 2), np.uint8), "frame.png"]
+)
 def test_unusable_frames_are_refused_clearly(frame):
     with pytest.raises(InvalidInputError, match="draw_prediction"):
         draw_prediction(frame, _prediction(Task.CLASSIFICATION))

@@ -28,17 +28,23 @@ def test_shell_scripts_pass_shellcheck():
         if os.environ.get("CI"):
             pytest.fail("shellcheck is missing: .ci/run installs it with apt-get")
         pytest.skip("shellcheck not installed (apt-get install shellcheck)")
-    done = subprocess.run(["shellcheck", *map(str, SHELL_SCRIPTS)], capture_output=True,
-                          text=True)
+    done = subprocess.run(["shellcheck", *map(str, SHELL_SCRIPTS)], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(os.environ.get("ANOMALY_EDGE_TEST_WHEEL") != "1" and not os.environ.get("CI"),
-                    reason="set ANOMALY_EDGE_TEST_WHEEL=1 to build and test the wheel")
+@pytest.mark.skipif(
+    os.environ.get("ANOMALY_EDGE_TEST_WHEEL") != "1" and not os.environ.get("CI"),
+    reason="set ANOMALY_EDGE_TEST_WHEEL=1 to build and test the wheel",
+)
 def test_wheel_builds_and_runs_without_torch(tmp_path):
-    done = subprocess.run([str(SCRIPT)], env={**os.environ, "OUT_DIR": str(tmp_path)},
-                          capture_output=True, text=True, timeout=1800)
+    done = subprocess.run(
+        [str(SCRIPT)],
+        env={**os.environ, "OUT_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert list(tmp_path.glob("anomaly_edge-*-manylinux_*.whl"))
     assert list(tmp_path.glob("anomaly_edge-*.tar.gz"))

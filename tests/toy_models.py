@@ -25,7 +25,8 @@ class ToyAnomalyModule(nn.Module):
         self.init_kwargs = {"input_size": list(input_size), "channels": channels, "seed": seed}
         torch.manual_seed(seed)
         self.features = nn.Sequential(
-            nn.Conv2d(3, channels, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(3, channels, 3, stride=2, padding=1),
+            nn.ReLU(),
             nn.Conv2d(channels, channels, 3, padding=1),
         )
         h, w = input_size[0] // 2, input_size[1] // 2
@@ -41,8 +42,9 @@ class ToyAnomalyModule(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         distance = ((self.features(x) - self.mean) ** 2 * self.inv_var).sum(1, keepdim=True)
-        return F.interpolate(distance.sqrt(), size=x.shape[-2:], mode="bilinear",
-                             align_corners=False)
+        return F.interpolate(
+            distance.sqrt(), size=x.shape[-2:], mode="bilinear", align_corners=False
+        )
 
 
 def synthetic_images(count: int, size=(64, 64), anomalous=False, seed=0) -> np.ndarray:
@@ -72,9 +74,17 @@ def fitted_toy(size=(64, 64)) -> tuple[ToyAnomalyModule, ModelMetadata]:
         defect = model(to_input(synthetic_images(8, size, anomalous=True, seed=3)))
     threshold = float((normal.max() + defect.amax(dim=(1, 2, 3)).min()) / 2)
     metadata = ModelMetadata(
-        model="toy", backbone="conv2", input_size=size, mean=MEAN, std=STD,
-        image_threshold=threshold, pixel_threshold=threshold,
-        image_min=float(normal.min()), image_max=float(defect.max()),
-        pixel_min=0.0, pixel_max=float(defect.max()), task="segmentation",
+        model="toy",
+        backbone="conv2",
+        input_size=size,
+        mean=MEAN,
+        std=STD,
+        image_threshold=threshold,
+        pixel_threshold=threshold,
+        image_min=float(normal.min()),
+        image_max=float(defect.max()),
+        pixel_min=0.0,
+        pixel_max=float(defect.max()),
+        task="segmentation",
     )
     return model, metadata

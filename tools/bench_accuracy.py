@@ -49,8 +49,12 @@ RESULT_PREFIX = "BENCH_ACCURACY_RESULT "
 FRAMES_TIMED = 20
 # anomalib 2.7, PaDiM, timm tf_efficientnet_lite0, 256x256, whole test set (BENCHMARKS.md):
 # image AUROC, pixel AUROC, AUPRO
-ANOMALIB_PADIM = {"metal_plate": (0.848, 0.967, 0.884), "magnetic_tile": (0.952, 0.745, 0.747),
-                  "ball_screw": (0.940, 0.984, 0.748), "tire": (0.762, 0.582, 0.146)}
+ANOMALIB_PADIM = {
+    "metal_plate": (0.848, 0.967, 0.884),
+    "magnetic_tile": (0.952, 0.745, 0.747),
+    "ball_screw": (0.940, 0.984, 0.748),
+    "tire": (0.762, 0.582, 0.146),
+}
 
 
 def datasets_root(explicit: str | None) -> Path:
@@ -63,8 +67,9 @@ def datasets_root(explicit: str | None) -> Path:
 def find_categories(root: Path, datasets: list[str] | None) -> list[tuple[str, str, Path]]:
     """(dataset, category, folder) for every folder holding train/good below each dataset."""
     if not root.is_dir():
-        raise SystemExit(f"datasets root {root} does not exist; pass --root or set "
-                         "ANOMALY_EDGE_DATASETS")
+        raise SystemExit(
+            f"datasets root {root} does not exist; pass --root or set ANOMALY_EDGE_DATASETS"
+        )
     found = []
     for dataset_dir in sorted(p for p in root.iterdir() if p.is_dir()):
         if datasets and dataset_dir.name not in datasets:
@@ -73,13 +78,16 @@ def find_categories(root: Path, datasets: list[str] | None) -> list[tuple[str, s
         for folder in candidates:
             if folder.is_dir() and (folder / "train" / "good").is_dir():
                 category = folder.relative_to(dataset_dir).as_posix()
-                found.append((dataset_dir.name, category if category != "." else dataset_dir.name,
-                              folder))
+                found.append(
+                    (dataset_dir.name, category if category != "." else dataset_dir.name, folder)
+                )
     if datasets:
         missing = set(datasets) - {dataset for dataset, _, _ in found}
         if missing:
-            raise SystemExit(f"no category (a folder with train/good) found for dataset(s) "
-                             f"{', '.join(sorted(missing))} under {root}")
+            raise SystemExit(
+                f"no category (a folder with train/good) found for dataset(s) "
+                f"{', '.join(sorted(missing))} under {root}"
+            )
     if not found:
         raise SystemExit(f"no category (a folder with train/good) found under {root}")
     return found
@@ -96,15 +104,24 @@ def child_main(args: argparse.Namespace) -> int:
     from anomaly_edge.train import train
 
     accepted = inspect.signature(train).parameters
-    options = {"model": args.model, "backbone": args.backbone, "image_size": args.image_size,
-               "seed": args.seed, "export": True, "progress": False, "threads": args.threads,
-               "validation_fraction": 0.0}
+    options = {
+        "model": args.model,
+        "backbone": args.backbone,
+        "image_size": args.image_size,
+        "seed": args.seed,
+        "export": True,
+        "progress": False,
+        "threads": args.threads,
+        "validation_fraction": 0.0,
+    }
     if args.max_epochs is not None and args.model == "stfpm":
         options["stfpm_options"] = {"max_epochs": args.max_epochs}
     options = {k: v for k, v in options.items() if k in accepted}
     if args.max_epochs is not None and args.model == "stfpm" and "stfpm_options" not in options:
-        print("warning: train() takes no stfpm_options; STFPM uses its default max_epochs",
-              file=sys.stderr)
+        print(
+            "warning: train() takes no stfpm_options; STFPM uses its default max_epochs",
+            file=sys.stderr,
+        )
     with tempfile.TemporaryDirectory(prefix="bench_accuracy_") as out:
         started = time.perf_counter()
         try:
@@ -149,8 +166,12 @@ def frame_ms(ir_path: str | Path, data: str) -> float:
     from anomaly_edge import AnomalyModel
     from anomaly_edge.images import list_images, read_image
 
-    paths = sorted(p for folder in sorted((Path(data) / "test").iterdir()) if folder.is_dir()
-                   for p in list_images(folder))[:FRAMES_TIMED]
+    paths = sorted(
+        p
+        for folder in sorted((Path(data) / "test").iterdir())
+        if folder.is_dir()
+        for p in list_images(folder)
+    )[:FRAMES_TIMED]
     frames = [read_image(p) for p in paths]
     model = AnomalyModel(ir_path, device="CPU", cache_dir=None)
     try:
@@ -177,12 +198,23 @@ def _first_number(metrics: dict, keys: tuple[str, ...]) -> float | None:
 # ---- parent: every category x model, one child each ----------------------------------------
 
 
-def run_child(folder: Path, model: str, args: argparse.Namespace) -> tuple[dict | None, float,
-                                                                               str]:
+def run_child(folder: Path, model: str, args: argparse.Namespace) -> tuple[dict | None, float, str]:
     """Run one child; returns (its record or None, its peak RSS in MB, an error text)."""
-    command = [sys.executable, str(Path(__file__).resolve()), CHILD_FLAG, "--data", str(folder),
-               "--model-name", model, "--backbone", args.backbone, "--seed", str(args.seed),
-               "--threads", str(args.threads)]
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        CHILD_FLAG,
+        "--data",
+        str(folder),
+        "--model-name",
+        model,
+        "--backbone",
+        args.backbone,
+        "--seed",
+        str(args.seed),
+        "--threads",
+        str(args.threads),
+    ]
     if args.image_size is not None:
         command += ["--image-size", "x".join(str(v) for v in args.image_size)]
     if args.max_epochs is not None:
@@ -191,8 +223,7 @@ def run_child(folder: Path, model: str, args: argparse.Namespace) -> tuple[dict 
     # On a shared machine, OpenMP threads that spin while waiting steal the cores their
     # siblings need (a 2-thread fit ran 20x slower than with this); set before torch loads.
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "python"),
-                                                      env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "python"), env.get("PYTHONPATH")]))
     with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
         process = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env, cwd=REPO)
         _, status, usage = os.wait4(process.pid, 0)
@@ -203,29 +234,53 @@ def run_child(folder: Path, model: str, args: argparse.Namespace) -> tuple[dict 
         out, err = stdout.read(), stderr.read()
     for line in reversed(out.splitlines()):
         if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX):]), peak_mb, ""
+            return json.loads(line[len(RESULT_PREFIX) :]), peak_mb, ""
     tail = "\n".join(err.strip().splitlines()[-5:]) or f"exit code {process.returncode}"
     return None, peak_mb, tail
 
 
 def format_table(runs: list[dict]) -> str:
-    header = ("dataset", "category", "model", "input", "img AUROC", "pix AUROC", "AUPRO",
-              "fit s", "peak MB", "IR MB", "frame ms", "test imgs", "epochs",
-              "anomalib PaDiM (img/pix/PRO)")
+    header = (
+        "dataset",
+        "category",
+        "model",
+        "input",
+        "img AUROC",
+        "pix AUROC",
+        "AUPRO",
+        "fit s",
+        "peak MB",
+        "IR MB",
+        "frame ms",
+        "test imgs",
+        "epochs",
+        "anomalib PaDiM (img/pix/PRO)",
+    )
     rows = [header]
     for run in runs:
         size = run.get("input_size")
         reference = ANOMALIB_PADIM.get(run["category"]) if run["model"] == "padim" else None
-        rows.append((run["dataset"], run["category"], run["model"],
-                     "x".join(str(v) for v in size) if size else "-",
-                     *(_fmt(run[k], 3) for k in ("image_auroc", "pixel_auroc", "aupro")),
-                     _fmt(run["fit_s"], 1), _fmt(run["peak_rss_mb"], 0), _fmt(run["ir_mb"], 1),
-                     _fmt(run.get("frame_ms"), 1), _fmt(run.get("test_images"), 0),
-                     _fmt(run.get("epochs"), 0),
-                     " / ".join(f"{v:.3f}" for v in reference) if reference else "-"))
+        rows.append(
+            (
+                run["dataset"],
+                run["category"],
+                run["model"],
+                "x".join(str(v) for v in size) if size else "-",
+                *(_fmt(run[k], 3) for k in ("image_auroc", "pixel_auroc", "aupro")),
+                _fmt(run["fit_s"], 1),
+                _fmt(run["peak_rss_mb"], 0),
+                _fmt(run["ir_mb"], 1),
+                _fmt(run.get("frame_ms"), 1),
+                _fmt(run.get("test_images"), 0),
+                _fmt(run.get("epochs"), 0),
+                " / ".join(f"{v:.3f}" for v in reference) if reference else "-",
+            )
+        )
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True))
-             for row in rows]
+    lines = [
+        "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True))
+        for row in rows
+    ]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
 
@@ -236,18 +291,27 @@ def _fmt(value: float | None, digits: int) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--all", action="store_true",
-                        help="every category under the root (refuses --datasets); the table "
-                        "the README shows")
-    parser.add_argument("--root", help="datasets root (default ../shared/datasets or "
-                                       "$ANOMALY_EDGE_DATASETS)")
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        help="every category under the root (refuses --datasets); the table the README shows",
+    )
+    parser.add_argument(
+        "--root", help="datasets root (default ../shared/datasets or $ANOMALY_EDGE_DATASETS)"
+    )
     parser.add_argument("--datasets", nargs="+", help="dataset folder names (default: all)")
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--backbone", default="efficientnet_lite0")
-    parser.add_argument("--max-epochs", type=int, default=None,
-                        help="STFPM epoch cap (default: the train API's)")
-    parser.add_argument("--image-size", type=_image_size, default=None, metavar="N|HxW",
-                        help="network input (default: chosen from each category's images)")
+    parser.add_argument(
+        "--max-epochs", type=int, default=None, help="STFPM epoch cap (default: the train API's)"
+    )
+    parser.add_argument(
+        "--image-size",
+        type=_image_size,
+        default=None,
+        metavar="N|HxW",
+        help="network input (default: chosen from each category's images)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads per run")
     # the child's private arguments
@@ -284,30 +348,47 @@ def main(argv: list[str] | None = None) -> int:
     runs, failures = [], 0
     for dataset, category, folder in categories:
         for model in args.models:
-            print(f"training {model} ({args.backbone}) on {dataset}/{category} ...",
-                  file=sys.stderr, flush=True)
+            print(
+                f"training {model} ({args.backbone}) on {dataset}/{category} ...",
+                file=sys.stderr,
+                flush=True,
+            )
             record, peak_mb, error = run_child(folder, model, args)
             if record is None:
                 failures += 1
                 print(f"  FAILED: {error}", file=sys.stderr, flush=True)
-                record = {"image_auroc": None, "pixel_auroc": None, "aupro": None,
-                          "fit_s": None, "ir_mb": None, "error": error}
-            runs.append({"dataset": dataset, "category": category, "model": model,
-                         "backbone": args.backbone,
-                         "image_auroc": _rounded(record["image_auroc"], 4),
-                         "pixel_auroc": _rounded(record["pixel_auroc"], 4),
-                         "aupro": _rounded(record["aupro"], 4),
-                         "fit_s": _rounded(record["fit_s"], 2),
-                         "peak_rss_mb": round(peak_mb),
-                         "ir_mb": _rounded(record["ir_mb"], 2),
-                         "frame_ms": _rounded(record.get("frame_ms"), 2),
-                         "test_images": record.get("test_images"),
-                         "input_size": record.get("input_size"),
-                         **({"epochs": record["epochs"]} if record.get("epochs") else {}),
-                         **({"error": record["error"]} if "error" in record else {})})
+                record = {
+                    "image_auroc": None,
+                    "pixel_auroc": None,
+                    "aupro": None,
+                    "fit_s": None,
+                    "ir_mb": None,
+                    "error": error,
+                }
+            runs.append(
+                {
+                    "dataset": dataset,
+                    "category": category,
+                    "model": model,
+                    "backbone": args.backbone,
+                    "image_auroc": _rounded(record["image_auroc"], 4),
+                    "pixel_auroc": _rounded(record["pixel_auroc"], 4),
+                    "aupro": _rounded(record["aupro"], 4),
+                    "fit_s": _rounded(record["fit_s"], 2),
+                    "peak_rss_mb": round(peak_mb),
+                    "ir_mb": _rounded(record["ir_mb"], 2),
+                    "frame_ms": _rounded(record.get("frame_ms"), 2),
+                    "test_images": record.get("test_images"),
+                    "input_size": record.get("input_size"),
+                    **({"epochs": record["epochs"]} if record.get("epochs") else {}),
+                    **({"error": record["error"]} if "error" in record else {}),
+                }
+            )
     print(format_table(runs))
-    print("(fit_s and peak_rss_mb: one fresh process per run; the machine may be shared, so "
-          "times are noisy)")
+    print(
+        "(fit_s and peak_rss_mb: one fresh process per run; the machine may be shared, so "
+        "times are noisy)"
+    )
     print(json.dumps({"benchmark": "accuracy", "runs": runs}))
     return 1 if failures else 0
 

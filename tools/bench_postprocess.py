@@ -104,8 +104,7 @@ def model_api_model(task: str, workdir: Path):
     ).write_to(model)  # fmt: skip
     path = workdir / f"{task}.xml"
     ov.save_model(model, str(path), compress_to_fp16=False)
-    wrapper = AnomalyDetection.create_model(str(path), configuration={"task": task},
-                                            preload=False)
+    wrapper = AnomalyDetection.create_model(str(path), configuration={"task": task}, preload=False)
     assert wrapper.params.normalization_scale == SCALE and wrapper.params.task == task
     return wrapper
 
@@ -119,8 +118,13 @@ def ours(anomaly_map: np.ndarray, frame: tuple[int, int], task: str, heatmap: bo
     return postprocess(anomaly_map, frame, PARAMS, task, heatmap=heatmap)
 
 
-def ours_with_isa(isa: str | None, anomaly_map: np.ndarray, frame: tuple[int, int], task: str,
-                  heatmap: bool = False):
+def ours_with_isa(
+    isa: str | None,
+    anomaly_map: np.ndarray,
+    frame: tuple[int, int],
+    task: str,
+    heatmap: bool = False,
+):
     """``ours`` on the kernels of one instruction set (None: the default, the fastest)."""
     _post.set_isa(isa)
     return ours(anomaly_map, frame, task, heatmap)
@@ -190,8 +194,13 @@ def outputs_match(anomaly_map: np.ndarray, frame: tuple[int, int], task: str) ->
 # ---- timing ----------------------------------------------------------------------------------
 
 
-def time_round_robin(methods: dict[str, Callable[[], object]], seconds: float,
-                     min_rounds: int, max_rounds: int, burst: int = 5) -> dict[str, float]:
+def time_round_robin(
+    methods: dict[str, Callable[[], object]],
+    seconds: float,
+    min_rounds: int,
+    max_rounds: int,
+    burst: int = 5,
+) -> dict[str, float]:
     """Median microseconds per method.
 
     Each round calls every method `burst` times in a row: the methods share the machine's
@@ -221,12 +230,17 @@ def time_round_robin(methods: dict[str, Callable[[], object]], seconds: float,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke test)")
-    parser.add_argument("--seconds", type=float, default=1.5,
-                        help="time budget per case (default 1.5)")
-    parser.add_argument("--opencv-threads", type=int, default=1,
-                        help="cv2.setNumThreads for the baselines (default 1: our code is "
-                             "single-threaded, and a busy machine makes OpenCV's thread pool "
-                             "erratic; 0 = OpenCV's default)")
+    parser.add_argument(
+        "--seconds", type=float, default=1.5, help="time budget per case (default 1.5)"
+    )
+    parser.add_argument(
+        "--opencv-threads",
+        type=int,
+        default=1,
+        help="cv2.setNumThreads for the baselines (default 1: our code is "
+        "single-threaded, and a busy machine makes OpenCV's thread pool "
+        "erratic; 0 = OpenCV's default)",
+    )
     args = parser.parse_args(argv)
     if args.opencv_threads > 0:
         cv2.setNumThreads(args.opencv_threads)
@@ -236,10 +250,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         wrappers = {task: model_api_call(model_api_model(task, Path(tmp))) for task in TASKS}
         maps = {n: blob_map(n, seed=n) for n in COMPONENTS}
-        print(f"instruction sets: {', '.join(_post.supported_isas())}; "
-              f"ours uses {_post.active_isa()}")
-        header = (f"{'task':<13}{'frame':>10}{'comp':>6}{'ours us':>10}{'model_api':>11}"
-                  f"{'np+cv2':>10}{'x mapi':>8}{'x np':>7}{'x isa':>7}  boxes ours/mapi  match")
+        print(
+            f"instruction sets: {', '.join(_post.supported_isas())}; ours uses {_post.active_isa()}"
+        )
+        header = (
+            f"{'task':<13}{'frame':>10}{'comp':>6}{'ours us':>10}{'model_api':>11}"
+            f"{'np+cv2':>10}{'x mapi':>8}{'x np':>7}{'x isa':>7}  boxes ours/mapi  match"
+        )
         print(header)
         print("-" * len(header))
         for task in TASKS:
@@ -249,8 +266,9 @@ def main(argv: list[str] | None = None) -> int:
                     match, why = outputs_match(anomaly_map, frame, task)
                     mapi = wrappers[task]
                     mapi_result = mapi(anomaly_map, frame, task)
-                    mapi_boxes = (None if mapi_result.pred_boxes is None
-                                  else len(mapi_result.pred_boxes))
+                    mapi_boxes = (
+                        None if mapi_result.pred_boxes is None else len(mapi_result.pred_boxes)
+                    )
                     our_boxes = len(ours(anomaly_map, frame, task).boxes)
                     us = time_round_robin(
                         {
@@ -268,26 +286,40 @@ def main(argv: list[str] | None = None) -> int:
                     speedup = {k: us[k] / us["anomaly_edge"] for k in ("model_api", "numpy_opencv")}
                     speedup["isa"] = us["anomaly_edge_baseline"] / us["anomaly_edge"]
                     frame_text = f"{frame[1]}x{frame[0]}"
-                    print(f"{task:<13}{frame_text:>10}{n:>6}{us['anomaly_edge']:>10.1f}"
-                          f"{us['model_api']:>11.1f}{us['numpy_opencv']:>10.1f}"
-                          f"{speedup['model_api']:>8.1f}{speedup['numpy_opencv']:>7.1f}"
-                          f"{speedup['isa']:>7.2f}"
-                          f"  {our_boxes:>5}/{mapi_boxes!s:<5}       {match} {why}", flush=True)
-                    cases.append({
-                        "task": task,
-                        "frame": frame_text,
-                        "map": f"{MAP_SIZE[1]}x{MAP_SIZE[0]}",
-                        "components": n,
-                        "us": {k: round(v, 1) for k, v in us.items()},
-                        "speedup": {k: round(v, 2) for k, v in speedup.items()},
-                        "outputs_match": match,
-                        "our_boxes": our_boxes,
-                        "model_api_boxes": mapi_boxes,
-                    })
+                    print(
+                        f"{task:<13}{frame_text:>10}{n:>6}{us['anomaly_edge']:>10.1f}"
+                        f"{us['model_api']:>11.1f}{us['numpy_opencv']:>10.1f}"
+                        f"{speedup['model_api']:>8.1f}{speedup['numpy_opencv']:>7.1f}"
+                        f"{speedup['isa']:>7.2f}"
+                        f"  {our_boxes:>5}/{mapi_boxes!s:<5}       {match} {why}",
+                        flush=True,
+                    )
+                    cases.append(
+                        {
+                            "task": task,
+                            "frame": frame_text,
+                            "map": f"{MAP_SIZE[1]}x{MAP_SIZE[0]}",
+                            "components": n,
+                            "us": {k: round(v, 1) for k, v in us.items()},
+                            "speedup": {k: round(v, 2) for k, v in speedup.items()},
+                            "outputs_match": match,
+                            "our_boxes": our_boxes,
+                            "model_api_boxes": mapi_boxes,
+                        }
+                    )
         isa_cases = bench_isas(maps[10], seconds, min_rounds)
-    print(json.dumps({"benchmark": "postprocess", "opencv_threads": cv2.getNumThreads(),
-                      "cases": cases, "isa": _post.active_isa(),
-                      "supported_isas": _post.supported_isas(), "isa_cases": isa_cases}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "postprocess",
+                "opencv_threads": cv2.getNumThreads(),
+                "cases": cases,
+                "isa": _post.active_isa(),
+                "supported_isas": _post.supported_isas(),
+                "isa_cases": isa_cases,
+            }
+        )
+    )
     return 0
 
 
@@ -323,15 +355,17 @@ def bench_isas(anomaly_map: np.ndarray, seconds: float, min_rounds: int) -> list
             print(f"{output:<14}{frame_text:>10}" + "".join(f"{us[i]:>14.1f}" for i in isas)
                   + "".join(f"{speedup[i]:>10.2f}" for i in isas[1:])
                   + f"  {identical}", flush=True)  # fmt: skip
-            rows.append({
-                "output": output,
-                "frame": frame_text,
-                "map": f"{MAP_SIZE[1]}x{MAP_SIZE[0]}",
-                "components": 10,
-                "us": {k: round(v, 1) for k, v in us.items()},
-                "speedup": {k: round(v, 2) for k, v in speedup.items()},
-                "outputs_identical": identical,
-            })
+            rows.append(
+                {
+                    "output": output,
+                    "frame": frame_text,
+                    "map": f"{MAP_SIZE[1]}x{MAP_SIZE[0]}",
+                    "components": 10,
+                    "us": {k: round(v, 1) for k, v in us.items()},
+                    "speedup": {k: round(v, 2) for k, v in speedup.items()},
+                    "outputs_identical": identical,
+                }
+            )
     return rows
 
 

@@ -46,38 +46,52 @@ TILED_FIT_FRAMES = 8
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, help="IR to benchmark (default: fit a PaDiM)")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                        help="MVTec-layout category to fit the default PaDiM on")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=DEFAULT_DATA,
+        help="MVTec-layout category to fit the default PaDiM on",
+    )
     parser.add_argument("--seconds", type=float, default=2.0, help="per method and round")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--device", default="CPU")
-    parser.add_argument("--precision", choices=("FP32", "FP16", "INT8"), default="FP16",
-                        help="precision of the default PaDiM's IR (INT8: NNCF on its training "
-                        "images)")
-    parser.add_argument("--tiled-frame", default="2448x2048",
-                        help="WIDTHxHEIGHT of the tiled case's frames, or 'off' (default "
-                        "2448x2048)")
+    parser.add_argument(
+        "--precision",
+        choices=("FP32", "FP16", "INT8"),
+        default="FP16",
+        help="precision of the default PaDiM's IR (INT8: NNCF on its training images)",
+    )
+    parser.add_argument(
+        "--tiled-frame",
+        default="2448x2048",
+        help="WIDTHxHEIGHT of the tiled case's frames, or 'off' (default 2448x2048)",
+    )
     args = parser.parse_args()
 
     if args.model is not None:
         xml, source = args.model, f"given: {args.model}"
     else:
-        xml, source = build_padim(args.data, Path(tempfile.mkdtemp(prefix="bench_runtime_")),
-                                  args.precision)
+        xml, source = build_padim(
+            args.data, Path(tempfile.mkdtemp(prefix="bench_runtime_")), args.precision
+        )
     print(f"model: {source}", flush=True)
     cases = [bench_case(xml, size, args) for size in FRAMES]
     if args.tiled_frame != "off":
         width, height = (int(v) for v in args.tiled_frame.lower().split("x"))
         tiled_xml, tiled_source = build_padim(
-            args.data, Path(tempfile.mkdtemp(prefix="bench_runtime_tiled_")), "FP16",
-            native=(height, width))
+            args.data,
+            Path(tempfile.mkdtemp(prefix="bench_runtime_tiled_")),
+            "FP16",
+            native=(height, width),
+        )
         print(f"tiled model: {tiled_source}", flush=True)
         cases.append(bench_tiled_case(xml, tiled_xml, (width, height), args))
     print(json.dumps({"benchmark": "runtime", "model_source": source, "cases": cases}))
 
 
-def build_padim(data: Path, out: Path, precision: str = "FP16",
-                native: tuple[int, int] | None = None) -> tuple[Path, str]:
+def build_padim(
+    data: Path, out: Path, precision: str = "FP16", native: tuple[int, int] | None = None
+) -> tuple[Path, str]:
     """Fit PaDiM (efficientnet_lite0, 256x256) on ``data``/train/good and export it.
 
     With ``native`` (height, width), the model is tiled as ``train(tile="auto")`` would tile
@@ -123,25 +137,41 @@ def build_padim(data: Path, out: Path, precision: str = "FP16",
         train = TileFrames(train_samples, layout, backbone.mean, backbone.std)
         model.fit(frame_batches(train, batch_size=layout.count))
         test_samples = category.test[:: max(1, len(category.test) // 6)]  # enough for labels
-        scores = predict_tiled(model, test_samples, layout, backbone.mean,
-                               backbone.std).scores.tolist()
+        scores = predict_tiled(
+            model, test_samples, layout, backbone.mean, backbone.std
+        ).scores.tolist()
         category = dataclasses.replace(category, train=train_samples, test=test_samples)
     normal = [s for s, sample in zip(scores, category.test, strict=True) if not sample.label]
     threshold = float(np.percentile(normal, 95))  # thresholds only steer labels/boxes here
     metadata = ModelMetadata(
-        model="padim", backbone="efficientnet_lite0", input_size=(256, 256),
-        mean=backbone.mean, std=backbone.std, image_threshold=threshold,
-        pixel_threshold=threshold, image_min=min(scores), image_max=max(scores),
-        pixel_min=0.0, pixel_max=max(scores), task="detection",
+        model="padim",
+        backbone="efficientnet_lite0",
+        input_size=(256, 256),
+        mean=backbone.mean,
+        std=backbone.std,
+        image_threshold=threshold,
+        pixel_threshold=threshold,
+        image_min=min(scores),
+        image_max=max(scores),
+        pixel_min=0.0,
+        pixel_max=max(scores),
+        task="detection",
         tile_grid=layout.grid if layout else (1, 1),
         tile_frame_size=layout.frame_size if layout else None,
     )
-    xml = export_ir(model, metadata, out, precision=precision,
-                    calibration_images=train if precision == "INT8" else None)
+    xml = export_ir(
+        model,
+        metadata,
+        out,
+        precision=precision,
+        calibration_images=train if precision == "INT8" else None,
+    )
     took = time.perf_counter() - started
     shape = f"{layout.describe()}, {gaussians} Gaussians" if layout else "256x256"
-    return xml, (f"PaDiM efficientnet_lite0 {shape} {precision}, fitted on {data.name} "
-                 f"({len(category.train)} images) and exported in {took:.0f} s")
+    return xml, (
+        f"PaDiM efficientnet_lite0 {shape} {precision}, fitted on {data.name} "
+        f"({len(category.train)} images) and exported in {took:.0f} s"
+    )
 
 
 def frames_for(size: tuple[int, int], data: Path, count: int = 8) -> list[np.ndarray]:
@@ -166,11 +196,15 @@ def bench_case(xml: Path, size: tuple[int, int], args: argparse.Namespace) -> di
 
     frames = frames_for(size, args.data)
     ours = AnomalyModel(xml, args.device, task="detection", cache_dir=None)
-    theirs = AnomalyDetection.create_model(str(xml), device=args.device,
-                                           configuration={"task": "detection"})
+    theirs = AnomalyDetection.create_model(
+        str(xml), device=args.device, configuration={"task": "detection"}
+    )
     theirs_async_model = AnomalyDetection.create_model(
-        str(xml), device=args.device, configuration={"task": "detection"},
-        max_num_requests=ours.num_requests)
+        str(xml),
+        device=args.device,
+        configuration={"task": "detection"},
+        max_num_requests=ours.num_requests,
+    )
     pipeline = AsyncPipeline(theirs_async_model)
 
     methods = {
@@ -193,25 +227,34 @@ def bench_case(xml: Path, size: tuple[int, int], args: argparse.Namespace) -> di
         return round(best[ours_name] / best[theirs_name], 2)
 
     case = {
-        "frame": f"{size[0]}x{size[1]}", "model": ours.metadata.model, "device": args.device,
+        "frame": f"{size[0]}x{size[1]}",
+        "model": ours.metadata.model,
+        "device": args.device,
         "fps": fps,
         "speedup": {
             "async_vs_model_api_sync": ratio("anomaly_edge_async", "model_api_sync"),
             "sync_vs_model_api_sync": ratio("anomaly_edge_sync", "model_api_sync"),
             "async_vs_model_api_async": ratio("anomaly_edge_async", "model_api_async"),
         },
-        "latency_ms": {"anomaly_edge_sync": round(1e3 / best["anomaly_edge_sync"], 2),
-                       "model_api_sync": round(1e3 / best["model_api_sync"], 2)},
+        "latency_ms": {
+            "anomaly_edge_sync": round(1e3 / best["anomaly_edge_sync"], 2),
+            "model_api_sync": round(1e3 / best["model_api_sync"], 2),
+        },
         "labels_match": labels_ours == labels_theirs,
         "num_requests": ours.num_requests,
     }
-    print(f"{case['frame']:>10}: " + "  ".join(f"{k} {v:7.1f} fps" for k, v in fps.items())
-          + f"  labels match: {case['labels_match']}", flush=True)
+    print(
+        f"{case['frame']:>10}: "
+        + "  ".join(f"{k} {v:7.1f} fps" for k, v in fps.items())
+        + f"  labels match: {case['labels_match']}",
+        flush=True,
+    )
     return case
 
 
-def bench_tiled_case(single_xml: Path, tiled_xml: Path, size: tuple[int, int],
-                     args: argparse.Namespace) -> dict:
+def bench_tiled_case(
+    single_xml: Path, tiled_xml: Path, size: tuple[int, int], args: argparse.Namespace
+) -> dict:
     """Frame time of a tiled model against the single view, on the same large frames."""
     from anomaly_edge import AnomalyModel
 
@@ -231,24 +274,36 @@ def bench_tiled_case(single_xml: Path, tiled_xml: Path, size: tuple[int, int],
     layout = tiled.metadata.tile_layout
     assert layout is not None
     case = {
-        "frame": f"{size[0]}x{size[1]}", "model": "padim", "device": args.device,
-        "tiles": {"grid": f"{layout.grid[0]}x{layout.grid[1]}", "count": layout.count,
-                  "frame_size": f"{layout.frame_size[1]}x{layout.frame_size[0]}",
-                  "tile_size": f"{layout.tile_size[1]}x{layout.tile_size[0]}",
-                  # the compiled model's batch: every tile of a frame in one inference call
-                  "network_batch": int(tiled._compiled.inputs[0].get_shape()[0])},
+        "frame": f"{size[0]}x{size[1]}",
+        "model": "padim",
+        "device": args.device,
+        "tiles": {
+            "grid": f"{layout.grid[0]}x{layout.grid[1]}",
+            "count": layout.count,
+            "frame_size": f"{layout.frame_size[1]}x{layout.frame_size[0]}",
+            "tile_size": f"{layout.tile_size[1]}x{layout.tile_size[0]}",
+            # the compiled model's batch: every tile of a frame in one inference call
+            "network_batch": int(tiled._compiled.inputs[0].get_shape()[0]),
+        },
         "fps": {k: round(v, 2) for k, v in best.items()},
         # below 1: the tiled model is slower, by about its tile count (the price of resolution)
-        "speedup": {"tiled_vs_single_sync": round(best["anomaly_edge_sync"]
-                                                  / best["single_view_sync"], 3),
-                    "tiled_vs_single_async": round(best["anomaly_edge_async"]
-                                                   / best["single_view_async"], 3)},
-        "latency_ms": {"anomaly_edge_sync": round(1e3 / best["anomaly_edge_sync"], 2),
-                       "single_view_sync": round(1e3 / best["single_view_sync"], 2)},
+        "speedup": {
+            "tiled_vs_single_sync": round(best["anomaly_edge_sync"] / best["single_view_sync"], 3),
+            "tiled_vs_single_async": round(
+                best["anomaly_edge_async"] / best["single_view_async"], 3
+            ),
+        },
+        "latency_ms": {
+            "anomaly_edge_sync": round(1e3 / best["anomaly_edge_sync"], 2),
+            "single_view_sync": round(1e3 / best["single_view_sync"], 2),
+        },
         "num_requests": tiled.num_requests,
     }
-    print(f"{case['frame']:>10} tiled {case['tiles']['grid']}: "
-          + "  ".join(f"{k} {v:7.2f} fps" for k, v in case["fps"].items()), flush=True)
+    print(
+        f"{case['frame']:>10} tiled {case['tiles']['grid']}: "
+        + "  ".join(f"{k} {v:7.2f} fps" for k, v in case["fps"].items()),
+        flush=True,
+    )
     return case
 
 

@@ -41,17 +41,28 @@ DEFAULT_DATA = REPO.parent / "shared" / "datasets" / "mpdd" / "metal_plate"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, help="IR to serve (default: fit a PaDiM)")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                        help="MVTec-layout category for the default PaDiM and the frames")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=DEFAULT_DATA,
+        help="MVTec-layout category for the default PaDiM and the frames",
+    )
     parser.add_argument("--frame", default="640x480", help="frame size WIDTHxHEIGHT")
     parser.add_argument("--clients", default="1,4,16", help="client streams, comma-separated")
     parser.add_argument("--protocols", default="grpc,rest", help="grpc and/or rest")
     parser.add_argument("--seconds", type=float, default=4.0, help="per case and round")
-    parser.add_argument("--rounds", type=int, default=2,
-                        help="alternating rounds (local, then every case); the best counts")
-    parser.add_argument("--server-requests", type=int,
-                        help="inference requests the server runs at once (default: the CPU's "
-                        "optimum, as the local model's throughput mode)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="alternating rounds (local, then every case); the best counts",
+    )
+    parser.add_argument(
+        "--server-requests",
+        type=int,
+        help="inference requests the server runs at once (default: the CPU's "
+        "optimum, as the local model's throughput mode)",
+    )
     args = parser.parse_args()
     width, height = (int(v) for v in args.frame.lower().split("x"))
     clients = [int(c) for c in args.clients.split(",")]
@@ -82,9 +93,11 @@ def main() -> None:
                 for count in clients:
                     case = measure_clients(url, count, frames, args.seconds)
                     lat = case["latency_ms"]
-                    print(f"  {protocol:5s} {count:3d} clients: {case['fps']:7.1f} fps  "
-                          f"latency p50 {lat['p50']:.1f} ms  p95 {lat['p95']:.1f} ms",
-                          flush=True)
+                    print(
+                        f"  {protocol:5s} {count:3d} clients: {case['fps']:7.1f} fps  "
+                        f"latency p50 {lat['p50']:.1f} ms  p95 {lat['p95']:.1f} ms",
+                        flush=True,
+                    )
                     key = (protocol, count)
                     if key not in best or case["fps"] > best[key]["fps"]:
                         best[key] = {**case, "protocol": protocol}
@@ -96,14 +109,24 @@ def main() -> None:
     for (protocol, count), case in best.items():
         case["share_of_local_async"] = round(case["fps"] / local_fps, 3)
         cases.append(case)
-        print(f"{protocol:8s}  {count:7d}  {case['fps']:7.1f}  {case['share_of_local_async']:20.2f}"
-              f"  {case['latency_ms']['p50']:6.1f}  {case['latency_ms']['p95']:6.1f}")
-    print(json.dumps({
-        "benchmark": "serve", "model_source": source, "frame": f"{width}x{height}",
-        "local_async_fps": round(local_fps, 1), "outputs_match": outputs_match,
-        "load_average": [round(v, 2) for v in os.getloadavg()], "cpus": os.cpu_count(),
-        "cases": cases,
-    }))
+        print(
+            f"{protocol:8s}  {count:7d}  {case['fps']:7.1f}  {case['share_of_local_async']:20.2f}"
+            f"  {case['latency_ms']['p50']:6.1f}  {case['latency_ms']['p95']:6.1f}"
+        )
+    print(
+        json.dumps(
+            {
+                "benchmark": "serve",
+                "model_source": source,
+                "frame": f"{width}x{height}",
+                "local_async_fps": round(local_fps, 1),
+                "outputs_match": outputs_match,
+                "load_average": [round(v, 2) for v in os.getloadavg()],
+                "cpus": os.cpu_count(),
+                "cases": cases,
+            }
+        )
+    )
 
 
 def measure_local_async(xml: Path, frames: list[np.ndarray], seconds: float) -> float:
@@ -158,9 +181,15 @@ def measure_clients(url: str, count: int, frames: list[np.ndarray], seconds: flo
     for model in models:
         model.close_connections()
     ms = np.concatenate([np.asarray(x) for x in latencies]) * 1e3
-    return {"clients": count, "fps": round(ms.size / elapsed, 1), "frames": int(ms.size),
-            "latency_ms": {"p50": round(float(np.percentile(ms, 50)), 2),
-                           "p95": round(float(np.percentile(ms, 95)), 2)}}
+    return {
+        "clients": count,
+        "fps": round(ms.size / elapsed, 1),
+        "frames": int(ms.size),
+        "latency_ms": {
+            "p50": round(float(np.percentile(ms, 50)), 2),
+            "p95": round(float(np.percentile(ms, 95)), 2),
+        },
+    }
 
 
 def check_outputs_match(xml: Path, server: dict, frames: list[np.ndarray]) -> bool:
@@ -172,8 +201,11 @@ def check_outputs_match(xml: Path, server: dict, frames: list[np.ndarray]) -> bo
         with AnomalyModel.remote(url, "bench", task="detection") as remote:
             for frame in frames:
                 a, b = local.predict(frame), remote.predict(frame)
-                if (abs(a.score - b.score) > 1e-4 or a.label != b.label
-                        or [x.to_dict() for x in a.boxes] != [x.to_dict() for x in b.boxes]):
+                if (
+                    abs(a.score - b.score) > 1e-4
+                    or a.label != b.label
+                    or [x.to_dict() for x in a.boxes] != [x.to_dict() for x in b.boxes]
+                ):
                     return False
     return True
 
@@ -184,14 +216,30 @@ def start_server(xml: Path, num_requests: int | None) -> dict:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             ports.append(probe.getsockname()[1])
-    command = [sys.executable, "-m", "anomaly_edge", "serve", "--model", str(xml), "--name",
-               "bench", "--host", "127.0.0.1", "--http-port", str(ports[0]), "--grpc-port",
-               str(ports[1]), "--device", "CPU"]
+    command = [
+        sys.executable,
+        "-m",
+        "anomaly_edge",
+        "serve",
+        "--model",
+        str(xml),
+        "--name",
+        "bench",
+        "--host",
+        "127.0.0.1",
+        "--http-port",
+        str(ports[0]),
+        "--grpc-port",
+        str(ports[1]),
+        "--device",
+        "CPU",
+    ]
     if num_requests:
         command += ["--num-requests", str(num_requests)]
     env = {**os.environ, "PYTHONPATH": str(__import__("checkout").package_path())}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     import httpx
 
     deadline = time.monotonic() + 120
@@ -203,8 +251,11 @@ def start_server(xml: Path, num_requests: int | None) -> dict:
                 break
         except httpx.TransportError:
             time.sleep(0.2)
-    return {"process": process, "rest": f"http://127.0.0.1:{ports[0]}",
-            "grpc": f"grpc://127.0.0.1:{ports[1]}"}
+    return {
+        "process": process,
+        "rest": f"http://127.0.0.1:{ports[0]}",
+        "grpc": f"grpc://127.0.0.1:{ports[1]}",
+    }
 
 
 def stop_server(server: dict) -> None:

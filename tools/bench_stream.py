@@ -37,22 +37,40 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, help="IR to use (default: build a synthetic one)")
     parser.add_argument("--device", default="CPU")
-    parser.add_argument("--frames", type=int, default=5000,
-                        help="frames for `anomaly-edge run` (memory is sampled at 1,000 and "
-                        "at the end)")
-    parser.add_argument("--plain-frames", type=int, default=300,
-                        help="frames for the plain loop (it is slow; its rate is steady)")
+    parser.add_argument(
+        "--frames",
+        type=int,
+        default=5000,
+        help="frames for `anomaly-edge run` (memory is sampled at 1,000 and at the end)",
+    )
+    parser.add_argument(
+        "--plain-frames",
+        type=int,
+        default=300,
+        help="frames for the plain loop (it is slow; its rate is steady)",
+    )
     parser.add_argument("--work", type=Path, help="folder for the video files (default: temp)")
     many = parser.add_argument_group("several cameras (tools/bench_stream_sources.py)")
-    many.add_argument("--sources", metavar="N,N,...",
-                      help="instead: N file cameras through one model, e.g. 1,2,4,8, against "
-                      "the model's asynchronous throughput")
+    many.add_argument(
+        "--sources",
+        metavar="N,N,...",
+        help="instead: N file cameras through one model, e.g. 1,2,4,8, against "
+        "the model's asynchronous throughput",
+    )
     many.add_argument("--frames-per-source", type=int, default=600, metavar="N")
-    many.add_argument("--frame", default="640x480", metavar="WxH",
-                      help="frame size of the --sources video (default 640x480)")
-    many.add_argument("--seconds", type=float, default=8.0,
-                      help="--sources: seconds for each measurement of the model's own "
-                      "asynchronous throughput (default 8)")
+    many.add_argument(
+        "--frame",
+        default="640x480",
+        metavar="WxH",
+        help="frame size of the --sources video (default 640x480)",
+    )
+    many.add_argument(
+        "--seconds",
+        type=float,
+        default=8.0,
+        help="--sources: seconds for each measurement of the model's own "
+        "asynchronous throughput (default 8)",
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(REPO / "tools"))
     __import__("checkout").use_package()  # the built checkout, else the installed package
@@ -68,8 +86,11 @@ def main() -> int:
         video = work / "input_1280x720.mp4"
         start = time.perf_counter()
         _make_video(video, max(args.frames, args.plain_frames))
-        print(f"generated {video.name} ({max(args.frames, args.plain_frames)} frames) in "
-              f"{time.perf_counter() - start:.1f} s; model: {model_note}", file=sys.stderr)
+        print(
+            f"generated {video.name} ({max(args.frames, args.plain_frames)} frames) in "
+            f"{time.perf_counter() - start:.1f} s; model: {model_note}",
+            file=sys.stderr,
+        )
 
         # The plain loop runs in two halves, before and after `anomaly-edge run`, so that a
         # change in the machine's load during the benchmark weighs on both alike.
@@ -77,16 +98,20 @@ def main() -> int:
         first = plain_loop.measure(work / "plain_1.mp4", args.plain_frames // 2)
         ours = _bench_run(model_path, video, work / "run.mp4", args.device, args.frames)
         second = plain_loop.measure(work / "plain_2.mp4", args.plain_frames - first["frames"])
-        plain = {"frames": first["frames"] + second["frames"],
-                 "seconds": first["seconds"] + second["seconds"]}
+        plain = {
+            "frames": first["frames"] + second["frames"],
+            "seconds": first["seconds"] + second["seconds"],
+        }
         plain["fps"] = plain["frames"] / plain["seconds"]
 
     speedup = ours["fps"] / plain["fps"] if plain["fps"] else None
     print(f"\n{'pipeline':<24}{'frames':>8}{'fps':>10}")
     print(f"{'anomaly-edge run':<24}{ours['frames']:>8}{ours['fps']:>10.1f}")
     print(f"{'plain loop (Model API)':<24}{plain['frames']:>8}{plain['fps']:>10.1f}")
-    print(f"speedup: {speedup:.2f}x   RSS after 1000 frames: {ours['rss_1000']} MB, "
-          f"after {ours['frames']}: {ours['rss_end']} MB   model: {model_note}")
+    print(
+        f"speedup: {speedup:.2f}x   RSS after 1000 frames: {ours['rss_1000']} MB, "
+        f"after {ours['frames']}: {ours['rss_end']} MB   model: {model_note}"
+    )
     result = {
         "benchmark": "stream",
         "frame": f"{WIDTH}x{HEIGHT}",
@@ -107,8 +132,9 @@ def _model(given: Path | None, work: Path) -> tuple[Path, str]:
         return given, str(given)
     from tests.ir_factory import build_synthetic_ir
 
-    path = build_synthetic_ir(work / "synthetic" / "model.xml", input_size=(256, 256),
-                              task="detection")
+    path = build_synthetic_ir(
+        work / "synthetic" / "model.xml", input_size=(256, 256), task="detection"
+    )
     return path, "synthetic IR (tests/ir_factory.py, 256x256), not a trained PaDiM"
 
 
@@ -140,10 +166,24 @@ def _bench_run(model: Path, video: Path, out: Path, device: str, frames: int) ->
     from anomaly_edge.cli.main import build_parser
     from anomaly_edge.cli.run import execute
 
-    args = build_parser().parse_args([
-        "run", "--model", str(model), "--source", str(video), "--device", device,
-        "--task", "detection", "--output", str(out), "--max-frames", str(frames), "--quiet",
-    ])
+    args = build_parser().parse_args(
+        [
+            "run",
+            "--model",
+            str(model),
+            "--source",
+            str(video),
+            "--device",
+            device,
+            "--task",
+            "detection",
+            "--output",
+            str(out),
+            "--max-frames",
+            str(frames),
+            "--quiet",
+        ]
+    )
     samples: dict[int, int] = {}
 
     def sample(result) -> None:
@@ -158,8 +198,12 @@ def _bench_run(model: Path, video: Path, out: Path, device: str, frames: int) ->
     if code != 0:
         raise SystemExit(f"anomaly-edge run failed with exit code {code}")
     # Wall time of the whole command: model compilation, decoding, writing, closing.
-    return {"frames": frames, "fps": frames / elapsed, "rss_1000": samples.get(1000),
-            "rss_end": samples.get(frames)}
+    return {
+        "frames": frames,
+        "fps": frames / elapsed,
+        "rss_1000": samples.get(1000),
+        "rss_end": samples.get(frames),
+    }
 
 
 class PlainLoop:
@@ -168,8 +212,9 @@ class PlainLoop:
     def __init__(self, model: Path, video: Path, device: str) -> None:
         from model_api.models import AnomalyDetection
 
-        self.wrapper = AnomalyDetection.create_model(str(model), device=device,
-                                                     configuration={"task": "detection"})
+        self.wrapper = AnomalyDetection.create_model(
+            str(model), device=device, configuration={"task": "detection"}
+        )
         self.video = video
 
     def measure(self, out: Path, frames: int) -> dict:
@@ -178,8 +223,7 @@ class PlainLoop:
 
         start = time.perf_counter()
         capture = cv2.VideoCapture(str(self.video))
-        writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), 25.0,
-                                 (WIDTH, HEIGHT))
+        writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (WIDTH, HEIGHT))
         done = 0
         while done < frames:
             ok, frame = capture.read()
@@ -187,10 +231,13 @@ class PlainLoop:
                 break
             result = self.wrapper(frame)
             score = float(result.pred_score)
-            boxes = [Box(int(x1), int(y1), int(x2), int(y2), score, score, 0)
-                     for x1, y1, x2, y2 in result.pred_boxes]
-            prediction = Prediction(score, result.pred_label == "Anomaly", score,
-                                    Task.DETECTION, boxes=boxes)
+            boxes = [
+                Box(int(x1), int(y1), int(x2), int(y2), score, score, 0)
+                for x1, y1, x2, y2 in result.pred_boxes
+            ]
+            prediction = Prediction(
+                score, result.pred_label == "Anomaly", score, Task.DETECTION, boxes=boxes
+            )
             writer.write(draw_prediction(frame, prediction))
             done += 1
         writer.release()

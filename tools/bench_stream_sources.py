@@ -59,28 +59,40 @@ def run(args) -> int:
             def sample(name: str, result, _rss=rss) -> None:
                 if name == "cam1" and result.index + 1 in (1000, args.frames_per_source):
                     _rss[f"after_{result.index + 1}"] = round(
-                        psutil.Process().memory_info().rss / 2**20)
+                        psutil.Process().memory_info().rss / 2**20
+                    )
 
             runner = MultiStreamRunner(
-                model, [Camera(f"cam{i + 1}", str(video), max_frames=args.frames_per_source)
-                        for i in range(n)], on_result=sample)
+                model,
+                [
+                    Camera(f"cam{i + 1}", str(video), max_frames=args.frames_per_source)
+                    for i in range(n)
+                ],
+                on_result=sample,
+            )
             start = time.perf_counter()
             summary = runner.run()
             elapsed = time.perf_counter() - start
             total = summary.frames / elapsed
             per_source = [round(s.frames / s.seconds, 1) for s in summary.cameras.values()]
             fair = total / n
-            cases.append({
-                "sources": n,
-                "frames_per_source": args.frames_per_source,
-                "fps_total": round(total, 1),
-                "fps_per_source": per_source,
-                "max_deviation_from_fair_share": round(max(abs(f / fair - 1)
-                                                           for f in per_source), 3),
-                "rss_mb": rss,
-            })
-            print(f"{n} source(s): {total:.1f} fps in total, per source {per_source}",
-                  file=sys.stderr, flush=True)
+            cases.append(
+                {
+                    "sources": n,
+                    "frames_per_source": args.frames_per_source,
+                    "fps_total": round(total, 1),
+                    "fps_per_source": per_source,
+                    "max_deviation_from_fair_share": round(
+                        max(abs(f / fair - 1) for f in per_source), 3
+                    ),
+                    "rss_mb": rss,
+                }
+            )
+            print(
+                f"{n} source(s): {total:.1f} fps in total, per source {per_source}",
+                file=sys.stderr,
+                flush=True,
+            )
             baselines.append(measure_async(model, frame, args.seconds)["fps"])
 
     model_async = sum(baselines) / len(baselines)
@@ -88,17 +100,31 @@ def run(args) -> int:
         beside = (baselines[i] + baselines[i + 1]) / 2
         case["model_async_fps"] = round(beside, 1)
         case["share_of_model_async"] = round(case["fps_total"] / beside, 3)
-    print(f"\nmodel asynchronous throughput: {model_async:.1f} fps (measured "
-          f"{', '.join(f'{b:.1f}' for b in baselines)}); frame {width}x{height}; model: {note}; "
-          f"load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"\nmodel asynchronous throughput: {model_async:.1f} fps (measured "
+        f"{', '.join(f'{b:.1f}' for b in baselines)}); frame {width}x{height}; model: {note}; "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
     print(f"{'sources':>8}{'fps total':>11}{'share':>8}{'max dev.':>10}  fps per source / RSS MB")
     for case in cases:
-        print(f"{case['sources']:>8}{case['fps_total']:>11.1f}{case['share_of_model_async']:>8.2f}"
-              f"{case['max_deviation_from_fair_share']:>10.2f}  {case['fps_per_source']} "
-              f"{case['rss_mb']}")
-    print(json.dumps({"benchmark": "stream_sources", "model_async_fps": round(model_async, 1),
-                      "frame": f"{width}x{height}", "model": note, "device": args.device,
-                      "load_average": round(os.getloadavg()[0], 1), "cases": cases}))
+        print(
+            f"{case['sources']:>8}{case['fps_total']:>11.1f}{case['share_of_model_async']:>8.2f}"
+            f"{case['max_deviation_from_fair_share']:>10.2f}  {case['fps_per_source']} "
+            f"{case['rss_mb']}"
+        )
+    print(
+        json.dumps(
+            {
+                "benchmark": "stream_sources",
+                "model_async_fps": round(model_async, 1),
+                "frame": f"{width}x{height}",
+                "model": note,
+                "device": args.device,
+                "load_average": round(os.getloadavg()[0], 1),
+                "cases": cases,
+            }
+        )
+    )
     return 0
 
 
@@ -112,8 +138,7 @@ def _make_video(path: Path, frames: int, width: int, height: int) -> None:
     for k in range(25):
         image = base.copy()
         if k % 5 == 0:
-            cv2.circle(image, (40 + 20 * k, height // 2), max(8, height // 16),
-                       (255, 255, 255), -1)
+            cv2.circle(image, (40 + 20 * k, height // 2), max(8, height // 16), (255, 255, 255), -1)
         variants.append(image)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (width, height))
     for index in range(frames):

@@ -45,32 +45,46 @@ frame = np.full((480, 640, 3), 128, np.uint8)
 
 # name -> (what it does, script run after the prelude)
 SCENARIOS: dict[str, tuple[str, str]] = {
-    "submit_unread": ("README loop, then num_requests frames submitted and never read", """
+    "submit_unread": (
+        "README loop, then num_requests frames submitted and never read",
+        """
 for i in range(20):
     model.submit(frame, i)
     model.ready()
 model.predict(frame)
 for i in range(model.num_requests):
     model.submit(frame, i)
-"""),
-    "submit_no_ready": ("frames submitted, ready() never called", """
+""",
+    ),
+    "submit_no_ready": (
+        "frames submitted, ready() never called",
+        """
 for i in range(2 * model.num_requests + 1):
     model.submit(frame, i)
-"""),
-    "predict_iter_left": ("predict_iter() generator left half-way", """
+""",
+    ),
+    "predict_iter_left": (
+        "predict_iter() generator left half-way",
+        """
 results = model.predict_iter(frame for _ in range(100))
 next(results)
 next(results)
-"""),
-    "stream_left": ("stream iterator left after 5 frames, never closed (video + JSONL)", """
+""",
+    ),
+    "stream_left": (
+        "stream iterator left after 5 frames, never closed (video + JSONL)",
+        """
 from anomaly_edge.stream import EventsSink, StreamRunner, VideoSink
 runner = StreamRunner(model, video, sinks=[VideoSink(out / "a.mp4"),
                                            EventsSink(out / "e.jsonl", all_frames=True)])
 results = iter(runner)
 for _ in range(5):
     next(results)
-"""),
-    "stream_sys_exit": ("sys.exit() from a stream callback", """
+""",
+    ),
+    "stream_sys_exit": (
+        "sys.exit() from a stream callback",
+        """
 from anomaly_edge.stream import EventsSink, StreamRunner, VideoSink
 runner = StreamRunner(model, video, sinks=[VideoSink(out / "a.mp4"),
                                            EventsSink(out / "e.jsonl", all_frames=True)])
@@ -78,31 +92,47 @@ def on_result(result):
     if result.index == 5:
         sys.exit(0)
 runner.run(on_result)
-"""),
-    "stream_daemon_consumer": ("stream consumed by a daemon thread when main exits", """
+""",
+    ),
+    "stream_daemon_consumer": (
+        "stream consumed by a daemon thread when main exits",
+        """
 from anomaly_edge.stream import EventsSink, StreamRunner, VideoSink
 runner = StreamRunner(model, video, sinks=[VideoSink(out / "a.mp4"),
                                            EventsSink(out / "e.jsonl", all_frames=True)])
 threading.Thread(target=runner.run, daemon=True).start()
 while runner.stats.frames < 5:
     time.sleep(0.01)
-"""),
+""",
+    ),
 }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=60, help="exits in all (shared out "
-                        "round-robin over the scenarios)")
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=60,
+        help="exits in all (shared out round-robin over the scenarios)",
+    )
     parser.add_argument("--load", type=int, default=2, help="busy-loop processes meanwhile")
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS),
-                        help=f"comma-separated subset of: {', '.join(SCENARIOS)}")
-    parser.add_argument("--python-path", type=Path, default=None,
-                        help="folder holding the anomaly_edge package to test (default: the "
-                        "checkout's python/ when its extension is built, else the installed one)")
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help=f"comma-separated subset of: {', '.join(SCENARIOS)}",
+    )
+    parser.add_argument(
+        "--python-path",
+        type=Path,
+        default=None,
+        help="folder holding the anomaly_edge package to test (default: the "
+        "checkout's python/ when its extension is built, else the installed one)",
+    )
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per run")
-    parser.add_argument("--jobs", type=int, default=1, help="exits running at once (they add "
-                        "to the load)")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="exits running at once (they add to the load)"
+    )
     args = parser.parse_args()
     names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
     unknown = [n for n in names if n not in SCENARIOS]
@@ -146,9 +176,11 @@ def main() -> int:
                         first_failure = first_failure or f"{name}: {detail}"
                         print(f"run {run} ({name}): {verdict}: {detail}", file=sys.stderr)
                     if (run + 1) % 50 == 0:
-                        print(f"{run + 1}/{args.runs} exits, "
-                              f"{sum(t['aborts'] for t in tally.values())} aborts",
-                              file=sys.stderr)
+                        print(
+                            f"{run + 1}/{args.runs} exits, "
+                            f"{sum(t['aborts'] for t in tally.values())} aborts",
+                            file=sys.stderr,
+                        )
             except KeyboardInterrupt:
                 interrupted = True
                 pool.shutdown(wait=True, cancel_futures=True)
@@ -158,8 +190,10 @@ def main() -> int:
     for name in names:
         t = tally[name]
         mean = t["seconds"] / t["runs"] if t["runs"] else 0.0
-        print(f"{name:<24} {t['runs']:>5} {t['aborts']:>6} {t['failures']:>8} {mean:>6.2f}  "
-              f"{SCENARIOS[name][0]}")
+        print(
+            f"{name:<24} {t['runs']:>5} {t['aborts']:>6} {t['failures']:>8} {mean:>6.2f}  "
+            f"{SCENARIOS[name][0]}"
+        )
     summary = {
         "benchmark": "exit_stress",
         "runs": sum(t["runs"] for t in tally.values()),
@@ -170,8 +204,15 @@ def main() -> int:
         "cpus": os.cpu_count(),
         "seconds": round(total_s, 1),
         "python_path": str(args.python_path),
-        "scenarios": [{"name": n, "runs": tally[n]["runs"], "aborts": tally[n]["aborts"],
-                       "failures": tally[n]["failures"]} for n in names],
+        "scenarios": [
+            {
+                "name": n,
+                "runs": tally[n]["runs"],
+                "aborts": tally[n]["aborts"],
+                "failures": tally[n]["failures"],
+            }
+            for n in names
+        ],
         "first_failure": first_failure,
         "interrupted": interrupted,
     }
@@ -179,14 +220,20 @@ def main() -> int:
     return 0 if summary["aborts"] == 0 and summary["failures"] == 0 else 1
 
 
-def _one_exit(name: str, model: Path, video: Path, out: Path, env: dict[str, str],
-              timeout: float) -> tuple[str, str]:
+def _one_exit(
+    name: str, model: Path, video: Path, out: Path, env: dict[str, str], timeout: float
+) -> tuple[str, str]:
     """("ok" | "abort" | "failure", detail) of one process exiting with frames in flight."""
     script = _PRELUDE + SCENARIOS[name][1]
     try:
-        result = subprocess.run([sys.executable, "-c", script, str(model), str(video), str(out)],
-                                capture_output=True, text=True, timeout=timeout, env=env,
-                                cwd=out)
+        result = subprocess.run(
+            [sys.executable, "-c", script, str(model), str(video), str(out)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            cwd=out,
+        )
     except subprocess.TimeoutExpired:
         return "failure", f"hung for more than {timeout:.0f} s"
     tail = result.stderr.strip()[-400:]

@@ -27,8 +27,12 @@ REPO = Path(__file__).resolve().parents[1]
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--images", type=Path, required=True,
-                        help="folder searched for images (e.g. a category's test folder)")
+    parser.add_argument(
+        "--images",
+        type=Path,
+        required=True,
+        help="folder searched for images (e.g. a category's test folder)",
+    )
     parser.add_argument("--cameras", type=int, default=3)
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "web-view.png")
     parser.add_argument("--size", default="1100x860", help="browser window WxH")
@@ -42,16 +46,32 @@ def main() -> int:
     if not paths:
         raise SystemExit(f"no .png images under {args.images}")
     images = [cv2.resize(cv2.imread(str(p)), (256, 256)) for p in paths[::3]]
-    servers = [MjpegServer(lambda n, k=k: images[(n // 4 + 7 * k) % len(images)], fps=8).start()
-               for k in range(args.cameras)]
+    servers = [
+        MjpegServer(lambda n, k=k: images[(n // 4 + 7 * k) % len(images)], fps=8).start()
+        for k in range(args.cameras)
+    ]
     package = str(__import__("checkout").package_path())
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([package, str(REPO)]))
-    command = [sys.executable, "-m", "anomaly_edge", "run", "--model", str(args.model),
-               "--device", "CPU", "--task", "detection", "--web", "127.0.0.1:0", "--quiet"]
+    command = [
+        sys.executable,
+        "-m",
+        "anomaly_edge",
+        "run",
+        "--model",
+        str(args.model),
+        "--device",
+        "CPU",
+        "--task",
+        "detection",
+        "--web",
+        "127.0.0.1:0",
+        "--quiet",
+    ]
     for k, server in enumerate(servers):
         command += ["--source", f"station{k + 1}={server.url}"]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                               text=True, env=env)
+    process = subprocess.Popen(
+        command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env
+    )
     browser = None
     try:
         url = None
@@ -65,9 +85,13 @@ def main() -> int:
             raise SystemExit("the run did not start its web view")
         width, height = (int(v) for v in args.size.split("x"))
         browser = Chromium(url, size=(width, height))
-        browser.wait_for(f"document.querySelectorAll('#events img').length >= "
-                         f"{min(3, args.cameras)} && [...document.querySelectorAll('#events img')]"
-                         ".every(i => i.naturalWidth > 0)", limit_s=90, what="snapshots")
+        browser.wait_for(
+            f"document.querySelectorAll('#events img').length >= "
+            f"{min(3, args.cameras)} && [...document.querySelectorAll('#events img')]"
+            ".every(i => i.naturalWidth > 0)",
+            limit_s=90,
+            what="snapshots",
+        )
         time.sleep(2)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         browser.screenshot(args.out)

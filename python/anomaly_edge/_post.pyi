@@ -79,7 +79,6 @@ def postprocess_batch(
     task: Task = ...,
     heatmap: bool = False,
 ) -> list[Result]: ...
-
 def stitch(
     tile_maps: npt.NDArray[np.float32],
     ys: list[int],

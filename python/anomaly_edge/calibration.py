@@ -74,8 +74,11 @@ class CalibrationReport:
     flagged_before: int
     flagged_after: int
     source: str | None = None
-    date: str = field(default_factory=lambda: datetime.now(timezone.utc)
-                      .isoformat(timespec="seconds").replace("+00:00", "Z"))
+    date: str = field(
+        default_factory=lambda: (
+            datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+        )
+    )
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -99,8 +102,13 @@ class CalibrationReport:
         return "\n".join(lines)
 
 
-def calibrate(model: AnomalyModel, frames: Iterable[np.ndarray], *, source: str | None = None,
-              min_frames: int = MIN_FRAMES) -> CalibrationReport:
+def calibrate(
+    model: AnomalyModel,
+    frames: Iterable[np.ndarray],
+    *,
+    source: str | None = None,
+    min_frames: int = MIN_FRAMES,
+) -> CalibrationReport:
     """Re-estimate ``model``'s thresholds and statistics on ``frames`` of normal production.
 
     ``frames`` are uint8 images in the model's colour format, all of one size (one camera);
@@ -120,24 +128,30 @@ def calibrate(model: AnomalyModel, frames: Iterable[np.ndarray], *, source: str 
         if prediction.anomaly_map is not None:
             map_minimum = min(map_minimum, float(prediction.anomaly_map.min()))
     if not scores:
-        raise CalibrationError("no frames to calibrate on: the source delivered none (empty, "
-                               "unreadable or corrupt?); give frames of normal production")
+        raise CalibrationError(
+            "no frames to calibrate on: the source delivered none (empty, "
+            "unreadable or corrupt?); give frames of normal production"
+        )
     if len(scores) < min_frames:
         raise CalibrationError(
             f"only {len(scores)} frames to calibrate on; at least {min_frames} are needed to "
-            "measure the camera's score level: give a longer stretch of normal production")
+            "measure the camera's score level: give a longer stretch of normal production"
+        )
     values = np.asarray(scores, dtype=np.float64)
     if not np.isfinite(map_minimum):
         map_minimum = float(values.min())
 
     # The thresholds in use (set by the user or exported) are the ones being recalibrated.
-    before = dataclasses.replace(model.metadata, image_threshold=model.image_threshold,
-                                 pixel_threshold=model.pixel_threshold)
+    before = dataclasses.replace(
+        model.metadata, image_threshold=model.image_threshold, pixel_threshold=model.pixel_threshold
+    )
     quantile = float(np.quantile(values, CALIBRATION_QUANTILE, method="higher"))
     # The margin widens away from zero whatever the sign, and the result always clears the
     # highest calibration score (labels are raw >= threshold; flat frames may score 0).
-    tail = max(quantile + (THRESHOLD_MARGIN - 1.0) * abs(quantile),
-               float(np.nextafter(np.float32(values.max()), np.float32(np.inf))))
+    tail = max(
+        quantile + (THRESHOLD_MARGIN - 1.0) * abs(quantile),
+        float(np.nextafter(np.float32(values.max()), np.float32(np.inf))),
+    )
     tuned_on_defects = before.metrics.get("image_threshold_method") != "max_normal"
     image_floor = before.image_threshold if tuned_on_defects else -np.inf
     pixel_floor = before.pixel_threshold if tuned_on_defects else -np.inf
@@ -156,8 +170,11 @@ def calibrate(model: AnomalyModel, frames: Iterable[np.ndarray], *, source: str 
     report = CalibrationReport(
         frames=len(scores),
         frame_size=sizes[0],
-        scores={"min": float(values.min()), "median": float(np.median(values)),
-                "max": float(values.max())},
+        scores={
+            "min": float(values.min()),
+            "median": float(np.median(values)),
+            "max": float(values.max()),
+        },
         before=_settings(before),
         after=_settings(after),
         flagged_before=int(np.count_nonzero(values >= before.image_threshold)),
@@ -169,14 +186,14 @@ def calibrate(model: AnomalyModel, frames: Iterable[np.ndarray], *, source: str 
     return report
 
 
-def _same_size(frames: Iterable[np.ndarray], sizes: list[tuple[int, int]]
-               ) -> Iterator[np.ndarray]:
+def _same_size(frames: Iterable[np.ndarray], sizes: list[tuple[int, int]]) -> Iterator[np.ndarray]:
     """``frames``, checking that each has the first frame's size (recorded in ``sizes``)."""
     for index, frame in enumerate(frames):
         shape = getattr(frame, "shape", None)
         if shape is None or len(shape) < 2:
-            raise CalibrationError(f"frame {index} is not an image array (got "
-                                   f"{type(frame).__name__})")
+            raise CalibrationError(
+                f"frame {index} is not an image array (got {type(frame).__name__})"
+            )
         size = (int(shape[0]), int(shape[1]))
         if not sizes:
             sizes.append(size)
@@ -184,7 +201,8 @@ def _same_size(frames: Iterable[np.ndarray], sizes: list[tuple[int, int]]
             raise CalibrationError(
                 f"frame {index} is {size[1]}x{size[0]} but the first frames are "
                 f"{sizes[0][1]}x{sizes[0][0]}: calibrate on frames of one camera at one size "
-                "(the size the model will see on the line)")
+                "(the size the model will see on the line)"
+            )
         yield frame
 
 
@@ -196,13 +214,13 @@ def _settings(metadata: ModelMetadata) -> dict[str, Any]:
         "image_max": metadata.image_max,
         "pixel_min": metadata.pixel_min,
         "pixel_max": metadata.pixel_max,
-        "normal_score_range": (None if metadata.normal_score_range is None
-                               else list(metadata.normal_score_range)),
+        "normal_score_range": (
+            None if metadata.normal_score_range is None else list(metadata.normal_score_range)
+        ),
     }
 
 
-def save_model(graph: ov.Model, metadata: ModelMetadata, path: str | os.PathLike[str]
-               ) -> Path:
+def save_model(graph: ov.Model, metadata: ModelMetadata, path: str | os.PathLike[str]) -> Path:
     """Write ``graph`` (the IR as read, without pre-processing) with ``metadata`` as an IR pair.
 
     ``path`` is the new ``.xml`` (or a folder, which gets ``model.xml``). The weights are
@@ -213,8 +231,9 @@ def save_model(graph: ov.Model, metadata: ModelMetadata, path: str | os.PathLike
     target = Path(path)
     if target.is_dir() or target.suffix.lower() != ".xml":
         if target.suffix:
-            raise InvalidInputError(f"cannot save the model as {target}: give a .xml path "
-                                    "or a folder")
+            raise InvalidInputError(
+                f"cannot save the model as {target}: give a .xml path or a folder"
+            )
         target = target / "model.xml"
     folder = target.parent
     if not folder.is_dir():

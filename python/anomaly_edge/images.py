@@ -16,8 +16,16 @@ from anomaly_edge import _post, media
 from anomaly_edge.errors import InvalidInputError
 from anomaly_edge.media import IMAGE_SUFFIXES, MAX_IMAGE_SIDE
 
-__all__ = ["IMAGE_SUFFIXES", "MAX_IMAGE_SIDE", "ColorFormat", "check_frame", "list_images",
-           "network_image", "read_image", "resize_for_network"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "MAX_IMAGE_SIDE",
+    "ColorFormat",
+    "check_frame",
+    "list_images",
+    "network_image",
+    "read_image",
+    "resize_for_network",
+]
 
 
 class ColorFormat(str, Enum):

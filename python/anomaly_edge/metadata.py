@@ -90,8 +90,14 @@ class ModelMetadata:
         self.mean = tuple(float(v) for v in self.mean)  # type: ignore[assignment]
         self.std = tuple(float(v) for v in self.std)  # type: ignore[assignment]
         self.task = Task.parse(self.task).value
-        for name in ("image_threshold", "pixel_threshold", "image_min", "image_max",
-                     "pixel_min", "pixel_max"):
+        for name in (
+            "image_threshold",
+            "pixel_threshold",
+            "image_min",
+            "image_max",
+            "pixel_min",
+            "pixel_max",
+        ):
             value = float(getattr(self, name))
             if not math.isfinite(value):
                 raise ValueError(f"metadata {name} must be a finite number, got {value}")
@@ -101,8 +107,9 @@ class ModelMetadata:
             if value is not None:
                 value = float(value)
                 if not math.isfinite(value):
-                    raise ValueError(f"metadata {name} must be a finite number or None, "
-                                     f"got {value}")
+                    raise ValueError(
+                        f"metadata {name} must be a finite number or None, got {value}"
+                    )
                 setattr(self, name, value)
 
     @property
@@ -193,8 +200,10 @@ class ModelMetadata:
 
         def get(key: str) -> str:
             if not model.has_rt_info([OUR_SECTION, key]):
-                raise ModelLoadError(f"{source}: anomaly-edge metadata lacks the key {key!r}; "
-                                     "re-export the model with this version of anomaly-edge.")
+                raise ModelLoadError(
+                    f"{source}: anomaly-edge metadata lacks the key {key!r}; "
+                    "re-export the model with this version of anomaly-edge."
+                )
             return str(model.get_rt_info([OUR_SECTION, key]).astype(str))
 
         def optional(key: str, default: str | None = None) -> str | None:
@@ -208,9 +217,11 @@ class ModelMetadata:
         try:
             version = int(get("format_version"))
         except ValueError:
-            raise ModelLoadError(f"{source}: metadata format_version "
-                                 f"{get('format_version')!r} is not a whole number; the rt_info "
-                                 "was edited or damaged: re-export the model.") from None
+            raise ModelLoadError(
+                f"{source}: metadata format_version "
+                f"{get('format_version')!r} is not a whole number; the rt_info "
+                "was edited or damaged: re-export the model."
+            ) from None
         if version > FORMAT_VERSION:
             raise ModelLoadError(
                 f"{source} uses metadata format {version}, newer than this anomaly-edge "
@@ -239,13 +250,15 @@ class ModelMetadata:
                 calibration=json.loads(optional("calibration") or "{}"),
                 tile_grid=tuple(int(v) for v in str(optional("tile_grid", "1 1")).split()),  # type: ignore[arg-type]
                 tile_frame_size=tuple(  # type: ignore[arg-type]
-                    int(v) for v in str(optional("tile_frame_size", get("input_size"))).split()),
+                    int(v) for v in str(optional("tile_frame_size", get("input_size"))).split()
+                ),
                 tile_blend=str(optional("tile_blend", "cosine")),
                 train_aspect=optional_float("train_aspect"),
             )
         except (ValueError, TypeError, IndexError, InvalidInputError) as exc:
-            raise ModelLoadError(f"{source}: anomaly-edge metadata is malformed ({exc}); "
-                                 "re-export the model.") from exc
+            raise ModelLoadError(
+                f"{source}: anomaly-edge metadata is malformed ({exc}); re-export the model."
+            ) from exc
         metadata.check_against(model, source)
         return metadata
 
@@ -253,19 +266,25 @@ class ModelMetadata:
         """Refuse metadata that cannot drive this graph: sizes, mean/std, output shape."""
         problems = []
         if len(self.mean) != 3 or len(self.std) != 3:
-            problems.append(f"mean and std need 3 values (RGB), got {len(self.mean)} and "
-                            f"{len(self.std)}")
+            problems.append(
+                f"mean and std need 3 values (RGB), got {len(self.mean)} and {len(self.std)}"
+            )
         if not all(math.isfinite(v) for v in (*self.mean, *self.std)):
             problems.append("mean and std must be finite numbers")
         elif any(v <= 0 for v in self.std):
-            problems.append(f"std must be positive, got {list(self.std)} (a zero std divides "
-                            "every pixel by zero)")
+            problems.append(
+                f"std must be positive, got {list(self.std)} (a zero std divides "
+                "every pixel by zero)"
+            )
         if min(self.input_size) < 1:
             problems.append(f"input size {self.input_size} is not positive")
         # The graph checks apply to a network (an image input); a holder of rt_info alone
         # (a remote model's metadata) has a dummy graph.
-        image_graph = len(model.inputs) == 1 and model.inputs[0].get_partial_shape().rank \
-            .is_static and len(model.inputs[0].get_partial_shape()) == 4
+        image_graph = (
+            len(model.inputs) == 1
+            and model.inputs[0].get_partial_shape().rank.is_static
+            and len(model.inputs[0].get_partial_shape()) == 4
+        )
         if image_graph:
             shape = model.inputs[0].get_partial_shape()
             if shape.is_static:
@@ -273,16 +292,24 @@ class ModelMetadata:
                 if shape[1].get_length() != 3:
                     problems.append(f"the graph takes {shape[1].get_length()} channels, not 3")
                 if graph_size != self.input_size:
-                    problems.append(f"input_size {self.input_size[0]}x{self.input_size[1]} does "
-                                    f"not match the graph's input {graph_size[0]}x{graph_size[1]}")
+                    problems.append(
+                        f"input_size {self.input_size[0]}x{self.input_size[1]} does "
+                        f"not match the graph's input {graph_size[0]}x{graph_size[1]}"
+                    )
         if image_graph and len(model.outputs) == 1:
             out = model.outputs[0].get_partial_shape()
-            if out.rank.is_dynamic or len(out) != 4 or (out[1].is_static
-                                                       and out[1].get_length() != 1):
+            if (
+                out.rank.is_dynamic
+                or len(out) != 4
+                or (out[1].is_static and out[1].get_length() != 1)
+            ):
                 problems.append(f"the graph's output must be a [1, 1, H, W] map, not {out}")
         if problems:
-            raise ModelLoadError(f"{source}: the model's metadata does not fit its graph: "
-                                 + "; ".join(problems) + ". Re-export the model.")
+            raise ModelLoadError(
+                f"{source}: the model's metadata does not fit its graph: "
+                + "; ".join(problems)
+                + ". Re-export the model."
+            )
 
 
 def _positive_span(lo: float, hi: float) -> float:

@@ -164,8 +164,9 @@ class AnomalyModel:
         self._aspect_warned = False
 
     @classmethod
-    def remote(cls, url: str | list[str], name: str | None = None,
-               **options: Any) -> RemoteAnomalyModel:
+    def remote(
+        cls, url: str | list[str], name: str | None = None, **options: Any
+    ) -> RemoteAnomalyModel:
         """A model served by a v2 model server (``anomaly-edge serve``, OpenVINO Model Server,
         KServe), with this class's interface: pre- and post-processing run here.
 
@@ -228,8 +229,9 @@ class AnomalyModel:
 
     # ---- calibration on the line (anomaly_edge.calibration) -------------------------------
 
-    def calibrate(self, frames: Iterable[np.ndarray], *, source: str | None = None
-                  ) -> CalibrationReport:
+    def calibrate(
+        self, frames: Iterable[np.ndarray], *, source: str | None = None
+    ) -> CalibrationReport:
         """Re-estimate thresholds and normalisation on frames of normal production from the
         deployment camera (no retraining); the model changes in place. See
         :func:`anomaly_edge.calibration.calibrate`; :meth:`save` writes the result."""
@@ -244,8 +246,11 @@ class AnomalyModel:
 
         from anomaly_edge.calibration import save_model
 
-        metadata = dataclasses.replace(self.metadata, image_threshold=self.image_threshold,
-                                       pixel_threshold=self.pixel_threshold)
+        metadata = dataclasses.replace(
+            self.metadata,
+            image_threshold=self.image_threshold,
+            pixel_threshold=self.pixel_threshold,
+        )
         return save_model(self._ir, metadata, path)
 
     def _apply_metadata(self, metadata: ModelMetadata) -> None:
@@ -307,8 +312,9 @@ class AnomalyModel:
 
     def _async_model(self) -> ov.CompiledModel:
         if self._async_compiled is None:
-            self._async_compiled = compile_for(self._graph, self.device, self._cache_dir,
-                                               self._properties, hint="THROUGHPUT")
+            self._async_compiled = compile_for(
+                self._graph, self.device, self._cache_dir, self._properties, hint="THROUGHPUT"
+            )
         return self._async_compiled
 
     def submit(
@@ -373,8 +379,9 @@ class AnomalyModel:
         """
         with self._async_lock:
             if self._inflight is not None:
-                self._inflight.cancel(RuntimeError("the model was closed before this frame "
-                                                   "finished"))
+                self._inflight.cancel(
+                    RuntimeError("the model was closed before this frame finished")
+                )
                 self._inflight = None
             self._submitted.clear()
             self._async_lock.notify_all()
@@ -411,8 +418,11 @@ class AnomalyModel:
         if self._released:
             raise RuntimeError("the model was released at interpreter exit")
         if self._inflight is None:
-            self._inflight = InFlight(self._async_model(), self.num_requests,
-                                      lambda request: _frame_map(request, self._tiles))
+            self._inflight = InFlight(
+                self._async_model(),
+                self.num_requests,
+                lambda request: _frame_map(request, self._tiles),
+            )
         self._inflight.start(tensor, pending.finish)
 
     def _finish_ready(self) -> None:
@@ -434,8 +444,11 @@ class AnomalyModel:
         # Called with the lock held; see submit() for the rule.
         while sum(p.done.is_set() for p in self._submitted) >= self._max_pending:
             collector = self._collector
-            if (collector is None or collector is threading.current_thread()
-                    or not collector.is_alive()):
+            if (
+                collector is None
+                or collector is threading.current_thread()
+                or not collector.is_alive()
+            ):
                 raise PendingResultsError(
                     f"{self._max_pending} finished results wait to be collected: call "
                     "ready() (or drain()) between submit() calls, use predict_iter() to "
@@ -470,7 +483,8 @@ class AnomalyModel:
                 f"are shaped unlike the training images (median {trained:.2f}); each is resized "
                 f"to the network's {w}x{h}, which stretches the parts. Crop frames to the "
                 "training images' field of view, or retrain on frames like these.",
-                stacklevel=4)
+                stacklevel=4,
+            )
 
     def info(self) -> dict[str, Any]:
         """What this model is and how it runs: metadata, device, settings, I/O."""
@@ -516,11 +530,25 @@ class AnomalyModel:
 class _Pending:
     """One frame in flight: what its post-processing needs, and then its result."""
 
-    __slots__ = ("done", "error", "frame_size", "heatmap", "params", "prediction", "task",
-                 "userdata")
+    __slots__ = (
+        "done",
+        "error",
+        "frame_size",
+        "heatmap",
+        "params",
+        "prediction",
+        "task",
+        "userdata",
+    )
 
-    def __init__(self, userdata: Any, frame_size: tuple[int, int], params: PostprocessParams,
-                 task: Task, heatmap: bool) -> None:
+    def __init__(
+        self,
+        userdata: Any,
+        frame_size: tuple[int, int],
+        params: PostprocessParams,
+        task: Task,
+        heatmap: bool,
+    ) -> None:
         self.userdata = userdata
         self.frame_size = frame_size
         self.params = params
@@ -535,8 +563,9 @@ class _Pending:
         try:
             if error is None:
                 assert raw_map is not None
-                self.prediction = postprocess(raw_map, self.frame_size, self.params, self.task,
-                                              heatmap=self.heatmap)
+                self.prediction = postprocess(
+                    raw_map, self.frame_size, self.params, self.task, heatmap=self.heatmap
+                )
         except BaseException as exc:  # handed to whoever collects this frame
             error = exc
         self.error = error
@@ -567,8 +596,10 @@ def _threshold(value: float, name: str) -> float:
         raise InvalidInputError(f"{name} must be finite, got {value!r}")
     if abs(number) > _FLOAT32_MAX:
         # The map is float32: a threshold beyond its range would make every frame fail later.
-        raise InvalidInputError(f"{name} must lie within +-{_FLOAT32_MAX:.3g} (the float32 "
-                                f"range of the anomaly map), got {value!r}")
+        raise InvalidInputError(
+            f"{name} must lie within +-{_FLOAT32_MAX:.3g} (the float32 "
+            f"range of the anomaly map), got {value!r}"
+        )
     return number
 
 

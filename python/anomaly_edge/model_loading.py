@@ -97,13 +97,14 @@ def check_weights_stamp(xml: Path, weights: Path) -> None:
         text = xml.read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
         raise ModelLoadError(f"cannot read {xml}: {exc.strerror or exc}") from exc
-    expected_sha, expected_size = (_rt_value(text, key)
-                                   for key in (WEIGHTS_SHA256_KEY, WEIGHTS_BYTES_KEY))
+    expected_sha, expected_size = (
+        _rt_value(text, key) for key in (WEIGHTS_SHA256_KEY, WEIGHTS_BYTES_KEY)
+    )
     if not expected_sha:
         return
-    mismatch = (expected_size and expected_size.isdigit()
-                and int(expected_size) != weights.stat().st_size) \
-        or file_sha256(weights) != expected_sha
+    mismatch = (
+        expected_size and expected_size.isdigit() and int(expected_size) != weights.stat().st_size
+    ) or file_sha256(weights) != expected_sha
     if mismatch:
         raise ModelLoadError(
             f"{weights.name} does not belong to {xml.name} in {xml.parent}: the weights are "

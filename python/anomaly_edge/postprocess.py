@@ -61,7 +61,10 @@ class PostprocessParams:
         object.__setattr__(self, "min_area", int(self.min_area))
         try:
             native = _post.Params(
-                self.image_threshold, self.pixel_threshold, self.image_scale, self.pixel_scale,
+                self.image_threshold,
+                self.pixel_threshold,
+                self.image_scale,
+                self.pixel_scale,
                 self.min_area,
             )
         except ValueError as exc:
@@ -119,7 +122,12 @@ def postprocess(
         raw_score = _finite_float(raw_score, "raw_score")
     try:
         result = _post.postprocess(
-            anomaly_map, height, width, params._native, _NATIVE_TASKS[task], bool(heatmap),
+            anomaly_map,
+            height,
+            width,
+            params._native,
+            _NATIVE_TASKS[task],
+            bool(heatmap),
             raw_score,
         )
     except ValueError as exc:  # e.g. NaN in the map: one exception type for every bad input
@@ -169,8 +177,13 @@ def postprocess_batch(
     return [_prediction(r, task, anomaly_maps[i]) for i, r in enumerate(results)]
 
 
-def stitch_tiles(tile_maps: np.ndarray, ys: Sequence[int], xs: Sequence[int],
-                 frame_size: FrameSize, blend: str = "cosine") -> np.ndarray:
+def stitch_tiles(
+    tile_maps: np.ndarray,
+    ys: Sequence[int],
+    xs: Sequence[int],
+    frame_size: FrameSize,
+    blend: str = "cosine",
+) -> np.ndarray:
     """Blend tile maps into one frame map in C++ (the GIL is released).
 
     Args:

@@ -169,8 +169,9 @@ class RemoteAnomalyModel:
         self.name = self._endpoints[0].name
         self.path = Path(self._endpoints[0].url)  # what messages and `info` show
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever,
-                                        name="anomaly-edge-remote", daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="anomaly-edge-remote", daemon=True
+        )
         self._thread.start()
         self._next = itertools.count()
         self._submitted: deque[tuple[Any, Future[Prediction]]] = deque()
@@ -187,7 +188,8 @@ class RemoteAnomalyModel:
             self.pixel_threshold = pixel_threshold
         if num_requests is not None and (not isinstance(num_requests, int) or num_requests < 1):
             raise InvalidInputError(
-                f"num_requests must be a positive integer, got {num_requests!r}")
+                f"num_requests must be a positive integer, got {num_requests!r}"
+            )
         self.num_requests = num_requests or 4 * len(self._endpoints)
         if not isinstance(max_pending, int) or isinstance(max_pending, bool) or max_pending < 1:
             raise InvalidInputError(f"max_pending must be a positive integer, got {max_pending!r}")
@@ -239,18 +241,23 @@ class RemoteAnomalyModel:
         frame_size, tensor = self._network_input(image)
         return self._call(self._predict(tensor, frame_size, self._params, self._task, heatmap))
 
-    def predict_batch(self, images: Iterable[np.ndarray | str | Path], *,
-                      heatmap: bool = False) -> list[Prediction]:
+    def predict_batch(
+        self, images: Iterable[np.ndarray | str | Path], *, heatmap: bool = False
+    ) -> list[Prediction]:
         return list(self.predict_iter(images, heatmap=heatmap))
 
-    def predict_iter(self, images: Iterable[np.ndarray | str | Path], *,
-                     heatmap: bool = False) -> Iterator[Prediction]:
+    def predict_iter(
+        self, images: Iterable[np.ndarray | str | Path], *, heatmap: bool = False
+    ) -> Iterator[Prediction]:
         """Score frames lazily with up to ``num_requests`` in flight; results in input order."""
         window: deque[Future[Prediction]] = deque()
         for image in images:
             frame_size, tensor = self._network_input(image)
-            window.append(asyncio.run_coroutine_threadsafe(
-                self._predict(tensor, frame_size, self._params, self._task, heatmap), self._loop))
+            window.append(
+                asyncio.run_coroutine_threadsafe(
+                    self._predict(tensor, frame_size, self._params, self._task, heatmap), self._loop
+                )
+            )
             while window and (window[0].done() or len(window) >= self.num_requests):
                 yield window.popleft().result()
         while window:
@@ -258,8 +265,9 @@ class RemoteAnomalyModel:
 
     # ---- asynchronous ----------------------------------------------------------------------
 
-    def submit(self, image: np.ndarray | str | Path, userdata: Any = None, *,
-               heatmap: bool = False) -> None:
+    def submit(
+        self, image: np.ndarray | str | Path, userdata: Any = None, *, heatmap: bool = False
+    ) -> None:
         """Send a frame and return at once (blocks while ``num_requests`` are in flight);
         collect results in submission order with :meth:`ready` / :meth:`drain`."""
         if sum(future.done() for _, future in self._submitted) >= self.max_pending:
@@ -271,7 +279,8 @@ class RemoteAnomalyModel:
         self._slots.acquire()
         try:
             future = asyncio.run_coroutine_threadsafe(
-                self._predict(tensor, frame_size, self._params, self._task, heatmap), self._loop)
+                self._predict(tensor, frame_size, self._params, self._task, heatmap), self._loop
+            )
         except BaseException:
             self._slots.release()
             raise
@@ -343,8 +352,10 @@ class RemoteAnomalyModel:
 
     def __repr__(self) -> str:
         urls = [e.url for e in self._endpoints]
-        return (f"AnomalyModel.remote({urls if len(urls) > 1 else urls[0]!r}, {self.name!r}, "
-                f"model={self.metadata.model!r}, task={self._task.value!r})")
+        return (
+            f"AnomalyModel.remote({urls if len(urls) > 1 else urls[0]!r}, {self.name!r}, "
+            f"model={self.metadata.model!r}, task={self._task.value!r})"
+        )
 
     # ---- the work --------------------------------------------------------------------------
 
@@ -356,8 +367,14 @@ class RemoteAnomalyModel:
     def _call(self, coroutine: Coroutine[Any, Any, _T], timeout: float | None = None) -> _T:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
 
-    async def _predict(self, tensor: np.ndarray, frame_size: tuple[int, int],
-                       params: PostprocessParams, task: Task, heatmap: bool) -> Prediction:
+    async def _predict(
+        self,
+        tensor: np.ndarray,
+        frame_size: tuple[int, int],
+        params: PostprocessParams,
+        task: Task,
+        heatmap: bool,
+    ) -> Prediction:
         anomaly_map = await self._infer(tensor)
         return postprocess(anomaly_map, frame_size, params, task, heatmap=heatmap)
 
@@ -388,16 +405,22 @@ class RemoteAnomalyModel:
 
     def _unavailable_message(self) -> str:
         reasons = "; ".join(f"{e.url}: {e.last_error or 'no answer'}" for e in self._endpoints)
-        return (f"model server not reachable after {self.reconnect.attempts} retries "
-                f"({reasons}); check that `anomaly-edge serve` (or OVMS/KServe) is running and "
-                "the URL is right")
+        return (
+            f"model server not reachable after {self.reconnect.attempts} retries "
+            f"({reasons}); check that `anomaly-edge serve` (or OVMS/KServe) is running and "
+            "the URL is right"
+        )
 
     async def _connect(self) -> ModelMetadata:
         """Ask every replica for the model's metadata; all that answer must agree."""
-        results = await asyncio.gather(*(e.rt_info() for e in self._endpoints),
-                                       return_exceptions=True)
-        answered = [(e, r) for e, r in zip(self._endpoints, results, strict=True)
-                    if not isinstance(r, BaseException)]
+        results = await asyncio.gather(
+            *(e.rt_info() for e in self._endpoints), return_exceptions=True
+        )
+        answered = [
+            (e, r)
+            for e, r in zip(self._endpoints, results, strict=True)
+            if not isinstance(r, BaseException)
+        ]
         for endpoint, result in zip(self._endpoints, results, strict=True):
             if isinstance(result, _ModelMissing):
                 raise ModelLoadError(str(result))
@@ -406,8 +429,9 @@ class RemoteAnomalyModel:
             if isinstance(result, _Unavailable):
                 endpoint.set_aside(str(result))
                 if answered:
-                    log.warning("replica %s is not answering (%s); using the others",
-                                endpoint.url, result)
+                    log.warning(
+                        "replica %s is not answering (%s); using the others", endpoint.url, result
+                    )
             elif isinstance(result, BaseException):
                 raise result
         if not answered:
@@ -419,8 +443,10 @@ class RemoteAnomalyModel:
         first_endpoint, first = answered[0]
         for endpoint, other in answered[1:]:
             if other != first:
-                raise ModelLoadError(f"replicas {first_endpoint.url} and {endpoint.url} serve "
-                                     f"different models under the name {self.name!r}")
+                raise ModelLoadError(
+                    f"replicas {first_endpoint.url} and {endpoint.url} serve "
+                    f"different models under the name {self.name!r}"
+                )
         return metadata_from_rt_info(first, f"model {self.name!r} at {first_endpoint.url}")
 
     async def _close_endpoints(self) -> None:
@@ -488,8 +514,10 @@ class _RestEndpoint(_Endpoint):
         except (httpx.TransportError, OSError) as exc:
             raise _Unavailable(_describe(exc)) from None
         if response.status_code == 404:
-            raise _ModelMissing(f"the server at {self.url} has no model {self.name!r} "
-                                "(give the name it serves, e.g. with --remote NAME)")
+            raise _ModelMissing(
+                f"the server at {self.url} has no model {self.name!r} "
+                "(give the name it serves, e.g. with --remote NAME)"
+            )
         if not response.is_success:
             raise _Unavailable(f"HTTP {response.status_code} for the model metadata")
         try:
@@ -507,17 +535,29 @@ class _RestEndpoint(_Endpoint):
     async def infer(self, tensor: np.ndarray) -> np.ndarray:
         import httpx
 
-        header = json.dumps({
-            "inputs": [{"name": RAW_INPUT, "shape": list(tensor.shape), "datatype": "FP32",
-                        "parameters": {"binary_data_size": tensor.nbytes}}],
-            "outputs": [{"name": RAW_OUTPUT, "parameters": {"binary_data": True}}],
-            "parameters": {"binary_data_output": True},
-        }).encode()
+        header = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": RAW_INPUT,
+                        "shape": list(tensor.shape),
+                        "datatype": "FP32",
+                        "parameters": {"binary_data_size": tensor.nbytes},
+                    }
+                ],
+                "outputs": [{"name": RAW_OUTPUT, "parameters": {"binary_data": True}}],
+                "parameters": {"binary_data_output": True},
+            }
+        ).encode()
         try:
             response = await self._client().post(
-                f"{self.base}/v2/models/{self.name}/infer", content=header + tensor.tobytes(),
-                headers={_HEADER_LENGTH: str(len(header)),
-                         "content-type": "application/octet-stream"})
+                f"{self.base}/v2/models/{self.name}/infer",
+                content=header + tensor.tobytes(),
+                headers={
+                    _HEADER_LENGTH: str(len(header)),
+                    "content-type": "application/octet-stream",
+                },
+            )
         except (httpx.TransportError, OSError) as exc:
             raise _Unavailable(_describe(exc)) from None
         if response.status_code == 404:
@@ -571,13 +611,18 @@ class _GrpcEndpoint(_Endpoint):
             from kserve import InferenceGRPCClient
 
             self._client = InferenceGRPCClient(
-                self.target, timeout=self.timeout, retries=0,
-                channel_args=[("grpc.max_send_message_length", -1),
-                              ("grpc.max_receive_message_length", -1),
-                              ("grpc.enable_retries", 0),
-                              # gRPC's own reconnect back-off grows to minutes; ours decides
-                              ("grpc.initial_reconnect_backoff_ms", 200),
-                              ("grpc.max_reconnect_backoff_ms", 1000)])
+                self.target,
+                timeout=self.timeout,
+                retries=0,
+                channel_args=[
+                    ("grpc.max_send_message_length", -1),
+                    ("grpc.max_receive_message_length", -1),
+                    ("grpc.enable_retries", 0),
+                    # gRPC's own reconnect back-off grows to minutes; ours decides
+                    ("grpc.initial_reconnect_backoff_ms", 200),
+                    ("grpc.max_reconnect_backoff_ms", 1000),
+                ],
+            )
         return self._client
 
     def set_aside(self, reason: str) -> None:
@@ -598,8 +643,10 @@ class _GrpcEndpoint(_Endpoint):
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             if code == grpc.StatusCode.NOT_FOUND:
-                raise _ModelMissing(f"the server at {self.url} has no model {self.name!r} "
-                                    "(give the name it serves, e.g. with --remote NAME)") from None
+                raise _ModelMissing(
+                    f"the server at {self.url} has no model {self.name!r} "
+                    "(give the name it serves, e.g. with --remote NAME)"
+                ) from None
             if code == grpc.StatusCode.INVALID_ARGUMENT:
                 raise InvalidInputError(f"{self.url} refused the frame: {exc.details()}") from None
             raise _Unavailable(f"{code.name}: {exc.details()}") from None
@@ -609,8 +656,7 @@ class _GrpcEndpoint(_Endpoint):
 
         infer_input = InferInput(RAW_INPUT, list(tensor.shape), "FP32")
         infer_input.set_data_from_numpy(tensor, binary_data=True)
-        return InferRequest(model_name=self.name, infer_inputs=[infer_input],
-                            parameters=parameters)
+        return InferRequest(model_name=self.name, infer_inputs=[infer_input], parameters=parameters)
 
     async def rt_info(self) -> dict[str, Any]:
         # gRPC model metadata has no free-form field: a raw call asks for the rt_info in its
@@ -620,16 +666,21 @@ class _GrpcEndpoint(_Endpoint):
 
         try:
             metadata = await self._grpc()._client_stub.ModelMetadata(
-                ModelMetadataRequest(name=self.name), timeout=self.timeout)
+                ModelMetadataRequest(name=self.name), timeout=self.timeout
+            )
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
-                raise _ModelMissing(f"the server at {self.url} has no model {self.name!r} "
-                                    "(give the name it serves, e.g. with --remote NAME)") from None
+                raise _ModelMissing(
+                    f"the server at {self.url} has no model {self.name!r} "
+                    "(give the name it serves, e.g. with --remote NAME)"
+                ) from None
             raise _Unavailable(f"{exc.code().name}: {exc.details()}") from None
         shape = [int(d) for d in metadata.inputs[0].shape] if metadata.inputs else []
         if len(shape) != 4 or any(d < 1 for d in shape):
-            raise ModelLoadError(f"{self.url}: model {self.name!r} has input shape {shape}, "
-                                 "not the static [1, 3, h, w] of an anomaly-edge IR")
+            raise ModelLoadError(
+                f"{self.url}: model {self.name!r} has input shape {shape}, "
+                "not the static [1, 3, h, w] of an anomaly-edge IR"
+            )
         zeros = np.zeros([1, *shape[1:]], dtype=np.float32)
         response = await self._call(self._request(zeros, {RT_INFO_PARAMETER: True}))
         rt_info = parameters_dict(response.parameters).get(RT_INFO_KEY)
@@ -666,8 +717,10 @@ def _endpoint(url: str, name: str | None, timeout: float) -> _Endpoint:
     elif len(segments) == 1 and scheme == "grpc":
         url_name = segments[0]  # grpc://host:port/NAME
     elif segments:
-        raise InvalidInputError(f"cannot read a model name from {url!r}: use "
-                                "http://host:port/v2/models/NAME or grpc://host:port/NAME")
+        raise InvalidInputError(
+            f"cannot read a model name from {url!r}: use "
+            "http://host:port/v2/models/NAME or grpc://host:port/NAME"
+        )
     model_name = name or url_name or DEFAULT_MODEL_NAME
     host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
     if scheme == "grpc":
@@ -687,8 +740,9 @@ def _squeeze_map(anomaly_map: np.ndarray, url: str) -> np.ndarray:
     while anomaly_map.ndim > 2 and anomaly_map.shape[0] == 1:
         anomaly_map = anomaly_map[0]
     if anomaly_map.ndim != 2:
-        raise ModelLoadError(f"{url} returned an output of shape {list(anomaly_map.shape)}, "
-                             "not one anomaly map")
+        raise ModelLoadError(
+            f"{url} returned an output of shape {list(anomaly_map.shape)}, not one anomaly map"
+        )
     return np.ascontiguousarray(anomaly_map)
 
 

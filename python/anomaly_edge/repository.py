@@ -36,12 +36,14 @@ def versions(model_dir: str | Path) -> list[int]:
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         return []
-    return sorted(int(p.name) for p in model_dir.iterdir()
-                  if p.is_dir() and p.name.isdigit() and (p / "model.xml").is_file())
+    return sorted(
+        int(p.name)
+        for p in model_dir.iterdir()
+        if p.is_dir() and p.name.isdigit() and (p / "model.xml").is_file()
+    )
 
 
-def publish(ir: str | Path, repository: str | Path, name: str,
-            version: int | None = None) -> Path:
+def publish(ir: str | Path, repository: str | Path, name: str, version: int | None = None) -> Path:
     """Copy an exported IR into ``repository`` as version ``version`` of model ``name``.
 
     ``version`` defaults to the next integer after the highest present (1 for a new model).
@@ -101,8 +103,10 @@ def write_ovms_config(repository: str | Path) -> Path:
             for entry in json.loads(path.read_text(encoding="utf-8"))["model_config_list"]:
                 existing[entry["config"]["name"]] = entry["config"]
         except (ValueError, KeyError, TypeError) as exc:
-            raise InvalidInputError(f"{path} is not an OVMS configuration ({exc}); move it "
-                                    "away and run the command again") from None
+            raise InvalidInputError(
+                f"{path} is not an OVMS configuration ({exc}); move it "
+                "away and run the command again"
+            ) from None
     entries = []
     for model_dir in sorted(p for p in repository.iterdir() if p.is_dir() and versions(p)):
         config = dict(existing.get(model_dir.name, {}))
@@ -134,7 +138,9 @@ def resolve_served_model(path: str | Path) -> tuple[Path, str | None]:
     if path.is_dir() and not (path / "model.xml").is_file():
         found = versions(path)
         if not found:
-            raise ModelLoadError(f"{path} holds neither model.xml nor version folders "
-                                 "(1/model.xml, 2/model.xml, ...)")
+            raise ModelLoadError(
+                f"{path} holds neither model.xml nor version folders "
+                "(1/model.xml, 2/model.xml, ...)"
+            )
         return path / str(found[-1]) / "model.xml", path.name
     return (path / "model.xml" if path.is_dir() else path), None

@@ -105,8 +105,9 @@ def _fit(plane: np.ndarray | None, height: int, width: int) -> np.ndarray | None
     return plane
 
 
-def _draw_segmentation(canvas: np.ndarray, prediction: Prediction, alpha: float,
-                       style: _Style) -> None:
+def _draw_segmentation(
+    canvas: np.ndarray, prediction: Prediction, alpha: float, style: _Style
+) -> None:
     height, width = canvas.shape[:2]
     mask = _fit(prediction.mask, height, width)
     heatmap = _fit(prediction.heatmap, height, width)
@@ -131,8 +132,8 @@ def _blend_heatmap(canvas: np.ndarray, heatmap: np.ndarray, alpha: float) -> Non
         return  # nothing meaningful to show: the frame stays untouched
     # Only the rows and columns where the overlay shows cost work.
     y, x, h, w = _bounding_rect(heatmap > HEAT_TRANSPARENT_BELOW)
-    heat = heatmap[y:y + h, x:x + w]
-    region = canvas[y:y + h, x:x + w]
+    heat = heatmap[y : y + h, x : x + w]
+    region = canvas[y : y + h, x : x + w]
     # uint8 arithmetic throughout (saturating OpenCV calls): weight 0..255 stands for 0..1.
     levels = np.arange(256, dtype=np.float32)
     opacity = np.clip((levels - HEAT_TRANSPARENT_BELOW) / ramp, 0.0, 1.0) * alpha
@@ -164,8 +165,15 @@ def _draw_banner(canvas: np.ndarray, prediction: Prediction, style: _Style) -> N
     _label(canvas, text, (0, 0), colour, style, above=False)
 
 
-def _label(canvas: np.ndarray, text: str, anchor: tuple[int, int], colour: tuple[int, int, int],
-           style: _Style, *, above: bool) -> None:
+def _label(
+    canvas: np.ndarray,
+    text: str,
+    anchor: tuple[int, int],
+    colour: tuple[int, int, int],
+    style: _Style,
+    *,
+    above: bool,
+) -> None:
     """Text on a filled background, above ``anchor`` (boxes) or below it (the banner)."""
     (text_w, text_h), baseline = cv2.getTextSize(text, FONT, style.font_scale, style.thickness)
     box_h = text_h + baseline + 2 * style.pad
@@ -176,5 +184,6 @@ def _label(canvas: np.ndarray, text: str, anchor: tuple[int, int], colour: tuple
         y = anchor[1]
     cv2.rectangle(canvas, (x, y), (x + box_w - 1, y + box_h - 1), colour, cv2.FILLED)
     origin = (x + style.pad, y + style.pad + text_h)
-    cv2.putText(canvas, text, origin, FONT, style.font_scale, TEXT_COLOUR, style.thickness,
-                cv2.LINE_AA)
+    cv2.putText(
+        canvas, text, origin, FONT, style.font_scale, TEXT_COLOUR, style.thickness, cv2.LINE_AA
+    )

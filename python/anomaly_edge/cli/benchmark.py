@@ -41,13 +41,25 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     add_model_argument(parser, remote=True)
     add_device_argument(parser)
-    parser.add_argument("--task", choices=TASKS, default="detection",
-                        help="post-processing to include (default: detection)")
-    parser.add_argument("--frame", default="1920x1080", type=_frame_size,
-                        help="synthetic frame size WIDTHxHEIGHT (default 1920x1080)")
+    parser.add_argument(
+        "--task",
+        choices=TASKS,
+        default="detection",
+        help="post-processing to include (default: detection)",
+    )
+    parser.add_argument(
+        "--frame",
+        default="1920x1080",
+        type=_frame_size,
+        help="synthetic frame size WIDTHxHEIGHT (default 1920x1080)",
+    )
     parser.add_argument("--image", type=Path, help="benchmark on this image instead")
-    parser.add_argument("--seconds", type=positive_float, default=5.0,
-                        help="time spent on each of sync and async (default 5)")
+    parser.add_argument(
+        "--seconds",
+        type=positive_float,
+        default=5.0,
+        help="time spent on each of sync and async (default 5)",
+    )
     parser.add_argument("--num-requests", type=positive_int, help="async requests in flight")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(handler=run)
@@ -82,14 +94,20 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"{result['model']} ({result['backbone']}, {result['precision']}) on {model.device}, "
-          f"task {result['task']}, frame {result['frame']}")
+    print(
+        f"{result['model']} ({result['backbone']}, {result['precision']}) on {model.device}, "
+        f"task {result['task']}, frame {result['frame']}"
+    )
     lat = sync["latency_ms"]
-    print(f"  sync : {sync['fps']:8.1f} fps   latency ms  mean {lat['mean']:.2f}  "
-          f"p50 {lat['p50']:.2f}  p90 {lat['p90']:.2f}  p99 {lat['p99']:.2f}  "
-          f"({sync['frames']} frames)")
-    print(f"  async: {asynchronous['fps']:8.1f} fps   {asynchronous['num_requests']} requests "
-          f"in flight ({asynchronous['frames']} frames)")
+    print(
+        f"  sync : {sync['fps']:8.1f} fps   latency ms  mean {lat['mean']:.2f}  "
+        f"p50 {lat['p50']:.2f}  p90 {lat['p90']:.2f}  p99 {lat['p99']:.2f}  "
+        f"({sync['frames']} frames)"
+    )
+    print(
+        f"  async: {asynchronous['fps']:8.1f} fps   {asynchronous['num_requests']} requests "
+        f"in flight ({asynchronous['frames']} frames)"
+    )
     return 0
 
 
@@ -103,8 +121,9 @@ def synthetic_frame(width: int, height: int, seed: int = 0) -> np.ndarray:
     return frame
 
 
-def measure_sync(model: AnomalyModel, frame: np.ndarray, seconds: float,
-                 warmup: int = 3) -> dict[str, Any]:
+def measure_sync(
+    model: AnomalyModel, frame: np.ndarray, seconds: float, warmup: int = 3
+) -> dict[str, Any]:
     """Frames one at a time through ``predict``: latency percentiles and frames per second."""
     import numpy as np
 
@@ -133,8 +152,9 @@ def measure_sync(model: AnomalyModel, frame: np.ndarray, seconds: float,
     }
 
 
-def measure_async(model: AnomalyModel, frame: np.ndarray, seconds: float,
-                  warmup: int = 3) -> dict[str, Any]:
+def measure_async(
+    model: AnomalyModel, frame: np.ndarray, seconds: float, warmup: int = 3
+) -> dict[str, Any]:
     """Frames through ``submit``/``ready``: sustained frames per second."""
     for i in range(warmup):
         model.submit(frame, i)

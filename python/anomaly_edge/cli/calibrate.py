@@ -42,20 +42,41 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "written unless it succeeds)",
     )
     parser.add_argument("--model", required=True, metavar="XML", help="the exported IR (model.xml)")
-    parser.add_argument("--source", required=True,
-                        help="normal production: video file, image folder, glob, camera index "
-                        "or rtsp:// / http:// URL")
+    parser.add_argument(
+        "--source",
+        required=True,
+        help="normal production: video file, image folder, glob, camera index "
+        "or rtsp:// / http:// URL",
+    )
     amount = parser.add_mutually_exclusive_group()
-    amount.add_argument("--frames", type=_positive_int, metavar="N",
-                        help=f"calibrate on the first N frames (default {DEFAULT_FRAMES})")
-    amount.add_argument("--seconds", type=_positive_float, metavar="T",
-                        help="calibrate on the first T seconds of the source")
-    parser.add_argument("--out", required=True, type=Path, metavar="XML",
-                        help="the calibrated IR to write (a .xml path, or a folder for "
-                        "model.xml); may be the input model itself")
+    amount.add_argument(
+        "--frames",
+        type=_positive_int,
+        metavar="N",
+        help=f"calibrate on the first N frames (default {DEFAULT_FRAMES})",
+    )
+    amount.add_argument(
+        "--seconds",
+        type=_positive_float,
+        metavar="T",
+        help="calibrate on the first T seconds of the source",
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        metavar="XML",
+        help="the calibrated IR to write (a .xml path, or a folder for "
+        "model.xml); may be the input model itself",
+    )
     parser.add_argument("--device", default="AUTO", help="OpenVINO device: AUTO, CPU, GPU, NPU")
-    parser.add_argument("--timeout", type=_positive_float, default=10.0, metavar="SECONDS",
-                        help="network sources: seconds to wait for the stream (default 10)")
+    parser.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="network sources: seconds to wait for the stream (default 10)",
+    )
     parser.set_defaults(handler=handle)
 
 
@@ -68,8 +89,10 @@ def handle(args: argparse.Namespace) -> int:
     _quiet_video_backends()
 
     if args.frames is not None and args.frames < MIN_FRAMES:
-        raise CliError(f"--frames {args.frames}: calibration needs at least {MIN_FRAMES} "
-                       "frames", ExitCode.USAGE)
+        raise CliError(
+            f"--frames {args.frames}: calibration needs at least {MIN_FRAMES} frames",
+            ExitCode.USAGE,
+        )
     out = args.out / "model.xml" if args.out.is_dir() or not args.out.suffix else args.out
     if out.suffix.lower() != ".xml":
         raise CliError(f"--out {args.out}: give a .xml path or a folder", ExitCode.USAGE)
@@ -77,16 +100,21 @@ def handle(args: argparse.Namespace) -> int:
         raise CliError(f"--out {args.out}: folder {out.parent} does not exist", ExitCode.INPUT)
     model = _load_model(args)
     try:
-        source = open_source(args.source, reconnect=ReconnectPolicy(attempts=0),
-                             timeout=args.timeout)
+        source = open_source(
+            args.source, reconnect=ReconnectPolicy(attempts=0), timeout=args.timeout
+        )
     except SourceError as exc:
         raise CliError(str(exc), ExitCode.INPUT) from None
-    wanted = (f"{args.seconds:g} s" if args.seconds is not None
-              else f"{args.frames or DEFAULT_FRAMES} frames")
+    wanted = (
+        f"{args.seconds:g} s"
+        if args.seconds is not None
+        else f"{args.frames or DEFAULT_FRAMES} frames"
+    )
     print(f"calibrating {args.model} on {wanted} of {source.description}", file=sys.stderr)
     try:
-        report = model.calibrate(_frames(source, args.frames, args.seconds),
-                                 source=str(args.source))
+        report = model.calibrate(
+            _frames(source, args.frames, args.seconds), source=str(args.source)
+        )
     except (CalibrationError, SourceError) as exc:
         corrupt = f" ({source.corrupt} frames could not be decoded)" if source.corrupt else ""
         raise CliError(f"{exc}{corrupt}", ExitCode.INPUT) from None
@@ -101,8 +129,7 @@ def handle(args: argparse.Namespace) -> int:
     return int(ExitCode.OK)
 
 
-def _frames(source: Source, count: int | None, seconds: float | None
-            ) -> Iterator[np.ndarray]:
+def _frames(source: Source, count: int | None, seconds: float | None) -> Iterator[np.ndarray]:
     """The source's first ``count`` frames, or those within its first ``seconds``."""
     limit = count if count is not None or seconds is not None else DEFAULT_FRAMES
     taken = 0
@@ -118,8 +145,11 @@ def _frames(source: Source, count: int | None, seconds: float | None
 def _load_model(args: argparse.Namespace) -> AnomalyModel:
     path = Path(args.model)
     if not path.is_file():
-        raise CliError(f"model {path} not found; give the model.xml that `anomaly-edge train` "
-                       "or `anomaly-edge export` wrote", ExitCode.MODEL)
+        raise CliError(
+            f"model {path} not found; give the model.xml that `anomaly-edge train` "
+            "or `anomaly-edge export` wrote",
+            ExitCode.MODEL,
+        )
     from anomaly_edge.errors import AnomalyEdgeError
     from anomaly_edge.model import AnomalyModel
 

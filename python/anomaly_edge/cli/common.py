@@ -139,8 +139,9 @@ def unit_float(text: str) -> float:
 # ---- shared options -------------------------------------------------------------------------
 
 
-def add_model_argument(parser: argparse.ArgumentParser, positional: bool = True,
-                       remote: bool = False) -> None:
+def add_model_argument(
+    parser: argparse.ArgumentParser, positional: bool = True, remote: bool = False
+) -> None:
     """``--model PATH`` and, unless the command has positionals of its own, ``PATH`` alone;
     with ``remote``, a model server URL too (and ``--remote NAME``)."""
     help_text = "the exported IR (model.xml, or the folder holding it)"
@@ -283,8 +284,9 @@ def load_model(args: argparse.Namespace, **options: Any) -> AnomalyModel:
         from anomaly_edge.cli.serve import open_remote_model
 
         check_thresholds(args)
-        remote = open_remote_model(args, task=getattr(args, "task", None),
-                                   min_area=getattr(args, "min_area", 1), **options)
+        remote = open_remote_model(
+            args, task=getattr(args, "task", None), min_area=getattr(args, "min_area", 1), **options
+        )
         apply_thresholds(remote, args)  # type: ignore[arg-type]
         return remote  # type: ignore[return-value]
     path = model_path(args)

@@ -20,9 +20,16 @@ DEFAULT_OUT = Path("anomaly-edge-demo")
 # enough samples, and 12 normal test images a threshold above the normal tail (measured:
 # 0 false alarms in 30 clean frames, both defects caught).
 QUICK: dict[str, Any] = {
-    "n_train": 32, "n_test_good": 12, "n_test_per_defect": 3, "dataset_size": 128,
-    "image_size": 128, "video_seconds": 3.0, "video_fps": 8.0, "video_size": (240, 320),
-    "video_speed": 40, "video_defects": ("hole", "missing"),
+    "n_train": 32,
+    "n_test_good": 12,
+    "n_test_per_defect": 3,
+    "dataset_size": 128,
+    "image_size": 128,
+    "video_seconds": 3.0,
+    "video_fps": 8.0,
+    "video_size": (240, 320),
+    "video_speed": 40,
+    "video_defects": ("hole", "missing"),
     "augment": "jpeg=70-95,jitter=0.03,copies=2",
 }
 
@@ -34,15 +41,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Generate a small industrial-surface dataset and video, train PaDiM, export "
         "to OpenVINO IR and run the stream on the video. Takes a few minutes on a laptop CPU.",
     )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help=f"folder for everything the demo makes (default: ./{DEFAULT_OUT})")
-    parser.add_argument("--device", default="AUTO",
-                        help="OpenVINO device for the stream: AUTO, CPU, GPU, NPU")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help=f"folder for everything the demo makes (default: ./{DEFAULT_OUT})",
+    )
+    parser.add_argument(
+        "--device", default="AUTO", help="OpenVINO device for the stream: AUTO, CPU, GPU, NPU"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated data")
-    parser.add_argument("--quick", action="store_true",
-                        help="smaller dataset, images and video (a smoke test, under a minute)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smaller dataset, images and video (a smoke test, under a minute)",
+    )
     parser.set_defaults(handler=handle)
-
 
 
 def handle(args: argparse.Namespace) -> int:

@@ -45,33 +45,65 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "written), 3 data folder missing, 4 checkpoint cannot be loaded, 5 training extra "
         "not installed",
     )
-    parser.add_argument("--run", "--checkpoint", dest="checkpoint", type=Path,
-                        help="training output folder (holding checkpoint.pt) or the checkpoint")
-    parser.add_argument("--precision", type=str.upper, choices=PRECISIONS, default="FP16",
-                        help="weights precision (default FP16)")
-    parser.add_argument("--out", type=Path,
-                        help="output folder (default: <run>/<precision>, e.g. run/int8)")
-    parser.add_argument("--data", type=Path,
-                        help="INT8: the dataset folder (MVTec layout) to calibrate and check "
-                        "on (default: the one the run was trained on)")
-    parser.add_argument("--max-accuracy-drop", type=non_negative_float,
-                        help="INT8: refuse when image AUROC drops by more than this against "
-                        f"FP32 (default {DEFAULT_MAX_ACCURACY_DROP})")
-    parser.add_argument("--calibration-images", type=positive_int, default=300,
-                        help="INT8: at most this many training images (default 300)")
-    parser.add_argument("--verbose", action="store_true",
-                        help="show NNCF's log lines and progress bars")
+    parser.add_argument(
+        "--run",
+        "--checkpoint",
+        dest="checkpoint",
+        type=Path,
+        help="training output folder (holding checkpoint.pt) or the checkpoint",
+    )
+    parser.add_argument(
+        "--precision",
+        type=str.upper,
+        choices=PRECISIONS,
+        default="FP16",
+        help="weights precision (default FP16)",
+    )
+    parser.add_argument(
+        "--out", type=Path, help="output folder (default: <run>/<precision>, e.g. run/int8)"
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        help="INT8: the dataset folder (MVTec layout) to calibrate and check "
+        "on (default: the one the run was trained on)",
+    )
+    parser.add_argument(
+        "--max-accuracy-drop",
+        type=non_negative_float,
+        help="INT8: refuse when image AUROC drops by more than this against "
+        f"FP32 (default {DEFAULT_MAX_ACCURACY_DROP})",
+    )
+    parser.add_argument(
+        "--calibration-images",
+        type=positive_int,
+        default=300,
+        help="INT8: at most this many training images (default 300)",
+    )
+    parser.add_argument(
+        "--verbose", action="store_true", help="show NNCF's log lines and progress bars"
+    )
     repository = parser.add_argument_group(
-        "model repository (OpenVINO Model Server, KServe, anomaly-edge serve)")
-    repository.add_argument("--repository", type=Path, metavar="DIR",
-                            help="also publish the IR as DIR/NAME/VERSION/model.xml|bin and "
-                            "update DIR/config.json (OVMS); earlier versions are kept")
+        "model repository (OpenVINO Model Server, KServe, anomaly-edge serve)"
+    )
+    repository.add_argument(
+        "--repository",
+        type=Path,
+        metavar="DIR",
+        help="also publish the IR as DIR/NAME/VERSION/model.xml|bin and "
+        "update DIR/config.json (OVMS); earlier versions are kept",
+    )
     repository.add_argument("--name", help="--repository: the model's name (in server URLs)")
-    repository.add_argument("--version", type=int,
-                            help="--repository: version number (default: the next one)")
-    repository.add_argument("--model", type=Path, metavar="XML",
-                            help="--repository: publish this exported IR as it is (no "
-                            "re-export, no training extra needed) instead of --run")
+    repository.add_argument(
+        "--version", type=int, help="--repository: version number (default: the next one)"
+    )
+    repository.add_argument(
+        "--model",
+        type=Path,
+        metavar="XML",
+        help="--repository: publish this exported IR as it is (no "
+        "re-export, no training extra needed) instead of --run",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -82,15 +114,17 @@ def run(args: argparse.Namespace) -> int:
             _publish(args.model, args)
             return 0
     if args.checkpoint is None:
-        raise CliError("give --run DIR (a training folder), or --model XML --repository DIR",
-                       ExitCode.USAGE)
+        raise CliError(
+            "give --run DIR (a training folder), or --model XML --repository DIR", ExitCode.USAGE
+        )
     require_train_extra("anomaly-edge export")
     from anomaly_edge.train.checkpoint import load_checkpoint
     from anomaly_edge.train.export import ValidationSet, export_ir, ir_size_mb
 
     if args.precision != "INT8" and (args.data or args.max_accuracy_drop is not None):
-        raise CliError("--data and --max-accuracy-drop apply to --precision INT8 only",
-                       ExitCode.USAGE)
+        raise CliError(
+            "--data and --max-accuracy-drop apply to --precision INT8 only", ExitCode.USAGE
+        )
     run_dir = args.checkpoint if args.checkpoint.is_dir() else args.checkpoint.parent
     data = args.data
     if args.precision == "INT8" and data is None:
@@ -104,11 +138,22 @@ def run(args: argparse.Namespace) -> int:
         max_drop = DEFAULT_MAX_ACCURACY_DROP if max_drop is None else max_drop
         calibration, images, labels = mvtec_inputs(data, metadata, args.calibration_images)
         if not images:
-            raise CliError(f"{data}/test has no images to check the INT8 accuracy on; add "
-                           "test images (test/good and test/<defect>)", ExitCode.INPUT)
+            raise CliError(
+                f"{data}/test has no images to check the INT8 accuracy on; add "
+                "test images (test/good and test/<defect>)",
+                ExitCode.INPUT,
+            )
         validation = ValidationSet(images, labels)
-    xml = export_ir(model, metadata, out, args.precision, calibration_images=calibration,
-                    max_accuracy_drop=max_drop, validation=validation, verbose=args.verbose)
+    xml = export_ir(
+        model,
+        metadata,
+        out,
+        args.precision,
+        calibration_images=calibration,
+        max_accuracy_drop=max_drop,
+        validation=validation,
+        verbose=args.verbose,
+    )
     print(f"exported {xml} ({args.precision}, {ir_size_mb(xml):.1f} MB)")
     if args.repository is not None:
         _publish(xml, args)
@@ -129,21 +174,31 @@ def remembered_data(run_dir: Path) -> Path:
     except (OSError, ValueError):
         data = None
     if not data:
-        raise CliError(f"--precision INT8 needs the training images: {metrics} does not say "
-                       "which data the run was trained on, so pass --data DIR", ExitCode.USAGE)
+        raise CliError(
+            f"--precision INT8 needs the training images: {metrics} does not say "
+            "which data the run was trained on, so pass --data DIR",
+            ExitCode.USAGE,
+        )
     if not Path(data).is_dir():
-        raise CliError(f"the run was trained on {data}, which is not there any more; pass "
-                       "--data DIR", ExitCode.INPUT)
+        raise CliError(
+            f"the run was trained on {data}, which is not there any more; pass --data DIR",
+            ExitCode.INPUT,
+        )
     return Path(data)
 
 
 def _check_repository_args(args: argparse.Namespace) -> None:
     if args.repository is None or not args.name:
-        raise CliError("publishing to a model repository needs --repository DIR and --name NAME",
-                       ExitCode.USAGE)
+        raise CliError(
+            "publishing to a model repository needs --repository DIR and --name NAME",
+            ExitCode.USAGE,
+        )
     if (args.model is None) == (args.checkpoint is None):
-        raise CliError("give either --model XML (an exported IR, published as it is) or --run "
-                       "DIR (exported again, then published)", ExitCode.USAGE)
+        raise CliError(
+            "give either --model XML (an exported IR, published as it is) or --run "
+            "DIR (exported again, then published)",
+            ExitCode.USAGE,
+        )
 
 
 def _publish(xml: Path, args: argparse.Namespace) -> None:
@@ -154,8 +209,10 @@ def _publish(xml: Path, args: argparse.Namespace) -> None:
         published = publish(xml, args.repository, args.name, args.version)
     except InvalidInputError as exc:
         raise CliError(str(exc), ExitCode.USAGE) from None
-    print(f"published {published} (model {args.name!r}, version {published.parent.name}; "
-          f"OVMS config {Path(args.repository) / 'config.json'})")
+    print(
+        f"published {published} (model {args.name!r}, version {published.parent.name}; "
+        f"OVMS config {Path(args.repository) / 'config.json'})"
+    )
 
 
 def mvtec_inputs(
@@ -168,8 +225,11 @@ def mvtec_inputs(
 
     train_dir = root / "train" / "good"
     if not train_dir.is_dir():
-        raise CliError(f"{train_dir} does not exist: --data must be an MVTec-layout folder "
-                       "(train/good, test/<defect>)", ExitCode.INPUT)
+        raise CliError(
+            f"{train_dir} does not exist: --data must be an MVTec-layout folder "
+            "(train/good, test/<defect>)",
+            ExitCode.INPUT,
+        )
     train = images_in(train_dir)
     step = max(1, len(train) // max_calibration)
     calibration = [network_input(read_image(p, "RGB"), metadata) for p in train[::step]]
@@ -190,6 +250,7 @@ def network_input(rgb: np.ndarray, metadata: ModelMetadata) -> np.ndarray:
     from anomaly_edge.images import resize_for_network
 
     resized = resize_for_network(rgb, metadata.input_size).astype(np.float32)
-    normalised = ((resized - np.asarray(metadata.mean, dtype=np.float32))
-                  / np.asarray(metadata.std, dtype=np.float32))
+    normalised = (resized - np.asarray(metadata.mean, dtype=np.float32)) / np.asarray(
+        metadata.std, dtype=np.float32
+    )
     return np.ascontiguousarray(normalised.transpose(2, 0, 1))

@@ -63,16 +63,25 @@ def describe(path: Path) -> dict[str, Any]:
         # 0.5 is the raw value above; e.g. 0.7 and 0.3 map to these raw values.
         "image_threshold_normalised": {
             str(t): round(raw_threshold(t, md.image_threshold, md.image_scale), 6)
-            for t in (0.3, 0.5, 0.7)},
+            for t in (0.3, 0.5, 0.7)
+        },
         "pixel_threshold_normalised": {
             str(t): round(raw_threshold(t, md.pixel_threshold, md.pixel_scale), 6)
-            for t in (0.3, 0.5, 0.7)},
+            for t in (0.3, 0.5, 0.7)
+        },
         # share of normal validation images flagged at the exported threshold
         "expected_false_alarm_rate": md.metrics.get("false_alarm_rate"),
-        "normal_score_range": (list(md.normal_score_range) if md.normal_score_range
-                               else "not recorded (older IR): drift watch uses thresholds"),
-        "calibrated": (f"{md.calibration.get('date')} on {md.calibration.get('frames')} frames "
-                       f"of {md.calibration.get('source')}" if md.calibration else "no"),
+        "normal_score_range": (
+            list(md.normal_score_range)
+            if md.normal_score_range
+            else "not recorded (older IR): drift watch uses thresholds"
+        ),
+        "calibrated": (
+            f"{md.calibration.get('date')} on {md.calibration.get('frames')} frames "
+            f"of {md.calibration.get('source')}"
+            if md.calibration
+            else "no"
+        ),
         "image_range": [md.image_min, md.image_max],
         "pixel_range": [md.pixel_min, md.pixel_max],
         "mean": list(md.mean),

@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _interrupt_on_sigterm() -> None:
     """SIGTERM raises KeyboardInterrupt, so it stops a command exactly as Ctrl-C does."""
+
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 

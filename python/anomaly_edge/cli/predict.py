@@ -52,19 +52,32 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "others' results are written; the bad ones are listed), 4 model cannot be loaded, "
         "1 other errors",
     )
-    parser.add_argument("inputs", nargs="+", type=Path, metavar="IMAGE|DIR",
-                        help="image files and/or folders of images")
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        type=Path,
+        metavar="IMAGE|DIR",
+        help="image files and/or folders of images",
+    )
     add_model_argument(parser, positional=False, remote=True)
     add_device_argument(parser)
     parser.add_argument("--task", choices=TASKS, help="override the model's task")
     add_threshold_arguments(parser)
-    parser.add_argument("--min-area", type=positive_int, default=1,
-                        help="ignore anomalous regions smaller than this (anomaly-map pixels)")
+    parser.add_argument(
+        "--min-area",
+        type=positive_int,
+        default=1,
+        help="ignore anomalous regions smaller than this (anomaly-map pixels)",
+    )
     parser.add_argument("--recursive", action="store_true", help="descend into sub-folders")
-    parser.add_argument("--jsonl", type=Path,
-                        help="write the JSON Lines here (written atomically) instead of stdout")
-    parser.add_argument("--overlays", type=Path,
-                        help="folder for overlay images (prediction drawn on the image)")
+    parser.add_argument(
+        "--jsonl",
+        type=Path,
+        help="write the JSON Lines here (written atomically) instead of stdout",
+    )
+    parser.add_argument(
+        "--overlays", type=Path, help="folder for overlay images (prediction drawn on the image)"
+    )
     parser.add_argument("--alpha", type=unit_float, default=0.4, help="overlay opacity, 0-1")
     parser.set_defaults(handler=run)
 
@@ -75,8 +88,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.model is None:  # `predict MODEL IMAGE...`, as `info MODEL`
         if len(args.inputs) < 2:
-            raise CliError("give the model (--model PATH or first) and at least one image",
-                           ExitCode.USAGE)
+            raise CliError(
+                "give the model (--model PATH or first) and at least one image", ExitCode.USAGE
+            )
         args.model, args.inputs = str(args.inputs[0]), args.inputs[1:]
     check_output_file(args.jsonl, "--jsonl")
     check_output_folder(args.overlays, "--overlays")
@@ -104,9 +118,12 @@ def run(args: argparse.Namespace) -> int:
             if args.overlays is not None:
                 _write_overlay(frame, path, prediction, args.overlays, overlay_names, args.alpha)
     model.close()
-    print(f"{scored} images, {anomalous} anomalous"
-          + (f", {len(failures)} could not be read" if failures else "")
-          + (f"; results in {args.jsonl}" if args.jsonl else ""), file=sys.stderr)
+    print(
+        f"{scored} images, {anomalous} anomalous"
+        + (f", {len(failures)} could not be read" if failures else "")
+        + (f"; results in {args.jsonl}" if args.jsonl else ""),
+        file=sys.stderr,
+    )
     return int(ExitCode.INPUT if failures else ExitCode.OK)
 
 
@@ -118,8 +135,9 @@ def collect_images(inputs: list[Path], recursive: bool) -> list[Path]:
     return files
 
 
-def collect_inputs(inputs: list[Path], recursive: bool
-                   ) -> tuple[list[Path], list[tuple[Path, str]]]:
+def collect_inputs(
+    inputs: list[Path], recursive: bool
+) -> tuple[list[Path], list[tuple[Path, str]]]:
     """(image files to score, [(input, why it gives nothing)]): folders expand into their
     images (sorted, :mod:`anomaly_edge.media`); explicit files are kept as given."""
     from anomaly_edge.media import list_images
@@ -130,8 +148,13 @@ def collect_inputs(inputs: list[Path], recursive: bool
         if item.is_dir():
             images = list_images(item, recursive=recursive)
             if not images:
-                failures.append((item, f"no images in {item}" + (
-                    "" if recursive else " (use --recursive for sub-folders)")))
+                failures.append(
+                    (
+                        item,
+                        f"no images in {item}"
+                        + ("" if recursive else " (use --recursive for sub-folders)"),
+                    )
+                )
             files.extend(images)
         elif item.is_file():
             files.append(item)
@@ -159,8 +182,14 @@ def _jsonl_output(path: Path | None) -> Iterator[IO[str]]:
         yield handle
 
 
-def _write_overlay(frame: np.ndarray, path: Path, prediction: Prediction, folder: Path,
-                   used: set[str], alpha: float) -> None:
+def _write_overlay(
+    frame: np.ndarray,
+    path: Path,
+    prediction: Prediction,
+    folder: Path,
+    used: set[str],
+    alpha: float,
+) -> None:
     import cv2
 
     from anomaly_edge.visualize import draw_prediction

@@ -69,51 +69,106 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "130 interrupted (outputs complete), 1 other errors",
     )
     add_model_argument(parser, remote=True)
-    parser.add_argument("--source", action="append",
-                        help="video file, image folder, glob ('shots/*.png'), camera index (0), "
-                        "or rtsp:// / http:// URL; repeat for several cameras (NAME=SPEC)")
+    parser.add_argument(
+        "--source",
+        action="append",
+        help="video file, image folder, glob ('shots/*.png'), camera index (0), "
+        "or rtsp:// / http:// URL; repeat for several cameras (NAME=SPEC)",
+    )
     add_device_argument(parser)
     parser.add_argument("--task", choices=TASKS, help="override the model's task")
     add_threshold_arguments(parser)
-    parser.add_argument("--min-area", type=_positive_int, default=1, metavar="N",
-                        help="ignore anomalous regions smaller than this (anomaly-map pixels)")
-    parser.add_argument("--num-requests", type=_positive_int, metavar="N",
-                        help="inference requests in flight (default: what the device prefers)")
+    parser.add_argument(
+        "--min-area",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="ignore anomalous regions smaller than this (anomaly-map pixels)",
+    )
+    parser.add_argument(
+        "--num-requests",
+        type=_positive_int,
+        metavar="N",
+        help="inference requests in flight (default: what the device prefers)",
+    )
     out = parser.add_argument_group("outputs")
-    out.add_argument("--output", type=Path, metavar="VIDEO",
-                     help="annotated video (.mp4, .m4v, .mov, .mkv or .avi)")
+    out.add_argument(
+        "--output",
+        type=Path,
+        metavar="VIDEO",
+        help="annotated video (.mp4, .m4v, .mov, .mkv or .avi)",
+    )
     out.add_argument("--events", type=Path, metavar="JSONL", help="JSON Lines events file")
-    out.add_argument("--all-frames", action="store_true",
-                     help="write an event for every frame, not only anomalous ones")
-    out.add_argument("--snapshots", type=Path, metavar="DIR",
-                     help="folder for JPEG snapshots of anomalies")
-    out.add_argument("--snapshot-interval", type=_non_negative_float, default=1.0,
-                     metavar="SECONDS",
-                     help="at most one snapshot per this many seconds (default 1; 0 = all)")
-    out.add_argument("--snapshot-overlay", action="store_true",
-                     help="draw the prediction on snapshots (default: the raw frame)")
-    out.add_argument("--overlay", choices=("heatmap", "mask"), default="heatmap",
-                     help="segmentation overlay: colour heatmap (default) or the mask only")
-    out.add_argument("--alpha", type=_unit_float, default=0.4, metavar="A",
-                     help="overlay opacity, 0-1 (default 0.4)")
-    out.add_argument("--show", action="store_true",
-                     help="show the annotated frames in a window (needs a display and an "
-                     "OpenCV build with GUI support)")
+    out.add_argument(
+        "--all-frames",
+        action="store_true",
+        help="write an event for every frame, not only anomalous ones",
+    )
+    out.add_argument(
+        "--snapshots", type=Path, metavar="DIR", help="folder for JPEG snapshots of anomalies"
+    )
+    out.add_argument(
+        "--snapshot-interval",
+        type=_non_negative_float,
+        default=1.0,
+        metavar="SECONDS",
+        help="at most one snapshot per this many seconds (default 1; 0 = all)",
+    )
+    out.add_argument(
+        "--snapshot-overlay",
+        action="store_true",
+        help="draw the prediction on snapshots (default: the raw frame)",
+    )
+    out.add_argument(
+        "--overlay",
+        choices=("heatmap", "mask"),
+        default="heatmap",
+        help="segmentation overlay: colour heatmap (default) or the mask only",
+    )
+    out.add_argument(
+        "--alpha",
+        type=_unit_float,
+        default=0.4,
+        metavar="A",
+        help="overlay opacity, 0-1 (default 0.4)",
+    )
+    out.add_argument(
+        "--show",
+        action="store_true",
+        help="show the annotated frames in a window (needs a display and an "
+        "OpenCV build with GUI support)",
+    )
     out.add_argument("--quiet", action="store_true", help="no live status line")
     stream = parser.add_argument_group("stream")
     stream.add_argument("--max-frames", type=_positive_int, metavar="N", help="stop after N frames")
-    stream.add_argument("--reconnect-attempts", type=_non_negative_int, default=10, metavar="N",
-                        help="live sources: reconnections to try in a row before giving up "
-                        "(default 10; 0 = none)")
-    stream.add_argument("--reconnect-delay", type=_non_negative_float, default=0.5,
-                        metavar="SECONDS",
-                        help="first wait before reconnecting, doubled each time (default 0.5 s)")
-    stream.add_argument("--reconnect-max-delay", type=_non_negative_float, default=8.0,
-                        metavar="SECONDS",
-                        help="longest wait between reconnections (default 8 s)")
-    stream.add_argument("--timeout", type=_positive_float, default=10.0, metavar="SECONDS",
-                        help="seconds to wait for a network stream to open or deliver a frame "
-                        "(default 10)")
+    stream.add_argument(
+        "--reconnect-attempts",
+        type=_non_negative_int,
+        default=10,
+        metavar="N",
+        help="live sources: reconnections to try in a row before giving up (default 10; 0 = none)",
+    )
+    stream.add_argument(
+        "--reconnect-delay",
+        type=_non_negative_float,
+        default=0.5,
+        metavar="SECONDS",
+        help="first wait before reconnecting, doubled each time (default 0.5 s)",
+    )
+    stream.add_argument(
+        "--reconnect-max-delay",
+        type=_non_negative_float,
+        default=8.0,
+        metavar="SECONDS",
+        help="longest wait between reconnections (default 8 s)",
+    )
+    stream.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds to wait for a network stream to open or deliver a frame (default 10)",
+    )
     from anomaly_edge.cli.run_cameras import add_arguments
 
     add_arguments(parser)
@@ -124,8 +179,7 @@ def handle(args: argparse.Namespace) -> int:
     return execute(args)
 
 
-def execute(args: argparse.Namespace,
-            on_result: Callable[[Any], None] | None = None) -> int:
+def execute(args: argparse.Namespace, on_result: Callable[[Any], None] | None = None) -> int:
     """Run the command; ``on_result`` sees every FrameResult (used by tools/bench_stream.py)."""
     from anomaly_edge.stream import (
         EventsSink,
@@ -152,28 +206,40 @@ def execute(args: argparse.Namespace,
     from anomaly_edge.cli.run_cameras import execute_many, wants_many
 
     if wants_many(args):  # several cameras, a config file, the web view, MQTT, metrics
-        if (args.image_threshold is not None or args.pixel_threshold is not None) \
-                and not args.raw_thresholds:
-            raise CliError("with several cameras or --config, thresholds are raw score units "
-                           "(as in the config file): add --raw-thresholds", ExitCode.USAGE)
+        if (
+            args.image_threshold is not None or args.pixel_threshold is not None
+        ) and not args.raw_thresholds:
+            raise CliError(
+                "with several cameras or --config, thresholds are raw score units "
+                "(as in the config file): add --raw-thresholds",
+                ExitCode.USAGE,
+            )
         return execute_many(args)
     if isinstance(args.source, list):  # `--source` may be repeated
         args.source = args.source[0]
     if not args.source:
         raise CliError("give --source (one or more) or --config", ExitCode.USAGE)
     if args.output is not None and args.output.suffix.lower() not in VIDEO_CODECS:
-        raise CliError(f"--output {args.output}: unknown video container; use one of "
-                       f"{', '.join(sorted(VIDEO_CODECS))}", ExitCode.USAGE)
+        raise CliError(
+            f"--output {args.output}: unknown video container; use one of "
+            f"{', '.join(sorted(VIDEO_CODECS))}",
+            ExitCode.USAGE,
+        )
     if args.show and (reason := gui_unavailable_reason()) is not None:
         raise CliError(f"--show: cannot open a window: {reason}", ExitCode.USAGE)
-    for path, what in ((args.output, "--output"), (args.events, "--events"),
-                       (args.snapshots, "--snapshots")):
+    for path, what in (
+        (args.output, "--output"),
+        (args.events, "--events"),
+        (args.snapshots, "--snapshots"),
+    ):
         if path is not None and not path.resolve().parent.is_dir():
-            raise CliError(f"{what} {path}: folder {path.resolve().parent} does not exist",
-                           ExitCode.INPUT)
+            raise CliError(
+                f"{what} {path}: folder {path.resolve().parent} does not exist", ExitCode.INPUT
+            )
 
-    policy = ReconnectPolicy(args.reconnect_attempts, args.reconnect_delay,
-                             args.reconnect_max_delay)
+    policy = ReconnectPolicy(
+        args.reconnect_attempts, args.reconnect_delay, args.reconnect_max_delay
+    )
     try:
         source = open_source(args.source, reconnect=policy, timeout=args.timeout)
     except SourceError as exc:
@@ -186,17 +252,26 @@ def execute(args: argparse.Namespace,
 
     task = str(getattr(model.task, "value", model.task))
     visual = args.output is not None or args.show or (args.snapshots and args.snapshot_overlay)
-    runner = StreamRunner(model, source, max_frames=args.max_frames,
-                          heatmap=bool(visual and task == "segmentation"
-                                       and args.overlay == "heatmap"))
+    runner = StreamRunner(
+        model,
+        source,
+        max_frames=args.max_frames,
+        heatmap=bool(visual and task == "segmentation" and args.overlay == "heatmap"),
+    )
     try:
         if args.output is not None:
             runner.sinks.append(VideoSink(args.output, source.fps, alpha=args.alpha))
         if args.events is not None:
             runner.sinks.append(EventsSink(args.events, all_frames=args.all_frames))
         if args.snapshots is not None:
-            runner.sinks.append(SnapshotSink(args.snapshots, interval=args.snapshot_interval,
-                                             overlay=args.snapshot_overlay, alpha=args.alpha))
+            runner.sinks.append(
+                SnapshotSink(
+                    args.snapshots,
+                    interval=args.snapshot_interval,
+                    overlay=args.snapshot_overlay,
+                    alpha=args.alpha,
+                )
+            )
         if args.show:
             runner.sinks.append(WindowSink(alpha=args.alpha, on_quit=runner.stop))
     except Exception as exc:
@@ -234,9 +309,11 @@ def execute(args: argparse.Namespace,
         return int(ExitCode.INTERRUPTED)
     if runner.summary is not None and runner.summary.missing:
         # Every output is complete, but the input was not read to its end: say so in the code.
-        print(f"error: {source.description} ended {runner.summary.missing} frames before its "
-              "stated length (truncated or damaged); the results cover the frames read",
-              file=sys.stderr)
+        print(
+            f"error: {source.description} ended {runner.summary.missing} frames before its "
+            "stated length (truncated or damaged); the results cover the frames read",
+            file=sys.stderr,
+        )
         return int(ExitCode.INPUT)
     return int(ExitCode.OK)
 
@@ -246,9 +323,12 @@ def _load_model(args: argparse.Namespace) -> AnomalyModel:
     if is_remote_model(args):  # the server's outages are retried as a live source's are
         from anomaly_edge.remote import RetryPolicy
 
-        options.update(timeout=args.timeout,
-                       reconnect=RetryPolicy(args.reconnect_attempts, args.reconnect_delay,
-                                             args.reconnect_max_delay))
+        options.update(
+            timeout=args.timeout,
+            reconnect=RetryPolicy(
+                args.reconnect_attempts, args.reconnect_delay, args.reconnect_max_delay
+            ),
+        )
     return load_model(args, **options)
 
 
@@ -260,8 +340,11 @@ def _print_summary(runner: StreamRunner) -> None:
     outputs = []
     for sink in runner.sinks:
         if isinstance(sink, VideoSink):
-            outputs.append(f"video: {sink.path} ({sink.frames} frames, {sink.fps:g} fps)"
-                           if sink.frames else f"video: none written to {sink.path} (no frames)")
+            outputs.append(
+                f"video: {sink.path} ({sink.frames} frames, {sink.fps:g} fps)"
+                if sink.frames
+                else f"video: none written to {sink.path} (no frames)"
+            )
         elif isinstance(sink, EventsSink):
             outputs.append(f"events: {sink.path} ({sink.events} lines)")
         elif isinstance(sink, SnapshotSink):

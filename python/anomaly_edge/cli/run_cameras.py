@@ -31,43 +31,75 @@ EXTRAS = {"web": ("fastapi", "uvicorn"), "mqtt": ("paho.mqtt",), "metrics": ("pr
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
-        "many cameras", "several --source (NAME=SPEC names a camera), or --config; outputs "
-        "then get the camera's name: out.mp4 -> out-NAME.mp4 (or write {source} in the path)")
-    group.add_argument("--config", type=Path, metavar="TOML",
-                       help="cameras file: [[camera]] tables with name, source and their own "
-                       "thresholds, task and outputs (see the README)")
-    group.add_argument("--web", metavar="HOST:PORT",
-                       help="serve a live page (streams, counters, events, thresholds) at this "
-                       "address, e.g. 127.0.0.1:8080 (needs the 'web' extra)")
-    group.add_argument("--web-token", metavar="TOKEN",
-                       help="token the page asks for; required for addresses other than "
-                       "localhost (generated and printed when not given)")
-    group.add_argument("--web-fps", type=float, default=5.0, metavar="FPS",
-                       help="highest frame rate of each camera's stream on the page (default 5)")
-    group.add_argument("--mqtt", metavar="URL",
-                       help="publish events to an MQTT broker: mqtt://[user:pass@]host[:1883]"
-                       "[/topic-prefix] (QoS 1; retained online/offline status; needs 'mqtt')")
+        "many cameras",
+        "several --source (NAME=SPEC names a camera), or --config; outputs "
+        "then get the camera's name: out.mp4 -> out-NAME.mp4 (or write {source} in the path)",
+    )
+    group.add_argument(
+        "--config",
+        type=Path,
+        metavar="TOML",
+        help="cameras file: [[camera]] tables with name, source and their own "
+        "thresholds, task and outputs (see the README)",
+    )
+    group.add_argument(
+        "--web",
+        metavar="HOST:PORT",
+        help="serve a live page (streams, counters, events, thresholds) at this "
+        "address, e.g. 127.0.0.1:8080 (needs the 'web' extra)",
+    )
+    group.add_argument(
+        "--web-token",
+        metavar="TOKEN",
+        help="token the page asks for; required for addresses other than "
+        "localhost (generated and printed when not given)",
+    )
+    group.add_argument(
+        "--web-fps",
+        type=float,
+        default=5.0,
+        metavar="FPS",
+        help="highest frame rate of each camera's stream on the page (default 5)",
+    )
+    group.add_argument(
+        "--mqtt",
+        metavar="URL",
+        help="publish events to an MQTT broker: mqtt://[user:pass@]host[:1883]"
+        "[/topic-prefix] (QoS 1; retained online/offline status; needs 'mqtt')",
+    )
     group.add_argument("--webhook", metavar="URL", help="POST each event as JSON to this URL")
-    group.add_argument("--spool-dir", type=Path, metavar="DIR",
-                       help="where events wait while the broker or endpoint is down (default: a "
-                       "temporary folder; give one to keep them across restarts)")
-    group.add_argument("--metrics", metavar="HOST:PORT",
-                       help="Prometheus metrics at http://HOST:PORT/metrics (needs 'metrics')")
+    group.add_argument(
+        "--spool-dir",
+        type=Path,
+        metavar="DIR",
+        help="where events wait while the broker or endpoint is down (default: a "
+        "temporary folder; give one to keep them across restarts)",
+    )
+    group.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="Prometheus metrics at http://HOST:PORT/metrics (needs 'metrics')",
+    )
 
 
 def wants_many(args: argparse.Namespace) -> bool:
     """True when the run needs the multi-camera path (the single-source one stays lean)."""
     sources = args.source if isinstance(args.source, list) else [args.source] * bool(args.source)
-    return (len(sources) > 1 or getattr(args, "config", None) is not None or any(
-        getattr(args, name, None) for name in ("web", "mqtt", "webhook", "metrics")))
+    return (
+        len(sources) > 1
+        or getattr(args, "config", None) is not None
+        or any(getattr(args, name, None) for name in ("web", "mqtt", "webhook", "metrics"))
+    )
 
 
 def require_extra(extra: str, option: str) -> None:
     missing = [m for m in EXTRAS[extra] if _find_spec(m) is None]
     if missing:
-        raise CliError(f"{option} needs the '{extra}' extra ({', '.join(missing)} not "
-                       f"installed).\n  install it with:  pip install 'anomaly-edge[{extra}]'",
-                       ExitCode.MISSING_EXTRA)
+        raise CliError(
+            f"{option} needs the '{extra}' extra ({', '.join(missing)} not "
+            f"installed).\n  install it with:  pip install 'anomaly-edge[{extra}]'",
+            ExitCode.MISSING_EXTRA,
+        )
 
 
 def _find_spec(module: str) -> importlib.machinery.ModuleSpec | None:
@@ -82,8 +114,7 @@ def parse_address(text: str, option: str) -> tuple[str, int]:
     host, sep, port_text = text.rpartition(":")
     host = host.strip("[]")
     if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise CliError(f"{option} {text!r}: give HOST:PORT, e.g. 127.0.0.1:8080",
-                       ExitCode.USAGE)
+        raise CliError(f"{option} {text!r}: give HOST:PORT, e.g. 127.0.0.1:8080", ExitCode.USAGE)
     return host, int(port_text)
 
 
@@ -104,8 +135,7 @@ def execute_many(args: argparse.Namespace) -> int:
     from anomaly_edge.stream.sinks import VIDEO_CODECS
 
     if args.show:
-        raise CliError("--show shows one camera; with several cameras use --web",
-                       ExitCode.USAGE)
+        raise CliError("--show shows one camera; with several cameras use --web", ExitCode.USAGE)
     web_address = metrics_address = None
     if args.web:
         require_extra("web", "--web")
@@ -127,16 +157,23 @@ def execute_many(args: argparse.Namespace) -> int:
         raise CliError("give --source (one or more) or --config", ExitCode.USAGE)
     for camera in cameras:
         if camera.output is not None and camera.output.suffix.lower() not in VIDEO_CODECS:
-            raise CliError(f"camera {camera.name}: output {camera.output}: unknown video "
-                           f"container; use one of {', '.join(sorted(VIDEO_CODECS))}",
-                           ExitCode.USAGE)
+            raise CliError(
+                f"camera {camera.name}: output {camera.output}: unknown video "
+                f"container; use one of {', '.join(sorted(VIDEO_CODECS))}",
+                ExitCode.USAGE,
+            )
         for path, what in ((camera.output, "output"), (camera.snapshots, "snapshots")):
             if path is not None and not path.resolve().parent.is_dir():
-                raise CliError(f"camera {camera.name}: {what} {path}: folder "
-                               f"{path.resolve().parent} does not exist", ExitCode.INPUT)
+                raise CliError(
+                    f"camera {camera.name}: {what} {path}: folder "
+                    f"{path.resolve().parent} does not exist",
+                    ExitCode.INPUT,
+                )
     if args.events is not None and not args.events.resolve().parent.is_dir():
-        raise CliError(f"--events {args.events}: folder {args.events.resolve().parent} does "
-                       "not exist", ExitCode.INPUT)
+        raise CliError(
+            f"--events {args.events}: folder {args.events.resolve().parent} does not exist",
+            ExitCode.INPUT,
+        )
 
     model = _load_model(args)
     task = str(getattr(model.task, "value", model.task))
@@ -172,11 +209,17 @@ def execute_many(args: argparse.Namespace) -> int:
         # Not for the web view: heatmaps cost every frame, watched or not; it shows the mask.
         visual = args.output is not None or (args.snapshots and args.snapshot_overlay)
         runner = MultiStreamRunner(
-            model, cameras, events=events, observers=observers,
-            heatmap=bool(visual and args.overlay == "heatmap"), alpha=args.alpha,
-            reconnect=ReconnectPolicy(args.reconnect_attempts, args.reconnect_delay,
-                                      args.reconnect_max_delay),
-            timeout=args.timeout)
+            model,
+            cameras,
+            events=events,
+            observers=observers,
+            heatmap=bool(visual and args.overlay == "heatmap"),
+            alpha=args.alpha,
+            reconnect=ReconnectPolicy(
+                args.reconnect_attempts, args.reconnect_delay, args.reconnect_max_delay
+            ),
+            timeout=args.timeout,
+        )
     except SourceError as exc:
         _close_all(events, observers)
         raise CliError(str(exc), ExitCode.INPUT) from None
@@ -185,17 +228,23 @@ def execute_many(args: argparse.Namespace) -> int:
         raise
     except (OSError, ValueError) as exc:  # a port in use, an unwritable folder, a bad URL
         _close_all(events, observers)
-        raise CliError(str(exc), ExitCode.USAGE if isinstance(exc, ValueError)
-                       else ExitCode.INPUT) from None
+        raise CliError(
+            str(exc), ExitCode.USAGE if isinstance(exc, ValueError) else ExitCode.INPUT
+        ) from None
 
-    print(f"running {Path(args.model).name} ({task}) on {len(cameras)} camera(s): "
-          + ", ".join(f"{lane.name} = {lane.source.description}" for lane in runner.lanes),
-          file=sys.stderr)
+    print(
+        f"running {Path(args.model).name} ({task}) on {len(cameras)} camera(s): "
+        + ", ".join(f"{lane.name} = {lane.source.description}" for lane in runner.lanes),
+        file=sys.stderr,
+    )
     if web is not None:
         print(f"web view: {web.url}", file=sys.stderr, flush=True)
     if metrics_address is not None:
-        print(f"metrics: http://{_host(metrics_address[0])}:{observers[0].port}/metrics",
-              file=sys.stderr, flush=True)
+        print(
+            f"metrics: http://{_host(metrics_address[0])}:{observers[0].port}/metrics",
+            file=sys.stderr,
+            flush=True,
+        )
     interrupted = _StopOnSignals(runner)
     status = _Status(runner, quiet=args.quiet)
     with interrupted:
@@ -291,11 +340,11 @@ def _format(summary: MultiSummary, runner: MultiStreamRunner) -> str:
         lines.extend("  " + line for line in format_summary(camera, outputs).splitlines())
         if lane.name in summary.errors:
             lines.append(f"  stopped early: {summary.errors[lane.name]}")
-    lines.append(f"all cameras: {summary.frames} frames in {summary.seconds:.1f} s "
-                 f"({summary.fps:.1f} fps)")
+    lines.append(
+        f"all cameras: {summary.frames} frames in {summary.seconds:.1f} s ({summary.fps:.1f} fps)"
+    )
     for consumer in runner.events.consumers:
         report = getattr(consumer, "report", None)
         if report is not None:
             lines.append(report())
     return "\n".join(lines)
-

@@ -34,18 +34,30 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         epilog="exit codes: 0 stopped by a signal, 2 bad arguments or port in use, 4 model "
         "cannot be loaded, 5 serve extra not installed",
     )
-    parser.add_argument("--model", required=True, type=Path,
-                        help="model.xml, or a repository model folder (NAME with version folders)")
-    parser.add_argument("--name", help="model name in URLs (default: anomaly-edge, or the "
-                        "repository folder's name)")
-    parser.add_argument("--host", default="0.0.0.0",
-                        help="address to listen on (default 0.0.0.0; 127.0.0.1 for this box only)")
+    parser.add_argument(
+        "--model",
+        required=True,
+        type=Path,
+        help="model.xml, or a repository model folder (NAME with version folders)",
+    )
+    parser.add_argument(
+        "--name", help="model name in URLs (default: anomaly-edge, or the repository folder's name)"
+    )
+    parser.add_argument(
+        "--host",
+        default="0.0.0.0",
+        help="address to listen on (default 0.0.0.0; 127.0.0.1 for this box only)",
+    )
     parser.add_argument("--http-port", type=_port, default=8080, help="REST port (default 8080)")
-    parser.add_argument("--grpc-port", type=_port, default=8081,
-                        help="gRPC port (default 8081; 0 turns gRPC off)")
+    parser.add_argument(
+        "--grpc-port", type=_port, default=8081, help="gRPC port (default 8081; 0 turns gRPC off)"
+    )
     parser.add_argument("--device", default="AUTO", help="OpenVINO device: AUTO, CPU, GPU, NPU")
-    parser.add_argument("--num-requests", type=int,
-                        help="inference requests run at once (default: the device's optimum)")
+    parser.add_argument(
+        "--num-requests",
+        type=int,
+        help="inference requests run at once (default: the device's optimum)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -71,11 +83,15 @@ def run(args: argparse.Namespace) -> int:
         model.load()
     except InvalidInputError as exc:  # an unknown device
         raise CliError(str(exc), ExitCode.USAGE) from None
-    print(f"serving {xml} as {name!r}: REST http://{args.host}:{args.http_port}/v2/models/{name}"
-          + (f", gRPC {args.host}:{args.grpc_port}" if args.grpc_port else ""),
-          file=sys.stderr, flush=True)
-    server = AnomalyModelServer(args.host, args.http_port, args.grpc_port,
-                                enable_grpc=args.grpc_port > 0)
+    print(
+        f"serving {xml} as {name!r}: REST http://{args.host}:{args.http_port}/v2/models/{name}"
+        + (f", gRPC {args.host}:{args.grpc_port}" if args.grpc_port else ""),
+        file=sys.stderr,
+        flush=True,
+    )
+    server = AnomalyModelServer(
+        args.host, args.http_port, args.grpc_port, enable_grpc=args.grpc_port > 0
+    )
     server.start([model])
     return int(ExitCode.OK)
 
@@ -99,9 +115,11 @@ def _check_port_free(host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except OSError as exc:
-            raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (port in "
-                           "use? choose another with --http-port/--grpc-port)",
-                           ExitCode.USAGE) from None
+            raise CliError(
+                f"cannot listen on {host}:{port}: {exc.strerror or exc} (port in "
+                "use? choose another with --http-port/--grpc-port)",
+                ExitCode.USAGE,
+            ) from None
 
 
 def _port(text: str) -> int:
@@ -117,10 +135,14 @@ def _port(text: str) -> int:
 def add_remote_option(parser: argparse.ArgumentParser) -> None:
     """``--remote [NAME]``: ``--model`` is a model server URL (or a comma-separated list)."""
     parser.add_argument(
-        "--remote", nargs="?", const="", metavar="NAME",
+        "--remote",
+        nargs="?",
+        const="",
+        metavar="NAME",
         help="--model is a v2 model server URL (http://host:8080, grpc://host:8081; several, "
         "comma-separated, are replicas); NAME is the model's name there (default: from the URL, "
-        "else anomaly-edge). A URL in --model implies --remote.")
+        "else anomaly-edge). A URL in --model implies --remote.",
+    )
 
 
 def wants_remote(args: argparse.Namespace) -> bool:
@@ -129,8 +151,11 @@ def wants_remote(args: argparse.Namespace) -> bool:
 
     urls = split_urls(str(args.model))
     if getattr(args, "remote", None) is not None and not is_remote(urls):
-        raise CliError(f"--remote needs --model to be a server URL (http://host:port or "
-                       f"grpc://host:port), got {args.model}", ExitCode.USAGE)
+        raise CliError(
+            f"--remote needs --model to be a server URL (http://host:port or "
+            f"grpc://host:port), got {args.model}",
+            ExitCode.USAGE,
+        )
     return is_remote(urls)
 
 

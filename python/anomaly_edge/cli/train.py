@@ -15,8 +15,13 @@ from anomaly_edge.cli.common import (
     require_train_extra,
 )
 
-BACKBONES = ("resnet18", "wide_resnet50_2", "efficientnet_lite0", "efficientnet_lite1",
-             "efficientnet_lite2")
+BACKBONES = (
+    "resnet18",
+    "wide_resnet50_2",
+    "efficientnet_lite0",
+    "efficientnet_lite1",
+    "efficientnet_lite2",
+)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -29,61 +34,119 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         epilog="exit codes: 0 done, 1 failure, 2 bad arguments, 3 data folder unusable, "
         "5 training extra not installed",
     )
-    parser.add_argument("--data", required=True, type=Path,
-                        help="category folder in MVTec layout (holds train/good)")
+    parser.add_argument(
+        "--data",
+        required=True,
+        type=Path,
+        help="category folder in MVTec layout (holds train/good)",
+    )
     parser.add_argument("--model", choices=("padim", "stfpm"), default="padim")
-    parser.add_argument("--backbone", choices=BACKBONES, default="efficientnet_lite0",
-                        help="feature extractor (default efficientnet_lite0: its weights ship "
-                        "with pip, so it works offline; the ResNets need torchvision's weights)")
+    parser.add_argument(
+        "--backbone",
+        choices=BACKBONES,
+        default="efficientnet_lite0",
+        help="feature extractor (default efficientnet_lite0: its weights ship "
+        "with pip, so it works offline; the ResNets need torchvision's weights)",
+    )
     parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--image-size", type=_image_size, default=None,
-                        metavar="N|HxW", help="network input size (default: from the training "
-                        "images: their median aspect ratio, short side 256)")
-    parser.add_argument("--layers", type=lambda s: [p for p in s.split(",") if p],
-                        help="comma-separated backbone layers (default: the backbone's 3)")
+    parser.add_argument(
+        "--image-size",
+        type=_image_size,
+        default=None,
+        metavar="N|HxW",
+        help="network input size (default: from the training "
+        "images: their median aspect ratio, short side 256)",
+    )
+    parser.add_argument(
+        "--layers",
+        type=lambda s: [p for p in s.split(",") if p],
+        help="comma-separated backbone layers (default: the backbone's 3)",
+    )
     parser.add_argument("--weights", type=Path, help="backbone weights file (state dict)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--validation-fraction", type=float, default=0.3,
-                        help="share of test images used to tune thresholds (default 0.3; 0 = "
-                        "tune on the whole test set)")
-    parser.add_argument("--channels", type=positive_int, dest="n_channels",
-                        help="PaDiM: size of the random channel subset")
-    parser.add_argument("--pool", type=positive_int,
-                        help="PaDiM: one Gaussian per NxN block of the finest feature grid "
-                        "(default 2; 1 = one per stride-4 position, as in the paper)")
-    parser.add_argument("--tile", type=_tile_option, default="auto", metavar="auto|off|RxC",
-                        help="cut frames into overlapping tiles of the input size at (near) "
-                        "native resolution, all tiles one batch: auto (default) tiles when "
-                        "training images are at least 3x the input on both sides; off; or a "
-                        "grid such as 3x4")
-    parser.add_argument("--tile-gaussians", choices=("auto", "position", "shared"),
-                        default="auto",
-                        help="PaDiM on tiles: Gaussians per tile position, or one set shared "
-                        "by all tiles; auto (default): per position when there are more "
-                        "training images than PaDiM channels")
-    parser.add_argument("--epochs", type=positive_int, dest="max_epochs",
-                        help="STFPM: maximum number of epochs")
-    parser.add_argument("--image-threshold", type=finite_float,
-                        help="fixed image threshold in raw score units instead of a tuned one "
-                        "(needs --raw-thresholds: there is no trained threshold yet)")
-    parser.add_argument("--pixel-threshold", type=finite_float,
-                        help="fixed pixel threshold in raw map units instead of a tuned one "
-                        "(needs --raw-thresholds)")
-    parser.add_argument("--raw-thresholds", action="store_true",
-                        help="confirm that --image-threshold/--pixel-threshold are raw units")
-    parser.add_argument("--task", choices=TASKS, default="segmentation",
-                        help="what the exported model reports by default")
+    parser.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=0.3,
+        help="share of test images used to tune thresholds (default 0.3; 0 = "
+        "tune on the whole test set)",
+    )
+    parser.add_argument(
+        "--channels",
+        type=positive_int,
+        dest="n_channels",
+        help="PaDiM: size of the random channel subset",
+    )
+    parser.add_argument(
+        "--pool",
+        type=positive_int,
+        help="PaDiM: one Gaussian per NxN block of the finest feature grid "
+        "(default 2; 1 = one per stride-4 position, as in the paper)",
+    )
+    parser.add_argument(
+        "--tile",
+        type=_tile_option,
+        default="auto",
+        metavar="auto|off|RxC",
+        help="cut frames into overlapping tiles of the input size at (near) "
+        "native resolution, all tiles one batch: auto (default) tiles when "
+        "training images are at least 3x the input on both sides; off; or a "
+        "grid such as 3x4",
+    )
+    parser.add_argument(
+        "--tile-gaussians",
+        choices=("auto", "position", "shared"),
+        default="auto",
+        help="PaDiM on tiles: Gaussians per tile position, or one set shared "
+        "by all tiles; auto (default): per position when there are more "
+        "training images than PaDiM channels",
+    )
+    parser.add_argument(
+        "--epochs", type=positive_int, dest="max_epochs", help="STFPM: maximum number of epochs"
+    )
+    parser.add_argument(
+        "--image-threshold",
+        type=finite_float,
+        help="fixed image threshold in raw score units instead of a tuned one "
+        "(needs --raw-thresholds: there is no trained threshold yet)",
+    )
+    parser.add_argument(
+        "--pixel-threshold",
+        type=finite_float,
+        help="fixed pixel threshold in raw map units instead of a tuned one "
+        "(needs --raw-thresholds)",
+    )
+    parser.add_argument(
+        "--raw-thresholds",
+        action="store_true",
+        help="confirm that --image-threshold/--pixel-threshold are raw units",
+    )
+    parser.add_argument(
+        "--task",
+        choices=TASKS,
+        default="segmentation",
+        help="what the exported model reports by default",
+    )
     parser.add_argument("--batch-size", type=positive_int, default=16)
-    parser.add_argument("--threads", type=positive_int,
-                        help="torch threads (default: all cores)")
-    parser.add_argument("--precision", type=str.upper, choices=("FP32", "FP16", "INT8"),
-                        default="FP16", help="IR weights precision (default FP16)")
-    parser.add_argument("--no-export", dest="export", action="store_false",
-                        help="skip writing the OpenVINO IR")
-    parser.add_argument("--augment", default="off", metavar="off|on|SPEC",
-                        help="add compressed, re-lit copies of the training images, as a line "
-                        "camera delivers them: on, off (default), or e.g. "
-                        "jpeg=40-90,jitter=0.05,copies=1")
+    parser.add_argument("--threads", type=positive_int, help="torch threads (default: all cores)")
+    parser.add_argument(
+        "--precision",
+        type=str.upper,
+        choices=("FP32", "FP16", "INT8"),
+        default="FP16",
+        help="IR weights precision (default FP16)",
+    )
+    parser.add_argument(
+        "--no-export", dest="export", action="store_false", help="skip writing the OpenVINO IR"
+    )
+    parser.add_argument(
+        "--augment",
+        default="off",
+        metavar="off|on|SPEC",
+        help="add compressed, re-lit copies of the training images, as a line "
+        "camera delivers them: on, off (default), or e.g. "
+        "jpeg=40-90,jitter=0.05,copies=1",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(handler=run)
 
@@ -117,11 +180,14 @@ def run(args: argparse.Namespace) -> int:
     from anomaly_edge.train.backbones import WeightsUnavailableError
     from anomaly_edge.train.data import DatasetError
 
-    if (args.image_threshold is not None or args.pixel_threshold is not None) \
-            and not args.raw_thresholds:
-        raise CliError("train --image-threshold/--pixel-threshold fix raw score units (no "
-                       "threshold is trained yet to be relative to): add --raw-thresholds",
-                       ExitCode.USAGE)
+    if (
+        args.image_threshold is not None or args.pixel_threshold is not None
+    ) and not args.raw_thresholds:
+        raise CliError(
+            "train --image-threshold/--pixel-threshold fix raw score units (no "
+            "threshold is trained yet to be relative to): add --raw-thresholds",
+            ExitCode.USAGE,
+        )
     if not 0.0 <= args.validation_fraction < 1.0:
         raise CliError("--validation-fraction must be in [0, 1)", ExitCode.USAGE)
     if args.weights is not None and not args.weights.is_file():
@@ -136,14 +202,28 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(f"{flag} applies to --model padim only", ExitCode.USAGE)
     try:
         result = train(
-            args.data, model=args.model, backbone=args.backbone, out=args.out,
-            image_size=args.image_size, seed=args.seed, layers=args.layers,
-            weights=args.weights, n_channels=args.n_channels, pool=args.pool,
+            args.data,
+            model=args.model,
+            backbone=args.backbone,
+            out=args.out,
+            image_size=args.image_size,
+            seed=args.seed,
+            layers=args.layers,
+            weights=args.weights,
+            n_channels=args.n_channels,
+            pool=args.pool,
             validation_fraction=args.validation_fraction,
-            image_threshold=args.image_threshold, pixel_threshold=args.pixel_threshold,
-            task=args.task, batch_size=args.batch_size, threads=args.threads,
-            export=args.export, precision=args.precision, stfpm_options=stfpm_options,
-            progress=not args.quiet, augment=args.augment, tile=args.tile,
+            image_threshold=args.image_threshold,
+            pixel_threshold=args.pixel_threshold,
+            task=args.task,
+            batch_size=args.batch_size,
+            threads=args.threads,
+            export=args.export,
+            precision=args.precision,
+            stfpm_options=stfpm_options,
+            progress=not args.quiet,
+            augment=args.augment,
+            tile=args.tile,
             tile_gaussians=args.tile_gaussians,
         )
     except DatasetError as exc:
@@ -165,6 +245,7 @@ def _tiles_text(tiles: dict[str, Any] | None) -> str:
 
 def summary_table(metrics: dict[str, Any], out: Path | None, ir_path: Path | None) -> str:
     """A plain two-column table of the run's results."""
+
     def fmt(value: object) -> str:
         if value is None:
             return "n/a"
@@ -175,17 +256,24 @@ def summary_table(metrics: dict[str, Any], out: Path | None, ir_path: Path | Non
     rows = [
         ("model", f"{metrics.get('model')} / {metrics.get('backbone')}"),
         ("network input", _input_text(metrics)),
-        ("images (train/val/test)", f"{metrics.get('train_images')} / "
-         f"{metrics.get('validation_images')} / {metrics.get('test_images')}"),
+        (
+            "images (train/val/test)",
+            f"{metrics.get('train_images')} / "
+            f"{metrics.get('validation_images')} / {metrics.get('test_images')}",
+        ),
         ("image AUROC", fmt(metrics.get("image_auroc"))),
         ("pixel AUROC", fmt(metrics.get("pixel_auroc"))),
         ("AUPRO (FPR<=0.3)", fmt(metrics.get("aupro"))),
         ("image F1", fmt(metrics.get("image_f1"))),
         ("pixel F1", fmt(metrics.get("pixel_f1"))),
-        ("image threshold", f"{fmt(metrics.get('image_threshold'))} "
-         f"({metrics.get('image_threshold_method')})"),
-        ("pixel threshold", f"{fmt(metrics.get('pixel_threshold'))} "
-         f"({metrics.get('pixel_threshold_method')})"),
+        (
+            "image threshold",
+            f"{fmt(metrics.get('image_threshold'))} ({metrics.get('image_threshold_method')})",
+        ),
+        (
+            "pixel threshold",
+            f"{fmt(metrics.get('pixel_threshold'))} ({metrics.get('pixel_threshold_method')})",
+        ),
         ("false alarms (normal val.)", fmt(metrics.get("false_alarm_rate"))),
         ("fit time", f"{metrics.get('fit_seconds', 0):.1f} s"),
         ("tiles", _tiles_text(metrics.get("tiles"))),
@@ -205,6 +293,7 @@ def _input_text(metrics: dict[str, Any]) -> str:
         return "n/a"
     geometry = metrics.get("input_geometry") or {}
     origin = {"data": "from the training images", "user": "--image-size"}.get(
-        geometry.get("source", ""), "")
+        geometry.get("source", ""), ""
+    )
     text = f"{size[1]} x {size[0]} (w x h)"
     return f"{text}, {origin}" if origin else text

@@ -13,8 +13,14 @@ from anomaly_edge.demo.dataset import make_dataset, render_sample
 from anomaly_edge.demo.defects import DEFECT_TYPES
 from anomaly_edge.demo.video import VideoTruth, render_video
 
-__all__ = ["DEFECT_TYPES", "VideoTruth", "make_dataset", "render_sample", "render_video",
-           "run_demo"]
+__all__ = [
+    "DEFECT_TYPES",
+    "VideoTruth",
+    "make_dataset",
+    "render_sample",
+    "render_video",
+    "run_demo",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -41,8 +41,9 @@ def image_shape(size: int) -> tuple[int, int]:
     return size, round(size * VIEW_SHAPE[1] / VIEW_SHAPE[0])
 
 
-def render_sample(seed: int, split: str, index: int, size: int = 256,
-                  defect: str | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+def render_sample(
+    seed: int, split: str, index: int, size: int = 256, defect: str | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """One dataset image (uint8 HxWx3 BGR) and its defect mask (bool HxW, or None if good).
 
     ``split`` names the stream of randomness ("train", "good" or a defect type); the same
@@ -69,8 +70,14 @@ def _write_png(path: Path, image: np.ndarray) -> None:
         raise OSError(f"could not write {path}")
 
 
-def _settings(n_train: int, n_test_good: int, n_test_per_defect: int, size: int, seed: int,
-              defects: Sequence[str]) -> dict[str, Any]:
+def _settings(
+    n_train: int,
+    n_test_good: int,
+    n_test_per_defect: int,
+    size: int,
+    seed: int,
+    defects: Sequence[str],
+) -> dict[str, Any]:
     return {
         "generator_version": GENERATOR_VERSION,
         "n_train": n_train,
@@ -82,8 +89,9 @@ def _settings(n_train: int, n_test_good: int, n_test_per_defect: int, size: int,
     }
 
 
-def _check_arguments(n_train: int, n_test_good: int, n_test_per_defect: int, size: int,
-                     defects: Sequence[str]) -> None:
+def _check_arguments(
+    n_train: int, n_test_good: int, n_test_per_defect: int, size: int, defects: Sequence[str]
+) -> None:
     if n_train < 1:
         raise InvalidInputError(f"n_train must be at least 1, got {n_train}")
     if n_test_good < 0 or n_test_per_defect < 0:
@@ -152,8 +160,9 @@ def _fill(folder: Path, settings: dict[str, Any]) -> None:
     ]
     jobs += [("good", folder / "test" / "good", i, None) for i in range(settings["n_test_good"])]
     for kind in settings["defects"]:
-        jobs += [(kind, folder / "test" / kind, i, kind)
-                 for i in range(settings["n_test_per_defect"])]
+        jobs += [
+            (kind, folder / "test" / kind, i, kind) for i in range(settings["n_test_per_defect"])
+        ]
     for split, directory, index, defect in jobs:
         directory.mkdir(parents=True, exist_ok=True)
         image, mask = render_sample(seed, split, index, size, defect)

@@ -30,15 +30,17 @@ def _radius(value: float, scale: float) -> int:
     return max(1, round(value * scale))
 
 
-def _random_centre(shape: tuple[int, int], rng: np.random.Generator,
-                   margin: int) -> tuple[float, float]:
+def _random_centre(
+    shape: tuple[int, int], rng: np.random.Generator, margin: int
+) -> tuple[float, float]:
     h, w = shape
     margin = min(margin, h // 2 - 1, w // 2 - 1)
     return float(rng.uniform(margin, w - margin)), float(rng.uniform(margin, h - margin))
 
 
-def scratch(albedo: np.ndarray, rng: np.random.Generator, centre: tuple[float, float],
-            scale: float) -> np.ndarray:
+def scratch(
+    albedo: np.ndarray, rng: np.random.Generator, centre: tuple[float, float], scale: float
+) -> np.ndarray:
     """A thin, slightly curved line across the brushing direction, darker or brighter."""
     length = rng.uniform(40, 140) * scale
     # Never parallel to the brushing: a scratch along the grain would be a normal streak.
@@ -47,8 +49,11 @@ def scratch(albedo: np.ndarray, rng: np.random.Generator, centre: tuple[float, f
     normal = np.array([-direction[1], direction[0]])
     bend = rng.uniform(-0.15, 0.15) * length
     t = np.linspace(-0.5, 0.5, 24)
-    points = (np.asarray(centre)[None, :] + np.outer(t * length, direction)
-              + np.outer((1 - 4 * t**2) * bend, normal))
+    points = (
+        np.asarray(centre)[None, :]
+        + np.outer(t * length, direction)
+        + np.outer((1 - 4 * t**2) * bend, normal)
+    )
     mask = np.zeros(albedo.shape[:2], np.uint8)
     thickness = _radius(rng.uniform(1.5, 3.0), scale)
     cv2.polylines(mask, [np.round(points).astype(np.int32)], False, 1, thickness, cv2.LINE_8)
@@ -59,8 +64,9 @@ def scratch(albedo: np.ndarray, rng: np.random.Generator, centre: tuple[float, f
     return inside
 
 
-def hole(albedo: np.ndarray, rng: np.random.Generator, centre: tuple[float, float],
-         scale: float) -> np.ndarray:
+def hole(
+    albedo: np.ndarray, rng: np.random.Generator, centre: tuple[float, float], scale: float
+) -> np.ndarray:
     """A small round hole: dark inside, with a bright burr around the rim."""
     radius_x = rng.uniform(5, 12) * scale
     radius_y = radius_x * rng.uniform(0.8, 1.2)
@@ -77,18 +83,29 @@ def hole(albedo: np.ndarray, rng: np.random.Generator, centre: tuple[float, floa
     return inside
 
 
-def stain(albedo: np.ndarray, rng: np.random.Generator, centre: tuple[float, float],
-          scale: float) -> np.ndarray:
+def stain(
+    albedo: np.ndarray, rng: np.random.Generator, centre: tuple[float, float], scale: float
+) -> np.ndarray:
     """An irregular brownish stain (oil, rust) that fades towards its edge."""
     h, w = albedo.shape[:2]
     mask = np.zeros((h, w), np.uint8)
     size = rng.uniform(18, 42) * scale
     for _ in range(int(rng.integers(3, 7))):
         offset = rng.normal(0, 0.45 * size, 2)
-        axes = (_radius(rng.uniform(0.4, 0.8) * size, 1.0),
-                _radius(rng.uniform(0.25, 0.6) * size, 1.0))
-        cv2.ellipse(mask, (round(centre[0] + offset[0]), round(centre[1] + offset[1])), axes,
-                    float(rng.uniform(0, 180)), 0, 360, 1, -1)
+        axes = (
+            _radius(rng.uniform(0.4, 0.8) * size, 1.0),
+            _radius(rng.uniform(0.25, 0.6) * size, 1.0),
+        )
+        cv2.ellipse(
+            mask,
+            (round(centre[0] + offset[0]), round(centre[1] + offset[1])),
+            axes,
+            float(rng.uniform(0, 180)),
+            0,
+            360,
+            1,
+            -1,
+        )
     inside = mask.astype(bool)
     # Soft inside, but never zero at the edge, so every masked pixel really changes.
     soft = cv2.GaussianBlur(mask.astype(np.float32), (0, 0), max(size / 4, 1.0))
@@ -99,8 +116,9 @@ def stain(albedo: np.ndarray, rng: np.random.Generator, centre: tuple[float, flo
     return inside
 
 
-def missing(albedo: np.ndarray, rng: np.random.Generator, centre: tuple[float, float],
-            scale: float) -> np.ndarray:
+def missing(
+    albedo: np.ndarray, rng: np.random.Generator, centre: tuple[float, float], scale: float
+) -> np.ndarray:
     """A broken-out chunk with jagged edges, showing the belt underneath."""
     radius = rng.uniform(12, 32) * scale
     corners = int(rng.integers(6, 11))
@@ -122,8 +140,14 @@ PAINTERS: dict[str, Callable[..., np.ndarray]] = {
 }
 
 
-def paint_defect(kind: str, albedo: np.ndarray, rng: np.random.Generator, *, scale: float = 1.0,
-                 centre: tuple[float, float] | None = None) -> np.ndarray:
+def paint_defect(
+    kind: str,
+    albedo: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    scale: float = 1.0,
+    centre: tuple[float, float] | None = None,
+) -> np.ndarray:
     """Paint one defect of ``kind`` into ``albedo`` (float32 HxWx3, in place); return its mask.
 
     The mask is a bool HxW array, True exactly where the albedo was changed. Without a

@@ -115,9 +115,13 @@ def find_metric(metrics: dict[str, Any], *words: str) -> float | None:
     return None
 
 
-def run_demo(out: str | os.PathLike[str] = "anomaly-edge-demo",
-             settings: DemoSettings | None = None,
-             *, log: Callable[[str], None] = print, quiet: bool = False) -> DemoReport:
+def run_demo(
+    out: str | os.PathLike[str] = "anomaly-edge-demo",
+    settings: DemoSettings | None = None,
+    *,
+    log: Callable[[str], None] = print,
+    quiet: bool = False,
+) -> DemoReport:
     """Run the demo into ``out`` and return its report (also written to out/demo_summary.json).
 
     ``log`` receives one line per step; ``quiet`` turns off the progress bars of training and
@@ -138,23 +142,47 @@ def run_demo(out: str | os.PathLike[str] = "anomaly-edge-demo",
         seconds[name] = round(now - clock, 1)
         clock = now
 
-    log(f"[1/5] making a brushed-metal dataset with scratches, holes, stains and missing pieces "
-        f"-> {out / 'dataset'}")
+    log(
+        f"[1/5] making a brushed-metal dataset with scratches, holes, stains and missing pieces "
+        f"-> {out / 'dataset'}"
+    )
     if (out / "dataset").exists() and not (out / "dataset" / MARKER).is_file():
         # Only ever replace a dataset the demo made itself.
-        raise InvalidInputError(f"{out / 'dataset'} exists and was not made by the demo; "
-                                "choose another output folder")
-    dataset = make_dataset(out / "dataset", n_train=settings.n_train,
-                           n_test_good=settings.n_test_good,
-                           n_test_per_defect=settings.n_test_per_defect,
-                           size=settings.dataset_size, seed=settings.seed, overwrite=True)
+        raise InvalidInputError(
+            f"{out / 'dataset'} exists and was not made by the demo; choose another output folder"
+        )
+    dataset = make_dataset(
+        out / "dataset",
+        n_train=settings.n_train,
+        n_test_good=settings.n_test_good,
+        n_test_per_defect=settings.n_test_per_defect,
+        size=settings.dataset_size,
+        seed=settings.seed,
+        overwrite=True,
+    )
     step("dataset")
 
-    log(f"[2/5] training PaDiM ({settings.backbone}) on {settings.n_train} normal images, "
-        f"evaluating and exporting to OpenVINO IR -> {out / 'model'}")
-    train_argv = ["train", "--data", str(dataset), "--model", "padim", "--backbone",
-                  settings.backbone, "--image-size", str(settings.image_size), "--seed",
-                  str(settings.seed), "--augment", settings.augment, "--out", str(out / "model")]
+    log(
+        f"[2/5] training PaDiM ({settings.backbone}) on {settings.n_train} normal images, "
+        f"evaluating and exporting to OpenVINO IR -> {out / 'model'}"
+    )
+    train_argv = [
+        "train",
+        "--data",
+        str(dataset),
+        "--model",
+        "padim",
+        "--backbone",
+        settings.backbone,
+        "--image-size",
+        str(settings.image_size),
+        "--seed",
+        str(settings.seed),
+        "--augment",
+        settings.augment,
+        "--out",
+        str(out / "model"),
+    ]
     log(f"      the same as:  anomaly-edge {shlex.join(train_argv)}")
     model_xml, metrics, metrics_file = _train(dataset, out / "model", settings, not quiet)
     step("train")
@@ -165,15 +193,25 @@ def run_demo(out: str | os.PathLike[str] = "anomaly-edge-demo",
     video_path = out / "video" / "conveyor.avi"
     lossy_path = out / "video" / f"conveyor_jpeg{settings.lossy_quality}.avi"
     total_seconds = settings.clean_seconds + settings.video_seconds
-    log(f"[3/5] rendering {total_seconds:g} s of the surface passing the camera "
+    log(
+        f"[3/5] rendering {total_seconds:g} s of the surface passing the camera "
         f"({settings.clean_seconds:g} s of normal production first), losslessly and through a "
-        f"lossy codec (JPEG quality {settings.lossy_quality}) -> {video_path}, {lossy_path}")
+        f"lossy codec (JPEG quality {settings.lossy_quality}) -> {video_path}, {lossy_path}"
+    )
     truth, lossy_truth = (
-        render_video(path, seconds=total_seconds, fps=settings.video_fps,
-                     speed=settings.video_speed, frame_size=settings.video_size,
-                     defects=settings.video_defects, seed=settings.seed,
-                     clean_start=settings.clean_seconds, quality=quality)
-        for path, quality in ((video_path, JPEG_QUALITY), (lossy_path, settings.lossy_quality)))
+        render_video(
+            path,
+            seconds=total_seconds,
+            fps=settings.video_fps,
+            speed=settings.video_speed,
+            frame_size=settings.video_size,
+            defects=settings.video_defects,
+            seed=settings.seed,
+            clean_start=settings.clean_seconds,
+            quality=quality,
+        )
+        for path, quality in ((video_path, JPEG_QUALITY), (lossy_path, settings.lossy_quality))
+    )
     assert lossy_truth.anomalous_frames == truth.anomalous_frames  # the same frames
     truth_file = _write_json(out / "video" / "conveyor_truth.json", json.loads(truth.to_json()))
     step("video")
@@ -181,64 +219,123 @@ def run_demo(out: str | os.PathLike[str] = "anomaly-edge-demo",
     results = out / "results"
     results.mkdir(exist_ok=True)
     annotated, events = results / "annotated.mp4", results / "events.jsonl"
-    argv = ["run", "--model", str(model_xml), "--source", str(video_path),
-            "--device", settings.device, "--output", str(annotated), "--events", str(events)]
+    argv = [
+        "run",
+        "--model",
+        str(model_xml),
+        "--source",
+        str(video_path),
+        "--device",
+        settings.device,
+        "--output",
+        str(annotated),
+        "--events",
+        str(events),
+    ]
     if quiet:
         argv.append("--quiet")
     log(f"[4/5] running the stream on it:  anomaly-edge {shlex.join(argv)}")
     flagged, processed, drift = _run_stream(argv)
     drift_warnings = {"lossless": drift}
-    lossy_argv = ["run", "--model", str(model_xml), "--source", str(lossy_path),
-                  "--device", settings.device, "--events", str(results / "events_lossy.jsonl")]
+    lossy_argv = [
+        "run",
+        "--model",
+        str(model_xml),
+        "--source",
+        str(lossy_path),
+        "--device",
+        settings.device,
+        "--events",
+        str(results / "events_lossy.jsonl"),
+    ]
     log(f"      and on the lossy video:  anomaly-edge {shlex.join(lossy_argv)}")
     flagged_lossy, _, drift_warnings["lossy"] = _run_stream([*lossy_argv, "--quiet"])
     step("stream")
 
     calibrated = out / "model" / "model_calibrated.xml"
-    calibrate_argv = ["calibrate", "--model", str(model_xml), "--source", str(lossy_path),
-                      "--seconds", f"{settings.clean_seconds:g}", "--out", str(calibrated)]
-    log(f"[5/5] calibrating on its first {settings.clean_seconds:g} s of normal production:  "
-        f"anomaly-edge {shlex.join(calibrate_argv)}")
+    calibrate_argv = [
+        "calibrate",
+        "--model",
+        str(model_xml),
+        "--source",
+        str(lossy_path),
+        "--seconds",
+        f"{settings.clean_seconds:g}",
+        "--out",
+        str(calibrated),
+    ]
+    log(
+        f"[5/5] calibrating on its first {settings.clean_seconds:g} s of normal production:  "
+        f"anomaly-edge {shlex.join(calibrate_argv)}"
+    )
     calibration = _calibrate(model_xml, lossy_path, settings, calibrated)
     log("      " + str(calibration).replace("\n", "\n      "))
-    calibrated_argv = ["run", "--model", str(calibrated), "--source", str(lossy_path),
-                       "--device", settings.device, "--events",
-                       str(results / "events_calibrated.jsonl")]
+    calibrated_argv = [
+        "run",
+        "--model",
+        str(calibrated),
+        "--source",
+        str(lossy_path),
+        "--device",
+        settings.device,
+        "--events",
+        str(results / "events_calibrated.jsonl"),
+    ]
     log(f"      and running the lossy video again:  anomaly-edge {shlex.join(calibrated_argv)}")
-    flagged_calibrated, _, drift_warnings["calibrated"] = _run_stream(
-        [*calibrated_argv, "--quiet"])
+    flagged_calibrated, _, drift_warnings["calibrated"] = _run_stream([*calibrated_argv, "--quiet"])
     step("calibrate")
     clean_frames = calibration.frames
 
     report = DemoReport(
-        out=out, dataset=dataset, model=model_xml, metrics_file=metrics_file, video=video_path,
-        truth_file=truth_file, annotated_video=annotated, events=events,
-        summary_file=out / "demo_summary.json", metrics=metrics,
-        frames=score_frames(truth, flagged, processed), seconds=seconds,
-        lossy_video=lossy_path, calibrated_model=calibrated,
+        out=out,
+        dataset=dataset,
+        model=model_xml,
+        metrics_file=metrics_file,
+        video=video_path,
+        truth_file=truth_file,
+        annotated_video=annotated,
+        events=events,
+        summary_file=out / "demo_summary.json",
+        metrics=metrics,
+        frames=score_frames(truth, flagged, processed),
+        seconds=seconds,
+        lossy_video=lossy_path,
+        calibrated_model=calibrated,
         frames_lossy=score_frames(truth, flagged_lossy, processed, skip=clean_frames),
         frames_calibrated=score_frames(truth, flagged_calibrated, processed, skip=clean_frames),
-        calibration=calibration.to_dict(), drift_warnings=drift_warnings,
-        lossy_quality=settings.lossy_quality, clean_frames=clean_frames,
+        calibration=calibration.to_dict(),
+        drift_warnings=drift_warnings,
+        lossy_quality=settings.lossy_quality,
+        clean_frames=clean_frames,
     )
     _write_json(report.summary_file, report.to_dict())
     return report
 
 
-def _train(dataset: Path, model_dir: Path, settings: DemoSettings,
-           progress: bool) -> tuple[Path, dict[str, Any], Path]:
+def _train(
+    dataset: Path, model_dir: Path, settings: DemoSettings, progress: bool
+) -> tuple[Path, dict[str, Any], Path]:
     from anomaly_edge.train import train
 
-    result = train(dataset, model="padim", backbone=settings.backbone, out=model_dir,
-                   image_size=settings.image_size, seed=settings.seed, export=True,
-                   progress=progress, augment=settings.augment)
+    result = train(
+        dataset,
+        model="padim",
+        backbone=settings.backbone,
+        out=model_dir,
+        image_size=settings.image_size,
+        seed=settings.seed,
+        export=True,
+        progress=progress,
+        augment=settings.augment,
+    )
     if result.ir_path is None:
         raise RuntimeError("training finished without an exported model")
     return Path(result.ir_path), dict(result.metrics), model_dir / "metrics.json"
 
 
-def _calibrate(model_xml: Path, video: Path, settings: DemoSettings,
-               out: Path) -> CalibrationReport:
+def _calibrate(
+    model_xml: Path, video: Path, settings: DemoSettings, out: Path
+) -> CalibrationReport:
     """What `anomaly-edge calibrate --seconds S` does, through the Python API."""
     from anomaly_edge.model import AnomalyModel
     from anomaly_edge.stream.sources import open_source
@@ -246,9 +343,9 @@ def _calibrate(model_xml: Path, video: Path, settings: DemoSettings,
     model = AnomalyModel(model_xml, device=settings.device)
     source = open_source(str(video))
     try:
+
         def clean_frames() -> Iterator[np.ndarray]:
-            while (frame := source.read()) is not None and \
-                    frame.timestamp < settings.clean_seconds:
+            while (frame := source.read()) is not None and frame.timestamp < settings.clean_seconds:
                 yield frame.image
 
         report = model.calibrate(clean_frames(), source=str(video))
@@ -300,10 +397,18 @@ def _write_json(path: Path, data: dict[str, Any]) -> Path:
 def format_report(report: DemoReport) -> str:
     """The closing lines of ``anomaly-edge demo``: where things are and the headline numbers."""
     frames = report.frames
-    lines = ["", "demo finished in " + _duration(sum(report.seconds.values())) + " ("
-             + ", ".join(f"{k} {_duration(v)}" for k, v in report.seconds.items()) + ")"]
-    auroc = [f"image AUROC {report.image_auroc:.3f}" if report.image_auroc is not None else "",
-             f"pixel AUROC {report.pixel_auroc:.3f}" if report.pixel_auroc is not None else ""]
+    lines = [
+        "",
+        "demo finished in "
+        + _duration(sum(report.seconds.values()))
+        + " ("
+        + ", ".join(f"{k} {_duration(v)}" for k, v in report.seconds.items())
+        + ")",
+    ]
+    auroc = [
+        f"image AUROC {report.image_auroc:.3f}" if report.image_auroc is not None else "",
+        f"pixel AUROC {report.pixel_auroc:.3f}" if report.pixel_auroc is not None else "",
+    ]
     if any(auroc):
         lines.append("  test split:  " + ", ".join(a for a in auroc if a))
     lines.append(f"  video, lossless:          {_row(frames)}")
@@ -334,9 +439,11 @@ def format_report(report: DemoReport) -> str:
 
 def _row(frames: FrameScore) -> str:
     clean = frames.frames_processed - frames.frames_with_defects - frames.frames_ambiguous
-    return (f"{frames.hits} of {frames.frames_with_defects} frames with a defect flagged, "
-            f"{frames.false_alarms} false alarms in {clean} clean frames "
-            f"({100 * frames.false_alarm_rate:.0f}%)")
+    return (
+        f"{frames.hits} of {frames.frames_with_defects} frames with a defect flagged, "
+        f"{frames.false_alarms} false alarms in {clean} clean frames "
+        f"({100 * frames.false_alarm_rate:.0f}%)"
+    )
 
 
 def _duration(seconds: float) -> str:

@@ -35,8 +35,9 @@ class FrameScore:
         return {**asdict(self), "recall": self.recall, "false_alarm_rate": self.false_alarm_rate}
 
 
-def score_frames(truth: VideoTruth, flagged: Iterable[int], processed: int,
-                 skip: int = 0) -> FrameScore:
+def score_frames(
+    truth: VideoTruth, flagged: Iterable[int], processed: int, skip: int = 0
+) -> FrameScore:
     """Compare the indices of flagged frames with ``truth`` over the first ``processed`` frames.
 
     Frames that show only a sliver of a defect at the edge (``truth.partial_frames``) are
@@ -49,8 +50,11 @@ def score_frames(truth: VideoTruth, flagged: Iterable[int], processed: int,
     caught: list[str] = []
     missed: list[str] = []
     for defect in truth.defects:
-        if defect["first_frame"] is None or defect["first_frame"] >= processed \
-                or defect["last_frame"] < skip:
+        if (
+            defect["first_frame"] is None
+            or defect["first_frame"] >= processed
+            or defect["last_frame"] < skip
+        ):
             continue
         passage = set(range(max(skip, defect["first_frame"]), defect["last_frame"] + 1))
         (caught if passage & flagged_set else missed).append(defect["kind"])

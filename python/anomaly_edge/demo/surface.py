@@ -28,12 +28,14 @@ BASE_ALBEDO = 0.55
 SENSOR_NOISE = 0.006  # std of per-pixel camera noise, in [0, 1] units
 
 
-def _unit_noise(shape: tuple[int, int], rng: np.random.Generator, sigma_x: float,
-                sigma_y: float) -> np.ndarray:
+def _unit_noise(
+    shape: tuple[int, int], rng: np.random.Generator, sigma_x: float, sigma_y: float
+) -> np.ndarray:
     """Gaussian noise blurred anisotropically and scaled back to unit standard deviation."""
     noise: np.ndarray = rng.standard_normal(shape, dtype=np.float32)
-    noise = cv2.GaussianBlur(noise, (0, 0), sigmaX=sigma_x, sigmaY=sigma_y,
-                             borderType=cv2.BORDER_REFLECT)
+    noise = cv2.GaussianBlur(
+        noise, (0, 0), sigmaX=sigma_x, sigmaY=sigma_y, borderType=cv2.BORDER_REFLECT
+    )
     return noise / max(float(noise.std()), 1e-6)
 
 
@@ -47,21 +49,25 @@ def metal_albedo(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray
         raise ValueError(f"surface shape must be at least 8x8 pixels, got {shape}")
     # Each layer is made at a reduced size along the directions it is smooth in and scaled up:
     # same look, a fraction of the blur cost (video sheets are thousands of pixels long).
-    fine = cv2.resize(_unit_noise((h, max(w // 3, 2)), rng, 6.0, 0.9), (w, h),
-                      interpolation=cv2.INTER_LINEAR)
+    fine = cv2.resize(
+        _unit_noise((h, max(w // 3, 2)), rng, 6.0, 0.9), (w, h), interpolation=cv2.INTER_LINEAR
+    )
     bh, bw = max(h // 4, 2), max(w // 4, 2)
-    bands = cv2.resize(_unit_noise((bh, bw), rng, 15.0, 1.0), (w, h),
-                       interpolation=cv2.INTER_LINEAR)
+    bands = cv2.resize(
+        _unit_noise((bh, bw), rng, 15.0, 1.0), (w, h), interpolation=cv2.INTER_LINEAR
+    )
     wh, ww = max(h // 48, 2), max(w // 48, 2)
-    waviness = cv2.resize(_unit_noise((wh, ww), rng, 1.0, 1.0), (w, h),
-                          interpolation=cv2.INTER_CUBIC)
+    waviness = cv2.resize(
+        _unit_noise((wh, ww), rng, 1.0, 1.0), (w, h), interpolation=cv2.INTER_CUBIC
+    )
     grey = BASE_ALBEDO + 0.045 * fine + 0.03 * bands + 0.025 * waviness
     albedo: np.ndarray = grey[:, :, None] * METAL_TINT
     return albedo
 
 
-def rotated_albedo(shape: tuple[int, int], rng: np.random.Generator,
-                   max_angle_deg: float) -> np.ndarray:
+def rotated_albedo(
+    shape: tuple[int, int], rng: np.random.Generator, max_angle_deg: float
+) -> np.ndarray:
     """A patch of metal whose brushing direction is turned by up to ``max_angle_deg``."""
     h, w = shape
     margin = int(np.ceil(0.5 * (h + w) * np.sin(np.radians(abs(max_angle_deg))))) + 2
@@ -69,9 +75,14 @@ def rotated_albedo(shape: tuple[int, int], rng: np.random.Generator,
     angle = float(rng.uniform(-max_angle_deg, max_angle_deg))
     centre = (big.shape[1] / 2.0, big.shape[0] / 2.0)
     rotation = cv2.getRotationMatrix2D(centre, angle, 1.0)
-    turned = cv2.warpAffine(big, rotation, (big.shape[1], big.shape[0]),
-                            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-    return np.ascontiguousarray(turned[margin:margin + h, margin:margin + w])
+    turned = cv2.warpAffine(
+        big,
+        rotation,
+        (big.shape[1], big.shape[0]),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REFLECT,
+    )
+    return np.ascontiguousarray(turned[margin : margin + h, margin : margin + w])
 
 
 @dataclass(frozen=True)

@@ -52,15 +52,22 @@ class VideoTruth:
         return json.dumps(data, indent=2) + "\n"
 
 
-def _check(seconds: float, fps: float, speed: int, frame_size: tuple[int, int],
-           defects: Sequence[str], suffix: str) -> int:
+def _check(
+    seconds: float,
+    fps: float,
+    speed: int,
+    frame_size: tuple[int, int],
+    defects: Sequence[str],
+    suffix: str,
+) -> int:
     if suffix not in CODECS:
         raise InvalidInputError(
             f"video file must end in {' or '.join(CODECS)} (got {suffix or 'no extension'!r})"
         )
     if not (0 < fps <= 120 and 0 < seconds <= 600):
-        raise InvalidInputError(f"fps must be in (0, 120] and seconds in (0, 600]; got {fps}, "
-                                f"{seconds}")
+        raise InvalidInputError(
+            f"fps must be in (0, 120] and seconds in (0, 600]; got {fps}, {seconds}"
+        )
     if speed < 1:
         raise InvalidInputError(f"speed must be at least 1 pixel per frame, got {speed}")
     if frame_size[0] < 64 or frame_size[1] < 64:
@@ -107,8 +114,10 @@ def render_video(
     height, width = frame_size
     lead = round(clean_start * fps)
     if not 0 <= lead <= n_frames - 2:
-        raise InvalidInputError(f"clean_start must be at least 0 and leave some of the "
-                                f"{seconds:g} s for the defects, got {clean_start}")
+        raise InvalidInputError(
+            f"clean_start must be at least 0 and leave some of the "
+            f"{seconds:g} s for the defects, got {clean_start}"
+        )
     sheet_rng, light_rng, defect_rng, frame_rng = (
         np.random.default_rng(s) for s in np.random.SeedSequence([seed, 99]).spawn(4)
     )
@@ -116,8 +125,7 @@ def render_video(
     scale = height / VIEW_SHAPE[0]
     # The texture is made at the dataset's view scale and resized, so the model sees the same
     # material whatever the frame size.
-    sheet = metal_albedo((round(sheet_shape[0] / scale), round(sheet_shape[1] / scale)),
-                         sheet_rng)
+    sheet = metal_albedo((round(sheet_shape[0] / scale), round(sheet_shape[1] / scale)), sheet_rng)
     if sheet.shape[:2] != sheet_shape:
         sheet = cv2.resize(sheet, sheet_shape[::-1], interpolation=cv2.INTER_AREA)
     labels = np.zeros(sheet_shape, np.uint8)  # 0 = normal, k + 1 = defect k
@@ -136,8 +144,12 @@ def render_video(
     visible = np.zeros((n_frames, len(defects)), np.int64)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    writer = cv2.VideoWriter(str(staging), cv2.VideoWriter.fourcc(*CODECS[path.suffix.lower()]),
-                             float(fps), (width, height))
+    writer = cv2.VideoWriter(
+        str(staging),
+        cv2.VideoWriter.fourcc(*CODECS[path.suffix.lower()]),
+        float(fps),
+        (width, height),
+    )
     try:
         if not writer.isOpened():
             raise OSError(f"OpenCV cannot write {path.suffix} video here ({staging})")
@@ -145,7 +157,7 @@ def render_video(
         for i in range(n_frames):
             x = speed * i
             y = VIBRATION_PX + int(frame_rng.integers(-VIBRATION_PX, VIBRATION_PX + 1))
-            view = np.s_[y:y + height, x:x + width]
+            view = np.s_[y : y + height, x : x + width]
             flicker = dataclasses.replace(
                 lighting, gain=lighting.gain * (1.0 + float(frame_rng.uniform(-0.01, 0.01)))
             )
@@ -168,14 +180,22 @@ def render_video(
     windows = []
     for k, kind in enumerate(defects):
         frames = np.flatnonzero(visible[:, k] >= min_visible_px)
-        windows.append({
-            "kind": kind,
-            "first_frame": int(frames[0]) if frames.size else None,
-            "last_frame": int(frames[-1]) if frames.size else None,
-            "area_px": int((labels == k + 1).sum()),
-        })
+        windows.append(
+            {
+                "kind": kind,
+                "first_frame": int(frames[0]) if frames.size else None,
+                "last_frame": int(frames[-1]) if frames.size else None,
+                "area_px": int((labels == k + 1).sum()),
+            }
+        )
     anomalous = (visible >= min_visible_px).any(axis=1)
     partial = (visible > 0).any(axis=1) & ~anomalous
-    return VideoTruth(path, n_frames, float(fps), (height, width),
-                      [int(i) for i in np.flatnonzero(anomalous)], windows,
-                      [int(i) for i in np.flatnonzero(partial)])
+    return VideoTruth(
+        path,
+        n_frames,
+        float(fps),
+        (height, width),
+        [int(i) for i in np.flatnonzero(anomalous)],
+        windows,
+        [int(i) for i in np.flatnonzero(partial)],
+    )

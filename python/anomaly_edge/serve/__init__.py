@@ -7,6 +7,7 @@ the other modules import ``kserve``.
 Example::
 
     from anomaly_edge.serve import serve
+
     serve("runs/plate/model.xml", name="plate", http_port=8080, grpc_port=8081)
 """
 
@@ -15,8 +16,16 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def serve(model: str | Path, name: str, *, host: str = "0.0.0.0", http_port: int = 8080,
-          grpc_port: int = 8081, device: str = "AUTO", num_requests: int | None = None) -> None:
+def serve(
+    model: str | Path,
+    name: str,
+    *,
+    host: str = "0.0.0.0",
+    http_port: int = 8080,
+    grpc_port: int = 8081,
+    device: str = "AUTO",
+    num_requests: int | None = None,
+) -> None:
     """Load ``model`` and serve it until SIGINT/SIGTERM (blocks)."""
     from anomaly_edge.serve.model import AnomalyServeModel
     from anomaly_edge.serve.server import AnomalyModelServer

@@ -47,8 +47,9 @@ class AnomalyServeModel(kserve.Model):  # type: ignore[misc]  # kserve has no ty
         num_requests: requests run at once (default: what the device prefers).
     """
 
-    def __init__(self, path: str | Path, name: str, device: str = "AUTO",
-                 num_requests: int | None = None) -> None:
+    def __init__(
+        self, path: str | Path, name: str, device: str = "AUTO", num_requests: int | None = None
+    ) -> None:
         super().__init__(name)
         self.path = Path(path)
         self._device = device
@@ -86,11 +87,16 @@ class AnomalyServeModel(kserve.Model):  # type: ignore[misc]  # kserve has no ty
 
     # ---- inference -------------------------------------------------------------------------
 
-    async def predict(self, payload: InferRequest, headers: dict[str, str] | None = None,
-                      response_headers: dict[str, str] | None = None) -> InferResponse:
+    async def predict(
+        self,
+        payload: InferRequest,
+        headers: dict[str, str] | None = None,
+        response_headers: dict[str, str] | None = None,
+    ) -> InferResponse:
         if not isinstance(payload, InferRequest):
-            raise InvalidInput("this model speaks the v2 protocol only: POST "
-                               f"/v2/models/{self.name}/infer")
+            raise InvalidInput(
+                f"this model speaks the v2 protocol only: POST /v2/models/{self.name}/infer"
+            )
         if len(payload.inputs) != 1:
             raise InvalidInput(
                 f"expected one input ({RAW_INPUT!r} FP32, {FRAME_INPUT!r} UINT8 or "
@@ -119,17 +125,21 @@ class AnomalyServeModel(kserve.Model):  # type: ignore[misc]  # kserve has no ty
             use_binary_outputs=payload.use_binary_outputs,
         )
 
-    async def _raw(self, tensor: InferInput,
-                   parameters: dict[str, Any]) -> tuple[list[InferOutput], dict[str, Any]]:
+    async def _raw(
+        self, tensor: InferInput, parameters: dict[str, Any]
+    ) -> tuple[list[InferOutput], dict[str, Any]]:
         """N network inputs -> N anomaly maps; the N run side by side (the IR has batch 1)."""
         expected = self._network.input_shape
         shape = list(tensor.shape)
         if len(shape) != 4 or shape[1:] != expected[1:] or shape[0] < 1:
-            raise InvalidInput(f"input {tensor.name!r} must have shape [N, "
-                               f"{', '.join(map(str, expected[1:]))}], got {shape}")
+            raise InvalidInput(
+                f"input {tensor.name!r} must have shape [N, "
+                f"{', '.join(map(str, expected[1:]))}], got {shape}"
+            )
         batch = tensor.as_numpy().astype(np.float32, copy=False)
-        maps = await asyncio.gather(*(self._network.infer(batch[i : i + 1])
-                                      for i in range(batch.shape[0])))
+        maps = await asyncio.gather(
+            *(self._network.infer(batch[i : i + 1]) for i in range(batch.shape[0]))
+        )
         anomaly_maps = np.concatenate(maps, axis=0)
         outputs = [_output(RAW_OUTPUT, anomaly_maps)]
         extra = {}
@@ -137,8 +147,9 @@ class AnomalyServeModel(kserve.Model):  # type: ignore[misc]  # kserve has no ty
             extra[RT_INFO_KEY] = json.dumps(self.rt_info, sort_keys=True)
         return outputs, extra
 
-    async def _convenience(self, tensor: InferInput,
-                           parameters: dict[str, Any]) -> tuple[list[InferOutput], dict[str, Any]]:
+    async def _convenience(
+        self, tensor: InferInput, parameters: dict[str, Any]
+    ) -> tuple[list[InferOutput], dict[str, Any]]:
         """A frame or an encoded image -> score, label, boxes (and the mask on request)."""
         color = ColorFormat.parse(str(parameters.get("color", "BGR")))
         frame = _decode(tensor, color)
@@ -181,8 +192,10 @@ def _decode(tensor: InferInput, color: ColorFormat) -> np.ndarray:
         flag = cv2.IMREAD_GRAYSCALE if color is ColorFormat.GRAY else cv2.IMREAD_COLOR
         frame = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag) if data else None
         if frame is None:
-            raise InvalidInput(f"input {tensor.name!r} is not an image OpenCV can decode "
-                               "(send the bytes of a PNG, JPEG, BMP or TIFF file)")
+            raise InvalidInput(
+                f"input {tensor.name!r} is not an image OpenCV can decode "
+                "(send the bytes of a PNG, JPEG, BMP or TIFF file)"
+            )
         if color is ColorFormat.RGB:
             frame = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
     else:
@@ -193,8 +206,9 @@ def _decode(tensor: InferInput, color: ColorFormat) -> np.ndarray:
 
 
 def _output(name: str, array: np.ndarray) -> InferOutput:
-    datatype = {np.dtype(np.float32): "FP32", np.dtype(np.uint8): "UINT8",
-                np.dtype(bool): "BOOL"}[array.dtype]
+    datatype = {np.dtype(np.float32): "FP32", np.dtype(np.uint8): "UINT8", np.dtype(bool): "BOOL"}[
+        array.dtype
+    ]
     output = InferOutput(name=name, shape=list(array.shape), datatype=datatype)
     # Raw bytes now: KServe's gRPC encoder cannot take an array here, and its REST encoder
     # turns these bytes into JSON numbers when the client did not ask for binary data.

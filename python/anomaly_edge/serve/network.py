@@ -25,8 +25,9 @@ from anomaly_edge.serve.wire import rt_info_dict
 class RawNetwork:
     """One IR compiled for ``device``; ``await infer(tensor)`` returns its anomaly map."""
 
-    def __init__(self, path: str | Path, device: str = "AUTO",
-                 num_requests: int | None = None) -> None:
+    def __init__(
+        self, path: str | Path, device: str = "AUTO", num_requests: int | None = None
+    ) -> None:
         self.path = Path(path)
         graph = read_ir(self.path)
         self.metadata = ModelMetadata.read_from(graph, source=str(self.path))
@@ -79,8 +80,12 @@ class RawNetwork:
         del self._compiled
 
 
-def _settle(future: asyncio.Future[np.ndarray], anomaly_map: np.ndarray,
-            idle: asyncio.Queue[ov.InferRequest], request: ov.InferRequest) -> None:
+def _settle(
+    future: asyncio.Future[np.ndarray],
+    anomaly_map: np.ndarray,
+    idle: asyncio.Queue[ov.InferRequest],
+    request: ov.InferRequest,
+) -> None:
     idle.put_nowait(request)
     if not future.done():  # a cancelled caller needs nothing
         future.set_result(anomaly_map)

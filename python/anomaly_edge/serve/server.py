@@ -37,11 +37,23 @@ MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 class AnomalyModelServer(kserve.ModelServer):  # type: ignore[misc]  # kserve: no type hints
     """``kserve.ModelServer`` that listens on ``host`` and shows rt_info in model metadata."""
 
-    def __init__(self, host: str = "0.0.0.0", http_port: int = 8080, grpc_port: int = 8081,
-                 *, enable_grpc: bool = True, grpc_threads: int = 4) -> None:
+    def __init__(
+        self,
+        host: str = "0.0.0.0",
+        http_port: int = 8080,
+        grpc_port: int = 8081,
+        *,
+        enable_grpc: bool = True,
+        grpc_threads: int = 4,
+    ) -> None:
         # Per-request latency log lines cost more than a small model's inference.
-        super().__init__(http_port=http_port, grpc_port=grpc_port, enable_grpc=enable_grpc,
-                         enable_latency_logging=False, grace_period=5)
+        super().__init__(
+            http_port=http_port,
+            grpc_port=grpc_port,
+            enable_grpc=enable_grpc,
+            enable_latency_logging=False,
+            grace_period=5,
+        )
         self.host = host
         self.grpc_threads = grpc_threads
         self._grpc: Any = None
@@ -51,9 +63,13 @@ class AnomalyModelServer(kserve.ModelServer):  # type: ignore[misc]  # kserve: n
         _quiet_request_logs()
         self._add_metadata_route()
         self._add_infer_route()
-        self._rest_server = RESTServer(FASTAPI_APP_IMPORT_STRING, self.dataplane,
-                                       self.model_repository_extension, self.http_port,
-                                       grace_period=self.grace_period)
+        self._rest_server = RESTServer(
+            FASTAPI_APP_IMPORT_STRING,
+            self.dataplane,
+            self.model_repository_extension,
+            self.http_port,
+            grace_period=self.grace_period,
+        )
         self._rest_server.config.host = self.host
         self.servers.append(self._rest_server.start())
         if self.enable_grpc:
@@ -77,12 +93,15 @@ class AnomalyModelServer(kserve.ModelServer):  # type: ignore[misc]  # kserve: n
         server = aio.server(
             futures.ThreadPoolExecutor(max_workers=self.grpc_threads),
             interceptors=(ExceptionToStatusInterceptor(),),
-            options=[("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                     ("grpc.so_reuseport", 0)],
+            options=[
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ],
         )
         grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.dataplane, self.model_repository_extension), server)
+            InferenceServicer(self.dataplane, self.model_repository_extension), server
+        )
         address = f"{self.host}:{self.grpc_port}"
         if server.add_insecure_port(address) == 0:
             raise OSError(f"cannot listen for gRPC on {address} (port in use?)")
@@ -111,7 +130,6 @@ class AnomalyModelServer(kserve.ModelServer):  # type: ignore[misc]  # kserve: n
         if not any(getattr(r, "path", None) == "/v2/models/{model_name}" for r in app.routes):
             app.add_api_route("/v2/models/{model_name}", model_metadata, methods=["GET"])
 
-
     def _add_infer_route(self) -> None:
         """``POST /v2/models/{name}/infer`` for anomaly-edge models, binary tensors kept as
         bytes; requests for other models, and JSON tensors, are decoded as KServe does."""
@@ -129,9 +147,16 @@ class AnomalyModelServer(kserve.ModelServer):  # type: ignore[misc]  # kserve: n
             except orjson.JSONDecodeError as exc:
                 raise InvalidInput(f"Unrecognized request format: {exc}") from None
             inputs = header.get("inputs")
-            binary = isinstance(inputs, list) and inputs and all(
-                isinstance(i, dict) and "data" not in i
-                and "binary_data_size" in (i.get("parameters") or {}) for i in inputs)
+            binary = (
+                isinstance(inputs, list)
+                and inputs
+                and all(
+                    isinstance(i, dict)
+                    and "data" not in i
+                    and "binary_data_size" in (i.get("parameters") or {})
+                    for i in inputs
+                )
+            )
             if not binary:  # JSON numbers: KServe's own decoder
                 return InferRequest.from_bytes(body, json_length, model_name)
             raw, start = [], json_length
@@ -140,15 +165,26 @@ class AnomalyModelServer(kserve.ModelServer):  # type: ignore[misc]  # kserve: n
                 size = int(item["parameters"]["binary_data_size"])
                 raw.append(body[start : start + size])
                 start += size
-                tensors.append(InferInput(name=item["name"], shape=item["shape"],
-                                          datatype=item["datatype"],
-                                          parameters=item.get("parameters")))
+                tensors.append(
+                    InferInput(
+                        name=item["name"],
+                        shape=item["shape"],
+                        datatype=item["datatype"],
+                        parameters=item.get("parameters"),
+                    )
+                )
             if start != len(body):
-                raise InvalidInput(f"binary data sizes add up to {start - json_length} bytes, "
-                                   f"the request carries {len(body) - json_length}")
-            return InferRequest(model_name=model_name, infer_inputs=tensors, raw_inputs=raw,
-                                request_id=header.get("id"),
-                                parameters=header.get("parameters"))
+                raise InvalidInput(
+                    f"binary data sizes add up to {start - json_length} bytes, "
+                    f"the request carries {len(body) - json_length}"
+                )
+            return InferRequest(
+                model_name=model_name,
+                infer_inputs=tensors,
+                raw_inputs=raw,
+                request_id=header.get("id"),
+                parameters=header.get("parameters"),
+            )
 
         async def infer(model_name: str, request: Request) -> Response:
             if not await dataplane.model_ready(model_name, True):
@@ -158,19 +194,24 @@ class AnomalyModelServer(kserve.ModelServer):  # type: ignore[misc]  # kserve: n
             json_length = int(headers.get(INFERENCE_CONTENT_LENGTH_HEADER, len(body)))
             infer_request = decode(body, json_length, model_name)
             response, response_headers = await dataplane.infer(
-                model_name=model_name, request=infer_request, headers=headers)
+                model_name=model_name, request=infer_request, headers=headers
+            )
             content, encode_headers = dataplane.encode(
-                model_name=model_name, response=response, headers=headers, req_attributes={})
+                model_name=model_name, response=response, headers=headers, req_attributes={}
+            )
             response_headers = {**response_headers, **encode_headers}
             response_headers.pop("content-length", None)
             if isinstance(content, bytes):
-                return Response(content, headers=response_headers,
-                                media_type="application/octet-stream")
-            return Response(orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY),
-                            headers=response_headers, media_type="application/json")
+                return Response(
+                    content, headers=response_headers, media_type="application/octet-stream"
+                )
+            return Response(
+                orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY),
+                headers=response_headers,
+                media_type="application/json",
+            )
 
-        if not any(getattr(r, "path", None) == "/v2/models/{model_name}/infer"
-                   for r in app.routes):
+        if not any(getattr(r, "path", None) == "/v2/models/{model_name}/infer" for r in app.routes):
             app.add_api_route("/v2/models/{model_name}/infer", infer, methods=["POST"])
 
 

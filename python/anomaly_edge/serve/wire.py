@@ -116,8 +116,7 @@ def boxes_array(boxes: list[Box]) -> np.ndarray:
 
 def parameter_value(value: Any) -> Any:
     """A v2 parameter as a Python value (REST gives plain JSON; gRPC an InferParameter)."""
-    for field in ("bool_param", "int64_param", "string_param", "double_param",
-                  "uint64_param"):
+    for field in ("bool_param", "int64_param", "string_param", "double_param", "uint64_param"):
         if hasattr(value, "HasField") and value.HasField(field):
             return getattr(value, field)
     return value

@@ -6,8 +6,11 @@ Iterate over results in frame order::
     from anomaly_edge.stream import EventsSink, VideoSink, run
 
     model = AnomalyModel("model.xml", task="detection")
-    for result in run(model, "rtsp://camera/stream",
-                      sinks=[VideoSink("annotated.mp4"), EventsSink("events.jsonl")]):
+    for result in run(
+        model,
+        "rtsp://camera/stream",
+        sinks=[VideoSink("annotated.mp4"), EventsSink("events.jsonl")],
+    ):
         if result.prediction.label:
             print(result.index, result.prediction.score, result.prediction.boxes)
 

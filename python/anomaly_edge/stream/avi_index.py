@@ -74,15 +74,15 @@ def _mjpeg_stream(header_list: bytes) -> int | None:
     stream = 0
     position = 0  # walk the sub-chunks of 'hdrl': 'avih', then one 'strl' list per stream
     while position + 8 <= len(header_list):
-        chunk_id = header_list[position:position + 4]
+        chunk_id = header_list[position : position + 4]
         size = struct.unpack_from("<I", header_list, position + 4)[0]
-        body = header_list[position + 8:position + 8 + size]
+        body = header_list[position + 8 : position + 8 + size]
         if chunk_id == b"LIST" and body[:4] == b"strl":
             strh = body.find(b"strh")
-            if strh >= 0 and body[strh + 8:strh + 12] == b"vids":
-                handler = body[strh + 12:strh + 16]
+            if strh >= 0 and body[strh + 8 : strh + 12] == b"vids":
+                handler = body[strh + 12 : strh + 16]
                 strf = body.find(b"strf")
-                compression = body[strf + 8 + 16:strf + 8 + 20] if strf >= 0 else b""
+                compression = body[strf + 8 + 16 : strf + 8 + 20] if strf >= 0 else b""
                 if handler in _MJPEG or compression in _MJPEG:
                     return stream
             stream += 1

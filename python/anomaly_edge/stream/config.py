@@ -10,7 +10,7 @@ Relative paths are relative to the file's folder::
     [[camera]]
     name = "line1"
     source = "rtsp://10.0.0.21/stream1"
-    image_threshold = 14.5          # raw score units, as `anomaly-edge info` shows them
+    image_threshold = 14.5  # raw score units, as `anomaly-edge info` shows them
     output = "line1.mp4"
     snapshots = "snaps/line1"
 
@@ -78,29 +78,38 @@ class Camera:
     def __post_init__(self) -> None:
         where = f"camera {self.name!r}"
         if not isinstance(self.name, str) or not NAME.match(self.name):
-            raise ConfigError(f"camera name {self.name!r}: use 1-64 letters, digits, '_', '.' "
-                              "or '-', starting with a letter or digit")
+            raise ConfigError(
+                f"camera name {self.name!r}: use 1-64 letters, digits, '_', '.' "
+                "or '-', starting with a letter or digit"
+            )
         if self.source is None or self.source == "":
-            raise ConfigError(f"{where}: no source; give a video file, folder, camera index or "
-                              "URL")
+            raise ConfigError(f"{where}: no source; give a video file, folder, camera index or URL")
         if self.task is not None and self.task not in {t.value for t in Task}:
-            raise ConfigError(f"{where}: task {self.task!r} is not one of "
-                              f"{', '.join(t.value for t in Task)}")
+            raise ConfigError(
+                f"{where}: task {self.task!r} is not one of {', '.join(t.value for t in Task)}"
+            )
         for key in ("image_threshold", "pixel_threshold"):
             value = getattr(self, key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                      or not math.isfinite(value)):
+            if value is not None and (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+            ):
                 raise ConfigError(f"{where}: {key} must be a finite number, got {value!r}")
         for key, low in (("min_area", 0), ("max_frames", 1)):
             value = getattr(self, key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                      or value < low):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < low
+            ):
                 raise ConfigError(f"{where}: {key} must be an integer >= {low}, got {value!r}")
-        if (isinstance(self.snapshot_interval, bool)
-                or not isinstance(self.snapshot_interval, (int, float))
-                or not self.snapshot_interval >= 0):
-            raise ConfigError(f"{where}: snapshot_interval must be a number >= 0, "
-                              f"got {self.snapshot_interval!r}")
+        if (
+            isinstance(self.snapshot_interval, bool)
+            or not isinstance(self.snapshot_interval, (int, float))
+            or not self.snapshot_interval >= 0
+        ):
+            raise ConfigError(
+                f"{where}: snapshot_interval must be a number >= 0, got {self.snapshot_interval!r}"
+            )
         for key in ("snapshot_overlay", "all_frames"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"{where}: {key} must be true or false")
@@ -124,8 +133,10 @@ def parse_source_arg(text: str, position: int) -> tuple[str, str]:
 
 def cameras_from_sources(specs: list[str], **defaults: Any) -> list[Camera]:
     """Cameras for ``--source`` arguments; ``defaults`` are the shared settings."""
-    cameras = [Camera(name, spec, **defaults)
-               for name, spec in (parse_source_arg(text, i + 1) for i, text in enumerate(specs))]
+    cameras = [
+        Camera(name, spec, **defaults)
+        for name, spec in (parse_source_arg(text, i + 1) for i, text in enumerate(specs))
+    ]
     check_unique(cameras, "--source")
     return cameras
 
@@ -144,17 +155,20 @@ def load_config(path: str | os.PathLike[str], **defaults: Any) -> list[Camera]:
         raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
     unknown = set(data) - {"defaults", "camera"}
     if unknown:
-        raise ConfigError(f"config {path}: unknown section(s) {', '.join(sorted(unknown))}; "
-                          "use [defaults] and [[camera]]")
+        raise ConfigError(
+            f"config {path}: unknown section(s) {', '.join(sorted(unknown))}; "
+            "use [defaults] and [[camera]]"
+        )
     shared = data.get("defaults", {})
     entries = data.get("camera", [])
     if not isinstance(shared, dict):
         raise ConfigError(f"config {path}: 'defaults' must be a table ([defaults])")
     if not isinstance(entries, list) or not entries:
-        raise ConfigError(f"config {path}: no camera; add one [[camera]] table per camera "
-                          "with at least name and source")
-    _check_keys(shared, f"config {path}, [defaults]", allowed=set(CAMERA_KEYS) - {"name",
-                                                                                  "source"})
+        raise ConfigError(
+            f"config {path}: no camera; add one [[camera]] table per camera "
+            "with at least name and source"
+        )
+    _check_keys(shared, f"config {path}, [defaults]", allowed=set(CAMERA_KEYS) - {"name", "source"})
     cameras = []
     for number, entry in enumerate(entries, 1):
         where = f"config {path}, camera #{number}"
@@ -172,8 +186,9 @@ def load_config(path: str | os.PathLike[str], **defaults: Any) -> list[Camera]:
         source = settings["source"]
         if isinstance(source, str) and "://" not in source and not source.strip().isdigit():
             candidate = Path(source).expanduser()
-            settings["source"] = str(candidate if candidate.is_absolute()
-                                     else path.parent / candidate)
+            settings["source"] = str(
+                candidate if candidate.is_absolute() else path.parent / candidate
+            )
         try:
             cameras.append(Camera(**settings))
         except ConfigError as exc:
@@ -195,33 +210,44 @@ def per_camera_path(template: Path | None, name: str, many: bool) -> Path | None
     return template.with_name(f"{template.stem}-{name}{template.suffix}")
 
 
-def with_outputs(cameras: list[Camera], output: Path | None,
-                 snapshots: Path | None) -> list[Camera]:
+def with_outputs(
+    cameras: list[Camera], output: Path | None, snapshots: Path | None
+) -> list[Camera]:
     """Give cameras without their own outputs the command line's, one file/folder each."""
     many = len(cameras) > 1
-    return [replace(camera,
-                    output=camera.output or per_camera_path(output, camera.name, many),
-                    snapshots=camera.snapshots or per_camera_path(snapshots, camera.name, many))
-            for camera in cameras]
+    return [
+        replace(
+            camera,
+            output=camera.output or per_camera_path(output, camera.name, many),
+            snapshots=camera.snapshots or per_camera_path(snapshots, camera.name, many),
+        )
+        for camera in cameras
+    ]
 
 
 def check_unique(cameras: list[Camera], where: str) -> None:
     seen: set[str] = set()
     for camera in cameras:
         if camera.name in seen:
-            raise ConfigError(f"{where}: two cameras are named {camera.name!r}; names must be "
-                              "unique (they name events, outputs and metrics)")
+            raise ConfigError(
+                f"{where}: two cameras are named {camera.name!r}; names must be "
+                "unique (they name events, outputs and metrics)"
+            )
         seen.add(camera.name)
     for kind in ("output", "snapshots"):
         targets = [getattr(c, kind) for c in cameras if getattr(c, kind) is not None]
         resolved = [t.resolve() for t in targets]
         if len(set(resolved)) != len(resolved):
-            raise ConfigError(f"{where}: two cameras write {kind} to the same place; give each "
-                              f"its own (or use {{source}} in the path)")
+            raise ConfigError(
+                f"{where}: two cameras write {kind} to the same place; give each "
+                f"its own (or use {{source}} in the path)"
+            )
 
 
 def _check_keys(table: dict[str, Any], where: str, allowed: set[str]) -> None:
     unknown = set(table) - allowed
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; "
-                          f"allowed: {', '.join(k for k in CAMERA_KEYS if k in allowed)}")
+        raise ConfigError(
+            f"{where}: unknown key(s) {', '.join(sorted(unknown))}; "
+            f"allowed: {', '.join(k for k in CAMERA_KEYS if k in allowed)}"
+        )

@@ -40,8 +40,20 @@ def calibrate_command(model: str = "MODEL.xml", source: str = "SOURCE") -> str:
     import shlex
 
     stem = model[:-4] if model.endswith(".xml") else model
-    return shlex.join(["anomaly-edge", "calibrate", "--model", model, "--source", source,
-                       "--seconds", "10", "--out", f"{stem}_calibrated.xml"])
+    return shlex.join(
+        [
+            "anomaly-edge",
+            "calibrate",
+            "--model",
+            model,
+            "--source",
+            source,
+            "--seconds",
+            "10",
+            "--out",
+            f"{stem}_calibrated.xml",
+        ]
+    )
 
 
 @dataclass(frozen=True)
@@ -62,27 +74,40 @@ class DriftWarning:
     @property
     def message(self) -> str:
         if self.direction == "up":
-            seen = (f"{100 * self.flagged_share:.0f}% of the last {FLAGGED_WINDOW} frames are "
-                    "flagged"
-                    if self.median is None or self.median <= self.upper_limit else
-                    f"normal-looking frames score a median {self.median:.4g}")
-            cause = ("the camera's image changed (lossy video compression, focus, exposure, "
-                     "lighting) rather than every part being defective")
+            seen = (
+                f"{100 * self.flagged_share:.0f}% of the last {FLAGGED_WINDOW} frames are flagged"
+                if self.median is None or self.median <= self.upper_limit
+                else f"normal-looking frames score a median {self.median:.4g}"
+            )
+            cause = (
+                "the camera's image changed (lossy video compression, focus, exposure, "
+                "lighting) rather than every part being defective"
+            )
         else:
             seen = f"normal-looking frames score a median {self.median:.4g}"
-            cause = ("the image lost detail (blur, dim light, a covered lens) or the parts "
-                     "changed; defects may go unnoticed")
-        return (f"score drift: {seen}, for {self.frames} frames, outside the normal range "
-                f"{self.low:.4g}-{self.high:.4g} ({self.range_source}). Likely cause: {cause}. "
-                f"If the parts are fine, recalibrate on normal production: {self.command}")
+            cause = (
+                "the image lost detail (blur, dim light, a covered lens) or the parts "
+                "changed; defects may go unnoticed"
+            )
+        return (
+            f"score drift: {seen}, for {self.frames} frames, outside the normal range "
+            f"{self.low:.4g}-{self.high:.4g} ({self.range_source}). Likely cause: {cause}. "
+            f"If the parts are fine, recalibrate on normal production: {self.command}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"event": "drift", "direction": self.direction,
-                "median": self.median, "flagged_share": round(self.flagged_share, 4),
-                "normal_range": [self.low, self.high],
-                "limits": [self.lower_limit, self.upper_limit],
-                "frames": self.frames, "range_source": self.range_source,
-                "command": self.command, "message": self.message}
+        return {
+            "event": "drift",
+            "direction": self.direction,
+            "median": self.median,
+            "flagged_share": round(self.flagged_share, 4),
+            "normal_range": [self.low, self.high],
+            "limits": [self.lower_limit, self.upper_limit],
+            "frames": self.frames,
+            "range_source": self.range_source,
+            "command": self.command,
+            "message": self.message,
+        }
 
 
 class DriftMonitor:
@@ -96,9 +121,18 @@ class DriftMonitor:
         command: the `anomaly-edge calibrate` command the warning suggests.
     """
 
-    def __init__(self, low: float, high: float, threshold: float, *, window: int = WINDOW,
-                 sustain: int = SUSTAIN, margin: float = MARGIN,
-                 range_source: str = "recorded", command: str | None = None) -> None:
+    def __init__(
+        self,
+        low: float,
+        high: float,
+        threshold: float,
+        *,
+        window: int = WINDOW,
+        sustain: int = SUSTAIN,
+        margin: float = MARGIN,
+        range_source: str = "recorded",
+        command: str | None = None,
+    ) -> None:
         if window < 1 or sustain < 1 or margin < 0:
             raise ValueError("window and sustain must be >= 1 and margin >= 0")
         width = max(high - low, 1e-6 * max(abs(high), 1.0))
@@ -116,15 +150,21 @@ class DriftMonitor:
         self._out_for = 0
 
     @classmethod
-    def from_metadata(cls, metadata: ModelMetadata, threshold: float | None = None,
-                      **options: Any) -> DriftMonitor:
+    def from_metadata(
+        cls, metadata: ModelMetadata, threshold: float | None = None, **options: Any
+    ) -> DriftMonitor:
         """A monitor for a model's recorded normal range (derived from thresholds in old IRs)."""
         threshold = metadata.image_threshold if threshold is None else threshold
         recorded = metadata.normal_score_range
         if recorded is not None:
             return cls(*recorded, threshold, range_source="recorded", **options)
-        return cls(min(metadata.image_min, threshold), threshold, threshold,
-                   range_source="derived from thresholds", **options)
+        return cls(
+            min(metadata.image_min, threshold),
+            threshold,
+            threshold,
+            range_source="derived from thresholds",
+            **options,
+        )
 
     def update(self, raw_score: float, anomalous: bool) -> DriftWarning | None:
         """Account for one frame; the warning the first time drift has lasted ``sustain``."""
@@ -140,9 +180,18 @@ class DriftMonitor:
         if self.warning is not None or self._out_for < self.sustain:
             return None
         median = statistics.median(self._normal) if self._normal else None
-        self.warning = DriftWarning(median, self._flagged_share(), self.low, self.high,
-                                    self.lower_limit, self.upper_limit, self._out_for,
-                                    direction, self.range_source, self.command)
+        self.warning = DriftWarning(
+            median,
+            self._flagged_share(),
+            self.low,
+            self.high,
+            self.lower_limit,
+            self.upper_limit,
+            self._out_for,
+            direction,
+            self.range_source,
+            self.command,
+        )
         return self.warning
 
     def _flagged_share(self) -> float:

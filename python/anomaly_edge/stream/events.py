@@ -32,8 +32,11 @@ log = logging.getLogger("anomaly_edge.stream")
 
 def utc_iso(wall_time: float) -> str:
     """``2026-11-29T20:51:00.123Z``: the ``time`` field of every event."""
-    return (datetime.fromtimestamp(wall_time, timezone.utc)
-            .isoformat(timespec="milliseconds").replace("+00:00", "Z"))
+    return (
+        datetime.fromtimestamp(wall_time, timezone.utc)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
 
 
 def frame_event(source: str, result: FrameResult) -> dict[str, Any]:
@@ -82,8 +85,9 @@ class EventLog:
                 try:
                     consumer.event(record, result)
                 except Exception as exc:
-                    log.error("event consumer %s failed and is left out: %s",
-                              type(consumer).__name__, exc)
+                    log.error(
+                        "event consumer %s failed and is left out: %s", type(consumer).__name__, exc
+                    )
                     self.consumers.remove(consumer)
 
     def close(self) -> None:
@@ -101,8 +105,9 @@ class JsonLinesWriter:
         self.path = Path(path)
         folder = self.path.resolve().parent
         if not folder.is_dir():
-            raise InvalidInputError(f"cannot write events {self.path}: folder {folder} does "
-                                    "not exist; create it first")
+            raise InvalidInputError(
+                f"cannot write events {self.path}: folder {folder} does not exist; create it first"
+            )
         self.lines = 0
         # Written in place, line by line (as EventsSink does), so it can be followed live.
         self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 (closed in close())

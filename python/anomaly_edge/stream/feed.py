@@ -32,8 +32,9 @@ class FrameFeed:
         self._ready = threading.Condition()
         self._stop = threading.Event()
         self._done = False
-        self._thread = threading.Thread(target=self._decode, name="anomaly-edge-decode",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._decode, name="anomaly-edge-decode", daemon=True
+        )
 
     def start(self) -> FrameFeed:
         self._thread.start()

@@ -22,8 +22,9 @@ class LateSource(Source):
 
     live = True
 
-    def __init__(self, spec: str | int, policy: ReconnectPolicy, timeout: float,
-                 first_error: SourceError) -> None:
+    def __init__(
+        self, spec: str | int, policy: ReconnectPolicy, timeout: float, first_error: SourceError
+    ) -> None:
         super().__init__()
         self.spec = spec
         self.description = f"{spec} (not reachable yet)"
@@ -46,8 +47,14 @@ class LateSource(Source):
         error = self._first_error
         for attempt in range(1, self._policy.attempts + 1):
             wait = self._policy.wait_before(attempt)
-            log.warning("%s: %s; trying again in %.1f s (attempt %d of %d)", self.spec, error,
-                        wait, attempt, self._policy.attempts)
+            log.warning(
+                "%s: %s; trying again in %.1f s (attempt %d of %d)",
+                self.spec,
+                error,
+                wait,
+                attempt,
+                self._policy.attempts,
+            )
             if self._interrupted.wait(wait):
                 raise SourceError(f"{self.spec}: stopped before it could be opened")
             try:
@@ -57,8 +64,9 @@ class LateSource(Source):
                 continue
             log.info("%s: opened after %d attempt(s)", source.description, attempt)
             return source
-        raise SourceError(f"{self.spec}: could not be opened after {self._policy.attempts} "
-                          f"attempt(s): {error}")
+        raise SourceError(
+            f"{self.spec}: could not be opened after {self._policy.attempts} attempt(s): {error}"
+        )
 
     def interrupt(self) -> None:
         super().interrupt()
@@ -87,4 +95,3 @@ def open_or_defer(spec: object, policy: ReconnectPolicy, timeout: float) -> Sour
         if not is_live_spec(spec) or policy.attempts == 0:
             raise
         return LateSource(spec, policy, timeout, exc)  # type: ignore[arg-type]
-

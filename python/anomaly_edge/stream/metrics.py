@@ -28,8 +28,23 @@ if TYPE_CHECKING:
     from anomaly_edge.stream.pipeline import FrameResult
 
 # Edge inference: from a millisecond to a few seconds.
-BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0,
-           2.5, 5.0)
+BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.02,
+    0.035,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
 
 
 class MetricsExporter(FrameObserver):
@@ -42,19 +57,28 @@ class MetricsExporter(FrameObserver):
     def __init__(self, host: str = "127.0.0.1", port: int = 9100) -> None:
         self.registry = CollectorRegistry()
         self._runner: MultiStreamRunner | None = None
-        self.inference = Histogram("anomaly_edge_inference_seconds",
-                                   "Submission to result of one frame (queueing included)",
-                                   ["source"], buckets=BUCKETS, registry=self.registry)
-        self.latency = Histogram("anomaly_edge_latency_seconds",
-                                 "Decoded frame to delivered result (end to end)", ["source"],
-                                 buckets=BUCKETS, registry=self.registry)
+        self.inference = Histogram(
+            "anomaly_edge_inference_seconds",
+            "Submission to result of one frame (queueing included)",
+            ["source"],
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "anomaly_edge_latency_seconds",
+            "Decoded frame to delivered result (end to end)",
+            ["source"],
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
         self.registry.register(_CameraCounters(self))
         try:
-            self._server, self._thread = start_http_server(port, addr=host,
-                                                           registry=self.registry)
+            self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
         except OSError as exc:
-            raise ValueError(f"--metrics {host}:{port}: cannot listen there ({exc.strerror}); "
-                             "choose another port or address") from None
+            raise ValueError(
+                f"--metrics {host}:{port}: cannot listen there ({exc.strerror}); "
+                "choose another port or address"
+            ) from None
         self.host = host
         self.port = self._server.server_address[1]
         self._children: dict[str, tuple[Histogram, Histogram]] = {}
@@ -88,29 +112,41 @@ class _CameraCounters:
     def collect(self) -> Iterator[Metric]:
         runner = self.exporter._runner
         families = {
-            "frames": CounterMetricFamily("anomaly_edge_frames", "Frames processed",
-                                          labels=["source"]),
-            "anomalies": CounterMetricFamily("anomaly_edge_anomalies", "Anomalous frames",
-                                             labels=["source"]),
-            "dropped": CounterMetricFamily("anomaly_edge_dropped_frames",
-                                           "Stale live frames dropped to keep up",
-                                           labels=["source"]),
-            "corrupt": CounterMetricFamily("anomaly_edge_undecodable_frames",
-                                           "Frames that could not be decoded",
-                                           labels=["source"]),
-            "reconnects": CounterMetricFamily("anomaly_edge_reconnects",
-                                              "Reconnections of live sources",
-                                              labels=["source"]),
+            "frames": CounterMetricFamily(
+                "anomaly_edge_frames", "Frames processed", labels=["source"]
+            ),
+            "anomalies": CounterMetricFamily(
+                "anomaly_edge_anomalies", "Anomalous frames", labels=["source"]
+            ),
+            "dropped": CounterMetricFamily(
+                "anomaly_edge_dropped_frames",
+                "Stale live frames dropped to keep up",
+                labels=["source"],
+            ),
+            "corrupt": CounterMetricFamily(
+                "anomaly_edge_undecodable_frames",
+                "Frames that could not be decoded",
+                labels=["source"],
+            ),
+            "reconnects": CounterMetricFamily(
+                "anomaly_edge_reconnects", "Reconnections of live sources", labels=["source"]
+            ),
         }
-        up = GaugeMetricFamily("anomaly_edge_camera_up", "1 while the camera runs",
-                               labels=["source"])
-        pending = GaugeMetricFamily("anomaly_edge_events_pending",
-                                    "Events waiting for delivery", labels=["target"])
+        up = GaugeMetricFamily(
+            "anomaly_edge_camera_up", "1 while the camera runs", labels=["source"]
+        )
+        pending = GaugeMetricFamily(
+            "anomaly_edge_events_pending", "Events waiting for delivery", labels=["target"]
+        )
         if runner is not None:
             for lane in runner.lanes:
-                values = {"frames": lane.stats.frames, "anomalies": lane.stats.anomalies,
-                          "dropped": lane.dropped, "corrupt": lane.corrupt,
-                          "reconnects": lane.reconnects}
+                values = {
+                    "frames": lane.stats.frames,
+                    "anomalies": lane.stats.anomalies,
+                    "dropped": lane.dropped,
+                    "corrupt": lane.corrupt,
+                    "reconnects": lane.reconnects,
+                }
                 for key, family in families.items():
                     family.add_metric([lane.name], values[key])
                 up.add_metric([lane.name], 1.0 if lane.summary is None else 0.0)

@@ -47,16 +47,23 @@ class MqttPublisher:
             (the message stays with paho, which sends it again after reconnecting).
     """
 
-    def __init__(self, url: str, *, spool_dir: str | os.PathLike[str] | None = None,
-                 client_id: str | None = None, keepalive: int = 15,
-                 ack_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        spool_dir: str | os.PathLike[str] | None = None,
+        client_id: str | None = None,
+        keepalive: int = 15,
+        ack_timeout: float = 10.0,
+    ) -> None:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
-            raise ValueError(f"--mqtt {url!r}: give mqtt://host[:port][/prefix] "
-                             "(or mqtts:// for TLS)")
+            raise ValueError(
+                f"--mqtt {url!r}: give mqtt://host[:port][/prefix] (or mqtts:// for TLS)"
+            )
         tls = parts.scheme in ("mqtts", "ssl")
         self.host = parts.hostname
         try:
@@ -72,10 +79,12 @@ class MqttPublisher:
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id or f"anomaly-edge-{socket.gethostname()}-{os.getpid()}",
-            protocol=mqtt.MQTTv311)
+            protocol=mqtt.MQTTv311,
+        )
         if parts.username:
-            self._client.username_pw_set(unquote(parts.username),
-                                         unquote(parts.password) if parts.password else None)
+            self._client.username_pw_set(
+                unquote(parts.username), unquote(parts.password) if parts.password else None
+            )
         if tls:
             self._client.tls_set()
         self._client.will_set(self.status_topic, "offline", qos=1, retain=True)
@@ -110,8 +119,10 @@ class MqttPublisher:
 
     def report(self) -> str:
         left = self._spool.pending
-        return (f"mqtt: {self._spool.delivered} event(s) delivered to {self.host}:{self.port}"
-                f"/{self.prefix}" + (f", {left} undelivered" if left else ""))
+        return (
+            f"mqtt: {self._spool.delivered} event(s) delivered to {self.host}:{self.port}"
+            f"/{self.prefix}" + (f", {left} undelivered" if left else "")
+        )
 
     # ---- delivery (the spool's worker thread) ----------------------------------------------
 
@@ -146,28 +157,52 @@ class MqttPublisher:
 
     # ---- paho callbacks (its network thread) -----------------------------------------------
 
-    def _on_connect(self, client: Client, userdata: Any, flags: ConnectFlags,
-                    reason_code: ReasonCode, properties: Properties | None) -> None:
+    def _on_connect(
+        self,
+        client: Client,
+        userdata: Any,
+        flags: ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         if reason_code.is_failure:
-            log.warning("mqtt: %s:%d refused the connection: %s", self.host, self.port,
-                        reason_code)
+            log.warning("mqtt: %s:%d refused the connection: %s", self.host, self.port, reason_code)
             return
         client.publish(self.status_topic, "online", qos=1, retain=True)
         self.connected.set()
-        log.info("mqtt: %s to %s:%d", "reconnected" if self._was_connected else "connected",
-                 self.host, self.port)
+        log.info(
+            "mqtt: %s to %s:%d",
+            "reconnected" if self._was_connected else "connected",
+            self.host,
+            self.port,
+        )
         self._was_connected = True
 
-    def _on_disconnect(self, client: Client, userdata: Any, flags: DisconnectFlags,
-                       reason_code: ReasonCode, properties: Properties | None) -> None:
+    def _on_disconnect(
+        self,
+        client: Client,
+        userdata: Any,
+        flags: DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
         if self.connected.is_set() and not self._closing:
-            log.warning("mqtt: lost the broker %s:%d (%s); events wait in the spool",
-                        self.host, self.port, reason_code)
+            log.warning(
+                "mqtt: lost the broker %s:%d (%s); events wait in the spool",
+                self.host,
+                self.port,
+                reason_code,
+            )
         self.connected.clear()
 
-    def _on_publish(self, client: Client, userdata: Any, mid: int, reason_code: ReasonCode,
-                    properties: Properties) -> None:
+    def _on_publish(
+        self,
+        client: Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties,
+    ) -> None:
         with self._acked:
             self._acked_ids.add(mid)
             self._acked.notify_all()
-

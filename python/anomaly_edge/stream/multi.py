@@ -94,9 +94,13 @@ class MultiSummary:
         return round(self.frames / self.seconds, 2) if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"cameras": {n: s.to_dict() for n, s in self.cameras.items()},
-                "errors": dict(self.errors), "seconds": self.seconds, "frames": self.frames,
-                "fps": self.fps}
+        return {
+            "cameras": {n: s.to_dict() for n, s in self.cameras.items()},
+            "errors": dict(self.errors),
+            "seconds": self.seconds,
+            "frames": self.frames,
+            "fps": self.fps,
+        }
 
 
 class FrameObserver:
@@ -183,9 +187,14 @@ class MultiStreamRunner:
         from anomaly_edge.stream import Camera, MultiStreamRunner
 
         model = AnomalyModel("model.xml", device="CPU")
-        runner = MultiStreamRunner(model, [Camera("line1", "rtsp://10.0.0.21/s1"),
-                                           Camera("line2", "line2.mp4", image_threshold=14.0)],
-                                   events="events.jsonl")
+        runner = MultiStreamRunner(
+            model,
+            [
+                Camera("line1", "rtsp://10.0.0.21/s1"),
+                Camera("line2", "line2.mp4", image_threshold=14.0),
+            ],
+            events="events.jsonl",
+        )
         summary = runner.run()
 
     Args:
@@ -239,8 +248,9 @@ class MultiStreamRunner:
         self._finished = threading.Event()
         self._error: BaseException | None = None
         # The model's own settings, put back at the end: whoever shares it finds it as it was.
-        self._original = CameraSettings(Task(model.task), model.image_threshold,
-                                        model.pixel_threshold, model.min_area)
+        self._original = CameraSettings(
+            Task(model.task), model.image_threshold, model.pixel_threshold, model.min_area
+        )
         self._applied: CameraSettings | None = self._original
         self._next = 0
         self.summary: MultiSummary | None = None
@@ -250,8 +260,9 @@ class MultiStreamRunner:
         try:
             for camera in self.cameras:
                 source = open_or_defer(camera.source, policy, timeout)
-                lane = CameraLane(camera, source, [], self._settings_for(camera),
-                                  heatmap=False, capacity=capacity)
+                lane = CameraLane(
+                    camera, source, [], self._settings_for(camera), heatmap=False, capacity=capacity
+                )
                 self.lanes.append(lane)
                 lane.heatmap = heatmap and lane.settings.task == Task.SEGMENTATION
                 _add_file_sinks(lane.sinks, camera, source, alpha)
@@ -263,8 +274,9 @@ class MultiStreamRunner:
         self._lanes_by_name = {lane.name: lane for lane in self.lanes}
         for observer in self.observers:
             observer.attach(self)
-        self._thread = threading.Thread(target=self._infer, name="anomaly-edge-infer-many",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._infer, name="anomaly-edge-infer-many", daemon=True
+        )
 
     # ---- control ---------------------------------------------------------------------------
 
@@ -274,8 +286,12 @@ class MultiStreamRunner:
         _LIVE_RUNNERS.add(self)  # stopped and its outputs closed if the program exits first
         for lane in self.lanes:
             lane.stats.started = self.started
-            lane.thread = threading.Thread(target=self._deliver, args=(lane,), daemon=True,
-                                           name=f"anomaly-edge-deliver-{lane.name}")
+            lane.thread = threading.Thread(
+                target=self._deliver,
+                args=(lane,),
+                daemon=True,
+                name=f"anomaly-edge-deliver-{lane.name}",
+            )
             lane.thread.start()
             lane.feed.start()
         self._thread.start()
@@ -324,8 +340,10 @@ class MultiStreamRunner:
             return
         self.stop()
         if not self._finished.wait(_EXIT_GRACE_S):
-            log.error("at exit: cameras still running after %.0f s; outputs may be incomplete",
-                      _EXIT_GRACE_S)
+            log.error(
+                "at exit: cameras still running after %.0f s; outputs may be incomplete",
+                _EXIT_GRACE_S,
+            )
             return
         try:
             self.join()
@@ -342,21 +360,33 @@ class MultiStreamRunner:
         try:
             return self._lanes_by_name[name]
         except KeyError:
-            raise InvalidInputError(f"no camera named {name!r}; cameras: "
-                                    f"{', '.join(self._lanes_by_name)}") from None
+            raise InvalidInputError(
+                f"no camera named {name!r}; cameras: {', '.join(self._lanes_by_name)}"
+            ) from None
 
-    def set_thresholds(self, name: str, *, image_threshold: float | None = None,
-                       pixel_threshold: float | None = None, by: str = "api") -> dict[str, Any]:
+    def set_thresholds(
+        self,
+        name: str,
+        *,
+        image_threshold: float | None = None,
+        pixel_threshold: float | None = None,
+        by: str = "api",
+    ) -> dict[str, Any]:
         """Change a camera's thresholds (raw units) from the next frame on; the change is an
         event (``"event": "thresholds_changed"``) naming who made it. Returns that event."""
         lane = self.lane(name)
         changes = {}
-        for key, value in (("image_threshold", image_threshold),
-                           ("pixel_threshold", pixel_threshold)):
+        for key, value in (
+            ("image_threshold", image_threshold),
+            ("pixel_threshold", pixel_threshold),
+        ):
             if value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                    or not math.isfinite(value):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+            ):
                 raise InvalidInputError(f"{key} must be a finite number, got {value!r}")
             changes[key] = float(value)
         if not changes:
@@ -364,13 +394,23 @@ class MultiStreamRunner:
         old = lane.settings
         # One assignment, so the inference thread sees the old settings or the new ones.
         lane.settings = replace(
-            old, image_threshold=changes.get("image_threshold", old.image_threshold),
-            pixel_threshold=changes.get("pixel_threshold", old.pixel_threshold))
-        record = action_event(name, "thresholds_changed", by=by, **{
-            key: {"old": getattr(old, key), "new": value} for key, value in changes.items()})
+            old,
+            image_threshold=changes.get("image_threshold", old.image_threshold),
+            pixel_threshold=changes.get("pixel_threshold", old.pixel_threshold),
+        )
+        record = action_event(
+            name,
+            "thresholds_changed",
+            by=by,
+            **{key: {"old": getattr(old, key), "new": value} for key, value in changes.items()},
+        )
         self.events.emit(record)
-        log.info("%s: thresholds changed by %s: %s", name, by,
-                 ", ".join(f"{k} {getattr(old, k):g} -> {v:g}" for k, v in changes.items()))
+        log.info(
+            "%s: thresholds changed by %s: %s",
+            name,
+            by,
+            ", ".join(f"{k} {getattr(old, k):g} -> {v:g}" for k, v in changes.items()),
+        )
         return record
 
     def status(self) -> list[dict[str, Any]]:
@@ -379,23 +419,26 @@ class MultiStreamRunner:
         for lane in self.lanes:
             stats = lane.stats
             latency = stats.recent_latency_ms()
-            out.append({
-                "name": lane.name,
-                "source": lane.source.description,
-                "state": lane.state,
-                "frames": stats.frames,
-                "anomalies": stats.anomalies,
-                "fps": round(stats.recent_fps(), 2) if stats.frames else 0.0,
-                "latency_ms": None if latency is None else {"p50": round(latency[0], 1),
-                                                            "p95": round(latency[1], 1)},
-                "dropped": lane.dropped,
-                "corrupt": lane.corrupt,
-                "reconnects": lane.reconnects,
-                "task": lane.settings.task.value,
-                "image_threshold": lane.settings.image_threshold,
-                "pixel_threshold": lane.settings.pixel_threshold,
-                "error": None if lane.error is None else str(lane.error),
-            })
+            out.append(
+                {
+                    "name": lane.name,
+                    "source": lane.source.description,
+                    "state": lane.state,
+                    "frames": stats.frames,
+                    "anomalies": stats.anomalies,
+                    "fps": round(stats.recent_fps(), 2) if stats.frames else 0.0,
+                    "latency_ms": None
+                    if latency is None
+                    else {"p50": round(latency[0], 1), "p95": round(latency[1], 1)},
+                    "dropped": lane.dropped,
+                    "corrupt": lane.corrupt,
+                    "reconnects": lane.reconnects,
+                    "task": lane.settings.task.value,
+                    "image_threshold": lane.settings.image_threshold,
+                    "pixel_threshold": lane.settings.pixel_threshold,
+                    "error": None if lane.error is None else str(lane.error),
+                }
+            )
         return out
 
     def render_status(self) -> str:
@@ -420,10 +463,16 @@ class MultiStreamRunner:
         model = self.model
         return CameraSettings(
             task=Task(camera.task) if camera.task else Task(model.task),
-            image_threshold=(camera.image_threshold if camera.image_threshold is not None
-                             else model.image_threshold),
-            pixel_threshold=(camera.pixel_threshold if camera.pixel_threshold is not None
-                             else model.pixel_threshold),
+            image_threshold=(
+                camera.image_threshold
+                if camera.image_threshold is not None
+                else model.image_threshold
+            ),
+            pixel_threshold=(
+                camera.pixel_threshold
+                if camera.pixel_threshold is not None
+                else model.pixel_threshold
+            ),
             min_area=camera.min_area if camera.min_area is not None else model.min_area,
         )
 
@@ -462,8 +511,9 @@ class MultiStreamRunner:
                         self._check_input(lane)
                         continue
                     self._apply(lane.settings)
-                    self.model.submit(frame.image, (lane, frame, time.monotonic()),
-                                      heatmap=lane.heatmap)
+                    self.model.submit(
+                        frame.image, (lane, frame, time.monotonic()), heatmap=lane.heatmap
+                    )
                     lane.submitted += 1
                     in_flight += 1
                     self._next = (position + 1) % count
@@ -542,12 +592,18 @@ class MultiStreamRunner:
             if all(other.summary is not None for other in self.lanes):
                 self._finished.set()
 
-    def _deliver_one(self, lane: CameraLane, frame: Frame, prediction: Prediction,
-                     inference_s: float) -> None:
+    def _deliver_one(
+        self, lane: CameraLane, frame: Frame, prediction: Prediction, inference_s: float
+    ) -> None:
         result = FrameResult(
-            index=frame.index, timestamp=frame.timestamp, frame=frame.image,
-            prediction=prediction, latency=time.monotonic() - frame.captured,
-            wall_time=frame.wall_time, name=frame.name)
+            index=frame.index,
+            timestamp=frame.timestamp,
+            frame=frame.image,
+            prediction=prediction,
+            latency=time.monotonic() - frame.captured,
+            wall_time=frame.wall_time,
+            name=frame.name,
+        )
         lane.stats.record(result.latency, bool(prediction.label))
         for sink in lane.sinks:
             sink.write(result)
@@ -572,15 +628,13 @@ class MultiStreamRunner:
                 if lane.error is None:
                     lane.error = exc
                     lane.stats.stop_reason = "error"
-                log.error("camera %s: closing %s failed: %s", lane.name, type(sink).__name__,
-                          exc)
+                log.error("camera %s: closing %s failed: %s", lane.name, type(sink).__name__, exc)
         if lane.error is None and lane.feed.error is not None:
             lane.error = lane.feed.error
             lane.stats.stop_reason = "source_lost"
             log.error("camera %s: %s; the other cameras go on", lane.name, lane.feed.error)
         stats = lane.stats
-        stats.dropped, stats.corrupt, stats.reconnects = lane.dropped, lane.corrupt, \
-            lane.reconnects
+        stats.dropped, stats.corrupt, stats.reconnects = lane.dropped, lane.corrupt, lane.reconnects
         lane.summary = stats.summary()
 
     def _close_unstarted(self) -> None:
@@ -603,10 +657,14 @@ def run_many(
 
         from anomaly_edge.stream import Camera, run_many
 
-        summary = run_many("model.xml", [Camera("line1", "rtsp://10.0.0.21/s1"),
-                                         Camera("line2", "rtsp://10.0.0.22/s1",
-                                                image_threshold=14.0)],
-                           events="events.jsonl")
+        summary = run_many(
+            "model.xml",
+            [
+                Camera("line1", "rtsp://10.0.0.21/s1"),
+                Camera("line2", "rtsp://10.0.0.22/s1", image_threshold=14.0),
+            ],
+            events="events.jsonl",
+        )
         for name, camera in summary.cameras.items():
             print(name, camera.frames, camera.anomalies)
     """
@@ -617,8 +675,9 @@ def _as_cameras(cameras: Iterable[Any] | Mapping[str, Any]) -> list[Camera]:
     if isinstance(cameras, Mapping):
         items = [Camera(str(name), spec) for name, spec in cameras.items()]
     else:
-        items = [c if isinstance(c, Camera) else Camera(f"cam{i}", c)
-                 for i, c in enumerate(cameras, 1)]
+        items = [
+            c if isinstance(c, Camera) else Camera(f"cam{i}", c) for i, c in enumerate(cameras, 1)
+        ]
     if not items:
         raise InvalidInputError("no camera given; give at least one source")
     check_unique(items, "cameras")
@@ -630,5 +689,11 @@ def _add_file_sinks(sinks: list[Sink], camera: Camera, source: Source, alpha: fl
     if camera.output is not None:
         sinks.append(VideoSink(camera.output, source.fps, alpha=alpha))
     if camera.snapshots is not None:
-        sinks.append(SnapshotSink(camera.snapshots, interval=camera.snapshot_interval,
-                                  overlay=camera.snapshot_overlay, alpha=alpha))
+        sinks.append(
+            SnapshotSink(
+                camera.snapshots,
+                interval=camera.snapshot_interval,
+                overlay=camera.snapshot_overlay,
+                alpha=alpha,
+            )
+        )

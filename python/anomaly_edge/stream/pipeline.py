@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("anomaly_edge.stream")
 
+
 class _Marker(enum.Enum):
     # An enum member rather than a bare object() so that `item is _END` narrows the type.
     END = "end"
@@ -58,6 +59,7 @@ _IDLE_POLL_S = 0.1  # wait for a frame when nothing is in flight
 _BUSY_POLL_S = 0.002  # ... and when results may be finishing meanwhile
 _EXIT_GRACE_S = 10.0  # at exit: how long a consumer in another thread gets to finish
 _JOIN_S = 15.0  # at exit: how long a pipeline thread gets to end (a network read may hang)
+
 
 class _StoppableAtExit(Protocol):
     def _shut_down_at_exit(self) -> None: ...
@@ -116,8 +118,9 @@ class StreamRunner:
         from anomaly_edge.stream import StreamRunner, EventsSink, VideoSink
 
         model = AnomalyModel("model.xml")
-        runner = StreamRunner(model, "line3.mp4",
-                              sinks=[VideoSink("annotated.mp4"), EventsSink("events.jsonl")])
+        runner = StreamRunner(
+            model, "line3.mp4", sinks=[VideoSink("annotated.mp4"), EventsSink("events.jsonl")]
+        )
         for result in runner:
             if result.prediction.label:
                 print(result.index, result.prediction.score)
@@ -170,11 +173,11 @@ class StreamRunner:
         self._in_flight_limit = max(1, int(getattr(model, "num_requests", 1) or 1))
         self._feed = FrameFeed(self.source)
         self._results: queue.Queue[tuple[Frame, Prediction] | _Marker] = queue.Queue(
-            maxsize=self._in_flight_limit + 2)
+            maxsize=self._in_flight_limit + 2
+        )
         self._stop = threading.Event()
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._infer, name="anomaly-edge-infer",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._infer, name="anomaly-edge-infer", daemon=True)
         self._started = False
         self._consumer: threading.Thread | None = None  # the thread iterating over results
         self._abandoned = False  # nobody takes results any more (interpreter exit)
@@ -187,8 +190,10 @@ class StreamRunner:
         metadata = getattr(self.model, "metadata", None)
         if not drift or metadata is None:
             return None
-        command = calibrate_command(str(getattr(self.model, "path", "MODEL.xml")),
-                                    str(getattr(self.source, "description", "SOURCE")))
+        command = calibrate_command(
+            str(getattr(self.model, "path", "MODEL.xml")),
+            str(getattr(self.source, "description", "SOURCE")),
+        )
         return DriftMonitor.from_metadata(metadata, self.model.image_threshold, command=command)
 
     # ---- control ---------------------------------------------------------------------------
@@ -287,8 +292,12 @@ class StreamRunner:
             return
         self.stop()
         consumer = self._consumer
-        if (consumer is not None and consumer is not threading.current_thread()
-                and consumer.is_alive() and self._finished.wait(_EXIT_GRACE_S)):
+        if (
+            consumer is not None
+            and consumer is not threading.current_thread()
+            and consumer.is_alive()
+            and self._finished.wait(_EXIT_GRACE_S)
+        ):
             return  # the consumer's thread reached the end and closed the sinks itself
         # The consumer is this thread (a loop left without closing the iterator) or gone:
         # results have nowhere to go, so the inference thread drops them and ends.

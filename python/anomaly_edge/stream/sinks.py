@@ -49,8 +49,9 @@ class Sink(Protocol):
 
 def _check_writable_dir(directory: Path, what: str) -> None:
     if not directory.is_dir():
-        raise InvalidInputError(f"cannot write {what}: folder {directory} does not exist; "
-                                "create it first")
+        raise InvalidInputError(
+            f"cannot write {what}: folder {directory} does not exist; create it first"
+        )
     if not os.access(directory, os.W_OK):
         raise InvalidInputError(f"cannot write {what}: folder {directory} is not writable")
 
@@ -69,14 +70,17 @@ class VideoSink:
 
     QUEUE = 4  # frames waiting for the encoder; bounds memory, and a slow disk slows the run
 
-    def __init__(self, path: str | os.PathLike[str], fps: float | None = None, *,
-                 alpha: float = 0.4) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], fps: float | None = None, *, alpha: float = 0.4
+    ) -> None:
         self.path = Path(path)
         suffix = self.path.suffix.lower()
         if suffix not in VIDEO_CODECS:
-            raise InvalidInputError(f"cannot write video {self.path}: unknown container "
-                                    f"{suffix or '(none)'}; use one of "
-                                    f"{', '.join(sorted(VIDEO_CODECS))}")
+            raise InvalidInputError(
+                f"cannot write video {self.path}: unknown container "
+                f"{suffix or '(none)'}; use one of "
+                f"{', '.join(sorted(VIDEO_CODECS))}"
+            )
         _check_writable_dir(self.path.parent.resolve(), f"video {self.path}")
         self.fps = fps if fps and math.isfinite(fps) and fps > 0 else DEFAULT_FPS
         self.alpha = alpha
@@ -88,8 +92,7 @@ class VideoSink:
         self._size: tuple[int, int] | None = None
         self._queue: queue.Queue[FrameResult | None] = queue.Queue(maxsize=self.QUEUE)
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._encode, name="anomaly-edge-video",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._encode, name="anomaly-edge-video", daemon=True)
         self._thread.start()
 
     def write(self, result: FrameResult) -> None:
@@ -141,8 +144,10 @@ class VideoSink:
         if not writer.isOpened():
             writer.release()
             self._temp.unlink(missing_ok=True)
-            raise InvalidInputError(f"cannot write video {self.path} ({width}x{height}): "
-                                    "OpenCV could not open a video writer for it")
+            raise InvalidInputError(
+                f"cannot write video {self.path} ({width}x{height}): "
+                "OpenCV could not open a video writer for it"
+            )
         self._writer = writer
         self._size = (width, height)
 
@@ -172,7 +177,8 @@ class EventsSink:
             "frame": result.index,
             "timestamp": round(result.timestamp, 4),
             "time": datetime.fromtimestamp(result.wall_time, timezone.utc)
-            .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
         }
         drift = getattr(result, "drift", None)
         if drift is not None:  # its own line: {"event": "drift", ..., "message": ...}
@@ -202,8 +208,15 @@ class SnapshotSink:
         overlay: draw the prediction on the snapshot instead of saving the raw frame.
     """
 
-    def __init__(self, directory: str | os.PathLike[str], *, interval: float = 1.0,
-                 overlay: bool = False, alpha: float = 0.4, quality: int = 95) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        interval: float = 1.0,
+        overlay: bool = False,
+        alpha: float = 0.4,
+        quality: int = 95,
+    ) -> None:
         if interval < 0:
             raise InvalidInputError(f"snapshot interval must not be negative, got {interval}")
         self.directory = Path(directory)
@@ -242,11 +255,14 @@ class SnapshotSink:
 def gui_unavailable_reason() -> str | None:
     """Why a window cannot be shown here (None when it can)."""
     if re.search(r"^\s*GUI:\s*NONE", cv2.getBuildInformation(), re.MULTILINE):
-        return ("this OpenCV build has no GUI support (the opencv-python-headless package, "
-                "which anomaly-edge installs for edge boxes without a screen); to get windows, "
-                "replace it: pip uninstall opencv-python-headless && pip install opencv-python")
-    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY")
-                                                 or os.environ.get("WAYLAND_DISPLAY")):
+        return (
+            "this OpenCV build has no GUI support (the opencv-python-headless package, "
+            "which anomaly-edge installs for edge boxes without a screen); to get windows, "
+            "replace it: pip uninstall opencv-python-headless && pip install opencv-python"
+        )
+    if sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    ):
         return "there is no display (neither DISPLAY nor WAYLAND_DISPLAY is set)"
     return None
 
@@ -257,8 +273,13 @@ class WindowSink:
     Must be written from the main thread (a GUI toolkit requirement); the pipeline does.
     """
 
-    def __init__(self, title: str = "anomaly-edge", *, alpha: float = 0.4,
-                 on_quit: Callable[[], object] | None = None) -> None:
+    def __init__(
+        self,
+        title: str = "anomaly-edge",
+        *,
+        alpha: float = 0.4,
+        on_quit: Callable[[], object] | None = None,
+    ) -> None:
         reason = gui_unavailable_reason()
         if reason is not None:
             raise InvalidInputError(f"cannot show a window: {reason}")

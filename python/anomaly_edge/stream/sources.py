@@ -48,8 +48,7 @@ MAX_CONSECUTIVE_BAD_FRAMES = 25
 # Some containers (MKV, WebM) only estimate their frame count from the duration: a file that
 # ends within this share of the count (at least one frame) is not called truncated.
 FRAME_COUNT_TOLERANCE = 0.01
-HELP = ("give a video file, an image folder or glob, a camera index (0) or an "
-        "rtsp:// or http:// URL")
+HELP = "give a video file, an image folder or glob, a camera index (0) or an rtsp:// or http:// URL"
 
 
 class SourceError(InvalidInputError):
@@ -162,8 +161,10 @@ def open_source(
     match = _URL.match(text)
     if match:
         if match.group(1).lower() not in NETWORK_SCHEMES:
-            raise SourceError(f"source {text!r}: unsupported URL scheme {match.group(1)!r}; "
-                              f"use one of {', '.join(NETWORK_SCHEMES)}")
+            raise SourceError(
+                f"source {text!r}: unsupported URL scheme {match.group(1)!r}; "
+                f"use one of {', '.join(NETWORK_SCHEMES)}"
+            )
         return NetworkSource(text, reconnect, timeout)
     path = Path(text).expanduser()
     if path.is_dir():
@@ -194,8 +195,10 @@ class VideoFileSource(Source):
         self._capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
         if not self._capture.isOpened():
             self._capture.release()
-            raise SourceError(f"cannot decode {path}: not a video FFmpeg can read (corrupt, "
-                              f"or an unsupported format); {HELP}")
+            raise SourceError(
+                f"cannot decode {path}: not a video FFmpeg can read (corrupt, "
+                f"or an unsupported format); {HELP}"
+            )
         fps = self._capture.get(cv2.CAP_PROP_FPS)
         self.fps = fps if 0 < fps < 1000 else None
         count = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT))
@@ -234,8 +237,9 @@ class VideoFileSource(Source):
                 self._end()  # past the announced length a failed read is the end
                 return None
             if failures >= MAX_CONSECUTIVE_BAD_FRAMES:
-                log.warning("%s: %d undecodable frames in a row, stopping here",
-                            self.description, failures)
+                log.warning(
+                    "%s: %d undecodable frames in a row, stopping here", self.description, failures
+                )
                 self._end()
                 return None
         clock = self._capture.get(cv2.CAP_PROP_POS_MSEC)  # the container's time of this frame
@@ -279,9 +283,14 @@ class VideoFileSource(Source):
             missing = self.frame_count - self._index
             if missing > max(1, round(FRAME_COUNT_TOLERANCE * self.frame_count)):
                 self.missing = missing
-                log.warning("%s ends after %d of the %d frames its header announces: the "
-                            "file is truncated or damaged, %d frames are missing",
-                            self.description, self._index, self.frame_count, missing)
+                log.warning(
+                    "%s ends after %d of the %d frames its header announces: the "
+                    "file is truncated or damaged, %d frames are missing",
+                    self.description,
+                    self._index,
+                    self.frame_count,
+                    missing,
+                )
 
     def close(self) -> None:
         self._capture.release()
@@ -304,8 +313,9 @@ class ImageFolderSource(Source):
     def from_folder(cls, folder: Path) -> ImageFolderSource:
         paths = media.list_images(folder, natural_order=True)
         if not paths:
-            raise SourceError(f"folder {folder} contains no images "
-                              f"({', '.join(sorted(IMAGE_SUFFIXES))})")
+            raise SourceError(
+                f"folder {folder} contains no images ({', '.join(sorted(IMAGE_SUFFIXES))})"
+            )
         return cls(paths, f"image folder {folder}")
 
     @classmethod
@@ -388,8 +398,10 @@ class LiveSource(Source):
                 self._index += 1
                 return Frame(index, now - self._started, _as_bgr(image), captured=now)
             if not self._reopen():
-                raise SourceError(f"{self.description} stopped and did not come back after "
-                                  f"{self._reconnect.attempts} reconnect attempts")
+                raise SourceError(
+                    f"{self.description} stopped and did not come back after "
+                    f"{self._reconnect.attempts} reconnect attempts"
+                )
         return None
 
     def _reopen(self) -> bool:
@@ -399,8 +411,13 @@ class LiveSource(Source):
             self._capture = None
         for attempt in range(1, self._reconnect.attempts + 1):
             delay = self._reconnect.wait_before(attempt)
-            log.warning("%s stopped; reconnecting in %.1f s (attempt %d of %d)",
-                        self.description, delay, attempt, self._reconnect.attempts)
+            log.warning(
+                "%s stopped; reconnecting in %.1f s (attempt %d of %d)",
+                self.description,
+                delay,
+                attempt,
+                self._reconnect.attempts,
+            )
             if self._interrupted.wait(delay):
                 return True  # stopping anyway; read() returns None
             self._capture = self._open()
@@ -432,9 +449,11 @@ class CameraSource(LiveSource):
         return None
 
     def _unavailable_message(self) -> str:
-        return (f"cannot open camera {self.camera_index}: no such device, it is busy, or this "
-                "user may not access it (on Linux: is /dev/video"
-                f"{self.camera_index} there and are you in the 'video' group?)")
+        return (
+            f"cannot open camera {self.camera_index}: no such device, it is busy, or this "
+            "user may not access it (on Linux: is /dev/video"
+            f"{self.camera_index} there and are you in the 'video' group?)"
+        )
 
 
 class NetworkSource(LiveSource):
@@ -451,8 +470,12 @@ class NetworkSource(LiveSource):
     def _open(self) -> cv2.VideoCapture | None:
         # Bounded waits for connecting and for each frame: an unreachable or stalled server
         # must turn into an error or a reconnect, never a hang.
-        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, self._timeout_ms,
-                  cv2.CAP_PROP_READ_TIMEOUT_MSEC, self._timeout_ms]
+        params = [
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+            self._timeout_ms,
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+            self._timeout_ms,
+        ]
         capture = cv2.VideoCapture(self.url, cv2.CAP_FFMPEG, params)
         if capture.isOpened():
             return capture
@@ -460,9 +483,11 @@ class NetworkSource(LiveSource):
         return None
 
     def _unavailable_message(self) -> str:
-        return (f"cannot open {self.description}: unreachable, refused, or not a video stream "
-                f"(waited at most {self._timeout_ms / 1000:g} s); check the URL, the network "
-                "and the camera's credentials")
+        return (
+            f"cannot open {self.description}: unreachable, refused, or not a video stream "
+            f"(waited at most {self._timeout_ms / 1000:g} s); check the URL, the network "
+            "and the camera's credentials"
+        )
 
 
 def _redact(url: str) -> str:

@@ -50,10 +50,17 @@ class Spool:
         retry_delay, max_retry_delay: first pause after a failure, doubled up to the max.
     """
 
-    def __init__(self, name: str, deliver: Callable[[dict[str, Any]], None], *,
-                 spool_dir: str | os.PathLike[str] | None = None, memory: int = 1000,
-                 max_spooled: int = 1_000_000, retry_delay: float = 0.2,
-                 max_retry_delay: float = 5.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        deliver: Callable[[dict[str, Any]], None],
+        *,
+        spool_dir: str | os.PathLike[str] | None = None,
+        memory: int = 1000,
+        max_spooled: int = 1_000_000,
+        retry_delay: float = 0.2,
+        max_retry_delay: float = 5.0,
+    ) -> None:
         if memory < 1:
             raise ValueError("the spool needs room for at least one event in memory")
         self.name = name
@@ -67,8 +74,9 @@ class Spool:
         self.rejected = 0
         self.failures = 0  # failed attempts (each is retried)
         self._temporary = spool_dir is None
-        folder = Path(tempfile.mkdtemp(prefix="anomaly-edge-spool-") if spool_dir is None
-                      else spool_dir)
+        folder = Path(
+            tempfile.mkdtemp(prefix="anomaly-edge-spool-") if spool_dir is None else spool_dir
+        )
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / f"{name}.jsonl"
         self._memory: collections.deque[dict[str, Any]] = collections.deque()
@@ -79,12 +87,12 @@ class Spool:
         self._read_offset = 0
         self._on_disk = sum(1 for _ in self._reader)  # left over from an earlier run
         if self._on_disk:
-            log.info("%s: %d undelivered event(s) from an earlier run go out first", name,
-                     self._on_disk)
+            log.info(
+                "%s: %d undelivered event(s) from an earlier run go out first", name, self._on_disk
+            )
         self._closing = False
         self._give_up_at: float | None = None
-        self._thread = threading.Thread(target=self._work, name=f"anomaly-edge-{name}",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._work, name=f"anomaly-edge-{name}", daemon=True)
         self._thread.start()
 
     @property
@@ -102,12 +110,17 @@ class Spool:
                 if self._on_disk >= self.max_spooled:
                     self.dropped += 1
                     if self.dropped == 1 or self.dropped % 1000 == 0:
-                        log.error("%s: spool full (%d events waiting); %d new event(s) dropped",
-                                  self.name, self._on_disk, self.dropped)
+                        log.error(
+                            "%s: spool full (%d events waiting); %d new event(s) dropped",
+                            self.name,
+                            self._on_disk,
+                            self.dropped,
+                        )
                     return
                 if not self._on_disk:
-                    log.warning("%s: receiver not keeping up; spooling events to %s",
-                                self.name, self.path)
+                    log.warning(
+                        "%s: receiver not keeping up; spooling events to %s", self.name, self.path
+                    )
                 self._writer.write(json.dumps(record).encode() + b"\n")
                 self._writer.flush()
                 self._on_disk += 1
@@ -150,8 +163,9 @@ class Spool:
             except Exception as exc:
                 self.failures += 1
                 if self.failures == 1 or self.failures % 50 == 0:
-                    log.warning("%s: delivery failed (%s); retrying, events wait meanwhile",
-                                self.name, exc)
+                    log.warning(
+                        "%s: delivery failed (%s); retrying, events wait meanwhile", self.name, exc
+                    )
                 with self._lock:
                     if self._give_up(time.monotonic()):
                         return

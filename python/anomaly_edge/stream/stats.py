@@ -112,8 +112,10 @@ class StreamStats:
         if not self._recent_latency:
             return None
         ordered = sorted(self._recent_latency)
-        return (1000 * ordered[len(ordered) // 2],
-                1000 * ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)])
+        return (
+            1000 * ordered[len(ordered) // 2],
+            1000 * ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)],
+        )
 
     def summary(self) -> StreamSummary:
         seconds = self.elapsed

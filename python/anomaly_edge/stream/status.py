@@ -31,8 +31,14 @@ class StatusLine:
         interval: seconds between updates (default: 0.25 on a terminal, 5 otherwise).
     """
 
-    def __init__(self, stats: StreamStats, total: int | None = None, *,
-                 stream: TextIO | None = None, interval: float | None = None) -> None:
+    def __init__(
+        self,
+        stats: StreamStats,
+        total: int | None = None,
+        *,
+        stream: TextIO | None = None,
+        interval: float | None = None,
+    ) -> None:
         self.stats = stats
         self.total = total
         self.stream = stream or sys.stderr
@@ -52,8 +58,10 @@ class StatusLine:
         if self.total:
             done = min(stats.frames / self.total, 1.0)
             filled = round(done * BAR_WIDTH)
-            head = (f"{stats.frames}/{self.total} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] "
-                    f"{100 * done:3.0f}%")
+            head = (
+                f"{stats.frames}/{self.total} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] "
+                f"{100 * done:3.0f}%"
+            )
         else:
             head = f"frame {stats.frames}"
         parts = [head, f"{stats.recent_fps():.1f} fps"]
@@ -105,13 +113,18 @@ def format_summary(summary: StreamSummary, outputs: Sequence[str] = ()) -> str:
         f"anomalous frames: {summary.anomalies}",
     ]
     if summary.latency_p50_ms is not None:
-        lines.append(f"latency: p50 {summary.latency_p50_ms:.1f} ms, "
-                     f"p95 {summary.latency_p95_ms:.1f} ms")
+        lines.append(
+            f"latency: p50 {summary.latency_p50_ms:.1f} ms, p95 {summary.latency_p95_ms:.1f} ms"
+        )
     missing = f", missing frames: {summary.missing}" if summary.missing else ""
-    lines.append(f"dropped frames: {summary.dropped}, undecodable frames: {summary.corrupt}"
-                 f"{missing}, reconnects: {summary.reconnects}")
+    lines.append(
+        f"dropped frames: {summary.dropped}, undecodable frames: {summary.corrupt}"
+        f"{missing}, reconnects: {summary.reconnects}"
+    )
     if summary.drift_warnings:
-        lines.append(f"score drift: warned ({summary.drift_frames} frames out of the normal "
-                     "range); recalibrate with `anomaly-edge calibrate` if the parts are fine")
+        lines.append(
+            f"score drift: warned ({summary.drift_frames} frames out of the normal "
+            "range); recalibrate with `anomaly-edge calibrate` if the parts are fine"
+        )
     lines.extend(outputs)
     return "\n".join(lines)

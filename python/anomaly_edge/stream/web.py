@@ -95,8 +95,16 @@ class WebView(FrameObserver):
         events_kept: how many recent events the page lists.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 8080, *, token: str | None = None,
-                 max_fps: float = 5.0, alpha: float = 0.4, events_kept: int = 20) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        *,
+        token: str | None = None,
+        max_fps: float = 5.0,
+        alpha: float = 0.4,
+        events_kept: int = 20,
+    ) -> None:
         if max_fps <= 0:
             raise ValueError("max_fps must be positive")
         self.token = token
@@ -117,22 +125,32 @@ class WebView(FrameObserver):
             sock.bind((host, port))
         except OSError as exc:
             sock.close()
-            raise ValueError(f"--web {host}:{port}: cannot listen there ({exc.strerror}); "
-                             "choose another port or address") from None
+            raise ValueError(
+                f"--web {host}:{port}: cannot listen there ({exc.strerror}); "
+                "choose another port or address"
+            ) from None
         sock.listen(64)
         sock.setblocking(False)
         self.host = host
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self._app(), log_level="warning", access_log=False,
-                                lifespan="off", timeout_graceful_shutdown=2)
+        config = uvicorn.Config(
+            self._app(),
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=2,
+        )
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
-                                        name="anomaly-edge-web", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run,
+            kwargs={"sockets": [sock]},
+            name="anomaly-edge-web",
+            daemon=True,
+        )
         self._thread.start()
         self._socket = sock
         deadline = time.monotonic() + 10
-        while not self._server.started and self._thread.is_alive() \
-                and time.monotonic() < deadline:
+        while not self._server.started and self._thread.is_alive() and time.monotonic() < deadline:
             time.sleep(0.01)
         if not self._server.started:
             raise RuntimeError("the web server did not start")
@@ -158,8 +176,11 @@ class WebView(FrameObserver):
         with self._lock:
             source = record.get("source", "")
             now = time.monotonic()
-            if (result is not None and record.get("anomalous")
-                    and now - self._last_snapshot.get(source, -1e9) >= SNAPSHOT_EVERY_S):
+            if (
+                result is not None
+                and record.get("anomalous")
+                and now - self._last_snapshot.get(source, -1e9) >= SNAPSHOT_EVERY_S
+            ):
                 self._last_snapshot[source] = now
                 self._snapshots[entry["id"]] = result
                 entry["snapshot"] = f"/api/snapshots/{entry['id']}.jpg"
@@ -180,16 +201,23 @@ class WebView(FrameObserver):
         view = self
 
         @app.middleware("http")
-        async def require_token(request: Request,
-                                call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        async def require_token(
+            request: Request, call_next: Callable[[Request], Awaitable[Response]]
+        ) -> Response:
             if view.token is None:
                 return await call_next(request)
-            given = (request.query_params.get("token") or request.cookies.get(COOKIE)
-                     or request.headers.get("authorization", "").removeprefix("Bearer "))
+            given = (
+                request.query_params.get("token")
+                or request.cookies.get(COOKIE)
+                or request.headers.get("authorization", "").removeprefix("Bearer ")
+            )
             if not given or not secrets.compare_digest(given, view.token):
-                return Response("this page needs its token: open the address that "
-                                "`anomaly-edge run --web` printed (it ends in ?token=...)\n",
-                                status_code=401, media_type="text/plain")
+                return Response(
+                    "this page needs its token: open the address that "
+                    "`anomaly-edge run --web` printed (it ends in ?token=...)\n",
+                    status_code=401,
+                    media_type="text/plain",
+                )
             response = await call_next(request)
             if request.query_params.get("token"):
                 response.set_cookie(COOKIE, view.token, httponly=True, samesite="strict")
@@ -204,9 +232,13 @@ class WebView(FrameObserver):
             runner = view._require_runner()
             with view._lock:
                 events = list(view._events)
-            return {"cameras": runner.status(), "events": events,
-                    "model": Path(getattr(runner.model, "path", "")).name,
-                    "stream_fps": view.max_fps, "time": time.time()}
+            return {
+                "cameras": runner.status(),
+                "events": events,
+                "model": Path(getattr(runner.model, "path", "")).name,
+                "stream_fps": view.max_fps,
+                "time": time.time(),
+            }
 
         @app.post("/api/cameras/{name}/thresholds")
         async def thresholds(name: str, request: Request) -> JSONResponse:
@@ -219,9 +251,8 @@ class WebView(FrameObserver):
                 body = await request.json()
             except ValueError:
                 raise HTTPException(400, "the body is not JSON") from None
-            if not isinstance(body, dict) or set(body) - {"image_threshold",
-                                                          "pixel_threshold"}:
-                raise HTTPException(400, "send {\"image_threshold\": x, \"pixel_threshold\": y}")
+            if not isinstance(body, dict) or set(body) - {"image_threshold", "pixel_threshold"}:
+                raise HTTPException(400, 'send {"image_threshold": x, "pixel_threshold": y}')
             runner = view._require_runner()
             if name not in {lane.name for lane in runner.lanes}:
                 raise HTTPException(404, f"no camera named {name!r}")
@@ -238,19 +269,23 @@ class WebView(FrameObserver):
                 result = view._snapshots.get(ident)
             if result is None:
                 raise HTTPException(404, "snapshot no longer kept")
-            data = await asyncio.to_thread(encode_jpeg, result.annotated(view.alpha),
-                                           SNAPSHOT_WIDTH)
-            return Response(data, media_type="image/jpeg",
-                            headers={"Cache-Control": "max-age=3600"})
+            data = await asyncio.to_thread(
+                encode_jpeg, result.annotated(view.alpha), SNAPSHOT_WIDTH
+            )
+            return Response(
+                data, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"}
+            )
 
         @app.get("/stream/{name}.mjpg")
         async def stream(name: str) -> StreamingResponse:
             runner = view._require_runner()
             if name not in {lane.name for lane in runner.lanes}:
                 raise HTTPException(404, f"no camera named {name!r}")
-            return StreamingResponse(view._mjpeg(view._latest[name]),
-                                     media_type=f"multipart/x-mixed-replace; boundary={BOUNDARY}",
-                                     headers={"Cache-Control": "no-store"})
+            return StreamingResponse(
+                view._mjpeg(view._latest[name]),
+                media_type=f"multipart/x-mixed-replace; boundary={BOUNDARY}",
+                headers={"Cache-Control": "no-store"},
+            )
 
         return app
 
@@ -268,7 +303,13 @@ class WebView(FrameObserver):
                 encoded = await asyncio.to_thread(latest.jpeg, self.alpha)
                 if encoded is not None:
                     sent, data = encoded
-                    yield (f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
-                           f"Content-Length: {len(data)}\r\n\r\n").encode() + data + b"\r\n"
+                    yield (
+                        (
+                            f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\n"
+                            f"Content-Length: {len(data)}\r\n\r\n"
+                        ).encode()
+                        + data
+                        + b"\r\n"
+                    )
             # The rate cap: the newest frame at most every `period` seconds.
             await asyncio.sleep(max(0.02, period - (time.monotonic() - started)))

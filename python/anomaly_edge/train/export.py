@@ -43,7 +43,6 @@ __all__ = ["AccuracyDropError", "ValidationSet", "compare_maps", "export_ir", "i
 log = logging.getLogger(__name__)
 
 
-
 def export_ir(
     model: nn.Module,
     metadata: ModelMetadata,
@@ -88,11 +87,14 @@ def export_ir(
     if precision != "INT8" and calibration_images is not None:
         raise ValueError("calibration_images apply to precision='INT8' only")
     if precision == "FP32" and (max_accuracy_drop is not None or validation is not None):
-        raise ValueError("max_accuracy_drop and validation compare FP16/INT8 with FP32; "
-                         "they do not apply to precision='FP32'")
+        raise ValueError(
+            "max_accuracy_drop and validation compare FP16/INT8 with FP32; "
+            "they do not apply to precision='FP32'"
+        )
     if max_accuracy_drop is not None and validation is None:
-        raise ValueError("max_accuracy_drop needs validation images (validation=...) to measure "
-                         "the drop against")
+        raise ValueError(
+            "max_accuracy_drop needs validation images (validation=...) to measure the drop against"
+        )
 
     if metadata.tiled and precision == "INT8":
         raise ValueError("INT8 export of tiled models is not supported yet: export FP16 or FP32")
@@ -103,8 +105,14 @@ def export_ir(
             raise ValueError("precision='INT8' needs calibration_images (the training images)")
         reference = ov_model.clone()
         modules = quantized_modules if quantized_modules is not None else feature_modules(model)
-        ov_model = quantize_int8(ov_model, calibration_images, modules,
-                                 mean=metadata.mean, std=metadata.std, verbose=verbose)
+        ov_model = quantize_int8(
+            ov_model,
+            calibration_images,
+            modules,
+            mean=metadata.mean,
+            std=metadata.std,
+            verbose=verbose,
+        )
         # measured as it will be stored: the head's float weights in FP16
         pack_sparse_constants(ov_model)
         store_float_weights_as_fp16(ov_model)
@@ -158,17 +166,21 @@ def to_openvino(model: nn.Module, input_size: tuple[int, int], batch: int = 1) -
             f"{len(ov_model.inputs)} inputs and {len(ov_model.outputs)} outputs"
         )
     out_shape = ov_model.outputs[0].get_partial_shape()
-    if out_shape.is_dynamic or len(out_shape) != 4 or out_shape[0].get_length() != batch \
-            or out_shape[1].get_length() != 1:
-        raise ValueError(f"an anomaly module must return a [{batch}, 1, H, W] map, "
-                         f"got {out_shape}")
+    if (
+        out_shape.is_dynamic
+        or len(out_shape) != 4
+        or out_shape[0].get_length() != batch
+        or out_shape[1].get_length() != 1
+    ):
+        raise ValueError(f"an anomaly module must return a [{batch}, 1, H, W] map, got {out_shape}")
     ov_model.inputs[0].get_tensor().set_names({INPUT_NAME})
     ov_model.outputs[0].get_tensor().set_names({OUTPUT_NAME})
     return ov_model
 
 
-def pack_sparse_constants(model: ov.Model, min_elements: int = 1 << 16,
-                          min_zero_share: float = 0.05) -> int:
+def pack_sparse_constants(
+    model: ov.Model, min_elements: int = 1 << 16, min_zero_share: float = 0.05
+) -> int:
     """Store large weight tensors without their structural zeros (PaDiM's triangular factors).
 
     A constant ``[..., r, c]`` in which the same entries of every ``r x c`` matrix are zero
@@ -186,8 +198,11 @@ def pack_sparse_constants(model: ov.Model, min_elements: int = 1 << 16,
         if node.get_type_name() != "Constant":
             continue
         shape = list(node.get_output_shape(0))
-        if len(shape) < 2 or int(np.prod(shape)) < min_elements \
-                or node.get_output_element_type(0) not in (ov.Type.f32, ov.Type.f16):
+        if (
+            len(shape) < 2
+            or int(np.prod(shape)) < min_elements
+            or node.get_output_element_type(0) not in (ov.Type.f32, ov.Type.f16)
+        ):
             continue
         values = node.get_data()
         rows, cols = shape[-2:]
@@ -259,8 +274,12 @@ def ir_size_mb(xml: str | Path) -> float:
 PARITY_PROPERTIES = {"INFERENCE_PRECISION_HINT": "f32"}
 
 
-def compare_maps(model: nn.Module, xml: str | Path, images: Iterable[Any],
-                 properties: dict[str, Any] | None = None) -> dict[str, float]:
+def compare_maps(
+    model: nn.Module,
+    xml: str | Path,
+    images: Iterable[Any],
+    properties: dict[str, Any] | None = None,
+) -> dict[str, float]:
     """How closely the IR reproduces the torch model's maps on ``images`` (normalised inputs).
 
     Returns the Pearson correlation of all map values, the largest absolute difference and
@@ -286,6 +305,7 @@ def compare_maps(model: nn.Module, xml: str | Path, images: Iterable[Any],
     return {
         "correlation": float(np.corrcoef(reference.ravel(), exported.ravel())[0, 1]),
         "max_abs_diff": float(np.abs(reference - exported).max()),
-        "max_score_rel_diff": float(np.abs(ref_scores - ir_scores).max()
-                                    / max(np.abs(ref_scores).max(), 1e-12)),
+        "max_score_rel_diff": float(
+            np.abs(ref_scores - ir_scores).max() / max(np.abs(ref_scores).max(), 1e-12)
+        ),
     }

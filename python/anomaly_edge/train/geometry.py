@@ -34,10 +34,12 @@ class InputGeometry:
     images_measured: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"input_size": list(self.size), "source": self.source,
-                "median_aspect": None if self.median_aspect is None
-                else round(self.median_aspect, 4),
-                "images_measured": self.images_measured}
+        return {
+            "input_size": list(self.size),
+            "source": self.source,
+            "median_aspect": None if self.median_aspect is None else round(self.median_aspect, 4),
+            "images_measured": self.images_measured,
+        }
 
 
 def image_sizes(paths: Iterable[str | Path]) -> list[tuple[int, int]]:
@@ -63,8 +65,12 @@ def round_to_stride(length: float, stride: int) -> int:
     return max(stride, round(length / stride) * stride)
 
 
-def size_for_aspect(aspect: float, base: int = BASE_SIZE, stride: int = DEFAULT_STRIDE,
-                    max_aspect: float = MAX_ASPECT) -> tuple[int, int]:
+def size_for_aspect(
+    aspect: float,
+    base: int = BASE_SIZE,
+    stride: int = DEFAULT_STRIDE,
+    max_aspect: float = MAX_ASPECT,
+) -> tuple[int, int]:
     """(height, width) with the short side ``base`` and width / height close to ``aspect``.
 
     The long side is rounded to ``stride`` and capped at ``max_aspect * base`` (itself
@@ -80,9 +86,12 @@ def size_for_aspect(aspect: float, base: int = BASE_SIZE, stride: int = DEFAULT_
     return (base, long_side) if aspect >= 1.0 else (long_side, base)
 
 
-def choose_input_size(sizes: Sequence[tuple[int, int]], base: int = BASE_SIZE,
-                      stride: int = DEFAULT_STRIDE,
-                      max_aspect: float = MAX_ASPECT) -> InputGeometry:
+def choose_input_size(
+    sizes: Sequence[tuple[int, int]],
+    base: int = BASE_SIZE,
+    stride: int = DEFAULT_STRIDE,
+    max_aspect: float = MAX_ASPECT,
+) -> InputGeometry:
     """The input for training images of these (height, width) sizes (see module docstring).
 
     The median of the aspect ratios (taken on their logarithm, so 2:1 and 1:2 weigh the same)
@@ -92,6 +101,6 @@ def choose_input_size(sizes: Sequence[tuple[int, int]], base: int = BASE_SIZE,
         raise ValueError("no training image sizes to choose an input size from")
     aspects = np.array([w / h for h, w in sizes], dtype=np.float64)
     median = float(np.exp(np.median(np.log(aspects))))
-    return InputGeometry(size_for_aspect(median, base, stride, max_aspect), "data", median,
-                         len(sizes))
-
+    return InputGeometry(
+        size_for_aspect(median, base, stride, max_aspect), "data", median, len(sizes)
+    )

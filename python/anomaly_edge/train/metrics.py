@@ -21,8 +21,9 @@ AUPRO_BINS = 1 << 16
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float | None:
     """Area under the ROC curve; None when only one class is present."""
-    scores = np.asarray(scores, dtype=np.float64 if np.asarray(scores).size < 1 << 20
-                        else np.float32).ravel()
+    scores = np.asarray(
+        scores, dtype=np.float64 if np.asarray(scores).size < 1 << 20 else np.float32
+    ).ravel()
     labels = np.asarray(labels).ravel().astype(bool)
     positives = scores[labels]
     negatives = np.sort(scores[~labels])
@@ -50,8 +51,9 @@ def label_regions(masks: np.ndarray) -> tuple[np.ndarray, int]:
     regions = np.zeros(masks.shape, dtype=np.int32)
     count = 0
     for i, mask in enumerate(masks):
-        n, labelled = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8,
-                                              ltype=cv2.CV_32S)
+        n, labelled = cv2.connectedComponents(
+            mask.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S
+        )
         if n > 1:
             inside = labelled > 0
             regions[i][inside] = labelled[inside] + count
@@ -59,8 +61,9 @@ def label_regions(masks: np.ndarray) -> tuple[np.ndarray, int]:
     return regions, count
 
 
-def aupro(maps: np.ndarray, masks: np.ndarray, max_fpr: float = AUPRO_MAX_FPR,
-          bins: int = AUPRO_BINS) -> float | None:
+def aupro(
+    maps: np.ndarray, masks: np.ndarray, max_fpr: float = AUPRO_MAX_FPR, bins: int = AUPRO_BINS
+) -> float | None:
     """Normalised area under the per-region-overlap curve up to ``max_fpr``.
 
     ``maps``: [N, H, W] anomaly maps, ``masks``: [N, H, W] ground truth (non-zero =

@@ -153,30 +153,48 @@ class Padim(nn.Module):
     to_input_rows: torch.Tensor
     to_input_cols_t: torch.Tensor
 
-    def __init__(self, backbone: FeatureExtractor | str = "efficientnet_lite0",
-                 input_size: tuple[int, int] = (256, 256), n_channels: int | None = None,
-                 seed: int = 0, blur_sigma: float = BLUR_SIGMA,
-                 regularization: float = REGULARIZATION, *, layers: list[str] | None = None,
-                 pretrained: bool = True, weights: str | None = None,
-                 upsample: str | None = None, pool: int = DEFAULT_POOL) -> None:
+    def __init__(
+        self,
+        backbone: FeatureExtractor | str = "efficientnet_lite0",
+        input_size: tuple[int, int] = (256, 256),
+        n_channels: int | None = None,
+        seed: int = 0,
+        blur_sigma: float = BLUR_SIGMA,
+        regularization: float = REGULARIZATION,
+        *,
+        layers: list[str] | None = None,
+        pretrained: bool = True,
+        weights: str | None = None,
+        upsample: str | None = None,
+        pool: int = DEFAULT_POOL,
+    ) -> None:
         super().__init__()
         if upsample is not None and upsample not in UPSAMPLE_MODES:
-            raise ValueError(f"upsample must be one of {', '.join(UPSAMPLE_MODES)}, "
-                             f"got {upsample!r}")
+            raise ValueError(
+                f"upsample must be one of {', '.join(UPSAMPLE_MODES)}, got {upsample!r}"
+            )
         if isinstance(pool, bool) or not isinstance(pool, int) or not 1 <= pool <= 16:
             raise ValueError(f"pool must be an integer from 1 to 16, got {pool!r}")
         if isinstance(backbone, str):
             if backbone in DEFAULT_LAYERS and not layers:
                 layers = default_layers(backbone)
-            backbone = build_backbone(backbone, layers=layers, pretrained=pretrained,
-                                      weights=weights)
+            backbone = build_backbone(
+                backbone, layers=layers, pretrained=pretrained, weights=weights
+            )
         upsample = upsample or default_upsample(backbone.name)
         # What rebuilds this module offline (checkpoints): the state dict restores the weights.
         self.init_kwargs: dict[str, Any] = {
-            "backbone": backbone.name, "layers": list(backbone.layers), "pretrained": False,
-            "input_size": list(input_size), "n_channels": n_channels, "seed": seed,
-            "blur_sigma": blur_sigma, "regularization": regularization, "upsample": upsample,
-            "pool": pool}
+            "backbone": backbone.name,
+            "layers": list(backbone.layers),
+            "pretrained": False,
+            "input_size": list(input_size),
+            "n_channels": n_channels,
+            "seed": seed,
+            "blur_sigma": blur_sigma,
+            "regularization": regularization,
+            "upsample": upsample,
+            "pool": pool,
+        }
         self.upsample = upsample
         self.pool = pool
         self.blur_sigma = float(blur_sigma)
@@ -188,8 +206,10 @@ class Padim(nn.Module):
         total = sum(backbone.channels)
         n_channels = default_channels(backbone.name) if n_channels is None else int(n_channels)
         if not 1 <= n_channels <= total:
-            raise ValueError(f"n_channels must be in 1..{total} for {backbone.name} "
-                             f"{backbone.layers}, got {n_channels}")
+            raise ValueError(
+                f"n_channels must be in 1..{total} for {backbone.name} "
+                f"{backbone.layers}, got {n_channels}"
+            )
         self.n_channels = n_channels
         # Seeded choice of channels over the concatenated layers, kept as one index per layer
         # so that only the chosen channels are upsampled.
@@ -207,9 +227,11 @@ class Padim(nn.Module):
         # into the Gaussians' grid; both steps are folded into two small matrices per layer.
         embed_size = (int(probe[0].shape[-2]), int(probe[0].shape[-1]))
         if min(embed_size) < pool:
-            raise ValueError(f"pool {pool} is larger than the {embed_size[0]}x{embed_size[1]} "
-                             f"feature grid of a {input_size[0]}x{input_size[1]} input; use a "
-                             "smaller pool or a larger input")
+            raise ValueError(
+                f"pool {pool} is larger than the {embed_size[0]}x{embed_size[1]} "
+                f"feature grid of a {input_size[0]}x{input_size[1]} input; use a "
+                "smaller pool or a larger input"
+            )
         self.feature_size = (-(-embed_size[0] // pool), -(-embed_size[1] // pool))
         # (layer, resampled by matrices?): fixed here, in Python, so the traced graph has no
         # branches. A layer already on the first layer's grid is only pooled, by a pooling op:
@@ -222,15 +244,18 @@ class Padim(nn.Module):
             self._layer_plan.append((i, resampled))
             if not resampled:
                 continue
-            rows, cols = (pooling_matrix(embed, pool) @ interpolation_matrix(side, embed,
-                                                                               self.upsample)
-                          for side, embed in zip(feature.shape[-2:], embed_size, strict=True))
+            rows, cols = (
+                pooling_matrix(embed, pool) @ interpolation_matrix(side, embed, self.upsample)
+                for side, embed in zip(feature.shape[-2:], embed_size, strict=True)
+            )
             self.register_buffer(f"to_grid_rows_{i}", rows.float(), persistent=False)
             self.register_buffer(f"to_grid_cols_t_{i}", cols.T.float(), persistent=False)
         # Gaussians' grid -> input size, blurred: again one matrix per axis.
         kernel = gaussian_kernel_1d(blur_sigma)
-        rows, cols = (blur_matrix(side, kernel) @ interpolation_matrix(grid, side)
-                      for grid, side in zip(self.feature_size, self.input_size, strict=True))
+        rows, cols = (
+            blur_matrix(side, kernel) @ interpolation_matrix(grid, side)
+            for grid, side in zip(self.feature_size, self.input_size, strict=True)
+        )
         self.register_buffer("to_input_rows", rows.float(), persistent=False)
         self.register_buffer("to_input_cols_t", cols.T.float(), persistent=False)
         positions = self.feature_size[0] * self.feature_size[1]
@@ -243,8 +268,9 @@ class Padim(nn.Module):
         self.eval()
 
     @staticmethod
-    def upgrade_checkpoint(init_kwargs: dict[str, Any], state_dict: dict[str, Any]
-                           ) -> tuple[dict[str, Any], dict[str, Any]]:
+    def upgrade_checkpoint(
+        init_kwargs: dict[str, Any], state_dict: dict[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Read checkpoints written before the pooled grid: those have no ``pool`` (it was 1)
         and stored the blur kernel, which is now built into the resampling matrices."""
         init_kwargs = {"pool": 1, **init_kwargs}
@@ -270,9 +296,11 @@ class Padim(nn.Module):
         for i, resampled in self._layer_plan:
             feature, channels = features[i], getattr(self, f"channels_{i}")
             if resampled:
-                feature = apply_separable(feature.index_select(1, channels),
-                                          getattr(self, f"to_grid_rows_{i}"),
-                                          getattr(self, f"to_grid_cols_t_{i}"))
+                feature = apply_separable(
+                    feature.index_select(1, channels),
+                    getattr(self, f"to_grid_rows_{i}"),
+                    getattr(self, f"to_grid_cols_t_{i}"),
+                )
             else:  # pool first: the channel gather then moves 1/pool² of the data
                 if self.pool > 1:
                     feature = F.avg_pool2d(feature, self.pool, ceil_mode=True)
@@ -282,8 +310,12 @@ class Padim(nn.Module):
 
     # ---- fitting -----------------------------------------------------------------------------
 
-    def fit(self, batches: Iterable[torch.Tensor | dict[str, Any]],
-            progress: Callable[[int], None] | None = None, extract_batch: int = 4) -> Padim:
+    def fit(
+        self,
+        batches: Iterable[torch.Tensor | dict[str, Any]],
+        progress: Callable[[int], None] | None = None,
+        extract_batch: int = 4,
+    ) -> Padim:
         """Fit the Gaussians in one streaming pass over batches of normal images.
 
         ``batches`` yields normalised [B,3,H,W] tensors (or dicts with an ``"image"`` key, as
@@ -303,8 +335,9 @@ class Padim(nn.Module):
                     images = batch["image"] if isinstance(batch, dict) else batch
                     self._check_input(images)
                     images = images.contiguous(memory_format=torch.channels_last)
-                    embedding = torch.cat([self.embed(part)
-                                           for part in images.split(extract_batch)])  # [B,d,h,w]
+                    embedding = torch.cat(
+                        [self.embed(part) for part in images.split(extract_batch)]
+                    )  # [B,d,h,w]
                     stats.update(embedding.flatten(2).transpose(1, 2))  # [B, P, d]
                     if progress is not None:
                         progress(images.shape[0])
@@ -319,8 +352,10 @@ class Padim(nn.Module):
 
     def _check_input(self, images: torch.Tensor) -> None:
         if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != self.input_size:
-            raise ValueError(f"PaDiM expects [N, 3, {self.input_size[0]}, {self.input_size[1]}] "
-                             f"images, got {tuple(images.shape)}")
+            raise ValueError(
+                f"PaDiM expects [N, 3, {self.input_size[0]}, {self.input_size[1]}] "
+                f"images, got {tuple(images.shape)}"
+            )
 
     # ---- inference ---------------------------------------------------------------------------
 
@@ -348,10 +383,12 @@ class Padim(nn.Module):
         return apply_separable(distance, self.to_input_rows, self.to_input_cols_t)
 
     def extra_repr(self) -> str:
-        return (f"backbone={self.backbone.name}, layers={self.backbone.layers}, "
-                f"channels={self.n_channels}, upsample={self.upsample}, "
-                f"pool={self.pool}, blur_sigma={self.blur_sigma}, input_size={self.input_size}, "
-                f"feature_size={self.feature_size}")
+        return (
+            f"backbone={self.backbone.name}, layers={self.backbone.layers}, "
+            f"channels={self.n_channels}, upsample={self.upsample}, "
+            f"pool={self.pool}, blur_sigma={self.blur_sigma}, input_size={self.input_size}, "
+            f"feature_size={self.feature_size}"
+        )
 
 
 def _mark_fitted(module: Padim, incompatible_keys: object) -> None:

@@ -69,9 +69,13 @@ class QuantizationReport:
         return self.fp32 - self.int8
 
     def to_dict(self) -> dict[str, Any]:
-        return {"metric": self.metric, "fp32": round(self.fp32, 6),
-                self.precision.lower(): round(self.int8, 6), "drop": round(self.drop, 6),
-                "images": self.images}
+        return {
+            "metric": self.metric,
+            "fp32": round(self.fp32, 6),
+            self.precision.lower(): round(self.int8, 6),
+            "drop": round(self.drop, 6),
+            "images": self.images,
+        }
 
 
 def as_network_input(item: Any) -> np.ndarray:
@@ -127,8 +131,7 @@ def quantize_int8(
     NNCF's INFO lines and progress bars are shown only with ``verbose``.
     """
     with quiet_nncf(verbose):
-        return _quantize(model, calibration_images, quantized_modules, mean, std,
-                         subset_size, seed)
+        return _quantize(model, calibration_images, quantized_modules, mean, std, subset_size, seed)
 
 
 @contextlib.contextmanager
@@ -147,9 +150,15 @@ def quiet_nncf(verbose: bool = False) -> Iterator[None]:
         nncf_log.setLevel(level)
 
 
-def _quantize(model: ov.Model, calibration_images: Iterable[Any],
-              quantized_modules: Sequence[str], mean: Sequence[float], std: Sequence[float],
-              subset_size: int, seed: int) -> ov.Model:
+def _quantize(
+    model: ov.Model,
+    calibration_images: Iterable[Any],
+    quantized_modules: Sequence[str],
+    mean: Sequence[float],
+    std: Sequence[float],
+    subset_size: int,
+    seed: int,
+) -> ov.Model:
     import re
 
     import nncf
@@ -160,8 +169,10 @@ def _quantize(model: ov.Model, calibration_images: Iterable[Any],
     if not samples:
         raise ValueError("INT8 export needs calibration images (the training images); got none")
     if not quantized_modules:
-        raise ValueError("no feature-extractor modules to quantise were found; name them with "
-                         "quantized_modules=[...] (torch submodule names)")
+        raise ValueError(
+            "no feature-extractor modules to quantise were found; name them with "
+            "quantized_modules=[...] (torch submodule names)"
+        )
     samples = samples[:subset_size]
     rng = np.random.default_rng(seed)
     mean_f32, std_f32 = np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
@@ -178,12 +189,14 @@ def _quantize(model: ov.Model, calibration_images: Iterable[Any],
         preset=nncf.QuantizationPreset.MIXED,  # asymmetric activations
         ignored_scope=outside,
         advanced_parameters=AdvancedQuantizationParameters(
-            activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX),
+            activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX
+        ),
     )
 
 
-def with_synthetic_defects(x: np.ndarray, low: np.ndarray, high: np.ndarray,
-                           rng: np.random.Generator) -> np.ndarray:
+def with_synthetic_defects(
+    x: np.ndarray, low: np.ndarray, high: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
     """A copy of the normalised image ``x`` [1, 3, H, W] with a few random rectangles of
     flat colour or noise anywhere in the valid pixel range [low, high] (per channel)."""
     out: np.ndarray = x.copy()
@@ -206,8 +219,11 @@ def feature_modules(model: Any) -> list[str]:
     declared = getattr(model, "quantized_modules", None)
     if declared is not None:
         return list(declared)
-    return [name for name, child in model.named_children()
-            if any(isinstance(m, nn.Conv2d) for m in child.modules())]
+    return [
+        name
+        for name, child in model.named_children()
+        if any(isinstance(m, nn.Conv2d) for m in child.modules())
+    ]
 
 
 def store_float_weights_as_fp16(model: ov.Model, min_elements: int = 64) -> int:
@@ -239,7 +255,9 @@ def store_float_weights_as_fp16(model: ov.Model, min_elements: int = 64) -> int:
 
 
 def compare_accuracy(
-    reference: ov.Model, quantized: ov.Model, validation: ValidationSet | AccuracyFn,
+    reference: ov.Model,
+    quantized: ov.Model,
+    validation: ValidationSet | AccuracyFn,
     precision: str = "INT8",
 ) -> QuantizationReport:
     """Measure ``validation``'s metric on both models (FP32 reference vs ``precision``)."""
@@ -247,16 +265,22 @@ def compare_accuracy(
     infer_ref = _infer_fn(core.compile_model(reference, "CPU"))
     infer_q = _infer_fn(core.compile_model(quantized, "CPU"))
     if callable(validation):
-        return QuantizationReport("custom", float(validation(infer_ref)),
-                                  float(validation(infer_q)), 0, precision)
+        return QuantizationReport(
+            "custom", float(validation(infer_ref)), float(validation(infer_q)), 0, precision
+        )
     images = list(split_batches(validation.images))
     if len(images) != len(validation.labels):
         raise ValueError("validation images must be single images when labels are given")
     ref_scores = [float(infer_ref(x).max()) for x in images]
     q_scores = [float(infer_q(x).max()) for x in images]
     if len(set(int(v) for v in validation.labels)) == 2:
-        return QuantizationReport("image_auroc", _auroc(ref_scores, validation.labels),
-                                  _auroc(q_scores, validation.labels), len(images), precision)
+        return QuantizationReport(
+            "image_auroc",
+            _auroc(ref_scores, validation.labels),
+            _auroc(q_scores, validation.labels),
+            len(images),
+            precision,
+        )
     # One class only: how faithfully INT8 reproduces the FP32 scores is the best we can say.
     correlation = float(np.corrcoef(ref_scores, q_scores)[0, 1]) if len(images) > 1 else 1.0
     return QuantizationReport("score_correlation", 1.0, correlation, len(images), precision)
@@ -274,8 +298,16 @@ def _auroc(scores: Sequence[float], labels: Sequence[int]) -> float:
 def check_drop(report: QuantizationReport, max_accuracy_drop: float | None) -> None:
     """Refuse the model when it lost more than ``max_accuracy_drop`` (absolute)."""
     p = report.precision
-    log.info("%s %s: FP32 %.4f -> %s %.4f (drop %.4f) on %d validation images",
-             p, report.metric, report.fp32, p, report.int8, report.drop, report.images)
+    log.info(
+        "%s %s: FP32 %.4f -> %s %.4f (drop %.4f) on %d validation images",
+        p,
+        report.metric,
+        report.fp32,
+        p,
+        report.int8,
+        report.drop,
+        report.images,
+    )
     if max_accuracy_drop is not None and report.drop > max_accuracy_drop:
         instead = "FP16 or FP32" if p == "INT8" else "FP32"
         raise AccuracyDropError(

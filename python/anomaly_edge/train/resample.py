@@ -51,8 +51,10 @@ def blur_matrix(size: int, kernel: torch.Tensor) -> torch.Tensor:
     if radius == 0:
         return torch.eye(size, dtype=torch.float64) * float(kernel[0])
     if radius >= size:
-        raise ValueError(f"a blur of radius {radius} needs an axis longer than {radius} "
-                         f"pixels, got {size}: lower the blur sigma or enlarge the input")
+        raise ValueError(
+            f"a blur of radius {radius} needs an axis longer than {radius} "
+            f"pixels, got {size}: lower the blur sigma or enlarge the input"
+        )
     padded = F.pad(_basis(size), (0, 0, radius, radius), mode="reflect")
     return _as_matrix(F.conv2d(padded, kernel.double().reshape(1, 1, -1, 1)))
 

@@ -36,10 +36,13 @@ class RunningGaussian:
         self.workers = max(1, workers or torch.get_num_threads())
         rows, cols = torch.tril_indices(dims, dims)
         self._flat_tril = rows * dims + cols  # positions of the lower triangle in a d*d matrix
-        self.bounds = [(start, min(start + POSITION_CHUNK, positions))
-                       for start in range(0, positions, POSITION_CHUNK)]
-        self.sums = [torch.zeros(stop - start, dims, dtype=torch.float64)
-                     for start, stop in self.bounds]
+        self.bounds = [
+            (start, min(start + POSITION_CHUNK, positions))
+            for start in range(0, positions, POSITION_CHUNK)
+        ]
+        self.sums = [
+            torch.zeros(stop - start, dims, dtype=torch.float64) for start, stop in self.bounds
+        ]
         triangle = self._flat_tril.numel()
         self.outers: list[torch.Tensor | None] = [
             torch.zeros(stop - start, triangle, dtype=torch.float64) for start, stop in self.bounds
@@ -51,8 +54,9 @@ class RunningGaussian:
         """Add a batch of features shaped [B, P, d]."""
         batch, positions, dims = features.shape
         if (positions, dims) != (self.positions, self.dims):
-            raise ValueError(f"expected [B, {self.positions}, {self.dims}] features, "
-                             f"got {tuple(features.shape)}")
+            raise ValueError(
+                f"expected [B, {self.positions}, {self.dims}] features, got {tuple(features.shape)}"
+            )
         if self.outers[0] is None:
             raise RuntimeError("statistics were already turned into a model; start a new fit")
         features = features.float()
@@ -68,8 +72,9 @@ class RunningGaussian:
             size = stop - start
             x = features[:, start:stop].transpose(0, 1) - self.shift[start:stop, None]  # [c,B,d]
             products = torch.bmm(x.transpose(1, 2), x, out=self._products[:size])
-            triangle = torch.index_select(products.view(size, -1), 1, self._flat_tril,
-                                          out=self._triangle[:size])
+            triangle = torch.index_select(
+                products.view(size, -1), 1, self._flat_tril, out=self._triangle[:size]
+            )
             outer = self.outers[index]
             assert outer is not None  # checked above: no chunk is consumed before whiten_into
             outer += triangle  # in place: the list keeps the same tensor
@@ -82,8 +87,9 @@ class RunningGaussian:
         assert self.shift is not None  # _require_data checked it
         return torch.cat(self.sums) / self.count + self.shift.double()
 
-    def whiten_into(self, mean_out: torch.Tensor, whiten_t_out: torch.Tensor,
-                    regularization: float = 0.01) -> None:
+    def whiten_into(
+        self, mean_out: torch.Tensor, whiten_t_out: torch.Tensor, regularization: float = 0.01
+    ) -> None:
         """Write the model: mean [P, d] and Wᵀ [P, d, d] with Wᵀ W = (Σ + λI)⁻¹ (float32).
 
         W = C⁻¹ for the Cholesky factor C of the regularised covariance, so the Mahalanobis
@@ -102,15 +108,23 @@ class RunningGaussian:
             mean = self.sums[index] / self.count  # mean of the shifted features
             for first in range(0, stop - start, WHITEN_CHUNK):
                 last = min(first + WHITEN_CHUNK, stop - start)
-                whiten_t_out[start + first:start + last].copy_(  # copy_ casts, no temporary
-                    self._inverse_cholesky(packed[first:last], mean[first:last],
-                                           denominator, regularization, eye).transpose(1, 2))
+                whiten_t_out[start + first : start + last].copy_(  # copy_ casts, no temporary
+                    self._inverse_cholesky(
+                        packed[first:last], mean[first:last], denominator, regularization, eye
+                    ).transpose(1, 2)
+                )
             self.outers[index] = None  # this chunk's sums are no longer needed
 
         self._parallel(whiten)
 
-    def _inverse_cholesky(self, packed: torch.Tensor, mean: torch.Tensor, denominator: int,
-                          regularization: float, eye: torch.Tensor) -> torch.Tensor:
+    def _inverse_cholesky(
+        self,
+        packed: torch.Tensor,
+        mean: torch.Tensor,
+        denominator: int,
+        regularization: float,
+        eye: torch.Tensor,
+    ) -> torch.Tensor:
         # Only the lower triangle is filled: Cholesky reads nothing else.
         size = packed.shape[0]
         cov = torch.zeros(size, self.dims * self.dims, dtype=torch.float64)
@@ -118,13 +132,15 @@ class RunningGaussian:
         cov = cov.view(size, self.dims, self.dims)
         column = mean[:, :, None]
         # cov = (Σ x xᵀ - n m mᵀ) / (n - 1), as one in-place rank-1 update
-        cov.baddbmm_(column, column.transpose(1, 2), beta=1.0 / denominator,
-                     alpha=-self.count / denominator)
+        cov.baddbmm_(
+            column, column.transpose(1, 2), beta=1.0 / denominator, alpha=-self.count / denominator
+        )
         cov.diagonal(dim1=1, dim2=2).add_(regularization)
         chol = torch.linalg.cholesky(cov)
         del cov
-        inverse: torch.Tensor = torch.linalg.solve_triangular(chol, eye.expand_as(chol),
-                                                              upper=False)
+        inverse: torch.Tensor = torch.linalg.solve_triangular(
+            chol, eye.expand_as(chol), upper=False
+        )
         return inverse
 
     def _parallel(self, work: Callable[[int], None]) -> None:

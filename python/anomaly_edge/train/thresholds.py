@@ -79,8 +79,9 @@ def f1_optimal_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(sorted_scores[int(np.argmax(f1))])
 
 
-def choose_threshold(scores: np.ndarray, labels: np.ndarray | None, fixed: float | None = None,
-                     what: str = "image") -> Threshold:
+def choose_threshold(
+    scores: np.ndarray, labels: np.ndarray | None, fixed: float | None = None, what: str = "image"
+) -> Threshold:
     """Apply the module's rules to validation ``scores`` (``labels`` None: no ground truth)."""
     if fixed is not None:
         return Threshold(float(fixed), "fixed", f"{what} threshold fixed by the user")
@@ -94,21 +95,32 @@ def choose_threshold(scores: np.ndarray, labels: np.ndarray | None, fixed: float
             tail = normal_upper_tail(scores[~labels])
             if best > tail:
                 return Threshold(best, "f1_optimal")
-            return Threshold(just_above(tail), "normal_tail",
-                             f"{what} threshold: the F1-optimal {best:.6g} was at or below the "
-                             f"normal validation scores' upper tail ({tail:.6g}); raised above "
-                             "it")
+            return Threshold(
+                just_above(tail),
+                "normal_tail",
+                f"{what} threshold: the F1-optimal {best:.6g} was at or below the "
+                f"normal validation scores' upper tail ({tail:.6g}); raised above "
+                "it",
+            )
         normal = scores[~labels] if not labels.all() else scores
     else:
         normal = scores
-    reason = ("no anomalous validation images" if labels is None or not labels.any()
-              else "no normal validation samples")
+    reason = (
+        "no anomalous validation images"
+        if labels is None or not labels.any()
+        else "no normal validation samples"
+    )
     if labels is not None and labels.all():
-        return Threshold(float(normal.min()), "min_anomalous",
-                         f"{what} threshold: {reason}; lowest anomalous score used")
-    return Threshold(just_above(float(normal.max())), "max_normal",
-                     f"{what} threshold: {reason}; maximum normal validation score used "
-                     "(not tuned on defects)")
+        return Threshold(
+            float(normal.min()),
+            "min_anomalous",
+            f"{what} threshold: {reason}; lowest anomalous score used",
+        )
+    return Threshold(
+        just_above(float(normal.max())),
+        "max_normal",
+        f"{what} threshold: {reason}; maximum normal validation score used (not tuned on defects)",
+    )
 
 
 def normal_upper_tail(normal_scores: np.ndarray) -> float:
@@ -147,9 +159,11 @@ def normal_score_range(normal_scores: np.ndarray) -> NormalScoreRange:
     normal_scores = np.asarray(normal_scores, dtype=np.float64).ravel()
     if normal_scores.size == 0:
         return {"normal_score_low": None, "normal_score_median": None, "normal_score_high": None}
-    return {"normal_score_low": float(normal_scores.min()),
-            "normal_score_median": float(np.median(normal_scores)),
-            "normal_score_high": float(normal_scores.max())}
+    return {
+        "normal_score_low": float(normal_scores.min()),
+        "normal_score_median": float(np.median(normal_scores)),
+        "normal_score_high": float(normal_scores.max()),
+    }
 
 
 @dataclass(frozen=True)
@@ -167,5 +181,6 @@ def normalization_stats(image_scores: np.ndarray, maps: np.ndarray) -> Normaliza
     maps = np.asarray(maps)
     if image_scores.size == 0 or maps.size == 0:
         raise ValueError("normalisation statistics need at least one validation image")
-    return Normalization(float(image_scores.min()), float(image_scores.max()),
-                         float(maps.min()), float(maps.max()))
+    return Normalization(
+        float(image_scores.min()), float(image_scores.max()), float(maps.min()), float(maps.max())
+    )
