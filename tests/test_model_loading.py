@@ -79,3 +79,31 @@ def test_ir_with_two_outputs(tmp_path):
     ov.save_model(ov.Model([a, ops.relu(a)], [image], "two"), str(xml))
     with pytest.raises(ModelLoadError, match="one input and one output"):
         AnomalyModel(xml, "CPU")
+
+
+class _CoreWhoseCacheBreaks:
+    """An OpenVINO Core whose compile fails whenever the model cache is used, as when another
+    process removes a blob while this one reads it."""
+
+    def __init__(self, real: ov.Core) -> None:
+        self.real, self.configs = real, []
+
+    def __getattr__(self, name):  # everything but compiling, as the real Core does it
+        return getattr(self.real, name)
+
+    def compile_model(self, model, device, config):
+        self.configs.append(dict(config))
+        if "CACHE_DIR" in config:
+            raise RuntimeError("Exception from src/core.cpp\ncannot set permissions: No such file")
+        return self.real.compile_model(model, device, config)
+
+
+def test_a_broken_model_cache_costs_a_warning_not_the_load(ir_copy, tmp_path, monkeypatch):
+    from anomaly_edge import model_loading
+
+    core = _CoreWhoseCacheBreaks(model_loading.shared_core())
+    monkeypatch.setattr(model_loading, "shared_core", lambda: core)
+    with pytest.warns(UserWarning, match="model cache skipped.*No such file"):
+        model = AnomalyModel(ir_copy, device="CPU", cache_dir=tmp_path / "cache")
+    assert model.predict(np.zeros((64, 64, 3), np.uint8)).score >= 0.0
+    assert "CACHE_DIR" in core.configs[0] and "CACHE_DIR" not in core.configs[1]

@@ -213,6 +213,19 @@ def compile_for(
     try:
         return shared_core().compile_model(model, device, config)
     except RuntimeError as exc:
+        if "CACHE_DIR" in config:
+            # The cache is an optimisation, and it is shared: another process compiling the
+            # same model at the same moment can remove a blob under our feet. Compile afresh.
+            del config["CACHE_DIR"]
+            try:
+                compiled = shared_core().compile_model(model, device, config)
+            except RuntimeError:
+                pass  # not the cache's fault: report the first error
+            else:
+                warnings.warn(
+                    f"model cache skipped for this load: {_first_line(exc)}", stacklevel=3
+                )
+                return compiled
         raise ModelLoadError(
             f"the model could not be compiled for {device}: {_first_line(exc)}"
         ) from exc
