@@ -223,7 +223,8 @@ def run_child(folder: Path, model: str, args: argparse.Namespace) -> tuple[dict 
     # On a shared machine, OpenMP threads that spin while waiting steal the cores their
     # siblings need (a 2-thread fit ran 20x slower than with this); set before torch loads.
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "python"), env.get("PYTHONPATH")]))
+    package = str(__import__("checkout").package_path())  # the built checkout, else installed
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package, env.get("PYTHONPATH")]))
     with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
         process = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env, cwd=REPO)
         _, status, usage = os.wait4(process.pid, 0)
