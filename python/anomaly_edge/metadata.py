@@ -35,6 +35,15 @@ OUR_SECTION = "anomaly_edge"
 INPUT_NAME = "image"
 OUTPUT_NAME = "anomaly_map"
 PRECISIONS = ("FP32", "FP16", "INT8")
+# The backbones training offers (train/backbones.py builds them), named here so the CLI can
+# list them without importing torch.
+BACKBONES = (
+    "resnet18",
+    "wide_resnet50_2",
+    "efficientnet_lite0",
+    "efficientnet_lite1",
+    "efficientnet_lite2",
+)
 MODEL_API_SECTION = "model_info"
 # Fields that older IRs lack (they load with None).
 OPTIONAL_FLOATS = ("normal_score_low", "normal_score_median", "normal_score_high", "train_aspect")

@@ -14,14 +14,7 @@ from anomaly_edge.cli.common import (
     positive_int,
     require_train_extra,
 )
-
-BACKBONES = (
-    "resnet18",
-    "wide_resnet50_2",
-    "efficientnet_lite0",
-    "efficientnet_lite1",
-    "efficientnet_lite2",
-)
+from anomaly_edge.metadata import BACKBONES
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

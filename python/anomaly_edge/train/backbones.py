@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from anomaly_edge.errors import AnomalyEdgeError
+from anomaly_edge.metadata import BACKBONES
 from anomaly_edge.train import efficientnet_lite
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)  # 0-255 RGB units
@@ -49,7 +50,7 @@ DEFAULT_LAYERS = {
     "wide_resnet50_2": ["layer1", "layer2", "layer3"],
     **{name: ["stage2", "stage3", "stage4"] for name in efficientnet_lite.VARIANTS},
 }
-BACKBONES = tuple(DEFAULT_LAYERS)
+assert tuple(DEFAULT_LAYERS) == BACKBONES, "metadata.BACKBONES lists what is built here"
 RESNET_STRIDES = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
 ONLINE_CHECK_SECONDS = 3.0
 
