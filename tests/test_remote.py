@@ -14,7 +14,7 @@ import pytest
 from anomaly_edge import AnomalyModel
 from anomaly_edge.cli.common import ExitCode
 from anomaly_edge.cli.main import main
-from anomaly_edge.errors import ModelLoadError
+from anomaly_edge.errors import InvalidInputError, ModelLoadError
 from anomaly_edge.model import PendingResultsError
 from anomaly_edge.remote import RetryPolicy, ServerUnavailableError
 from tests.conftest import child_env
@@ -311,3 +311,12 @@ def test_run_gives_up_with_the_input_code_when_the_server_stays_away(synthetic_i
     assert run.returncode == ExitCode.INPUT, err
     assert "not reachable after 2 retries" in err
     assert 5 <= len(events.read_text().splitlines()) < 2000  # what was done is kept
+
+
+def test_remote_settings_are_validated_as_on_a_local_model(server):
+    with AnomalyModel.remote(server.rest_url, "plate") as remote:
+        for name, value in [("min_area", 1.5), ("image_threshold", 1e308), ("task", "all")]:
+            with pytest.raises(InvalidInputError, match=name.split("_")[0]):
+                setattr(remote, name, value)
+        remote.min_area = 3.0  # a whole number given as a float is fine, as locally
+        assert remote.min_area == 3

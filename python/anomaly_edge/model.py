@@ -63,7 +63,65 @@ def _release_live_models() -> None:
         model._release()
 
 
-class AnomalyModel:
+class RuntimeSettings:
+    """The settings a model takes at run time, validated alike for a local model
+    (:class:`AnomalyModel`) and a remote one (:class:`~anomaly_edge.remote.RemoteAnomalyModel`):
+    task, thresholds, smallest region and the bound on unread asynchronous results."""
+
+    _task: Task
+    _params: PostprocessParams
+    _max_pending: int
+
+    @property
+    def task(self) -> Task:
+        """What predictions contain: classification, detection (boxes) or segmentation (mask)."""
+        return self._task
+
+    @task.setter
+    def task(self, value: Task | str) -> None:
+        try:
+            self._task = Task.parse(value)
+        except ValueError as exc:
+            raise InvalidInputError(str(exc)) from None
+
+    @property
+    def image_threshold(self) -> float:
+        """Raw image score at or above which an image is anomalous."""
+        return self._params.image_threshold
+
+    @image_threshold.setter
+    def image_threshold(self, value: float) -> None:
+        self._params = _changed(self._params, image_threshold=_threshold(value, "image_threshold"))
+
+    @property
+    def pixel_threshold(self) -> float:
+        """Raw anomaly-map value at or above which a pixel is anomalous."""
+        return self._params.pixel_threshold
+
+    @pixel_threshold.setter
+    def pixel_threshold(self, value: float) -> None:
+        self._params = _changed(self._params, pixel_threshold=_threshold(value, "pixel_threshold"))
+
+    @property
+    def min_area(self) -> int:
+        """Smallest region, in anomaly-map pixels, that is reported as a box."""
+        return self._params.min_area
+
+    @min_area.setter
+    def min_area(self, value: int) -> None:
+        self._params = _changed(self._params, min_area=_whole(value, "min_area", minimum=0))
+
+    @property
+    def max_pending(self) -> int:
+        """Finished :meth:`submit` results that may wait to be collected (see :meth:`submit`)."""
+        return self._max_pending
+
+    @max_pending.setter
+    def max_pending(self, value: int) -> None:
+        self._max_pending = _whole(value, "max_pending", minimum=1)
+
+
+class AnomalyModel(RuntimeSettings):
     """An exported anomaly-edge model, compiled for one device.
 
     Args:
@@ -176,56 +234,6 @@ class AnomalyModel:
         from anomaly_edge.remote import RemoteAnomalyModel
 
         return RemoteAnomalyModel(url, name, **options)
-
-    # ---- settings changeable at run time ---------------------------------------------------
-
-    @property
-    def task(self) -> Task:
-        """What predictions contain: classification, detection (boxes) or segmentation (mask)."""
-        return self._task
-
-    @task.setter
-    def task(self, value: Task | str) -> None:
-        try:
-            self._task = Task.parse(value)
-        except ValueError as exc:
-            raise InvalidInputError(str(exc)) from None
-
-    @property
-    def image_threshold(self) -> float:
-        """Raw image score at or above which an image is anomalous."""
-        return self._params.image_threshold
-
-    @image_threshold.setter
-    def image_threshold(self, value: float) -> None:
-        self._params = _changed(self._params, image_threshold=_threshold(value, "image_threshold"))
-
-    @property
-    def pixel_threshold(self) -> float:
-        """Raw anomaly-map value at or above which a pixel is anomalous."""
-        return self._params.pixel_threshold
-
-    @pixel_threshold.setter
-    def pixel_threshold(self, value: float) -> None:
-        self._params = _changed(self._params, pixel_threshold=_threshold(value, "pixel_threshold"))
-
-    @property
-    def min_area(self) -> int:
-        """Smallest region, in anomaly-map pixels, that is reported as a box."""
-        return self._params.min_area
-
-    @min_area.setter
-    def min_area(self, value: int) -> None:
-        self._params = _changed(self._params, min_area=_whole(value, "min_area", minimum=0))
-
-    @property
-    def max_pending(self) -> int:
-        """Finished :meth:`submit` results that may wait to be collected (see :meth:`submit`)."""
-        return self._max_pending
-
-    @max_pending.setter
-    def max_pending(self, value: int) -> None:
-        self._max_pending = _whole(value, "max_pending", minimum=1)
 
     # ---- calibration on the line (anomaly_edge.calibration) -------------------------------
 

@@ -46,7 +46,7 @@ import numpy as np
 
 from anomaly_edge.errors import AnomalyEdgeError, InvalidInputError, ModelLoadError
 from anomaly_edge.images import ColorFormat, check_frame, read_image
-from anomaly_edge.model import DEFAULT_MAX_PENDING, PendingResultsError
+from anomaly_edge.model import DEFAULT_MAX_PENDING, PendingResultsError, RuntimeSettings
 from anomaly_edge.postprocess import PostprocessParams, postprocess
 from anomaly_edge.prediction import Prediction, Task
 from anomaly_edge.serve.wire import (
@@ -117,7 +117,7 @@ def split_urls(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-class RemoteAnomalyModel:
+class RemoteAnomalyModel(RuntimeSettings):
     """A model on a v2 model server, with :class:`~anomaly_edge.AnomalyModel`'s interface.
 
     Use :meth:`AnomalyModel.remote <anomaly_edge.AnomalyModel.remote>` to make one.
@@ -191,48 +191,9 @@ class RemoteAnomalyModel:
                 f"num_requests must be a positive integer, got {num_requests!r}"
             )
         self.num_requests = num_requests or 4 * len(self._endpoints)
-        if not isinstance(max_pending, int) or isinstance(max_pending, bool) or max_pending < 1:
-            raise InvalidInputError(f"max_pending must be a positive integer, got {max_pending!r}")
         self.max_pending = max_pending  # as on a local model: finished results left unread
         self._slots = threading.Semaphore(self.num_requests)
         _LIVE_REMOTES.add(self)
-
-    # ---- settings (as on a local model) ----------------------------------------------------
-
-    @property
-    def task(self) -> Task:
-        return self._task
-
-    @task.setter
-    def task(self, value: Task | str) -> None:
-        try:
-            self._task = Task.parse(value)
-        except ValueError as exc:
-            raise InvalidInputError(str(exc)) from None
-
-    @property
-    def image_threshold(self) -> float:
-        return self._params.image_threshold
-
-    @image_threshold.setter
-    def image_threshold(self, value: float) -> None:
-        self._params = self._params.replace(image_threshold=_finite(value, "image_threshold"))
-
-    @property
-    def pixel_threshold(self) -> float:
-        return self._params.pixel_threshold
-
-    @pixel_threshold.setter
-    def pixel_threshold(self, value: float) -> None:
-        self._params = self._params.replace(pixel_threshold=_finite(value, "pixel_threshold"))
-
-    @property
-    def min_area(self) -> int:
-        return self._params.min_area
-
-    @min_area.setter
-    def min_area(self, value: int) -> None:
-        self._params = self._params.replace(min_area=int(value))
 
     # ---- synchronous -----------------------------------------------------------------------
 
@@ -756,13 +717,3 @@ def _quiet_kserve_client_logs() -> None:
     logger = logging.getLogger("kserve")
     if logger.level < logging.CRITICAL:
         logger.setLevel(logging.CRITICAL)
-
-
-def _finite(value: float, name: str) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise InvalidInputError(f"{name} must be a number, got {value!r}") from None
-    if not np.isfinite(number):
-        raise InvalidInputError(f"{name} must be finite, got {value!r}")
-    return number
