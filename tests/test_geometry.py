@@ -16,6 +16,7 @@ from anomaly_edge.train.geometry import (
     round_to_stride,
     size_for_aspect,
 )
+from anomaly_edge.train.options import PadimOptions
 
 
 @pytest.mark.parametrize(
@@ -112,7 +113,7 @@ def test_train_picks_the_input_from_the_data_and_records_it(tmp_path, monkeypatc
         lambda sizes, stride: choose_input_size(sizes, base=64, stride=stride),
     )
     root = _wide_category(tmp_path / "wide")
-    result = api.train(root, pool=1, out=tmp_path / "run", export=False)
+    result = api.train(root, options=PadimOptions(pool=1), out=tmp_path / "run", export=False)
     assert result.metadata.input_size == (64, 160)  # 2.5:1, long side on the stride 16
     assert result.model.input_size == (64, 160)
     assert result.metadata.train_aspect == pytest.approx(2.5)
@@ -125,7 +126,7 @@ def test_train_picks_the_input_from_the_data_and_records_it(tmp_path, monkeypatc
         "images_measured": 10,
     }
 
-    overridden = api.train(root, image_size=64, pool=1, export=False)
+    overridden = api.train(root, image_size=64, options=PadimOptions(pool=1), export=False)
     assert overridden.metadata.input_size == (64, 64)
     assert overridden.metrics["input_geometry"]["source"] == "user"
     assert overridden.metadata.train_aspect == pytest.approx(2.5)  # still what training saw

@@ -15,6 +15,7 @@ from anomaly_edge.demo import make_dataset
 from anomaly_edge.metadata import ModelMetadata
 from anomaly_edge.model_loading import read_ir
 from anomaly_edge.tiles import TileLayout
+from anomaly_edge.train.options import PadimOptions, StfpmOptions
 from anomaly_edge.train.padim import Padim
 from anomaly_edge.train.tiling import (
     AUTO_MAX_TILES,
@@ -122,12 +123,9 @@ def tiled_run(small_dataset: Path, tmp_path_factory):
         small_dataset,
         model="padim",
         backbone="resnet18",
-        pretrained=False,
+        options=PadimOptions(n_channels=20, pool=2, pretrained=False, tile_gaussians="position"),
         image_size=64,
-        n_channels=20,
-        pool=2,
         tile="2x2",
-        tile_gaussians="position",
         out=out,
     )
     return result, out
@@ -186,7 +184,7 @@ def test_stfpm_trains_on_tiles(small_dataset: Path, tmp_path: Path) -> None:
         image_size=64,
         tile="1x2",
         out=tmp_path,
-        stfpm_options={"max_epochs": 1},
+        options=StfpmOptions(max_epochs=1),
     )
     assert result.metrics["tiles"]["grid"] == [1, 2]
     assert result.metrics["tiles"]["gaussians"] is None
@@ -208,7 +206,7 @@ def test_int8_of_a_tiled_model_is_refused_up_front(small_dataset: Path, tmp_path
             small_dataset,
             model="padim",
             backbone="resnet18",
-            pretrained=False,
+            options=PadimOptions(pretrained=False),
             image_size=64,
             tile="2x2",
             out=tmp_path,

@@ -115,11 +115,13 @@ def child_main(args: argparse.Namespace) -> int:
         "validation_fraction": 0.0,
     }
     if args.max_epochs is not None and args.model == "stfpm":
-        options["stfpm_options"] = {"max_epochs": args.max_epochs}
+        from anomaly_edge.train.options import StfpmOptions
+
+        options["options"] = StfpmOptions(max_epochs=args.max_epochs)
     options = {k: v for k, v in options.items() if k in accepted}
-    if args.max_epochs is not None and args.model == "stfpm" and "stfpm_options" not in options:
+    if args.max_epochs is not None and args.model == "stfpm" and "options" not in options:
         print(
-            "warning: train() takes no stfpm_options; STFPM uses its default max_epochs",
+            "warning: train() takes no model options; STFPM uses its default max_epochs",
             file=sys.stderr,
         )
     with tempfile.TemporaryDirectory(prefix="bench_accuracy_") as out:

@@ -46,6 +46,7 @@ def child_main(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     from anomaly_edge.train import train
+    from anomaly_edge.train.options import StfpmOptions
 
     options = {
         "model": args.model,
@@ -59,7 +60,7 @@ def child_main(args: argparse.Namespace) -> int:
         stfpm_options = json.loads(args.stfpm_options or "{}")
         if args.max_epochs is not None:
             stfpm_options["max_epochs"] = args.max_epochs
-        options["stfpm_options"] = stfpm_options
+        options["options"] = StfpmOptions(**stfpm_options)
     result = train(args.data, **options)
     history = getattr(result.model, "history", None)
     record = {key: result.metrics.get(key) for key in METRICS}

@@ -185,14 +185,18 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("--validation-fraction must be in [0, 1)", ExitCode.USAGE)
     if args.weights is not None and not args.weights.is_file():
         raise CliError(f"--weights {args.weights}: no such file", ExitCode.INPUT)
-    stfpm_options = {}
-    if args.max_epochs is not None:
-        if args.model != "stfpm":
-            raise CliError("--epochs applies to --model stfpm only", ExitCode.USAGE)
-        stfpm_options["max_epochs"] = args.max_epochs
+    if args.max_epochs is not None and args.model != "stfpm":
+        raise CliError("--epochs applies to --model stfpm only", ExitCode.USAGE)
     for given, flag in ((args.n_channels, "--channels"), (args.pool, "--pool")):
         if given is not None and args.model != "padim":
             raise CliError(f"{flag} applies to --model padim only", ExitCode.USAGE)
+    from anomaly_edge.train.options import PadimOptions, StfpmOptions
+
+    options = (
+        PadimOptions(n_channels=args.n_channels, pool=args.pool, tile_gaussians=args.tile_gaussians)
+        if args.model == "padim"
+        else StfpmOptions(max_epochs=args.max_epochs)
+    )
     try:
         result = train(
             args.data,
@@ -203,8 +207,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             layers=args.layers,
             weights=args.weights,
-            n_channels=args.n_channels,
-            pool=args.pool,
+            options=options,
             validation_fraction=args.validation_fraction,
             image_threshold=args.image_threshold,
             pixel_threshold=args.pixel_threshold,
@@ -213,11 +216,9 @@ def run(args: argparse.Namespace) -> int:
             threads=args.threads,
             export=args.export,
             precision=args.precision,
-            stfpm_options=stfpm_options,
             progress=not args.quiet,
             augment=args.augment,
             tile=args.tile,
-            tile_gaussians=args.tile_gaussians,
         )
     except DatasetError as exc:
         raise CliError(str(exc), ExitCode.INPUT) from exc

@@ -1,8 +1,9 @@
 """The training world (needs the ``train`` extra: torch, torchvision).
 
-``anomaly_edge.train.train(data, model="padim", backbone="resnet18", out=...)`` goes from an
-MVTec-layout folder to a trained, evaluated and (optionally) exported model; see
-:mod:`anomaly_edge.train.api`. Submodules: ``data`` (datasets), ``backbones``,
+``anomaly_edge.train.train(data, model="padim", out=...)`` goes from an MVTec-layout
+folder to a trained, evaluated and (optionally) exported model; see
+:mod:`anomaly_edge.train.api`. Each model's own knobs are :class:`PadimOptions` and
+:class:`StfpmOptions` (:mod:`.options`). Submodules: ``data`` (datasets), ``backbones``,
 ``efficientnet_lite``, ``padim``, ``stfpm``, ``metrics``, ``thresholds``, ``evaluate``, ``export``.
 """
 
@@ -10,15 +11,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from anomaly_edge.train.options import PadimOptions, StfpmOptions
+
 if TYPE_CHECKING:
     from anomaly_edge.train.api import TrainResult, train
 
-__all__ = ["TrainResult", "train"]
+__all__ = ["PadimOptions", "StfpmOptions", "TrainResult", "train"]
 
 
 def __getattr__(name: str) -> Any:
     # Lazy, so importing one submodule (e.g. export) does not pull in the whole pipeline.
-    if name in __all__:
+    if name in ("TrainResult", "train"):
         from anomaly_edge.train import api
 
         return getattr(api, name)

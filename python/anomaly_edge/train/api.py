@@ -45,6 +45,7 @@ from anomaly_edge.train.data import (
 )
 from anomaly_edge.train.evaluate import Predictions, calibrate, predict_samples, test_metrics
 from anomaly_edge.train.geometry import InputGeometry, choose_input_size, image_sizes
+from anomaly_edge.train.options import PadimOptions, StfpmOptions
 from anomaly_edge.train.thresholds import false_alarm_rate, normal_score_range
 from anomaly_edge.train.tiling import (
     TileFrames,
@@ -100,9 +101,7 @@ def train(
     *,
     layers: list[str] | None = None,
     weights: str | Path | None = None,
-    pretrained: bool = True,
-    n_channels: int | None = None,
-    pool: int | None = None,
+    options: PadimOptions | StfpmOptions | None = None,
     validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
     image_threshold: float | None = None,
     pixel_threshold: float | None = None,
@@ -111,11 +110,9 @@ def train(
     threads: int | None = None,
     export: bool = True,
     precision: str = "FP16",
-    stfpm_options: dict[str, Any] | None = None,
     progress: bool | ProgressFactory = False,
     augment: str | bool | Augmentation | None = DEFAULT_AUGMENT,
     tile: TileOption = "auto",
-    tile_gaussians: str = "auto",
 ) -> TrainResult:
     """Train ``model`` on ``data/train/good``, evaluate on ``data/test`` and (with ``out``) save.
 
@@ -129,10 +126,9 @@ def train(
             rounded to the backbone's stride; see :mod:`.geometry`).
         seed: fixes channel choice / student init, the validation split and data order.
         layers, weights: backbone layers and a weights file (see ``build_backbone``).
-        pretrained: ``False`` starts PaDiM's backbone from random weights (tests only).
-        n_channels: PaDiM's random channel subset size (default per backbone).
-        pool: PaDiM's Gaussian grid: one Gaussian per ``pool`` x ``pool`` block of the
-            finest feature grid (default 2; 1 = per position, as in the paper).
+        options: the model's own knobs: :class:`.PadimOptions` (channels, Gaussian grid,
+            pretrained weights, Gaussians of tiles) or :class:`.StfpmOptions` (the training
+            schedule); ``None`` takes every default.
         validation_fraction: share of the test images used to tune thresholds.
         image_threshold, pixel_threshold: fixed thresholds (raw units) instead of tuned ones.
         task: what the exported model reports by default (classification, detection,
@@ -141,7 +137,6 @@ def train(
         threads: torch threads (default: all cores torch sees).
         export: write the OpenVINO IR (needs ``out``).
         precision: IR precision, ``FP32``, ``FP16`` or ``INT8``.
-        stfpm_options: extra keyword arguments for ``fit_stfpm`` (lr, max_epochs, ...).
         progress: ``True`` for tqdm bars, or a factory ``(description, total) -> bar``.
         augment: add compressed, re-lit copies of the training images (the deployment
             camera's path; :mod:`.augment`): ``"on"``, ``"off"``, an :class:`Augmentation`
@@ -150,13 +145,11 @@ def train(
             see :mod:`.tiling`), ``"off"``, a grid ``"RxC"``, or a ``TileLayout``. A tiled
             model cuts each frame into overlapping ``image_size`` tiles at (near) native
             resolution, runs them as one batch and stitches their maps.
-        tile_gaussians: PaDiM on tiles: ``"position"`` (Gaussians per tile position),
-            ``"shared"`` (one set for all tiles) or ``"auto"`` (position when there are more
-            training images than PaDiM channels; see :func:`.tiling.resolve_tile_gaussians`).
     """
     augmentation = parse_augment(augment)
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
+    padim_options, stfpm_options = _options_for(model, options)
     task = Task.parse(task).value
     if export and out is None:
         raise ValueError("export=True needs an output folder (out=...)")
@@ -173,7 +166,9 @@ def train(
     geometry = _input_geometry(image_size, split.train, model, backbone, layers)
     size = geometry.size
     notes = [split.note] if split.note else []
-    layout, native = _tile_layout(tile, size, category.train, tile_gaussians, precision)
+    layout, native = _tile_layout(
+        tile, size, category.train, padim_options.tile_gaussians, precision
+    )
     if layout is not None and augmentation is not None:
         raise ValueError(
             f"augmentation of tiled training is not supported yet "
@@ -189,14 +184,11 @@ def train(
             seed,
             layers,
             weights,
-            pretrained,
-            n_channels,
-            pool,
+            padim_options,
             batch_size,
             bar,
             augmentation,
             layout,
-            tile_gaussians,
         )
     else:
         anomaly_module, mean, std = _fit_stfpm(
@@ -207,8 +199,8 @@ def train(
             layers,
             weights,
             batch_size,
-            stfpm_options or {},
-            progress,
+            stfpm_options,
+            bar if progress else False,
             augmentation,
             layout,
         )
@@ -313,6 +305,20 @@ def _input_geometry(
 # ---- fitting -------------------------------------------------------------------------------
 
 
+def _options_for(
+    model: str, options: PadimOptions | StfpmOptions | None
+) -> tuple[PadimOptions, StfpmOptions]:
+    """(PaDiM's options, STFPM's options), defaults for the model not trained."""
+    wanted = PadimOptions if model == "padim" else StfpmOptions
+    if options is not None and not isinstance(options, wanted):
+        raise ValueError(
+            f"options for {model} must be a {wanted.__name__}, got {type(options).__name__}"
+        )
+    padim = options if isinstance(options, PadimOptions) else PadimOptions()
+    stfpm = options if isinstance(options, StfpmOptions) else StfpmOptions()
+    return padim, stfpm
+
+
 def _gaussians_of(module: nn.Module, layout: TileLayout | None) -> str | None:
     """What a tiled PaDiM's Gaussians belong to, for metrics.json (None: not a tiled PaDiM)."""
     from anomaly_edge.train.padim import Padim
@@ -352,30 +358,27 @@ def _fit_padim(
     seed: int,
     layers: list[str] | None,
     weights: str | Path | None,
-    pretrained: bool,
-    n_channels: int | None,
-    pool: int | None,
+    options: PadimOptions,
     batch_size: int,
     bar: ProgressFactory,
     augmentation: Augmentation | None = None,
     layout: TileLayout | None = None,
-    tile_gaussians: str = "position",
 ) -> tuple[nn.Module, tuple[float, float, float], tuple[float, float, float]]:
     from anomaly_edge.train.padim import DEFAULT_POOL, Padim
 
     padim = Padim(
         backbone,
         size,
-        n_channels=n_channels,
+        n_channels=options.n_channels,
         seed=seed,
         layers=layers,
-        pool=DEFAULT_POOL if pool is None else pool,
-        pretrained=pretrained,
+        pool=DEFAULT_POOL if options.pool is None else options.pool,
+        pretrained=options.pretrained,
         weights=str(weights) if weights is not None else None,
     )
     if layout is not None:  # tiles: Gaussians per tile position, or shared by all tiles
         frames = TileFrames(split.train, layout, padim.backbone.mean, padim.backbone.std)
-        gaussians = resolve_tile_gaussians(tile_gaussians, len(frames), padim.n_channels)
+        gaussians = resolve_tile_gaussians(options.tile_gaussians, len(frames), padim.n_channels)
         module = TilePositionPadim(padim, layout.count) if gaussians == "position" else padim
         progress = bar("fitting PaDiM on tiles", len(frames))
         module.fit(
@@ -405,8 +408,8 @@ def _fit_stfpm(
     layers: list[str] | None,
     weights: str | Path | None,
     batch_size: int,
-    options: dict[str, Any],
-    progress: bool | ProgressFactory,
+    options: StfpmOptions,
+    progress: ProgressFactory | bool,
     augmentation: Augmentation | None = None,
     layout: TileLayout | None = None,
 ) -> tuple[nn.Module, tuple[float, float, float], tuple[float, float, float]]:
@@ -435,8 +438,8 @@ def _fit_stfpm(
         layers=layers,
         weights=str(weights) if weights is not None else None,
         seed=seed,
-        progress=bool(progress),
-        **options,
+        progress=progress,
+        **options.fit_arguments(),
     )
     return stfpm.eval(), mean, std
 

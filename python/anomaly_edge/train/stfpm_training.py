@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,7 +70,7 @@ def fit_stfpm(
     combine: Combine = "product",
     blur_sigma: float = BLUR_SIGMA,
     seed: int = 0,
-    progress: bool = True,
+    progress: bool | Callable[[str, int], Any] = True,
 ) -> Stfpm:
     """Train STFPM on normal images and return it in eval mode, with the best epoch's weights.
 
@@ -94,7 +94,8 @@ def fit_stfpm(
         combine: how per-layer maps make the anomaly map ("product" or "sum").
         blur_sigma: Gaussian blur of the map in pixels (0 = none).
         seed: fixes the student's initialisation, the hold-out and the batch order.
-        progress: show a progress bar.
+        progress: ``True`` for a tqdm bar over the epochs, or a factory
+            ``(description, total) -> bar`` (the bar's ``update(n)`` and ``close()`` are used).
     """
     model = build_stfpm(
         backbone, layers=layers, weights=weights, combine=combine, blur_sigma=blur_sigma, seed=seed
@@ -135,7 +136,7 @@ def train_stfpm(
     cosine: bool = False,
     max_grad_norm: float | None = None,
     seed: int = 0,
-    progress: bool = True,
+    progress: bool | Callable[[str, int], Any] = True,
 ) -> StfpmHistory:
     """Fit ``model.student`` in place (see :func:`fit_stfpm`); returns and stores the history."""
     _check_settings(
@@ -179,8 +180,8 @@ def train_stfpm(
     clip = math.inf if max_grad_norm is None else max_grad_norm
     history = StfpmHistory()
     best_loss, best_state, stale, step = math.inf, None, 0, 0
-    epochs = _progress(range(max_epochs), progress)
-    for epoch in epochs:
+    epochs = _epoch_bar(progress, max_epochs)
+    for epoch in range(max_epochs):
         model.train()
         order = torch.randperm(len(train_images), generator=generator)
         running, largest_norm = 0.0, 0.0
@@ -221,11 +222,11 @@ def train_stfpm(
                 val=f"{val_loss:.4f}",
                 best=history.best_epoch,
             )
+        epochs.update(1)
         if stale >= patience:
             history.stopped_early = True
             break
-    if hasattr(epochs, "close"):
-        epochs.close()
+    epochs.close()
 
     if best_state is not None:
         model.student.load_state_dict(best_state)
@@ -396,11 +397,20 @@ def _evaluate_loss(
     return total / len(images)
 
 
-def _progress(iterable: range, enabled: bool) -> Any:
-    if not enabled:
-        return iterable
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm is in the train extra, but a bar is not worth failing over
-        return iterable
-    return tqdm(iterable, desc="STFPM epochs", unit="epoch", leave=False)
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _epoch_bar(progress: bool | Callable[[str, int], Any], epochs: int) -> Any:
+    """A bar over the epochs: the caller's factory, tqdm for ``True``, nothing for ``False``."""
+    if callable(progress):
+        return progress("STFPM epochs", epochs)
+    if not progress:
+        return _NoBar()
+    from tqdm.auto import tqdm  # part of the train extra
+
+    return tqdm(total=epochs, desc="STFPM epochs", unit="epoch", leave=False)

@@ -1,0 +1,45 @@
+"""Each model's own knobs for :func:`anomaly_edge.train.train`, as one object per model.
+
+    train(data, model="padim", options=PadimOptions(pool=1))
+    train(data, model="stfpm", options=StfpmOptions(max_epochs=60, cosine=True))
+
+A field left at ``None`` takes the model's default, which lives with the model
+(``train/padim.py``, ``train/stfpm_training.py``), not here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class PadimOptions:
+    """PaDiM: the random channel subset, the Gaussian grid, and the backbone's weights."""
+
+    n_channels: int | None = None  # random channel subset (default per backbone)
+    pool: int | None = None  # one Gaussian per pool x pool block of the finest grid; 1 = paper
+    pretrained: bool = True  # False starts the backbone from random weights (tests only)
+    tile_gaussians: str = "auto"  # tiled models: "position", "shared" or "auto"
+
+
+@dataclass(frozen=True)
+class StfpmOptions:
+    """STFPM's training schedule (see ``train/stfpm_training.py`` for each default)."""
+
+    lr: float | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    max_epochs: int | None = None
+    patience: int | None = None
+    warmup_epochs: float | None = None
+    cosine: bool | None = None
+    max_grad_norm: float | None = None
+
+    def fit_arguments(self) -> dict[str, Any]:
+        """The keyword arguments for ``fit_stfpm``: only the fields that were set."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+ModelOptions = PadimOptions | StfpmOptions

@@ -1,0 +1,45 @@
+"""Each model's knobs travel as one object (PadimOptions / StfpmOptions), and a progress
+factory given to train() reaches every stage, STFPM's epochs included."""
+
+from __future__ import annotations
+
+import pytest
+
+from anomaly_edge.train import PadimOptions, StfpmOptions, train
+from tests.test_data_factory import make_category
+
+
+def test_only_the_fields_set_reach_the_training_loop():
+    assert StfpmOptions().fit_arguments() == {}
+    assert StfpmOptions(max_epochs=3, cosine=True).fit_arguments() == {
+        "max_epochs": 3,
+        "cosine": True,
+    }
+
+
+@pytest.mark.parametrize(
+    ("model", "options"), [("stfpm", PadimOptions()), ("padim", StfpmOptions())]
+)
+def test_options_of_the_other_model_are_refused_before_any_work(tmp_path, model, options):
+    with pytest.raises(ValueError, match=f"options for {model} must be"):
+        train(tmp_path / "no-such-folder", model=model, options=options, export=False)
+
+
+def test_a_progress_factory_sees_stfpm_epochs(tmp_path):
+    root = tmp_path / "cat"
+    make_category(root, train=6, good=2, defects={"d": 2})
+    seen: list[tuple[str, int]] = []
+
+    class Bar:
+        def __init__(self, description: str, total: int) -> None:
+            seen.append((description, total))
+
+        def update(self, n: int = 1) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    train(root, model="stfpm", image_size=64, options=StfpmOptions(max_epochs=2),
+          export=False, progress=Bar)  # fmt: skip
+    assert ("STFPM epochs", 2) in seen
