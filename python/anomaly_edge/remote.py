@@ -599,8 +599,18 @@ class _GrpcEndpoint(_Endpoint):
     async def _call(self, request: Any) -> Any:
         import grpc
 
+        client = self._grpc()
         try:
-            return await self._grpc().infer(request)
+            return await client.infer(request)
+        except asyncio.CancelledError:
+            # set_aside() closed this channel while the call waited on it (another request saw
+            # the replica fail): grpc.aio cancels the calls in flight. That is the replica's
+            # failure, to be retried elsewhere, unless this task itself is being cancelled.
+            task = asyncio.current_task()
+            cancelling = getattr(task, "cancelling", lambda: 0)()  # Python 3.11+
+            if cancelling or client is self._client:
+                raise
+            raise _Unavailable("the connection was reset while the call waited") from None
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             if code == grpc.StatusCode.NOT_FOUND:
