@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from anomaly_edge.cli.common import CliError, ExitCode
+from anomaly_edge.cli.common import CliError, ExitCode, positive_float, positive_int
 
 if TYPE_CHECKING:
     import numpy as np
@@ -51,13 +51,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     amount = parser.add_mutually_exclusive_group()
     amount.add_argument(
         "--frames",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help=f"calibrate on the first N frames (default {DEFAULT_FRAMES})",
     )
     amount.add_argument(
         "--seconds",
-        type=_positive_float,
+        type=positive_float,
         metavar="T",
         help="calibrate on the first T seconds of the source",
     )
@@ -72,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--device", default="AUTO", help="OpenVINO device: AUTO, CPU, GPU, NPU")
     parser.add_argument(
         "--timeout",
-        type=_positive_float,
+        type=positive_float,
         default=10.0,
         metavar="SECONDS",
         help="network sources: seconds to wait for the stream (default 10)",
@@ -157,17 +157,3 @@ def _load_model(args: argparse.Namespace) -> AnomalyModel:
         return AnomalyModel(path, device=args.device)
     except (AnomalyEdgeError, RuntimeError, OSError, ValueError) as exc:
         raise CliError(f"cannot load model {path}: {exc}", ExitCode.MODEL) from None
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
