@@ -11,6 +11,7 @@ import pytest
 
 from anomaly_edge.metadata import OUR_SECTION, ModelMetadata
 from anomaly_edge.train.geometry import (
+    MAX_ASPECT_SPREAD,
     choose_input_size,
     image_sizes,
     round_to_stride,
@@ -65,13 +66,29 @@ def test_rounding_to_the_stride():
 
 
 def test_median_aspect_of_a_varied_set_ignores_a_few_odd_images():
-    sizes = [(300, 100)] * 2 + [(200, 400)] * 5 + [(100, 100)] * 2  # tall, wide, square (h, w)
+    sizes = [(300, 100)] + [(200, 400)] * 8 + [(100, 100)]  # tall, wide, square (h, w)
     geometry = choose_input_size(sizes)
     assert geometry.median_aspect == pytest.approx(2.0)
+    assert geometry.aspect_spread == pytest.approx(1.0) and geometry.shapes_agree
     assert geometry.size == (256, 512)
-    assert geometry.source == "data" and geometry.images_measured == 9
+    assert geometry.train_aspect == pytest.approx(2.0)
+    assert geometry.source == "data" and geometry.images_measured == 10
     # 2:1 and 1:2 weigh the same: the median of an even split is square
     assert choose_input_size([(100, 200), (200, 100)]).size == (256, 256)
+
+
+def test_a_set_that_disagrees_on_shape_gets_a_square_and_no_expected_aspect():
+    # aspects spread like magnetic_tile's (interquartile 0.71-1.32): no one shape fits
+    aspects = [0.4, 0.57, 0.7, 0.8, 0.85, 0.9, 1.0, 1.2, 1.35, 1.6, 2.5]
+    sizes = [(200, round(200 * a)) for a in aspects]
+    geometry = choose_input_size(sizes)
+    assert geometry.aspect_spread > MAX_ASPECT_SPREAD and not geometry.shapes_agree
+    assert geometry.median_aspect == pytest.approx(0.9, abs=0.01)
+    assert geometry.size == (256, 256)
+    assert geometry.train_aspect is None  # frames of any shape are expected
+    # a modest spread keeps the median's shape: 2.0-2.4 around 2.2
+    close = choose_input_size([(100, 200), (100, 220), (100, 220), (100, 240)])
+    assert close.shapes_agree and close.size == (256, 560)
 
 
 def test_image_sizes_reads_headers(tmp_path):
@@ -123,6 +140,7 @@ def test_train_picks_the_input_from_the_data_and_records_it(tmp_path, monkeypatc
         "input_size": [64, 160],
         "source": "data",
         "median_aspect": 2.5,
+        "aspect_spread": 1.0,
         "images_measured": 10,
     }
 

@@ -4,8 +4,7 @@
 --validation-fraction 0`` with no geometry flags, on the four shared categories; anomalib
 2.7's PaDiM (same ImageNet weights, timm ``blocks.1/2/4``, 100 channels, 256x256) from
 ``../shared/BENCHMARKS.md``. AUROC and AUPRO cover the whole test set either way. The runs are
-deterministic (seed 0); the margin absorbs float differences between machines, and covers the
-one figure below anomalib's: magnetic_tile's image AUROC, 0.949 against 0.952 (measured
+deterministic (seed 0); the margin absorbs float differences between machines (measured
 figures in ``train/padim.py``).
 """
 
@@ -17,11 +16,11 @@ pytest.importorskip("torch")
 
 from anomaly_edge.train import train
 
-MARGIN = 0.005
+MARGIN = 0.001  # anomalib's figures are rounded to 3 decimals; ours are deterministic
 # category folder -> (anomalib image AUROC, pixel AUROC, AUPRO), the input chosen from the data
 CATEGORIES = {
     "mpdd/metal_plate": ((0.848, 0.967, 0.884), (256, 256)),  # 512 x 512
-    "magnetic_tile/magnetic_tile": ((0.952, 0.745, 0.747), (288, 256)),  # varied, median 0.87
+    "magnetic_tile/magnetic_tile": ((0.952, 0.745, 0.747), (256, 256)),  # varied: square
     "bsdata/ball_screw": ((0.940, 0.984, 0.748), (256, 624)),  # 565 x 230
     "mvtec3d/tire": ((0.762, 0.582, 0.146), (336, 256)),  # 300 x 400
 }

@@ -85,7 +85,8 @@ class ModelMetadata:
     # What `anomaly-edge calibrate` did (source, frames, date, before/after); empty if never.
     calibration: dict[str, Any] = field(default_factory=dict)
     # Median width / height of the training images: the runtime warns once about frames of
-    # another shape. None in IRs exported before it was stored.
+    # another shape. None where the training images varied in shape (any frame shape is
+    # expected then) and in IRs exported before it was stored.
     train_aspect: float | None = None
 
     def __post_init__(self) -> None:

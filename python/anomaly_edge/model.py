@@ -481,7 +481,7 @@ class AnomalyModel(RuntimeSettings):
     def _check_aspect(self, height: int, width: int) -> None:
         """Warn once per model when frames are shaped unlike the training images."""
         trained = self.metadata.train_aspect
-        if trained is None:  # an IR from before the aspect was stored: nothing to compare
+        if trained is None:  # trained on varied shapes, or an IR older than the aspect
             return
         if abs((width / height) / trained - 1.0) > ASPECT_TOLERANCE:
             self._aspect_warned = True

@@ -258,7 +258,7 @@ def train(
         pixel_max=norm.pixel_max,
         task=task,
         precision=precision.upper(),
-        train_aspect=geometry.median_aspect,
+        train_aspect=geometry.train_aspect,
         metrics={k: metrics[k] for k in METRIC_KEYS if metrics[k] is not None},
         **normal_score_range(normal_scores),
         tile_grid=layout.grid if layout else (1, 1),
@@ -282,7 +282,7 @@ def _input_geometry(
     layers: list[str] | None,
 ) -> InputGeometry:
     """The user's size, or one chosen from the training images; either way with their
-    median aspect ratio, which the runtime compares frames against."""
+    median aspect ratio and its spread, which decide what the runtime compares frames with."""
     from anomaly_edge.train.backbones import deepest_stride
 
     if model == "padim" and not layers:

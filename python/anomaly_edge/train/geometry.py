@@ -8,6 +8,14 @@ the published PaDiM/STFPM figures use), rounds the long side to a multiple of th
 stride (so every feature map tiles the input exactly) and caps it at ``MAX_ASPECT`` times the
 short side (beyond that the cost grows and tiling is the better tool). The shape is static in
 the exported IR; the runtime resizes each frame to it.
+
+A set whose images disagree on shape has no aspect to keep: when the middle half of the aspect
+ratios spans more than ``MAX_ASPECT_SPREAD`` (their 75th percentile over their 25th), the input
+is square. Measured on magnetic_tile (width/height from 0.36 to 2.6, interquartile 0.71-1.32,
+spread 1.87), PaDiM with the defaults: square 256 x 256 scored 0.953 / 0.761 / 0.756 (image
+AUROC / pixel AUROC / AUPRO) against 0.949 / 0.752 / 0.749 at the median aspect (288 x 256);
+anomalib's layout in our code gained alike (0.945 / 0.739 / 0.754 against 0.941 / 0.730 /
+0.745). The other shared sets hold one shape each (spread 1.0), so the rule leaves them be.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import numpy as np
 BASE_SIZE = 256
 MAX_ASPECT = 4.0
 DEFAULT_STRIDE = 16
+MAX_ASPECT_SPREAD = 1.25  # interquartile spread of width/height beyond which the input is square
 
 
 @dataclass(frozen=True)
@@ -32,12 +41,25 @@ class InputGeometry:
     source: str  # "data" (chosen from the images) or "user" (--image-size)
     median_aspect: float | None = None  # width / height over the training images
     images_measured: int = 0
+    aspect_spread: float = 1.0  # 75th over 25th percentile of width / height
+
+    @property
+    def shapes_agree(self) -> bool:
+        """Whether the training images share one shape (so frames of another stand out)."""
+        return self.aspect_spread <= MAX_ASPECT_SPREAD
+
+    @property
+    def train_aspect(self) -> float | None:
+        """The aspect frames are compared with at run time; None when the training images
+        varied too much in shape for any one to be expected."""
+        return self.median_aspect if self.shapes_agree else None
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "input_size": list(self.size),
             "source": self.source,
             "median_aspect": None if self.median_aspect is None else round(self.median_aspect, 4),
+            "aspect_spread": round(self.aspect_spread, 4),
             "images_measured": self.images_measured,
         }
 
@@ -95,12 +117,15 @@ def choose_input_size(
     """The input for training images of these (height, width) sizes (see module docstring).
 
     The median of the aspect ratios (taken on their logarithm, so 2:1 and 1:2 weigh the same)
-    is robust to a few odd images in a set of varied sizes.
+    is robust to a few odd images; a set whose middle half disagrees on shape gets a square.
     """
     if not sizes:
         raise ValueError("no training image sizes to choose an input size from")
-    aspects = np.array([w / h for h, w in sizes], dtype=np.float64)
-    median = float(np.exp(np.median(np.log(aspects))))
+    log_aspects = np.log(np.array([w / h for h, w in sizes], dtype=np.float64))
+    median = float(np.exp(np.median(log_aspects)))
+    low, high = np.percentile(log_aspects, [25, 75])
+    spread = float(np.exp(high - low))
+    aspect = median if spread <= MAX_ASPECT_SPREAD else 1.0
     return InputGeometry(
-        size_for_aspect(median, base, stride, max_aspect), "data", median, len(sizes)
+        size_for_aspect(aspect, base, stride, max_aspect), "data", median, len(sizes), spread
     )
