@@ -57,3 +57,24 @@ def test_padim_only_run_prints_a_table_and_the_json_line(tmp_path):
     for key in ("image_auroc", "pixel_auroc", "aupro", "fit_s", "peak_rss_mb", "ir_mb", "frame_ms"):
         assert isinstance(run[key], (int, float)) and run[key] > 0, key
     assert "frame ms" in done.stdout and "test imgs" in done.stdout
+
+
+def test_the_table_sets_anomalibs_figures_beside_the_same_model_only():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_accuracy", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    run = {"dataset": "mpdd", "category": "metal_plate", "input_size": [256, 256], "epochs": 30}
+    run |= {"image_auroc": 0.99, "pixel_auroc": 0.99, "aupro": 0.95, "fit_s": 60.0}
+    run |= {"peak_rss_mb": 1800, "ir_mb": 1.2, "frame_ms": 7.0, "test_images": 97}
+    rows = [
+        run | {"model": "padim"},
+        run | {"model": "stfpm"},
+        run | {"model": "stfpm", "category": "tire", "dataset": "mvtec3d"},
+    ]
+    padim, stfpm, unmeasured = bench.format_table(rows).splitlines()[2:]
+    assert padim.rstrip().endswith("0.848 / 0.967 / 0.884, 12 s")
+    assert stfpm.rstrip().endswith("0.919 / 0.980 / 0.908, 404 s")
+    assert unmeasured.rstrip().endswith("-")

@@ -191,6 +191,9 @@ def test_exit_codes(paths, capsys, what, argv, expected):
     [
         ["train", "--data", "D", "--out", "O", "--image-threshold", "3"],  # raw needs the flag
         ["train", "--data", "D", "--out", "O", "--batch-size", "0"],
+        ["train", "--data", "D", "--out", "O", "--model", "stfpm", "--steps", "0"],
+        ["train", "--data", "D", "--out", "O", "--steps", "100"],  # PaDiM takes no steps
+        ["train", "--data", "D", "--out", "O", "--epochs", "3"],
         ["train", "--data", "D", "--out", "O", "--image-threshold", "inf", "--raw-thresholds"],
         ["export", "--run", "R", "--calibration-images", "0"],
         ["demo", "--device", "FOO"],

@@ -189,6 +189,21 @@ def test_max_epochs_caps_training_without_early_stop():
     assert history.epochs == 3 and not history.stopped_early
 
 
+def test_max_steps_caps_training_in_whole_epochs():
+    # 8 images in batches of 4: 2 steps an epoch, so 3 steps take 2 epochs
+    history = fit(tiny_model(), max_epochs=10, max_steps=3, patience=50, batch_size=4)
+    assert history.epochs == 2 and not history.stopped_early
+    history = fit(tiny_model(), max_epochs=3, max_steps=None, patience=50, batch_size=4)
+    assert history.epochs == 3
+
+
+def test_epochs_for_a_step_budget():
+    assert stfpm_training.epochs_for(30, None, 81) == 30
+    assert stfpm_training.epochs_for(30, 600, 6) == 30  # small set: the epoch cap rules
+    assert stfpm_training.epochs_for(30, 600, 81) == 8  # large set: ceil(600 / 81)
+    assert stfpm_training.epochs_for(30, 10, 81) == 1  # at least one whole epoch
+
+
 def test_same_seed_same_model_other_seed_other_model():
     images = textured_images(3, seed=5)
     maps = []
@@ -286,6 +301,7 @@ def test_gradient_clipping_bounds_every_step():
         ({"weight_decay": -1.0}, "weight"),
         ({"patience": 0}, "patience"),
         ({"max_epochs": 0}, "max_epochs"),
+        ({"max_steps": 0}, "max_steps"),
         ({"val_fraction": 1.0}, "val_fraction"),
         ({"batch_size": 0}, "batch_size"),
         ({"warmup_epochs": -1.0}, "warmup_epochs"),

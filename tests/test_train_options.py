@@ -11,9 +11,19 @@ from tests.test_data_factory import make_category
 
 def test_only_the_fields_set_reach_the_training_loop():
     assert StfpmOptions().fit_arguments() == {}
+    assert StfpmOptions(cosine=True, max_steps=50).fit_arguments() == {
+        "cosine": True,
+        "max_steps": 50,
+    }
+    # an epoch count asked for is run in full: the default step cap does not cut it
     assert StfpmOptions(max_epochs=3, cosine=True).fit_arguments() == {
         "max_epochs": 3,
+        "max_steps": None,
         "cosine": True,
+    }
+    assert StfpmOptions(max_epochs=3, max_steps=10).fit_arguments() == {
+        "max_epochs": 3,
+        "max_steps": 10,
     }
 
 

@@ -95,7 +95,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "training images than PaDiM channels",
     )
     parser.add_argument(
-        "--epochs", type=positive_int, dest="max_epochs", help="STFPM: maximum number of epochs"
+        "--epochs",
+        type=positive_int,
+        dest="max_epochs",
+        help="STFPM: maximum number of epochs (default 30; given alone, run in full)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=positive_int,
+        dest="max_steps",
+        help="STFPM: maximum optimiser steps, in whole epochs (default 600: large sets "
+        "take fewer epochs)",
     )
     parser.add_argument(
         "--image-threshold",
@@ -185,8 +195,9 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("--validation-fraction must be in [0, 1)", ExitCode.USAGE)
     if args.weights is not None and not args.weights.is_file():
         raise CliError(f"--weights {args.weights}: no such file", ExitCode.INPUT)
-    if args.max_epochs is not None and args.model != "stfpm":
-        raise CliError("--epochs applies to --model stfpm only", ExitCode.USAGE)
+    for given, flag in ((args.max_epochs, "--epochs"), (args.max_steps, "--steps")):
+        if given is not None and args.model != "stfpm":
+            raise CliError(f"{flag} applies to --model stfpm only", ExitCode.USAGE)
     for given, flag in ((args.n_channels, "--channels"), (args.pool, "--pool")):
         if given is not None and args.model != "padim":
             raise CliError(f"{flag} applies to --model padim only", ExitCode.USAGE)
@@ -195,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
     options = (
         PadimOptions(n_channels=args.n_channels, pool=args.pool, tile_gaussians=args.tile_gaussians)
         if args.model == "padim"
-        else StfpmOptions(max_epochs=args.max_epochs)
+        else StfpmOptions(max_epochs=args.max_epochs, max_steps=args.max_steps)
     )
     try:
         result = train(

@@ -32,14 +32,19 @@ class StfpmOptions:
     momentum: float | None = None
     weight_decay: float | None = None
     max_epochs: int | None = None
+    max_steps: int | None = None  # optimiser steps, in whole epochs (large sets: fewer epochs)
     patience: int | None = None
     warmup_epochs: float | None = None
     cosine: bool | None = None
     max_grad_norm: float | None = None
 
     def fit_arguments(self) -> dict[str, Any]:
-        """The keyword arguments for ``fit_stfpm``: only the fields that were set."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        """The keyword arguments for ``fit_stfpm``: only the fields that were set. An epoch
+        count given without a step cap is run in full (the default cap would cut it)."""
+        arguments = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        if self.max_epochs is not None and self.max_steps is None:
+            arguments["max_steps"] = None
+        return arguments
 
 
 ModelOptions = PadimOptions | StfpmOptions

@@ -23,6 +23,9 @@ from anomaly_edge.train.stfpm_model import BLUR_SIGMA, Combine, Stfpm, build_stf
 # Beyond this many MB the teacher's training features are recomputed every epoch instead of
 # being cached (one forward of a frozen network is cheaper than running out of memory).
 TEACHER_CACHE_LIMIT_MB = 256.0
+# The default schedule (see ``README``, "Accuracy and cost", for the measurements).
+DEFAULT_MAX_EPOCHS = 30
+DEFAULT_MAX_STEPS = 600
 
 
 @dataclass
@@ -62,7 +65,8 @@ def fit_stfpm(
     weight_decay: float = 1e-4,
     batch_size: int | None = None,
     patience: int = 10,
-    max_epochs: int = 30,
+    max_epochs: int = DEFAULT_MAX_EPOCHS,
+    max_steps: int | None = DEFAULT_MAX_STEPS,
     val_fraction: float = 0.15,
     warmup_epochs: float = 0.0,
     cosine: bool = False,
@@ -86,10 +90,14 @@ def fit_stfpm(
         batch_size: images per step; ``None`` keeps the loader's batch size.
         patience: stop after this many epochs without a better validation loss.
         max_epochs: hard cap on the number of epochs.
+        max_steps: cap on the optimiser steps, in whole epochs (the epochs are
+            ``min(max_epochs, ceil(max_steps / steps per epoch))``): a large training set
+            takes fewer epochs of more steps, so its cost stops growing with its size.
+            ``None`` = only ``max_epochs`` counts.
         warmup_epochs: the learning rate rises linearly from ``lr / steps`` to ``lr`` over
             this many epochs (0 = none).
         cosine: after the warm-up, the learning rate follows half a cosine from ``lr`` down
-            to 0 at ``max_epochs``.
+            to 0 at the last epoch.
         max_grad_norm: clip the student's gradient to this norm per step (None = never).
         combine: how per-layer maps make the anomaly map ("product" or "sum").
         blur_sigma: Gaussian blur of the map in pixels (0 = none).
@@ -110,6 +118,7 @@ def fit_stfpm(
         batch_size=batch_size,
         patience=patience,
         max_epochs=max_epochs,
+        max_steps=max_steps,
         val_fraction=val_fraction,
         warmup_epochs=warmup_epochs,
         cosine=cosine,
@@ -130,7 +139,8 @@ def train_stfpm(
     weight_decay: float = 1e-4,
     batch_size: int | None = None,
     patience: int = 10,
-    max_epochs: int = 30,
+    max_epochs: int = DEFAULT_MAX_EPOCHS,
+    max_steps: int | None = DEFAULT_MAX_STEPS,
     val_fraction: float = 0.15,
     warmup_epochs: float = 0.0,
     cosine: bool = False,
@@ -145,6 +155,7 @@ def train_stfpm(
         weight_decay=weight_decay,
         patience=patience,
         max_epochs=max_epochs,
+        max_steps=max_steps,
         val_fraction=val_fraction,
         batch_size=batch_size,
         warmup_epochs=warmup_epochs,
@@ -176,6 +187,7 @@ def train_stfpm(
         model.student.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
     )
     steps_per_epoch = math.ceil(len(train_images) / batch_size)
+    max_epochs = epochs_for(max_epochs, max_steps, steps_per_epoch)
     rate = _lr_schedule(lr, steps_per_epoch, max_epochs, warmup_epochs, cosine)
     clip = math.inf if max_grad_norm is None else max_grad_norm
     history = StfpmHistory()
@@ -239,6 +251,14 @@ def train_stfpm(
 # ---- helpers ------------------------------------------------------------------------------
 
 
+def epochs_for(max_epochs: int, max_steps: int | None, steps_per_epoch: int) -> int:
+    """The epochs to run: ``max_epochs``, fewer where ``max_steps`` is reached first (at
+    least one)."""
+    if max_steps is None:
+        return max_epochs
+    return max(1, min(max_epochs, math.ceil(max_steps / steps_per_epoch)))
+
+
 def _lr_schedule(
     lr: float, steps_per_epoch: int, max_epochs: int, warmup_epochs: float, cosine: bool
 ) -> Any:
@@ -266,6 +286,7 @@ def _check_settings(
     max_epochs: int,
     val_fraction: float,
     batch_size: int | None,
+    max_steps: int | None = None,
     warmup_epochs: float = 0.0,
     max_grad_norm: float | None = None,
 ) -> None:
@@ -284,6 +305,8 @@ def _check_settings(
         problems.append(f"patience must be at least 1 epoch, got {patience}")
     if max_epochs < 1:
         problems.append(f"max_epochs must be at least 1, got {max_epochs}")
+    if max_steps is not None and max_steps < 1:
+        problems.append(f"max_steps must be at least 1 or None, got {max_steps}")
     if not 0 < val_fraction < 1:
         problems.append(f"val_fraction must be between 0 and 1, got {val_fraction}")
     if batch_size is not None and batch_size < 1:
