@@ -194,6 +194,8 @@ def test_exit_codes(paths, capsys, what, argv, expected):
         ["train", "--data", "D", "--out", "O", "--model", "stfpm", "--steps", "0"],
         ["train", "--data", "D", "--out", "O", "--steps", "100"],  # PaDiM takes no steps
         ["train", "--data", "D", "--out", "O", "--epochs", "3"],
+        ["train", "--data", "D", "--out", "O", "--map-layers", "2"],
+        ["train", "--data", "D", "--out", "O", "--model", "stfpm", "--map-layers", "0"],
         ["train", "--data", "D", "--out", "O", "--image-threshold", "inf", "--raw-thresholds"],
         ["export", "--run", "R", "--calibration-images", "0"],
         ["demo", "--device", "FOO"],

@@ -103,6 +103,27 @@ def test_map_combines_upsampled_layer_distances(combine):
     torch.testing.assert_close(amap, expected)
 
 
+def test_map_layers_keeps_the_deepest_layers_only():
+    model = stfpm.Stfpm(random_resnet18(1000), random_resnet18(0), map_layers=2)
+    t = [torch.rand(1, 3, 8, 8), torch.rand(1, 3, 4, 4), torch.rand(1, 3, 2, 2)]
+    s = [torch.rand(1, 3, 8, 8), torch.rand(1, 3, 4, 4), torch.rand(1, 3, 2, 2)]
+    ups = [
+        torch.nn.functional.interpolate(
+            stfpm.layer_distance(a, b), size=(8, 8), mode="bilinear", align_corners=False
+        )
+        for a, b in zip(t, s, strict=True)
+    ]
+    torch.testing.assert_close(model.distances(t, s, (8, 8)), ups[1] * ups[2])
+    model.map_layers = None  # all of them, as before the option existed
+    torch.testing.assert_close(model.distances(t, s, (8, 8)), ups[0] * ups[1] * ups[2])
+
+
+@pytest.mark.parametrize("bad", [0, 4, 1.5])
+def test_map_layers_outside_the_trained_layers_is_refused(bad):
+    with pytest.raises(ValueError, match="map_layers must be between 1 and the 3"):
+        stfpm.Stfpm(random_resnet18(1000), random_resnet18(0), map_layers=bad)
+
+
 # ---- the anomaly-module contract -----------------------------------------------------------
 
 
@@ -362,6 +383,7 @@ def test_checkpoint_round_trip_rebuilds_the_same_module(tmp_path):
         max_epochs=1,
         progress=False,
         blur_sigma=2.0,
+        map_layers=2,
     )
     metadata = ModelMetadata(
         model="stfpm",
@@ -379,6 +401,7 @@ def test_checkpoint_round_trip_rebuilds_the_same_module(tmp_path):
     path = checkpoint.save_checkpoint(model, metadata, tmp_path / "checkpoint.pt")
     rebuilt, _ = checkpoint.load_checkpoint(path)
     assert isinstance(rebuilt, stfpm.Stfpm) and rebuilt.blur_sigma == 2.0
+    assert rebuilt.map_layers == 2
     x = torch.randn(1, 3, SIZE, SIZE)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x), model(x))

@@ -50,6 +50,8 @@ def test_a_progress_factory_sees_stfpm_epochs(tmp_path):
         def close(self) -> None:
             pass
 
-    train(root, model="stfpm", image_size=64, options=StfpmOptions(max_epochs=2),
-          export=False, progress=Bar)  # fmt: skip
+    result = train(root, model="stfpm", image_size=64,
+                   options=StfpmOptions(max_epochs=2, map_layers=2),
+                   export=False, progress=Bar)  # fmt: skip
     assert ("STFPM epochs", 2) in seen
+    assert result.model.map_layers == 2  # the option reached the model

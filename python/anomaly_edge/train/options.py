@@ -37,6 +37,7 @@ class StfpmOptions:
     warmup_epochs: float | None = None
     cosine: bool | None = None
     max_grad_norm: float | None = None
+    map_layers: int | None = None  # the deepest layers that make the map (default per model)
 
     def fit_arguments(self) -> dict[str, Any]:
         """The keyword arguments for ``fit_stfpm``: only the fields that were set. An epoch

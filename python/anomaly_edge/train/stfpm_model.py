@@ -81,10 +81,19 @@ class Stfpm(nn.Module):
         *,
         combine: Combine = "product",
         blur_sigma: float = BLUR_SIGMA,
+        map_layers: int | None = None,
     ):
         super().__init__()
         if combine not in ("product", "sum"):
             raise ValueError(f"combine must be 'product' or 'sum', got {combine!r}")
+        trained = len(getattr(teacher, "layers", [])) or None
+        if map_layers is not None and not (
+            isinstance(map_layers, int) and 1 <= map_layers <= (trained or map_layers)
+        ):
+            raise ValueError(
+                f"map_layers must be between 1 and the {trained} trained layers (or None for "
+                f"all), got {map_layers!r}"
+            )
         if not (blur_sigma >= 0 and math.isfinite(blur_sigma)):
             raise ValueError(f"blur_sigma must be >= 0 (0 = no blur), got {blur_sigma}")
         for attr in ("channels", "mean", "std"):
@@ -97,6 +106,8 @@ class Stfpm(nn.Module):
         self.student = student
         self.combine: Combine = combine
         self.blur_sigma = float(blur_sigma)
+        # The map combines the deepest ``map_layers`` layers; the finer ones still teach.
+        self.map_layers = map_layers
         self.register_buffer("blur_kernel", gaussian_kernel_1d(self.blur_sigma), persistent=False)
         self.teacher.requires_grad_(False)
         # Channels-last weights make PyTorch's CPU convolutions take the oneDNN path, which is
@@ -116,6 +127,7 @@ class Stfpm(nn.Module):
             "layers": list(getattr(self.teacher, "layers", [])),
             "combine": self.combine,
             "blur_sigma": self.blur_sigma,
+            "map_layers": self.map_layers,
         }
 
     # What the train API needs for the metadata, taken from the backbone.
@@ -142,9 +154,11 @@ class Stfpm(nn.Module):
         student: list[torch.Tensor],
         size: tuple[int, int] | torch.Size,
     ) -> torch.Tensor:
-        """Combine per-layer distances, each upsampled to ``size``, into one [N,1,H,W] map."""
+        """Combine per-layer distances, each upsampled to ``size``, into one [N,1,H,W] map
+        (the deepest ``map_layers`` of them)."""
         amap: torch.Tensor | None = None
-        for t, s in zip(teacher, student, strict=True):
+        skip = 0 if self.map_layers is None else max(0, len(teacher) - self.map_layers)
+        for t, s in list(zip(teacher, student, strict=True))[skip:]:
             d = F.interpolate(layer_distance(t, s), size=size, mode="bilinear", align_corners=False)
             if amap is None:
                 amap = d
@@ -175,6 +189,7 @@ def build_stfpm(
     weights: str | None = None,
     combine: Combine = "product",
     blur_sigma: float = BLUR_SIGMA,
+    map_layers: int | None = None,
     seed: int = 0,
 ) -> Stfpm:
     """A pretrained teacher and a seeded random student of the same backbone, not yet trained."""
@@ -192,7 +207,7 @@ def build_stfpm(
             # for long ImageNet runs; over a few hundred steps it would leave the eval-mode
             # statistics far behind the weights. torch's default follows them.
             module.momentum = STUDENT_BN_MOMENTUM
-    return Stfpm(teacher, student, combine=combine, blur_sigma=blur_sigma)
+    return Stfpm(teacher, student, combine=combine, blur_sigma=blur_sigma, map_layers=map_layers)
 
 
 def rebuild_stfpm(
@@ -200,6 +215,7 @@ def rebuild_stfpm(
     layers: list[str] | None = None,
     combine: Combine = "product",
     blur_sigma: float = BLUR_SIGMA,
+    map_layers: int | None = None,
 ) -> Stfpm:
     """An untrained STFPM with the structure of :func:`build_stfpm`'s, for loading a state dict.
 
@@ -211,4 +227,4 @@ def rebuild_stfpm(
     if hasattr(teacher, "fold_batchnorm"):
         teacher.fold_batchnorm()
     student = build_backbone(backbone, layers=layers or None, pretrained=False)
-    return Stfpm(teacher, student, combine=combine, blur_sigma=blur_sigma)
+    return Stfpm(teacher, student, combine=combine, blur_sigma=blur_sigma, map_layers=map_layers)
