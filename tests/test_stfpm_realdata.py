@@ -12,7 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from anomaly_edge.train import data, metrics, stfpm  # noqa: E402
+from anomaly_edge.train import data, metrics, stfpm, train  # noqa: E402
 
 SIZE = 128  # a quarter of the pixels of the benchmark's 256: the same idea, 4x cheaper
 EPOCHS = 3
@@ -53,3 +53,35 @@ def test_short_training_on_metal_plate_beats_chance_by_far(datasets_root, isa_le
     image_auroc = metrics.auroc(np.concatenate(scores), np.concatenate(labels))
     # chance is 0.5, the 30-epoch 256 px bar 0.92; see the module docstring for the spread
     assert image_auroc is not None and image_auroc > 0.7, (isa_level, image_auroc)
+
+
+# anomalib 2.7's STFPM with the same teacher weights (timm tf_efficientnet_lite0, blocks.1/2/3,
+# 256x256, its default schedule: 100 epochs of SGD at lr 0.4): image AUROC, pixel AUROC, AUPRO.
+# tire over its whole test set (measured beside this project, fit 3,141 s); metal_plate on the
+# test images not used for thresholds (fit 404 s), the only figure of an earlier measurement.
+ANOMALIB_STFPM = {
+    "mpdd/metal_plate": (0.919, 0.980, 0.908),
+    "mvtec3d/tire": (0.506, 0.946, 0.811),
+}
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+@pytest.mark.parametrize("category", list(ANOMALIB_STFPM))
+def test_default_stfpm_is_at_least_as_good_as_anomalib(datasets_root, category):
+    """``anomaly-edge train --model stfpm --validation-fraction 0`` with every default.
+
+    Measured with the defaults (whole test set): metal_plate 0.989 / 0.992 / 0.958 in 69 s,
+    tire 0.689 / 0.991 / 0.963 in 168 s; the runs are deterministic on one CPU, and across
+    instruction sets STFPM's full schedule moved by up to 0.003 / 0.001 / 0.012 (README).
+    """
+    root = datasets_root / category
+    if not (root / "train" / "good").is_dir():
+        pytest.skip(f"{root} not found")
+    report = train(
+        root, model="stfpm", validation_fraction=0.0, export=False, progress=False
+    ).metrics
+    assert report["backbone"] == "efficientnet_lite0"
+    keys = ("image_auroc", "pixel_auroc", "aupro")
+    for key, bar in zip(keys, ANOMALIB_STFPM[category], strict=True):
+        assert report[key] >= bar, (key, report)
