@@ -202,16 +202,15 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("--validation-fraction must be in [0, 1)", ExitCode.USAGE)
     if args.weights is not None and not args.weights.is_file():
         raise CliError(f"--weights {args.weights}: no such file", ExitCode.INPUT)
-    for given, flag in (
-        (args.max_epochs, "--epochs"),
-        (args.max_steps, "--steps"),
-        (args.map_layers, "--map-layers"),
+    for given, flag, owner in (
+        (args.max_epochs, "--epochs", "stfpm"),
+        (args.max_steps, "--steps", "stfpm"),
+        (args.map_layers, "--map-layers", "stfpm"),
+        (args.n_channels, "--channels", "padim"),
+        (args.pool, "--pool", "padim"),
     ):
-        if given is not None and args.model != "stfpm":
-            raise CliError(f"{flag} applies to --model stfpm only", ExitCode.USAGE)
-    for given, flag in ((args.n_channels, "--channels"), (args.pool, "--pool")):
-        if given is not None and args.model != "padim":
-            raise CliError(f"{flag} applies to --model padim only", ExitCode.USAGE)
+        if given is not None and args.model != owner:
+            raise CliError(f"{flag} applies to --model {owner} only", ExitCode.USAGE)
     from anomaly_edge.train.options import PadimOptions, StfpmOptions
 
     options = (

@@ -20,6 +20,7 @@ anomalib's layout in our code gained alike (0.945 / 0.739 / 0.754 against 0.941 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,8 +125,7 @@ def choose_input_size(
     log_aspects = np.log(np.array([w / h for h, w in sizes], dtype=np.float64))
     median = float(np.exp(np.median(log_aspects)))
     low, high = np.percentile(log_aspects, [25, 75])
-    spread = float(np.exp(high - low))
-    aspect = median if spread <= MAX_ASPECT_SPREAD else 1.0
-    return InputGeometry(
-        size_for_aspect(aspect, base, stride, max_aspect), "data", median, len(sizes), spread
-    )
+    measured = InputGeometry((base, base), "data", median, len(sizes), float(np.exp(high - low)))
+    # the aspect frames are expected to have, or a square where the images disagree on one
+    aspect = measured.train_aspect or 1.0
+    return dataclasses.replace(measured, size=size_for_aspect(aspect, base, stride, max_aspect))

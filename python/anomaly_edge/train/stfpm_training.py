@@ -42,7 +42,7 @@ from anomaly_edge.train.stfpm_model import BLUR_SIGMA, Combine, Stfpm, build_stf
 # magnetic_tile's 648 images at 256x256 need 415 MB with Lite0's layers; the cache saves the
 # teacher's forward pass on every step.
 TEACHER_CACHE_LIMIT_MB = 1024.0
-# The default schedule (see ``README``, "Accuracy and cost", for the measurements).
+# The default schedule (measured in the module docstring).
 DEFAULT_MAX_EPOCHS = 30
 DEFAULT_MAX_STEPS = 600
 DEFAULT_MAP_LAYERS: int | None = None
@@ -216,13 +216,13 @@ def train_stfpm(
         model.student.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
     )
     steps_per_epoch = math.ceil(len(train_images) / batch_size)
-    max_epochs = epochs_for(max_epochs, max_steps, steps_per_epoch)
-    rate = _lr_schedule(lr, steps_per_epoch, max_epochs, warmup_epochs, cosine)
+    planned_epochs = epochs_for(max_epochs, max_steps, steps_per_epoch)
+    rate = _lr_schedule(lr, steps_per_epoch, planned_epochs, warmup_epochs, cosine)
     clip = math.inf if max_grad_norm is None else max_grad_norm
     history = StfpmHistory()
     best_loss, best_state, stale, step = math.inf, None, 0, 0
-    epochs = _epoch_bar(progress, max_epochs)
-    for epoch in range(max_epochs):
+    epochs = _epoch_bar(progress, planned_epochs)
+    for epoch in range(planned_epochs):
         model.train()
         order = torch.randperm(len(train_images), generator=generator)
         running, largest_norm = 0.0, 0.0
