@@ -24,7 +24,7 @@ anomalib reports them. ``frame_ms`` is the median time of ``AnomalyModel.predict
 images at their own size (FP16 IR, CPU, resize and post-processing included).
 ``test_images`` counts the images the metrics cover. Rows print anomalib 2.7's figures for the
 same model and category beside ours where they were measured (PaDiM: ``../shared/BENCHMARKS.md``;
-STFPM: metal_plate and tire).
+STFPM: metal_plate, ball_screw and tire).
 
     python tools/bench_accuracy.py --all                 # every category, padim + stfpm
     python tools/bench_accuracy.py --all --models padim  # every category, PaDiM only
@@ -57,6 +57,7 @@ ANOMALIB = {
     ("padim", "ball_screw"): (0.940, 0.984, 0.748, 115),
     ("padim", "tire"): (0.762, 0.582, 0.146, 75),
     ("stfpm", "metal_plate"): (0.992, 0.985, 0.926, 1727),
+    ("stfpm", "ball_screw"): (0.809, 0.915, 0.656, 2444),
     ("stfpm", "tire"): (0.506, 0.946, 0.811, 3141),
 }
 
