@@ -196,6 +196,8 @@ def test_exit_codes(paths, capsys, what, argv, expected):
         ["train", "--data", "D", "--out", "O", "--epochs", "3"],
         ["train", "--data", "D", "--out", "O", "--map-layers", "2"],
         ["train", "--data", "D", "--out", "O", "--model", "stfpm", "--map-layers", "0"],
+        ["train", "--data", "D", "--out", "O", "--lr-schedule", "constant"],  # PaDiM: no rate
+        ["train", "--data", "D", "--out", "O", "--model", "stfpm", "--lr-schedule", "step"],
         ["train", "--data", "D", "--out", "O", "--image-threshold", "inf", "--raw-thresholds"],
         ["export", "--run", "R", "--calibration-images", "0"],
         ["demo", "--device", "FOO"],

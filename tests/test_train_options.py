@@ -55,3 +55,21 @@ def test_a_progress_factory_sees_stfpm_epochs(tmp_path):
                    export=False, progress=Bar)  # fmt: skip
     assert ("STFPM epochs", 2) in seen
     assert result.model.map_layers == 2  # the option reached the model
+
+
+@pytest.mark.parametrize(("flag", "cosine"), [([], None), (["--lr-schedule", "constant"], False),
+                                              (["--lr-schedule", "cosine"], True)])  # fmt: skip
+def test_the_cli_lr_schedule_reaches_stfpm_options(tmp_path, monkeypatch, flag, cosine):
+    import anomaly_edge.train.api as api
+    from anomaly_edge.cli.main import main
+
+    seen = []
+
+    def fake_train(*args, options=None, **kwargs):
+        seen.append(options)
+        raise ValueError("stop here: the options are all this test needs")
+
+    monkeypatch.setattr(api, "train", fake_train)
+    argv = ["train", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--model", "stfpm"]
+    main([*argv, *flag])
+    assert seen == [StfpmOptions(cosine=cosine)]
