@@ -72,7 +72,7 @@ def test_the_table_sets_anomalibs_figures_beside_the_same_model_only():
     rows = [
         run | {"model": "padim"},
         run | {"model": "stfpm"},
-        run | {"model": "stfpm", "category": "magnetic_tile", "dataset": "magnetic_tile"},
+        run | {"model": "stfpm", "category": "my_part", "dataset": "my_data"},  # unmeasured
     ]
     padim, stfpm, unmeasured = bench.format_table(rows).splitlines()[2:]
     assert padim.rstrip().endswith("0.848 / 0.967 / 0.884, 12 s")

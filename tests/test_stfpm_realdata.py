@@ -60,15 +60,18 @@ def test_short_training_on_metal_plate_beats_chance_by_far(datasets_root, isa_le
 # project over the whole test sets: image AUROC, pixel AUROC, AUPRO.
 ANOMALIB_STFPM = {
     "mpdd/metal_plate": (0.992, 0.985, 0.926),  # 94 epochs (time-capped), 1,727 s
+    "magnetic_tile/magnetic_tile": (0.564, 0.463, 0.041),  # 19 epochs (time-capped), 3,905 s
     "bsdata/ball_screw": (0.809, 0.915, 0.656),  # 100 epochs, 2,444 s
     "mvtec3d/tire": (0.506, 0.946, 0.811),  # 100 epochs, 3,141 s
 }
 # Where ours is below anomalib's, by how much (an open point in the README): metal_plate's
-# image AUROC, 0.989 against 0.992.
-KNOWN_SHORTFALL = {("mpdd/metal_plate", "image_auroc"): 0.003}
-# How far STFPM's 30-epoch result moved between SSE4.1, AVX2 and AVX-512 on metal_plate
-# (README, "Other CPUs"): CI machines differ from the one that measured the figures.
-ISA_SPREAD = {"image_auroc": 0.003, "pixel_auroc": 0.001, "aupro": 0.012}
+# image AUROC, 0.991 against 0.992.
+KNOWN_SHORTFALL = {("mpdd/metal_plate", "image_auroc"): 0.001}
+# How far STFPM's 30-epoch result moved between SSE4.1, AVX2 and AVX-512 on metal_plate, the
+# larger of two measurements (README, "Other CPUs": the cosine default at 256 px moved image
+# AUROC 0.007, the constant rate at 128 px AUPRO 0.012): CI machines differ from the one that
+# measured the figures.
+ISA_SPREAD = {"image_auroc": 0.007, "pixel_auroc": 0.001, "aupro": 0.012}
 
 
 @pytest.mark.realdata
@@ -77,8 +80,10 @@ ISA_SPREAD = {"image_auroc": 0.003, "pixel_auroc": 0.001, "aupro": 0.012}
 def test_default_stfpm_is_at_least_as_good_as_anomalib(datasets_root, category):
     """``anomaly-edge train --model stfpm --validation-fraction 0`` with every default.
 
-    Measured with the defaults (whole test set): metal_plate 0.989 / 0.992 / 0.958 in 69 s,
-    tire 0.689 / 0.991 / 0.963 in 168 s; the runs are deterministic on one CPU.
+    Measured with the defaults (whole test set, seed 0): metal_plate 0.991 / 0.990 / 0.952,
+    magnetic_tile 0.653 / 0.578 / 0.660, ball_screw 0.876 / 0.992 / 0.932, tire 0.713 / 0.991 /
+    0.963 (fit 115 / 305 / 760 / 261 s on a loaded 2-core machine); the runs are deterministic
+    on one CPU.
     """
     root = datasets_root / category
     if not (root / "train" / "good").is_dir():

@@ -1,7 +1,7 @@
 """Each model's own knobs for :func:`anomaly_edge.train.train`, as one object per model.
 
     train(data, model="padim", options=PadimOptions(pool=1))
-    train(data, model="stfpm", options=StfpmOptions(max_epochs=60, cosine=True))
+    train(data, model="stfpm", options=StfpmOptions(max_epochs=60, cosine=False))
 
 A field left at ``None`` takes the model's default, which lives with the model
 (``train/padim.py``, ``train/stfpm_training.py``), not here.
