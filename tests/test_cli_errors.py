@@ -198,6 +198,9 @@ def test_exit_codes(paths, capsys, what, argv, expected):
         ["train", "--data", "D", "--out", "O", "--model", "stfpm", "--map-layers", "0"],
         ["train", "--data", "D", "--out", "O", "--lr-schedule", "constant"],  # PaDiM: no rate
         ["train", "--data", "D", "--out", "O", "--model", "stfpm", "--lr-schedule", "step"],
+        ["train", "--data", "D", "--out", "O", "--fine-layer-weight", "0.5"],  # PaDiM: no layers
+        ["train", "--data", "D", "--out", "O", "--model", "stfpm", "--fine-layer-weight", "-1"],
+        ["train", "--data", "D", "--out", "O", "--model", "stfpm", "--fine-layer-weight", "nan"],
         ["train", "--data", "D", "--out", "O", "--image-threshold", "inf", "--raw-thresholds"],
         ["export", "--run", "R", "--calibration-images", "0"],
         ["demo", "--device", "FOO"],

@@ -99,8 +99,38 @@ def test_map_combines_upsampled_layer_distances(combine):
         )
         for a, b in zip(t, s, strict=True)
     ]
-    expected = ups[0] * ups[1] if combine == "product" else ups[0] + ups[1]
+    # The finest layer is weighted: its power in the product, its multiple in the sum.
+    w = stfpm.FINE_LAYER_WEIGHT
+    expected = ups[0] ** w * ups[1] if combine == "product" else ups[0] * w + ups[1]
     torch.testing.assert_close(amap, expected)
+
+
+def test_fine_layer_weight_one_is_the_plain_product_and_zero_drops_the_layer():
+    t = [torch.rand(1, 3, 8, 8), torch.rand(1, 3, 4, 4), torch.rand(1, 3, 2, 2)]
+    s = [torch.rand(1, 3, 8, 8), torch.rand(1, 3, 4, 4), torch.rand(1, 3, 2, 2)]
+    ups = [
+        torch.nn.functional.interpolate(
+            stfpm.layer_distance(a, b), size=(8, 8), mode="bilinear", align_corners=False
+        )
+        for a, b in zip(t, s, strict=True)
+    ]
+    teacher, student = random_resnet18(1000), random_resnet18(0)
+    plain = stfpm.Stfpm(teacher, student, fine_layer_weight=1.0)
+    torch.testing.assert_close(plain.distances(t, s, (8, 8)), ups[0] * ups[1] * ups[2])
+    dropped = stfpm.Stfpm(teacher, student, fine_layer_weight=0.0)
+    deepest_two = stfpm.Stfpm(teacher, student, map_layers=2)
+    torch.testing.assert_close(dropped.distances(t, s, (8, 8)), deepest_two.distances(t, s, (8, 8)))
+    half = stfpm.Stfpm(teacher, student, fine_layer_weight=0.5)
+    torch.testing.assert_close(half.distances(t, s, (8, 8)), ups[0].sqrt() * ups[1] * ups[2])
+    # Left out of the map by map_layers, the finest layer's weight changes nothing.
+    both = stfpm.Stfpm(teacher, student, map_layers=2, fine_layer_weight=0.5)
+    torch.testing.assert_close(both.distances(t, s, (8, 8)), ups[1] * ups[2])
+
+
+@pytest.mark.parametrize("bad", [-0.5, float("nan"), float("inf"), True, "0.5"])
+def test_fine_layer_weight_must_be_a_finite_non_negative_number(bad):
+    with pytest.raises(ValueError, match="fine_layer_weight must be a finite number >= 0"):
+        stfpm.Stfpm(random_resnet18(1000), random_resnet18(0), fine_layer_weight=bad)
 
 
 def test_map_layers_keeps_the_deepest_layers_only():
@@ -115,7 +145,8 @@ def test_map_layers_keeps_the_deepest_layers_only():
     ]
     torch.testing.assert_close(model.distances(t, s, (8, 8)), ups[1] * ups[2])
     model.map_layers = None  # all of them, as before the option existed
-    torch.testing.assert_close(model.distances(t, s, (8, 8)), ups[0] * ups[1] * ups[2])
+    w = stfpm.FINE_LAYER_WEIGHT
+    torch.testing.assert_close(model.distances(t, s, (8, 8)), ups[0] ** w * ups[1] * ups[2])
 
 
 @pytest.mark.parametrize("bad", [0, 4, 1.5])
@@ -372,20 +403,10 @@ def test_blur_smooths_the_raw_distances_and_zero_turns_it_off():
         stfpm.Stfpm(sharp.teacher, sharp.student, blur_sigma=-1)
 
 
-def test_checkpoint_round_trip_rebuilds_the_same_module(tmp_path):
-    checkpoint = pytest.importorskip("anomaly_edge.train.checkpoint")
+def _checkpoint_metadata(model: stfpm.Stfpm):
     from anomaly_edge.metadata import ModelMetadata
 
-    model = stfpm.fit_stfpm(
-        "efficientnet_lite0",
-        batches(textured_images(4)),
-        batches(textured_images(2, seed=1)),
-        max_epochs=1,
-        progress=False,
-        blur_sigma=2.0,
-        map_layers=2,
-    )
-    metadata = ModelMetadata(
+    return ModelMetadata(
         model="stfpm",
         backbone=model.backbone,
         input_size=(SIZE, SIZE),
@@ -398,10 +419,39 @@ def test_checkpoint_round_trip_rebuilds_the_same_module(tmp_path):
         pixel_min=0.0,
         pixel_max=2.0,
     )
-    path = checkpoint.save_checkpoint(model, metadata, tmp_path / "checkpoint.pt")
+
+
+def test_checkpoint_round_trip_rebuilds_the_same_module(tmp_path):
+    checkpoint = pytest.importorskip("anomaly_edge.train.checkpoint")
+    model = stfpm.fit_stfpm(
+        "efficientnet_lite0",
+        batches(textured_images(4)),
+        batches(textured_images(2, seed=1)),
+        max_epochs=1,
+        progress=False,
+        blur_sigma=2.0,
+        map_layers=3,
+        fine_layer_weight=0.5,
+    )
+    path = checkpoint.save_checkpoint(model, _checkpoint_metadata(model), tmp_path / "c.pt")
     rebuilt, _ = checkpoint.load_checkpoint(path)
     assert isinstance(rebuilt, stfpm.Stfpm) and rebuilt.blur_sigma == 2.0
-    assert rebuilt.map_layers == 2
+    assert rebuilt.map_layers == 3 and rebuilt.fine_layer_weight == 0.5
+    x = torch.randn(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x), model(x))
+
+
+def test_checkpoint_from_before_the_fine_layer_weight_keeps_its_unweighted_map(tmp_path):
+    checkpoint = pytest.importorskip("anomaly_edge.train.checkpoint")
+    model = stfpm.build_stfpm("efficientnet_lite0", blur_sigma=0)
+    old_kwargs = {k: v for k, v in model.init_kwargs.items() if k != "fine_layer_weight"}
+    path = checkpoint.save_checkpoint(
+        model, _checkpoint_metadata(model), tmp_path / "old.pt", init_kwargs=old_kwargs
+    )
+    rebuilt, _ = checkpoint.load_checkpoint(path)
+    assert rebuilt.fine_layer_weight == 1.0
+    model.fine_layer_weight = 1.0  # what the old code computed
     x = torch.randn(1, 3, SIZE, SIZE)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x), model(x))

@@ -51,15 +51,23 @@ def test_a_progress_factory_sees_stfpm_epochs(tmp_path):
             pass
 
     result = train(root, model="stfpm", image_size=64,
-                   options=StfpmOptions(max_epochs=2, map_layers=2),
+                   options=StfpmOptions(max_epochs=2, map_layers=2, fine_layer_weight=0.75),
                    export=False, progress=Bar)  # fmt: skip
     assert ("STFPM epochs", 2) in seen
-    assert result.model.map_layers == 2  # the option reached the model
+    assert result.model.map_layers == 2  # the options reached the model
+    assert result.model.fine_layer_weight == 0.75
 
 
-@pytest.mark.parametrize(("flag", "cosine"), [([], None), (["--lr-schedule", "constant"], False),
-                                              (["--lr-schedule", "cosine"], True)])  # fmt: skip
-def test_the_cli_lr_schedule_reaches_stfpm_options(tmp_path, monkeypatch, flag, cosine):
+@pytest.mark.parametrize(("flag", "expected"), [
+    ([], StfpmOptions()),
+    (["--lr-schedule", "constant"], StfpmOptions(cosine=False)),
+    (["--lr-schedule", "cosine"], StfpmOptions(cosine=True)),
+    (["--fine-layer-weight", "1"], StfpmOptions(fine_layer_weight=1.0)),
+    (["--fine-layer-weight", "0"], StfpmOptions(fine_layer_weight=0.0)),
+])  # fmt: skip
+def test_the_cli_stfpm_map_and_schedule_flags_reach_stfpm_options(
+    tmp_path, monkeypatch, flag, expected
+):
     import anomaly_edge.train.api as api
     from anomaly_edge.cli.main import main
 
@@ -72,4 +80,4 @@ def test_the_cli_lr_schedule_reaches_stfpm_options(tmp_path, monkeypatch, flag, 
     monkeypatch.setattr(api, "train", fake_train)
     argv = ["train", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--model", "stfpm"]
     main([*argv, *flag])
-    assert seen == [StfpmOptions(cosine=cosine)]
+    assert seen == [expected]

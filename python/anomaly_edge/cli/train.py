@@ -11,6 +11,7 @@ from anomaly_edge.cli.common import (
     CliError,
     ExitCode,
     finite_float,
+    non_negative_float,
     positive_int,
     require_train_extra,
 )
@@ -121,6 +122,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "image AUROC 0.71 -> 0.74), all 3 (default) localise small defects best",
     )
     parser.add_argument(
+        "--fine-layer-weight",
+        type=non_negative_float,
+        help="STFPM: the finest layer's exponent in the map's product (default 0.25): 1 weighs "
+        "it like the others (the paper), 0 leaves it out like --map-layers 2",
+    )
+    parser.add_argument(
         "--image-threshold",
         type=finite_float,
         help="fixed image threshold in raw score units instead of a tuned one "
@@ -212,6 +219,7 @@ def run(args: argparse.Namespace) -> int:
         (args.max_epochs, "--epochs", "stfpm"),
         (args.max_steps, "--steps", "stfpm"),
         (args.map_layers, "--map-layers", "stfpm"),
+        (args.fine_layer_weight, "--fine-layer-weight", "stfpm"),
         (args.lr_schedule, "--lr-schedule", "stfpm"),
         (args.n_channels, "--channels", "padim"),
         (args.pool, "--pool", "padim"),
@@ -227,6 +235,7 @@ def run(args: argparse.Namespace) -> int:
             max_epochs=args.max_epochs,
             max_steps=args.max_steps,
             map_layers=args.map_layers,
+            fine_layer_weight=args.fine_layer_weight,
             cosine=None if args.lr_schedule is None else args.lr_schedule == "cosine",
         )
     )

@@ -38,6 +38,7 @@ class StfpmOptions:
     cosine: bool | None = None
     max_grad_norm: float | None = None
     map_layers: int | None = None  # the deepest layers that make the map (default per model)
+    fine_layer_weight: float | None = None  # the finest layer's exponent in the map's product
 
     def fit_arguments(self) -> dict[str, Any]:
         """The keyword arguments for ``fit_stfpm``: only the fields that were set. An epoch

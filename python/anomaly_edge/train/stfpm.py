@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from anomaly_edge.train.stfpm_model import (
     BLUR_SIGMA,
+    FINE_LAYER_WEIGHT,
     STUDENT_BN_MOMENTUM,
     Combine,
     Stfpm,
@@ -24,6 +25,7 @@ from anomaly_edge.train.stfpm_training import StfpmHistory, fit_stfpm, train_stf
 
 __all__ = [
     "BLUR_SIGMA",
+    "FINE_LAYER_WEIGHT",
     "STUDENT_BN_MOMENTUM",
     "Combine",
     "Stfpm",

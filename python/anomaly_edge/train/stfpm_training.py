@@ -51,7 +51,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from anomaly_edge.train.stfpm_model import BLUR_SIGMA, Combine, Stfpm, build_stfpm, stfpm_loss
+from anomaly_edge.train.stfpm_model import (
+    BLUR_SIGMA,
+    FINE_LAYER_WEIGHT,
+    Combine,
+    Stfpm,
+    build_stfpm,
+    stfpm_loss,
+)
 
 # Beyond this many MB the teacher's training features are recomputed every epoch instead of
 # being cached (one forward of a frozen network is cheaper than running out of memory).
@@ -111,6 +118,7 @@ def fit_stfpm(
     combine: Combine = "product",
     blur_sigma: float = BLUR_SIGMA,
     map_layers: int | None = DEFAULT_MAP_LAYERS,
+    fine_layer_weight: float = FINE_LAYER_WEIGHT,
     seed: int = 0,
     progress: bool | Callable[[str, int], Any] = True,
 ) -> Stfpm:
@@ -142,6 +150,9 @@ def fit_stfpm(
         blur_sigma: Gaussian blur of the map in pixels (0 = none).
         map_layers: how many of the deepest layers make the anomaly map (None = all); the
             student learns every layer either way.
+        fine_layer_weight: the finest layer's exponent in the product (its factor in a sum):
+            below 1 its noisy one-position disagreements decide fewer image scores, while
+            its sharp outlines still shape the map (see :mod:`.stfpm_model`).
         seed: fixes the student's initialisation, the hold-out and the batch order.
         progress: ``True`` for a tqdm bar over the epochs, or a factory
             ``(description, total) -> bar`` (the bar's ``update(n)`` and ``close()`` are used).
@@ -153,6 +164,7 @@ def fit_stfpm(
         combine=combine,
         blur_sigma=blur_sigma,
         map_layers=map_layers,
+        fine_layer_weight=fine_layer_weight,
         seed=seed,
     )
     train_stfpm(
