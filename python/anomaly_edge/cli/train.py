@@ -118,8 +118,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--map-layers",
         type=positive_int,
         help="STFPM: the anomaly map combines only the N deepest of the 3 layers (the "
-        "student still learns all); 2 ranks whole images better on noisy textures (tire: "
-        "image AUROC 0.71 -> 0.74), all 3 (default) localise small defects best",
+        "student still learns all); 2 ranks whole images a little better on some sets, all 3 "
+        "(default) localise small defects best",
     )
     parser.add_argument(
         "--fine-layer-weight",

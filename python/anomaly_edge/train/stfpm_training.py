@@ -8,8 +8,9 @@ lowest validation loss are kept.
 The default schedule is the paper's SGD (lr 0.4, momentum 0.9, weight decay 1e-4) at batch 8 for
 30 epochs, capped at 600 optimiser steps in whole epochs, with one change: the learning rate
 decays along half a cosine to 0 by the last epoch instead of staying at 0.4. Measured on all four
-shared categories (Lite0, input geometry from the data, whole test sets, seed 0; image AUROC /
-pixel AUROC / AUPRO):
+shared categories (Lite0, input geometry from the data, whole test sets, seed 0, the map's plain
+product of three layers, which :mod:`.stfpm_model` has since weighted; image AUROC / pixel
+AUROC / AUPRO):
 
     schedule                    metal_plate            magnetic_tile (8 epochs)
     lr 0.4 constant (paper)     0.989 / 0.992 / 0.958  0.539 / 0.495 / 0.201
