@@ -81,3 +81,32 @@ def test_the_cli_stfpm_map_and_schedule_flags_reach_stfpm_options(
     argv = ["train", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--model", "stfpm"]
     main([*argv, *flag])
     assert seen == [expected]
+
+
+def test_metrics_json_records_the_stfpm_settings_with_defaults_resolved(tmp_path):
+    root = tmp_path / "cat"
+    make_category(root, train=6, good=2, defects={"d": 2})
+    options = StfpmOptions(max_epochs=2, fine_layer_weight=1.0, cosine=False)
+    settings = train(root, model="stfpm", image_size=64, options=options, export=False,
+                     progress=False).metrics["model_settings"]  # fmt: skip
+    assert settings["fine_layer_weight"] == 1.0 and settings["map_layers"] is None
+    assert settings["layers"] and settings["combine"] == "product"
+    schedule = settings["schedule"]
+    assert schedule["cosine"] is False and schedule["max_epochs"] == 2
+    assert schedule["max_steps"] is None  # an epoch count given alone runs in full
+    assert schedule["lr"] == 0.4  # a default, resolved
+    assert settings["epochs_run"] == 2
+
+
+def test_metrics_json_records_the_padim_settings_with_defaults_resolved(tmp_path):
+    import json
+
+    root = tmp_path / "cat"
+    make_category(root, train=6, good=2, defects={"d": 2})
+    result = train(root, model="padim", image_size=64, options=PadimOptions(pool=1),
+                   out=tmp_path / "run", export=False, progress=False)  # fmt: skip
+    settings = json.loads((tmp_path / "run" / "metrics.json").read_text())["model_settings"]
+    assert settings == result.metrics["model_settings"]
+    assert settings["pool"] == 1
+    assert isinstance(settings["n_channels"], int) and settings["n_channels"] > 0
+    assert "schedule" not in settings  # PaDiM has no training schedule

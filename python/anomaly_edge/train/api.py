@@ -233,6 +233,7 @@ def train(
         "image_size": list(size),
         "input_geometry": geometry.as_dict(),
         "tiles": tile_summary(layout, native, _gaussians_of(anomaly_module, layout)),
+        "model_settings": _model_settings(anomaly_module, stfpm_options),
         "seed": seed,
         "augment": dataclasses.asdict(augmentation) if augmentation else None,
         "train_images": len(split.train),
@@ -317,6 +318,27 @@ def _options_for(
     padim = options if isinstance(options, PadimOptions) else PadimOptions()
     stfpm = options if isinstance(options, StfpmOptions) else StfpmOptions()
     return padim, stfpm
+
+
+def _model_settings(module: nn.Module, stfpm_options: StfpmOptions) -> dict[str, Any]:
+    """How the map is made and, for STFPM, how the student learned, defaults resolved: what
+    two runs' metrics.json need to show when their settings differ."""
+    from anomaly_edge.train.stfpm import Stfpm
+    from anomaly_edge.train.stfpm_training import resolved_schedule
+
+    inner = getattr(module, "padim", module)  # a tiled PaDiM wraps one
+    recorded = getattr(inner, "init_kwargs", None) or {}
+    # the backbone, image size and seed are top-level keys of metrics.json already
+    skip = {"backbone", "pretrained", "input_size", "seed"}
+    settings = {key: value for key, value in recorded.items() if key not in skip}
+    if isinstance(getattr(inner, "n_channels", None), int):
+        settings["n_channels"] = inner.n_channels  # the backbone's default, resolved
+    if isinstance(inner, Stfpm):
+        settings["schedule"] = resolved_schedule(stfpm_options.fit_arguments())
+        if inner.history is not None:
+            settings["epochs_run"] = inner.history.epochs
+            settings["best_epoch"] = inner.history.best_epoch
+    return settings
 
 
 def _gaussians_of(module: nn.Module, layout: TileLayout | None) -> str | None:

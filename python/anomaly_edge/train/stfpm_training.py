@@ -43,6 +43,7 @@ better than 8.
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -71,6 +72,20 @@ DEFAULT_MAX_EPOCHS = 30
 DEFAULT_MAX_STEPS = 600
 DEFAULT_COSINE = True
 DEFAULT_MAP_LAYERS: int | None = None
+
+
+# fit_stfpm's arguments that make up the training schedule (what metrics.json records).
+SCHEDULE_ARGUMENTS = (
+    "lr",
+    "momentum",
+    "weight_decay",
+    "patience",
+    "max_epochs",
+    "max_steps",
+    "warmup_epochs",
+    "cosine",
+    "max_grad_norm",
+)
 
 
 @dataclass
@@ -497,3 +512,9 @@ def _epoch_bar(progress: bool | Callable[[str, int], Any], epochs: int) -> Any:
     from tqdm.auto import tqdm  # part of the train extra
 
     return tqdm(total=epochs, desc="STFPM epochs", unit="epoch", leave=False)
+
+
+def resolved_schedule(given: dict[str, Any]) -> dict[str, Any]:
+    """The schedule :func:`fit_stfpm` runs with these keyword arguments, defaults filled in."""
+    parameters = inspect.signature(fit_stfpm).parameters
+    return {name: given.get(name, parameters[name].default) for name in SCHEDULE_ARGUMENTS}
