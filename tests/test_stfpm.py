@@ -39,6 +39,16 @@ def tiny_model(seed: int = 0, combine: str = "product") -> stfpm.Stfpm:
     return stfpm.Stfpm(random_resnet18(1000), random_resnet18(seed), combine=combine)
 
 
+def upsampled_distances(t: list[torch.Tensor], s: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each layer's distance map brought to 8x8, as the map arithmetic sees it."""
+    return [
+        torch.nn.functional.interpolate(
+            stfpm.layer_distance(a, b), size=(8, 8), mode="bilinear", align_corners=False
+        )
+        for a, b in zip(t, s, strict=True)
+    ]
+
+
 def textured_images(count: int, seed: int = 0) -> torch.Tensor:
     """uint8 [N,3,64,64] stripes with noise: 'normal' images with some structure to learn."""
     rng = np.random.default_rng(seed)
@@ -93,12 +103,7 @@ def test_map_combines_upsampled_layer_distances(combine):
     t = [torch.rand(1, 3, 4, 4), torch.rand(1, 3, 2, 2)]
     s = [torch.rand(1, 3, 4, 4), torch.rand(1, 3, 2, 2)]
     amap = model.distances(t, s, (8, 8))
-    ups = [
-        torch.nn.functional.interpolate(
-            stfpm.layer_distance(a, b), size=(8, 8), mode="bilinear", align_corners=False
-        )
-        for a, b in zip(t, s, strict=True)
-    ]
+    ups = upsampled_distances(t, s)
     # The finest layer is weighted: its power in the product, its multiple in the sum.
     w = stfpm.FINE_LAYER_WEIGHT
     expected = ups[0] ** w * ups[1] if combine == "product" else ups[0] * w + ups[1]
@@ -108,12 +113,7 @@ def test_map_combines_upsampled_layer_distances(combine):
 def test_fine_layer_weight_one_is_the_plain_product_and_zero_drops_the_layer():
     t = [torch.rand(1, 3, 8, 8), torch.rand(1, 3, 4, 4), torch.rand(1, 3, 2, 2)]
     s = [torch.rand(1, 3, 8, 8), torch.rand(1, 3, 4, 4), torch.rand(1, 3, 2, 2)]
-    ups = [
-        torch.nn.functional.interpolate(
-            stfpm.layer_distance(a, b), size=(8, 8), mode="bilinear", align_corners=False
-        )
-        for a, b in zip(t, s, strict=True)
-    ]
+    ups = upsampled_distances(t, s)
     teacher, student = random_resnet18(1000), random_resnet18(0)
     plain = stfpm.Stfpm(teacher, student, fine_layer_weight=1.0)
     torch.testing.assert_close(plain.distances(t, s, (8, 8)), ups[0] * ups[1] * ups[2])
@@ -137,12 +137,7 @@ def test_map_layers_keeps_the_deepest_layers_only():
     model = stfpm.Stfpm(random_resnet18(1000), random_resnet18(0), map_layers=2)
     t = [torch.rand(1, 3, 8, 8), torch.rand(1, 3, 4, 4), torch.rand(1, 3, 2, 2)]
     s = [torch.rand(1, 3, 8, 8), torch.rand(1, 3, 4, 4), torch.rand(1, 3, 2, 2)]
-    ups = [
-        torch.nn.functional.interpolate(
-            stfpm.layer_distance(a, b), size=(8, 8), mode="bilinear", align_corners=False
-        )
-        for a, b in zip(t, s, strict=True)
-    ]
+    ups = upsampled_distances(t, s)
     torch.testing.assert_close(model.distances(t, s, (8, 8)), ups[1] * ups[2])
     model.map_layers = None  # all of them, as before the option existed
     w = stfpm.FINE_LAYER_WEIGHT
