@@ -152,16 +152,34 @@ struct Component {
   double normalised_sum;
 };
 
+// Which components become regions, and in which unit their scores are given.
+struct RegionRule {
+  float seed;                  // a component is reported only if its maximum is >= seed
+  double unit_threshold;       // scores: normalise(raw, unit_threshold, unit_scale)
+  double unit_scale;
+  std::int64_t min_area;       // smaller components are dropped ...
+  std::int64_t peak = -1;      // ... except the one holding this map index (-1: none)
+};
+
+// A run of a component that was not reported, so the mask can leave it out.
+struct DroppedRun {
+  int row, begin, end;
+};
+
 std::vector<Region> find_regions_in(const MapView& map, const Thresholded& mask,
-                                    int frame_height, int frame_width, const Params& params) {
+                                    int frame_height, int frame_width, const RegionRule& rule,
+                                    std::vector<DroppedRun>* dropped = nullptr) {
   const int h = map.height;
   const int w = map.width;
-  const double threshold = static_cast<float>(params.pixel_threshold);
-  const double inverse_scale = 1.0 / params.pixel_scale;
+  const double unit_threshold = static_cast<float>(rule.unit_threshold);
+  const double inverse_scale = 1.0 / rule.unit_scale;
+  const int peak_row = rule.peak >= 0 ? static_cast<int>(rule.peak / w) : -1;
+  const int peak_col = rule.peak >= 0 ? static_cast<int>(rule.peak % w) : -1;
 
   // Pass 1: runs of anomalous pixels, linked to touching runs of the row above.
   std::vector<Run> runs;
   DisjointRuns sets;
+  int peak_run = -1;
   std::size_t above_begin = 0, above_end = 0;  // runs of the previous row
   for (int y = 0; y < h; ++y) {
     const std::size_t row_begin = runs.size();
@@ -170,9 +188,12 @@ std::vector<Region> find_regions_in(const MapView& map, const Thresholded& mask,
       const std::uint8_t* bits = mask.above.data() + static_cast<std::size_t>(y) * w;
       for (int x = next_with(bits, 0, w, true); x < w; x = next_with(bits, x, w, true)) {
         Run run{y, x, next_with(bits, x, w, false), row[x], 0.0};
+        if (y == peak_row && x <= peak_col && peak_col < run.end)
+          peak_run = static_cast<int>(runs.size());
         for (; x < run.end; ++x) {
           run.max_raw = std::max(run.max_raw, row[x]);
-          run.normalised_sum += std::min((row[x] - threshold) * inverse_scale + 0.5, 1.0);
+          run.normalised_sum +=
+              std::clamp((row[x] - unit_threshold) * inverse_scale + 0.5, 0.0, 1.0);
         }
         runs.push_back(run);
         sets.add();
@@ -204,6 +225,7 @@ std::vector<Region> find_regions_in(const MapView& map, const Thresholded& mask,
   // Pass 2: per-component statistics, components in raster order of their first pixel.
   std::vector<Component> components;
   std::vector<int> component_of(runs.size(), -1);
+  std::vector<int> run_component(runs.size());
   for (std::size_t i = 0; i < runs.size(); ++i) {
     const Run& run = runs[i];
     const int root = sets.find(static_cast<int>(i));
@@ -212,6 +234,7 @@ std::vector<Region> find_regions_in(const MapView& map, const Thresholded& mask,
       index = static_cast<int>(components.size());
       components.push_back({run.begin, run.row, run.end, run.row + 1, 0, run.max_raw, 0.0});
     }
+    run_component[i] = index;
     Component& comp = components[static_cast<std::size_t>(index)];
     comp.x1 = std::min(comp.x1, run.begin);
     comp.x2 = std::max(comp.x2, run.end);
@@ -220,23 +243,33 @@ std::vector<Region> find_regions_in(const MapView& map, const Thresholded& mask,
     comp.max_raw = std::max(comp.max_raw, run.max_raw);
     comp.normalised_sum += run.normalised_sum;
   }
+  const int peak_component =
+      peak_run >= 0 ? run_component[static_cast<std::size_t>(peak_run)] : -1;
 
-  // Filter, scale to the frame, sort by score.
+  // Keep, scale to the frame, sort by score.
   std::vector<Region> regions;
+  std::vector<std::uint8_t> kept(components.size(), 0);
   regions.reserve(components.size());
-  for (const Component& comp : components) {
-    if (comp.area < params.min_area) continue;
+  for (std::size_t i = 0; i < components.size(); ++i) {
+    const Component& comp = components[i];
+    const bool is_peak = static_cast<int>(i) == peak_component;
+    if (!is_peak && (comp.max_raw < rule.seed || comp.area < rule.min_area)) continue;
+    kept[i] = 1;
     Region r;
     r.x1 = scale_floor(comp.x1, frame_width, w);
     r.y1 = scale_floor(comp.y1, frame_height, h);
     r.x2 = scale_ceil(comp.x2, frame_width, w);
     r.y2 = scale_ceil(comp.y2, frame_height, h);
-    r.score = normalise(comp.max_raw, threshold, params.pixel_scale);
+    r.score = normalise(comp.max_raw, unit_threshold, rule.unit_scale);
     // A mean never exceeds the maximum, even after the rounding of a long sum.
     r.mean_score = std::min(comp.normalised_sum / static_cast<double>(comp.area), r.score);
     r.area = comp.area;
     regions.push_back(r);
   }
+  if (dropped != nullptr)
+    for (std::size_t i = 0; i < runs.size(); ++i)
+      if (!kept[static_cast<std::size_t>(run_component[i])])
+        dropped->push_back({runs[i].row, runs[i].begin, runs[i].end});
   std::stable_sort(regions.begin(), regions.end(),
                    [](const Region& a, const Region& b) { return a.score > b.score; });
   return regions;
@@ -349,6 +382,23 @@ void render_mask_from(const kernels::Table& k, const MapView& map, const Thresho
   }
 }
 
+// Marks the frame pixels covered by map pixel `peak` when `mask` is all zeros.
+void paint_peak_if_empty(std::uint8_t* mask, int frame_height, int frame_width,
+                         const MapView& map, std::int64_t peak) {
+  // kMaxSide squared fits in an int, the unit next_with counts in.
+  const int size = frame_height * frame_width;
+  if (next_with(mask, 0, size, true) < size) return;
+  const int px = static_cast<int>(peak % map.width);
+  const int py = static_cast<int>(peak / map.width);
+  const int x1 = scale_floor(px, frame_width, map.width);
+  const int x2 = std::max(x1 + 1, scale_ceil(px + 1, frame_width, map.width));
+  const int y1 = scale_floor(py, frame_height, map.height);
+  const int y2 = std::max(y1 + 1, scale_ceil(py + 1, frame_height, map.height));
+  for (int y = y1; y < std::min(y2, frame_height); ++y)
+    std::memset(mask + static_cast<std::size_t>(y) * frame_width + x1, 255,
+                static_cast<std::size_t>(std::min(x2, frame_width) - x1));
+}
+
 }  // namespace
 
 // ---- validation ----------------------------------------------------------------------------
@@ -405,7 +455,9 @@ std::vector<Region> find_regions(const MapView& map, int frame_height, int frame
                                  const Params& params, Isa isa) {
   const kernels::Table& k = checked_kernels(isa);
   const Thresholded mask = threshold_map(map, static_cast<float>(params.pixel_threshold), k);
-  return find_regions_in(map, mask, frame_height, frame_width, params);
+  const RegionRule every{-std::numeric_limits<float>::infinity(), params.image_threshold,
+                         params.image_scale, params.min_area};
+  return find_regions_in(map, mask, frame_height, frame_width, every);
 }
 
 void render_mask(const MapView& map, float threshold, std::uint8_t* out, int frame_height,
@@ -486,17 +538,52 @@ Result postprocess(const MapView& map, bool has_raw_score, double raw_score, int
   result.label = result.raw_score >= static_cast<double>(image_threshold);
   result.score = normalise(result.raw_score, image_threshold, params.image_scale);
 
+  // The decision (postprocess.hpp): a Normal image has no region and an empty mask; an
+  // Anomaly image has the regions seeded at the image threshold, grown down to the pixel
+  // threshold, the peak's region always among them.
   const bool want_mask = task == Task::Segmentation && outputs.mask != nullptr;
-  if (task != Task::Classification) {
-    const float pixel_threshold = static_cast<float>(params.pixel_threshold);
-    const Thresholded mask = threshold_map(map, pixel_threshold, k);
-    result.regions = find_regions_in(map, mask, frame_height, frame_width, params);
-    if (want_mask)
-      render_mask_from(k, map, mask, pixel_threshold, outputs.mask, frame_height,
-                       frame_width);
+  const bool has_regions = task != Task::Classification && result.label;
+  if (want_mask && !has_regions)
+    std::memset(outputs.mask, 0,
+                static_cast<std::size_t>(frame_height) * static_cast<std::size_t>(frame_width));
+  if (has_regions) {
+    const std::size_t n = static_cast<std::size_t>(map.height) * map.width;
+    const std::int64_t peak = std::max_element(map.data, map.data + n) - map.data;
+    // With a raw score from elsewhere the map may peak below the image threshold: the peak
+    // then seeds the region on its own.
+    const float seed = std::min(image_threshold, stats.max);
+    const float extent = std::min(static_cast<float>(params.pixel_threshold), seed);
+    const RegionRule rule{seed, params.image_threshold, params.image_scale, params.min_area,
+                          peak};
+    const Thresholded above = threshold_map(map, extent, k);
+    std::vector<DroppedRun> dropped;
+    result.regions = find_regions_in(map, above, frame_height, frame_width, rule,
+                                     want_mask ? &dropped : nullptr);
+    if (want_mask) {
+      if (dropped.empty()) {
+        render_mask_from(k, map, above, extent, outputs.mask, frame_height, frame_width);
+      } else {
+        // Unreported components stay out of the mask: they sink just below the extent.
+        std::vector<float> kept_only(map.data, map.data + n);
+        const float below = std::nextafter(extent, -std::numeric_limits<float>::infinity());
+        for (const DroppedRun& run : dropped)
+          std::fill(kept_only.begin() + static_cast<std::ptrdiff_t>(run.row) * map.width +
+                        run.begin,
+                    kept_only.begin() + static_cast<std::ptrdiff_t>(run.row) * map.width +
+                        run.end,
+                    below);
+        const MapView view{kept_only.data(), map.height, map.width};
+        render_mask_from(k, view, threshold_map(view, extent, k), extent, outputs.mask,
+                         frame_height, frame_width);
+      }
+      // Bilinear upsampling can smooth a one-pixel peak below the threshold everywhere:
+      // the peak's own frame pixels then stand for it, so a flagged image never shows an
+      // empty mask.
+      paint_peak_if_empty(outputs.mask, frame_height, frame_width, map, peak);
+    }
   }
   if (outputs.heatmap != nullptr)
-    render_heatmap(map, params.pixel_threshold, params.pixel_scale, outputs.heatmap,
+    render_heatmap(map, params.image_threshold, params.image_scale, outputs.heatmap,
                    frame_height, frame_width, isa);
   return result;
 }

@@ -24,7 +24,10 @@ constexpr int kMaxSide = 32768;
 enum class Task { Classification, Detection, Segmentation };
 
 // Thresholds and normalisation statistics, in raw anomaly-map units.
-// normalised = clip((raw - threshold) / scale + 0.5, 0, 1).
+// normalised = clip((raw - threshold) / scale + 0.5, 0, 1). Every score a user sees (the
+// image score, region scores, the heatmap) is in one unit, the image's: image_threshold and
+// image_scale; 0.5 sits on the image threshold. pixel_scale is kept for the metadata
+// (Model API's normalization_scale) and plays no part here.
 // Thresholds are applied in float32, the precision of the map (as NumPy would compare a
 // float32 array with a Python float), so a value equal to the rounded threshold counts as
 // anomalous and normalises to exactly 0.5.
@@ -46,8 +49,8 @@ struct MapView {
 // One connected region of anomalous map pixels (8-connectivity).
 struct Region {
   int x1 = 0, y1 = 0, x2 = 0, y2 = 0;  // frame pixels; x2 and y2 exclusive
-  double score = 0.0;                  // normalised maximum
-  double mean_score = 0.0;             // mean of the normalised pixel scores
+  double score = 0.0;                  // normalised maximum (image units)
+  double mean_score = 0.0;             // mean of the normalised pixel scores (image units)
   std::int64_t area = 0;               // in map pixels
 };
 
@@ -84,8 +87,10 @@ MapStats scan_map(const MapView& map, Isa isa = active_isa());
 // clip((raw - threshold) / scale + 0.5, 0, 1)
 double normalise(double raw, double threshold, double scale);
 
-// Connected components of (map >= pixel threshold), boxes scaled to the frame, filtered by
-// min_area, sorted by score (highest first, ties in raster order of their first pixel).
+// Every connected component of (map >= pixel threshold), whatever the label: the raw
+// material of the decision, for tests and tools. Boxes scaled to the frame, filtered by
+// min_area, scores in image units, sorted by score (highest first, ties in raster order of
+// their first pixel).
 std::vector<Region> find_regions(const MapView& map, int frame_height, int frame_width,
                                  const Params& params, Isa isa = active_isa());
 
@@ -98,8 +103,20 @@ void render_mask(const MapView& map, float threshold, std::uint8_t* out, int fra
 void render_heatmap(const MapView& map, double threshold, double scale, std::uint8_t* out,
                     int frame_height, int frame_width, Isa isa = active_isa());
 
-// Everything the task asks for. With has_raw_score = false the image's raw score is the map's
-// maximum. Throws std::invalid_argument for bad sizes or params, a non-finite raw score, a
+// Everything the task asks for: one decision, whatever the task. With has_raw_score = false
+// the image's raw score is the map's maximum.
+//  - label = raw score >= image threshold; score = normalised raw score.
+//  - Normal: no regions, and an all-zero mask.
+//  - Anomaly: the regions are the 8-connected components of (map >= extent) whose maximum
+//    reaches the seed, where seed = min(image threshold, map maximum) and extent =
+//    min(pixel threshold, seed): each region on its own would flag the image, and its
+//    outline follows the pixel threshold (capped at the image threshold, so a pixel
+//    threshold set above it cannot hide the region that flagged the image). Components
+//    under min_area are dropped, except the one holding the map's peak, so there is always
+//    at least one region and the peak lies in one. The mask covers exactly the reported
+//    regions (bilinear at frame resolution); where smoothing leaves no frame pixel of a
+//    one-pixel peak above the extent, the peak's own frame pixels are marked.
+//  - The heatmap, when asked for, is the whole map in image units, whatever the label. Throws std::invalid_argument for bad sizes or params, a non-finite raw score, a
 // map with NaN/inf, or an ISA this CPU cannot run.
 Result postprocess(const MapView& map, bool has_raw_score, double raw_score, int frame_height,
                    int frame_width, const Params& params, Task task, const Outputs& outputs,

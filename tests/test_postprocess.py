@@ -18,7 +18,7 @@ from anomaly_edge.postprocess import PostprocessParams, postprocess, postprocess
 from anomaly_edge.prediction import Box, Task
 from tests.test_postprocess_reference import (
     blobby_map,
-    mask_mismatches,
+    decision_mask_mismatches,
     reference_boxes,
     reference_heatmap,
 )
@@ -100,15 +100,79 @@ def test_boxes_are_sorted_by_score_with_mean_scores():
     assert boxes[0].area == 4
 
 
-def test_min_area_drops_small_regions():
+def test_min_area_drops_small_regions_but_never_the_peak():
     anomaly_map = np.zeros((8, 8), np.float32)
-    anomaly_map[0, 0] = 1.0
+    anomaly_map[0, 0] = 0.9
     anomaly_map[4:7, 4:7] = 1.0
+    anomaly_map[5, 5] = 1.2  # the peak
     assert len(postprocess(anomaly_map, (8, 8), PARAMS, "detection").boxes) == 2
     assert len(postprocess(anomaly_map, (8, 8), PARAMS.replace(min_area=0), "detection").boxes) == 2
-    only_big = postprocess(anomaly_map, (8, 8), PARAMS.replace(min_area=2), "detection").boxes
-    assert [b.area for b in only_big] == [9]
-    assert postprocess(anomaly_map, (8, 8), PARAMS.replace(min_area=10), "detection").boxes == []
+    only_big = postprocess(anomaly_map, (8, 8), PARAMS.replace(min_area=2), "segmentation")
+    assert [b.area for b in only_big.boxes] == [9]
+    assert not only_big.mask[0, 0]  # a dropped region leaves the mask too
+    # the region that flagged the image stays, whatever min_area says
+    peak_only = postprocess(anomaly_map, (8, 8), PARAMS.replace(min_area=10), "segmentation")
+    assert [b.area for b in peak_only.boxes] == [9]
+    single = one_pixel_map((8, 8), at=(2, 3), value=0.8)
+    flagged = postprocess(single, (8, 8), PARAMS.replace(min_area=10), "segmentation")
+    assert box_tuples(flagged) == [(3, 2, 4, 3, 1)]
+    assert flagged.mask[2, 3] == 255 and np.count_nonzero(flagged.mask) == 1
+
+
+# ---- the decision: label, boxes and mask agree -------------------------------------------------
+
+
+def test_a_normal_image_has_no_box_and_an_empty_mask():
+    anomaly_map = np.zeros((8, 8), np.float32)
+    anomaly_map[2:5, 2:5] = 0.6  # above the pixel threshold, below the image threshold
+    params = PARAMS.replace(image_threshold=0.7, pixel_threshold=0.5)
+    prediction = postprocess(anomaly_map, (16, 16), params, "segmentation", heatmap=True)
+    assert prediction.label is False
+    assert prediction.boxes == [] and not prediction.mask.any()
+    assert prediction.heatmap.any()  # the raw picture stays available
+
+
+def test_only_regions_that_would_flag_the_image_are_reported():
+    anomaly_map = np.zeros((8, 16), np.float32)
+    anomaly_map[1:4, 1:4] = 0.6  # reaches the pixel threshold only: not a region
+    anomaly_map[1:4, 8:12] = 0.6
+    anomaly_map[2, 9] = 0.9  # seeded: the whole 0.6 blob around it is the region
+    params = PARAMS.replace(image_threshold=0.8, pixel_threshold=0.5)
+    prediction = postprocess(anomaly_map, (8, 16), params, "segmentation")
+    assert box_tuples(prediction) == [(8, 1, 12, 4, 12)]
+    assert prediction.mask[1:4, 8:12].all() and not prediction.mask[:, :6].any()
+
+
+def test_a_pixel_threshold_above_the_image_threshold_cannot_hide_the_region():
+    anomaly_map = one_pixel_map((6, 6), at=(3, 3), value=0.7)
+    anomaly_map[2:5, 2:5] = np.maximum(anomaly_map[2:5, 2:5], 0.65)
+    params = PARAMS.replace(image_threshold=0.6, pixel_threshold=0.9)
+    prediction = postprocess(anomaly_map, (6, 6), params, "segmentation")
+    assert prediction.label is True
+    assert box_tuples(prediction) == [(2, 2, 5, 5, 9)]  # grown at the image threshold
+    assert prediction.mask.any()
+
+
+def test_a_raw_score_from_elsewhere_makes_the_peak_the_region():
+    anomaly_map = one_pixel_map((4, 4), at=(2, 1), value=0.2)
+    prediction = postprocess(anomaly_map, (4, 4), PARAMS, "segmentation", raw_score=0.9)
+    assert prediction.label is True
+    assert box_tuples(prediction) == [(1, 2, 2, 3, 1)]
+    assert prediction.mask[2, 1] == 255
+    below = postprocess(one_pixel_map(value=0.9), (4, 4), PARAMS, "segmentation", raw_score=0.1)
+    assert below.label is False and below.boxes == [] and not below.mask.any()
+
+
+def test_box_scores_share_the_image_unit():
+    anomaly_map = np.zeros((8, 8), np.float32)
+    anomaly_map[1, 1] = 3.0
+    anomaly_map[5, 5] = 2.5
+    params = PostprocessParams(2.0, 1.0, image_scale=4.0, pixel_scale=0.1)
+    prediction = postprocess(anomaly_map, (8, 8), params, "detection")
+    assert prediction.score == pytest.approx((3.0 - 2.0) / 4.0 + 0.5)
+    assert [b.score for b in prediction.boxes] == pytest.approx(
+        [prediction.score, (2.5 - 2.0) / 4.0 + 0.5]
+    )
 
 
 def test_boxes_match_connected_components_of_opencv():
@@ -147,7 +211,9 @@ def test_mask_is_opencv_bilinear_upsampling_then_threshold():
         prediction = postprocess(anomaly_map, frame, PARAMS.replace(pixel_threshold=0.45))
         assert prediction.mask.shape == frame and prediction.mask.dtype == np.uint8
         assert set(np.unique(prediction.mask)) <= {0, 255}
-        assert not mask_mismatches(prediction.mask, anomaly_map, 0.45).any(), frame
+        assert not decision_mask_mismatches(
+            prediction.mask, anomaly_map, PARAMS.replace(pixel_threshold=0.45)
+        ).any(), frame
 
 
 def test_mask_of_a_one_pixel_map_is_all_or_nothing():

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from anomaly_edge.postprocess import PostprocessParams, postprocess, postprocess_batch
 from tests.test_postprocess_reference import (
     blobby_map,
-    mask_mismatches,
+    decision_mask_mismatches,
     reference_boxes,
     reference_heatmap,
 )
@@ -82,16 +82,27 @@ def test_boxes_and_mask_agree_with_opencv(anomaly_map, frame_h, frame_w, p):
         assert abs(g[5] - e[5]) < 1e-6 and abs(g[6] - e[6]) < 1e-6
     for box in prediction.boxes:
         assert 0 <= box.x1 < box.x2 <= frame_w and 0 <= box.y1 < box.y2 <= frame_h
-        assert 0.5 <= box.mean_score <= box.score <= 1.0
+        # one unit: every region would flag the image on its own, none out-scores the image
+        assert 0.0 <= box.mean_score <= box.score <= prediction.score
+        assert box.score >= 0.5
     box_scores = [b.score for b in prediction.boxes]
     assert box_scores == sorted(box_scores, reverse=True)
 
     assert prediction.mask.shape == frame
-    assert not mask_mismatches(prediction.mask, anomaly_map, p.pixel_threshold).any()
+    assert not decision_mask_mismatches(prediction.mask, anomaly_map, p).any()
 
     raw = float(anomaly_map.max())
     assert prediction.raw_score == raw
     assert prediction.label == (raw >= float(np.float32(p.image_threshold)))
+    # the decision: label, boxes and mask agree, and the peak lies in a region
+    if prediction.label:
+        assert prediction.boxes and prediction.mask.any()
+        py, px = np.unravel_index(int(np.argmax(anomaly_map)), anomaly_map.shape)
+        h, w = anomaly_map.shape
+        fy, fx = py * frame_h // h, px * frame_w // w  # a frame pixel of the peak
+        assert any(b.x1 <= fx < b.x2 and b.y1 <= fy < b.y2 for b in prediction.boxes)
+    else:
+        assert not prediction.boxes and not prediction.mask.any()
 
 
 @examples(25)

@@ -84,6 +84,14 @@ void regions_boxes_and_mask() {
     }
     CHECK(on > 0 && on < 32 * 32 / 4);
   }
+  // The decision: above the map's peak the image is Normal, with no region and a zeroed mask.
+  {
+    std::vector<std::uint8_t> mask(32 * 32, 7);
+    const ae::Result r = ae::postprocess(map, false, 0.0, 32, 32, {0.95, 0.5, 1.0, 1.0, 1},
+                                         ae::Task::Segmentation, {mask.data(), nullptr});
+    CHECK(!r.label && r.regions.empty());
+    for (std::uint8_t v : mask) CHECK(v == 0);
+  }
   // min_area drops the single pixel; classification gives no regions at all.
   CHECK(ae::find_regions(map, 32, 32, {0.5, 0.5, 1.0, 1.0, 2}).size() == 1);
   CHECK(ae::postprocess(map, false, 0.0, 32, 32, kParams, ae::Task::Classification, {})

@@ -39,9 +39,15 @@ class PostprocessParams:
     """Thresholds and normalisation statistics, in raw anomaly-map units.
 
     ``normalised = clip((raw - threshold) / scale + 0.5, 0, 1)``: 0.5 sits on the threshold.
-    The image score uses ``image_threshold``/``image_scale``, map values (box scores, the
-    heatmap) ``pixel_threshold``/``pixel_scale``. A map pixel is anomalous when its value is
-    >= ``pixel_threshold``; regions with fewer than ``min_area`` map pixels are dropped.
+    Every score a user sees (image score, box scores, the heatmap) is in one unit, the
+    image's (``image_threshold``/``image_scale``), so a box never out-scores its image.
+    ``pixel_scale`` is carried for the metadata (Model API's ``normalization_scale``) only.
+
+    The decision, one for all three tasks (see :func:`postprocess`): an image is anomalous when
+    its raw score is >= ``image_threshold``; a Normal image has no box and an empty mask; on an
+    anomalous image a region is a connected part of the map >= ``pixel_threshold`` (capped at
+    the image threshold) whose peak alone would flag the image. Regions with fewer than
+    ``min_area`` map pixels are dropped, except the one holding the map's peak.
     """
 
     image_threshold: float
@@ -98,6 +104,22 @@ def postprocess(
     raw_score: float | None = None,
 ) -> Prediction:
     """Turn one raw anomaly map into a :class:`~anomaly_edge.Prediction`.
+
+    Label, boxes and mask are one decision, computed once in C++:
+
+    * ``label`` is ``raw_score >= image_threshold``;
+    * an image labelled Normal carries no box and an all-zero mask;
+    * an image labelled Anomaly carries at least one box and a non-empty mask, and the map's
+      peak lies inside one of its boxes. Its regions are the 8-connected components of
+      ``map >= min(pixel_threshold, image_threshold)`` whose own maximum reaches the image
+      threshold (each would flag the image by itself); the pixel threshold shapes their
+      outline. When a ``raw_score`` from elsewhere flags an image whose map stays below the
+      image threshold, the region around the map's peak is reported. The mask covers exactly
+      the reported regions; where bilinear smoothing would leave a one-pixel region with no
+      frame pixel, the frame pixels of that map pixel are marked.
+
+    Box scores and the heatmap are in the image score's unit (0.5 = the image threshold).
+    The raw map stays on ``prediction.anomaly_map``.
 
     Args:
         anomaly_map: float32 map at model resolution, shape (h, w) (leading axes of size 1,

@@ -33,7 +33,9 @@ class Box:
     """One anomalous region, in pixel coordinates of the original frame.
 
     ``x2`` and ``y2`` are exclusive, so ``frame[y1:y2, x1:x2]`` is the region.
-    ``score`` is the region's maximum normalised score in [0, 1]; ``mean_score`` its mean.
+    ``score`` is the region's maximum normalised score in [0, 1], in the unit of the image
+    score (0.5 = the image threshold; a reported region always reaches it, unless the image
+    was flagged by a raw score from elsewhere); ``mean_score`` its mean.
     ``area`` is the region's size in anomaly-map pixels (model resolution).
     """
 
@@ -75,9 +77,12 @@ class Prediction:
         raw_score: the model's own score (max of the raw anomaly map), before normalisation.
         task: what was computed.
         anomaly_map: raw anomaly map at model resolution (float32, h x w).
-        boxes: anomalous regions, highest score first (detection and segmentation).
-        mask: uint8 mask at frame resolution, 255 = anomalous (segmentation only).
-        heatmap: uint8 normalised map at frame resolution (only when asked for).
+        boxes: anomalous regions, highest score first (detection and segmentation); empty
+            whenever ``label`` is False, never empty when it is True.
+        mask: uint8 mask at frame resolution, 255 = anomalous (segmentation only); all zero
+            whenever ``label`` is False, covering exactly the boxes' regions otherwise.
+        heatmap: uint8 map at frame resolution in the image score's unit (x 255), whatever
+            the label (only when asked for).
     """
 
     score: float
