@@ -552,7 +552,10 @@ Result postprocess(const MapView& map, bool has_raw_score, double raw_score, int
     // With a raw score from elsewhere the map may peak below the image threshold: the peak
     // then seeds the region on its own.
     const float seed = std::min(image_threshold, stats.max);
-    const float extent = std::min(static_cast<float>(params.pixel_threshold), seed);
+    // Outlines follow the pixel threshold; where it would leave nothing (the peak below
+    // it), the region that flagged the image is shown at the seed level.
+    const float pixel_threshold = static_cast<float>(params.pixel_threshold);
+    const float extent = stats.max >= pixel_threshold ? pixel_threshold : seed;
     const RegionRule rule{seed, params.image_threshold, params.image_scale, params.min_area,
                           peak};
     const Thresholded above = threshold_map(map, extent, k);

@@ -108,10 +108,10 @@ void render_heatmap(const MapView& map, double threshold, double scale, std::uin
 //  - label = raw score >= image threshold; score = normalised raw score.
 //  - Normal: no regions, and an all-zero mask.
 //  - Anomaly: the regions are the 8-connected components of (map >= extent) whose maximum
-//    reaches the seed, where seed = min(image threshold, map maximum) and extent =
-//    min(pixel threshold, seed): each region on its own would flag the image, and its
-//    outline follows the pixel threshold (capped at the image threshold, so a pixel
-//    threshold set above it cannot hide the region that flagged the image). Components
+//    reaches the seed, where seed = min(image threshold, map maximum): each region on its
+//    own would flag the image. Their outline follows the pixel threshold (extent = pixel
+//    threshold), except where the map's peak stays below it: then extent = seed, so a pixel
+//    threshold above the image threshold cannot hide the region that flagged the image. Components
 //    under min_area are dropped, except the one holding the map's peak, so there is always
 //    at least one region and the peak lies in one. The mask covers exactly the reported
 //    regions (bilinear at frame resolution); where smoothing leaves no frame pixel of a

@@ -29,7 +29,8 @@ def decision_map(
     if not raw >= float(np.float32(params.image_threshold)):
         return None
     seed = min(np.float32(params.image_threshold), anomaly_map.max())
-    extent = min(np.float32(params.pixel_threshold), seed)
+    pixel_threshold = np.float32(params.pixel_threshold)
+    extent = pixel_threshold if anomaly_map.max() >= pixel_threshold else seed
     binary = (anomaly_map >= extent).astype(np.uint8)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
     maxima = np.full(count, -np.inf, np.float32)

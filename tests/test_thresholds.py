@@ -1,55 +1,60 @@
-"""Threshold selection rules and normalisation statistics."""
+"""Threshold selection in training: the policy's image threshold, the fitted pixel threshold,
+fallbacks, and the normalisation statistics."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from anomaly_edge.operating_point import Policy, just_above
 from anomaly_edge.train.thresholds import (
-    choose_threshold,
-    f1_optimal_threshold,
+    choose_image,
+    choose_pixel,
     false_alarm_rate,
-    just_above,
     normal_score_range,
-    normal_upper_tail,
     normalization_stats,
 )
 
-
-@pytest.mark.parametrize("seed", range(4))
-def test_f1_optimal_threshold_is_the_best_observed_score(seed):
-    rng = np.random.default_rng(seed)
-    labels = rng.random(200) < 0.3
-    scores = (rng.random(200) + labels * 0.4).round(2)
-    best = f1_optimal_threshold(scores, labels)
-
-    def f1(t):
-        predicted = scores >= t
-        tp = np.count_nonzero(predicted & labels)
-        return 2 * tp / (predicted.sum() + labels.sum())
-
-    assert best in scores
-    assert f1(best) == pytest.approx(max(f1(t) for t in np.unique(scores)))
+SCORES = np.array([0.1, 0.2, 0.3, 0.8, 0.9])
+LABELS = np.array([0, 0, 0, 1, 1])
 
 
-def test_rules_fixed_tuned_and_fallbacks():
-    scores = np.array([0.1, 0.2, 0.3, 0.8, 0.9])
-    labels = np.array([0, 0, 0, 1, 1])
-    assert choose_threshold(scores, labels).method == "f1_optimal"
-    assert choose_threshold(scores, labels).value == 0.8
-    fixed = choose_threshold(scores, labels, fixed=0.5)
-    assert (fixed.value, fixed.method) == (0.5, "fixed")
-    normal_only = choose_threshold(scores[:3], labels[:3])
+def test_image_threshold_follows_the_policy():
+    far = choose_image(SCORES, LABELS, Policy.parse("far:0.05"))
     # just above the highest normal score, so that image is not flagged (labels: raw >= t)
-    assert normal_only.method == "max_normal"
-    assert 0.3 < normal_only.value == just_above(0.3) < 0.30001
-    assert "not tuned on defects" in normal_only.note
-    assert choose_threshold(scores[:3], None).value == just_above(0.3)
-    assert choose_threshold(scores[3:], labels[3:]).method == "min_anomalous"
+    assert far.method == "far" and 0.3 < far.value == just_above(0.3) < 0.30001
+    # a third of 3 normal images may be flagged: just above the second highest
+    assert choose_image(SCORES, LABELS, Policy.parse("far:0.34")).value == just_above(0.2)
+    f1 = choose_image(SCORES, LABELS, Policy.parse("f1"))
+    assert (f1.value, f1.method) == (0.8, "f1")
+    fixed = choose_image(SCORES, LABELS, Policy.parse("f1"), fixed=0.5)
+    assert (fixed.value, fixed.method) == (0.5, "fixed")
+
+
+def test_image_threshold_fallbacks_say_why():
+    normal_only = choose_image(SCORES[:3], LABELS[:3], Policy.parse("f1"))
+    assert normal_only.method == "far" and "needs defect" in normal_only.note
+    assert normal_only.value == just_above(0.3)
+    defects_only = choose_image(SCORES[3:], LABELS[3:], Policy.parse("far:0.01"))
+    assert defects_only.method == "min_anomalous" and "no normal" in defects_only.note
     with pytest.raises(ValueError, match="no validation scores"):
-        choose_threshold(np.array([]), None)
-    with pytest.raises(ValueError, match="at least one anomalous"):
-        f1_optimal_threshold(scores, np.zeros(5))
+        choose_image(np.array([]), np.array([]), Policy.parse("f1"))
+
+
+def test_pixel_threshold_is_fitted_on_flagged_defects_or_falls_back():
+    yy, xx = np.mgrid[0:32, 0:32]
+    bump = np.exp(-((yy - 16.0) ** 2 + (xx - 16.0) ** 2) / 40.0).astype(np.float32)
+    truth = ((yy - 16) ** 2 + (xx - 16) ** 2) <= 36  # the defect: radius 6
+    image = choose_image(np.array([0.2, 0.9]), np.array([0, 1]), Policy.parse("far:0"))
+    fitted = choose_pixel(bump[None], truth[None], image, image_scale=1.0)
+    assert fitted.method == "best_overlap" and "Dice 0.9" in fitted.note
+    # the fitted outline is close to the defect's, exp(-36 / 40) = 0.41, above the image
+    # threshold: a pixel threshold is not capped by it
+    assert 0.3 < fitted.value < 0.5
+    without_masks = choose_pixel(bump[None], None, image, image_scale=1.0)
+    assert (without_masks.value, without_masks.method) == (image.value, "image_threshold")
+    fixed = choose_pixel(bump[None], truth[None], image, 1.0, fixed=0.25)
+    assert (fixed.value, fixed.method) == (0.25, "fixed")
 
 
 def test_normalization_stats():
@@ -62,36 +67,11 @@ def test_normalization_stats():
     )
 
 
-def test_tuned_threshold_never_at_or_below_the_normal_upper_tail():
-    # F1 is best at 0.5, the highest normal score: the next normal part would be flagged.
-    scores = np.array([0.1, 0.2, 0.3, 0.5, 0.5, 0.9, 0.95])
-    labels = np.array([0, 0, 0, 0, 1, 1, 1])
-    assert f1_optimal_threshold(scores, labels) == 0.5
-    chosen = choose_threshold(scores, labels)
-    assert chosen.method == "normal_tail" and "raised" in chosen.note
-    assert chosen.value == just_above(0.5)
-    normal = scores[labels == 0]
-    assert false_alarm_rate(normal, chosen.value) == 0.0
-    assert false_alarm_rate(normal, 0.5) == 0.25
+def test_false_alarm_rate():
+    normal = np.array([0.1, 0.2, 0.5, 0.5])
+    assert false_alarm_rate(normal, 0.5) == 0.5
+    assert false_alarm_rate(normal, just_above(0.5)) == 0.0
     assert false_alarm_rate(np.array([]), 0.5) is None
-
-
-def test_normal_tail_is_the_90th_percentile_with_many_normal_scores():
-    normal = np.arange(200, dtype=np.float64)  # 0..199
-    assert normal_upper_tail(normal[:10]) == 9.0  # 10 or fewer scores: the maximum
-    assert normal_upper_tail(normal[:11]) == 9.0  # then the quantile, at an observed score
-    assert normal_upper_tail(normal) == 180.0
-    # defects overlap the upper half of the normal scores: F1 is best at about 150, which
-    # would flag a quarter of normal parts; the rule raises it above the 90th percentile
-    anomalous = np.linspace(150.0, 250.0, 100)
-    scores = np.r_[normal, anomalous]
-    labels = np.r_[np.zeros(200), np.ones(100)].astype(bool)
-    assert false_alarm_rate(normal, f1_optimal_threshold(scores, labels)) > 0.2
-    chosen = choose_threshold(scores, labels)
-    assert chosen.method == "normal_tail"
-    assert chosen.value == just_above(180.0)
-    # about 10 % of normal validation images flagged: not the 95th percentile's 5 %
-    assert 0.05 < false_alarm_rate(normal, chosen.value) <= 0.10
 
 
 def test_normal_score_range():

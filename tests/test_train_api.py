@@ -9,6 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from anomaly_edge.cli.main import main  # noqa: E402
+from anomaly_edge.errors import InvalidInputError  # noqa: E402
 from anomaly_edge.train import train  # noqa: E402
 from tests.test_data_factory import make_category  # noqa: E402
 
@@ -37,7 +38,11 @@ def test_train_writes_metrics_curves_and_checkpoint(category, tmp_path):
     assert set(REQUIRED) <= set(written)
     assert written["image_auroc"] > 0.9 and written["pixel_auroc"] > 0.9
     assert 0 < written["aupro"] <= 1
-    assert written["image_threshold_method"] == "f1_optimal"
+    assert written["image_threshold_method"] == "far" and written["policy"] == "far:0.05"
+    seen = written["operating_point"]
+    assert seen["disagreements"] == 0 and seen["far_seen"] == seen["far"]
+    assert seen["expected"]["good_images"] + seen["good_images"] == 6
+    assert result.metadata.operating_point == seen
     for name in ("roc_curve.png", "pr_curve.png", "checkpoint.pt"):
         assert (tmp_path / "run" / name).stat().st_size > 0
     assert not list((tmp_path / "run").glob(".*"))  # no temporary files left behind
@@ -56,6 +61,13 @@ def test_training_is_deterministic_for_a_seed(category):
     assert {k: first.metrics[k] for k in keys} == {k: second.metrics[k] for k in keys}
 
 
+def test_policy_places_the_image_threshold(category):
+    f1 = train(category, policy="f1", **FAST)
+    assert f1.metrics["policy"] == "f1" and f1.metrics["image_threshold_method"] == "f1"
+    with pytest.raises(InvalidInputError, match="far:X"):
+        train(category, policy="p99", **FAST)
+
+
 def test_fixed_thresholds_are_kept(category):
     result = train(category, image_threshold=123.0, pixel_threshold=45.0, **FAST)
     assert result.metadata.image_threshold == 123.0
@@ -67,7 +79,7 @@ def test_no_anomalies_falls_back_and_explains(tmp_path):
     result = train(root, out=tmp_path / "run", **FAST)
     metrics = result.metrics
     assert metrics["image_auroc"] is None and metrics["aupro"] is None
-    assert metrics["image_threshold_method"] == "max_normal"
+    assert metrics["image_threshold_method"] == "far"
     assert any("not tuned on defects" in note for note in metrics["notes"])
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["image_f1"] is None
 
@@ -80,7 +92,7 @@ def test_without_test_images_validation_is_held_out_of_train(tmp_path):
         3,
         0,
     )
-    assert metrics["image_auroc"] is None and metrics["image_threshold_method"] == "max_normal"
+    assert metrics["image_auroc"] is None and metrics["image_threshold_method"] == "far"
     assert any("no test images" in note for note in metrics["notes"])
 
 

@@ -152,7 +152,9 @@ def calibrate(
         quantile + (THRESHOLD_MARGIN - 1.0) * abs(quantile),
         float(np.nextafter(np.float32(values.max()), np.float32(np.inf))),
     )
-    tuned_on_defects = before.metrics.get("image_threshold_method") != "max_normal"
+    # Models from before operating points say "max_normal"; newer ones count the defects.
+    seen = before.operating_point.get("expected", {}).get("defect_images")
+    tuned_on_defects = before.metrics.get("image_threshold_method") != "max_normal" and seen != 0
     image_floor = before.image_threshold if tuned_on_defects else -np.inf
     pixel_floor = before.pixel_threshold if tuned_on_defects else -np.inf
     after = dataclasses.replace(

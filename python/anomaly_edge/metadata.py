@@ -84,6 +84,10 @@ class ModelMetadata:
     normal_score_high: float | None = None
     # What `anomaly-edge calibrate` did (source, frames, date, before/after); empty if never.
     calibration: dict[str, Any] = field(default_factory=dict)
+    # The operating point (anomaly_edge.operating_point): the policy that placed the image
+    # threshold, the false-alarm rate and recall it expected on the validation images (with
+    # their counts) and what the test images showed at it; {} for models from before.
+    operating_point: dict[str, Any] = field(default_factory=dict)
     # Median width / height of the training images: the runtime warns once about frames of
     # another shape. None where the training images varied in shape (any frame shape is
     # expected then) and in IRs exported before it was stored.
@@ -187,6 +191,7 @@ class ModelMetadata:
         ours["std"] = model_info["scale_values"]
         ours["metrics"] = json.dumps(self.metrics, sort_keys=True)
         ours["calibration"] = json.dumps(self.calibration, sort_keys=True)
+        ours["operating_point"] = json.dumps(self.operating_point, sort_keys=True)
         assert self.tile_frame_size is not None
         ours["tile_grid"] = "{} {}".format(*self.tile_grid)
         ours["tile_frame_size"] = "{} {}".format(*self.tile_frame_size)
@@ -258,6 +263,7 @@ class ModelMetadata:
                 normal_score_median=optional_float("normal_score_median"),
                 normal_score_high=optional_float("normal_score_high"),
                 calibration=json.loads(optional("calibration") or "{}"),
+                operating_point=json.loads(optional("operating_point") or "{}"),
                 tile_grid=tuple(int(v) for v in str(optional("tile_grid", "1 1")).split()),  # type: ignore[arg-type]
                 tile_frame_size=tuple(  # type: ignore[arg-type]
                     int(v) for v in str(optional("tile_frame_size", get("input_size"))).split()

@@ -45,8 +45,9 @@ class PostprocessParams:
 
     The decision, one for all three tasks (see :func:`postprocess`): an image is anomalous when
     its raw score is >= ``image_threshold``; a Normal image has no box and an empty mask; on an
-    anomalous image a region is a connected part of the map >= ``pixel_threshold`` (capped at
-    the image threshold) whose peak alone would flag the image. Regions with fewer than
+    anomalous image a region is a connected part of the map >= ``pixel_threshold`` whose peak
+    alone would flag the image (drawn at the image threshold where the map's peak stays under
+    the pixel threshold). Regions with fewer than
     ``min_area`` map pixels are dropped, except the one holding the map's peak.
     """
 
@@ -111,10 +112,12 @@ def postprocess(
     * an image labelled Normal carries no box and an all-zero mask;
     * an image labelled Anomaly carries at least one box and a non-empty mask, and the map's
       peak lies inside one of its boxes. Its regions are the 8-connected components of
-      ``map >= min(pixel_threshold, image_threshold)`` whose own maximum reaches the image
-      threshold (each would flag the image by itself); the pixel threshold shapes their
-      outline. When a ``raw_score`` from elsewhere flags an image whose map stays below the
-      image threshold, the region around the map's peak is reported. The mask covers exactly
+      ``map >= pixel_threshold`` whose own maximum reaches the image threshold (each would
+      flag the image by itself): the pixel threshold shapes their outline. Where the map's
+      peak stays below the pixel threshold, the regions are drawn at the image threshold
+      instead, so no flagged image goes without one. When a ``raw_score`` from elsewhere
+      flags an image whose map stays below the image threshold, the region around the map's
+      peak is reported. The mask covers exactly
       the reported regions; where bilinear smoothing would leave a one-pixel region with no
       frame pixel, the frame pixels of that map pixel are marked.
 

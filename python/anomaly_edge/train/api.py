@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from anomaly_edge.metadata import ModelMetadata
+from anomaly_edge.operating_point import DEFAULT_POLICY, Policy
 from anomaly_edge.prediction import Task
 from anomaly_edge.tiles import TileLayout, parse_tile_option
 from anomaly_edge.train.augment import Augmentation, augmented, parse_augment
@@ -43,7 +44,13 @@ from anomaly_edge.train.data import (
     make_loader,
     scan_category,
 )
-from anomaly_edge.train.evaluate import Predictions, calibrate, predict_samples, test_metrics
+from anomaly_edge.train.evaluate import (
+    Predictions,
+    calibrate,
+    operating_point_report,
+    predict_samples,
+    test_metrics,
+)
 from anomaly_edge.train.geometry import InputGeometry, choose_input_size, image_sizes
 from anomaly_edge.train.options import PadimOptions, StfpmOptions
 from anomaly_edge.train.thresholds import false_alarm_rate, normal_score_range
@@ -105,6 +112,7 @@ def train(
     validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
     image_threshold: float | None = None,
     pixel_threshold: float | None = None,
+    policy: str = DEFAULT_POLICY,
     task: str = "segmentation",
     batch_size: int = 16,
     threads: int | None = None,
@@ -131,6 +139,9 @@ def train(
             schedule); ``None`` takes every default.
         validation_fraction: share of the test images used to tune thresholds.
         image_threshold, pixel_threshold: fixed thresholds (raw units) instead of tuned ones.
+        policy: the operating point, in the user's terms: ``"far:0.05"`` (at most 5% of
+            normal parts flagged on the validation images) or ``"f1"`` (F1-optimal); see
+            :mod:`anomaly_edge.operating_point`.
         task: what the exported model reports by default (classification, detection,
             segmentation); changeable at run time.
         batch_size: images per fitting batch.
@@ -147,6 +158,7 @@ def train(
             resolution, runs them as one batch and stitches their maps.
     """
     augmentation = parse_augment(augment)
+    policy = str(Policy.parse(policy))
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
     padim_options, stfpm_options = _options_for(model, options)
@@ -209,8 +221,9 @@ def train(
 
     evaluated = _evaluate(anomaly_module, category.test, split, size, mean, std, bar, layout)
     validation, test, everything = evaluated
-    calibration = calibrate(validation, image_threshold, pixel_threshold)
+    calibration = calibrate(validation, image_threshold, pixel_threshold, policy)
     scores, metric_notes = test_metrics(test, calibration, everything)
+    operating = operating_point_report(validation, test, calibration)
     notes += calibration.notes + metric_notes
     notes += _explain_null_metrics(scores, notes)
     if category.unmasked and not any("mask" in note for note in notes):
@@ -227,6 +240,8 @@ def train(
         "pixel_threshold": calibration.pixel_threshold.value,
         "image_threshold_method": calibration.image_threshold.method,
         "pixel_threshold_method": calibration.pixel_threshold.method,
+        "policy": policy,
+        "operating_point": operating,
         **dataclasses.asdict(calibration.normalization),
         "model": model,
         "backbone": backbone,
@@ -262,6 +277,7 @@ def train(
         train_aspect=geometry.train_aspect,
         metrics={k: metrics[k] for k in METRIC_KEYS if metrics[k] is not None},
         **normal_score_range(normal_scores),
+        operating_point=operating,
         tile_grid=layout.grid if layout else (1, 1),
         tile_frame_size=layout.frame_size if layout else None,
         tile_blend=layout.blend if layout else "cosine",
@@ -583,7 +599,15 @@ def _write_run(
     mean: tuple[float, ...],
     std: tuple[float, ...],
 ) -> list[Path]:
-    written = list(_write_curves(everything, folder))
+    md = result.metadata
+    written = list(
+        _write_curves(
+            everything,
+            folder,
+            (md.image_threshold, md.pixel_threshold),
+            str(result.metrics.get("policy", "")),
+        )
+    )
     from anomaly_edge.train.checkpoint import save_checkpoint
 
     written.append(save_checkpoint(result.model, result.metadata, folder / "checkpoint.pt"))
@@ -659,11 +683,14 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _write_curves(predictions: Predictions, out: Path) -> list[Path]:
-    """ROC and precision-recall curves (image level, and pixel level when masks allow)."""
+def _write_curves(
+    predictions: Predictions, out: Path, thresholds: tuple[float, float], policy: str
+) -> list[Path]:
+    """ROC and precision-recall curves (image level, and pixel level when masks allow), the
+    operating point marked."""
     from anomaly_edge.train.curves import plot_curves
 
-    return plot_curves(predictions, out)
+    return plot_curves(predictions, out, thresholds, policy)
 
 
 # ---- helpers -------------------------------------------------------------------------------

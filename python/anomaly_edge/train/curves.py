@@ -48,8 +48,30 @@ def roc_pr_points(
     return (np.concatenate([[0.0], fpr]), np.concatenate([[0.0], tpr]), tpr, precision)
 
 
-def plot_curves(predictions: Predictions, out: Path) -> list[Path]:
-    """Write ``roc_curve.png`` and ``pr_curve.png`` into ``out``; returns the paths written."""
+def operating_point_on_curves(
+    scores: np.ndarray, labels: np.ndarray, threshold: float
+) -> tuple[float, float, float]:
+    """(false positive rate, recall, precision) of ``scores >= threshold``."""
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    labels = np.asarray(labels).ravel().astype(bool)
+    flagged = scores >= float(np.float32(threshold))
+    true_positives = int(np.count_nonzero(flagged & labels))
+    fpr = np.count_nonzero(flagged & ~labels) / max(int(np.count_nonzero(~labels)), 1)
+    recall = true_positives / max(int(np.count_nonzero(labels)), 1)
+    precision = true_positives / max(int(np.count_nonzero(flagged)), 1)
+    return float(fpr), float(recall), float(precision)
+
+
+def plot_curves(
+    predictions: Predictions,
+    out: Path,
+    thresholds: tuple[float, float] | None = None,
+    policy: str = "",
+) -> list[Path]:
+    """Write ``roc_curve.png`` and ``pr_curve.png`` into ``out``; returns the paths written.
+
+    ``thresholds`` (image, pixel) mark the chosen operating point on each curve, labelled
+    with ``policy``."""
     if len(predictions.samples) == 0 or predictions.labels.min() == predictions.labels.max():
         return []  # curves need both classes
     import matplotlib
@@ -58,22 +80,31 @@ def plot_curves(predictions: Predictions, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     # (name, scores, labels, histogram bins: None for exact points)
-    series: list[tuple[str, np.ndarray, np.ndarray, int | None]] = [
-        ("image", predictions.scores, predictions.labels, None)
+    image_threshold, pixel_threshold = thresholds if thresholds else (None, None)
+    # (name, scores, labels, histogram bins: None for exact points, threshold to mark)
+    series: list[tuple[str, np.ndarray, np.ndarray, int | None, float | None]] = [
+        ("image", predictions.scores, predictions.labels, None, image_threshold)
     ]
     if predictions.pixel_ready:
-        series.append(("pixel", predictions.maps, predictions.masks, CURVE_BINS))
+        series.append(("pixel", predictions.maps, predictions.masks, CURVE_BINS, pixel_threshold))
     written = []
     for kind in ("roc", "pr"):
         figure, axes = plt.subplots(figsize=(5, 5), dpi=100)
-        for name, scores, labels, bins in series:
+        for name, scores, labels, bins, threshold in series:
             fpr, tpr, recall, precision = roc_pr_points(scores, labels, bins)
             if kind == "roc":
                 area = metrics.auroc(scores, labels)  # None: one class only
                 shown = "n/a" if area is None else f"{area:.3f}"
-                axes.plot(fpr, tpr, label=f"{name} (AUROC {shown})")
+                (line,) = axes.plot(fpr, tpr, label=f"{name} (AUROC {shown})")
             else:
-                axes.plot(recall, precision, label=name)
+                (line,) = axes.plot(recall, precision, label=name)
+            if threshold is not None:
+                at_fpr, at_recall, at_precision = operating_point_on_curves(
+                    scores, labels, threshold
+                )
+                x, y = (at_fpr, at_recall) if kind == "roc" else (at_recall, at_precision)
+                where = f"{name} threshold" + (f", {policy}" if policy else "")
+                axes.plot(x, y, "o", color=line.get_color(), markersize=7, label=where)
         if kind == "roc":
             axes.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
             axes.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")

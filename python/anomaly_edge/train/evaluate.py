@@ -16,12 +16,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from anomaly_edge import operating_point
+from anomaly_edge.operating_point import DEFAULT_POLICY, Policy
+from anomaly_edge.postprocess import PostprocessParams
 from anomaly_edge.train import metrics
 from anomaly_edge.train.data import ImageDataset, Sample, iter_batches
 from anomaly_edge.train.thresholds import (
     Normalization,
     Threshold,
-    choose_threshold,
+    choose_image,
+    choose_pixel,
     normalization_stats,
 )
 
@@ -80,33 +84,69 @@ class Calibration:
     image_threshold: Threshold
     pixel_threshold: Threshold
     normalization: Normalization
+    policy: Policy
     notes: list[str] = field(default_factory=list)
+
+    def params(self) -> PostprocessParams:
+        """The post-processing parameters the exported model will carry."""
+        norm = self.normalization
+        return PostprocessParams(
+            self.image_threshold.value,
+            self.pixel_threshold.value,
+            max(norm.image_max - norm.image_min, 1e-12),
+            max(norm.pixel_max - norm.pixel_min, 1e-12),
+        )
 
 
 def calibrate(
     validation: Predictions,
     image_threshold: float | None = None,
     pixel_threshold: float | None = None,
+    policy: str | Policy = DEFAULT_POLICY,
 ) -> Calibration:
-    """Thresholds and normalisation statistics from the validation predictions."""
-    notes: list[str] = []
-    image = choose_threshold(validation.scores, validation.labels, image_threshold, "image")
-    if validation.pixel_ready and validation.labels.any():
-        pixel = choose_threshold(
-            validation.maps.ravel(), validation.masks.ravel(), pixel_threshold, "pixel"
+    """Thresholds and normalisation statistics from the validation predictions, the image
+    threshold placed by ``policy`` (see :mod:`anomaly_edge.operating_point`)."""
+    policy = Policy.parse(policy)
+    norm = normalization_stats(validation.scores, validation.maps)
+    image = choose_image(validation.scores, validation.labels, policy, image_threshold)
+    fit_on = (validation.labels == 1) & validation.has_mask
+    pixel = choose_pixel(
+        validation.maps[fit_on],
+        validation.masks[fit_on] if fit_on.any() else None,
+        image,
+        max(norm.image_max - norm.image_min, 1e-12),
+        pixel_threshold,
+    )
+    notes = [t.note for t in (image, pixel) if t.note and t.method != "best_overlap"]
+    return Calibration(image, pixel, norm, policy, notes)
+
+
+def operating_point_report(
+    validation: Predictions, test: Predictions, calibration: Calibration
+) -> dict[str, Any]:
+    """What a user sees at the chosen thresholds: measured on the test split (which the
+    thresholds never saw) through the runtime's post-processor, beside what the policy
+    expected on the validation split and how many images stand behind each figure."""
+    params = calibration.params()
+    expected_far, expected_recall = operating_point.rates(
+        validation.scores, validation.labels, calibration.image_threshold.value
+    )
+    report: dict[str, Any] = {
+        "policy": str(calibration.policy),
+        "image_threshold_method": calibration.image_threshold.method,
+        "expected": {
+            "far": expected_far,
+            "recall": expected_recall,
+            "good_images": int(np.count_nonzero(validation.labels == 0)),
+            "defect_images": int(np.count_nonzero(validation.labels == 1)),
+        },
+    }
+    if len(test.samples):
+        measured = operating_point.measure(
+            test.maps, test.labels, test.masks, test.has_mask, params, str(calibration.policy)
         )
-    else:
-        normal_maps = validation.maps[validation.labels == 0]
-        if normal_maps.size == 0:
-            normal_maps = validation.maps
-        pixel = choose_threshold(normal_maps.ravel(), None, pixel_threshold, "pixel")
-        if pixel_threshold is None and validation.labels.any():
-            notes.append(
-                "pixel threshold: validation defects have no masks; maximum normal "
-                "validation map value used"
-            )
-    notes += [t.note for t in (image, pixel) if t.note]
-    return Calibration(image, pixel, normalization_stats(validation.scores, validation.maps), notes)
+        report.update({k: v for k, v in measured.items() if k != "policy"})
+    return report
 
 
 def test_metrics(

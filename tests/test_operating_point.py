@@ -1,0 +1,99 @@
+"""Operating points: policies in the user's terms, and what a user sees at one, counted through
+the runtime's own post-processor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from anomaly_edge.errors import InvalidInputError
+from anomaly_edge.operating_point import (
+    Policy,
+    best_recall_at,
+    f1_optimal_threshold,
+    far_threshold,
+    just_above,
+    measure,
+    rates,
+)
+from anomaly_edge.postprocess import PostprocessParams
+
+
+@pytest.mark.parametrize(
+    ("text", "kind", "far"),
+    [
+        ("far:0.01", "far", 0.01),
+        ("FAR:1%", "far", 0.01),
+        ("far<=0.1", "far", 0.1),
+        ("f1", "f1", None),
+    ],
+)
+def test_policies_parse(text, kind, far):
+    policy = Policy.parse(text)
+    assert (policy.kind, policy.far) == (kind, far)
+    assert Policy.parse(str(policy)) == policy
+    assert policy.describe()
+
+
+@pytest.mark.parametrize("text", ["", "far", "far:1.5", "far:-1", "far:abc", "p99", "far:100%"])
+def test_bad_policies_say_what_to_write(text):
+    with pytest.raises(InvalidInputError, match="far:X"):
+        Policy.parse(text)
+
+
+def test_far_threshold_allows_floor_of_the_share():
+    normal = np.arange(20, dtype=np.float64)  # 0..19
+    assert far_threshold(normal, 0.0) == just_above(19.0)
+    assert far_threshold(normal, 0.05) == just_above(18.0)  # one of 20 may be flagged
+    assert far_threshold(normal, 0.1) == just_above(17.0)
+    assert rates(normal, np.zeros(20), far_threshold(normal, 0.1)) == (0.1, None)
+    with pytest.raises(InvalidInputError, match="normal images"):
+        far_threshold(np.array([]), 0.1)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_f1_optimal_threshold_is_the_best_observed_score(seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.random(200) < 0.3
+    scores = (rng.random(200) + labels * 0.4).round(2)
+    best = f1_optimal_threshold(scores, labels)
+
+    def f1(t):
+        predicted = scores >= t
+        tp = np.count_nonzero(predicted & labels)
+        return 2 * tp / (predicted.sum() + labels.sum())
+
+    assert best in scores
+    assert f1(best) == pytest.approx(max(f1(t) for t in np.unique(scores)))
+
+
+def test_best_recall_at_a_number_of_false_alarms():
+    scores = np.array([0.1, 0.5, 0.9, 0.4, 0.6, 0.95])
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    assert best_recall_at(scores, labels, 0) == pytest.approx(1 / 3)  # above 0.9: only 0.95
+    assert best_recall_at(scores, labels, 1) == pytest.approx(2 / 3)  # above 0.5
+    assert best_recall_at(scores, labels, 3) == 1.0
+    assert best_recall_at(scores[:3], labels[:3], 0) is None
+
+
+def test_measure_counts_what_a_user_sees():
+    maps = np.zeros((4, 8, 8), np.float32)
+    labels = np.array([0, 0, 1, 1])
+    masks = np.zeros((4, 8, 8), bool)
+    maps[0, 2:4, 2:4] = 0.6  # a good part under the image threshold: nothing drawn
+    maps[1, 5, 5] = 0.9  # a good part flagged: a false alarm with a box
+    maps[2, 1:3, 1:3] = 0.9  # a defect found, its one region on the truth...
+    maps[2, 6, 6] = 0.85  # ... and a second region beside it
+    masks[2, 1:3, 1:3] = True
+    masks[2, 5, 0] = True  # a second defect region nobody marks
+    maps[3, 4, 4] = 0.3  # a defect missed
+    masks[3, 4, 4] = True
+    params = PostprocessParams(0.8, 0.5, 1.0, 1.0)
+    seen = measure(maps, labels, masks, np.ones(4, bool), params, "far:0.05")
+    assert seen["policy"] == "far:0.05"
+    assert (seen["far"], seen["far_seen"], seen["recall"]) == (0.5, 0.5, 0.5)
+    assert seen["best_recall_at_far"] == 0.5
+    assert seen["boxes"] == 3 and seen["box_precision"] == pytest.approx(0.3333)
+    assert seen["defect_regions"] == 3 and seen["region_recall"] == pytest.approx(0.3333)
+    assert seen["disagreements"] == 0
+    assert (seen["good_images"], seen["defect_images"]) == (2, 2)
