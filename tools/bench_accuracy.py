@@ -9,7 +9,12 @@ then, as the last stdout line, one JSON object (keys in ../shared/BENCHMARKS.md)
     {"benchmark": "accuracy", "runs": [{"dataset": ..., "category": ..., "model": ...,
       "backbone": ..., "image_auroc": ..., "pixel_auroc": ..., "aupro": ..., "fit_s": ...,
       "peak_rss_mb": ..., "ir_mb": ..., "frame_ms": ..., "test_images": ...,
-      "input_size": [h, w]}, ...]}
+      "input_size": [h, w], "operating_point": {"policy": ..., "far": ..., "far_seen": ...,
+      "recall": ..., "best_recall_at_far": ..., "box_precision": ..., "region_recall": ...,
+      "disagreements": ...}}, ...]}
+
+``operating_point`` is what a user sees at the exported model's own thresholds, on the test
+images the thresholds never saw (``metrics.json``; :mod:`anomaly_edge.operating_point`).
 
 Every run is a fresh child process, so its peak RSS (``wait4``'s ``ru_maxrss``) is that run's
 alone (training, evaluation and export together). ``fit_s`` is the model fitting time as the
@@ -165,9 +170,29 @@ def child_main(args: argparse.Namespace) -> int:
             "frame_ms": frame_ms(ir_path, args.data) if ir_mb is not None else None,
             "test_images": metrics.get("test_images"),
             "input_size": metrics.get("image_size"),
+            "operating_point": _operating_point(metrics.get("operating_point")),
         }
     print(RESULT_PREFIX + json.dumps(record), flush=True)
     return 0
+
+
+# What a user sees at the exported thresholds (BENCHMARKS.md), from metrics.json.
+OPERATING_POINT_KEYS = (
+    "policy",
+    "far",
+    "far_seen",
+    "recall",
+    "best_recall_at_far",
+    "box_precision",
+    "region_recall",
+    "disagreements",
+)
+
+
+def _operating_point(measured: dict | None) -> dict | None:
+    if not measured:
+        return None
+    return {key: measured.get(key) for key in OPERATING_POINT_KEYS}
 
 
 def frame_ms(ir_path: str | Path, data: str) -> float:
@@ -266,6 +291,10 @@ def format_table(runs: list[dict]) -> str:
         "frame ms",
         "test imgs",
         "epochs",
+        "false alarms / seen",
+        "recall (best)",
+        "box prec",
+        "disagree",
         "anomalib 2.7 (img/pix/PRO, fit s)",
     )
     rows = [header]
@@ -285,6 +314,7 @@ def format_table(runs: list[dict]) -> str:
                 _fmt(run.get("frame_ms"), 1),
                 _fmt(run.get("test_images"), 0),
                 _fmt(run.get("epochs"), 0),
+                *_operating_point_cells(run.get("operating_point")),
                 (
                     " / ".join(f"{v:.3f}" for v in reference[:3]) + f", {reference[3]} s"
                     if reference
@@ -299,6 +329,17 @@ def format_table(runs: list[dict]) -> str:
     ]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
+
+
+def _operating_point_cells(seen: dict | None) -> tuple[str, str, str, str]:
+    if not seen:
+        return ("-", "-", "-", "-")
+    return (
+        f"{_fmt(seen['far'], 2)} / {_fmt(seen['far_seen'], 2)}",
+        f"{_fmt(seen['recall'], 2)} ({_fmt(seen['best_recall_at_far'], 2)})",
+        _fmt(seen["box_precision"], 2),
+        _fmt(seen["disagreements"], 0),
+    )
 
 
 def _fmt(value: float | None, digits: int) -> str:
@@ -401,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
                     "frame_ms": _rounded(record.get("frame_ms"), 2),
                     "test_images": record.get("test_images"),
                     "input_size": record.get("input_size"),
+                    "operating_point": record.get("operating_point"),
                     **({"epochs": record["epochs"]} if record.get("epochs") else {}),
                     **({"error": record["error"]} if "error" in record else {}),
                 }
