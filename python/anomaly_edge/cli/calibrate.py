@@ -69,8 +69,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     amount.add_argument(
         "--seconds",
         type=positive_float,
-        metavar="T",
-        help="calibrate on the first T seconds of the source",
+        metavar="SECONDS",
+        help="calibrate on the first SECONDS of the source",
     )
     parser.add_argument(
         "--out",

@@ -83,12 +83,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-accuracy-drop",
         type=non_negative_float,
+        metavar="D",
         help="INT8: refuse when image AUROC drops by more than this against "
         f"FP32 (default {DEFAULT_MAX_ACCURACY_DROP})",
     )
     parser.add_argument(
         "--calibration-images",
         type=positive_int,
+        metavar="N",
         default=300,
         help="INT8: at most this many training images (default 300)",
     )
@@ -107,7 +109,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     repository.add_argument("--name", help="--repository: the model's name (in server URLs)")
     repository.add_argument(
-        "--version", type=int, help="--repository: version number (default: the next one)"
+        "--version",
+        type=positive_int,
+        metavar="N",
+        help="--repository: version number (default: the next one)",
     )
 
 

@@ -80,13 +80,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--layers",
         type=lambda s: [p for p in s.split(",") if p],
+        metavar="A,B,C",
         help="comma-separated backbone layers (default: the backbone's 3)",
     )
-    parser.add_argument("--weights", type=Path, help="backbone weights file (state dict)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--weights", type=Path, metavar="FILE", help="backbone weights file (state dict)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument(
         "--validation-fraction",
         type=float,
+        metavar="F",
         default=0.3,
         help="share of test images used to tune thresholds (default 0.3; 0 = "
         "tune on the whole test set)",
@@ -95,11 +99,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--channels",
         type=positive_int,
         dest="n_channels",
+        metavar="N",
         help="PaDiM: size of the random channel subset",
     )
     parser.add_argument(
         "--pool",
         type=positive_int,
+        metavar="N",
         help="PaDiM: one Gaussian per NxN block of the finest feature grid "
         "(default 2; 1 = one per stride-4 position, as in the paper)",
     )
@@ -125,12 +131,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--epochs",
         type=positive_int,
         dest="max_epochs",
+        metavar="N",
         help="STFPM: maximum number of epochs (default 30; given alone, run in full)",
     )
     parser.add_argument(
         "--steps",
         type=positive_int,
         dest="max_steps",
+        metavar="N",
         help="STFPM: maximum optimiser steps, in whole epochs (default 600: large sets "
         "take fewer epochs)",
     )
@@ -143,6 +151,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--map-layers",
         type=positive_int,
+        metavar="N",
         help="STFPM: the anomaly map combines only the N deepest of the 3 layers (the "
         "student still learns all); 2 ranks whole images a little better on some sets, all 3 "
         "(default) localise small defects best",
@@ -150,6 +159,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fine-layer-weight",
         type=non_negative_float,
+        metavar="W",
         help="STFPM: the finest layer's exponent in the map's product (default 0.25): 1 weighs "
         "it like the others (the paper), 0 leaves it out like --map-layers 2",
     )
@@ -159,8 +169,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="segmentation",
         help_text="what the exported model reports by default (default segmentation)",
     )
-    parser.add_argument("--batch-size", type=positive_int, default=16)
-    parser.add_argument("--threads", type=positive_int, help="torch threads (default: all cores)")
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=16,
+        metavar="N",
+        help="images per batch (default 16)",
+    )
+    parser.add_argument(
+        "--threads", type=positive_int, metavar="N", help="torch threads (default: all cores)"
+    )
     parser.add_argument(
         "--precision",
         type=str.upper,
