@@ -130,6 +130,20 @@ CASES = [
     ),
     ("benchmark: missing image", lambda p: _benchmark(p, "--image", p["missing"]), INPUT),
     # the model given every way, in every command
+    (
+        "calibrate: missing model folder",
+        lambda p: ["calibrate", p["missing"], "--source", p["images"], "--out", p["dir"]],
+        MODEL,
+    ),
+    ("serve: missing model folder", lambda p: ["serve", p["missing"]], MODEL),
+    ("info: a server URL", lambda p: ["info", "http://127.0.0.1:1"], USAGE),
+    ("serve: no model at all", lambda p: ["serve"], USAGE),
+    ("calibrate: no model at all", lambda p: ["calibrate", "--source", "0", "--out", "x"], USAGE),
+    (
+        "predict: two models",
+        lambda p: ["predict", p["model_dir"], "--model", p["missing"], p["image"]],
+        USAGE,
+    ),
     ("info: positional", lambda p: ["info", p["model"]], OK),
     ("info: --model", lambda p: ["info", "--model", p["model"]], OK),
     ("info: folder", lambda p: ["info", p["model_dir"]], OK),

@@ -98,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
     from anomaly_edge.stream.sources import ReconnectPolicy, SourceError, open_source
 
     _quiet_video_backends()
+    model_path(args, "calibration rewrites the IR")  # none, a URL, or missing: before any work
 
     if args.frames is not None and args.frames < MIN_FRAMES:
         raise CliError(
@@ -109,7 +110,6 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--out {args.out}: give a .xml path or a folder", ExitCode.USAGE)
     if not out.parent.is_dir():
         raise CliError(f"--out {args.out}: folder {out.parent} does not exist", ExitCode.INPUT)
-    model_path(args, "calibration rewrites the IR")  # a URL or no model: exit 2 before any work
     model = load_model(args)
     try:
         source = open_source(
