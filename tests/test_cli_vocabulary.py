@@ -220,7 +220,7 @@ def test_info_benchmark_and_run_take_the_run_folder_first(run_dir, images, capsy
 def test_calibrate_takes_the_run_folder_first(run_dir, images, capsys):
     out = run_dir.parent / "calibrated"
     out.mkdir()
-    argv = ["calibrate", str(run_dir), "--source", str(images), "--out", str(out)]
+    argv = ["calibrate", "--source", str(images), "--out", str(out), str(run_dir)]  # MODEL last
     assert main([*argv, "--frames", "12", "--device", "CPU"]) == ExitCode.OK
     assert (out / "model.xml").is_file()
     assert "calibrated on 12 frames" in capsys.readouterr().out

@@ -29,6 +29,7 @@ ORDER = ["demo", "train", "export", "predict", "run", "calibrate", "info", "benc
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `anomaly-edge` parser, with one sub-parser per command module found."""
     parser = argparse.ArgumentParser(
         prog="anomaly-edge",
         description="Visual anomaly detection for the edge: train on normal images, "
