@@ -53,7 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="synthetic frame size WIDTHxHEIGHT (default 1920x1080)",
     )
     add_hidden_alias(parser, "--frame", "frame_size", type=_frame_size)  # the old spelling
-    parser.add_argument("--image", type=Path, help="benchmark on this image instead")
+    parser.add_argument(
+        "--image", type=Path, metavar="FILE", help="benchmark on this image instead"
+    )
     parser.add_argument(
         "--seconds",
         type=positive_float,

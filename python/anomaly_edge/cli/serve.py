@@ -55,9 +55,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="0.0.0.0",
         help="address to listen on (default 0.0.0.0; 127.0.0.1 for this box only)",
     )
-    parser.add_argument("--http-port", type=port, default=8080, help="REST port (default 8080)")
     parser.add_argument(
-        "--grpc-port", type=port, default=8081, help="gRPC port (default 8081; 0 turns gRPC off)"
+        "--http-port", type=port, default=8080, metavar="PORT", help="REST port (default 8080)"
+    )
+    parser.add_argument(
+        "--grpc-port",
+        type=port,
+        default=8081,
+        metavar="PORT",
+        help="gRPC port (default 8081; 0 turns gRPC off)",
     )
     add_device_argument(parser)
     add_num_requests_argument(parser)
