@@ -130,6 +130,20 @@ CASES = [
     ),
     ("benchmark: missing image", lambda p: _benchmark(p, "--image", p["missing"]), INPUT),
     # the model given every way, in every command
+    (
+        "calibrate: missing model folder",
+        lambda p: ["calibrate", p["missing"], "--source", p["images"], "--out", p["dir"]],
+        MODEL,
+    ),
+    ("serve: missing model folder", lambda p: ["serve", p["missing"]], MODEL),
+    ("info: a server URL", lambda p: ["info", "http://127.0.0.1:1"], USAGE),
+    ("serve: no model at all", lambda p: ["serve"], USAGE),
+    ("calibrate: no model at all", lambda p: ["calibrate", "--source", "0", "--out", "x"], USAGE),
+    (
+        "predict: two models",
+        lambda p: ["predict", p["model_dir"], "--model", p["missing"], p["image"]],
+        USAGE,
+    ),
     ("info: positional", lambda p: ["info", p["model"]], OK),
     ("info: --model", lambda p: ["info", "--model", p["model"]], OK),
     ("info: folder", lambda p: ["info", p["model_dir"]], OK),
@@ -191,16 +205,17 @@ def test_exit_codes(paths, capsys, what, argv, expected):
     [
         ["train", "--data", "D", "--out", "O", "--image-threshold", "3"],  # raw needs the flag
         ["train", "--data", "D", "--out", "O", "--batch-size", "0"],
-        ["train", "--data", "D", "--out", "O", "--model", "stfpm", "--steps", "0"],
+        ["train", "--data", "D", "--out", "O", "--arch", "stfpm", "--steps", "0"],
+        ["train", "--data", "D", "--out", "O", "--model", "stfpm", "--steps", "0"],  # old name
         ["train", "--data", "D", "--out", "O", "--steps", "100"],  # PaDiM takes no steps
         ["train", "--data", "D", "--out", "O", "--epochs", "3"],
         ["train", "--data", "D", "--out", "O", "--map-layers", "2"],
-        ["train", "--data", "D", "--out", "O", "--model", "stfpm", "--map-layers", "0"],
+        ["train", "--data", "D", "--out", "O", "--arch", "stfpm", "--map-layers", "0"],
         ["train", "--data", "D", "--out", "O", "--lr-schedule", "constant"],  # PaDiM: no rate
-        ["train", "--data", "D", "--out", "O", "--model", "stfpm", "--lr-schedule", "step"],
+        ["train", "--data", "D", "--out", "O", "--arch", "stfpm", "--lr-schedule", "step"],
         ["train", "--data", "D", "--out", "O", "--fine-layer-weight", "0.5"],  # PaDiM: no layers
-        ["train", "--data", "D", "--out", "O", "--model", "stfpm", "--fine-layer-weight", "-1"],
-        ["train", "--data", "D", "--out", "O", "--model", "stfpm", "--fine-layer-weight", "nan"],
+        ["train", "--data", "D", "--out", "O", "--arch", "stfpm", "--fine-layer-weight", "-1"],
+        ["train", "--data", "D", "--out", "O", "--arch", "stfpm", "--fine-layer-weight", "nan"],
         ["train", "--data", "D", "--out", "O", "--image-threshold", "inf", "--raw-thresholds"],
         ["export", "--run", "R", "--calibration-images", "0"],
         ["demo", "--device", "FOO"],

@@ -168,12 +168,15 @@ def test_export_from_a_checkpoint(tmp_path, monkeypatch, capsys):
     model, metadata = fitted_toy()
     run = tmp_path / "run"
     checkpoint.save_checkpoint(model, metadata, run / "checkpoint.pt")
-    assert main(["export", "--run", str(run), "--precision", "fp32"]) == ExitCode.OK
+    assert main(["export", str(run), "--precision", "fp32"]) == ExitCode.OK  # run folder first
     assert "FP32" in capsys.readouterr().out
     assert main(["info", str(run / "fp32" / "model.xml"), "--json"]) == ExitCode.OK
     assert json.loads(capsys.readouterr().out)["precision"] == "FP32"
 
     assert main(["export", "--run", str(tmp_path / "nowhere")]) == ExitCode.MODEL
+    (run / "model.xml").write_text("")  # beside checkpoint.pt: still a run, exported again
+    assert main(["export", "--precision", "fp32", "--out", str(tmp_path / "b"), str(run)]) == 0
+    assert (tmp_path / "b" / "model.xml").stat().st_size > 0
     assert main(["export", "--run", str(run), "--precision", "INT8"]) == ExitCode.USAGE
     assert main(["export", "--run", str(run), "--max-accuracy-drop", "0.1"]) == ExitCode.USAGE
 

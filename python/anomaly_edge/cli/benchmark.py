@@ -14,14 +14,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from anomaly_edge.cli.common import (
-    TASKS,
     CliError,
     ExitCode,
     add_device_argument,
+    add_hidden_alias,
     add_model_argument,
+    add_num_requests_argument,
+    add_task_argument,
     load_model,
     positive_float,
-    positive_int,
 )
 
 if TYPE_CHECKING:
@@ -29,43 +30,44 @@ if TYPE_CHECKING:
 
     from anomaly_edge.model import AnomalyModel
 
+HELP = "measure latency and throughput of a model (post-processing included)"
+DESCRIPTION = (
+    "Latency percentiles (one frame at a time) and throughput (asynchronous, several "
+    "requests in flight) of an exported model, frame in to prediction out."
+)
+EPILOG = "exit codes: 0 done, 2 bad arguments, 3 image cannot be read, 4 model cannot be loaded"
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser(
-        "benchmark",
-        help="measure latency and throughput of a model (post-processing included)",
-        description="Latency percentiles (one frame at a time) and throughput (asynchronous, "
-        "several requests in flight) of an exported model, frame in to prediction out.",
-        epilog="exit codes: 0 done, 2 bad arguments, 3 image cannot be read, "
-        "4 model cannot be loaded",
-    )
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """MODEL, the frame to measure on, and how long."""
     add_model_argument(parser, remote=True)
     add_device_argument(parser)
-    parser.add_argument(
-        "--task",
-        choices=TASKS,
-        default="detection",
-        help="post-processing to include (default: detection)",
+    add_task_argument(
+        parser, default="detection", help_text="post-processing to include (default: detection)"
     )
     parser.add_argument(
-        "--frame",
+        "--frame-size",
         default="1920x1080",
         type=_frame_size,
+        metavar="WxH",
         help="synthetic frame size WIDTHxHEIGHT (default 1920x1080)",
     )
-    parser.add_argument("--image", type=Path, help="benchmark on this image instead")
+    add_hidden_alias(parser, "--frame", "frame_size", type=_frame_size)  # the old spelling
+    parser.add_argument(
+        "--image", type=Path, metavar="FILE", help="benchmark on this image instead"
+    )
     parser.add_argument(
         "--seconds",
         type=positive_float,
         default=5.0,
         help="time spent on each of sync and async (default 5)",
     )
-    parser.add_argument("--num-requests", type=positive_int, help="async requests in flight")
+    add_num_requests_argument(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Measure sync latency and async throughput; print them (or one JSON object)."""
     from anomaly_edge.errors import InvalidInputError
     from anomaly_edge.images import read_image
 
@@ -78,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         except InvalidInputError as exc:
             raise CliError(str(exc), ExitCode.INPUT) from None
     else:
-        frame = synthetic_frame(*args.frame)
+        frame = synthetic_frame(*args.frame_size)
     sync = measure_sync(model, frame, args.seconds)
     asynchronous = measure_async(model, frame, args.seconds)
     result = {

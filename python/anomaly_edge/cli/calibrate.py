@@ -18,30 +18,41 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from anomaly_edge.cli.common import CliError, ExitCode, positive_float, positive_int
+from anomaly_edge.cli.common import (
+    CliError,
+    ExitCode,
+    add_device_argument,
+    add_model_argument,
+    load_model,
+    model_path,
+    positive_float,
+    positive_int,
+)
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from anomaly_edge.model import AnomalyModel
     from anomaly_edge.stream.sources import Source
 
 DEFAULT_FRAMES = 60
 
+HELP = "fit a model's thresholds to a camera from frames of normal production"
+DESCRIPTION = (
+    "Run a model over frames of normal production from the deployment camera (video file, "
+    "image folder, camera index or URL) and write a new IR with thresholds, normalisation "
+    "statistics and the normal score range re-estimated for that camera. The weights stay "
+    "as they are; no training data or torch is needed."
+)
+EPILOG = (
+    "exit codes: 0 done, 2 bad arguments, 3 source cannot be opened or gives no, too few or "
+    "mixed-size frames, 4 model cannot be loaded, 1 other errors (nothing is written unless "
+    "it succeeds)"
+)
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser(
-        "calibrate",
-        help="fit a model's thresholds to a camera from frames of normal production",
-        description="Run a model over frames of normal production from the deployment camera "
-        "(video file, image folder, camera index or URL) and write a new IR with thresholds, "
-        "normalisation statistics and the normal score range re-estimated for that camera. "
-        "The weights stay as they are; no training data or torch is needed.",
-        epilog="exit codes: 0 done, 2 bad arguments, 3 source cannot be opened or gives no, "
-        "too few or mixed-size frames, 4 model cannot be loaded, 1 other errors (nothing is "
-        "written unless it succeeds)",
-    )
-    parser.add_argument("--model", required=True, metavar="XML", help="the exported IR (model.xml)")
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """MODEL, the source of normal frames, how many, and where the new IR goes."""
+    add_model_argument(parser)
     parser.add_argument(
         "--source",
         required=True,
@@ -58,18 +69,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     amount.add_argument(
         "--seconds",
         type=positive_float,
-        metavar="T",
-        help="calibrate on the first T seconds of the source",
+        metavar="SECONDS",
+        help="calibrate on the first SECONDS of the source",
     )
     parser.add_argument(
         "--out",
         required=True,
         type=Path,
-        metavar="XML",
-        help="the calibrated IR to write (a .xml path, or a folder for "
-        "model.xml); may be the input model itself",
+        metavar="XML|DIR",
+        help="the calibrated IR to write (a .xml path, or a folder for model.xml); may be "
+        "the input model itself",
     )
-    parser.add_argument("--device", default="AUTO", help="OpenVINO device: AUTO, CPU, GPU, NPU")
+    add_device_argument(parser)
     parser.add_argument(
         "--timeout",
         type=positive_float,
@@ -77,16 +88,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="SECONDS",
         help="network sources: seconds to wait for the stream (default 10)",
     )
-    parser.set_defaults(handler=handle)
 
 
-def handle(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Calibrate on the source's first frames and write the calibrated IR."""
     from anomaly_edge.calibration import MIN_FRAMES, CalibrationError
     from anomaly_edge.cli.run import _quiet_video_backends
     from anomaly_edge.errors import AnomalyEdgeError
     from anomaly_edge.stream.sources import ReconnectPolicy, SourceError, open_source
 
     _quiet_video_backends()
+    model_path(args, "calibration rewrites the IR")  # none, a URL, or missing: before any work
 
     if args.frames is not None and args.frames < MIN_FRAMES:
         raise CliError(
@@ -98,7 +110,7 @@ def handle(args: argparse.Namespace) -> int:
         raise CliError(f"--out {args.out}: give a .xml path or a folder", ExitCode.USAGE)
     if not out.parent.is_dir():
         raise CliError(f"--out {args.out}: folder {out.parent} does not exist", ExitCode.INPUT)
-    model = _load_model(args)
+    model = load_model(args)
     try:
         source = open_source(
             args.source, reconnect=ReconnectPolicy(attempts=0), timeout=args.timeout
@@ -140,20 +152,3 @@ def _frames(source: Source, count: int | None, seconds: float | None) -> Iterato
         taken += 1
         if limit is not None and taken >= limit:
             break
-
-
-def _load_model(args: argparse.Namespace) -> AnomalyModel:
-    path = Path(args.model)
-    if not path.is_file():
-        raise CliError(
-            f"model {path} not found; give the model.xml that `anomaly-edge train` "
-            "or `anomaly-edge export` wrote",
-            ExitCode.MODEL,
-        )
-    from anomaly_edge.errors import AnomalyEdgeError
-    from anomaly_edge.model import AnomalyModel
-
-    try:
-        return AnomalyModel(path, device=args.device)
-    except (AnomalyEdgeError, RuntimeError, OSError, ValueError) as exc:
-        raise CliError(f"cannot load model {path}: {exc}", ExitCode.MODEL) from None

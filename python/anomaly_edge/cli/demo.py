@@ -11,7 +11,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from anomaly_edge.cli.common import CliError, ExitCode, check_device, require_train_extra
+from anomaly_edge.cli.common import (
+    CliError,
+    ExitCode,
+    add_device_argument,
+    check_device,
+    require_train_extra,
+)
 
 DEFAULT_OUT = Path("anomaly-edge-demo")
 # --quick: the same steps at toy sizes (a smoke test of an installation). With 16 training
@@ -35,32 +41,37 @@ QUICK: dict[str, Any] = {
 }
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser(
-        "demo",
-        help="train and run a model on generated data (no data needed; needs the train extra)",
-        description="Generate a small industrial-surface dataset and video, train PaDiM, export "
-        "to OpenVINO IR and run the stream on the video. Takes a few minutes on a laptop CPU.",
-    )
+HELP = "train and run a model on generated data (no data needed; needs the train extra)"
+DESCRIPTION = (
+    "Generate a small industrial-surface dataset and video, train PaDiM, export to OpenVINO "
+    "IR and run the stream on the video. Takes a few minutes on a laptop CPU."
+)
+EPILOG = (
+    "exit codes: 0 done, 2 bad arguments, 3 --out holds files the demo did not make, "
+    "5 training extra not installed, 1 other errors"
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the demo writes, its device, seed and size."""
     parser.add_argument(
         "--out",
         type=Path,
         default=DEFAULT_OUT,
+        metavar="DIR",
         help=f"folder for everything the demo makes (default: ./{DEFAULT_OUT})",
     )
-    parser.add_argument(
-        "--device", default="AUTO", help="OpenVINO device for the stream: AUTO, CPU, GPU, NPU"
-    )
+    add_device_argument(parser, "OpenVINO device for the stream")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated data")
     parser.add_argument(
         "--quick",
         action="store_true",
         help="smaller dataset, images and video (a smoke test, under a minute)",
     )
-    parser.set_defaults(handler=handle)
 
 
-def handle(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Run the whole demo and print where its results are."""
     require_train_extra("anomaly-edge demo")
     check_device(args.device)  # before minutes of work, not after
     from anomaly_edge.demo.run import DemoSettings, format_report, run_demo

@@ -20,6 +20,10 @@ from typing import TYPE_CHECKING
 from anomaly_edge.cli.common import (
     CliError,
     ExitCode,
+    add_hidden_alias,
+    add_model_argument,
+    given_model,
+    is_url,
     non_negative_float,
     positive_int,
     require_train_extra,
@@ -32,26 +36,30 @@ if TYPE_CHECKING:
     from anomaly_edge.metadata import ModelMetadata
 
 DEFAULT_MAX_ACCURACY_DROP = 0.01
+CHECKPOINT = "checkpoint.pt"  # what `train --out DIR` keeps beside model.xml
+
+HELP = "export a trained model (from its run folder) to OpenVINO IR, or publish an IR"
+DESCRIPTION = (
+    "Rebuild a trained model from its checkpoint (written by `anomaly-edge train --out DIR` "
+    "as DIR/checkpoint.pt) and export it to OpenVINO IR at FP32, FP16 or INT8; or, given a "
+    "model.xml and --repository, publish that IR as it is."
+)
+EPILOG = (
+    "exit codes: 0 done, 1 INT8 accuracy drop above --max-accuracy-drop (nothing written), "
+    "2 bad arguments, 3 data folder missing, 4 checkpoint or model cannot be loaded, "
+    "5 training extra not installed"
+)
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser(
-        "export",
-        help="export a trained model (from its training folder) to OpenVINO IR",
-        description="Rebuild a trained model from its checkpoint (written by `anomaly-edge "
-        "train --out DIR` as DIR/checkpoint.pt) and export it to OpenVINO IR at FP32, FP16 or "
-        "INT8.",
-        epilog="exit codes: 0 done, 1 INT8 accuracy drop above --max-accuracy-drop (nothing "
-        "written), 3 data folder missing, 4 checkpoint cannot be loaded, 5 training extra "
-        "not installed",
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """MODEL (a trained run, or an IR to publish), the precision and where it goes."""
+    add_model_argument(
+        parser,
+        help_text="a run folder (holding checkpoint.pt) or its checkpoint: exported again; "
+        "or, with --repository, a model.xml (or a folder holding only it): published as it is",
     )
-    parser.add_argument(
-        "--run",
-        "--checkpoint",
-        dest="checkpoint",
-        type=Path,
-        help="training output folder (holding checkpoint.pt) or the checkpoint",
-    )
+    add_hidden_alias(parser, "--run", "run")  # the old spellings of a trained run
+    add_hidden_alias(parser, "--checkpoint", "run")
     parser.add_argument(
         "--precision",
         type=str.upper,
@@ -60,23 +68,29 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="weights precision (default FP16)",
     )
     parser.add_argument(
-        "--out", type=Path, help="output folder (default: <run>/<precision>, e.g. run/int8)"
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="output folder (default: <run>/<precision>, e.g. run/int8)",
     )
     parser.add_argument(
         "--data",
         type=Path,
+        metavar="DIR",
         help="INT8: the dataset folder (MVTec layout) to calibrate and check "
         "on (default: the one the run was trained on)",
     )
     parser.add_argument(
         "--max-accuracy-drop",
         type=non_negative_float,
+        metavar="D",
         help="INT8: refuse when image AUROC drops by more than this against "
         f"FP32 (default {DEFAULT_MAX_ACCURACY_DROP})",
     )
     parser.add_argument(
         "--calibration-images",
         type=positive_int,
+        metavar="N",
         default=300,
         help="INT8: at most this many training images (default 300)",
     )
@@ -95,28 +109,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     repository.add_argument("--name", help="--repository: the model's name (in server URLs)")
     repository.add_argument(
-        "--version", type=int, help="--repository: version number (default: the next one)"
+        "--version",
+        type=positive_int,
+        metavar="N",
+        help="--repository: version number (default: the next one)",
     )
-    repository.add_argument(
-        "--model",
-        type=Path,
-        metavar="XML",
-        help="--repository: publish this exported IR as it is (no "
-        "re-export, no training extra needed) instead of --run",
-    )
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.repository is not None or args.model is not None:
-        _check_repository_args(args)
-        if args.model is not None:  # an exported IR as it is: no torch needed
-            _publish(args.model, args)
-            return 0
-    if args.checkpoint is None:
-        raise CliError(
-            "give --run DIR (a training folder), or --model XML --repository DIR", ExitCode.USAGE
-        )
+    """Export the run again (and publish it), or publish an IR as it is."""
+    given = _given_model(args)
+    if is_ir(given):  # an exported IR as it is: no torch needed
+        _check_repository_args(args, given)
+        _publish(given, args)
+        return 0
+    if args.repository is not None or args.name is not None:
+        _check_repository_args(args, given)
+    checkpoint = given
     require_train_extra("anomaly-edge export")
     from anomaly_edge.train.checkpoint import load_checkpoint
     from anomaly_edge.train.export import ValidationSet, export_ir, ir_size_mb
@@ -125,11 +134,11 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(
             "--data and --max-accuracy-drop apply to --precision INT8 only", ExitCode.USAGE
         )
-    run_dir = args.checkpoint if args.checkpoint.is_dir() else args.checkpoint.parent
+    run_dir = checkpoint if checkpoint.is_dir() else checkpoint.parent
     data = args.data
     if args.precision == "INT8" and data is None:
         data = remembered_data(run_dir)
-    model, metadata = load_checkpoint(args.checkpoint)
+    model, metadata = load_checkpoint(checkpoint)
     out = args.out or run_dir / args.precision.lower()
 
     calibration = validation = None
@@ -187,18 +196,44 @@ def remembered_data(run_dir: Path) -> Path:
     return Path(data)
 
 
-def _check_repository_args(args: argparse.Namespace) -> None:
+def _given_model(args: argparse.Namespace) -> Path:
+    """MODEL, positionally, as --model or as the old --run/--checkpoint: one of them."""
+    old = getattr(args, "run", None)
+    model = given_model(args)
+    if old is not None and model is not None and str(old) != model:
+        raise CliError(
+            f"two models given: {model} and --run {old}; name the model once", ExitCode.USAGE
+        )
+    chosen = model if model is not None else old
+    if chosen is None:
+        raise CliError(
+            "give the trained run (export RUN_DIR), or a model.xml with --repository DIR "
+            "--name NAME to publish it",
+            ExitCode.USAGE,
+        )
+    if is_url(str(chosen)):
+        raise CliError(
+            f"{chosen} is a model server URL; export needs a run folder or a model.xml",
+            ExitCode.USAGE,
+        )
+    return Path(chosen).expanduser()
+
+
+def is_ir(path: Path) -> bool:
+    """An exported IR (published as it is) rather than a trained run (exported again)."""
+    if path.is_dir():
+        return not (path / CHECKPOINT).exists() and (path / "model.xml").is_file()
+    return path.suffix.lower() == ".xml"
+
+
+def _check_repository_args(args: argparse.Namespace, model: Path) -> None:
     if args.repository is None or not args.name:
-        raise CliError(
-            "publishing to a model repository needs --repository DIR and --name NAME",
-            ExitCode.USAGE,
+        what = (
+            f"{model} is an exported IR: export publishes it as it is, which"
+            if is_ir(model)
+            else "publishing to a model repository"
         )
-    if (args.model is None) == (args.checkpoint is None):
-        raise CliError(
-            "give either --model XML (an exported IR, published as it is) or --run "
-            "DIR (exported again, then published)",
-            ExitCode.USAGE,
-        )
+        raise CliError(f"{what} needs --repository DIR and --name NAME", ExitCode.USAGE)
 
 
 def _publish(xml: Path, args: argparse.Namespace) -> None:

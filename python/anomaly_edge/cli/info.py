@@ -9,22 +9,23 @@ from typing import Any
 
 from anomaly_edge.cli.common import add_model_argument, model_path, raw_threshold
 
+HELP = "show an exported model's metadata, size and inputs/outputs"
+DESCRIPTION = (
+    "Show what an exported IR holds: model, backbone, input size, precision, thresholds, "
+    "normalisation, metrics at export time, file size."
+)
+EPILOG = "exit codes: 0 done, 2 bad arguments, 4 model cannot be loaded"
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser(
-        "info",
-        help="show an exported model's metadata, size and inputs/outputs",
-        description="Show what an exported IR holds: model, backbone, input size, precision, "
-        "thresholds, normalisation, metrics at export time, file size.",
-        epilog="exit codes: 0 done, 4 model cannot be loaded",
-    )
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """MODEL and ``--json``."""
     add_model_argument(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    info = describe(model_path(args))
+    """Print the model's facts, as a table or one JSON object."""
+    info = describe(model_path(args, "info reads the IR file"))
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=False))
         return 0

@@ -1,8 +1,13 @@
 """Entry point of `anomaly-edge`: finds the subcommand modules in this package and runs one.
 
-A subcommand module defines ``register(subparsers)``, which adds its parser and sets
-``handler=function(args) -> int``. Modules import heavy libraries inside their handlers, so
+A subcommand is a module with one shape: ``HELP`` (its line in ``anomaly-edge --help``),
+``DESCRIPTION``, optionally ``EPILOG`` (its exit codes), ``add_arguments(parser)`` and
+``run(args) -> int``. (A module with ``register(subparsers)`` instead is still accepted, for
+commands not yet moved to that shape.) Modules import heavy libraries inside ``run``, so
 ``anomaly-edge --help`` stays instant and never loads torch.
+
+Options and positionals may come in any order (``predict MODEL --task segmentation DIR``):
+each command's arguments are parsed intermixed.
 """
 
 from __future__ import annotations
@@ -13,16 +18,18 @@ import os
 import pkgutil
 import signal
 import sys
+from collections.abc import Iterable
+from types import ModuleType
 
 import anomaly_edge
-from anomaly_edge.cli.common import ExitCode, exit_code_for
+from anomaly_edge.cli.exit_codes import ExitCode, exit_code_for
 
-# The order in `--help`; modules found but not listed come after, by name.
+# The order in `--help`; commands found but not listed come after, by name.
 ORDER = ["demo", "train", "export", "predict", "run", "calibrate", "info", "benchmark", "serve"]
-NOT_COMMANDS = {"main", "common", "run_cameras"}  # run_cameras: part of `run`
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `anomaly-edge` parser, with one sub-parser per command module found."""
     parser = argparse.ArgumentParser(
         prog="anomaly-edge",
         description="Visual anomaly detection for the edge: train on normal images, "
@@ -32,11 +39,50 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     import anomaly_edge.cli as package
 
-    names = [m.name for m in pkgutil.iter_modules(package.__path__) if m.name not in NOT_COMMANDS]
-    names.sort(key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
-    for name in names:
-        importlib.import_module(f"anomaly_edge.cli.{name}").register(subparsers)
+    commands = command_modules(package.__path__)
+    for name in sorted(commands, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n)):
+        module = commands[name]
+        if hasattr(module, "register"):
+            module.register(subparsers)
+            continue
+        sub = subparsers.add_parser(
+            name,
+            help=module.HELP,
+            description=module.DESCRIPTION,
+            epilog=getattr(module, "EPILOG", None),
+        )
+        module.add_arguments(sub)
+        sub.set_defaults(handler=module.run)
     return parser
+
+
+def command_modules(path: Iterable[str]) -> dict[str, ModuleType]:
+    """The modules of this package that are commands (by their shape), by name."""
+    found: dict[str, ModuleType] = {}
+    for info in pkgutil.iter_modules(path):
+        if info.name == "main":
+            continue
+        module = importlib.import_module(f"anomaly_edge.cli.{info.name}")
+        if hasattr(module, "register") or (
+            hasattr(module, "add_arguments") and hasattr(module, "run")
+        ):
+            found[info.name] = module
+    return found
+
+
+def parse_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """The top-level options, or one command's arguments parsed intermixed (options and
+    positionals in any order)."""
+    commands = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    if commands is None or not argv or argv[0] not in commands.choices:
+        return parser.parse_args(argv)  # --help, --version, an unknown command: argparse says
+    command = commands.choices[argv[0]]
+    try:
+        args: argparse.Namespace = command.parse_intermixed_args(argv[1:])
+    except TypeError:  # a parser intermixing cannot handle (e.g. a positional in a group)
+        args = command.parse_args(argv[1:])
+    args.command = argv[0]
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        args = parse_arguments(parser, sys.argv[1:] if argv is None else list(argv))
         if getattr(args, "handler", None) is None:
             parser.print_help()
             return ExitCode.USAGE

@@ -21,16 +21,16 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from anomaly_edge.cli.common import (
-    TASKS,
     CliError,
     ExitCode,
     add_device_argument,
+    add_min_area_argument,
     add_model_argument,
+    add_task_argument,
     add_threshold_arguments,
     check_output_file,
     check_output_folder,
     load_model,
-    positive_int,
     report,
     unit_float,
 )
@@ -40,58 +40,52 @@ if TYPE_CHECKING:
 
     from anomaly_edge.prediction import Prediction
 
+HELP = "score images (files or folders) with an exported model"
+DESCRIPTION = (
+    "Score images with an exported model: one JSON line per image (file, score, label, "
+    "boxes), optionally overlay images. MODEL comes first (or as --model MODEL), then the "
+    "images; options may go anywhere."
+)
+EPILOG = (
+    "exit codes: 0 done, 2 bad arguments, 3 some inputs could not be read (the others' "
+    "results are written; the bad ones are listed), 4 model cannot be loaded, 1 other errors"
+)
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser(
-        "predict",
-        help="score images (files or folders) with an exported model",
-        description="Score images with an exported model: one JSON line per image (file, "
-        "score, label, boxes), optionally overlay images. The model is --model PATH, or the "
-        "first argument when --model is not given.",
-        epilog="exit codes: 0 done, 2 bad arguments, 3 some inputs could not be read (the "
-        "others' results are written; the bad ones are listed), 4 model cannot be loaded, "
-        "1 other errors",
-    )
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """MODEL, the images, and the options of a batch of predictions."""
+    add_model_argument(parser, remote=True)
     parser.add_argument(
-        "inputs",
-        nargs="+",
-        type=Path,
-        metavar="IMAGE|DIR",
-        help="image files and/or folders of images",
+        "inputs", nargs="*", type=Path, metavar="IMAGE|DIR", help="image files and/or folders"
     )
-    add_model_argument(parser, positional=False, remote=True)
     add_device_argument(parser)
-    parser.add_argument("--task", choices=TASKS, help="override the model's task")
+    add_task_argument(parser)
     add_threshold_arguments(parser)
-    parser.add_argument(
-        "--min-area",
-        type=positive_int,
-        default=1,
-        help="ignore anomalous regions smaller than this (anomaly-map pixels)",
-    )
+    add_min_area_argument(parser)
     parser.add_argument("--recursive", action="store_true", help="descend into sub-folders")
     parser.add_argument(
         "--jsonl",
         type=Path,
+        metavar="FILE",
         help="write the JSON Lines here (written atomically) instead of stdout",
     )
     parser.add_argument(
-        "--overlays", type=Path, help="folder for overlay images (prediction drawn on the image)"
+        "--overlays",
+        type=Path,
+        metavar="DIR",
+        help="folder for overlay images (prediction drawn on the image)",
     )
-    parser.add_argument("--alpha", type=unit_float, default=0.4, help="overlay opacity, 0-1")
-    parser.set_defaults(handler=run)
+    parser.add_argument(
+        "--alpha", type=unit_float, default=0.4, metavar="A", help="overlay opacity, 0-1"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    """Score every image; one JSON line each, the bad ones listed (exit 3) after the rest."""
     from anomaly_edge.errors import InvalidInputError
     from anomaly_edge.images import read_image
 
-    if args.model is None:  # `predict MODEL IMAGE...`, as `info MODEL`
-        if len(args.inputs) < 2:
-            raise CliError(
-                "give the model (--model PATH or first) and at least one image", ExitCode.USAGE
-            )
-        args.model, args.inputs = str(args.inputs[0]), args.inputs[1:]
+    _split_model_and_images(args)
     check_output_file(args.jsonl, "--jsonl")
     check_output_folder(args.overlays, "--overlays")
     model = load_model(args)
@@ -125,6 +119,31 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return int(ExitCode.INPUT if failures else ExitCode.OK)
+
+
+def _split_model_and_images(args: argparse.Namespace) -> None:
+    """The first positional is MODEL unless ``--model`` names it; then it is an image, or
+    (a model.xml, a run folder) a second model, which is a usage error."""
+    if args.model is not None and args.model_path is not None:
+        first = Path(args.model_path)
+        is_model = (first.suffix.lower() == ".xml" and first.is_file()) or (
+            first / "model.xml"
+        ).is_file()
+        if is_model and str(first) != str(args.model):
+            raise CliError(
+                f"two models given: {first} and --model {args.model}; name the model once",
+                ExitCode.USAGE,
+            )
+        args.inputs, args.model_path = [first, *args.inputs], None
+    if args.model is None and args.model_path is None:
+        raise CliError(
+            "give the model (first, or --model MODEL) and at least one image", ExitCode.USAGE
+        )
+    if not args.inputs:
+        raise CliError(
+            "give at least one image or folder after the model (predict MODEL IMAGE|DIR ...)",
+            ExitCode.USAGE,
+        )
 
 
 def collect_images(inputs: list[Path], recursive: bool) -> list[Path]:

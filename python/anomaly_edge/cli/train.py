@@ -7,34 +7,58 @@ from pathlib import Path
 from typing import Any
 
 from anomaly_edge.cli.common import (
-    TASKS,
     CliError,
+    DeprecatedAlias,
     ExitCode,
-    finite_float,
+    add_task_argument,
+    add_threshold_arguments,
+    check_thresholds,
     non_negative_float,
     positive_int,
     require_train_extra,
 )
-from anomaly_edge.metadata import BACKBONES
+from anomaly_edge.metadata import BACKBONES, PRECISIONS
+
+ARCHITECTURES = ("padim", "stfpm")
+
+HELP = "train a model on normal images, evaluate it and export it to OpenVINO IR"
+DESCRIPTION = (
+    "Fit PaDiM or STFPM on DATA/train/good, tune thresholds on part of DATA/test, report "
+    "image/pixel AUROC, AUPRO and F1, and write metrics.json, ROC/PR curves, checkpoint.pt "
+    "and model.xml/.bin into --out."
+)
+EPILOG = (
+    "exit codes: 0 done, 1 failure, 2 bad arguments, 3 data folder unusable, 5 training "
+    "extra not installed"
+)
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = subparsers.add_parser(
-        "train",
-        help="train a model on normal images, evaluate it and export it to OpenVINO IR",
-        description="Fit PaDiM or STFPM on DATA/train/good, tune thresholds on part of "
-        "DATA/test, report image/pixel AUROC, AUPRO and F1, and write metrics.json, ROC/PR "
-        "curves, checkpoint.pt and model.xml/.bin into --out.",
-        epilog="exit codes: 0 done, 1 failure, 2 bad arguments, 3 data folder unusable, "
-        "5 training extra not installed",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The data, the architecture and its options, and what the run writes."""
     parser.add_argument(
         "--data",
         required=True,
         type=Path,
+        metavar="DIR",
         help="category folder in MVTec layout (holds train/good)",
     )
-    parser.add_argument("--model", choices=("padim", "stfpm"), default="padim")
+    parser.add_argument(
+        "--arch",
+        choices=ARCHITECTURES,
+        default="padim",
+        help="the model architecture to train (default padim)",
+    )
+    # `--model` names a trained model in every other command; here it once named the
+    # architecture, so it still does, with a warning, for existing scripts.
+    parser.add_argument(
+        "--model",
+        dest="arch",
+        choices=ARCHITECTURES,
+        action=DeprecatedAlias,
+        use="--arch",
+        default=argparse.SUPPRESS,
+        help=argparse.SUPPRESS,
+    )
     parser.add_argument(
         "--backbone",
         choices=BACKBONES,
@@ -42,7 +66,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="feature extractor (default efficientnet_lite0: its weights ship "
         "with pip, so it works offline; the ResNets need torchvision's weights)",
     )
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument(
+        "--out", required=True, type=Path, metavar="DIR", help="output folder of the run"
+    )
     parser.add_argument(
         "--image-size",
         type=_image_size,
@@ -54,13 +80,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--layers",
         type=lambda s: [p for p in s.split(",") if p],
+        metavar="A,B,C",
         help="comma-separated backbone layers (default: the backbone's 3)",
     )
-    parser.add_argument("--weights", type=Path, help="backbone weights file (state dict)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--weights", type=Path, metavar="FILE", help="backbone weights file (state dict)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument(
         "--validation-fraction",
         type=float,
+        metavar="F",
         default=0.3,
         help="share of test images used to tune thresholds (default 0.3; 0 = "
         "tune on the whole test set)",
@@ -69,11 +99,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--channels",
         type=positive_int,
         dest="n_channels",
+        metavar="N",
         help="PaDiM: size of the random channel subset",
     )
     parser.add_argument(
         "--pool",
         type=positive_int,
+        metavar="N",
         help="PaDiM: one Gaussian per NxN block of the finest feature grid "
         "(default 2; 1 = one per stride-4 position, as in the paper)",
     )
@@ -99,12 +131,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--epochs",
         type=positive_int,
         dest="max_epochs",
+        metavar="N",
         help="STFPM: maximum number of epochs (default 30; given alone, run in full)",
     )
     parser.add_argument(
         "--steps",
         type=positive_int,
         dest="max_steps",
+        metavar="N",
         help="STFPM: maximum optimiser steps, in whole epochs (default 600: large sets "
         "take fewer epochs)",
     )
@@ -117,6 +151,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--map-layers",
         type=positive_int,
+        metavar="N",
         help="STFPM: the anomaly map combines only the N deepest of the 3 layers (the "
         "student still learns all); 2 ranks whole images a little better on some sets, all 3 "
         "(default) localise small defects best",
@@ -124,38 +159,30 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--fine-layer-weight",
         type=non_negative_float,
+        metavar="W",
         help="STFPM: the finest layer's exponent in the map's product (default 0.25): 1 weighs "
         "it like the others (the paper), 0 leaves it out like --map-layers 2",
     )
-    parser.add_argument(
-        "--image-threshold",
-        type=finite_float,
-        help="fixed image threshold in raw score units instead of a tuned one "
-        "(needs --raw-thresholds: there is no trained threshold yet)",
-    )
-    parser.add_argument(
-        "--pixel-threshold",
-        type=finite_float,
-        help="fixed pixel threshold in raw map units instead of a tuned one "
-        "(needs --raw-thresholds)",
-    )
-    parser.add_argument(
-        "--raw-thresholds",
-        action="store_true",
-        help="confirm that --image-threshold/--pixel-threshold are raw units",
-    )
-    parser.add_argument(
-        "--task",
-        choices=TASKS,
+    add_threshold_arguments(parser, raw_only=True)
+    add_task_argument(
+        parser,
         default="segmentation",
-        help="what the exported model reports by default",
+        help_text="what the exported model reports by default (default segmentation)",
     )
-    parser.add_argument("--batch-size", type=positive_int, default=16)
-    parser.add_argument("--threads", type=positive_int, help="torch threads (default: all cores)")
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=16,
+        metavar="N",
+        help="images per batch (default 16)",
+    )
+    parser.add_argument(
+        "--threads", type=positive_int, metavar="N", help="torch threads (default: all cores)"
+    )
     parser.add_argument(
         "--precision",
         type=str.upper,
-        choices=("FP32", "FP16", "INT8"),
+        choices=PRECISIONS,
         default="FP16",
         help="IR weights precision (default FP16)",
     )
@@ -171,7 +198,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "jpeg=40-90,jitter=0.05,copies=1",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.set_defaults(handler=run)
 
 
 def _image_size(text: str) -> tuple[int, int]:
@@ -198,19 +224,16 @@ def _tile_option(text: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Train, evaluate and export; print the results table."""
     require_train_extra("anomaly-edge train")
     from anomaly_edge.train.api import train
     from anomaly_edge.train.backbones import WeightsUnavailableError
     from anomaly_edge.train.data import DatasetError
 
-    if (
-        args.image_threshold is not None or args.pixel_threshold is not None
-    ) and not args.raw_thresholds:
-        raise CliError(
-            "train --image-threshold/--pixel-threshold fix raw score units (no "
-            "threshold is trained yet to be relative to): add --raw-thresholds",
-            ExitCode.USAGE,
-        )
+    check_thresholds(
+        args,
+        raw_only="training fixes raw score units (no threshold is trained yet to be relative to)",
+    )
     if not 0.0 <= args.validation_fraction < 1.0:
         raise CliError("--validation-fraction must be in [0, 1)", ExitCode.USAGE)
     if args.weights is not None and not args.weights.is_file():
@@ -224,13 +247,13 @@ def run(args: argparse.Namespace) -> int:
         (args.n_channels, "--channels", "padim"),
         (args.pool, "--pool", "padim"),
     ):
-        if given is not None and args.model != owner:
-            raise CliError(f"{flag} applies to --model {owner} only", ExitCode.USAGE)
+        if given is not None and args.arch != owner:
+            raise CliError(f"{flag} applies to --arch {owner} only", ExitCode.USAGE)
     from anomaly_edge.train.options import PadimOptions, StfpmOptions
 
     options = (
         PadimOptions(n_channels=args.n_channels, pool=args.pool, tile_gaussians=args.tile_gaussians)
-        if args.model == "padim"
+        if args.arch == "padim"
         else StfpmOptions(
             max_epochs=args.max_epochs,
             max_steps=args.max_steps,
@@ -242,7 +265,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = train(
             args.data,
-            model=args.model,
+            model=args.arch,
             backbone=args.backbone,
             out=args.out,
             image_size=args.image_size,
