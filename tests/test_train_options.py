@@ -78,7 +78,7 @@ def test_the_cli_stfpm_map_and_schedule_flags_reach_stfpm_options(
         raise ValueError("stop here: the options are all this test needs")
 
     monkeypatch.setattr(api, "train", fake_train)
-    argv = ["train", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--model", "stfpm"]
+    argv = ["train", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--arch", "stfpm"]
     main([*argv, *flag])
     assert seen == [expected]
 

@@ -72,6 +72,9 @@ def describe(path: Path) -> dict[str, Any]:
         },
         # share of normal validation images flagged at the exported threshold
         "expected_false_alarm_rate": md.metrics.get("false_alarm_rate"),
+        # the policy that placed the image threshold, what it expected on the validation
+        # images (with their counts) and what the test images showed at it
+        "operating_point": md.operating_point or "not recorded (older IR)",
         "normal_score_range": (
             list(md.normal_score_range)
             if md.normal_score_range

@@ -18,6 +18,7 @@ from anomaly_edge.cli.common import (
     require_train_extra,
 )
 from anomaly_edge.metadata import BACKBONES, PRECISIONS
+from anomaly_edge.operating_point import DEFAULT_POLICY
 
 ARCHITECTURES = ("padim", "stfpm")
 
@@ -163,6 +164,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="STFPM: the finest layer's exponent in the map's product (default 0.25): 1 weighs "
         "it like the others (the paper), 0 leaves it out like --map-layers 2",
     )
+    parser.add_argument(
+        "--policy",
+        default=DEFAULT_POLICY,
+        metavar="POLICY",
+        help="the operating point, in your terms: far:X (at most a share X of normal parts "
+        f"flagged on the validation images, e.g. far:0.01) or f1 (default {DEFAULT_POLICY})",
+    )
     add_threshold_arguments(parser, raw_only=True)
     add_task_argument(
         parser,
@@ -276,6 +284,7 @@ def run(args: argparse.Namespace) -> int:
             validation_fraction=args.validation_fraction,
             image_threshold=args.image_threshold,
             pixel_threshold=args.pixel_threshold,
+            policy=args.policy,
             task=args.task,
             batch_size=args.batch_size,
             threads=args.threads,
@@ -334,6 +343,7 @@ def summary_table(metrics: dict[str, Any], out: Path | None, ir_path: Path | Non
             f"{fmt(metrics.get('pixel_threshold'))} ({metrics.get('pixel_threshold_method')})",
         ),
         ("false alarms (normal val.)", fmt(metrics.get("false_alarm_rate"))),
+        ("at the operating point", _operating_point_text(metrics)),
         ("fit time", f"{metrics.get('fit_seconds', 0):.1f} s"),
         ("tiles", _tiles_text(metrics.get("tiles"))),
         ("output", str(out) if out else "n/a"),
@@ -356,3 +366,21 @@ def _input_text(metrics: dict[str, Any]) -> str:
     )
     text = f"{size[1]} x {size[0]} (w x h)"
     return f"{text}, {origin}" if origin else text
+
+
+def _operating_point_text(metrics: dict[str, Any]) -> str:
+    """What a user sees on the test images at the exported thresholds, in one line."""
+    seen = metrics.get("operating_point") or {}
+    if seen.get("good_images") is None:
+        return f"policy {metrics.get('policy')} (no test images to measure on)"
+
+    def share(key: str) -> str:
+        value = seen.get(key)
+        return "n/a" if value is None else f"{100 * value:.0f}%"
+
+    return (
+        f"policy {seen.get('policy')}: {share('far_seen')} of {seen['good_images']} good test "
+        f"images flagged, {share('recall')} of {seen['defect_images']} defects caught (best "
+        f"reachable {share('best_recall_at_far')}), {share('box_precision')} of boxes on a "
+        f"defect, {seen.get('disagreements')} disagreements"
+    )

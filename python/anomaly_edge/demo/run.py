@@ -170,7 +170,7 @@ def run_demo(
         "train",
         "--data",
         str(dataset),
-        "--model",
+        "--arch",
         "padim",
         "--backbone",
         settings.backbone,
