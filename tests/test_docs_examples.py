@@ -169,18 +169,26 @@ def test_the_readme_is_short() -> None:
     )
 
 
+def _anchors(path: Path) -> set[str]:
+    """The anchors GitHub makes for a Markdown file's headings."""
+    headings = re.findall(r"^#+\s+(.+?)\s*$", path.read_text(encoding="utf-8"), re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+
+
 def test_links_stay_inside_the_repository() -> None:
     link = re.compile(r"\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)|<img[^>]*\ssrc=\"([^\"]+)\"")
     bad: list[str] = []
     for path in DOCS:
         text = path.read_text(encoding="utf-8")
         for found in link.finditer(text):
-            target = (found[1] or found[2]).split("#")[0]
-            if not target or re.match(r"^[a-z]+:", target):  # an anchor, or a URL
+            target, _, anchor = (found[1] or found[2]).partition("#")
+            if re.match(r"^[a-z]+:", target):  # a URL
                 continue
-            resolved = (path.parent / target).resolve()
+            resolved = (path.parent / target).resolve() if target else path
             if not resolved.is_relative_to(REPO) or not resolved.exists():
                 bad.append(f"{path.relative_to(REPO)}: {target}")
+            elif anchor and resolved.suffix == ".md" and anchor not in _anchors(resolved):
+                bad.append(f"{path.relative_to(REPO)}: {target}#{anchor} (no such heading)")
         if "../shared" in text:
             bad.append(f"{path.relative_to(REPO)}: names ../shared, which users do not have")
     assert not bad, "links to files that are not in the repository:\n" + "\n".join(bad)
