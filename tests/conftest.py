@@ -11,6 +11,17 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+# Whether the caller (a CI job) set CI, before the line below sets it for everyone: tests that
+# need system tools (mosquitto, chromium) or the real datasets fail instead of skipping when
+# those are missing in CI.
+CI_REQUESTED = bool(os.environ.get("CI"))
+# openvino.convert_model sends telemetry unless CI is set; offline that costs seconds per export.
+os.environ.setdefault("CI", "true")
+# OpenMP threads that spin while waiting cost dearly on shared 2-core machines (a tiny fit took
+# 71 s instead of 1.2 s); must be set before torch is first imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 def child_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment for a child Python that must import the same anomaly_edge as this
     process (the checkout's python/ in development, site-packages after `pip install .`, as in
@@ -32,12 +43,21 @@ def shared_datasets() -> Path | None:
     return root if root.is_dir() else None
 
 
+def require_datasets(root: Path | None, ci: bool) -> Path:
+    """The datasets root; where it is missing, skip on a developer's machine but fail in CI
+    (CI always has the data, so a CI run cannot pass by skipping the real-data tests)."""
+    if root is not None:
+        return root
+    message = "real datasets not found (../shared/datasets or $ANOMALY_EDGE_DATASETS)"
+    if ci:
+        pytest.fail(f"{message}; CI is set, so the real-data tests may not be skipped")
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def datasets_root() -> Path:
-    root = shared_datasets()
-    if root is None:
-        pytest.skip("real datasets not found (../shared/datasets or $ANOMALY_EDGE_DATASETS)")
-    return root
+    """The real datasets (../shared/datasets): skips where absent, fails under CI=true."""
+    return require_datasets(shared_datasets(), CI_REQUESTED)
 
 
 @pytest.fixture(scope="session")
@@ -46,16 +66,6 @@ def synthetic_ir(tmp_path_factory) -> Path:
     from tests.ir_factory import build_synthetic_ir
 
     return build_synthetic_ir(tmp_path_factory.mktemp("synthetic_ir") / "model.xml")
-
-
-# Whether the caller (a CI job) set CI, before the line below sets it for everyone: tests that
-# need system tools (mosquitto, chromium) fail instead of skipping when they are missing in CI.
-CI_REQUESTED = bool(os.environ.get("CI"))
-# openvino.convert_model sends telemetry unless CI is set; offline that costs seconds per export.
-os.environ.setdefault("CI", "true")
-# OpenMP threads that spin while waiting cost dearly on shared 2-core machines (a tiny fit took
-# 71 s instead of 1.2 s); must be set before torch is first imported.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 # ---- instruction-set matrix ----------------------------------------------------------------
