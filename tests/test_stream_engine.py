@@ -128,3 +128,26 @@ def test_show_draws_every_frame_from_the_main_thread(synthetic_ir, tmp_path, mon
     assert code == ExitCode.OK
     assert shown == [(threading.main_thread().name, (120, 160, 3))] * 9
     assert [(e["source"], e["frame"]) for e in _lines(events)] == [("cam1", 4)]
+
+
+class _FailingSink:
+    def write(self, result) -> None:
+        if result.index == 3:
+            raise OSError("disk full (simulated)")
+
+    def close(self) -> None:
+        pass
+
+
+def test_when_every_source_fails_the_error_is_raised_after_the_summary(synthetic_ir, tmp_path):
+    from anomaly_edge.model import AnomalyModel
+
+    video = make_video(tmp_path / "v.avi", 10)
+    model = AnomalyModel(synthetic_ir, device="CPU", task="detection")
+    for consume in (lambda r: r.run(), lambda r: list(r)):
+        runner = StreamRunner(model, video, sinks=[_FailingSink()])
+        with pytest.raises(OSError, match="disk full"):
+            consume(runner)
+        assert runner.summary is not None
+        assert "disk full" in runner.summary.errors["cam1"]
+        assert runner.summary.stop_reason == "error" and runner.summary.frames == 4

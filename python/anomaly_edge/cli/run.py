@@ -283,12 +283,16 @@ def execute(
     try:
         with interrupted:
             summary = _iterate(runner, status) if args.show else _wait(runner, status)
-    except ConnectionError as exc:  # a model server that did not come back (--model URL)
-        _print_summary(runner)
-        raise CliError(str(exc), ExitCode.INPUT) from None
     except KeyboardInterrupt:  # a second Ctrl-C while the outputs were being closed
         _print_summary(runner)
         return int(ExitCode.INTERRUPTED)
+    except Exception as exc:
+        if runner.summary is None or not any(exc is e for e in runner.errors.values()):
+            _print_summary(runner)  # the model failed: every source stopped
+            if isinstance(exc, ConnectionError):  # a model server that did not come back
+                raise CliError(str(exc), ExitCode.INPUT) from None
+            raise
+        summary = runner.summary  # every source failed: each says why, in the exit code too
     _print_summary(runner)
     if interrupted.signalled:
         return int(ExitCode.INTERRUPTED)

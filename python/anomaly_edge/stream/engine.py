@@ -291,13 +291,13 @@ class StreamRunner:
         self.lanes: list[SourceLane] = []
         try:
             for camera in cameras:
+                settings = self._settings_for(camera)
                 if opened is not None:
                     source = opened
                 elif wait_for_live:
                     source = open_or_defer(camera.source, policy, timeout)
                 else:
                     source = open_source(camera.source, reconnect=policy, timeout=timeout)
-                settings = self._settings_for(camera)
                 lane = SourceLane(camera, source, [], settings, heatmap=False, capacity=capacity)
                 self.lanes.append(lane)
                 lane.heatmap = heatmap and settings.task == Task.SEGMENTATION
@@ -305,6 +305,8 @@ class StreamRunner:
                 _add_file_sinks(lane.sinks, camera, source, alpha)
                 lane.sinks.extend(sinks(camera))
         except BaseException:
+            if opened is not None and not self.lanes:
+                opened.close()
             self._close_unstarted()
             raise
         self._lanes_by_name = {lane.name: lane for lane in self.lanes}
@@ -388,15 +390,23 @@ class StreamRunner:
     def join(self) -> StreamSummary:
         """Wait for the end, close the outputs and return the summary (after :meth:`start`).
 
-        A source's own failure is in :attr:`StreamSummary.errors`; the model's failure (every
-        source stopped) is raised."""
+        A source's own failure (lost input, failing sink) is in :attr:`StreamSummary.errors`
+        while another source ended well; the model's failure, or every source's, is raised
+        (the summary is made first)."""
         while not self._finished.wait(0.5):  # short waits keep signal handlers responsive
             pass
         self._close()
-        if self._error is not None:
-            raise self._error
+        self._raise_failure()
         assert self.summary is not None
         return self.summary
+
+    def _raise_failure(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self.lanes and all(lane.error is not None for lane in self.lanes):
+            error = self.lanes[0].error
+            assert error is not None
+            raise error
 
     def run(self, callback: Callable[[FrameResult], Any] | None = None) -> StreamSummary:
         """Process every source to its end and return the summary; ``callback`` (as
@@ -417,7 +427,7 @@ class StreamRunner:
     def __iter__(self) -> Iterator[FrameResult]:
         """Results as they come: in frame order within each source, every source's sinks
         written from the caller's thread. Leaving the loop early stops the run and closes
-        the outputs; the model's failure is raised at the end."""
+        the outputs; failures are raised at the end as by :meth:`join`."""
         self._begin(iterating=True)
         shared = self.lanes[0].results
         pending = len(self.lanes)
@@ -438,8 +448,7 @@ class StreamRunner:
                 self.stop()
                 self._discard_shared(pending)
             self._close()
-        if self._error is not None:
-            raise self._error
+        self._raise_failure()
 
     def _discard_shared(self, pending: int) -> None:
         """Drop what is still in flight (nobody takes it: the outputs end where the caller
