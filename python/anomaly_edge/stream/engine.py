@@ -409,18 +409,17 @@ class StreamRunner:
             raise error
 
     def run(self, callback: Callable[[FrameResult], Any] | None = None) -> StreamSummary:
-        """Process every source to its end and return the summary; ``callback`` (as
-        ``on_result``) sees every result, on the thread that delivers its source."""
-        if callback is not None:
-            previous = self.on_result
+        """Process every source to its end and return the summary.
 
-            def both(result: FrameResult) -> None:
-                if previous is not None:
-                    previous(result)
-                callback(result)
-
-            self.on_result = both
-        return self.start().join()
+        With ``callback``, every result reaches it (and the sinks) on the calling thread, as
+        when iterating; without, each source delivers on a thread of its own
+        (:meth:`start`, :meth:`join`)."""
+        if callback is None:
+            return self.start().join()
+        for result in self:
+            callback(result)
+        assert self.summary is not None
+        return self.summary
 
     # ---- iterating: the caller's thread delivers --------------------------------------------
 
