@@ -54,7 +54,7 @@ def test_two_sources_get_their_own_outputs_and_share_the_events(
     assert sorted((e["source"], e["frame"]) for e in events) == sorted(
         (name, frame) for name in ("left", "cam2") for frame in DEFECTS
     )
-    assert "all cameras: 40 frames" in out
+    assert "all sources: 40 frames" in out
 
 
 def test_config_file_cameras_with_their_own_settings(synthetic_ir, videos, tmp_path):
@@ -70,6 +70,7 @@ source = "{videos[0]}"
 [[camera]]
 name = "lenient"
 source = "{videos[1]}"
+raw_thresholds = true
 image_threshold = 1e9
 output = "lenient.avi"
 """)

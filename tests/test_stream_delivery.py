@@ -10,7 +10,7 @@ import time
 import pytest
 
 from anomaly_edge.model import AnomalyModel
-from anomaly_edge.stream import Camera, EventLog, MultiStreamRunner
+from anomaly_edge.stream import Camera, EventLog, StreamRunner
 from anomaly_edge.stream.events import JsonLinesWriter
 from anomaly_edge.stream.spool import RejectedError, Spool
 from tests.stream_media import MjpegServer, make_frame
@@ -141,7 +141,7 @@ def test_a_broker_restart_mid_run_loses_no_event(synthetic_ir, tmp_path):
     model = AnomalyModel(synthetic_ir, device="CPU", task="detection")
     publisher = MqttPublisher(f"{broker.url}/plant", spool_dir=tmp_path / "spool", ack_timeout=1.0)
     events = EventLog([JsonLinesWriter(tmp_path / "events.jsonl"), publisher])
-    runner = MultiStreamRunner(
+    runner = StreamRunner(
         model, [Camera(f"cam{i}", s.url) for i, s in enumerate(servers)], events=events
     )
     try:

@@ -30,8 +30,8 @@ def test_metrics_per_camera(synthetic_ir, tmp_path):
     exporter = MetricsExporter("127.0.0.1", 0)
     scraped: dict[str, float] = {}
 
-    def scrape_at_the_end(name, result):
-        if name == "clean" and result.index == 29:  # every metric of "clean" is final here
+    def scrape_at_the_end(result):
+        if result.source == "clean" and result.index == 29:  # every metric of "clean" is final here
             scraped.update(_scrape(exporter.port))
 
     model = AnomalyModel(synthetic_ir, device="CPU", task="detection")
@@ -63,7 +63,7 @@ def test_damaged_frames_are_counted(synthetic_ir, tmp_path):
     exporter = MetricsExporter("127.0.0.1", 0)
     scraped: dict[str, float] = {}
 
-    def scrape_at_the_end(name, result):
+    def scrape_at_the_end(result):
         if result.index == 29:
             scraped.update(_scrape(exporter.port))
 

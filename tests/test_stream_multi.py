@@ -1,4 +1,4 @@
-"""Several cameras through one model: settings, outputs, events and faults per camera."""
+"""Several cameras through the one stream engine: settings, outputs, events, faults per camera."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 import pytest
 
 from anomaly_edge.model import AnomalyModel
-from anomaly_edge.stream import Camera, MultiStreamRunner, ReconnectPolicy, run_many
+from anomaly_edge.stream import Camera, ReconnectPolicy, StreamRunner, run_many
 from anomaly_edge.stream.config import ConfigError, cameras_from_sources, load_config
 from tests.conftest import REPO
 from tests.stream_media import MjpegServer, count_frames, make_frame, make_video
@@ -46,7 +46,7 @@ def test_every_camera_gets_every_frame_its_outputs_and_named_events(model, video
     ]
     summary = run_many(model, cameras, events=tmp_path / "events.jsonl")
     assert summary.errors == {}
-    assert {n: s.frames for n, s in summary.cameras.items()} == {c.name: 40 for c in cameras}
+    assert {n: s.frames for n, s in summary.sources.items()} == {c.name: 40 for c in cameras}
     events = _events(tmp_path / "events.jsonl")
     for camera in cameras:
         mine = [e["frame"] for e in events if e["source"] == camera.name]
@@ -74,7 +74,7 @@ def test_each_camera_keeps_its_own_thresholds_and_task(model, videos, tmp_path):
         Camera("classify", str(videos[2]), task="classification"),
     ]
     seen: dict[str, list] = {c.name: [] for c in cameras}
-    run_many(model, cameras, on_result=lambda name, r: seen[name].append(r.prediction))
+    run_many(model, cameras, on_result=lambda r: seen[r.source].append(r.prediction))
     assert sum(p.label for p in seen["normal"]) == len(DEFECTS)
     assert not any(p.label for p in seen["blind"])
     assert all(p.boxes for p in seen["normal"] if p.label)
@@ -84,11 +84,11 @@ def test_each_camera_keeps_its_own_thresholds_and_task(model, videos, tmp_path):
 
 def test_thresholds_change_during_the_run_and_are_logged(model, tmp_path):
     video = make_video(tmp_path / "all_defects.avi", 400, range(400), fps=20)
-    runner = MultiStreamRunner(model, [Camera("a", str(video))], events=tmp_path / "ev.jsonl")
+    runner = StreamRunner(model, [Camera("a", str(video))], events=tmp_path / "ev.jsonl")
     labels: list[bool] = []
     switched_at: list[int] = []
 
-    def on_result(name, result):
+    def on_result(result):
         labels.append(bool(result.prediction.label))
         if result.index == 100:
             runner.set_thresholds("a", image_threshold=1e9, by="test")
@@ -99,7 +99,7 @@ def test_thresholds_change_during_the_run_and_are_logged(model, tmp_path):
     assert all(labels[:100])
     # Frames submitted after the change (+1: the read may race with one submission).
     assert not any(labels[switched_at[0] + 1 :])
-    change = [e for e in _events(tmp_path / "ev.jsonl") if e.get("event")]
+    change = [e for e in _events(tmp_path / "ev.jsonl") if e.get("event") == "thresholds_changed"]
     assert change == [
         {
             "source": "a",
@@ -137,18 +137,18 @@ def test_a_failing_camera_stops_alone(model, videos):
         sinks=lambda camera: sinks.get(camera.name, []),
     )
     assert "disk full" in summary.errors["bad"]
-    assert summary.cameras["bad"].stop_reason == "error"
-    assert summary.cameras["good"].frames == 40
-    assert summary.cameras["good"].stop_reason == "end"
+    assert summary.sources["bad"].stop_reason == "error"
+    assert summary.sources["good"].frames == 40
+    assert summary.sources["good"].stop_reason == "end"
 
 
 def test_max_frames_per_camera(model, videos):
     summary = run_many(
         model, [Camera("a", str(videos[0]), max_frames=7), Camera("b", str(videos[1]))]
     )
-    assert summary.cameras["a"].frames == 7
-    assert summary.cameras["a"].stop_reason == "max_frames"
-    assert summary.cameras["b"].frames == 40
+    assert summary.sources["a"].frames == 7
+    assert summary.sources["a"].stop_reason == "max_frames"
+    assert summary.sources["b"].frames == 40
 
 
 def _wait(condition, limit_s: float = 30.0, what: str = "") -> None:
@@ -164,7 +164,7 @@ def _wait(condition, limit_s: float = 30.0, what: str = "") -> None:
 def test_killing_one_camera_server_leaves_the_others_running_and_it_reconnects(model):
     servers = [MjpegServer(lambda n: make_frame(n, n % 10 == 0), fps=20).start() for _ in range(4)]
     try:
-        runner = MultiStreamRunner(
+        runner = StreamRunner(
             model,
             [Camera(f"cam{i}", s.url) for i, s in enumerate(servers)],
             reconnect=ReconnectPolicy(attempts=50, delay=0.2, max_delay=0.5),
@@ -192,8 +192,8 @@ def test_killing_one_camera_server_leaves_the_others_running_and_it_reconnects(m
         for server in servers:
             server.stop()
     assert summary.errors == {}
-    assert summary.cameras["cam0"].reconnects >= 1
-    assert all(summary.cameras[f"cam{i}"].reconnects == 0 for i in (1, 2, 3))
+    assert summary.sources["cam0"].reconnects >= 1
+    assert all(summary.sources[f"cam{i}"].reconnects == 0 for i in (1, 2, 3))
 
 
 def test_a_live_camera_down_at_the_start_is_waited_for(model):
@@ -201,11 +201,12 @@ def test_a_live_camera_down_at_the_start_is_waited_for(model):
     port_holder = server.start()
     url = port_holder.url
     server.stop()
-    runner = MultiStreamRunner(
+    runner = StreamRunner(
         model,
         [Camera("late", url)],
         reconnect=ReconnectPolicy(attempts=40, delay=0.1, max_delay=0.3),
         timeout=3,
+        wait_for_live=True,  # the default with several sources; one fails at once
     )
     runner.start()
     try:
@@ -222,7 +223,7 @@ def test_a_live_camera_down_at_the_start_is_waited_for(model):
 
 def test_a_missing_file_is_an_error_at_once(model, videos, tmp_path):
     with pytest.raises(Exception, match="not found"):
-        MultiStreamRunner(
+        StreamRunner(
             model,
             [
                 Camera("a", str(videos[0]), output=tmp_path / "a.mp4"),
@@ -234,7 +235,7 @@ def test_a_missing_file_is_an_error_at_once(model, videos, tmp_path):
 
 def test_the_multi_camera_modules_do_not_import_torch():
     script = (
-        "import sys; import anomaly_edge.cli.run_cameras, anomaly_edge.stream.multi, "
+        "import sys; import anomaly_edge.cli.run_cameras, anomaly_edge.stream.engine, "
         "anomaly_edge.stream.web, anomaly_edge.stream.mqtt, anomaly_edge.stream.metrics, "
         "anomaly_edge.stream.webhook; "
         "print([m for m in sys.modules if m.split('.')[0] == 'torch'])"
@@ -273,28 +274,51 @@ snapshot_interval = 2.0
 [[camera]]
 name = "line1"
 source = "videos/line1.mp4"
-image_threshold = 14.5
+image_threshold = 0.7
 output = "out/line1.mp4"
 
 [[camera]]
 name = "line2"
 source = "rtsp://10.0.0.2/s"
 task = "segmentation"
+raw_thresholds = true
+image_threshold = 14.5
 """)
     first, second = load_config(config, min_area=3)
     assert first.source == str(tmp_path / "videos" / "line1.mp4")
     assert first.output == tmp_path / "out" / "line1.mp4"
     assert (first.task, first.image_threshold, first.snapshot_interval, first.min_area) == (
         "detection",
-        14.5,
+        0.7,
         2.0,
         3,
     )
-    assert (second.source, second.task, second.image_threshold) == (
+    assert not first.raw_thresholds  # the command line's 0-1 score units
+    assert (second.source, second.task, second.image_threshold, second.raw_thresholds) == (
         "rtsp://10.0.0.2/s",
         "segmentation",
-        None,
+        14.5,
+        True,
     )
+
+
+def test_thresholds_in_score_units_become_raw_on_the_model(model, videos):
+    md = model.metadata
+    runner = StreamRunner(
+        model,
+        [
+            Camera("trained", str(videos[0]), image_threshold=0.5, raw_thresholds=False),
+            Camera("strict", str(videos[1]), image_threshold=0.7, raw_thresholds=False),
+            Camera("raw", str(videos[2]), image_threshold=14.5),
+        ],
+    )
+    try:
+        settings = {lane.name: lane.settings.image_threshold for lane in runner.lanes}
+    finally:
+        runner.run()
+    assert settings["trained"] == pytest.approx(md.image_threshold)
+    assert settings["strict"] == pytest.approx(md.image_threshold + 0.2 * md.image_scale)
+    assert settings["raw"] == 14.5
 
 
 @pytest.mark.parametrize(
@@ -303,6 +327,7 @@ task = "segmentation"
         ("[[camera]]\nname = 'a'\n", "needs both 'name' and 'source'"),
         ("[[camera]]\nname = 'a'\nsource = 'x'\nthreshold = 3\n", "unknown key"),
         ("[[camera]]\nname = 'a'\nsource = 'x'\nimage_threshold = 'high'\n", "finite number"),
+        ("[[camera]]\nname = 'a'\nsource = 'x'\nimage_threshold = 14.5\n", "outside 0-1"),
         ("[[camera]]\nname = 'a b'\nsource = 'x'\n", "camera name"),
         ("[[camera]]\nname = 'a'\nsource = 'x'\ntask = 'detect'\n", "task 'detect'"),
         ("[cameras]\n", "unknown section"),
@@ -321,11 +346,11 @@ def test_bad_config_files_say_what_is_wrong(tmp_path, text, message):
 EXIT_WITHOUT_JOIN = """
 import sys
 from anomaly_edge.model import AnomalyModel
-from anomaly_edge.stream import Camera, MultiStreamRunner
+from anomaly_edge.stream import Camera, StreamRunner
 model = AnomalyModel(sys.argv[1], device="CPU", task="detection")
 from pathlib import Path
 cameras = [Camera("a", sys.argv[2], output=Path(sys.argv[3])), Camera("b", sys.argv[2])]
-MultiStreamRunner(model, cameras, events=sys.argv[4]).start()
+StreamRunner(model, cameras, events=sys.argv[4]).start()
 # the program ends here, without join(): the exit hook must stop and close everything
 """
 

@@ -18,7 +18,7 @@ import pytest
 
 from anomaly_edge.cli.common import ExitCode
 from anomaly_edge.model import AnomalyModel
-from anomaly_edge.stream import Camera, MultiStreamRunner
+from anomaly_edge.stream import Camera, StreamRunner
 from anomaly_edge.stream.events import EventLog, JsonLinesWriter
 from tests.conftest import REPO
 from tests.stream_media import MjpegServer, make_frame
@@ -49,7 +49,7 @@ def live_run(synthetic_ir, tmp_path):
     servers = [MjpegServer(lambda n: make_frame(n, n % 4 == 0), fps=20).start() for _ in range(2)]
     web = WebView("127.0.0.1", 0, token="s3cret")
     events = EventLog([JsonLinesWriter(tmp_path / "events.jsonl"), web])
-    runner = MultiStreamRunner(
+    runner = StreamRunner(
         AnomalyModel(synthetic_ir, device="CPU", task="detection"),
         [Camera("a", servers[0].url), Camera("b", servers[1].url)],
         events=events,

@@ -1,7 +1,8 @@
 """`tools/bench_stream.py --sources 1,2,4,8`: N file cameras through one model at once.
 
 For each N, N cameras read the same generated video (every frame is processed: files are not
-live) through :func:`anomaly_edge.stream.run_many`, one compiled model and one request pool.
+live) through the one stream engine (:class:`anomaly_edge.stream.StreamRunner`, as `run` uses
+it), one compiled model and one request pool.
 The baseline is the model's own asynchronous throughput on a frame of the same video, measured
 as `anomaly-edge benchmark` measures it (``measure_async``), before, between and after the
 cases; each case is compared with the two measurements beside it.
@@ -31,7 +32,7 @@ def run(args) -> int:
 
     from anomaly_edge.cli.benchmark import measure_async
     from anomaly_edge.model import AnomalyModel
-    from anomaly_edge.stream import Camera, MultiStreamRunner
+    from anomaly_edge.stream import Camera, StreamRunner
 
     counts = [int(n) for n in args.sources.split(",")]
     if not counts or min(counts) < 1:
@@ -56,13 +57,13 @@ def run(args) -> int:
         for n in counts:
             rss: dict[str, int] = {}
 
-            def sample(name: str, result, _rss=rss) -> None:
-                if name == "cam1" and result.index + 1 in (1000, args.frames_per_source):
+            def sample(result, _rss=rss) -> None:
+                if result.source == "cam1" and result.index + 1 in (1000, args.frames_per_source):
                     _rss[f"after_{result.index + 1}"] = round(
                         psutil.Process().memory_info().rss / 2**20
                     )
 
-            runner = MultiStreamRunner(
+            runner = StreamRunner(
                 model,
                 [
                     Camera(f"cam{i + 1}", str(video), max_frames=args.frames_per_source)
@@ -74,7 +75,7 @@ def run(args) -> int:
             summary = runner.run()
             elapsed = time.perf_counter() - start
             total = summary.frames / elapsed
-            per_source = [round(s.frames / s.seconds, 1) for s in summary.cameras.values()]
+            per_source = [round(s.frames / s.seconds, 1) for s in summary.sources.values()]
             fair = total / n
             cases.append(
                 {

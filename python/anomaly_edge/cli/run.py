@@ -14,8 +14,11 @@ Exit codes (scripts can rely on them):
       is complete and playable;
 * 1   anything else.
 
-Several cameras (repeated ``--source``, ``--config``) and the web view, MQTT, webhook and
-metrics run in ``cli/run_cameras.py``; a camera lost there gives 3 once the others finished.
+One source or several (repeated ``--source``, ``--config``) run through the one stream engine
+(:class:`~anomaly_edge.stream.StreamRunner`); the options of several cameras and of the web
+view, MQTT, webhook and metrics live in ``cli/run_cameras.py``. A source lost while others
+go on gives 3 once they have finished. Thresholds are in the 0-1 score units (0.5 = trained)
+whatever the number of cameras, raw with ``--raw-thresholds``.
 
 The output video and snapshots appear complete or not at all; the events file is written
 line by line (flushed), so it can be followed while the run goes on.
@@ -25,9 +28,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,7 +60,7 @@ from anomaly_edge.cli.common import unit_float as _unit_float
 
 if TYPE_CHECKING:
     from anomaly_edge.model import AnomalyModel
-    from anomaly_edge.stream import MultiStreamRunner, StreamRunner
+    from anomaly_edge.stream import FrameObserver, FrameResult, StreamRunner, StreamSummary
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -171,7 +176,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     from anomaly_edge.cli.run_cameras import add_arguments
 
-    add_arguments(parser)
+    add_arguments(parser)  # several cameras, a config file, the network outputs
     parser.set_defaults(handler=handle)
 
 
@@ -179,20 +184,18 @@ def handle(args: argparse.Namespace) -> int:
     return execute(args)
 
 
-def execute(args: argparse.Namespace, on_result: Callable[[Any], None] | None = None) -> int:
-    """Run the command; ``on_result`` sees every FrameResult (used by tools/bench_stream.py)."""
-    from anomaly_edge.stream import (
-        EventsSink,
-        ReconnectPolicy,
-        SnapshotSink,
-        SourceError,
-        StatusLine,
-        StreamRunner,
-        VideoSink,
-        WindowSink,
-        open_source,
-    )
-    from anomaly_edge.stream.sinks import VIDEO_CODECS, gui_unavailable_reason
+def execute(
+    args: argparse.Namespace, on_result: Callable[[FrameResult], None] | None = None
+) -> int:
+    """Run the command; ``on_result`` sees every FrameResult (used by tools/bench_stream.py).
+
+    One source or many go through the same engine and give the same outputs: every event
+    names its source, each source has its drift monitor, thresholds are in one unit.
+    """
+    from anomaly_edge.cli import run_cameras
+    from anomaly_edge.stream import EventLog, ReconnectPolicy, SourceError, StreamRunner
+    from anomaly_edge.stream.events import JsonLinesWriter
+    from anomaly_edge.stream.sinks import VIDEO_CODECS, WindowSink, gui_unavailable_reason
 
     _quiet_video_backends()
     _log_stream_messages()
@@ -203,119 +206,148 @@ def execute(args: argparse.Namespace, on_result: Callable[[Any], None] | None = 
     check_output_file(args.events, "--events")
     check_output_file(args.output, "--output")
     check_output_folder(args.snapshots, "--snapshots")
-    from anomaly_edge.cli.run_cameras import execute_many, wants_many
-
-    if wants_many(args):  # several cameras, a config file, the web view, MQTT, metrics
-        if (
-            args.image_threshold is not None or args.pixel_threshold is not None
-        ) and not args.raw_thresholds:
+    network = run_cameras.check_network(args)
+    cameras = run_cameras.cameras(args)
+    if not cameras:
+        raise CliError("give --source (one or more) or --config", ExitCode.USAGE)
+    if args.show:
+        if len(cameras) > 1:
             raise CliError(
-                "with several cameras or --config, thresholds are raw score units "
-                "(as in the config file): add --raw-thresholds",
+                "--show shows one camera; with several cameras use --web", ExitCode.USAGE
+            )
+        if (reason := gui_unavailable_reason()) is not None:
+            raise CliError(f"--show: cannot open a window: {reason}", ExitCode.USAGE)
+    for camera in cameras:
+        where = f"camera {camera.name}: " if len(cameras) > 1 else ""
+        if camera.output is not None and camera.output.suffix.lower() not in VIDEO_CODECS:
+            raise CliError(
+                f"{where}--output {camera.output}: unknown video container; use one of "
+                f"{', '.join(sorted(VIDEO_CODECS))}",
                 ExitCode.USAGE,
             )
-        return execute_many(args)
-    if isinstance(args.source, list):  # `--source` may be repeated
-        args.source = args.source[0]
-    if not args.source:
-        raise CliError("give --source (one or more) or --config", ExitCode.USAGE)
-    if args.output is not None and args.output.suffix.lower() not in VIDEO_CODECS:
-        raise CliError(
-            f"--output {args.output}: unknown video container; use one of "
-            f"{', '.join(sorted(VIDEO_CODECS))}",
-            ExitCode.USAGE,
-        )
-    if args.show and (reason := gui_unavailable_reason()) is not None:
-        raise CliError(f"--show: cannot open a window: {reason}", ExitCode.USAGE)
-    for path, what in (
-        (args.output, "--output"),
-        (args.events, "--events"),
-        (args.snapshots, "--snapshots"),
-    ):
-        if path is not None and not path.resolve().parent.is_dir():
-            raise CliError(
-                f"{what} {path}: folder {path.resolve().parent} does not exist", ExitCode.INPUT
-            )
-
-    policy = ReconnectPolicy(
-        args.reconnect_attempts, args.reconnect_delay, args.reconnect_max_delay
-    )
-    try:
-        source = open_source(args.source, reconnect=policy, timeout=args.timeout)
-    except SourceError as exc:
-        raise CliError(str(exc), ExitCode.INPUT) from None
-    try:
-        model = _load_model(args)
-    except BaseException:
-        source.close()
-        raise
-
-    task = str(getattr(model.task, "value", model.task))
-    visual = args.output is not None or args.show or (args.snapshots and args.snapshot_overlay)
-    runner = StreamRunner(
-        model,
-        source,
-        max_frames=args.max_frames,
-        heatmap=bool(visual and task == "segmentation" and args.overlay == "heatmap"),
-    )
-    try:
-        if args.output is not None:
-            runner.sinks.append(VideoSink(args.output, source.fps, alpha=args.alpha))
-        if args.events is not None:
-            runner.sinks.append(EventsSink(args.events, all_frames=args.all_frames))
-        if args.snapshots is not None:
-            runner.sinks.append(
-                SnapshotSink(
-                    args.snapshots,
-                    interval=args.snapshot_interval,
-                    overlay=args.snapshot_overlay,
-                    alpha=args.alpha,
+        for path, what in ((camera.output, "--output"), (camera.snapshots, "--snapshots")):
+            if path is not None and not path.resolve().parent.is_dir():
+                raise CliError(
+                    f"{where}{what} {path}: folder {path.resolve().parent} does not exist",
+                    ExitCode.INPUT,
                 )
-            )
+    if args.events is not None and not args.events.resolve().parent.is_dir():
+        raise CliError(
+            f"--events {args.events}: folder {args.events.resolve().parent} does not exist",
+            ExitCode.INPUT,
+        )
+
+    model = _load_model(args)
+    task = str(getattr(model.task, "value", model.task))
+    events = EventLog()
+    observers: list[FrameObserver] = []
+    try:
+        if args.events is not None:
+            events.add(JsonLinesWriter(args.events))
+        web = run_cameras.open_network_outputs(args, network, events, observers)
+        # Not for the web view: heatmaps cost every frame, watched or not; it shows the mask.
+        visual = args.output is not None or args.show or (args.snapshots and args.snapshot_overlay)
+        runner = StreamRunner(
+            model,
+            cameras,
+            events=events,
+            observers=observers,
+            heatmap=bool(visual and args.overlay == "heatmap"),
+            alpha=args.alpha,
+            reconnect=ReconnectPolicy(
+                args.reconnect_attempts, args.reconnect_delay, args.reconnect_max_delay
+            ),
+            timeout=args.timeout,
+            on_result=on_result,
+        )
         if args.show:
             runner.sinks.append(WindowSink(alpha=args.alpha, on_quit=runner.stop))
-    except Exception as exc:
-        for sink in runner.sinks:
-            sink.close()
-        source.close()
-        raise CliError(str(exc), ExitCode.INPUT) from None
-    if not args.quiet:
-        total = source.frame_count
-        if total is not None and args.max_frames is not None:
-            total = min(total, args.max_frames)
-        runner.sinks.append(StatusLine(runner.stats, total))
+    except BaseException as exc:
+        run_cameras.close_all(events, observers)
+        if isinstance(exc, SourceError):
+            raise CliError(str(exc), ExitCode.INPUT) from None
+        if isinstance(exc, (OSError, ValueError)) and not isinstance(exc, CliError):
+            # a port in use, an unwritable folder, a bad URL
+            code = ExitCode.USAGE if isinstance(exc, ValueError) else ExitCode.INPUT
+            raise CliError(str(exc), code) from None
+        raise
 
-    print(f"running {Path(args.model).name} ({task}) on {source.description}", file=sys.stderr)
+    print(
+        f"running {Path(args.model).name} ({task}) on "
+        + ", ".join(f"{lane.name} = {lane.source.description}" for lane in runner.lanes),
+        file=sys.stderr,
+    )
+    run_cameras.announce_network(web, observers)
     interrupted = _StopOnSignals(runner)
+    status = _Status(runner, quiet=args.quiet)
     try:
         with interrupted:
-            for result in runner:
-                if on_result is not None:
-                    on_result(result)
-    except SourceError as exc:  # a live source that did not come back
-        _print_summary(runner)
-        raise CliError(str(exc), ExitCode.INPUT) from None
-    except ConnectionError as exc:  # a model server that did not come back (--model URL)
-        _print_summary(runner)
-        raise CliError(str(exc), ExitCode.INPUT) from None
-    except OSError as exc:  # a full disk, a folder removed under our feet, ...
-        _print_summary(runner)
-        raise CliError(f"writing the outputs failed: {exc}") from None
-    except KeyboardInterrupt:
+            summary = _iterate(runner, status) if args.show else _wait(runner, status)
+    except KeyboardInterrupt:  # a second Ctrl-C while the outputs were being closed
         _print_summary(runner)
         return int(ExitCode.INTERRUPTED)
+    except Exception as exc:
+        if runner.summary is None or not any(exc is e for e in runner.errors.values()):
+            _print_summary(runner)  # the model failed: every source stopped
+            if isinstance(exc, ConnectionError):  # a model server that did not come back
+                raise CliError(str(exc), ExitCode.INPUT) from None
+            raise
+        summary = runner.summary  # every source failed: each says why, in the exit code too
     _print_summary(runner)
     if interrupted.signalled:
         return int(ExitCode.INTERRUPTED)
-    if runner.summary is not None and runner.summary.missing:
-        # Every output is complete, but the input was not read to its end: say so in the code.
-        print(
-            f"error: {source.description} ended {runner.summary.missing} frames before its "
-            "stated length (truncated or damaged); the results cover the frames read",
-            file=sys.stderr,
-        )
-        return int(ExitCode.INPUT)
-    return int(ExitCode.OK)
+    return int(_exit_code(runner, summary))
+
+
+def _iterate(runner: StreamRunner, status: _Status) -> StreamSummary:
+    """The caller's thread delivers (a window must be drawn from the main thread)."""
+    for _ in runner:
+        status.tick()
+    status.close()
+    assert runner.summary is not None
+    return runner.summary
+
+
+def _wait(runner: StreamRunner, status: _Status) -> StreamSummary:
+    """Each source delivers on its own thread; this one shows the status until the end."""
+    runner.start()
+    try:
+        while not runner.wait(status.interval):
+            status.show()
+        return runner.join()
+    except KeyboardInterrupt:  # a second Ctrl-C: stop waiting for the sources' ends
+        runner.stop()
+        runner.join()
+        raise
+    finally:
+        status.close()
+
+
+def _exit_code(runner: StreamRunner, summary: StreamSummary) -> ExitCode:
+    """0 when every source ended well; 3 when one was lost, unreadable or truncated; 1 when
+    its outputs could not be written (said on stderr either way)."""
+    codes = {ExitCode.OK}
+    for name, error in runner.errors.items():
+        if isinstance(error, OSError) and not isinstance(error, ConnectionError):
+            print(f"error: {name}: writing the outputs failed: {error}", file=sys.stderr)
+            codes.add(ExitCode.FAILURE)
+        else:
+            codes.add(ExitCode.INPUT)
+    for name, lane in summary.sources.items():
+        if lane.missing and name not in runner.errors:
+            # Every output is complete, but the input was not read to its end: say so.
+            print(
+                f"error: {runner.lane(name).source.description} ended {lane.missing} frames "
+                "before its stated length (truncated or damaged); the results cover the "
+                "frames read",
+                file=sys.stderr,
+            )
+            codes.add(ExitCode.INPUT)
+    # A lost or damaged input says more than a failed output; either is worse than none.
+    for code in (ExitCode.INPUT, ExitCode.FAILURE):
+        if code in codes:
+            return code
+    return ExitCode.OK
 
 
 def _load_model(args: argparse.Namespace) -> AnomalyModel:
@@ -333,30 +365,104 @@ def _load_model(args: argparse.Namespace) -> AnomalyModel:
 
 
 def _print_summary(runner: StreamRunner) -> None:
+    """Each source's summary and outputs, then the totals: the same for one source or many."""
     from anomaly_edge.stream import EventsSink, SnapshotSink, VideoSink, format_summary
+    from anomaly_edge.stream.events import JsonLinesWriter
 
-    if runner.summary is None:
+    summary = runner.summary
+    if summary is None:
         return
-    outputs = []
-    for sink in runner.sinks:
-        if isinstance(sink, VideoSink):
-            outputs.append(
-                f"video: {sink.path} ({sink.frames} frames, {sink.fps:g} fps)"
-                if sink.frames
-                else f"video: none written to {sink.path} (no frames)"
-            )
-        elif isinstance(sink, EventsSink):
-            outputs.append(f"events: {sink.path} ({sink.events} lines)")
-        elif isinstance(sink, SnapshotSink):
-            outputs.append(f"snapshots: {sink.directory} ({sink.saved} images)")
-    print(format_summary(runner.summary, outputs), flush=True)
+    lines = []
+    for lane in runner.lanes:
+        own = summary.sources.get(lane.name)
+        if own is None:
+            continue
+        outputs = []
+        for sink in lane.sinks:
+            if isinstance(sink, VideoSink):
+                outputs.append(
+                    f"video: {sink.path} ({sink.frames} frames, {sink.fps:g} fps)"
+                    if sink.frames
+                    else f"video: none written to {sink.path} (no frames)"
+                )
+            elif isinstance(sink, EventsSink):
+                outputs.append(f"events: {sink.path} ({sink.events} lines)")
+            elif isinstance(sink, SnapshotSink):
+                outputs.append(f"snapshots: {sink.directory} ({sink.saved} images)")
+        lines.append(f"[{lane.name}] {lane.source.description}")
+        lines.extend("  " + line for line in format_summary(own, outputs).splitlines())
+        if lane.name in summary.errors:
+            lines.append(f"  stopped early: {summary.errors[lane.name]}")
+    lines.append(
+        f"all sources: {summary.frames} frames in {summary.seconds:.1f} s "
+        f"({summary.fps:.1f} fps), anomalous frames: {summary.anomalies}"
+    )
+    for consumer in runner.events.consumers:
+        if isinstance(consumer, JsonLinesWriter):
+            lines.append(f"events: {consumer.path} ({consumer.lines} lines)")
+        report = getattr(consumer, "report", None)
+        if report is not None:
+            lines.append(report())
+    print("\n".join(lines), flush=True)
+
+
+class _Status:
+    """The live status line on stderr: one source's progress (a bar when its length is
+    known), or each source's rate; redrawn in place on a terminal, every 5 s otherwise."""
+
+    def __init__(self, runner: StreamRunner, quiet: bool) -> None:
+        from anomaly_edge.stream import StatusLine
+
+        self.runner = runner
+        self.quiet = quiet
+        self.interactive = sys.stderr.isatty()
+        self.interval = 0.25 if self.interactive else 5.0
+        self._line: StatusLine | None = None
+        if len(runner.lanes) == 1:
+            lane = runner.lanes[0]
+            total = lane.source.frame_count
+            if total is not None and lane.camera.max_frames is not None:
+                total = min(total, lane.camera.max_frames)
+            self._line = StatusLine(runner.stats, total, interval=self.interval)
+        self._width = 0
+        self._last = -math.inf
+
+    def render(self) -> str:
+        return self._line.render() if self._line is not None else self.runner.render_status()
+
+    def tick(self) -> None:
+        """Show the line if ``interval`` has passed since it was last shown."""
+        now = time.monotonic()
+        if now - self._last >= self.interval:
+            self.show()
+
+    def show(self) -> None:
+        self._last = time.monotonic()
+        if self.quiet or not self.runner.stats.frames:
+            return
+        line = self.render()
+        if self.interactive:
+            sys.stderr.write("\r" + line.ljust(self._width))
+            self._width = len(line)
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self._last == math.inf:
+            return  # closed already
+        self.show()  # the final state
+        self._last = math.inf
+        if not self.quiet and self.interactive and self._width:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
 
 
 class _StopOnSignals:
     """First Ctrl-C / SIGTERM: stop reading, finish frames in flight, close the outputs.
     A second one aborts at once (the outputs are still closed on the way out)."""
 
-    def __init__(self, runner: StreamRunner | MultiStreamRunner) -> None:
+    def __init__(self, runner: StreamRunner) -> None:
         self.runner = runner
         self.signalled = False
         self._previous: dict[int, Any] = {}

@@ -1,9 +1,8 @@
-"""`anomaly-edge run` with several cameras, a config file, the web view, MQTT, a webhook or
-metrics: the options, and the run itself on :class:`~anomaly_edge.stream.MultiStreamRunner`.
+"""The cameras and network outputs of `anomaly-edge run`: several sources, a config file, the
+web view, MQTT, a webhook and metrics (their options, checks and consumers).
 
-Part of the `run` command (`cli/run.py` hands over to :func:`execute_many`), not a command of
-its own. Exit codes are those of `run`, plus 5 when an optional extra (web, mqtt, metrics) is
-missing; a camera lost during the run makes the exit code 3 once the others have finished.
+Part of the `run` command (`cli/run.py` uses these; this module does not import it), not a
+command of its own. An optional extra (web, mqtt, metrics) that is missing is exit code 5.
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ import importlib.util
 import ipaddress
 import secrets
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,8 +22,9 @@ if TYPE_CHECKING:
     import importlib.machinery
 
     from anomaly_edge.stream.config import Camera
+    from anomaly_edge.stream.engine import FrameObserver
     from anomaly_edge.stream.events import EventLog
-    from anomaly_edge.stream.multi import MultiStreamRunner, MultiSummary
+    from anomaly_edge.stream.web import WebView
 
 # extra -> modules it provides (checked before anything starts)
 EXTRAS = {"web": ("fastapi", "uvicorn"), "mqtt": ("paho.mqtt",), "metrics": ("prometheus_client",)}
@@ -31,7 +32,7 @@ EXTRAS = {"web": ("fastapi", "uvicorn"), "mqtt": ("paho.mqtt",), "metrics": ("pr
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
-        "many cameras",
+        "cameras and network outputs",
         "several --source (NAME=SPEC names a camera), or --config; outputs "
         "then get the camera's name: out.mp4 -> out-NAME.mp4 (or write {source} in the path)",
     )
@@ -40,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="TOML",
         help="cameras file: [[camera]] tables with name, source and their own "
-        "thresholds, task and outputs (see the README)",
+        "thresholds (0-1 score units unless raw_thresholds = true), task and outputs",
     )
     group.add_argument(
         "--web",
@@ -82,16 +83,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def wants_many(args: argparse.Namespace) -> bool:
-    """True when the run needs the multi-camera path (the single-source one stays lean)."""
-    sources = args.source if isinstance(args.source, list) else [args.source] * bool(args.source)
-    return (
-        len(sources) > 1
-        or getattr(args, "config", None) is not None
-        or any(getattr(args, name, None) for name in ("web", "mqtt", "webhook", "metrics"))
-    )
-
-
 def require_extra(extra: str, option: str) -> None:
     missing = [m for m in EXTRAS[extra] if _find_spec(m) is None]
     if missing:
@@ -127,224 +118,112 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def execute_many(args: argparse.Namespace) -> int:
-    from anomaly_edge.cli.run import _load_model, _StopOnSignals
-    from anomaly_edge.stream import MultiStreamRunner, ReconnectPolicy, SourceError
-    from anomaly_edge.stream.config import ConfigError, check_unique, with_outputs
-    from anomaly_edge.stream.events import EventLog
-    from anomaly_edge.stream.sinks import VIDEO_CODECS
+@dataclass
+class Network:
+    """The addresses of the network outputs asked for (checked, extras present)."""
 
-    if args.show:
-        raise CliError("--show shows one camera; with several cameras use --web", ExitCode.USAGE)
-    web_address = metrics_address = None
+    web: tuple[str, int] | None = None
+    metrics: tuple[str, int] | None = None
+
+
+def check_network(args: argparse.Namespace) -> Network:
+    """Check the network options before anything starts (exit 2, or 5 for a missing extra)."""
+    network = Network()
     if args.web:
         require_extra("web", "--web")
-        web_address = parse_address(args.web, "--web")
+        network.web = parse_address(args.web, "--web")
         if args.web_fps <= 0:
             raise CliError("--web-fps must be positive", ExitCode.USAGE)
     if args.mqtt:
         require_extra("mqtt", "--mqtt")
     if args.metrics:
         require_extra("metrics", "--metrics")
-        metrics_address = parse_address(args.metrics, "--metrics")
-    try:
-        cameras = _cameras(args)
-        cameras = with_outputs(cameras, args.output, args.snapshots)
-        check_unique(cameras, "cameras")
-    except ConfigError as exc:
-        raise CliError(str(exc), ExitCode.USAGE) from None
-    if not cameras:
-        raise CliError("give --source (one or more) or --config", ExitCode.USAGE)
-    for camera in cameras:
-        if camera.output is not None and camera.output.suffix.lower() not in VIDEO_CODECS:
-            raise CliError(
-                f"camera {camera.name}: output {camera.output}: unknown video "
-                f"container; use one of {', '.join(sorted(VIDEO_CODECS))}",
-                ExitCode.USAGE,
-            )
-        for path, what in ((camera.output, "output"), (camera.snapshots, "snapshots")):
-            if path is not None and not path.resolve().parent.is_dir():
-                raise CliError(
-                    f"camera {camera.name}: {what} {path}: folder "
-                    f"{path.resolve().parent} does not exist",
-                    ExitCode.INPUT,
-                )
-    if args.events is not None and not args.events.resolve().parent.is_dir():
-        raise CliError(
-            f"--events {args.events}: folder {args.events.resolve().parent} does not exist",
-            ExitCode.INPUT,
-        )
+        network.metrics = parse_address(args.metrics, "--metrics")
+    return network
 
-    model = _load_model(args)
-    task = str(getattr(model.task, "value", model.task))
-    events = EventLog()
-    observers: list[Any] = []
-    web = None
-    try:
-        if args.events is not None:
-            from anomaly_edge.stream.events import JsonLinesWriter
 
-            events.add(JsonLinesWriter(args.events))
-        if args.mqtt:
-            from anomaly_edge.stream.mqtt import MqttPublisher
-
-            events.add(MqttPublisher(args.mqtt, spool_dir=args.spool_dir))
-        if args.webhook:
-            from anomaly_edge.stream.webhook import WebhookPublisher
-
-            events.add(WebhookPublisher(args.webhook, spool_dir=args.spool_dir))
-        if metrics_address is not None:
-            from anomaly_edge.stream.metrics import MetricsExporter
-
-            observers.append(MetricsExporter(*metrics_address))
-        if web_address is not None:
-            from anomaly_edge.stream.web import WebView
-
-            token = args.web_token
-            if token is None and not is_loopback(web_address[0]):
-                token = secrets.token_urlsafe(18)
-            web = WebView(*web_address, token=token, max_fps=args.web_fps, alpha=args.alpha)
-            observers.append(web)
-            events.add(web)
-        # Not for the web view: heatmaps cost every frame, watched or not; it shows the mask.
-        visual = args.output is not None or (args.snapshots and args.snapshot_overlay)
-        runner = MultiStreamRunner(
-            model,
-            cameras,
-            events=events,
-            observers=observers,
-            heatmap=bool(visual and args.overlay == "heatmap"),
-            alpha=args.alpha,
-            reconnect=ReconnectPolicy(
-                args.reconnect_attempts, args.reconnect_delay, args.reconnect_max_delay
-            ),
-            timeout=args.timeout,
-        )
-    except SourceError as exc:
-        _close_all(events, observers)
-        raise CliError(str(exc), ExitCode.INPUT) from None
-    except CliError:
-        _close_all(events, observers)
-        raise
-    except (OSError, ValueError) as exc:  # a port in use, an unwritable folder, a bad URL
-        _close_all(events, observers)
-        raise CliError(
-            str(exc), ExitCode.USAGE if isinstance(exc, ValueError) else ExitCode.INPUT
-        ) from None
-
-    print(
-        f"running {Path(args.model).name} ({task}) on {len(cameras)} camera(s): "
-        + ", ".join(f"{lane.name} = {lane.source.description}" for lane in runner.lanes),
-        file=sys.stderr,
+def cameras(args: argparse.Namespace) -> list[Camera]:
+    """The cameras the arguments name (``--config``, then each ``--source``), with the
+    command line's outputs (one file/folder each when there are several)."""
+    from anomaly_edge.stream.config import (
+        ConfigError,
+        cameras_from_sources,
+        check_unique,
+        load_config,
+        with_outputs,
     )
-    if web is not None:
-        print(f"web view: {web.url}", file=sys.stderr, flush=True)
-    if metrics_address is not None:
-        print(
-            f"metrics: http://{_host(metrics_address[0])}:{observers[0].port}/metrics",
-            file=sys.stderr,
-            flush=True,
-        )
-    interrupted = _StopOnSignals(runner)
-    status = _Status(runner, quiet=args.quiet)
-    with interrupted:
-        runner.start()
-        try:
-            while not runner.wait(status.interval):
-                status.show()
-            summary = runner.join()
-        except KeyboardInterrupt:  # a second Ctrl-C: stop waiting (files are closed by now)
-            runner.stop()
-            summary = runner.join()
-            interrupted.signalled = True
-        finally:
-            status.close()
-    print(_format(summary, runner), flush=True)
-    if interrupted.signalled:
-        return int(ExitCode.INTERRUPTED)
-    return int(ExitCode.INPUT if summary.errors else ExitCode.OK)
 
-
-def _cameras(args: argparse.Namespace) -> list[Camera]:
-    from anomaly_edge.stream.config import cameras_from_sources, load_config
-
+    # Thresholds given on the command line are set on the model (every camera's default);
+    # a config file's own are in the same units unless it says raw_thresholds = true.
     shared: dict[str, Any] = {
         "snapshot_interval": args.snapshot_interval,
         "snapshot_overlay": args.snapshot_overlay,
         "all_frames": args.all_frames,
         "min_area": args.min_area,
+        "raw_thresholds": bool(args.raw_thresholds),
     }
-    for key in ("task", "image_threshold", "pixel_threshold", "max_frames"):
+    for key in ("task", "max_frames"):
         if getattr(args, key) is not None:
             shared[key] = getattr(args, key)
-    cameras = []
-    if args.config is not None:
-        cameras.extend(load_config(args.config, **shared))
-    if args.source:
-        cameras.extend(cameras_from_sources(args.source, **shared))
-    return cameras
+    found: list[Camera] = []
+    try:
+        if args.config is not None:
+            found.extend(load_config(args.config, **shared))
+        if args.source:
+            found.extend(cameras_from_sources(args.source, **shared))
+        found = with_outputs(found, args.output, args.snapshots)
+        check_unique(found, "cameras")
+    except ConfigError as exc:
+        raise CliError(str(exc), ExitCode.USAGE) from None
+    return found
 
 
-def _host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
+def open_network_outputs(
+    args: argparse.Namespace, network: Network, events: EventLog, observers: list[FrameObserver]
+) -> WebView | None:
+    """Add the MQTT / webhook publishers to ``events`` and the metrics exporter and web view
+    to ``observers``; returns the web view. The caller closes what was added on failure."""
+    if args.mqtt:
+        from anomaly_edge.stream.mqtt import MqttPublisher
+
+        events.add(MqttPublisher(args.mqtt, spool_dir=args.spool_dir))
+    if args.webhook:
+        from anomaly_edge.stream.webhook import WebhookPublisher
+
+        events.add(WebhookPublisher(args.webhook, spool_dir=args.spool_dir))
+    if network.metrics is not None:
+        from anomaly_edge.stream.metrics import MetricsExporter
+
+        observers.append(MetricsExporter(*network.metrics))
+    if network.web is None:
+        return None
+    from anomaly_edge.stream.web import WebView
+
+    token = args.web_token
+    if token is None and not is_loopback(network.web[0]):
+        token = secrets.token_urlsafe(18)
+    web = WebView(*network.web, token=token, max_fps=args.web_fps, alpha=args.alpha)
+    observers.append(web)
+    events.add(web)
+    return web
 
 
-def _close_all(events: EventLog, observers: list[Any]) -> None:
+def announce_network(web: WebView | None, observers: list[FrameObserver]) -> None:
+    """Print where the web view and the metrics are served."""
+    if web is not None:
+        print(f"web view: {web.url}", file=sys.stderr, flush=True)
+    for observer in observers:
+        port = getattr(observer, "port", None)
+        host = getattr(observer, "host", None)
+        if port is not None and host is not None and observer is not web:
+            print(f"metrics: http://{_host(host)}:{port}/metrics", file=sys.stderr, flush=True)
+
+
+def close_all(events: EventLog, observers: list[FrameObserver]) -> None:
     events.close()
     for observer in observers:
         observer.close()
 
 
-class _Status:
-    """The per-camera status line on stderr (in place on a terminal, every 5 s otherwise)."""
-
-    def __init__(self, runner: MultiStreamRunner, quiet: bool) -> None:
-        self.runner = runner
-        self.quiet = quiet
-        self.interactive = sys.stderr.isatty()
-        self.interval = 0.5 if self.interactive else 5.0
-        self._width = 0
-
-    def show(self) -> None:
-        if self.quiet:
-            return
-        line = self.runner.render_status()
-        if self.interactive:
-            sys.stderr.write("\r" + line.ljust(self._width))
-            self._width = len(line)
-        else:
-            sys.stderr.write(line + "\n")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if not self.quiet:
-            self.show()
-            if self.interactive:
-                sys.stderr.write("\n")
-
-
-def _format(summary: MultiSummary, runner: MultiStreamRunner) -> str:
-    from anomaly_edge.stream import format_summary
-
-    lines = []
-    for lane in runner.lanes:
-        camera = summary.cameras.get(lane.name)
-        if camera is None:
-            continue
-        outputs = []
-        for sink in lane.sinks:
-            path = getattr(sink, "path", None) or getattr(sink, "directory", None)
-            if path is not None:
-                outputs.append(f"output: {path}")
-        lines.append(f"[{lane.name}] {lane.source.description}")
-        lines.extend("  " + line for line in format_summary(camera, outputs).splitlines())
-        if lane.name in summary.errors:
-            lines.append(f"  stopped early: {summary.errors[lane.name]}")
-    lines.append(
-        f"all cameras: {summary.frames} frames in {summary.seconds:.1f} s ({summary.fps:.1f} fps)"
-    )
-    for consumer in runner.events.consumers:
-        report = getattr(consumer, "report", None)
-        if report is not None:
-            lines.append(report())
-    return "\n".join(lines)
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

@@ -1,4 +1,4 @@
-"""Cameras of a multi-source run: what each one is, from the command line or a TOML file.
+"""Cameras (named sources) of a run: what each one is, from the command line or a TOML file.
 
 A config file names the cameras; ``[defaults]`` applies to each unless it says otherwise.
 Relative paths are relative to the file's folder::
@@ -10,7 +10,7 @@ Relative paths are relative to the file's folder::
     [[camera]]
     name = "line1"
     source = "rtsp://10.0.0.21/stream1"
-    image_threshold = 14.5  # raw score units, as `anomaly-edge info` shows them
+    image_threshold = 0.7  # score units, 0-1 (0.5 = trained), as on the command line
     output = "line1.mp4"
     snapshots = "snaps/line1"
 
@@ -18,6 +18,8 @@ Relative paths are relative to the file's folder::
     name = "line2"
     source = "/dev/video0"
     task = "segmentation"
+    raw_thresholds = true
+    image_threshold = 14.5  # raw score units, as `anomaly-edge info` shows them
 """
 
 from __future__ import annotations
@@ -28,10 +30,13 @@ import re
 import sys
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from anomaly_edge.errors import InvalidInputError
 from anomaly_edge.prediction import Task
+
+if TYPE_CHECKING:
+    from anomaly_edge.metadata import ModelMetadata
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -55,7 +60,10 @@ class Camera:
             outputs, MQTT topic and metrics label.
         source: anything :func:`~anomaly_edge.stream.open_source` accepts.
         task, image_threshold, pixel_threshold, min_area: this camera's settings (None: the
-            model's). Thresholds are in raw score units.
+            model's).
+        raw_thresholds: whether the thresholds are raw score units (as
+            ``model.image_threshold``, the default here) or the 0-1 score units of the
+            command line (0.5 = the trained threshold; the default in config files).
         output: annotated video of this camera; snapshots: folder for its anomaly snapshots.
         snapshot_interval, snapshot_overlay: as ``--snapshot-interval`` / ``--snapshot-overlay``.
         all_frames: an event for every frame, not only anomalous ones.
@@ -74,6 +82,7 @@ class Camera:
     snapshot_overlay: bool = False
     all_frames: bool = False
     max_frames: int | None = None
+    raw_thresholds: bool = True
 
     def __post_init__(self) -> None:
         where = f"camera {self.name!r}"
@@ -96,6 +105,12 @@ class Camera:
                 or not math.isfinite(value)
             ):
                 raise ConfigError(f"{where}: {key} must be a finite number, got {value!r}")
+            if value is not None and not self.raw_thresholds and not 0.0 <= value <= 1.0:
+                raise ConfigError(
+                    f"{where}: {key} {value:g} is outside 0-1: thresholds are in score "
+                    "units, as on the command line (0.5 = the trained threshold); for raw "
+                    "score units add raw_thresholds = true (or --raw-thresholds)"
+                )
         for key, low in (("min_area", 0), ("max_frames", 1)):
             value = getattr(self, key)
             if value is not None and (
@@ -110,9 +125,30 @@ class Camera:
             raise ConfigError(
                 f"{where}: snapshot_interval must be a number >= 0, got {self.snapshot_interval!r}"
             )
-        for key in ("snapshot_overlay", "all_frames"):
+        for key in ("snapshot_overlay", "all_frames", "raw_thresholds"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"{where}: {key} must be true or false")
+
+    def resolved_thresholds(
+        self, metadata: ModelMetadata | None
+    ) -> tuple[float | None, float | None]:
+        """(image, pixel) thresholds in raw score units (None: the model's)."""
+        if self.raw_thresholds:
+            return self.image_threshold, self.pixel_threshold
+        if metadata is None:
+            raise ConfigError(
+                f"camera {self.name!r}: thresholds in 0-1 score units need the model's "
+                "metadata; give raw thresholds (raw_thresholds = true)"
+            )
+        # Scores are (raw - trained) / scale + 0.5: 0.5 is the trained threshold itself.
+        return (
+            _raw(self.image_threshold, metadata.image_threshold, metadata.image_scale),
+            _raw(self.pixel_threshold, metadata.pixel_threshold, metadata.pixel_scale),
+        )
+
+
+def _raw(score: float | None, trained: float, scale: float) -> float | None:
+    return None if score is None else trained + (score - 0.5) * scale
 
 
 CAMERA_KEYS = tuple(f.name for f in fields(Camera))
@@ -143,7 +179,8 @@ def cameras_from_sources(specs: list[str], **defaults: Any) -> list[Camera]:
 
 def load_config(path: str | os.PathLike[str], **defaults: Any) -> list[Camera]:
     """The cameras of a TOML file; ``defaults`` (e.g. from the command line) come before the
-    file's ``[defaults]``, which come before each camera's own keys."""
+    file's ``[defaults]``, which come before each camera's own keys. Thresholds are in the
+    command line's 0-1 score units unless ``raw_thresholds = true``."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -177,7 +214,7 @@ def load_config(path: str | os.PathLike[str], **defaults: Any) -> list[Camera]:
         _check_keys(entry, where, allowed=set(CAMERA_KEYS))
         if "name" not in entry or "source" not in entry:
             raise ConfigError(f"{where}: needs both 'name' and 'source'")
-        settings = {**defaults, **shared, **entry}
+        settings = {"raw_thresholds": False, **defaults, **shared, **entry}
         for key in _PATH_KEYS:
             if settings.get(key) is not None:
                 if not isinstance(settings[key], str):

@@ -1,14 +1,17 @@
-"""Events of a multi-camera run: one record format, fanned out to every consumer.
+"""The event record: one format for every run (one source or many), fanned out to consumers.
 
-An *event* is a JSON-ready dict. Anomalies carry the fields of the single-source JSON Lines
-(:class:`~anomaly_edge.stream.sinks.EventsSink`: ``frame``, ``timestamp``, ``time``,
-``score``, ``label``, ``anomalous``, ``raw_score``, ``boxes``, ``image`` for folders) plus
-``source``, the camera's name. Operator actions are events too, with an ``event`` field
-saying what happened (``"thresholds_changed"``), so the plant sees who changed what.
+An *event* is a JSON-ready dict that always names its ``source`` (the camera's name,
+``cam1`` unless named). A processed frame's event (:func:`frame_event`) has ``source``,
+``frame`` (index in the source), ``timestamp`` (seconds into the stream), ``time`` (UTC,
+ISO 8601), the prediction's fields (``score``, ``label``, ``anomalous``, ``raw_score``,
+``boxes``, ``mask`` for segmentation) and ``image`` (file name, folder sources). Other events
+have an ``event`` field saying what happened: ``"drift"`` (a source's score drift warning,
+:func:`drift_event`) or an operator's action such as ``"thresholds_changed"``.
 
-:class:`EventLog` hands each event to its consumers: the shared JSON Lines file
+:class:`EventLog` hands each event to its consumers: the JSON Lines file
 (:class:`JsonLinesWriter`), MQTT and webhook publishers, the web view. Consumers are called
-on the camera's delivery thread, so they must return quickly (the publishers only queue).
+on the thread that delivers the source's results, so they must return quickly (the
+publishers only queue).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from anomaly_edge.errors import InvalidInputError
 
 if TYPE_CHECKING:
-    from anomaly_edge.stream.pipeline import FrameResult
+    from anomaly_edge.stream.result import FrameResult
 
 log = logging.getLogger("anomaly_edge.stream")
 
@@ -39,18 +42,38 @@ def utc_iso(wall_time: float) -> str:
     )
 
 
-def frame_event(source: str, result: FrameResult) -> dict[str, Any]:
-    """The event of one processed frame: the JSON Lines fields plus ``source``."""
-    event: dict[str, Any] = {
-        "source": source,
+def _where(result: FrameResult) -> dict[str, Any]:
+    return {
+        "source": result.source,
         "frame": result.index,
         "timestamp": round(result.timestamp, 4),
         "time": utc_iso(result.wall_time),
-        **result.prediction.to_dict(),
     }
+
+
+def frame_event(result: FrameResult) -> dict[str, Any]:
+    """The event of one processed frame (see the module docstring)."""
+    event: dict[str, Any] = {**_where(result), **result.prediction.to_dict()}
     if result.name is not None:
         event["image"] = result.name
     return event
+
+
+def drift_event(result: FrameResult) -> dict[str, Any]:
+    """The drift warning raised on ``result``'s frame: ``{"event": "drift", ...}``."""
+    assert result.drift is not None
+    return {**_where(result), **result.drift.to_dict()}
+
+
+def result_events(result: FrameResult, all_frames: bool = False) -> list[dict[str, Any]]:
+    """The events of one processed frame: its drift warning if it raised one, then the frame
+    itself if it is anomalous (or always, with ``all_frames``)."""
+    events = []
+    if result.drift is not None:
+        events.append(drift_event(result))
+    if all_frames or result.prediction.label:
+        events.append(frame_event(result))
+    return events
 
 
 def action_event(source: str, action: str, **details: Any) -> dict[str, Any]:
@@ -77,7 +100,7 @@ class EventLog:
         self.consumers.append(consumer)
 
     def emit(self, record: dict[str, Any], result: FrameResult | None = None) -> None:
-        # One event at a time across cameras: the JSON Lines file and the MQTT stream then
+        # One event at a time across sources: the JSON Lines file and the MQTT stream then
         # hold the same events in the same order.
         with self._lock:
             self.count += 1
@@ -99,7 +122,7 @@ class EventLog:
 
 
 class JsonLinesWriter:
-    """Every camera's events in one JSON Lines file, one flushed line per event."""
+    """Every source's events in one JSON Lines file, one flushed line per event."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
@@ -109,7 +132,8 @@ class JsonLinesWriter:
                 f"cannot write events {self.path}: folder {folder} does not exist; create it first"
             )
         self.lines = 0
-        # Written in place, line by line (as EventsSink does), so it can be followed live.
+        # Written in place, line by line, so it can be followed live (`tail -f`); each line
+        # goes out in one write and is flushed, so the file always ends on a whole line.
         self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 (closed in close())
 
     def event(self, record: dict[str, Any], result: FrameResult | None) -> None:

@@ -1,4 +1,4 @@
-"""Prometheus metrics of a multi-camera run (prometheus-client, the ``metrics`` extra).
+"""Prometheus metrics of a run, one camera or many (prometheus-client, the ``metrics`` extra).
 
 Served at ``http://HOST:PORT/metrics``, one label ``source`` per camera:
 
@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from anomaly_edge.stream.multi import FrameObserver
+from anomaly_edge.stream.engine import FrameObserver
 
 if TYPE_CHECKING:
-    from anomaly_edge.stream.multi import CameraLane, MultiStreamRunner
-    from anomaly_edge.stream.pipeline import FrameResult
+    from anomaly_edge.stream.engine import SourceLane, StreamRunner
+    from anomaly_edge.stream.result import FrameResult
 
 # Edge inference: from a millisecond to a few seconds.
 BUCKETS = (
@@ -56,7 +56,7 @@ class MetricsExporter(FrameObserver):
 
     def __init__(self, host: str = "127.0.0.1", port: int = 9100) -> None:
         self.registry = CollectorRegistry()
-        self._runner: MultiStreamRunner | None = None
+        self._runner: StreamRunner | None = None
         self.inference = Histogram(
             "anomaly_edge_inference_seconds",
             "Submission to result of one frame (queueing included)",
@@ -83,10 +83,10 @@ class MetricsExporter(FrameObserver):
         self.port = self._server.server_address[1]
         self._children: dict[str, tuple[Histogram, Histogram]] = {}
 
-    def attach(self, runner: MultiStreamRunner) -> None:
+    def attach(self, runner: StreamRunner) -> None:
         self._runner = runner
 
-    def frame(self, camera: CameraLane, result: FrameResult, inference_s: float) -> None:
+    def frame(self, camera: SourceLane, result: FrameResult, inference_s: float) -> None:
         children = self._children.get(camera.name)
         if children is None:  # labels() looks the child up under a lock; do it once
             children = (self.inference.labels(camera.name), self.latency.labels(camera.name))

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from paho.mqtt.properties import Properties
     from paho.mqtt.reasoncodes import ReasonCode
 
-    from anomaly_edge.stream.pipeline import FrameResult
+    from anomaly_edge.stream.result import FrameResult
 
 log = logging.getLogger("anomaly_edge.stream")
 

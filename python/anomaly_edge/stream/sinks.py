@@ -1,6 +1,6 @@
 """Where results go: annotated video, JSON Lines events, snapshots, a window.
 
-A sink is any object with ``write(result: FrameResult)`` and ``close()``; the pipeline calls
+A sink is any object with ``write(result: FrameResult)`` and ``close()``; the engine calls
 ``write`` in frame order from one thread and ``close`` exactly once at the end, also after
 Ctrl-C. Each sink leaves complete files behind:
 
@@ -8,12 +8,11 @@ Ctrl-C. Each sink leaves complete files behind:
   ``close``, so the target is either absent or a finished, playable video;
 * :class:`EventsSink` writes one JSON object per line and flushes each line, so the log can be
   followed live (``tail -f``) and always ends on a complete line;
-* :class:`SnapshotSink` writes each image to a temporary name and renames it.
+* :class:`SnapshotSink` writes each image through :mod:`anomaly_edge.atomic`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -22,17 +21,18 @@ import re
 import sys
 import threading
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import cv2
 import numpy as np
 
+from anomaly_edge.atomic import atomic_path
 from anomaly_edge.errors import InvalidInputError
+from anomaly_edge.stream.events import JsonLinesWriter, result_events
 
 if TYPE_CHECKING:
-    from anomaly_edge.stream.pipeline import FrameResult
+    from anomaly_edge.stream.result import FrameResult
 
 log = logging.getLogger("anomaly_edge.stream")
 
@@ -86,7 +86,8 @@ class VideoSink:
         self.alpha = alpha
         self.frames = 0  # frames in the finished file
         # Same folder (so the rename is atomic), same extension (FFmpeg picks the container
-        # from it), hidden so that nobody mistakes it for the result.
+        # from it, which is why atomic.py's ".tmp" names do not serve here), hidden so that
+        # nobody mistakes it for the result.
         self._temp = self.path.with_name(f".{self.path.stem}.{os.getpid()}.partial{suffix}")
         self._writer: cv2.VideoWriter | None = None
         self._size: tuple[int, int] | None = None
@@ -153,48 +154,28 @@ class VideoSink:
 
 
 class EventsSink:
-    """JSON Lines, one object per anomalous frame (or per frame with ``all_frames=True``).
+    """JSON Lines, one event per anomalous frame (or per frame with ``all_frames=True``).
 
-    Each line: ``frame`` (index in the source), ``timestamp`` (seconds into the stream),
-    ``time`` (UTC, ISO 8601), ``score``, ``label``, ``anomalous``, ``raw_score``, ``boxes``
-    (``x1, y1, x2, y2`` in frame pixels, x2/y2 exclusive, ``score``, ``mean_score``,
-    ``area``) and ``image`` (file name, for folder sources). A score drift warning is a line
-    of its own with ``"event": "drift"`` (see :mod:`anomaly_edge.stream.drift`).
+    The lines are the run's event record (:mod:`anomaly_edge.stream.events`): ``source``,
+    ``frame``, ``timestamp``, ``time``, the prediction's fields and ``image`` for folders; a
+    score drift warning is a line of its own with ``"event": "drift"``. The file is written
+    in place, one flushed line at a time, so it can be followed live.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, all_frames: bool = False) -> None:
         self.path = Path(path)
         _check_writable_dir(self.path.parent.resolve(), f"events {self.path}")
         self.all_frames = all_frames
-        self.events = 0
-        # Written in place rather than renamed at the end: the log is meant to be followed
-        # while the run goes on. Each line goes out in one write and is flushed at once.
-        self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        self.events = 0  # lines written
+        self._writer = JsonLinesWriter(self.path)
 
     def write(self, result: FrameResult) -> None:
-        prediction = result.prediction
-        where = {
-            "frame": result.index,
-            "timestamp": round(result.timestamp, 4),
-            "time": datetime.fromtimestamp(result.wall_time, timezone.utc)
-            .isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"),
-        }
-        drift = getattr(result, "drift", None)
-        if drift is not None:  # its own line: {"event": "drift", ..., "message": ...}
-            self._file.write(json.dumps({**where, **drift.to_dict()}) + "\n")
-            self._file.flush()
-        if not (prediction.label or self.all_frames):
-            return
-        event = {**where, **prediction.to_dict()}
-        if result.name is not None:
-            event["image"] = result.name
-        self._file.write(json.dumps(event) + "\n")
-        self._file.flush()
-        self.events += 1
+        for record in result_events(result, self.all_frames):
+            self._writer.event(record, result)
+            self.events += 1
 
     def close(self) -> None:
-        self._file.close()
+        self._writer.close()
 
 
 class SnapshotSink:
@@ -242,10 +223,8 @@ class SnapshotSink:
         ok, encoded = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
         if not ok:
             raise InvalidInputError(f"could not encode snapshot of frame {result.index}")
-        target = self.directory / f"{stem}.jpg"
-        temp = self.directory / f".{stem}.partial.jpg"
-        encoded.tofile(temp)
-        os.replace(temp, target)
+        with atomic_path(self.directory / f"{stem}.jpg") as temp:
+            encoded.tofile(temp)
         self.saved += 1
 
     def close(self) -> None:
@@ -270,7 +249,8 @@ def gui_unavailable_reason() -> str | None:
 class WindowSink:
     """Shows the annotated frames in a window; ``q`` or Esc calls ``on_quit``.
 
-    Must be written from the main thread (a GUI toolkit requirement); the pipeline does.
+    Must be written from the main thread (a GUI toolkit requirement): iterate over the
+    runner there (``run --show`` does).
     """
 
     def __init__(

@@ -27,6 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from anomaly_edge.atomic import atomic_write
+
 log = logging.getLogger("anomaly_edge.stream")
 
 
@@ -211,6 +213,5 @@ class Spool:
             if self._temporary:
                 os.rmdir(self.path.parent)
             return
-        temp = self.path.with_name(f".{self.path.name}.partial")
-        temp.write_bytes(leftovers)
-        os.replace(temp, self.path)
+        with atomic_write(self.path, "wb") as handle:
+            handle.write(leftovers)

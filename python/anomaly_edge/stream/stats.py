@@ -10,7 +10,7 @@ from __future__ import annotations
 import collections
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 _MIN_LATENCY_S = 1e-5
@@ -47,7 +47,11 @@ class LatencyHistogram:
 
 @dataclass
 class StreamSummary:
-    """How a run went; what the CLI prints at the end and :meth:`StreamRunner.run` returns."""
+    """How a run went: the totals over every source, and each source's own summary.
+
+    What :meth:`StreamRunner.run` returns and the CLI prints. With one source the totals are
+    that source's. ``errors`` says why sources stopped early (lost input, failing sink).
+    """
 
     frames: int
     anomalies: int
@@ -62,13 +66,31 @@ class StreamSummary:
     missing: int = 0  # frames a video file announced but ended before (truncated)
     drift_warnings: int = 0  # score drift warnings (at most one per run)
     drift_frames: int = 0  # frames seen while the scores were out of the normal range
+    sources: dict[str, StreamSummary] = field(default_factory=dict)  # by source name
+    errors: dict[str, str] = field(default_factory=dict)  # source name -> why it stopped
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        out = dict(self.__dict__)
+        out["sources"] = {name: s.to_dict() for name, s in self.sources.items()}
+        out["errors"] = dict(self.errors)
+        return out
+
+
+def combined_summary(
+    totals: StreamStats, sources: dict[str, StreamSummary], errors: dict[str, str]
+) -> StreamSummary:
+    """The run's summary: ``totals`` (every source's frames together) with the sources' own
+    summaries; the stop reason is the sources' when they agree, else ``"mixed"``."""
+    reasons = {s.stop_reason for s in sources.values()}
+    totals.stop_reason = reasons.pop() if len(reasons) == 1 else "mixed"
+    summary = totals.summary()
+    summary.sources = dict(sources)
+    summary.errors = dict(errors)
+    return summary
 
 
 class StreamStats:
-    """Live counters of one run, updated by the pipeline as results come out."""
+    """Live counters of one run, updated by the engine as results come out."""
 
     RECENT = 120  # frames in the window of the status line
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, TextIO
 from anomaly_edge.stream.stats import StreamStats, StreamSummary
 
 if TYPE_CHECKING:
-    from anomaly_edge.stream.pipeline import FrameResult
+    from anomaly_edge.stream.result import FrameResult
 
 BAR_WIDTH = 24
 
@@ -25,7 +25,7 @@ class StatusLine:
     """A sink that reports progress: frames, fps, latency p50/p95, anomalies, drops.
 
     Args:
-        stats: the runner's :class:`StreamStats` (``StreamRunner.stats``).
+        stats: the runner's :class:`StreamStats` (``StreamRunner.stats``: every source).
         total: expected number of frames, for a progress bar (None: unknown or live).
         stream: where to write (stderr by default).
         interval: seconds between updates (default: 0.25 on a terminal, 5 otherwise).
@@ -106,6 +106,7 @@ def format_summary(summary: StreamSummary, outputs: Sequence[str] = ()) -> str:
         "stopped": "stopped",
         "source_lost": "source lost",
         "error": "error",
+        "mixed": "each source as it says",
     }
     lines = [
         f"processed {summary.frames} frames in {summary.seconds:.1f} s "

@@ -1,4 +1,4 @@
-"""The live web view of a multi-camera run (FastAPI + uvicorn, the ``web`` extra).
+"""The live web view of a run, one camera or many (FastAPI + uvicorn, the ``web`` extra).
 
 One page (:mod:`anomaly_edge.stream.web_page`) shows each camera's annotated stream, its
 fps, latency and counters, the latest events with snapshots, and each camera's thresholds,
@@ -34,7 +34,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 
 from anomaly_edge.errors import InvalidInputError
-from anomaly_edge.stream.multi import FrameObserver
+from anomaly_edge.stream.engine import FrameObserver
 from anomaly_edge.stream.web_page import PAGE
 
 if TYPE_CHECKING:
@@ -42,8 +42,8 @@ if TYPE_CHECKING:
 
     import numpy as np
 
-    from anomaly_edge.stream.multi import CameraLane, MultiStreamRunner
-    from anomaly_edge.stream.pipeline import FrameResult
+    from anomaly_edge.stream.engine import SourceLane, StreamRunner
+    from anomaly_edge.stream.result import FrameResult
 
 log = logging.getLogger("anomaly_edge.stream")
 
@@ -110,7 +110,7 @@ class WebView(FrameObserver):
         self.token = token
         self.max_fps = max_fps
         self.alpha = alpha
-        self._runner: MultiStreamRunner | None = None
+        self._runner: StreamRunner | None = None
         self._latest: dict[str, _Latest] = collections.defaultdict(_Latest)
         self._events: collections.deque[dict[str, Any]] = collections.deque(maxlen=events_kept)
         self._snapshots: collections.OrderedDict[int, Any] = collections.OrderedDict()
@@ -163,10 +163,10 @@ class WebView(FrameObserver):
 
     # ---- runner side (delivery threads) ----------------------------------------------------
 
-    def attach(self, runner: MultiStreamRunner) -> None:
+    def attach(self, runner: StreamRunner) -> None:
         self._runner = runner
 
-    def frame(self, camera: CameraLane, result: FrameResult, inference_s: float) -> None:
+    def frame(self, camera: SourceLane, result: FrameResult, inference_s: float) -> None:
         latest = self._latest[camera.name]
         latest.result = result  # a reference: encoding waits for a viewer
         latest.version += 1
@@ -289,7 +289,7 @@ class WebView(FrameObserver):
 
         return app
 
-    def _require_runner(self) -> MultiStreamRunner:
+    def _require_runner(self) -> StreamRunner:
         if self._runner is None:
             raise HTTPException(503, "starting")
         return self._runner

@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlsplit
 from anomaly_edge.stream.spool import RejectedError, Spool
 
 if TYPE_CHECKING:
-    from anomaly_edge.stream.pipeline import FrameResult
+    from anomaly_edge.stream.result import FrameResult
 
 _RETRY_STATUS = {408, 425, 429}
 
