@@ -17,6 +17,7 @@ from anomaly_edge.cli.common import (
     positive_int,
     require_train_extra,
 )
+from anomaly_edge.cli.report import after_training
 from anomaly_edge.metadata import BACKBONES, PRECISIONS
 from anomaly_edge.operating_point import DEFAULT_POLICY
 
@@ -301,6 +302,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CliError(str(exc), ExitCode.USAGE) from exc
     print(summary_table(result.metrics, result.out, result.ir_path))
+    print(after_training(result.out, result.ir_path))
     return int(ExitCode.OK)
 
 
