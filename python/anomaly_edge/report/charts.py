@@ -176,21 +176,25 @@ def histogram(good: np.ndarray, defect: np.ndarray, threshold: float, title: str
                 f'fill-opacity="0.55"><title>{count} {name}</title></rect>'
             )
     tx = _x(to_unit(threshold))
+    right = to_unit(threshold) < 0.5  # threshold label right of the line, legend far right
     parts.append(
         f'<line class="threshold" x1="{tx:.1f}" y1="{TOP}" x2="{tx:.1f}" y2="{_y(0)}" '
         'stroke="#000" stroke-width="2" stroke-dasharray="5 3"/>'
-        f'<text x="{tx + 3:.1f}" y="{TOP + 12}" class="tick">threshold {threshold:.4g}</text>'
+        f'<text x="{tx + 3 if right else tx - 3:.1f}" y="{TOP + 12}" class="tick" '
+        f'text-anchor="{"start" if right else "end"}">threshold {threshold:.4g}</text>'
     )
     for tick in (low, (low + high) / 2, high):
         parts.append(
             f'<text x="{_x(to_unit(tick)):.1f}" y="{HEIGHT - BOTTOM + 14}" text-anchor="middle" '
             f'class="tick">{tick:.3g}</text>'
         )
+    # the legend goes on the side away from the threshold's label
+    legend_x, anchor = (WIDTH - RIGHT - 6, "end") if right else (LEFT + 6, "start")
     parts.append(
         f'<text x="{LEFT - 4}" y="{TOP + 4}" text-anchor="end" class="tick">{peak}</text>'
-        f'<text x="{WIDTH - RIGHT - 6}" y="{TOP + 26}" text-anchor="end" fill="{GOOD_COLOUR}" '
+        f'<text x="{legend_x}" y="{TOP + 14}" text-anchor="{anchor}" fill="{GOOD_COLOUR}" '
         f'class="legend">good ({good.size})</text>'
-        f'<text x="{WIDTH - RIGHT - 6}" y="{TOP + 40}" text-anchor="end" '
+        f'<text x="{legend_x}" y="{TOP + 28}" text-anchor="{anchor}" '
         f'fill="{DEFECT_COLOUR}" class="legend">defect ({defect.size})</text>'
     )
     parts.append("</svg>")

@@ -24,7 +24,7 @@ body { font: 14px/1.45 system-ui, sans-serif; margin: 24px; color: #222; max-wid
 h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 18px; margin: 28px 0 8px;
   border-bottom: 1px solid #ddd; padding-bottom: 4px; } h3 { font-size: 15px; margin: 16px 0 6px; }
 table { border-collapse: collapse; } td, th { border: 1px solid #ddd; padding: 3px 8px;
-  text-align: left; vertical-align: top; } th { background: #f4f4f4; }
+  text-align: left; vertical-align: top; } th { background: #f4f4f4; white-space: nowrap; }
 td { font-variant-numeric: tabular-nums; }
 .runs { display: grid; gap: 24px; } .muted { color: #666; font-size: 12px; }
 .charts { display: flex; flex-wrap: wrap; gap: 16px; }
@@ -206,34 +206,32 @@ def _operating_rows(evaluations: list[Evaluation]) -> list[Row]:
     points = [e.run.metrics.get("operating_point") or {} for e in evaluations]
 
     def row(label: str, get: Callable[[dict[str, Any]], str]) -> Row:
-        return label, [get(p) for p in points]
+        # a run trained before operating points were recorded has none of these
+        return label, [get(p) if p else "not recorded by this run's train" for p in points]
 
     def expected(p: dict[str, Any]) -> dict[str, Any]:
         found = p.get("expected")
         return found if isinstance(found, dict) else {}
 
     rows = [
-        ("policy", [str(e.run.metrics.get("policy", "n/a")) for e in evaluations]),
+        ("policy", [str(e.run.metrics.get("policy", "not recorded")) for e in evaluations]),
         row(
             "expected false alarms (validation)",
-            lambda p: (
-                f"{_share(expected(p).get('far'))} of {expected(p).get('good_images')} good images"
-            ),
+            lambda p: _of(expected(p).get("far"), expected(p).get("good_images"), "good images"),
         ),
         row(
             "expected recall (validation)",
-            lambda p: (
-                f"{_share(expected(p).get('recall'))} of "
-                f"{expected(p).get('defect_images')} defect images"
+            lambda p: _of(
+                expected(p).get("recall"), expected(p).get("defect_images"), "defect images"
             ),
         ),
         row(
             "false alarms on good test images (label or anything drawn)",
-            lambda p: f"{_share(p.get('far_seen'))} of {p.get('good_images')}",
+            lambda p: _of(p.get("far_seen"), p.get("good_images"), "good images"),
         ),
         row(
             "defect recall on test images",
-            lambda p: f"{_share(p.get('recall'))} of {p.get('defect_images')}",
+            lambda p: _of(p.get("recall"), p.get("defect_images"), "defect images"),
         ),
         row(
             "best recall any threshold reaches at that rate",
@@ -241,13 +239,16 @@ def _operating_rows(evaluations: list[Evaluation]) -> list[Row]:
         ),
         row(
             "box precision (boxes touching a defect)",
-            lambda p: f"{_share(p.get('box_precision'))} of {p.get('boxes')} boxes",
+            lambda p: _of(p.get("box_precision"), p.get("boxes"), "boxes"),
         ),
         row(
             "region recall (defect regions the mask touches)",
-            lambda p: f"{_share(p.get('region_recall'))} of {p.get('defect_regions')} regions",
+            lambda p: _of(p.get("region_recall"), p.get("defect_regions"), "regions"),
         ),
-        row("label, boxes and mask disagree", lambda p: f"{p.get('disagreements')} images"),
+        row(
+            "images where label, boxes and mask disagree",
+            lambda p: _number(p.get("disagreements")),
+        ),
     ]
     flagged_good, caught = [], []
     for e in evaluations:
@@ -258,6 +259,13 @@ def _operating_rows(evaluations: list[Evaluation]) -> list[Row]:
     rows.append(("this report: good images flagged (all test images)", flagged_good))
     rows.append(("this report: defect images flagged (all test images)", caught))
     return rows
+
+
+def _of(share: Any, count: Any, what: str) -> str:
+    """``12.5% of 8 good images``; n/a where the share was not measurable."""
+    if share is None:
+        return "n/a" if count is None else f"n/a ({count} {what})"
+    return _share(share) if count is None else f"{_share(share)} of {count} {what}"
 
 
 def _latency_rows(evaluations: list[Evaluation]) -> list[Row]:
