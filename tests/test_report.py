@@ -216,6 +216,30 @@ def test_clear_errors(trained, tmp_path, capsys):
     assert not (tmp_path / "r.html").exists()
 
 
+def test_a_test_set_without_defects_still_gives_a_page(trained, category, tmp_path):
+    good_only = tmp_path / "good_only"
+    shutil.copytree(category / "test" / "good", good_only / "test" / "good")
+    html = write_report([trained[0]], tmp_path / "r.html", data=good_only).read_text("utf-8")
+    assert "No curves: the test images hold only one class." in html
+    assert 'class="chart roc"' not in html and 'class="chart histogram"' in html
+    assert html.count("none in this test set") == 3  # misses and both localisation groups
+    assert _figures(html) == 3  # the good images closest to the threshold
+    with pytest.raises(ReportError, match="no test images"):
+        write_report([trained[0]], tmp_path / "r.html", data=tmp_path / "good_only" / "test")
+
+
+def test_train_says_why_it_wrote_no_report(trained, tmp_path):
+    from anomaly_edge.cli.report import after_training
+
+    assert after_training(tmp_path, None).startswith("report: not written (no exported model")
+    empty = _copy_run(trained[0], tmp_path / "run")
+    metrics = json.loads((empty / "metrics.json").read_text())
+    (empty / "metrics.json").write_text(json.dumps({**metrics, "data": str(tmp_path)}))
+    line = after_training(empty, empty / "model.xml")
+    assert line.startswith("report: not written (") and "no test images" in line
+    assert not (empty / "report.html").exists()
+
+
 def test_curves_match_scikit_learn_and_mark_the_threshold():
     metrics = pytest.importorskip("sklearn.metrics")
     rng = np.random.default_rng(0)

@@ -80,9 +80,10 @@ def after_training(out: Path | None, ir_path: Path | None) -> str:
     run without an exported model or without test images still trains fine)."""
     if out is None or ir_path is None:
         return "report: not written (no exported model; `anomaly-edge export` then `report`)"
-    from anomaly_edge.report import ReportError, write_report
+    from anomaly_edge.errors import AnomalyEdgeError
+    from anomaly_edge.report import write_report
 
     try:
         return f"report: {write_report([out], out / DEFAULT_NAME)}"
-    except ReportError as exc:
+    except (AnomalyEdgeError, OSError) as exc:  # the run itself is complete: say, don't fail
         return f"report: not written ({exc})"

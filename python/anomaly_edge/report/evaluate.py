@@ -58,8 +58,9 @@ def evaluate(
     samples = list_test_images(run.data)
     if not samples:
         raise ReportError(
-            f"{run.data} holds no test images (test/good, test/<defect>): the report shows "
-            "what the model does on them; pass --data DIR with the category folder"
+            f"{run.data} holds no test images in MVTec layout (test/good, test/<defect>): "
+            "the report shows what the model does on them; pass --data DIR with the "
+            "category folder"
         )
     model = AnomalyModel(run.model_xml, device, task="segmentation")
     evaluation = Evaluation(run, model)
