@@ -207,6 +207,8 @@ def test_clear_errors(trained, tmp_path, capsys):
     (tmp_path / "broken" / "metrics.json").write_text("{not json")
     assert main(["report", str(tmp_path / "broken"), "--quiet"]) == 3
     assert "cannot be read" in capsys.readouterr().err
+    assert main(["report", str(run), "--device", "NO_SUCH_DEVICE", "--quiet"]) == 2
+    assert "--device" in capsys.readouterr().err
     bench = _copy_run(run, tmp_path / "bench")
     (bench / "benchmark.json").write_text('{"fps": 3}')
     with pytest.raises(ReportError, match="benchmark RUN --json"):

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from anomaly_edge.cli.common import CliError, ExitCode, add_device_argument
+from anomaly_edge.cli.common import CliError, ExitCode, add_device_argument, check_device
 
 HELP = "write an HTML report of a trained run (curves, operating point, gallery, latency)"
 DESCRIPTION = (
@@ -56,13 +56,14 @@ def run(args: argparse.Namespace) -> int:
     """Write the report; print its path."""
     from anomaly_edge.report import ReportError, write_report
 
+    device = check_device(args.device)  # an unknown device is a bad argument, before any work
     out = args.out or (args.runs[0] / DEFAULT_NAME if len(args.runs) == 1 else Path(DEFAULT_NAME))
     try:
         path = write_report(
             args.runs,
             out,
             data=args.data,
-            device=args.device,
+            device=device,
             progress=None if args.quiet else _progress,
         )
     except ReportError as exc:

@@ -5,6 +5,7 @@ beside the image with its ground truth."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ PER_GROUP = 3  # images per gallery group: 4 groups, 12 images when the test set
 SHOT_SIDE = 320
 TRUTH_COLOUR = (0, 220, 255)  # BGR yellow: the ground truth, apart from the model's red
 JPEG_QUALITY = 85
+HEAT_ALPHA = 0.45  # opacity of the heatmap over the image
 
 
 @dataclass(frozen=True)
@@ -99,12 +101,25 @@ def _shot(evaluation: Evaluation, group: str, scored: Scored, verdict: str) -> S
     prediction = evaluation.model.predict(frame, heatmap=True)
     truth = truth_mask(scored.sample, frame.shape)
     image = frame.copy()
-    overlay = draw_prediction(frame, prediction)
+    overlay = _heat(frame, prediction)
+    # the regions' outline and the banner; the heatmap is already there
+    overlay = draw_prediction(overlay, dataclasses.replace(prediction, heatmap=None), alpha=0.0)
     _draw_boxes(overlay, prediction)
     if truth is not None:
         for canvas in (image, overlay):
             _outline(canvas, truth)
     return Shot(group, verdict, scored, data_uri(image), data_uri(overlay))
+
+
+def _heat(frame: np.ndarray, prediction: Prediction) -> np.ndarray:
+    """The whole heatmap over the frame, flagged or not: a miss is judged by where the model
+    looked (overlays on the line draw nothing on frames labelled Normal)."""
+    assert prediction.heatmap is not None
+    heat = prediction.heatmap
+    if heat.shape[:2] != frame.shape[:2]:
+        heat = cv2.resize(heat, (frame.shape[1], frame.shape[0]))
+    coloured = cv2.applyColorMap(heat, cv2.COLORMAP_JET)
+    return cv2.addWeighted(frame, 1.0 - HEAT_ALPHA, coloured, HEAT_ALPHA, 0.0)
 
 
 def _thickness(canvas: np.ndarray) -> int:

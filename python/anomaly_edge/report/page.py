@@ -102,8 +102,9 @@ def render(evaluations: list[Evaluation], galleries: list[list[Group]]) -> str:
         _table(_latency_rows(evaluations), names),
         "<h2>Gallery</h2>",
         '<p class="muted">Left: the image, the ground truth outlined in yellow. Right: the '
-        "heatmap, the regions (red outline) and the boxes (red rectangles) the model reports "
-        "at its thresholds, with its label and score.</p>",
+        "heatmap (blue low, red high; shown on every image, flagged or not), the regions (red "
+        "outline) and the boxes (red rectangles) the model reports at its thresholds, with "
+        "its label and score.</p>",
         f'<div class="runs" style="{columns}">',
         *[_gallery(e, g) for e, g in zip(evaluations, galleries, strict=True)],
         "</div>",
