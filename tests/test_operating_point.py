@@ -41,12 +41,14 @@ def test_bad_policies_say_what_to_write(text):
         Policy.parse(text)
 
 
-def test_far_threshold_allows_floor_of_the_share():
-    normal = np.arange(20, dtype=np.float64)  # 0..19
-    assert far_threshold(normal, 0.0) == just_above(19.0)
-    assert far_threshold(normal, 0.05) == just_above(18.0)  # one of 20 may be flagged
-    assert far_threshold(normal, 0.1) == just_above(17.0)
-    assert rates(normal, np.zeros(20), far_threshold(normal, 0.1)) == (0.1, None)
+def test_far_threshold_expects_the_share_on_new_parts():
+    normal = np.arange(19, dtype=np.float64)  # 0..18
+    assert far_threshold(normal, 0.0) == just_above(18.0)
+    # above the highest of 19, 1 in 20 new normal parts is expected higher
+    assert far_threshold(normal, 0.05) == just_above(18.0)
+    assert far_threshold(normal, 0.1) == just_above(17.0)  # 2 in 20 above the second
+    assert far_threshold(normal, 0.04) == just_above(18.0)  # as close as 19 scores allow
+    assert rates(normal, np.zeros(19), far_threshold(normal, 0.1)) == (1 / 19, None)
     with pytest.raises(InvalidInputError, match="normal images"):
         far_threshold(np.array([]), 0.1)
 

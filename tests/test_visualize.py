@@ -61,7 +61,7 @@ def test_segmentation_heatmap_colours_only_where_the_map_says_something():
             Task.SEGMENTATION, heatmap=heatmap, mask=(heatmap > 127).astype(np.uint8) * 255
         ),
     )
-    normal = (slice(0, 35), slice(110, 160))  # away from the blob and the banner
+    normal = (slice(85, 100), slice(110, 160))  # away from the blob and the banner
     assert np.abs(out[normal].astype(int) - frame[normal]).max() <= 1
     red = cv2.applyColorMap(np.full((1, 1), 255, np.uint8), cv2.COLORMAP_JET)[0, 0]
     expected = 0.6 * frame[60, 80] + 0.4 * red  # alpha (0.4) at and above the threshold
@@ -69,6 +69,15 @@ def test_segmentation_heatmap_colours_only_where_the_map_says_something():
     faint = np.abs(out[110, 20].astype(int) - frame[110, 20]).max()
     full = np.abs(out[60, 80].astype(int) - frame[60, 80]).max()
     assert 0 < faint < full
+
+
+def test_a_normal_frame_gets_no_overlay_only_the_reason():
+    frame = np.random.default_rng(2).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    heatmap = np.full((120, 160), 100, np.uint8)  # below the threshold everywhere
+    out = draw_prediction(frame, _prediction(Task.SEGMENTATION, heatmap=heatmap, label=False))
+    below_banner = (slice(40, 120), slice(0, 160))
+    assert (out[below_banner] == frame[below_banner]).all()
+    assert not (out[:20, :60] == frame[:20, :60]).all()  # the banner: "Normal 0.30 < 0.50"
 
 
 def test_banner_grows_with_the_frame():

@@ -6,18 +6,20 @@ artefacts look like texture anomalies) and a threshold tuned on the stills flags
 weights are fine; what depends on the camera is the score level. :func:`calibrate` runs the
 model over frames of normal production from that camera and re-estimates:
 
-* **thresholds** (image and pixel):
-  ``max(trained threshold, CALIBRATION_QUANTILE of the frames' scores x THRESHOLD_MARGIN)``.
-  The trained threshold, F1-optimal where validation had defects, is the floor: a camera
-  that scores normal parts lower than the stills did must not make the model less sensitive
-  than it was tuned to be. A threshold training took from normal images alone
-  (``image_threshold_method`` "max_normal": no defects seen) is no such floor; the frames'
-  tail replaces it. Above it, the threshold clears the highest normal frame by a
-  margin, because later normal frames vary more than the first few seconds show. The
-  margin was measured on the demo's lossy video (see the README, "On the line"): 1.0 left
-  8-14 % of later clean frames flagged, 1.1 none, with 84-100 % of defect frames still caught.
-  The pixel threshold gets the same rule on map values (a frame's score is its map's maximum),
-  so no region of a normal calibration frame is reported;
+* **thresholds**, in the terms of the model's operating-point policy
+  (:mod:`anomaly_edge.operating_point`; ``far:X`` from training, or one the caller states): the
+  image threshold is the lowest that flags at most a share X of the frames. The frames are
+  normal production, so this is the false-alarm rate the policy asked for, now measured on the
+  deployment camera; no margin above the highest frame, so one bright frame no longer sets it
+  for everyone (a margin of 1.1 over the highest frame kept 8 % of defects on one real line
+  where the policy keeps most). A model whose trained threshold was tuned on defects (policy
+  ``f1``, or an older IR's F1 rule) keeps it as a floor: a camera that scores normal parts lower
+  than the stills did must not make it flag more than it was tuned to. The pixel threshold
+  moves by the same amount as the image threshold (it shapes the outlines of flagged regions);
+* **an estimate of the recall** at the new threshold: the defect scores of the training
+  validation images (recorded in the IR), moved by the shift of the normal score level
+  between training and the camera (the frames' median against the normal validation median).
+  It assumes defects shift with the normal level; it says so in the report;
 * **normalisation statistics**: the minima of the frames' scores and maps become
   ``image_min``/``pixel_min``; the spans (max - min), which encode how far defects score above
   normal parts and cannot be measured on normal frames, stay as trained;
@@ -45,13 +47,12 @@ import openvino as ov
 
 from anomaly_edge.errors import InvalidInputError
 from anomaly_edge.metadata import ModelMetadata
+from anomaly_edge.operating_point import DEFAULT_POLICY, Policy, far_threshold
 
 if TYPE_CHECKING:
     from anomaly_edge.model import AnomalyModel
 
 MIN_FRAMES = 10  # fewer normal frames say too little about the score level
-CALIBRATION_QUANTILE = 0.99  # of the frames' scores; "higher" method: the maximum below 100
-THRESHOLD_MARGIN = 1.1  # see the module docstring
 
 
 class CalibrationError(InvalidInputError):
@@ -74,6 +75,9 @@ class CalibrationReport:
     flagged_before: int
     flagged_after: int
     source: str | None = None
+    policy: str = DEFAULT_POLICY
+    # estimated share of defects flagged after calibration (None: no defect scores recorded)
+    expected_recall: float | None = None
     date: str = field(
         default_factory=lambda: (
             datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
@@ -97,7 +101,15 @@ class CalibrationReport:
             f"  pixel threshold: {self.before['pixel_threshold']:.4g} -> "
             f"{self.after['pixel_threshold']:.4g}",
             f"  calibration frames flagged: {self.flagged_before} before, "
-            f"{self.flagged_after} after",
+            f"{self.flagged_after} after ({100 * self.flagged_after / self.frames:.1f}%, "
+            f"policy {self.policy})",
+            "  defects expected to be flagged: "
+            + (
+                "unknown (the model records no validation defect scores)"
+                if self.expected_recall is None
+                else f"{100 * self.expected_recall:.0f}% (estimated: the training validation "
+                "defects, moved with the normal score level)"
+            ),
         ]
         return "\n".join(lines)
 
@@ -108,12 +120,14 @@ def calibrate(
     *,
     source: str | None = None,
     min_frames: int = MIN_FRAMES,
+    policy: str | Policy | None = None,
 ) -> CalibrationReport:
     """Re-estimate ``model``'s thresholds and statistics on ``frames`` of normal production.
 
     ``frames`` are uint8 images in the model's colour format, all of one size (one camera);
     they are consumed lazily, so a long iterable never sits in memory. The model is changed
     in place and the report returned; nothing is changed when an error is raised.
+    ``policy`` (``"far:0.02"``, ...) overrides the one the model was trained with.
 
     Raises:
         CalibrationError: no frames, fewer than ``min_frames``, or frames of another size
@@ -145,22 +159,19 @@ def calibrate(
     before = dataclasses.replace(
         model.metadata, image_threshold=model.image_threshold, pixel_threshold=model.pixel_threshold
     )
-    quantile = float(np.quantile(values, CALIBRATION_QUANTILE, method="higher"))
-    # The margin widens away from zero whatever the sign, and the result always clears the
-    # highest calibration score (labels are raw >= threshold; flat frames may score 0).
-    tail = max(
-        quantile + (THRESHOLD_MARGIN - 1.0) * abs(quantile),
-        float(np.nextafter(np.float32(values.max()), np.float32(np.inf))),
-    )
-    # Models from before operating points say "max_normal"; newer ones count the defects.
-    seen = before.operating_point.get("expected", {}).get("defect_images")
-    tuned_on_defects = before.metrics.get("image_threshold_method") != "max_normal" and seen != 0
-    image_floor = before.image_threshold if tuned_on_defects else -np.inf
-    pixel_floor = before.pixel_threshold if tuned_on_defects else -np.inf
+    chosen = _policy(before, policy)
+    target = chosen.far if chosen.far is not None else 0.0
+    level = far_threshold(values, target)
+    method = str(before.metrics.get("image_threshold_method"))
+    # A far:X threshold (or an older IR's "max_normal") saw no defects; F1, fixed and older
+    # IRs' F1-based thresholds did.
+    tuned_on_defects = method not in ("far", "max_normal")
+    image_threshold = max(before.image_threshold, level) if tuned_on_defects else level
+    shift = image_threshold - before.image_threshold
     after = dataclasses.replace(
         before,
-        image_threshold=max(image_floor, tail),
-        pixel_threshold=max(pixel_floor, tail),
+        image_threshold=image_threshold,
+        pixel_threshold=before.pixel_threshold + shift,
         image_min=float(values.min()),
         image_max=float(values.min()) + (before.image_max - before.image_min),
         pixel_min=map_minimum,
@@ -182,10 +193,37 @@ def calibrate(
         flagged_before=int(np.count_nonzero(values >= before.image_threshold)),
         flagged_after=int(np.count_nonzero(values >= after.image_threshold)),
         source=source,
+        policy=str(chosen),
+        expected_recall=_expected_recall(before, float(np.median(values)), image_threshold),
     )
     after.calibration = {k: v for k, v in report.to_dict().items() if k != "scores"}
     model._apply_metadata(after)
     return report
+
+
+def _policy(metadata: ModelMetadata, policy: str | Policy | None) -> Policy:
+    """The policy to calibrate to: the caller's, else the model's own ``far:X``; an ``f1``
+    model keeps the false-alarm rate it showed at training (else the default)."""
+    if policy is not None:
+        chosen = Policy.parse(policy)
+    else:
+        chosen = Policy.parse(metadata.operating_point.get("policy") or DEFAULT_POLICY)
+    if chosen.kind == "far":
+        return chosen
+    expected = metadata.operating_point.get("expected", {}).get("far")
+    return Policy("far", float(expected)) if expected is not None else Policy.parse(DEFAULT_POLICY)
+
+
+def _expected_recall(metadata: ModelMetadata, median: float, threshold: float) -> float | None:
+    """Share of the training validation defects that ``threshold`` flags once moved by the
+    shift of the normal score level (None when the model records no defect scores)."""
+    expected = metadata.operating_point.get("expected", {})
+    defects = expected.get("defect_scores")
+    trained_median = metadata.normal_score_median
+    if not defects or trained_median is None:
+        return None
+    moved = np.asarray(defects, dtype=np.float64) + (median - trained_median)
+    return round(float(np.count_nonzero(moved >= threshold) / moved.size), 4)
 
 
 def _same_size(frames: Iterable[np.ndarray], sizes: list[tuple[int, int]]) -> Iterator[np.ndarray]:

@@ -238,14 +238,19 @@ class AnomalyModel(RuntimeSettings):
     # ---- calibration on the line (anomaly_edge.calibration) -------------------------------
 
     def calibrate(
-        self, frames: Iterable[np.ndarray], *, source: str | None = None
+        self,
+        frames: Iterable[np.ndarray],
+        *,
+        source: str | None = None,
+        policy: str | None = None,
     ) -> CalibrationReport:
         """Re-estimate thresholds and normalisation on frames of normal production from the
-        deployment camera (no retraining); the model changes in place. See
+        deployment camera (no retraining), at the model's operating-point policy or
+        ``policy`` (``"far:0.02"``); the model changes in place. See
         :func:`anomaly_edge.calibration.calibrate`; :meth:`save` writes the result."""
         from anomaly_edge.calibration import calibrate
 
-        return calibrate(self, frames, source=source)
+        return calibrate(self, frames, source=source, policy=policy)
 
     def save(self, path: str | Path) -> Path:
         """Write this model as a new IR pair (same weights), with the thresholds in use and

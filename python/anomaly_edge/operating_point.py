@@ -5,10 +5,10 @@ image threshold is therefore chosen by a **policy** stated in the user's terms, 
 (in ``metrics.json`` and the IR's rt_info) with the false-alarm rate and recall it was measured
 at and how many images stand behind each figure:
 
-* ``far:X`` -- at most a share X of normal parts flagged: the lowest threshold that flags no
-  more than ``floor(X * n)`` of the n normal validation images. With few normal images
-  that is just above the highest of them (the expected share of new normal parts above the
-  maximum of n is ``1 / (n + 1)``).
+* ``far:X`` -- at most a share X of new normal parts flagged: just above the (k+1)-th highest
+  of the n normal validation scores, k the largest with ``(k + 1) / (n + 1) <= X`` (the
+  expected share of new normal parts above the (k+1)-th highest of n). With few normal images
+  that is just above the highest of them, whose expected share is ``1 / (n + 1)``.
 * ``f1`` -- the F1-optimal threshold where defects were seen (needs defect images).
 
 The pixel threshold follows from the image threshold (see :func:`fit_pixel_threshold`): it
@@ -85,11 +85,15 @@ def just_above(value: float) -> float:
 
 
 def far_threshold(normal_scores: np.ndarray, far: float) -> float:
-    """The lowest threshold flagging at most ``floor(far * n)`` of the ``n`` normal scores."""
+    """The threshold at which at most a share ``far`` of *new* normal parts is expected to be
+    flagged, from ``n`` normal scores: just above the (k+1)-th highest, where k is the largest
+    with ``(k + 1) / (n + 1) <= far`` (the expected share of new scores above the (k+1)-th
+    highest of n is ``(k + 1) / (n + 1)``), and at least above the highest (k = 0) when n is
+    too small to promise ``far``."""
     scores = np.sort(np.asarray(normal_scores, dtype=np.float64).ravel())[::-1]
     if scores.size == 0:
         raise InvalidInputError("a false-alarm policy needs normal images to measure on")
-    allowed = math.floor(far * scores.size + 1e-9)
+    allowed = max(0, math.floor(far * (scores.size + 1) + 1e-9) - 1)
     if allowed >= scores.size:
         return float(np.float32(scores[-1]))
     return just_above(float(scores[allowed]))

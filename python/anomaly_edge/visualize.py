@@ -3,13 +3,15 @@
 It runs once per video frame, so it sticks to uint8 OpenCV operations (no full-frame float
 arithmetic in NumPy) and touches the whole frame at most a few times.
 
-* segmentation: a colour heatmap blended over the frame where the map says something
-  (``prediction.heatmap`` when the model computed one, otherwise the mask): transparent well
-  below the pixel threshold, growing to ``alpha`` at it, so normal parts stay as they are;
-  and the outline of the anomalous regions;
+* segmentation: on a flagged frame, a colour heatmap blended over the frame where the map says
+  something (``prediction.heatmap`` when the model computed one, otherwise the mask):
+  transparent well below the image threshold, growing to ``alpha`` at it; and the outline of
+  the anomalous regions. A frame labelled Normal is left as it is: the decision
+  (:func:`anomaly_edge.postprocess.postprocess`) gives it no region;
 * detection: the boxes, each with its score;
 * classification: a coloured border around the whole frame;
-* always: a banner in the top-left corner with the label and the score.
+* always: a banner in the top-left corner that says why: the label and the score against the
+  threshold (``Anomaly 0.73 >= 0.50``; scores are normalised, 0.5 is the threshold in use).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ ANOMALY_COLOUR = (0, 0, 255)
 NORMAL_COLOUR = (0, 170, 0)
 TEXT_COLOUR = (255, 255, 255)
 FONT = cv2.FONT_HERSHEY_SIMPLEX
-# Heatmap values (normalised map x 255; 128 = the pixel threshold) below which the overlay is
+# Heatmap values (normalised map x 255; 128 = the image threshold) below which the overlay is
 # transparent, and from which it is fully ``alpha``: a blue wash over normal parts hides them.
 HEAT_TRANSPARENT_BELOW = 64
 HEAT_OPAQUE_FROM = 128
@@ -111,6 +113,8 @@ def _draw_segmentation(
     height, width = canvas.shape[:2]
     mask = _fit(prediction.mask, height, width)
     heatmap = _fit(prediction.heatmap, height, width)
+    if not prediction.label:
+        return  # nothing flagged: nothing drawn over the part
     if heatmap is not None:
         _blend_heatmap(canvas, heatmap, alpha)
     elif mask is not None and cv2.countNonZero(mask):
@@ -161,7 +165,10 @@ def _draw_boxes(canvas: np.ndarray, prediction: Prediction, style: _Style) -> No
 
 def _draw_banner(canvas: np.ndarray, prediction: Prediction, style: _Style) -> None:
     colour = ANOMALY_COLOUR if prediction.label else NORMAL_COLOUR
-    text = f"{prediction.label_name} {prediction.score:.2f}"
+    # Normalised scores put the threshold in use at 0.5: the banner says which side it is on.
+    text = (
+        f"{prediction.label_name} {prediction.score:.2f} {'>=' if prediction.label else '<'} 0.50"
+    )
     _label(canvas, text, (0, 0), colour, style, above=False)
 
 

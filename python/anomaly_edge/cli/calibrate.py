@@ -80,6 +80,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the calibrated IR to write (a .xml path, or a folder for model.xml); may be "
         "the input model itself",
     )
+    parser.add_argument(
+        "--policy",
+        metavar="POLICY",
+        help="the operating point to calibrate to, in the terms train uses: far:X (at most a "
+        "share X of normal frames flagged, e.g. far:0.1); default: the model's own policy",
+    )
     add_device_argument(parser)
     parser.add_argument(
         "--timeout",
@@ -100,6 +106,13 @@ def run(args: argparse.Namespace) -> int:
     _quiet_video_backends()
     model_path(args, "calibration rewrites the IR")  # none, a URL, or missing: before any work
 
+    if args.policy is not None:
+        from anomaly_edge.operating_point import Policy
+
+        try:
+            Policy.parse(args.policy)
+        except AnomalyEdgeError as exc:
+            raise CliError(f"--policy: {exc}", ExitCode.USAGE) from None
     if args.frames is not None and args.frames < MIN_FRAMES:
         raise CliError(
             f"--frames {args.frames}: calibration needs at least {MIN_FRAMES} frames",
@@ -125,7 +138,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"calibrating {args.model} on {wanted} of {source.description}", file=sys.stderr)
     try:
         report = model.calibrate(
-            _frames(source, args.frames, args.seconds), source=str(args.source)
+            _frames(source, args.frames, args.seconds),
+            source=str(args.source),
+            policy=args.policy,
         )
     except (CalibrationError, SourceError) as exc:
         corrupt = f" ({source.corrupt} frames could not be decoded)" if source.corrupt else ""

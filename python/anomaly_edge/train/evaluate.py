@@ -139,6 +139,10 @@ def operating_point_report(
             "recall": expected_recall,
             "good_images": int(np.count_nonzero(validation.labels == 0)),
             "defect_images": int(np.count_nonzero(validation.labels == 1)),
+            # what `calibrate` moves with the camera's normal level to estimate recall
+            "defect_scores": sorted(
+                float(f"{v:.6g}") for v in validation.scores[validation.labels == 1]
+            ),
         },
     }
     if len(test.samples):
