@@ -5,10 +5,12 @@ image threshold is therefore chosen by a **policy** stated in the user's terms, 
 (in ``metrics.json`` and the IR's rt_info) with the false-alarm rate and recall it was measured
 at and how many images stand behind each figure:
 
-* ``far:X`` -- at most a share X of new normal parts flagged: just above the (k+1)-th highest
-  of the n normal validation scores, k the largest with ``(k + 1) / (n + 1) <= X`` (the
-  expected share of new normal parts above the (k+1)-th highest of n). With few normal images
-  that is just above the highest of them, whose expected share is ``1 / (n + 1)``.
+* ``far:X`` -- at most a share X of new normal parts flagged: no lower than just above the
+  (k+1)-th highest of the n normal validation scores, k the largest with
+  ``(k + 1) / (n + 1) <= X`` (the expected share of new normal parts above the (k+1)-th
+  highest of n; with few normal images, just above the highest, whose expected share is
+  ``1 / (n + 1)``); of the thresholds that high or higher, the one with the best F1 on the
+  validation defects (where defects were seen).
 * ``f1`` -- the F1-optimal threshold where defects were seen (needs defect images).
 
 The pixel threshold follows from the image threshold (see :func:`fit_pixel_threshold`): it
@@ -246,12 +248,28 @@ def choose_image_threshold(
     scores = np.asarray(scores, dtype=np.float64).ravel()
     labels = np.asarray(labels).ravel().astype(bool)
     if policy.kind == "far":
-        return far_threshold(scores[~labels], policy.far or 0.0)
+        lowest = far_threshold(scores[~labels], policy.far or 0.0)
+        if not labels.any():
+            return lowest
+        return best_f1_at_or_above(scores, labels, lowest)
     if not labels.any() or labels.all():
         raise InvalidInputError(
             "the f1 policy needs normal and defect validation images; use a far:X policy"
         )
     return f1_optimal_threshold(scores, labels)
+
+
+def best_f1_at_or_above(scores: np.ndarray, labels: np.ndarray, lowest: float) -> float:
+    """Of the thresholds >= ``lowest`` (``lowest`` itself and the observed scores above it),
+    the one with the best F1 of ``scores >= t``; the lowest of equals."""
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    labels = np.asarray(labels).ravel().astype(bool)
+    lowest = float(np.float32(lowest))
+    candidates = np.unique(np.r_[lowest, scores[scores > lowest]])
+    flagged = scores[None, :] >= candidates[:, None]
+    true_positives = (flagged & labels).sum(axis=1)
+    f1 = 2.0 * true_positives / (flagged.sum(axis=1) + np.count_nonzero(labels))
+    return float(candidates[int(np.argmax(f1))])
 
 
 def f1_optimal_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
