@@ -87,25 +87,38 @@ def test_calibration_speaks_the_policy_and_estimates_recall(model):
     frames = [bright_frame(i) for i in range(20)]
     scores = sorted(p.raw_score for p in model.predict_batch(frames))
     median = float(np.median(scores))
-    model._apply_metadata(
-        dataclasses.replace(
-            model.metadata,
-            metrics={"image_threshold_method": "far"},
-            normal_score_median=0.3,
-            # validation defects 0.2 .. 0.5 above the normal level at training
-            operating_point={
-                "policy": "far:0",
-                "expected": {"defect_scores": [0.5, 0.6, 0.7, 0.8], "defect_images": 4},
-            },
+    trained = model.metadata
+
+    def far_model(normal_median: float) -> None:
+        model._apply_metadata(
+            dataclasses.replace(
+                trained,
+                metrics={"image_threshold_method": "far"},
+                normal_score_median=normal_median,
+                operating_point={
+                    "policy": "far:0",
+                    "expected": {"defect_scores": [0.5, 0.6, 0.7, 0.8], "defect_images": 4},
+                },
+            )
         )
-    )
+
+    # Trained on stills whose normal parts scored far higher than this camera's: the trained
+    # threshold moved down with the level lands below the frames, so the policy's level on
+    # the frames decides: far:0.15 of 20 frames leaves 2 flagged (3 in 21 expected).
+    far_model(normal_median=10.0)
     report = model.calibrate(frames, policy="far:0.15")  # the caller's policy wins
-    assert report.policy == "far:0.15" and report.flagged_after == 2  # 3 in 21 expected
-    moved = np.array([0.5, 0.6, 0.7, 0.8]) + (median - 0.3)
+    assert report.policy == "far:0.15" and report.flagged_after == 2
+    moved = np.array([0.5, 0.6, 0.7, 0.8]) + (median - 10.0)
     assert report.expected_recall == pytest.approx(np.mean(moved >= model.image_threshold))
     assert "defects expected to be flagged" in str(report)
-    model.calibrate(frames)  # the model's own far:0 now: every frame below the threshold
-    assert model.image_threshold > scores[-1]
+
+    # Trained where normal parts scored like this camera's minus 0.2: the threshold rises by
+    # the same 0.2, above every frame.
+    far_model(normal_median=median - 0.2)
+    report = model.calibrate(frames)  # the model's own far:0
+    assert report.policy == "far:0"
+    assert model.image_threshold == pytest.approx(max(trained.image_threshold + 0.2, scores[-1]))
+    assert model.image_threshold > scores[-1] and report.flagged_after == 0
 
 
 def test_a_camera_scoring_lower_keeps_the_trained_threshold(model):

@@ -21,11 +21,20 @@ LABELS = np.array([0, 0, 0, 1, 1])
 
 def test_image_threshold_follows_the_policy():
     far = choose_image(SCORES, LABELS, Policy.parse("far:0.05"))
-    # just above the highest normal score, so that image is not flagged (labels: raw >= t)
-    assert far.method == "far" and 0.3 < far.value == just_above(0.3) < 0.30001
+    # above the highest normal score (0.3), so that image is not flagged (labels: raw >= t),
+    # and in the middle of the gap up to the lowest defect (0.8): room both ways
+    assert far.method == "far" and far.value == pytest.approx(0.55)
     # far:0.5 allows just above the second highest normal score (2 in 4 new normal parts
-    # expected above it), but F1 is best higher up, at 0.8: the best F1 within the target
-    assert choose_image(SCORES, LABELS, Policy.parse("far:0.5")).value == 0.8
+    # expected above it), but F1 is best higher up, from 0.3 to 0.8: the middle of that gap
+    assert choose_image(SCORES, LABELS, Policy.parse("far:0.5")).value == pytest.approx(0.55)
+    # the best F1 flags a normal part (0.65) that the target allows: the gap below the lowest
+    # flagged score (0.6) down to the normal scores left unflagged (0.3)
+    mixed = choose_image(
+        np.array([0.1, 0.2, 0.3, 0.65, 0.6, 0.7]),
+        np.array([0, 0, 0, 0, 1, 1]),
+        Policy.parse("far:0.5"),
+    )
+    assert mixed.value == pytest.approx(0.45)
     normal_only = choose_image(SCORES[:3], LABELS[:3], Policy.parse("far:0.5"))
     assert normal_only.value == just_above(0.2)
     f1 = choose_image(SCORES, LABELS, Policy.parse("f1"))

@@ -12,10 +12,13 @@ model over frames of normal production from that camera and re-estimates:
   normal production, so this is the false-alarm rate the policy asked for, now measured on the
   deployment camera; no margin above the highest frame, so one bright frame no longer sets it
   for everyone (a margin of 1.1 over the highest frame kept 8 % of defects on one real line
-  where the policy keeps most). A model whose trained threshold was tuned on defects (policy
-  ``f1``, or an older IR's F1 rule) keeps it as a floor: a camera that scores normal parts lower
-  than the stills did must not make it flag more than it was tuned to. The pixel threshold
-  moves by the same amount as the image threshold (it shapes the outlines of flagged regions);
+  where the policy keeps most). A ``far:X`` model's trained threshold, which may sit above
+  the policy's level where F1 put it, moves with the camera's normal level (the frames'
+  median against the normal validation median) and never below the level on the frames. A
+  model whose trained threshold was tuned on defects (policy ``f1``, a fixed one, or an older
+  IR's F1 rule) keeps it as a floor: a camera that scores normal parts lower than the stills
+  did must not make it flag more than it was tuned to. The pixel threshold moves by the same
+  amount as the image threshold (it shapes the outlines of flagged regions);
 * **an estimate of the recall** at the new threshold: the defect scores of the training
   validation images (recorded in the IR), moved by the shift of the normal score level
   between training and the camera (the frames' median against the normal validation median).
@@ -163,10 +166,15 @@ def calibrate(
     target = chosen.far if chosen.far is not None else 0.0
     level = far_threshold(values, target)
     method = str(before.metrics.get("image_threshold_method"))
-    # A far:X threshold (or an older IR's "max_normal") saw no defects; F1, fixed and older
-    # IRs' F1-based thresholds did.
-    tuned_on_defects = method not in ("far", "max_normal")
-    image_threshold = max(before.image_threshold, level) if tuned_on_defects else level
+    if method == "max_normal":  # an older IR's threshold from normal images alone
+        image_threshold = level
+    elif method == "far" and before.normal_score_median is not None:
+        # The trained threshold may sit above the policy's level (the best F1 within it):
+        # it moves with the camera's normal level, never below what the policy allows.
+        moved = before.image_threshold + (float(np.median(values)) - before.normal_score_median)
+        image_threshold = max(level, moved)
+    else:  # tuned on defects (f1, fixed, older IRs): never more sensitive than trained
+        image_threshold = max(level, before.image_threshold)
     shift = image_threshold - before.image_threshold
     after = dataclasses.replace(
         before,

@@ -260,8 +260,11 @@ def choose_image_threshold(
 
 
 def best_f1_at_or_above(scores: np.ndarray, labels: np.ndarray, lowest: float) -> float:
-    """Of the thresholds >= ``lowest`` (``lowest`` itself and the observed scores above it),
-    the one with the best F1 of ``scores >= t``; the lowest of equals."""
+    """Of the thresholds >= ``lowest``, one with the best F1 of ``scores >= t``: the middle of
+    the widest-open gap that gives it. The flagged set, and so F1, only changes at observed
+    scores; the first best set is flagged by any threshold from ``lowest`` (or just above the
+    score under it) up to its lowest score, and the middle of that gap keeps the most room
+    both ways: for normal parts scoring a little higher and defects a little lower."""
     scores = np.asarray(scores, dtype=np.float64).ravel()
     labels = np.asarray(labels).ravel().astype(bool)
     lowest = float(np.float32(lowest))
@@ -269,7 +272,16 @@ def best_f1_at_or_above(scores: np.ndarray, labels: np.ndarray, lowest: float) -
     flagged = scores[None, :] >= candidates[:, None]
     true_positives = (flagged & labels).sum(axis=1)
     f1 = 2.0 * true_positives / (flagged.sum(axis=1) + np.count_nonzero(labels))
-    return float(candidates[int(np.argmax(f1))])
+    flagged_scores = scores[flagged[int(np.argmax(f1))]]
+    if flagged_scores.size == 0:
+        return lowest
+    top = float(flagged_scores.min())  # the lowest score flagged at the best F1
+    below = scores[scores < top]
+    bottom = max(lowest, just_above(float(below.max()))) if below.size else lowest
+    if top <= bottom:
+        return float(np.float32(top))
+    middle = float(np.float32(bottom + (top - bottom) / 2.0))
+    return min(max(middle, bottom), float(np.float32(top)))
 
 
 def f1_optimal_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
