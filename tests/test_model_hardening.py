@@ -162,7 +162,7 @@ def test_no_python_runs_on_openvino_threads(synthetic_ir, monkeypatch):
     """The cause of the exit aborts: Python work (the AsyncInferQueue callback, and the release
     of the function it wraps) on OpenVINO's threads, which take the GIL there, also while the
     interpreter shuts down. Every post-processing now runs on a thread Python started."""
-    import anomaly_edge.model as model_module
+    import anomaly_edge.core as model_module  # the one core post-processes for every backend
 
     threads: set[str] = set()
     real = model_module.postprocess

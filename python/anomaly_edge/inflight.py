@@ -16,27 +16,24 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import openvino as ov
 
-# What a finished frame's raw map is handed to; it never raises (errors go into the job).
-Finish = Callable[[np.ndarray | None, BaseException | None], None]
-# Reads a finished request's raw map into a new array (the request is reused afterwards).
-ReadMap = Callable[[ov.InferRequest], np.ndarray]
+from anomaly_edge.core import Finish
 
 
 class InFlight:
-    """Up to ``size`` requests of one compiled model running at once, strictly in order.
+    """Up to ``size`` requests of one compiled model running at once, strictly in order: the
+    local backend's :class:`~anomaly_edge.core.Pool`.
 
-    Not thread-safe on its own: the caller (``AnomalyModel``) serialises calls with a lock.
+    Not thread-safe on its own: the caller (the core) serialises calls with a lock. Each
+    finished call hands over a copy of its output (the request is reused afterwards).
     """
 
-    def __init__(self, compiled: ov.CompiledModel, size: int, read_map: ReadMap) -> None:
+    def __init__(self, compiled: ov.CompiledModel, size: int) -> None:
         self._idle = [compiled.create_infer_request() for _ in range(size)]
-        self._read_map = read_map
         self._busy: deque[tuple[ov.InferRequest, Finish, Any]] = deque()
 
     def __len__(self) -> int:
@@ -68,7 +65,7 @@ class InFlight:
         error: BaseException | None = None
         try:
             request.wait()
-            raw_map = self._read_map(request)
+            raw_map = request.get_output_tensor(0).data.copy()
         except BaseException as exc:  # an inference failure belongs to this frame alone
             error = exc
         finally:
