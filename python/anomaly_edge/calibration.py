@@ -47,7 +47,8 @@ from anomaly_edge.errors import InvalidInputError
 from anomaly_edge.metadata import ModelMetadata
 
 if TYPE_CHECKING:
-    from anomaly_edge.model import AnomalyModel
+    # Any backend of the one core calibrates alike (no import of a backend: no circle).
+    from anomaly_edge.core import Core as AnomalyModel
 
 MIN_FRAMES = 10  # fewer normal frames say too little about the score level
 CALIBRATION_QUANTILE = 0.99  # of the frames' scores; "higher" method: the maximum below 100

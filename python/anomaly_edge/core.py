@@ -246,6 +246,12 @@ class Core(RuntimeSettings):
         self._released = False
         self._aspect_warned = False
 
+    def _apply_metadata(self, metadata: ModelMetadata) -> None:
+        """Take new thresholds and normalisation (calibration on the line); the min_area in
+        use stays."""
+        self.metadata = metadata
+        self._params = PostprocessParams.from_metadata(metadata, min_area=self.min_area)
+
     # ---- what a backend supplies -----------------------------------------------------------
 
     @property
@@ -260,6 +266,14 @@ class Core(RuntimeSettings):
     def _new_pool(self) -> Pool:
         raise NotImplementedError
 
+    def _backend_tensor(self, images: np.ndarray) -> np.ndarray:
+        """What the backend's network takes, from uint8 network images (by default those)."""
+        return images
+
+    def _input(self, image: Image) -> tuple[tuple[int, int], np.ndarray]:
+        frame_size, images = self.network_input(image)
+        return frame_size, self._backend_tensor(images)
+
     # ---- synchronous -----------------------------------------------------------------------
 
     def predict(self, image: Image, *, heatmap: bool = False) -> Prediction:
@@ -269,7 +283,7 @@ class Core(RuntimeSettings):
         calls from several threads take turns (use the asynchronous interface or
         :meth:`predict_batch` for throughput).
         """
-        frame_size, tensor = self.network_input(image)
+        frame_size, tensor = self._input(image)
         with self._sync_lock:
             if self._released:
                 raise RuntimeError("the model was released at interpreter exit")
@@ -307,12 +321,11 @@ class Core(RuntimeSettings):
 
         What a server built on this core answers to a raw call; thread-safe, and concurrent
         calls run side by side."""
+        tensor = self._backend_tensor(tensor)
         pending = _Pending(None, (0, 0), self._params, self._task, False, raw=True)
         with self._async_lock:
             self._start_locked(pending, tensor)
-        output = self._finished(pending).result()
-        assert isinstance(output, np.ndarray)
-        return output
+        return self._finished(pending).output()
 
     def predict_with(
         self,
@@ -324,7 +337,7 @@ class Core(RuntimeSettings):
     ) -> Prediction:
         """:meth:`predict` with other post-processing settings, on the pool (for a server,
         whose clients each send their own thresholds)."""
-        frame_size, tensor = self.network_input(image)
+        frame_size, tensor = self._input(image)
         output = self.run_network(tensor)
         return postprocess(self.frame_map(output), frame_size, params, task, heatmap=heatmap)
 
@@ -345,7 +358,7 @@ class Core(RuntimeSettings):
         :meth:`ready` after each ``submit`` (as in the README) never gets there; to score
         many frames in one go use :meth:`predict_iter` or :meth:`predict_batch`.
         """
-        frame_size, tensor = self.network_input(image)  # a new array: the caller's is free
+        frame_size, tensor = self._input(image)  # a new array: the caller's is free
         pending = _Pending(userdata, frame_size, self._params, self._task, heatmap)
         with self._async_lock:
             self._wait_for_room()
@@ -409,7 +422,8 @@ class Core(RuntimeSettings):
         """The raw map of a frame from a network output: the map, or the tile maps stitched
         (in C++, GIL released)."""
         if self._tiles is None:
-            return output[0, 0]
+            frame_map: np.ndarray = output[0, 0]
+            return frame_map
         return self._tiles.stitch(output)
 
     def _check_aspect(self, height: int, width: int) -> None:
@@ -431,7 +445,7 @@ class Core(RuntimeSettings):
     # ---- the pool --------------------------------------------------------------------------
 
     def _start(self, image: Image, userdata: Any, heatmap: bool) -> _Pending:
-        frame_size, tensor = self.network_input(image)  # a new array: the caller's is free
+        frame_size, tensor = self._input(image)  # a new array: the caller's is free
         pending = _Pending(userdata, frame_size, self._params, self._task, heatmap)
         with self._async_lock:
             self._start_locked(pending, tensor)
@@ -475,9 +489,7 @@ class Core(RuntimeSettings):
                     break  # hand over the good results first; the next call raises
                 self._submitted.popleft()
                 self._async_lock.notify_all()  # room for a submit() waiting in another thread
-                prediction = head.result()
-                assert isinstance(prediction, Prediction)
-                out.append((head.userdata, prediction))
+                out.append((head.userdata, head.result()))
         return out
 
     def _wait_for_room(self) -> None:
@@ -554,7 +566,18 @@ class _Pending:
         self.error = error
         self.done.set()
 
-    def result(self) -> Prediction | np.ndarray:
+    def result(self) -> Prediction:
+        value = self._value()
+        assert isinstance(value, Prediction)
+        return value
+
+    def output(self) -> np.ndarray:
+        """The network output itself (a ``raw`` frame, see :meth:`Core.run_network`)."""
+        value = self._value()
+        assert isinstance(value, np.ndarray)
+        return value
+
+    def _value(self) -> Prediction | np.ndarray:
         self.done.wait()
         if self.error is not None:
             raise self.error

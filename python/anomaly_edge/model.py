@@ -33,13 +33,13 @@ from anomaly_edge.images import ColorFormat
 from anomaly_edge.inflight import InFlight
 from anomaly_edge.metadata import ModelMetadata
 from anomaly_edge.model_loading import (
+    HostNormalisation,
     attach_preprocessing,
     compile_for,
     default_cache_dir,
     read_ir,
     resolve_device,
 )
-from anomaly_edge.postprocess import PostprocessParams
 from anomaly_edge.prediction import Task
 
 if TYPE_CHECKING:
@@ -98,6 +98,9 @@ class AnomalyModel(Core):
             every core) and the asynchronous interface on a second one compiled for
             throughput (several requests at once, e.g. one per core), compiled on first use; a
             ``PERFORMANCE_HINT`` given here applies to both.
+        host_normalisation: compile the IR as exported (FP32 ``B x 3 x h x w`` input) and
+            normalise frames before it, with the same steps a graph would run; then
+            :meth:`run_network` also takes such FP32 tensors, as a model server must.
 
     Raises:
         ModelLoadError: the file is missing, truncated or corrupted, or was not exported by
@@ -127,6 +130,7 @@ class AnomalyModel(Core):
         max_pending: int = DEFAULT_MAX_PENDING,
         cache_dir: str | Path | None = _DEFAULT,  # type: ignore[assignment]
         properties: dict[str, Any] | None = None,
+        host_normalisation: bool = False,
     ) -> None:
         self.path = Path(path)
         self.color = ColorFormat.parse(color)
@@ -144,7 +148,12 @@ class AnomalyModel(Core):
         if num_requests is not None:
             num_requests = whole_number(num_requests, "num_requests", minimum=1)
 
-        self._graph = attach_preprocessing(graph, self.metadata, self.color)
+        self._normalise: HostNormalisation | None = None
+        if host_normalisation:  # the IR as exported: raw FP32 calls run as they come
+            self._normalise = HostNormalisation(self.metadata, self.color)
+            self._graph = graph
+        else:
+            self._graph = attach_preprocessing(graph, self.metadata, self.color)
         self._cache_dir = default_cache_dir() if cache_dir is _DEFAULT else cache_dir
         self._properties = properties
         self._compiled: ov.CompiledModel | None = compile_for(
@@ -166,11 +175,11 @@ class AnomalyModel(Core):
 
         ``url``: ``http://host:8080``, ``grpc://host:8081``, or a list of replicas. ``options``
         are those of :class:`~anomaly_edge.remote.RemoteAnomalyModel`. Needs the ``serve`` extra.
-        Same as :func:`anomaly_edge.open_model` with a URL.
+        A shortcut for :func:`anomaly_edge.open_model` with a URL.
         """
-        from anomaly_edge.factory import open_model
+        from anomaly_edge.remote import RemoteAnomalyModel
 
-        return open_model(url, name=name, **options)
+        return RemoteAnomalyModel(url, name, **options)
 
     # ---- calibration on the line (anomaly_edge.calibration) -------------------------------
 
@@ -198,9 +207,11 @@ class AnomalyModel(Core):
         )
         return save_model(self._ir, metadata, path)
 
-    def _apply_metadata(self, metadata: ModelMetadata) -> None:
-        self.metadata = metadata
-        self._params = PostprocessParams.from_metadata(metadata, min_area=self.min_area)
+    @property
+    def ir(self) -> ov.Model:
+        """The IR as read, without the pre-processing this model attached (what a server
+        describes to its clients, and what :meth:`save` writes back)."""
+        return self._ir
 
     # ---- the backend: OpenVINO requests -----------------------------------------------------
 
@@ -210,6 +221,11 @@ class AnomalyModel(Core):
         self._request.infer({0: tensor}, share_inputs=True)
         output: np.ndarray = self._request.get_output_tensor(0).data.copy()
         return output
+
+    def _backend_tensor(self, images: np.ndarray) -> np.ndarray:
+        if self._normalise is not None and images.dtype == np.uint8:
+            return self._normalise(images)
+        return images
 
     def _new_pool(self) -> Pool:
         return InFlight(self._async_model(), self.num_requests)
