@@ -240,6 +240,7 @@ def _output(name: str, array: np.ndarray) -> InferOutput:
     ]
     output = InferOutput(name=name, shape=list(array.shape), datatype=datatype)
     # Raw bytes now: KServe's gRPC encoder cannot take an array here, and its REST encoder
-    # turns these bytes into JSON numbers when the client did not ask for binary data.
-    output.set_data_from_numpy(np.ascontiguousarray(array), binary_data=True)
+    # turns these bytes into JSON numbers when the client did not ask for binary data. An
+    # empty array (no boxes) goes as an empty list: as bytes, REST would send "data": null.
+    output.set_data_from_numpy(np.ascontiguousarray(array), binary_data=array.size > 0)
     return output
