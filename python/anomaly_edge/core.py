@@ -418,6 +418,8 @@ class Core(RuntimeSettings):
         tensor = network_image(frame, self.metadata.input_size, self.color)
         return (frame.shape[0], frame.shape[1]), tensor[None]
 
+    _network_input = network_input  # the name it had in AnomalyModel (tests, tools)
+
     def frame_map(self, output: np.ndarray) -> np.ndarray:
         """The raw map of a frame from a network output: the map, or the tile maps stitched
         (in C++, GIL released)."""
