@@ -128,7 +128,7 @@ def test_remote_submit_contract_is_the_local_one(case) -> None:
             with pytest.raises(PendingResultsError, match="2 finished results wait"):
                 for i in range(10):  # nobody collects: the third finished result is refused
                     model.submit(frames[0], i)
-            assert 2 <= model.in_flight <= 4
+            assert 2 <= model.in_flight <= model.max_pending + 2 * model.num_requests
             model.close()
             assert model.in_flight == 0
 

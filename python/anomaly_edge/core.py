@@ -124,7 +124,8 @@ class Pool(Protocol):
     def __len__(self) -> int: ...
 
     def start(self, tensor: np.ndarray, finish: Finish) -> None:
-        """Start a call (when every slot is busy the oldest call is finished first)."""
+        """Start a call; when every slot is busy, wait for one (finishing calls on the way
+        as the backend needs)."""
         ...
 
     def finish_ready(self) -> None:
@@ -351,7 +352,8 @@ class Core(RuntimeSettings):
         Settings (thresholds, task) in force at submission apply to the frame.
 
         Memory stays bounded: at most :attr:`max_pending` finished results wait to be
-        collected (plus up to ``num_requests`` frames in flight). When that many wait, and
+        collected (plus at most twice ``num_requests`` frames in flight or not yet
+        post-processed). When that many wait, and
         another thread collects results (it called :meth:`ready` or :meth:`drain`), ``submit``
         waits until it does; otherwise nobody could collect them while ``submit`` waits, so it
         raises :class:`PendingResultsError` instead of blocking for ever. Calling
