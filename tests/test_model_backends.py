@@ -4,6 +4,7 @@ same frames are equal (score, label, boxes, mask), for a single-view and a tiled
 from __future__ import annotations
 
 import ast
+import dataclasses
 from pathlib import Path
 
 import cv2
@@ -163,6 +164,24 @@ def test_host_normalisation_is_the_graphs_own(synthetic_ir: Path, color: str) ->
     got = raw(HostNormalisation(metadata, fmt)(images))[0]
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert isinstance(raw.inputs[0].get_element_type(), ov.Type)
+
+
+@pytest.mark.parametrize("color", ["BGR", "RGB", "GRAY"])
+def test_the_graphs_normalisation_is_the_training_one(synthetic_ir: Path, color: str) -> None:
+    """RGB order, float, (x - mean) / std, planar: checked against numpy, per colour format."""
+    metadata = ModelMetadata.read_from(read_ir(synthetic_ir))
+    fmt = ColorFormat.parse(color)
+    images = np.random.default_rng(5).integers(0, 256, (1, 16, 24, fmt.channels), np.uint8)
+    planar = images.astype(np.float32).transpose(0, 3, 1, 2)
+    if fmt is ColorFormat.GRAY:
+        planar = np.repeat(planar, 3, axis=1)
+    elif fmt is ColorFormat.BGR:
+        planar = planar[:, ::-1]
+    mean = np.asarray(metadata.mean, np.float32)[:, None, None]
+    std = np.asarray(metadata.std, np.float32)[:, None, None]
+    small = dataclasses.replace(metadata, input_size=(16, 24))
+    got = HostNormalisation(small, fmt)(images)
+    np.testing.assert_allclose(got, (planar - mean) / std, rtol=1e-6, atol=1e-6)
 
 
 def _imports(path: Path) -> set[str]:
