@@ -14,8 +14,8 @@ import pytest
 from anomaly_edge import AnomalyModel
 from anomaly_edge.cli.common import ExitCode
 from anomaly_edge.cli.main import main
+from anomaly_edge.core import PendingResultsError
 from anomaly_edge.errors import InvalidInputError, ModelLoadError
-from anomaly_edge.model import PendingResultsError
 from anomaly_edge.remote import RetryPolicy, ServerUnavailableError
 from tests.conftest import child_env
 from tests.stream_media import make_video

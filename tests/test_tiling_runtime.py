@@ -290,12 +290,3 @@ def test_run_and_benchmark_take_tiled_models_with_no_new_flags(
     )
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["sync"]["fps"] > 0 and result["frame"] == "320x240"
-
-
-def test_remote_backend_refuses_tiled_models_clearly(tiled_ir: Path) -> None:
-    from anomaly_edge.images import ColorFormat
-    from anomaly_edge.serve.wire import network_tensor
-
-    metadata = ModelMetadata.read_from(read_ir(tiled_ir))
-    with pytest.raises(InvalidInputError, match="run tiled models locally"):
-        network_tensor(grey_frame(), metadata, ColorFormat.BGR)

@@ -12,7 +12,15 @@ tiles the ``auto`` rule lays over that frame (one batch per frame, maps stitched
 against the single 256x256 view on the same frames, sync and async (Model API cannot run a
 batch of tiles, so the tiled case compares with our single view only).
 
-Everything is frame in, result with boxes out. Methods run in alternating rounds and the best
+A last case measures the one core against OpenVINO alone (``--benchmark-app``, on by
+default; ``--benchmark-app only`` runs just it): ``AnomalyModel.submit``/``ready`` on frames
+of the network's size against a plain OpenVINO async queue run the way ``benchmark_app``
+runs one (the IR as exported, THROUGHPUT hint, its optimal number of requests, inputs made
+once, no pre- or post-processing), interleaved in one process. It reports the ratio and the
+CPU time each spends per frame on the calling thread (the host work that, on a small CPU,
+comes out of inference).
+
+Everything else is frame in, result with boxes out. Methods run in alternating rounds and the best
 round counts, so a noisy neighbour on this shared machine hurts all of them alike. The model
 is ``--model`` or, by default, a PaDiM (efficientnet_lite0, 256x256) fitted here on
 mpdd/metal_plate and exported at ``--precision`` (FP16 by default; the output says which). The
@@ -20,6 +28,7 @@ last stdout line is one JSON object (../shared/BENCHMARKS.md).
 
     python tools/bench_runtime.py [--model model.xml | --precision INT8] [--seconds 2] [--rounds 2]
                                   [--tiled-frame 2448x2048 | --tiled-frame off]
+                                  [--benchmark-app on | off | only]
 """
 
 from __future__ import annotations
@@ -66,6 +75,12 @@ def main() -> None:
         default="2448x2048",
         help="WIDTHxHEIGHT of the tiled case's frames, or 'off' (default 2448x2048)",
     )
+    parser.add_argument(
+        "--benchmark-app",
+        choices=("on", "off", "only"),
+        default="on",
+        help="the core's async path against a plain OpenVINO queue (only: nothing else)",
+    )
     args = parser.parse_args()
 
     if args.model is not None:
@@ -75,7 +90,13 @@ def main() -> None:
             args.data, Path(tempfile.mkdtemp(prefix="bench_runtime_")), args.precision
         )
     print(f"model: {source}", flush=True)
+    if args.benchmark_app == "only":
+        case = bench_vs_benchmark_app(xml, args)
+        print(json.dumps({"benchmark": "runtime", "model_source": source, "cases": [case]}))
+        return
     cases = [bench_case(xml, size, args) for size in FRAMES]
+    if args.benchmark_app == "on":
+        cases.append(bench_vs_benchmark_app(xml, args))
     if args.tiled_frame != "off":
         width, height = (int(v) for v in args.tiled_frame.lower().split("x"))
         tiled_xml, tiled_source = build_padim(
@@ -307,8 +328,77 @@ def bench_tiled_case(
     return case
 
 
-def frames_per_second(run, seconds: float) -> float:
-    """Frames per second of one uninterrupted run of about ``seconds``.
+def bench_vs_benchmark_app(xml: Path, args: argparse.Namespace) -> dict:
+    """The core's asynchronous path against OpenVINO alone on the same IR and device."""
+    import openvino as ov
+
+    from anomaly_edge import AnomalyModel
+
+    ours = AnomalyModel(xml, args.device, task="detection", cache_dir=None)
+    height, width = ours.metadata.input_size
+    frames = frames_for((width, height), args.data)
+    # What benchmark_app runs: the IR as exported, THROUGHPUT hint, the optimal number of
+    # requests, inputs filled once, nothing done with the outputs.
+    core = ov.Core()
+    compiled = core.compile_model(str(xml), args.device, {"PERFORMANCE_HINT": "THROUGHPUT"})
+    requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+    queue = ov.AsyncInferQueue(compiled, requests)
+    shape = list(compiled.inputs[0].get_shape())
+    rng = np.random.default_rng(0)
+    inputs = [rng.normal(0, 1, shape).astype(np.float32) for _ in range(requests)]
+
+    def plain(count: int) -> None:
+        for i in range(count):
+            queue.start_async({0: inputs[i % requests]}, share_inputs=True)
+        queue.wait_all()
+
+    methods = {
+        "anomaly_edge_async": lambda n: run_ours_async(ours, frames, n),
+        "openvino_async_queue": plain,
+    }
+    best: dict[str, float] = {}
+    thread_ms: dict[str, list[float]] = {name: [] for name in methods}
+    process_ms: dict[str, list[float]] = {name: [] for name in methods}
+    for _ in range(args.rounds):
+        for name, run in methods.items():
+            fps, on_thread, in_process = frames_per_second(run, args.seconds, with_cpu=True)
+            best[name] = max(best.get(name, 0.0), fps)
+            thread_ms[name].append(on_thread)
+            process_ms[name].append(in_process)
+    ratio = best["anomaly_edge_async"] / best["openvino_async_queue"]
+    # CPU per frame, all threads: on a CPU-bound device the frame rate is cores / this, so
+    # the ratio of the two estimates the share on an idle machine even when this one is busy.
+    cpu = {name: float(np.median(values)) for name, values in process_ms.items()}
+    cpu_ratio = cpu["openvino_async_queue"] / cpu["anomaly_edge_async"]
+    case = {
+        "frame": f"{width}x{height}",
+        "model": ours.metadata.model,
+        "device": args.device,
+        "fps": {k: round(v, 2) for k, v in best.items()},
+        "share_of_benchmark_app": round(ratio, 3),
+        "share_of_benchmark_app_by_cpu": round(cpu_ratio, 3),
+        "process_cpu_ms_per_frame": {k: round(v, 3) for k, v in cpu.items()},
+        "calling_thread_cpu_ms_per_frame": {
+            k: round(float(np.median(v)), 3) for k, v in thread_ms.items()
+        },
+        "num_requests": {"anomaly_edge_async": ours.num_requests, "openvino_async_queue": requests},
+    }
+    print(
+        f"{case['frame']:>10} vs benchmark_app: "
+        + "  ".join(f"{k} {v:7.1f} fps" for k, v in case["fps"].items())
+        + f"  share {ratio:.1%} (by CPU per frame {cpu_ratio:.1%});  CPU ms/frame "
+        + ", ".join(
+            f"{k} {cpu[k]:.2f} (calling thread {case['calling_thread_cpu_ms_per_frame'][k]:.2f})"
+            for k in methods
+        ),
+        flush=True,
+    )
+    return case
+
+
+def frames_per_second(run, seconds: float, with_cpu: bool = False):
+    """Frames per second of one uninterrupted run of about ``seconds``; with ``with_cpu``,
+    also the CPU milliseconds per frame of this thread and of the whole process.
 
     One long run, not many short ones: the asynchronous methods drain their queue at the end
     of a run, and draining every few frames would measure the pipeline filling up.
@@ -317,9 +407,15 @@ def frames_per_second(run, seconds: float) -> float:
     start = time.perf_counter()
     run(8)
     count = max(16, int(8 / (time.perf_counter() - start) * seconds))
+    thread_start, process_start = time.thread_time(), time.process_time()
     start = time.perf_counter()
     run(count)
-    return count / (time.perf_counter() - start)
+    fps = count / (time.perf_counter() - start)
+    if with_cpu:
+        thread_ms = (time.thread_time() - thread_start) * 1e3 / count
+        process_ms = (time.process_time() - process_start) * 1e3 / count
+        return fps, thread_ms, process_ms
+    return fps
 
 
 def run_ours_async(model, frames, count: int) -> None:

@@ -53,7 +53,8 @@ from anomaly_edge.metadata import ModelMetadata
 from anomaly_edge.operating_point import DEFAULT_POLICY, Policy, far_threshold
 
 if TYPE_CHECKING:
-    from anomaly_edge.model import AnomalyModel
+    # Any backend of the one core calibrates alike (no import of a backend: no circle).
+    from anomaly_edge.core import Core as AnomalyModel
 
 MIN_FRAMES = 10  # fewer normal frames say too little about the score level
 

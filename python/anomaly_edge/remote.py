@@ -1,15 +1,19 @@
-"""A model served elsewhere, used like a local one: ``AnomalyModel.remote(url, name)``.
+"""A model served elsewhere, used like a local one: ``open_model(url)``, the remote backend.
 
 The server (``anomaly-edge serve``, OpenVINO Model Server, KServe) runs the network; this
-side reads the model's metadata from the server, pre-processes frames (the resize training
-used, then mean/std), sends the network input over KServe's Open Inference Protocol (v2),
-and post-processes the returned anomaly map with the same C++ step as a local model. So a
-remote model and a local one give the same predictions, and thresholds stay adjustable here.
+side reads the model's metadata from the server, and the one core
+(:mod:`anomaly_edge.core`) does the rest as for a local model: the resize (or the tiles of a
+tiled model), the bounded asynchronous interface and the C++ decision. The network input
+(normalised as the IR's own pre-processing steps do, see
+:class:`~anomaly_edge.model_loading.HostNormalisation`) goes over KServe's Open Inference
+Protocol (v2, encoded as :mod:`anomaly_edge.v2_protocol` says). So a remote model and a local
+one give the same predictions, and thresholds stay adjustable here.
 
 Talks v2 with the ``kserve`` package: its ``InferenceGRPCClient`` for ``grpc://`` URLs, and
 for ``http(s)://`` the binary-data extension on ``httpx``, the HTTP library under its REST
 client (see :class:`_RestEndpoint` for why not that client itself). One asyncio loop in a
-background thread keeps several requests in flight while the caller decodes the next frame.
+background thread keeps several requests in flight while the caller decodes the next frame;
+it only moves bytes: post-processing runs on the caller's thread, as for a local model.
 
 Several URLs make a client-side replica list: requests go round-robin to the replicas that
 answer; one that fails is set aside (and probed again after a back-off) and its request is
@@ -35,7 +39,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Coroutine, Iterable, Iterator, Sequence
+from collections.abc import Coroutine, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,19 +48,19 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from anomaly_edge.core import DEFAULT_MAX_PENDING, Core, Finish, Pool, whole_number
 from anomaly_edge.errors import AnomalyEdgeError, InvalidInputError, ModelLoadError
-from anomaly_edge.images import ColorFormat, check_frame, read_image
-from anomaly_edge.model import DEFAULT_MAX_PENDING, PendingResultsError, RuntimeSettings
-from anomaly_edge.postprocess import PostprocessParams, postprocess
-from anomaly_edge.prediction import Prediction, Task
-from anomaly_edge.serve.wire import (
+from anomaly_edge.images import ColorFormat
+from anomaly_edge.model_loading import HostNormalisation
+from anomaly_edge.prediction import Task
+from anomaly_edge.v2_protocol import (
     DEFAULT_MODEL_NAME,
     RAW_INPUT,
     RAW_OUTPUT,
     RT_INFO_KEY,
     RT_INFO_PARAMETER,
+    is_url,
     metadata_from_rt_info,
-    network_tensor,
     parameters_dict,
 )
 
@@ -65,8 +69,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("anomaly_edge.remote")
 _T = TypeVar("_T")
-
-REMOTE_SCHEMES = ("http", "https", "grpc")
 
 
 # Connections are closed at interpreter exit, while the background loop can still run: a
@@ -107,9 +109,7 @@ class RetryPolicy:
 
 def is_remote(model: object) -> bool:
     """True for a model URL (``http://``, ``https://``, ``grpc://``) or a list of them."""
-    if isinstance(model, (list, tuple)):
-        return bool(model) and all(is_remote(m) for m in model)
-    return isinstance(model, str) and urlsplit(model).scheme.lower() in REMOTE_SCHEMES
+    return is_url(model)
 
 
 def split_urls(text: str) -> list[str]:
@@ -117,17 +117,20 @@ def split_urls(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
-class RemoteAnomalyModel(RuntimeSettings):
-    """A model on a v2 model server, with :class:`~anomaly_edge.AnomalyModel`'s interface.
+class RemoteAnomalyModel(Core):
+    """A model on a v2 model server: the remote backend of the one core
+    (:class:`~anomaly_edge.core.Core`), so it has :class:`~anomaly_edge.AnomalyModel`'s
+    interface, locking, tiling and decision.
 
-    Use :meth:`AnomalyModel.remote <anomaly_edge.AnomalyModel.remote>` to make one.
+    Use :func:`anomaly_edge.open_model` with a URL (or ``AnomalyModel.remote``) to make one.
 
     Args:
         urls: one server URL or a list (replicas): ``http://host:8080``,
             ``http://host:8080/v2/models/NAME`` (the model name in the URL), or
             ``grpc://host:8081``.
         name: the model's name on the server (default: from the URL, else "anomaly-edge").
-        task, image_threshold, pixel_threshold, min_area, color: as for a local model.
+        task, image_threshold, pixel_threshold, min_area, color, max_pending: as for a local
+            model.
         num_requests: requests kept in flight by the asynchronous interface (default 4 per
             replica).
         timeout: seconds one request may take before its replica counts as failed.
@@ -158,8 +161,10 @@ class RemoteAnomalyModel(RuntimeSettings):
             raise InvalidInputError(
                 f"expected model server URLs (http://host:port, grpc://host:port), got {urls!r}"
             )
-        if not timeout > 0:
-            raise InvalidInputError(f"timeout must be positive, got {timeout!r}")
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise InvalidInputError(f"timeout must be a positive number, got {timeout!r}")
+        if num_requests is not None:
+            num_requests = whole_number(num_requests, "num_requests", minimum=1)
         self.color = ColorFormat.parse(color)
         self.device = "remote"
         self.timeout = float(timeout)
@@ -174,112 +179,44 @@ class RemoteAnomalyModel(RuntimeSettings):
         )
         self._thread.start()
         self._next = itertools.count()
-        self._submitted: deque[tuple[Any, Future[Prediction]]] = deque()
         try:
             self.metadata = self._call(self._connect(), timeout=None)
+            self._setup(
+                task=task,
+                image_threshold=image_threshold,
+                pixel_threshold=pixel_threshold,
+                min_area=min_area,
+                max_pending=max_pending,
+            )
+            # The server runs the IR as exported: this side normalises, with the steps a
+            # local model's graph runs (anomaly_edge.model_loading.attach_preprocessing).
+            self._normalise = HostNormalisation(self.metadata, self.color)
         except BaseException:
             self.close_connections()
             raise
-        self._params = PostprocessParams.from_metadata(self.metadata, min_area=min_area)
-        self.task = task if task is not None else self.metadata.task
-        if image_threshold is not None:
-            self.image_threshold = image_threshold
-        if pixel_threshold is not None:
-            self.pixel_threshold = pixel_threshold
-        if num_requests is not None and (not isinstance(num_requests, int) or num_requests < 1):
-            raise InvalidInputError(
-                f"num_requests must be a positive integer, got {num_requests!r}"
-            )
-        self.num_requests = num_requests or 4 * len(self._endpoints)
-        self.max_pending = max_pending  # as on a local model: finished results left unread
-        self._slots = threading.Semaphore(self.num_requests)
+        self._num_requests = num_requests or 4 * len(self._endpoints)
         _LIVE_REMOTES.add(self)
 
-    # ---- synchronous -----------------------------------------------------------------------
-
-    def predict(self, image: np.ndarray | str | Path, *, heatmap: bool = False) -> Prediction:
-        """Score one frame (waits for the server)."""
-        frame_size, tensor = self._network_input(image)
-        return self._call(self._predict(tensor, frame_size, self._params, self._task, heatmap))
-
-    def predict_batch(
-        self, images: Iterable[np.ndarray | str | Path], *, heatmap: bool = False
-    ) -> list[Prediction]:
-        return list(self.predict_iter(images, heatmap=heatmap))
-
-    def predict_iter(
-        self, images: Iterable[np.ndarray | str | Path], *, heatmap: bool = False
-    ) -> Iterator[Prediction]:
-        """Score frames lazily with up to ``num_requests`` in flight; results in input order."""
-        window: deque[Future[Prediction]] = deque()
-        for image in images:
-            frame_size, tensor = self._network_input(image)
-            window.append(
-                asyncio.run_coroutine_threadsafe(
-                    self._predict(tensor, frame_size, self._params, self._task, heatmap), self._loop
-                )
-            )
-            while window and (window[0].done() or len(window) >= self.num_requests):
-                yield window.popleft().result()
-        while window:
-            yield window.popleft().result()
-
-    # ---- asynchronous ----------------------------------------------------------------------
-
-    def submit(
-        self, image: np.ndarray | str | Path, userdata: Any = None, *, heatmap: bool = False
-    ) -> None:
-        """Send a frame and return at once (blocks while ``num_requests`` are in flight);
-        collect results in submission order with :meth:`ready` / :meth:`drain`."""
-        if sum(future.done() for _, future in self._submitted) >= self.max_pending:
-            raise PendingResultsError(
-                f"{self.max_pending} finished results wait to be collected: call ready() (or "
-                "drain()) between submit() calls, or raise max_pending"
-            )
-        frame_size, tensor = self._network_input(image)
-        self._slots.acquire()
-        try:
-            future = asyncio.run_coroutine_threadsafe(
-                self._predict(tensor, frame_size, self._params, self._task, heatmap), self._loop
-            )
-        except BaseException:
-            self._slots.release()
-            raise
-        future.add_done_callback(lambda _: self._slots.release())
-        self._submitted.append((userdata, future))
-
-    def ready(self) -> list[tuple[Any, Prediction]]:
-        """Results finished so far, in submission order (waits for nothing)."""
-        return self._collect(wait=False)
-
-    def drain(self) -> list[tuple[Any, Prediction]]:
-        """Wait for every submitted frame; all results in submission order."""
-        return self._collect(wait=True)
-
-    def _collect(self, wait: bool) -> list[tuple[Any, Prediction]]:
-        out: list[tuple[Any, Prediction]] = []
-        while self._submitted and (wait or self._submitted[0][1].done()):
-            userdata, future = self._submitted[0]
-            if future.exception() is not None and out:
-                return out  # hand over the good results first; the next call raises
-            self._submitted.popleft()
-            out.append((userdata, future.result()))
-        return out
+    # ---- the backend: v2 calls -------------------------------------------------------------
 
     @property
-    def in_flight(self) -> int:
-        return len(self._submitted)
+    def num_requests(self) -> int:
+        """Network calls the asynchronous interface keeps in flight."""
+        return self._num_requests
 
-    def close(self) -> None:
-        """Wait for requests in flight and drop uncollected results (the model stays usable)."""
-        for _, future in self._submitted:
-            with contextlib.suppress(BaseException):  # cancelled: nothing to wait for
-                future.exception()
-        self._submitted.clear()
+    def _backend_tensor(self, images: np.ndarray) -> np.ndarray:
+        return self._normalise(images) if images.dtype == np.uint8 else images
+
+    def _infer(self, tensor: np.ndarray) -> np.ndarray:
+        return self._call(self._infer_remote(tensor))
+
+    def _new_pool(self) -> Pool:
+        return _RemotePool(self, self.num_requests)
 
     def close_connections(self) -> None:
         """Close the connections and stop the background loop (the model is unusable after)."""
-        self.close()
+        if hasattr(self, "_async_lock"):  # set up: frames may be in flight
+            self.close()
         _LIVE_REMOTES.discard(self)
         if self._loop.is_running():
             with contextlib.suppress(Exception):  # closing is best effort
@@ -294,6 +231,7 @@ class RemoteAnomalyModel(RuntimeSettings):
         self.close_connections()
 
     def info(self) -> dict[str, Any]:
+        """What this model is and where it runs: metadata, settings, the replicas."""
         md = self.metadata
         return {
             "path": ",".join(e.url for e in self._endpoints),
@@ -301,11 +239,13 @@ class RemoteAnomalyModel(RuntimeSettings):
             "model": md.model,
             "backbone": md.backbone,
             "input_size": list(md.input_size),
+            "tiles": self._tiles.describe() if self._tiles is not None else None,
             "precision": md.precision,
             "task": self._task.value,
             "image_threshold": self.image_threshold,
             "pixel_threshold": self.pixel_threshold,
             "min_area": self.min_area,
+            "color": self.color.value,
             "device": self.device,
             "num_requests": self.num_requests,
             "replicas": [e.url for e in self._endpoints],
@@ -320,26 +260,10 @@ class RemoteAnomalyModel(RuntimeSettings):
 
     # ---- the work --------------------------------------------------------------------------
 
-    def _network_input(self, image: np.ndarray | str | Path) -> tuple[tuple[int, int], np.ndarray]:
-        frame = read_image(image, self.color) if isinstance(image, (str, Path)) else image
-        frame = check_frame(frame, self.color)
-        return (frame.shape[0], frame.shape[1]), network_tensor(frame, self.metadata, self.color)
-
     def _call(self, coroutine: Coroutine[Any, Any, _T], timeout: float | None = None) -> _T:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
 
-    async def _predict(
-        self,
-        tensor: np.ndarray,
-        frame_size: tuple[int, int],
-        params: PostprocessParams,
-        task: Task,
-        heatmap: bool,
-    ) -> Prediction:
-        anomaly_map = await self._infer(tensor)
-        return postprocess(anomaly_map, frame_size, params, task, heatmap=heatmap)
-
-    async def _infer(self, tensor: np.ndarray) -> np.ndarray:
+    async def _infer_remote(self, tensor: np.ndarray) -> np.ndarray:
         """One network call, on the next replica that answers; waits while none does."""
         waits = 0
         while True:
@@ -413,6 +337,50 @@ class RemoteAnomalyModel(RuntimeSettings):
     async def _close_endpoints(self) -> None:
         for endpoint in self._endpoints:
             await endpoint.close()
+
+
+class _RemotePool:
+    """Calls in flight on the model's event loop, finished in order on the caller's thread:
+    the remote backend's :class:`~anomaly_edge.core.Pool` (the loop only moves bytes)."""
+
+    def __init__(self, model: RemoteAnomalyModel, size: int) -> None:
+        self._model = model
+        self._size = size
+        self._busy: deque[tuple[Future[np.ndarray], Finish]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._busy)
+
+    def start(self, tensor: np.ndarray, finish: Finish) -> None:
+        if len(self._busy) >= self._size:
+            self.finish_next()
+        future = asyncio.run_coroutine_threadsafe(
+            self._model._infer_remote(tensor), self._model._loop
+        )
+        self._busy.append((future, finish))
+
+    def finish_ready(self) -> None:
+        while self._busy and self._busy[0][0].done():
+            self.finish_next()
+
+    def finish_next(self) -> None:
+        future, finish = self._busy.popleft()
+        output: np.ndarray | None = None
+        error: BaseException | None = None
+        try:
+            output = future.result()
+        except BaseException as exc:  # a failed call belongs to this frame alone
+            error = exc
+        finish(output, error)
+        if error is not None and not isinstance(error, Exception):
+            raise error  # Ctrl-C and the like still stop the caller
+
+    def cancel(self, reason: BaseException) -> None:
+        while self._busy:
+            future, finish = self._busy.popleft()
+            with contextlib.suppress(BaseException):  # the frame fails with `reason` anyway
+                future.exception()
+            finish(None, reason)
 
 
 # ---- one replica, per protocol ---------------------------------------------------------------
@@ -555,7 +523,7 @@ def _rest_anomaly_map(response: Any, url: str) -> np.ndarray:
                 data = np.frombuffer(content, np.float32, int(size) // 4, offset)
             else:
                 data = np.asarray(output["data"], dtype=np.float32)
-            return _squeeze_map(data.reshape(output["shape"]), url)
+            return _network_output(data.reshape(output["shape"]), url)
         offset += int(size or 0)
     raise ModelLoadError(f"{url} returned no {RAW_OUTPUT!r} output")
 
@@ -652,7 +620,7 @@ class _GrpcEndpoint(_Endpoint):
                 f"{self.url}: model {self.name!r} has input shape {shape}, "
                 "not the static [1, 3, h, w] of an anomaly-edge IR"
             )
-        zeros = np.zeros([1, *shape[1:]], dtype=np.float32)
+        zeros = np.zeros(shape, dtype=np.float32)  # one call: a tiled IR takes its batch
         response = await self._call(self._request(zeros, {RT_INFO_PARAMETER: True}))
         rt_info = parameters_dict(response.parameters).get(RT_INFO_KEY)
         if rt_info is None:
@@ -703,18 +671,19 @@ def _endpoint(url: str, name: str | None, timeout: float) -> _Endpoint:
 def _anomaly_map(response: Any, url: str) -> np.ndarray:
     for output in response.outputs:
         if output.name == RAW_OUTPUT or len(response.outputs) == 1:
-            return _squeeze_map(output.as_numpy().astype(np.float32, copy=False), url)
+            return _network_output(output.as_numpy().astype(np.float32, copy=False), url)
     raise ModelLoadError(f"{url} returned no {RAW_OUTPUT!r} output")
 
 
-def _squeeze_map(anomaly_map: np.ndarray, url: str) -> np.ndarray:
-    while anomaly_map.ndim > 2 and anomaly_map.shape[0] == 1:
-        anomaly_map = anomaly_map[0]
-    if anomaly_map.ndim != 2:
-        raise ModelLoadError(
-            f"{url} returned an output of shape {list(anomaly_map.shape)}, not one anomaly map"
-        )
-    return np.ascontiguousarray(anomaly_map)
+def _network_output(output: np.ndarray, url: str) -> np.ndarray:
+    """A returned tensor as the network output ``B x 1 x h x w`` (a batch of maps)."""
+    if output.ndim == 4 and output.shape[1] == 1:
+        return np.ascontiguousarray(output)
+    if output.ndim in (2, 3):  # servers that drop unit axes
+        return np.ascontiguousarray(output.reshape(-1, 1, *output.shape[-2:]))
+    raise ModelLoadError(
+        f"{url} returned an output of shape {list(output.shape)}, not a batch of anomaly maps"
+    )
 
 
 def _describe(exc: BaseException) -> str:

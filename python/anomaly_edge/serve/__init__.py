@@ -1,7 +1,7 @@
 """``anomaly-edge serve``: an exported model behind KServe's Open Inference Protocol (v2).
 
 Needs the ``serve`` extra (``pip install 'anomaly-edge[serve]'``, which brings ``kserve``).
-:mod:`~anomaly_edge.serve.wire` (the conventions shared with the remote backend) does not;
+:mod:`~anomaly_edge.v2_protocol` (the encoding shared with the remote backend) does not;
 the other modules import ``kserve``.
 
 Example::

@@ -1,9 +1,10 @@
 """An anomaly-edge IR as a KServe model: the raw network call and the convenience call.
 
-See :mod:`anomaly_edge.serve.wire` for what each call takes and returns. Inference runs on
-:class:`~anomaly_edge.serve.network.RawNetwork`; the convenience call resizes and normalises
-the frame exactly as the remote backend does and post-processes with the same C++ step as a
-local :class:`~anomaly_edge.AnomalyModel`, so all three give the same prediction.
+See :mod:`anomaly_edge.v2_protocol` for what each call takes and returns. Both run on the
+local backend of the one core (:class:`~anomaly_edge.AnomalyModel`, with the IR compiled as
+exported so that raw FP32 calls run as OpenVINO Model Server runs them): its request pool,
+its tiling and its C++ decision. The event loop hands each call to a worker thread of a small
+pool, which waits for the model; OpenVINO's own threads never run Python.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +23,10 @@ from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, In
 
 from anomaly_edge.errors import InvalidInputError
 from anomaly_edge.images import ColorFormat, check_frame
-from anomaly_edge.postprocess import PostprocessParams, postprocess
+from anomaly_edge.model import AnomalyModel
+from anomaly_edge.postprocess import PostprocessParams
 from anomaly_edge.prediction import Task
-from anomaly_edge.serve.network import RawNetwork
-from anomaly_edge.serve.wire import (
+from anomaly_edge.v2_protocol import (
     ENCODED_INPUT,
     FRAME_INPUT,
     RAW_INPUT,
@@ -32,8 +34,8 @@ from anomaly_edge.serve.wire import (
     RT_INFO_KEY,
     RT_INFO_PARAMETER,
     boxes_array,
-    network_tensor,
     parameters_dict,
+    rt_info_dict,
 )
 
 
@@ -41,10 +43,10 @@ class AnomalyServeModel(kserve.Model):  # type: ignore[misc]  # kserve has no ty
     """Serves one anomaly-edge IR under ``name``.
 
     Args:
-        path: the IR's ``model.xml``.
+        path: the IR's ``model.xml`` (or its folder).
         name: the model's name in URLs (``/v2/models/<name>/infer``).
         device: OpenVINO device on the server.
-        num_requests: requests run at once (default: what the device prefers).
+        num_requests: requests run at once (default: what the device prefers, plus one).
     """
 
     def __init__(
@@ -54,36 +56,51 @@ class AnomalyServeModel(kserve.Model):  # type: ignore[misc]  # kserve has no ty
         self.path = Path(path)
         self._device = device
         self._num_requests = num_requests
-        self.network: RawNetwork | None = None
+        self.model: AnomalyModel | None = None
+        self._workers: ThreadPoolExecutor | None = None
+        self.rt_info: dict[str, dict[str, str]] = {}
+        self.input_shape: list[int] = []
+        self.output_shape: list[int] = []
 
     def load(self) -> bool:
-        self.network = RawNetwork(self.path, self._device, self._num_requests)
+        model = AnomalyModel(
+            self.path,
+            self._device,
+            num_requests=self._num_requests,
+            host_normalisation=True,
+        )
+        self.rt_info = rt_info_dict(model.ir)
+        self.input_shape = [int(d) for d in model.ir.inputs[0].get_shape()]
+        self.output_shape = [int(d) for d in model.ir.outputs[0].get_shape()]
+        # One waiting thread per request in flight: calls overlap on the model's pool.
+        self._workers = ThreadPoolExecutor(model.num_requests, "anomaly-edge-serve")
+        self.model = model
         self.ready = True
         return self.ready
 
     def stop(self) -> None:
-        if self.network is not None:
-            self.network.release()
+        if self._workers is not None:
+            self._workers.shutdown(wait=True, cancel_futures=True)
+        if self.model is not None:
+            self.model.close()
         self.ready = False
 
     # ---- metadata --------------------------------------------------------------------------
 
     def get_input_types(self) -> list[dict[str, Any]]:
-        return [{"name": RAW_INPUT, "datatype": "FP32", "shape": self._network.input_shape}]
+        return [{"name": RAW_INPUT, "datatype": "FP32", "shape": self.input_shape}]
 
     def get_output_types(self) -> list[dict[str, Any]]:
-        return [{"name": RAW_OUTPUT, "datatype": "FP32", "shape": self._network.output_shape}]
+        return [{"name": RAW_OUTPUT, "datatype": "FP32", "shape": self.output_shape}]
 
     @property
-    def rt_info(self) -> dict[str, dict[str, str]]:
-        """The IR's metadata sections, as OpenVINO Model Server shows them."""
-        return self._network.rt_info
-
-    @property
-    def _network(self) -> RawNetwork:
-        if self.network is None:
+    def _model(self) -> AnomalyModel:
+        if self.model is None:
             raise RuntimeError(f"model {self.name} is not loaded")
-        return self.network
+        return self.model
+
+    async def _on_worker(self, function: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._workers, function, *args)
 
     # ---- inference -------------------------------------------------------------------------
 
@@ -112,7 +129,7 @@ class AnomalyServeModel(kserve.Model):  # type: ignore[misc]  # kserve has no ty
             else:
                 raise InvalidInput(
                     f"input {tensor.name!r} has datatype {tensor.datatype}: send FP32 "
-                    f"{self._network.input_shape} (the network input), UINT8 [H, W, 3] / [H, W] "
+                    f"{self.input_shape} (the network input), UINT8 [H, W, 3] / [H, W] "
                     "(a frame) or BYTES [1] (an encoded image)"
                 )
         except InvalidInputError as exc:
@@ -128,47 +145,48 @@ class AnomalyServeModel(kserve.Model):  # type: ignore[misc]  # kserve has no ty
     async def _raw(
         self, tensor: InferInput, parameters: dict[str, Any]
     ) -> tuple[list[InferOutput], dict[str, Any]]:
-        """N network inputs -> N anomaly maps; the N run side by side (the IR has batch 1)."""
-        expected = self._network.input_shape
+        """N network inputs -> N anomaly maps, in calls of the IR's batch run side by side
+        (the batch is 1, or the tiles of one frame for a tiled IR)."""
+        expected = self.input_shape
+        batch = expected[0]
         shape = list(tensor.shape)
-        if len(shape) != 4 or shape[1:] != expected[1:] or shape[0] < 1:
+        if len(shape) != 4 or shape[1:] != expected[1:] or shape[0] < 1 or shape[0] % batch:
+            items = "N" if batch == 1 else f"N x {batch}"
             raise InvalidInput(
-                f"input {tensor.name!r} must have shape [N, "
+                f"input {tensor.name!r} must have shape [{items}, "
                 f"{', '.join(map(str, expected[1:]))}], got {shape}"
             )
-        batch = tensor.as_numpy().astype(np.float32, copy=False)
-        maps = await asyncio.gather(
-            *(self._network.infer(batch[i : i + 1]) for i in range(batch.shape[0]))
+        network_input = np.ascontiguousarray(tensor.as_numpy(), dtype=np.float32)
+        run = self._model.run_network
+        outputs = await asyncio.gather(
+            *(self._on_worker(run, network_input[i : i + batch]) for i in range(0, shape[0], batch))
         )
-        anomaly_maps = np.concatenate(maps, axis=0)
-        outputs = [_output(RAW_OUTPUT, anomaly_maps)]
         extra = {}
         if parameters.get(RT_INFO_PARAMETER):
             extra[RT_INFO_KEY] = json.dumps(self.rt_info, sort_keys=True)
-        return outputs, extra
+        return [_output(RAW_OUTPUT, np.concatenate(outputs, axis=0))], extra
 
     async def _convenience(
         self, tensor: InferInput, parameters: dict[str, Any]
     ) -> tuple[list[InferOutput], dict[str, Any]]:
         """A frame or an encoded image -> score, label, boxes (and the mask on request)."""
         color = ColorFormat.parse(str(parameters.get("color", "BGR")))
-        frame = _decode(tensor, color)
-        network = self._network
-        metadata = network.metadata
-        min_area = int(parameters.get("min_area", 1))
-        params = PostprocessParams.from_metadata(metadata, min_area=min_area)
+        frame = _as_bgr(_decode(tensor, color), color)
+        model = self._model
+        params = PostprocessParams.from_metadata(
+            model.metadata, min_area=int(parameters.get("min_area", 1))
+        )
         for name in ("image_threshold", "pixel_threshold"):
             if parameters.get(name) is not None:
                 params = params.replace(**{name: float(parameters[name])})
         want_mask = bool(parameters.get("mask", False))
         try:
-            task = Task.parse(str(parameters.get("task", metadata.task)))
+            task = Task.parse(str(parameters.get("task", model.metadata.task)))
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
         if want_mask:
             task = Task.SEGMENTATION
-        anomaly_map = await network.infer(network_tensor(frame, metadata, color))
-        prediction = postprocess(anomaly_map[0, 0], frame.shape[:2], params, task)
+        prediction = await self._on_worker(model.predict_with, frame, params, task)
         outputs = [
             _output("score", np.asarray([prediction.score], dtype=np.float32)),
             _output("label", np.asarray([prediction.label], dtype=bool)),
@@ -205,12 +223,24 @@ def _decode(tensor: InferInput, color: ColorFormat) -> np.ndarray:
     return check_frame(frame, color)
 
 
+def _as_bgr(frame: np.ndarray, color: ColorFormat) -> np.ndarray:
+    """The served model takes BGR frames; a grey frame's three equal channels give the same
+    network input as the grey path of a local model."""
+    if color is ColorFormat.BGR:
+        return frame
+    if color is ColorFormat.RGB:
+        return np.ascontiguousarray(frame[:, :, ::-1])
+    grey = frame if frame.ndim == 2 else frame[:, :, 0]
+    return np.repeat(grey[:, :, None], 3, axis=2)
+
+
 def _output(name: str, array: np.ndarray) -> InferOutput:
     datatype = {np.dtype(np.float32): "FP32", np.dtype(np.uint8): "UINT8", np.dtype(bool): "BOOL"}[
         array.dtype
     ]
     output = InferOutput(name=name, shape=list(array.shape), datatype=datatype)
     # Raw bytes now: KServe's gRPC encoder cannot take an array here, and its REST encoder
-    # turns these bytes into JSON numbers when the client did not ask for binary data.
-    output.set_data_from_numpy(np.ascontiguousarray(array), binary_data=True)
+    # turns these bytes into JSON numbers when the client did not ask for binary data. An
+    # empty array (no boxes) goes as an empty list: as bytes, REST would send "data": null.
+    output.set_data_from_numpy(np.ascontiguousarray(array), binary_data=array.size > 0)
     return output

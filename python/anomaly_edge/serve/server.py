@@ -28,7 +28,7 @@ from kserve.protocol.grpc.servicer import InferenceServicer
 from kserve.protocol.rest.server import RESTServer
 
 from anomaly_edge.serve.model import AnomalyServeModel
-from anomaly_edge.serve.wire import RT_INFO_KEY
+from anomaly_edge.v2_protocol import RT_INFO_KEY
 
 # gRPC messages carry whole frames and maps: lift gRPC's 4 MiB default.
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
