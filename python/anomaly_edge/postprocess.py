@@ -16,7 +16,7 @@ import dataclasses
 import math
 import operator
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -24,8 +24,20 @@ from anomaly_edge import _post
 from anomaly_edge.errors import InvalidInputError
 from anomaly_edge.prediction import Box, Prediction, Task
 
-if TYPE_CHECKING:
-    from anomaly_edge.metadata import ModelMetadata
+
+class ThresholdSource(Protocol):
+    """What :meth:`PostprocessParams.from_metadata` reads (a ``ModelMetadata`` has it; named
+    by shape so that this module needs nothing from the metadata's)."""
+
+    @property
+    def image_threshold(self) -> float: ...
+    @property
+    def pixel_threshold(self) -> float: ...
+    @property
+    def image_scale(self) -> float: ...
+    @property
+    def pixel_scale(self) -> float: ...
+
 
 __all__ = ["PostprocessParams", "postprocess", "postprocess_batch", "stitch_tiles"]
 
@@ -79,7 +91,7 @@ class PostprocessParams:
         object.__setattr__(self, "_native", native)
 
     @classmethod
-    def from_metadata(cls, metadata: ModelMetadata, min_area: int = 1) -> PostprocessParams:
+    def from_metadata(cls, metadata: ThresholdSource, min_area: int = 1) -> PostprocessParams:
         """The parameters an exported model carries in its metadata."""
         return cls(
             image_threshold=metadata.image_threshold,
