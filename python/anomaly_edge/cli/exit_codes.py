@@ -3,7 +3,9 @@ optional extras (a missing extra is an exit code too).
 
 * 0 done; 1 any other failure; 2 bad arguments (argparse's code too); 3 an input cannot be
   found or read (batch commands: at least one input, after finishing the others); 4 the model
-  cannot be loaded; 5 an optional extra (`train`, `serve`) is missing; 130 Ctrl-C or SIGTERM.
+  cannot be loaded; 5 an optional extra (`train`, `serve`) is missing; 6 the run went on but
+  an output lost data (disk full, permission, refused events: the summary says what);
+  130 Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ class ExitCode(IntEnum):
     INPUT = 3  # a data folder, image, video or stream that cannot be found or opened
     MODEL = 4  # a model that cannot be loaded
     MISSING_EXTRA = 5  # the command needs an optional extra, e.g. `pip install anomaly-edge[train]`
+    OUTPUT = 6  # the work was done, but an output lost data (disk full, ...): see the summary
     INTERRUPTED = 130  # Ctrl-C / SIGTERM (outputs are still complete)
 
 

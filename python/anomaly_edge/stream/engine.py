@@ -50,6 +50,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
+import numpy as np
+
 from anomaly_edge.errors import InvalidInputError
 from anomaly_edge.prediction import Prediction, Task
 from anomaly_edge.stream.config import Camera, check_unique
@@ -57,6 +59,7 @@ from anomaly_edge.stream.drift import DriftMonitor, calibrate_command
 from anomaly_edge.stream.events import EventLog, action_event, result_events
 from anomaly_edge.stream.feed import FrameFeed
 from anomaly_edge.stream.late_source import open_or_defer
+from anomaly_edge.stream.outputs import OutputHealth
 from anomaly_edge.stream.result import FrameResult
 from anomaly_edge.stream.sinks import Sink, SnapshotSink, VideoSink
 from anomaly_edge.stream.sources import Frame, ReconnectPolicy, Source, open_source
@@ -142,6 +145,11 @@ class SourceLane:
     ended: bool = False
     # Written by the delivering thread only:
     delivered: int = 0
+    size: tuple[int, int] | None = None  # the last frame's width and height
+    resolution_changes: int = 0
+    same_frames: int = 0  # frames in a row identical to the one before (a frozen camera)
+    frozen_warned: bool = False
+    _previous: Any = None  # a sample of the last frame's pixels
     error: BaseException | None = None
     summary: StreamSummary | None = None
 
@@ -736,6 +744,7 @@ class StreamRunner:
             source=lane.name,
         )
         anomalous = bool(prediction.label)
+        _watch_camera(lane, frame)
         stats = lane.stats
         stats.record(result.latency, anomalous)
         if lane.drift is not None:
@@ -832,6 +841,17 @@ class StreamRunner:
                 self._closed.set()
                 _LIVE_RUNNERS.discard(self)
 
+    def losses(self) -> list[str]:
+        """What the outputs could not write (disk full, permission, refused events), one
+        line each; empty when every output is complete."""
+        lines = []
+        for lane in self.lanes:
+            for sink in lane.sinks:
+                health = getattr(sink, "health", None)
+                if isinstance(health, OutputHealth) and (line := health.describe()):
+                    lines.append(f"{lane.name}: {line}" if len(self.lanes) > 1 else line)
+        return lines + self.events.losses()
+
     @property
     def errors(self) -> dict[str, BaseException]:
         """Why sources stopped early (lost input, failing sink), by name."""
@@ -913,6 +933,42 @@ def run_many(
             print(name, source.frames, source.anomalies)
     """
     return StreamRunner(model, cameras, **options).run()
+
+
+FROZEN_FRAMES = 50  # identical frames in a row that make a camera look frozen
+
+
+def _watch_camera(lane: SourceLane, frame: Frame) -> None:
+    """Say when a camera changes resolution (its boxes stay in the frame's own coordinates)
+    or keeps sending identical frames (frozen)."""
+    image = frame.image
+    size = (int(image.shape[1]), int(image.shape[0]))
+    if lane.size is not None and size != lane.size:
+        lane.resolution_changes += 1
+        log.warning(
+            "%s: resolution changed from %dx%d to %dx%d at frame %d; boxes and masks are in "
+            "the new frame's coordinates",
+            lane.name,
+            *lane.size,
+            *size,
+            frame.index,
+        )
+        lane._previous = None
+    lane.size = size
+    sample = image[::8, ::8]
+    if lane._previous is not None and np.array_equal(sample, lane._previous):
+        lane.same_frames += 1
+        if lane.same_frames >= FROZEN_FRAMES and not lane.frozen_warned:
+            lane.frozen_warned = True
+            log.warning(
+                "%s: the last %d frames are identical: is the camera frozen? (check its "
+                "connection and settings)",
+                lane.name,
+                lane.same_frames + 1,
+            )
+    else:
+        lane.same_frames = 0
+    lane._previous = sample.copy()
 
 
 def _as_cameras(
