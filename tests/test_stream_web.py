@@ -296,3 +296,50 @@ def test_the_page_in_chromium_shows_live_frames_and_changes_a_threshold(syntheti
     assert change[0]["image_threshold"]["new"] == 1000000
     assert change[0]["by"].startswith("web")
     assert "[line1]" in stdout and "[line2]" in stdout
+
+
+def test_a_forged_host_is_refused_even_on_loopback():
+    """DNS rebinding: before, a threshold change with `Host: evil.example` and a matching
+    Origin was accepted on 127.0.0.1."""
+    from anomaly_edge.stream.web import WebView
+
+    web = WebView("127.0.0.1", 0)
+    try:
+        base = f"http://127.0.0.1:{web.port}"
+        forged = {"Host": f"evil.example:{web.port}", "Origin": f"http://evil.example:{web.port}"}
+        status, body, _ = _request(
+            base + "/api/cameras/a/thresholds", data={"image_threshold": 1e9}, headers=forged
+        )
+        assert status == 403 and b"Host" in body
+        assert _request(base + "/", headers={"Host": f"evil.example:{web.port}"})[0] == 403
+        assert _request(base + "/", headers={"Host": "127.0.0.1:1"})[0] == 403  # other port
+        for host in (f"127.0.0.1:{web.port}", f"localhost:{web.port}", f"[::1]:{web.port}"):
+            assert _request(base + "/", headers={"Host": host})[0] == 200, host
+    finally:
+        web.close()
+
+
+def test_on_every_interface_addresses_pass_and_names_do_not():
+    from anomaly_edge.stream.web import WebView
+
+    web = WebView("0.0.0.0", 0, token="t")
+    try:
+        assert web.serves(f"10.1.2.3:{web.port}") and web.serves(f"localhost:{web.port}")
+        assert not web.serves(f"evil.example:{web.port}") and not web.serves("")
+    finally:
+        web.close()
+
+
+def test_an_empty_web_token_is_refused(synthetic_ir, tmp_path, capsys):
+    """Before: `--web-token ""` was accepted and locked everyone out."""
+    from anomaly_edge.cli.main import main
+    from anomaly_edge.stream.web import WebView
+
+    with pytest.raises(ValueError, match="empty"):
+        WebView("127.0.0.1", 0, token="")
+    code = main(
+        ["run", str(synthetic_ir), "--source", str(tmp_path), "--web", "127.0.0.1:0",
+         "--web-token", ""]
+    )  # fmt: skip
+    assert code == ExitCode.USAGE
+    assert "--web-token is empty" in capsys.readouterr().err

@@ -132,6 +132,12 @@ def check_network(args: argparse.Namespace) -> Network:
     if args.web:
         require_extra("web", "--web")
         network.web = parse_address(args.web, "--web")
+        if args.web_token is not None and not args.web_token.strip():
+            raise CliError(
+                "--web-token is empty: nobody could open the page; give a token, or leave "
+                "--web-token out (one is generated for addresses beyond this machine)",
+                ExitCode.USAGE,
+            )
         if args.web_fps <= 0:
             raise CliError("--web-fps must be positive", ExitCode.USAGE)
     if args.mqtt:
