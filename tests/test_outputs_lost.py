@@ -297,3 +297,80 @@ def test_a_webhook_behind_a_redirect_delivers_nothing_and_says_so(tmp_path):
     assert seen == ["POST /in"] * 3  # no GET followed
     assert "0 event(s) delivered" in hook.report()
     assert "redirect" in (hook._spool.health.describe() or "")
+
+
+# ---- predict: overlays keep the tree, long names, full disks, long paths ------------------
+
+
+def _image_tree(root: Path) -> Path:
+    from tests.stream_media import make_frame
+
+    for sub in ("a", "b"):
+        (root / sub).mkdir(parents=True)
+        cv2.imwrite(str(root / sub / "x.png"), make_frame(1, True))
+    long_name = "n" * 242 + ".png"  # 246 characters: legal
+    cv2.imwrite(str(root / long_name), make_frame(2, True))
+    return root
+
+
+def test_predict_overlays_keep_the_tree_and_long_names(synthetic_ir, tmp_path, capsys):
+    """Before: sub-folders were flattened and renamed, and a 246-character name stopped
+    `predict` at that file."""
+    root = _image_tree(tmp_path / "in")
+    overlays, jsonl = tmp_path / "over", tmp_path / "r.jsonl"
+    code = main(
+        ["predict", str(synthetic_ir), str(root), "--recursive", "--device", "CPU",
+         "--overlays", str(overlays), "--jsonl", str(jsonl)]
+    )  # fmt: skip
+    assert code == ExitCode.OK, capsys.readouterr().err
+    written = sorted(str(p.relative_to(overlays)) for p in overlays.rglob("*.png"))
+    assert written[:2] == ["a/x.png", "b/x.png"]
+    assert len(written) == 3 and written[2].startswith("nnnn")
+    assert len(jsonl.read_text().splitlines()) == 3
+
+
+def test_predict_on_a_full_disk_still_writes_every_score(synthetic_ir, tmp_path, capsys):
+    """Before: overlays failing on a full disk meant --jsonl was never written."""
+    root = _image_tree(tmp_path / "in")
+    jsonl = tmp_path / "r.jsonl"
+    with _small_disk(tmp_path / "disk", "64k") as disk:
+        _fill(disk)
+        code = main(
+            ["predict", str(synthetic_ir), str(root), "--recursive", "--device", "CPU",
+             "--overlays", str(disk / "over"), "--jsonl", str(jsonl)]
+        )  # fmt: skip
+        err = capsys.readouterr().err
+        assert code == ExitCode.OUTPUT, err
+        assert "3 overlays LOST" in err
+        assert not [p for p in disk.rglob("*.tmp")]
+    assert len(jsonl.read_text().splitlines()) == 3
+
+
+def test_a_path_over_path_max_is_an_input_error(synthetic_ir, capsys):
+    too_long = "/tmp/" + "d/" * 3000 + "x.png"
+    assert main(["predict", str(synthetic_ir), too_long, "--device", "CPU"]) == ExitCode.INPUT
+    assert main(["run", str(synthetic_ir), "--source", too_long]) == ExitCode.INPUT
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_info_into_a_closed_pipe_stops_quietly(synthetic_ir):
+    """Before: `info model | head` sometimes ended with 'Broken pipe' and exit 3."""
+    import sys
+
+    from tests.conftest import REPO
+
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'python'}:{REPO}"}
+    script = (
+        "import sys; from anomaly_edge.cli.main import main; "
+        f"sys.exit(main(['info', {str(synthetic_ir)!r}]))"
+    )
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first line: every write fails
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", script], stdout=write_end, stderr=subprocess.PIPE, env=env
+        )
+    finally:
+        os.close(write_end)
+    assert b"Broken pipe" not in done.stderr and b"Traceback" not in done.stderr, done.stderr
+    assert done.returncode == ExitCode.READER_GONE

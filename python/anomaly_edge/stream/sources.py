@@ -167,9 +167,13 @@ def open_source(
             )
         return NetworkSource(text, reconnect, timeout)
     path = Path(text).expanduser()
-    if path.is_dir():
+    try:
+        is_dir, is_file = path.is_dir(), path.is_file()
+    except OSError as exc:  # e.g. a path over PATH_MAX
+        raise SourceError(f"source {text[:80]!r}...: {exc.strerror or exc}") from None
+    if is_dir:
         return ImageFolderSource.from_folder(path)
-    if path.is_file():
+    if is_file:
         if path.suffix.lower() in IMAGE_SUFFIXES:
             return ImageFolderSource([path], description=f"image {path}")
         return VideoFileSource(path)
