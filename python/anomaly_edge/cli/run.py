@@ -173,6 +173,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="longest wait between reconnections (default 8 s)",
     )
     stream.add_argument(
+        "--start-attempts",
+        type=_non_negative_int,
+        default=10,
+        metavar="N",
+        help="live sources (camera index, URL) down at the start: tries to open them, with "
+        "the reconnection's backoff capped at --reconnect-max-delay, before giving up "
+        "(default 10; 0 = fail at once)",
+    )
+    stream.add_argument(
         "--timeout",
         type=_positive_float,
         default=10.0,
@@ -266,6 +275,8 @@ def execute(
             ),
             timeout=args.timeout,
             on_result=on_result,
+            wait_for_live=args.start_attempts > 0,
+            start_attempts=args.start_attempts,
         )
         if args.show:
             runner.sinks.append(WindowSink(alpha=args.alpha, on_quit=runner.stop))

@@ -234,6 +234,9 @@ class StreamRunner:
         wait_for_live: a live source (camera index, URL) that is down at the start is
             retried in the background like a reconnection, instead of failing at once;
             None (default): when there are several sources, so the others run meanwhile.
+        start_attempts: how many times such a source is tried again (with the
+            reconnection's backoff, capped at its ``max_delay``) before it counts as lost;
+            None: the reconnection's ``attempts``.
     """
 
     def __init__(
@@ -252,6 +255,7 @@ class StreamRunner:
         drift: bool = True,
         on_result: Callable[[FrameResult], Any] | None = None,
         wait_for_live: bool | None = None,
+        start_attempts: int | None = None,
     ) -> None:
         if max_frames is not None and max_frames < 1:
             raise InvalidInputError(f"max_frames must be at least 1, got {max_frames}")
@@ -293,6 +297,9 @@ class StreamRunner:
         self._applied: SourceSettings | None = self._original
         self._next = 0
         policy = reconnect or ReconnectPolicy()
+        start_policy = (
+            policy if start_attempts is None else replace(policy, attempts=start_attempts)
+        )
         capacity = max(1, int(getattr(model, "num_requests", 1) or 1)) + 2
         if wait_for_live is None:
             wait_for_live = len(cameras) > 1
@@ -303,7 +310,7 @@ class StreamRunner:
                 if opened is not None:
                     source = opened
                 elif wait_for_live:
-                    source = open_or_defer(camera.source, policy, timeout)
+                    source = open_or_defer(camera.source, policy, timeout, start_policy)
                 else:
                     source = open_source(camera.source, reconnect=policy, timeout=timeout)
                 lane = SourceLane(camera, source, [], settings, heatmap=False, capacity=capacity)
@@ -1021,7 +1028,10 @@ def _event_log(events: EventLog | str | os.PathLike[str] | None) -> EventLog:
 def _add_file_sinks(sinks: list[Sink], camera: Camera, source: Source, alpha: float) -> None:
     # Appended one by one, so that a failing second sink still gets the first one closed.
     if camera.output is not None:
-        sinks.append(VideoSink(camera.output, source.fps, alpha=alpha))
+        # A live source's stated rate is often FFmpeg's default guess (25 for MJPEG over
+        # HTTP): the video measures it from the frames' timestamps instead.
+        fps = None if source.live else source.fps
+        sinks.append(VideoSink(camera.output, fps, alpha=alpha))
     if camera.snapshots is not None:
         sinks.append(
             SnapshotSink(

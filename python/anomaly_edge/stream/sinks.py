@@ -13,6 +13,7 @@ Ctrl-C. Each sink leaves complete files behind:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -72,7 +73,8 @@ class VideoSink:
 
     Args:
         path: ``.mp4``/``.m4v``/``.mov``/``.mkv`` (MPEG-4 part 2) or ``.avi`` (Motion JPEG).
-        fps: frame rate to write; the source's, when known (None: measured).
+        fps: frame rate to write; the source's, when known (None: measured; live sources
+            get it measured, since a network camera's stated rate is often FFmpeg's guess).
         alpha: opacity of the segmentation overlay.
         reserve: bytes left free on the disk for the container's index (the video stops
             before the disk fills).
@@ -172,11 +174,12 @@ class VideoSink:
     def _flush_first(self) -> None:
         """Open the writer at the rate the first frames' timestamps give, and write them."""
         first, self._first = self._first, []
-        if len(first) > 1:
-            span = first[-1][0] - first[0][0]
-            if span > 0:
-                self.fps = round((len(first) - 1) / span, 2)
-                log.info("%s: frame rate measured from the timestamps: %g fps", self.path, self.fps)
+        # The median gap between frames: a burst of buffered frames at the start (same
+        # timestamp) does not count.
+        gaps = sorted(b[0] - a[0] for a, b in itertools.pairwise(first) if b[0] > a[0])
+        if gaps:
+            self.fps = round(1.0 / gaps[len(gaps) // 2], 2)
+            log.info("%s: frame rate measured from the timestamps: %g fps", self.path, self.fps)
         try:
             for _, image in first:
                 if self._cut:
