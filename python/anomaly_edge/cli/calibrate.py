@@ -13,6 +13,8 @@ output cannot be written).
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -135,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         written = model.save(out)
     except (AnomalyEdgeError, OSError, RuntimeError) as exc:
-        raise CliError(f"cannot write {out}: {exc}") from None
+        raise CliError(f"cannot write {out}: {_write_problem(exc, out)}") from None
     print(report)
     print(f"calibrated model: {written}")
     return int(ExitCode.OK)
@@ -152,3 +154,19 @@ def _frames(source: Source, count: int | None, seconds: float | None) -> Iterato
         taken += 1
         if limit is not None and taken >= limit:
             break
+
+
+def _write_problem(exc: BaseException, out: Path) -> str:
+    """What went wrong writing ``out``, in words: OpenVINO's serializer only says
+    "basic_ios::clear: iostream error" when the disk is full or the folder not writable."""
+    if isinstance(exc, OSError) or "iostream" not in str(exc):
+        return str(getattr(exc, "strerror", None) or exc)
+    try:
+        free = shutil.disk_usage(out.parent).free
+    except OSError:
+        free = None
+    if free is not None and free < 64 << 20:
+        return f"the disk is full ({free // 1024} KiB free in {out.parent}); free some space"
+    if not os.access(out.parent, os.W_OK):
+        return f"folder {out.parent} is not writable"
+    return "the file system refused the write (disk full, quota or permissions?)"
