@@ -374,3 +374,50 @@ def test_info_into_a_closed_pipe_stops_quietly(synthetic_ir):
         os.close(write_end)
     assert b"Broken pipe" not in done.stderr and b"Traceback" not in done.stderr, done.stderr
     assert done.returncode == ExitCode.READER_GONE
+
+
+def test_a_video_cut_short_by_the_disk_is_finalised_up_to_its_last_good_frame(
+    synthetic_ir, tmp_path
+):
+    from anomaly_edge.model import AnomalyModel
+    from anomaly_edge.stream import StreamRunner
+    from anomaly_edge.stream.sinks import VideoSink
+    from tests.stream_media import count_frames
+
+    video = make_video(tmp_path / "in.avi", 150, size=(320, 240))
+    model = AnomalyModel(synthetic_ir, device="CPU", task="detection")
+    with _small_disk(tmp_path / "disk", "1m") as disk:
+        # Leave room for a few dozen frames only: the disk "fills" part way through.
+        sink = VideoSink(disk / "out.avi", 20.0, reserve=(1 << 20) - (160 << 10))
+        summary = StreamRunner(model, video, sinks=[sink]).run()
+        assert summary.frames == 150  # the camera went on
+        assert 0 < sink.frames < 150
+        frames, _, _ = count_frames(disk / "out.avi")
+        assert frames == sink.frames
+        assert sink.health.lost == 150 - sink.frames
+        assert "LOST" in (sink.health.describe() or "")
+        assert [p.name for p in disk.iterdir()] == ["out.avi"]
+
+
+def test_mqtt_events_that_cannot_be_kept_are_said_and_exit_6(synthetic_ir, tmp_path, capsys):
+    """Before: the publisher was dropped, the summary had no MQTT line and the exit code
+    was 0. Here the broker never comes and the spool folder's disk is full."""
+    pytest.importorskip("paho.mqtt")
+    from tests.system_tools import free_port
+
+    video = make_video(tmp_path / "in.avi", 12)
+    with _small_disk(tmp_path / "disk", "64k") as disk:
+        (disk / "spool").mkdir()
+        _fill(disk)
+        code = main(
+            ["run", str(synthetic_ir), "--device", "CPU", "--quiet", "--source", str(video),
+             "--all-frames", "--mqtt", f"mqtt://127.0.0.1:{free_port()}",
+             "--spool-dir", str(disk / "spool")]
+        )  # fmt: skip
+        out = capsys.readouterr()
+        assert code == ExitCode.OUTPUT, out.err
+        assert "mqtt: 0 event(s) delivered" in out.out
+        assert "12 event(s) LOST" in out.out
+        for left in (disk / "spool").iterdir():  # nothing half-written, no temporary files
+            text = left.read_bytes()
+            assert left.suffix == ".jsonl" and (not text or text.endswith(b"\n"))
