@@ -197,27 +197,35 @@ def test_a_failing_consumer_is_kept_and_its_losses_counted():
 # ---- run on a full disk -------------------------------------------------------------------
 
 
-def test_run_on_a_full_disk_says_what_was_lost_and_exits_6(synthetic_ir, tmp_path, capsys):
-    """Before: exit 0, '324 frames', and an mp4 without its index that nothing could open."""
-    video = make_video(tmp_path / "in.avi", 120, size=(320, 240))
+@pytest.mark.parametrize("cameras", [1, 2])
+def test_run_on_a_full_disk_says_what_was_lost_and_exits_6(synthetic_ir, tmp_path, capsys, cameras):
+    """Before: exit 0, '324 frames', an mp4 without its index that nothing could open, the
+    events writer dropped after 90 of 300 events with its last line cut, snapshots that
+    stopped the stream and left a .partial.jpg behind."""
+    video = make_video(tmp_path / "in.avi", 80, defects=range(10, 80), size=(320, 240))
+    sources = [f"c{n}={video}" for n in range(cameras)]
     with _small_disk(tmp_path / "disk", "384k") as disk:
         code = main(
             [
-                "run", str(synthetic_ir), "--device", "CPU", "--quiet",
-                "--source", str(video),
+                "run", str(synthetic_ir), "--device", "CPU", "--quiet", "--task", "detection",
+                *[arg for spec in sources for arg in ("--source", spec)],
                 "--output", str(disk / "out.avi"),
                 "--events", str(disk / "e.jsonl"), "--all-frames",
+                "--snapshots", str(disk / "snaps"), "--snapshot-interval", "0",
             ]
         )  # fmt: skip
         out = capsys.readouterr()
         assert code == ExitCode.OUTPUT == 6, out.err
         assert "LOST" in out.out and "incomplete" in out.err
-        target = disk / "out.avi"
-        if target.exists():  # finalised up to its last good frame: it plays
+        assert out.out.count("processed 80 frames") == cameras  # the cameras went on
+        for target in disk.glob("out*.avi"):  # finalised up to its last good frame: it plays
             capture = cv2.VideoCapture(str(target))
             assert capture.isOpened() and capture.read()[0]
             capture.release()
-        assert not [p.name for p in disk.iterdir() if "partial" in p.name]
+        leftovers = [p.name for p in disk.rglob("*") if "partial" in p.name or ".tmp" in p.name]
+        assert not leftovers
+        for snapshot in disk.rglob("*.jpg"):
+            assert cv2.imread(str(snapshot)) is not None
         text = (disk / "e.jsonl").read_bytes()
         assert not text or text.endswith(b"\n")
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Protocol
 import cv2
 import numpy as np
 
-from anomaly_edge.atomic import atomic_path
+from anomaly_edge.atomic import atomic_write
 from anomaly_edge.errors import InvalidInputError
 from anomaly_edge.stream.events import JsonLinesWriter, result_events
 from anomaly_edge.stream.outputs import OutputHealth
@@ -341,8 +341,9 @@ class SnapshotSink:
             self.health.failed(f"could not encode frame {result.index} as JPEG", lost=1)
             return
         try:
-            with atomic_path(self.directory / fit_file_name(stem, ".jpg")) as temp:
-                encoded.tofile(temp)
+            # Python's write, flush and fsync report a full disk; numpy's tofile does not.
+            with atomic_write(self.directory / fit_file_name(stem, ".jpg"), "wb") as handle:
+                handle.write(encoded.tobytes())
         except OSError as exc:  # disk full, permission: the next anomaly tries again
             self.health.failed(exc, lost=1)
             return
