@@ -166,11 +166,38 @@ def test_a_non_local_address_needs_a_token(synthetic_ir, tmp_path, capsys):
             "CPU",
             "--web",
             "0.0.0.0:0",
+            "--web-linger",
+            "0",
             "--quiet",
         ]
     )
     assert code == 0
     assert re.search(r"web view: http://0\.0\.0\.0:\d+/\?token=\S{20,}", capsys.readouterr().err)
+
+
+def test_the_web_view_stays_up_after_a_file_source_ends(synthetic_ir, tmp_path):
+    """Before: the page went away as soon as the video ended."""
+    from tests.stream_media import make_video
+
+    video = make_video(tmp_path / "v.avi", 5)
+    process, stderr = _start_cli(
+        "--model", synthetic_ir, "--device", "CPU", "--source", str(video),
+        "--web", "127.0.0.1:0", "--quiet",
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not any("stays up" in line for line in stderr):
+            assert process.poll() is None and time.monotonic() < deadline, "".join(stderr)
+            time.sleep(0.1)
+        url = re.search(r"stays up at (\S+)", "".join(stderr)).group(1)
+        status, body, _ = _request(url.rstrip("/") + "/api/state")
+        assert status == 200
+        assert [c["state"] for c in json.loads(body)["cameras"]] == ["ended"]
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == ExitCode.OK  # the run's code, not 130
+    finally:
+        if process.poll() is None:
+            process.kill()
 
 
 # ---- in a real browser -----------------------------------------------------------------------

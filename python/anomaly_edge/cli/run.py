@@ -303,9 +303,11 @@ def execute(
             summary = _iterate(runner, status) if args.show else _wait(runner, status)
     except KeyboardInterrupt:  # a second Ctrl-C while the outputs were being closed
         _print_summary(runner)
+        run_cameras.linger(web, 0)
         return int(ExitCode.INTERRUPTED)
     except Exception as exc:
         if runner.summary is None or not any(exc is e for e in runner.errors.values()):
+            run_cameras.linger(web, 0)
             _print_summary(runner)  # the model failed: every source stopped
             if isinstance(exc, ConnectionError):  # a model server that did not come back
                 raise CliError(str(exc), ExitCode.INPUT) from None
@@ -313,8 +315,12 @@ def execute(
         summary = runner.summary  # every source failed: each says why, in the exit code too
     _print_summary(runner)
     if interrupted.signalled:
+        run_cameras.linger(web, 0)
         return int(ExitCode.INTERRUPTED)
-    return int(_exit_code(runner, summary))
+    code = _exit_code(runner, summary)
+    # The page stays up (a file source ends while someone is watching it) until Ctrl-C.
+    run_cameras.linger(web, args.web_linger)
+    return int(code)
 
 
 def _iterate(runner: StreamRunner, status: _Status) -> StreamSummary:

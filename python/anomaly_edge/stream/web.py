@@ -117,6 +117,8 @@ class WebView(FrameObserver):
         if token is not None and not token.strip():
             raise ValueError("--web-token: the token is empty; give one, or leave it out")
         self.token = token
+        self.linger = False  # keep serving after the run ends (see close)
+        self.ended = False
         self.max_fps = max_fps
         self.alpha = alpha
         self._runner: StreamRunner | None = None
@@ -199,6 +201,17 @@ class WebView(FrameObserver):
             self._events.appendleft(entry)
 
     def close(self) -> None:
+        """Called by the runner at its end: stops the page, unless :attr:`linger` keeps it
+        up (showing the final state) until :meth:`shutdown`."""
+        if self.linger:
+            self.ended = True
+            return
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Stop serving (at once, whatever :attr:`linger` says)."""
+        if self._closing.is_set():
+            return
         self._closing.set()
         self._server.should_exit = True
         self._thread.join(timeout=10)
