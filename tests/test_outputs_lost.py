@@ -108,6 +108,28 @@ def test_a_broken_line_in_the_middle_does_not_stop_delivery(tmp_path):
     assert spool.torn == 2
 
 
+def test_after_a_crash_the_next_start_sends_no_event_twice(tmp_path):
+    got: list[int] = []
+
+    def first_run(record: dict) -> None:
+        if len(got) >= 5:
+            raise ConnectionError("the process is about to die")
+        got.append(record["n"])
+
+    crashed = Spool("test", first_run, spool_dir=tmp_path, memory=1, retry_delay=0.05)
+    for n in range(10):
+        crashed.put({"n": n})
+    _wait(lambda: crashed.failures > 0, what="the first run's deliveries")
+    # The process dies here: no close(), the spool file still holds every disk event.
+    receiver = _Receiver()
+    receiver.up.set()
+    again = Spool("test", receiver, spool_dir=tmp_path, retry_delay=0.01)
+    _wait(lambda: again.pending == 0, what="the second run's deliveries")
+    again.close()
+    assert got == [0, 1, 2, 3, 4] and receiver.got == [5, 6, 7, 8, 9]
+    assert not list(tmp_path.iterdir())
+
+
 def test_events_undelivered_from_a_temporary_spool_count_as_lost(tmp_path):
     spool = Spool("test", _Receiver(), retry_delay=0.01)
     spool.put({"n": 0})

@@ -18,7 +18,9 @@ has room again; only what exceeds that is lost, counted in :attr:`Spool.health`.
 thread never dies on bad input.
 
 With a ``spool_dir`` of your own, events still undelivered at :meth:`close` stay in
-``<spool_dir>/<name>.jsonl`` and go out first at the next start. A receiver that confirmed an
+``<spool_dir>/<name>.jsonl`` and go out first at the next start. While the file is being
+delivered, ``.<name>.delivered`` says up to where, so a process that dies without closing
+sends none of those events again at the next start. A receiver that confirmed an
 event whose confirmation got lost gets it twice (at least once, as MQTT QoS 1 promises).
 """
 
@@ -95,6 +97,7 @@ class Spool:
         )
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / f"{name}.jsonl"
+        self._progress = folder / f".{name}.delivered"
         self.health = OutputHealth(f"{name} spool {self.path}")
         self._memory: collections.deque[dict[str, Any]] = collections.deque()
         # Newer than everything on disk: events the disk had no room for (written later).
@@ -169,12 +172,16 @@ class Spool:
             self.health.recovered()
 
     def _check_leftovers(self) -> int:
-        """Count the waiting events of an earlier run; drop the broken lines (a power cut
-        tears the last one) so they neither stop delivery nor get glued to new events."""
+        """Count the waiting events of an earlier run: skip those it had delivered already
+        (its progress file says up to where) and drop the broken lines (a power cut tears
+        the last one), so they neither stop delivery nor get glued to new events."""
         if not self.path.exists():
+            self._progress.unlink(missing_ok=True)
             return 0
         with open(self.path, "rb") as handle:
-            lines = handle.read().split(b"\n")
+            data = handle.read()
+        done = self._delivered_before(data)
+        lines = data[done:].split(b"\n")
         whole, last = lines[:-1], lines[-1]
         good = [line for line in whole if _is_event(line)]
         self.torn = len(whole) - len(good) + (1 if last.strip() else 0)
@@ -187,9 +194,37 @@ class Spool:
                 self.path,
                 len(good),
             )
+        if self.torn or done:
             with atomic_write(self.path, "wb") as handle:
                 handle.write(b"".join(line + b"\n" for line in good))
+        self._progress.unlink(missing_ok=True)
         return len(good)
+
+    def _delivered_before(self, data: bytes) -> int:
+        """Bytes at the start of the spool file already delivered by a run that stopped
+        without tidying up (a crash): 0 when unknown."""
+        try:
+            done = int(self._progress.read_text().strip() or 0)
+        except (OSError, ValueError):
+            return 0
+        if 0 < done <= len(data) and data[done - 1 : done] == b"\n":
+            log.info(
+                "%s: %d byte(s) of %s were delivered before; skipped", self.name, done, self.path
+            )
+            return done
+        return 0
+
+    def _save_progress(self) -> None:
+        """Remember up to where the spool file is delivered (no fsync: after a crash of the
+        process, not of the machine, the next start then sends no event twice)."""
+        try:
+            fd = os.open(self._progress, os.O_WRONLY | os.O_CREAT, 0o666)
+            try:
+                os.pwrite(fd, f"{self._read_offset:>20}\n".encode(), 0)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass  # a full disk: at worst, some events are sent twice after a crash
 
     def close(self, timeout: float = 5.0) -> int:
         """Deliver what is left for up to ``timeout`` seconds, then stop; returns how many
@@ -288,9 +323,12 @@ class Spool:
         self._reader.seek(self._read_offset)
         self._read_offset += len(self._reader.readline())
         self._on_disk -= 1
+        if self._on_disk:
+            self._save_progress()
         if not self._on_disk:  # all delivered: start the file afresh
             os.ftruncate(self._fd, 0)
             self._read_offset = self._end = 0
+            self._progress.unlink(missing_ok=True)
             log.info("%s: receiver caught up; the spool is empty again", self.name)
             self._write_unwritten()
 
@@ -309,6 +347,7 @@ class Spool:
         self._memory.clear()
         self._unwritten.clear()
         if self._temporary or not leftovers:
+            self._progress.unlink(missing_ok=True)
             self.path.unlink(missing_ok=True)
             if self._temporary:
                 os.rmdir(self.path.parent)
@@ -316,6 +355,7 @@ class Spool:
         try:
             with atomic_write(self.path, "wb") as handle:
                 handle.write(leftovers)
+            self._progress.unlink(missing_ok=True)
         except OSError as exc:
             log.error(
                 "%s: could not keep the undelivered events in %s: %s", self.name, self.path, exc
