@@ -451,3 +451,23 @@ def test_mqtt_events_that_cannot_be_kept_are_said_and_exit_6(synthetic_ir, tmp_p
         for left in (disk / "spool").iterdir():  # nothing half-written, no temporary files
             text = left.read_bytes()
             assert left.suffix == ".jsonl" and (not text or text.endswith(b"\n"))
+
+
+def test_run_snapshots_of_an_image_with_a_246_character_name(synthetic_ir, tmp_path, capsys):
+    """Before: a legal 246-character image name with --snapshots stopped `run` after one
+    frame."""
+    from tests.stream_media import make_frame
+
+    folder = tmp_path / "shots"
+    folder.mkdir()
+    cv2.imwrite(str(folder / ("n" * 242 + ".png")), make_frame(1, True))
+    cv2.imwrite(str(folder / "z_second.png"), make_frame(2, True))
+    code = main(
+        ["run", str(synthetic_ir), "--device", "CPU", "--quiet", "--source", str(folder),
+         "--task", "detection", "--snapshots", str(tmp_path / "snaps"),
+         "--snapshot-interval", "0", "--snapshot-overlay"]
+    )  # fmt: skip
+    assert code == ExitCode.OK, capsys.readouterr().err
+    names = sorted(p.name for p in (tmp_path / "snaps").iterdir())
+    assert len(names) == 2 and names[0].startswith("frame_00000000_nnnn")
+    assert all(len(name.encode()) <= 200 for name in names)
