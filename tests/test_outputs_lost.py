@@ -421,6 +421,7 @@ def test_a_video_cut_short_by_the_disk_is_finalised_up_to_its_last_good_frame(
         sink = VideoSink(disk / "out.avi", 20.0, reserve=(1 << 20) - (160 << 10))
         summary = StreamRunner(model, video, sinks=[sink]).run()
         assert summary.frames == 150  # the camera went on
+        assert summary.losses == [sink.health.describe()]
         assert 0 < sink.frames < 150
         frames, _, _ = count_frames(disk / "out.avi")
         assert frames == sink.frames

@@ -844,6 +844,7 @@ class StreamRunner:
                     {lane.name: lane.summary for lane in self.lanes if lane.summary},
                     {lane.name: str(lane.error) for lane in self.lanes if lane.error},
                 )
+                self.summary.losses = self.losses()
             finally:
                 self._closed.set()
                 _LIVE_RUNNERS.discard(self)
