@@ -6,8 +6,8 @@ the thresholds, normalisation statistics and normal score range
 record in its rt_info. Nothing is written unless calibration succeeds.
 
 Exit codes: 0 done; 2 bad arguments; 3 the source cannot be opened, delivers no or too few
-frames, or frames of mixed sizes; 4 the model cannot be loaded; 1 anything else (e.g. the
-output cannot be written).
+frames, frames of mixed sizes, or only identical frames (a frozen camera); 4 the model
+cannot be loaded; 1 anything else (e.g. the output cannot be written).
 """
 
 from __future__ import annotations
@@ -46,9 +46,9 @@ DESCRIPTION = (
     "as they are; no training data or torch is needed."
 )
 EPILOG = (
-    "exit codes: 0 done, 2 bad arguments, 3 source cannot be opened or gives no, too few or "
-    "mixed-size frames, 4 model cannot be loaded, 1 other errors (nothing is written unless "
-    "it succeeds)"
+    "exit codes: 0 done, 2 bad arguments, 3 source cannot be opened or gives no, too few, "
+    "mixed-size or only identical (frozen camera) frames, 4 model cannot be loaded, "
+    "1 other errors (nothing is written unless it succeeds)"
 )
 
 

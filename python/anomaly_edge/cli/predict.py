@@ -55,7 +55,8 @@ DESCRIPTION = (
 )
 EPILOG = (
     "exit codes: 0 done, 2 bad arguments, 3 some inputs could not be read (the others' "
-    "results are written; the bad ones are listed), 4 model cannot be loaded, 1 other errors"
+    "results are written; the bad ones are listed), 4 model cannot be loaded, 6 every image "
+    "scored but overlays or the --jsonl file could not be written (disk full), 1 other errors"
 )
 
 
