@@ -82,6 +82,7 @@ class VideoSink:
 
     QUEUE = 4  # frames waiting for the encoder; bounds memory, and a slow disk slows the run
     MEASURE_FRAMES = 25  # frames whose timestamps give the frame rate when the source has none
+    MEASURE_BYTES = 64 << 20  # ... or fewer, for large frames: memory held meanwhile
     RESERVE = 1 << 20
 
     def __init__(
@@ -164,7 +165,8 @@ class VideoSink:
             try:
                 if self.measured and self._writer is None:
                     self._first.append((result.timestamp, result.annotated(self.alpha)))
-                    if len(self._first) >= self.MEASURE_FRAMES:
+                    held = sum(image.nbytes for _, image in self._first)
+                    if len(self._first) >= self.MEASURE_FRAMES or held >= self.MEASURE_BYTES:
                         self._flush_first()
                 else:
                     self._write(result.annotated(self.alpha))

@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from anomaly_edge.atomic import atomic_write
 from anomaly_edge.stream.outputs import OutputHealth
@@ -174,45 +174,53 @@ class Spool:
     def _check_leftovers(self) -> int:
         """Count the waiting events of an earlier run: skip those it had delivered already
         (its progress file says up to where) and drop the broken lines (a power cut tears
-        the last one), so they neither stop delivery nor get glued to new events."""
+        the last one), so they neither stop delivery nor get glued to new events. Read line
+        by line: a long outage's spool need not fit in memory."""
         if not self.path.exists():
             self._progress.unlink(missing_ok=True)
             return 0
         with open(self.path, "rb") as handle:
-            data = handle.read()
-        done = self._delivered_before(data)
-        lines = data[done:].split(b"\n")
-        whole, last = lines[:-1], lines[-1]
-        good = [line for line in whole if _is_event(line)]
-        self.torn = len(whole) - len(good) + (1 if last.strip() else 0)
-        if self.torn:
-            log.warning(
-                "%s: %d broken line(s) in %s (cut short by a power cut or damaged) skipped; "
-                "the %d whole event(s) go out",
-                self.name,
-                self.torn,
-                self.path,
-                len(good),
-            )
-        if self.torn or done:
-            with atomic_write(self.path, "wb") as handle:
-                handle.write(b"".join(line + b"\n" for line in good))
+            done = self._delivered_before(handle)
+            handle.seek(done)
+            good = torn = 0
+            for line in handle:
+                if _is_whole_event(line):
+                    good += 1
+                else:
+                    torn += 1
+            self.torn = torn
+            if torn:
+                log.warning(
+                    "%s: %d broken line(s) in %s (cut short by a power cut or damaged) "
+                    "skipped; the %d whole event(s) go out",
+                    self.name,
+                    torn,
+                    self.path,
+                    good,
+                )
+            if torn or done:
+                handle.seek(done)
+                with atomic_write(self.path, "wb") as out:
+                    for line in handle:
+                        if _is_whole_event(line):
+                            out.write(line)
         self._progress.unlink(missing_ok=True)
-        return len(good)
+        return good
 
-    def _delivered_before(self, data: bytes) -> int:
+    def _delivered_before(self, handle: BinaryIO) -> int:
         """Bytes at the start of the spool file already delivered by a run that stopped
         without tidying up (a crash): 0 when unknown."""
         try:
             done = int(self._progress.read_text().strip() or 0)
         except (OSError, ValueError):
             return 0
-        if 0 < done <= len(data) and data[done - 1 : done] == b"\n":
-            log.info(
-                "%s: %d byte(s) of %s were delivered before; skipped", self.name, done, self.path
-            )
-            return done
-        return 0
+        if not 0 < done <= os.fstat(handle.fileno()).st_size:
+            return 0
+        handle.seek(done - 1)
+        if handle.read(1) != b"\n":
+            return 0
+        log.info("%s: %d byte(s) of %s were delivered before; skipped", self.name, done, self.path)
+        return done
 
     def _save_progress(self) -> None:
         """Remember up to where the spool file is delivered (no fsync: after a crash of the
@@ -304,7 +312,7 @@ class Spool:
             return self._unwritten[0]
         self._reader.seek(self._read_offset)
         line = self._reader.readline()
-        if _is_event(line.rstrip(b"\n")) and line.endswith(b"\n"):
+        if _is_whole_event(line):
             record: dict[str, Any] = json.loads(line)
             return record
         self.torn += 1
@@ -362,6 +370,11 @@ class Spool:
             )
             return False
         return True
+
+
+def _is_whole_event(line: bytes) -> bool:
+    """A line as read from the file: whole (it ends with a newline) and one JSON object."""
+    return line.endswith(b"\n") and _is_event(line[:-1])
 
 
 def _is_event(line: bytes) -> bool:
