@@ -472,3 +472,17 @@ def test_run_snapshots_of_an_image_with_a_246_character_name(synthetic_ir, tmp_p
     names = sorted(p.name for p in (tmp_path / "snaps").iterdir())
     assert len(names) == 2 and names[0].startswith("frame_00000000_nnnn")
     assert all(len(name.encode()) <= 200 for name in names)
+
+
+def test_predict_jsonl_on_a_full_disk_is_absent_and_said(synthetic_ir, tmp_path, capsys):
+    root = _image_tree(tmp_path / "in")
+    with _small_disk(tmp_path / "disk", "64k") as disk:
+        _fill(disk)
+        code = main(
+            ["predict", str(synthetic_ir), str(root), "--recursive", "--device", "CPU",
+             "--jsonl", str(disk / "r.jsonl")]
+        )  # fmt: skip
+        err = capsys.readouterr().err
+        assert code == ExitCode.OUTPUT, err
+        assert "could not be written" in err and "3 images were scored" in err
+        assert [p.name for p in disk.iterdir()] == ["filler"]  # absent, no temporary file
