@@ -42,13 +42,21 @@ def make_video(
     fps: float = 20.0,
     size: tuple[int, int] = SIZE,
     grey: bool = False,
+    noise: int = 0,
 ) -> Path:
+    """A video of :func:`make_frame` s; ``noise``: +- grey levels of sensor noise, so that
+    frames differ as a real camera's do (identical frames are a frozen camera)."""
     defects = set(defects)
     fourcc = cv2.VideoWriter_fourcc(*FOURCC[path.suffix.lower()])
     writer = cv2.VideoWriter(str(path), fourcc, fps, size, isColor=not grey)
     assert writer.isOpened(), f"cannot write test video {path}"
     for index in range(frames):
-        writer.write(make_frame(index, index in defects, size, grey))
+        frame = make_frame(index, index in defects, size, grey)
+        if noise:
+            rng = np.random.default_rng(index)
+            jitter = rng.integers(-noise, noise + 1, frame.shape, dtype=np.int16)
+            frame = (frame.astype(np.int16) + jitter).clip(0, 255).astype(np.uint8)
+        writer.write(frame)
     writer.release()
     return path
 

@@ -121,8 +121,16 @@ def test_calibration_speaks_the_policy_and_estimates_recall(model):
     assert model.image_threshold > scores[-1] and report.flagged_after == 0
 
 
+def grey_frame(index: int) -> np.ndarray:
+    """A normal frame of the synthetic camera, one pixel apart from the others (identical
+    frames would be a frozen camera, which calibration refuses)."""
+    frame = make_frame(index, False)
+    frame[0, 0] = index % 256
+    return frame
+
+
 def test_a_camera_scoring_lower_keeps_the_trained_threshold(model):
-    grey = [make_frame(i, False) for i in range(15)]  # scores ~0, far below 0.5
+    grey = [grey_frame(i) for i in range(15)]  # scores ~0, far below 0.5
     trained = model.image_threshold
     model.calibrate(grey)
     assert model.image_threshold == trained  # tuned on defects: never less sensitive
@@ -134,7 +142,7 @@ def test_a_threshold_not_tuned_on_defects_follows_the_camera_down(model):
     model._apply_metadata(
         dataclasses.replace(model.metadata, metrics={"image_threshold_method": "max_normal"})
     )
-    grey = [make_frame(i, False) for i in range(15)]
+    grey = [grey_frame(i) for i in range(15)]
     report = model.calibrate(grey)
     assert model.image_threshold < 0.5
     assert model.image_threshold > report.scores["max"]  # far:0.05 of 15 frames: none
@@ -304,3 +312,39 @@ def test_cli_arguments_and_model_errors(synthetic_ir, tmp_path, capsys):
     ]
     assert main(missing_folder) == ExitCode.INPUT
     assert _no_output(tmp_path)
+
+
+def test_a_frozen_camera_is_refused(model, tmp_path, synthetic_ir, capsys):
+    """Before: 20 identical frames (a frozen camera) were accepted without comment."""
+    still = bright_frame(1)
+    with pytest.raises(CalibrationError, match="all 20 frames are identical"):
+        model.calibrate(iter([still.copy() for _ in range(20)]))
+    assert model.image_threshold == 0.5
+    video = tmp_path / "frozen.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (160, 120))
+    for _ in range(20):
+        writer.write(still)
+    writer.release()
+    out = tmp_path / "calibrated.xml"
+    code = main(
+        ["calibrate", "--model", str(synthetic_ir), "--source", str(video), "--frames", "20",
+         "--out", str(out), "--device", "CPU"]
+    )  # fmt: skip
+    assert code == ExitCode.INPUT
+    assert "frozen" in capsys.readouterr().err and not out.exists()
+
+
+def test_calibrate_out_on_a_full_disk_says_so(synthetic_ir, tmp_path, capsys):
+    """Before: the error said "basic_ios::clear: iostream error"."""
+    from tests.test_outputs_lost import _fill, _small_disk
+
+    video = write_bright_video(tmp_path / "line.avi", 15)
+    with _small_disk(tmp_path / "disk", "64k") as disk:
+        _fill(disk)
+        code = main(
+            ["calibrate", "--model", str(synthetic_ir), "--source", str(video), "--frames",
+             "12", "--out", str(disk / "calibrated.xml"), "--device", "CPU"]
+        )  # fmt: skip
+        err = capsys.readouterr().err
+        assert code == ExitCode.FAILURE
+        assert "disk is full" in err and "basic_ios" not in err, err

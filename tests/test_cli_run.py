@@ -199,7 +199,12 @@ def test_unusable_sources_exit_with_the_input_code(
     source, message, synthetic_ir, tmp_path, monkeypatch, capsys
 ):
     monkeypatch.chdir(tmp_path)
-    code = main(["run", "--model", str(synthetic_ir), "--source", source, "--timeout", "2"])
+    # --start-attempts 0: a live source down at the start fails at once (by default it is
+    # retried; tests/test_camera_changes.py).
+    code = main(
+        ["run", "--model", str(synthetic_ir), "--source", source, "--timeout", "2",
+         "--start-attempts", "0"]
+    )  # fmt: skip
     assert code == ExitCode.INPUT
     assert message in capsys.readouterr().err
 

@@ -109,6 +109,15 @@ def test_bad_config_is_a_usage_error(synthetic_ir, tmp_path, capsys):
     assert "needs both 'name' and 'source'" in capsys.readouterr().err
 
 
+def test_a_list_as_source_is_a_usage_error(synthetic_ir, tmp_path, capsys):
+    """Before: `source = ["x"]` gave a traceback with exit code 1."""
+    config = tmp_path / "c.toml"
+    config.write_text("[[camera]]\nname = 'a'\nsource = ['x']\n")
+    assert _run(synthetic_ir, "--config", config) == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert "source ['x'] is a list" in err and "Traceback" not in err
+
+
 def test_no_source_at_all(synthetic_ir, capsys):
     assert _run(synthetic_ir) == ExitCode.USAGE
     assert "give --source" in capsys.readouterr().err

@@ -241,7 +241,8 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("docs_workspace")
     build_synthetic_ir(root / "runs" / "plate" / "model.xml")
     make_image_folder(root / "shots", 4, defects=[1])
-    make_video(root / "line.mp4", 100, defects=range(70, 80))  # 5 s at 20 fps, 3.5 s clean
+    # 5 s at 20 fps, 3.5 s clean; with sensor noise, as `calibrate` refuses a frozen camera
+    make_video(root / "line.mp4", 100, defects=range(70, 80), noise=2)
     make_dataset(root / "my_part", n_train=12, n_test_good=4, n_test_per_defect=2, size=96)
     tool = root / "bin" / "anomaly-edge"
     tool.parent.mkdir()

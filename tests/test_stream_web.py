@@ -166,11 +166,38 @@ def test_a_non_local_address_needs_a_token(synthetic_ir, tmp_path, capsys):
             "CPU",
             "--web",
             "0.0.0.0:0",
+            "--web-linger",
+            "0",
             "--quiet",
         ]
     )
     assert code == 0
     assert re.search(r"web view: http://0\.0\.0\.0:\d+/\?token=\S{20,}", capsys.readouterr().err)
+
+
+def test_the_web_view_stays_up_after_a_file_source_ends(synthetic_ir, tmp_path):
+    """Before: the page went away as soon as the video ended."""
+    from tests.stream_media import make_video
+
+    video = make_video(tmp_path / "v.avi", 5)
+    process, stderr = _start_cli(
+        "--model", synthetic_ir, "--device", "CPU", "--source", str(video),
+        "--web", "127.0.0.1:0", "--quiet",
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not any("stays up" in line for line in stderr):
+            assert process.poll() is None and time.monotonic() < deadline, "".join(stderr)
+            time.sleep(0.1)
+        url = re.search(r"stays up at (\S+)", "".join(stderr)).group(1)
+        status, body, _ = _request(url.rstrip("/") + "/api/state")
+        assert status == 200
+        assert [c["state"] for c in json.loads(body)["cameras"]] == ["ended"]
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == ExitCode.OK  # the run's code, not 130
+    finally:
+        if process.poll() is None:
+            process.kill()
 
 
 # ---- in a real browser -----------------------------------------------------------------------
@@ -296,3 +323,50 @@ def test_the_page_in_chromium_shows_live_frames_and_changes_a_threshold(syntheti
     assert change[0]["image_threshold"]["new"] == 1000000
     assert change[0]["by"].startswith("web")
     assert "[line1]" in stdout and "[line2]" in stdout
+
+
+def test_a_forged_host_is_refused_even_on_loopback():
+    """DNS rebinding: before, a threshold change with `Host: evil.example` and a matching
+    Origin was accepted on 127.0.0.1."""
+    from anomaly_edge.stream.web import WebView
+
+    web = WebView("127.0.0.1", 0)
+    try:
+        base = f"http://127.0.0.1:{web.port}"
+        forged = {"Host": f"evil.example:{web.port}", "Origin": f"http://evil.example:{web.port}"}
+        status, body, _ = _request(
+            base + "/api/cameras/a/thresholds", data={"image_threshold": 1e9}, headers=forged
+        )
+        assert status == 403 and b"Host" in body
+        assert _request(base + "/", headers={"Host": f"evil.example:{web.port}"})[0] == 403
+        assert _request(base + "/", headers={"Host": "127.0.0.1:1"})[0] == 403  # other port
+        for host in (f"127.0.0.1:{web.port}", f"localhost:{web.port}", f"[::1]:{web.port}"):
+            assert _request(base + "/", headers={"Host": host})[0] == 200, host
+    finally:
+        web.close()
+
+
+def test_on_every_interface_addresses_pass_and_names_do_not():
+    from anomaly_edge.stream.web import WebView
+
+    web = WebView("0.0.0.0", 0, token="t")
+    try:
+        assert web.serves(f"10.1.2.3:{web.port}") and web.serves(f"localhost:{web.port}")
+        assert not web.serves(f"evil.example:{web.port}") and not web.serves("")
+    finally:
+        web.close()
+
+
+def test_an_empty_web_token_is_refused(synthetic_ir, tmp_path, capsys):
+    """Before: `--web-token ""` was accepted and locked everyone out."""
+    from anomaly_edge.cli.main import main
+    from anomaly_edge.stream.web import WebView
+
+    with pytest.raises(ValueError, match="empty"):
+        WebView("127.0.0.1", 0, token="")
+    code = main(
+        ["run", str(synthetic_ir), "--source", str(tmp_path), "--web", "127.0.0.1:0",
+         "--web-token", ""]
+    )  # fmt: skip
+    assert code == ExitCode.USAGE
+    assert "--web-token is empty" in capsys.readouterr().err

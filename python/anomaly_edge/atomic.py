@@ -38,7 +38,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """A temporary path beside ``path`` for a library that writes by file name
     (``savefig``, ``torch.save``); renamed onto ``path`` when the block ends without error."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", suffix=".tmp", dir=path.parent)
+    # The temporary name adds about 14 characters: shorten its prefix so that a name close
+    # to the file system's limit (255 bytes) can still be written.
+    prefix = "." + os.fsencode(path.name)[:64].decode(errors="ignore") + "-"
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)

@@ -134,8 +134,8 @@ def calibrate(
     ``policy`` (``"far:0.02"``, ...) overrides the one the model was trained with.
 
     Raises:
-        CalibrationError: no frames, fewer than ``min_frames``, or frames of another size
-            than the first ones.
+        CalibrationError: no frames, fewer than ``min_frames``, frames of another size
+            than the first ones, or every frame identical (a frozen camera).
     """
     min_frames = max(1, int(min_frames))
     sizes: list[tuple[int, int]] = []
@@ -236,7 +236,11 @@ def _expected_recall(metadata: ModelMetadata, median: float, threshold: float) -
 
 
 def _same_size(frames: Iterable[np.ndarray], sizes: list[tuple[int, int]]) -> Iterator[np.ndarray]:
-    """``frames``, checking that each has the first frame's size (recorded in ``sizes``)."""
+    """``frames``, checking that each has the first frame's size (recorded in ``sizes``) and
+    that they are not all one picture (a frozen camera)."""
+    first: np.ndarray | None = None
+    frozen = False
+    index = 0
     for index, frame in enumerate(frames):
         shape = getattr(frame, "shape", None)
         if shape is None or len(shape) < 2:
@@ -252,7 +256,18 @@ def _same_size(frames: Iterable[np.ndarray], sizes: list[tuple[int, int]]) -> It
                 f"{sizes[0][1]}x{sizes[0][0]}: calibrate on frames of one camera at one size "
                 "(the size the model will see on the line)"
             )
+        if index == 0:
+            first = np.array(frame, copy=True)
+            frozen = True
+        elif frozen and first is not None and not np.array_equal(frame, first):
+            frozen = False
         yield frame
+    if frozen and sizes and index > 0:
+        # Thresholds fitted to one picture repeated would flag every real frame.
+        raise CalibrationError(
+            f"all {index + 1} frames are identical: the camera looks frozen (or the source "
+            "is a still picture); calibrate on live frames of normal production"
+        )
 
 
 def _settings(metadata: ModelMetadata) -> dict[str, Any]:

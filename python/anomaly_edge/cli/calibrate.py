@@ -6,13 +6,15 @@ the thresholds, normalisation statistics and normal score range
 record in its rt_info. Nothing is written unless calibration succeeds.
 
 Exit codes: 0 done; 2 bad arguments; 3 the source cannot be opened, delivers no or too few
-frames, or frames of mixed sizes; 4 the model cannot be loaded; 1 anything else (e.g. the
-output cannot be written).
+frames, frames of mixed sizes, or only identical frames (a frozen camera); 4 the model
+cannot be loaded; 1 anything else (e.g. the output cannot be written).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,9 +46,9 @@ DESCRIPTION = (
     "as they are; no training data or torch is needed."
 )
 EPILOG = (
-    "exit codes: 0 done, 2 bad arguments, 3 source cannot be opened or gives no, too few or "
-    "mixed-size frames, 4 model cannot be loaded, 1 other errors (nothing is written unless "
-    "it succeeds)"
+    "exit codes: 0 done, 2 bad arguments, 3 source cannot be opened or gives no, too few, "
+    "mixed-size or only identical (frozen camera) frames, 4 model cannot be loaded, "
+    "1 other errors (nothing is written unless it succeeds)"
 )
 
 
@@ -150,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         written = model.save(out)
     except (AnomalyEdgeError, OSError, RuntimeError) as exc:
-        raise CliError(f"cannot write {out}: {exc}") from None
+        raise CliError(f"cannot write {out}: {_write_problem(exc, out)}") from None
     print(report)
     print(f"calibrated model: {written}")
     return int(ExitCode.OK)
@@ -167,3 +169,19 @@ def _frames(source: Source, count: int | None, seconds: float | None) -> Iterato
         taken += 1
         if limit is not None and taken >= limit:
             break
+
+
+def _write_problem(exc: BaseException, out: Path) -> str:
+    """What went wrong writing ``out``, in words: OpenVINO's serializer only says
+    "basic_ios::clear: iostream error" when the disk is full or the folder not writable."""
+    if isinstance(exc, OSError) or "iostream" not in str(exc):
+        return str(getattr(exc, "strerror", None) or exc)
+    try:
+        free = shutil.disk_usage(out.parent).free
+    except OSError:
+        free = None
+    if free is not None and free < 64 << 20:
+        return f"the disk is full ({free // 1024} KiB free in {out.parent}); free some space"
+    if not os.access(out.parent, os.W_OK):
+        return f"folder {out.parent} is not writable"
+    return "the file system refused the write (disk full, quota or permissions?)"

@@ -3,11 +3,14 @@ optional extras (a missing extra is an exit code too).
 
 * 0 done; 1 any other failure; 2 bad arguments (argparse's code too); 3 an input cannot be
   found or read (batch commands: at least one input, after finishing the others); 4 the model
-  cannot be loaded; 5 an optional extra (`train`, `serve`) is missing; 130 Ctrl-C or SIGTERM.
+  cannot be loaded; 5 an optional extra (`train`, `serve`) is missing; 6 the run went on but
+  an output lost data (disk full, permission, refused events: the summary says what);
+  130 Ctrl-C or SIGTERM; 141 the reader of the output went away (``| head``).
 """
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 from enum import IntEnum
 
@@ -21,7 +24,9 @@ class ExitCode(IntEnum):
     INPUT = 3  # a data folder, image, video or stream that cannot be found or opened
     MODEL = 4  # a model that cannot be loaded
     MISSING_EXTRA = 5  # the command needs an optional extra, e.g. `pip install anomaly-edge[train]`
+    OUTPUT = 6  # the work was done, but an output lost data (disk full, ...): see the summary
     INTERRUPTED = 130  # Ctrl-C / SIGTERM (outputs are still complete)
+    READER_GONE = 141  # stdout's reader went away (`| head`): 128 + SIGPIPE, as Unix tools do
 
 
 class CliError(Exception):
@@ -42,6 +47,8 @@ def exit_code_for(exc: BaseException) -> ExitCode | None:
         return ExitCode.INTERRUPTED
     if isinstance(exc, ModelLoadError):
         return ExitCode.MODEL
+    if isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG:  # a path over the limits
+        return ExitCode.INPUT
     if isinstance(exc, ConnectionError):  # a model server (MODEL is a URL) that stopped answering
         return ExitCode.INPUT
     if isinstance(exc, InvalidInputError):  # an image, a frame, a data folder, a source

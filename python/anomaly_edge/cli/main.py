@@ -13,6 +13,7 @@ each command's arguments are parsed intermixed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import pkgutil
@@ -97,7 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "handler", None) is None:
             parser.print_help()
             return ExitCode.USAGE
-        return int(args.handler(args) or 0)
+        done = int(args.handler(args) or 0)
+        sys.stdout.flush()  # here, so that a reader gone away is caught below
+        return done
+    except BrokenPipeError:
+        return _reader_gone()
     except BaseException as exc:
         code = exit_code_for(exc)
         if code is None:
@@ -105,6 +110,16 @@ def main(argv: list[str] | None = None) -> int:
         message = "interrupted" if code == ExitCode.INTERRUPTED else f"error: {exc}"
         print(message, file=sys.stderr)
         return int(code)
+
+
+def _reader_gone() -> int:
+    """The reader of stdout went away (``info model | head``): stop quietly, as other Unix
+    tools do, with their exit code (128 + SIGPIPE)."""
+    with contextlib.suppress(OSError, ValueError):
+        # Python flushes stdout again at exit: point it at /dev/null so that says nothing.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return int(ExitCode.READER_GONE)
 
 
 def _interrupt_on_sigterm() -> None:

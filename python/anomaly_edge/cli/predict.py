@@ -6,14 +6,21 @@ One JSON object per image: ``{"file", "score", "label", "anomalous", "raw_score"
 Without ``--jsonl`` the lines go to stdout, so the command pipes into ``jq``; the summary
 goes to stderr.
 
+Overlays keep the inputs' folder tree (``--recursive``): ``in/a/x.png`` and ``in/b/x.png``
+become ``OVERLAYS/a/x.png`` and ``OVERLAYS/b/x.png``; a name too long for the file system is
+shortened. An overlay that cannot be written (disk full, permission) is reported and
+counted; the other images are still scored and the JSON Lines still written.
+
 Exit codes: 0 done, 2 bad arguments, 3 at least one input could not be found or read (the
-results of the others are written), 4 the model cannot be loaded, 1 anything else.
+results of the others are written), 4 the model cannot be loaded, 6 every image was scored
+but overlays (or the ``--jsonl`` file, then absent) could not be written, 1 anything else.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import sys
 from collections.abc import Iterator
@@ -48,7 +55,8 @@ DESCRIPTION = (
 )
 EPILOG = (
     "exit codes: 0 done, 2 bad arguments, 3 some inputs could not be read (the others' "
-    "results are written; the bad ones are listed), 4 model cannot be loaded, 1 other errors"
+    "results are written; the bad ones are listed), 4 model cannot be loaded, 6 every image "
+    "scored but overlays or the --jsonl file could not be written (disk full), 1 other errors"
 )
 
 
@@ -94,31 +102,47 @@ def run(args: argparse.Namespace) -> int:
         args.overlays.mkdir(parents=True, exist_ok=True)
 
     scored = anomalous = 0
-    overlay_names: set[str] = set()
-    with _jsonl_output(args.jsonl) as out:
-        for path, problem in failures:
-            _report_failure(out, path, problem)
-        for path in files:
-            try:
-                frame = read_image(path)
-                prediction = model.predict(frame, heatmap=args.overlays is not None)
-            except InvalidInputError as exc:
-                failures.append((path, str(exc)))
-                _report_failure(out, path, str(exc))
-                continue
-            scored += 1
-            anomalous += prediction.label
-            out.write(json.dumps({"file": str(path), **prediction.to_dict()}) + "\n")
-            if args.overlays is not None:
-                _write_overlay(frame, path, prediction, args.overlays, overlay_names, args.alpha)
+    overlays = _OverlayNames(args.inputs) if args.overlays is not None else None
+    lost_overlays: list[str] = []
+    try:
+        with _jsonl_output(args.jsonl) as out:
+            for path, problem in failures:
+                _report_failure(out, path, problem)
+            for path in files:
+                try:
+                    frame = read_image(path)
+                    prediction = model.predict(frame, heatmap=args.overlays is not None)
+                except InvalidInputError as exc:
+                    failures.append((path, str(exc)))
+                    _report_failure(out, path, str(exc))
+                    continue
+                scored += 1
+                anomalous += prediction.label
+                out.write(json.dumps({"file": str(path), **prediction.to_dict()}) + "\n")
+                if overlays is not None and args.overlays is not None:
+                    target = args.overlays / overlays.name(path)
+                    try:
+                        _write_overlay(frame, prediction, target, args.alpha)
+                    except OSError as exc:  # disk full, permission: the others still go on
+                        lost_overlays.append(str(path))
+                        report(f"error: overlay of {path} not written: {exc.strerror or exc}")
+    except OSError as exc:  # the --jsonl file could not be written: it is absent
+        raise CliError(
+            f"--jsonl {args.jsonl}: could not be written ({exc.strerror or exc}); it is absent, "
+            f"nothing half-written; {scored} images were scored",
+            ExitCode.OUTPUT,
+        ) from None
     model.close()
     print(
         f"{scored} images, {anomalous} anomalous"
         + (f", {len(failures)} could not be read" if failures else "")
+        + (f", {len(lost_overlays)} overlays LOST" if lost_overlays else "")
         + (f"; results in {args.jsonl}" if args.jsonl else ""),
         file=sys.stderr,
     )
-    return int(ExitCode.INPUT if failures else ExitCode.OK)
+    if failures:
+        return int(ExitCode.INPUT)
+    return int(ExitCode.OUTPUT if lost_overlays else ExitCode.OK)
 
 
 def _split_model_and_images(args: argparse.Namespace) -> None:
@@ -164,6 +188,13 @@ def collect_inputs(
     files: list[Path] = []
     failures: list[tuple[Path, str]] = []
     for item in inputs:
+        try:
+            item.stat()
+        except OSError as exc:
+            # A path over PATH_MAX or a name over NAME_MAX is an input that cannot be read.
+            if exc.errno == errno.ENAMETOOLONG:
+                failures.append((item, f"{str(item)[:80]}...: {exc.strerror}"))
+                continue
         if item.is_dir():
             images = list_images(item, recursive=recursive)
             if not images:
@@ -201,29 +232,43 @@ def _jsonl_output(path: Path | None) -> Iterator[IO[str]]:
         yield handle
 
 
-def _write_overlay(
-    frame: np.ndarray,
-    path: Path,
-    prediction: Prediction,
-    folder: Path,
-    used: set[str],
-    alpha: float,
-) -> None:
+class _OverlayNames:
+    """Where each image's overlay goes: its path under the input folder it came from (the
+    tree kept), ``.png``, each part shortened to fit the file system; unique."""
+
+    def __init__(self, inputs: list[Path]) -> None:
+        self.roots = [item for item in inputs if item.is_dir()]
+        self.used: set[Path] = set()
+
+    def name(self, path: Path) -> Path:
+        from anomaly_edge.stream.sinks import fit_file_name
+
+        relative = Path(path.name)
+        for root in self.roots:
+            with contextlib.suppress(ValueError):
+                relative = path.relative_to(root)
+                break
+        parts = [fit_file_name(part, "") for part in relative.parent.parts]
+        stem = fit_file_name(relative.stem, "")
+        candidate = Path(*parts, f"{stem}.png") if parts else Path(f"{stem}.png")
+        counter = 1
+        while candidate in self.used:  # same name from two inputs: keep both
+            candidate = candidate.with_name(f"{stem}-{counter}.png")
+            counter += 1
+        self.used.add(candidate)
+        return candidate
+
+
+def _write_overlay(frame: np.ndarray, prediction: Prediction, target: Path, alpha: float) -> None:
     import cv2
 
+    from anomaly_edge.atomic import atomic_write
     from anomaly_edge.visualize import draw_prediction
 
-    name = f"{path.stem}.png"
-    counter = 1
-    while name in used:  # same file name from two folders: keep both
-        name = f"{path.stem}-{counter}.png"
-        counter += 1
-    used.add(name)
     canvas = draw_prediction(frame, prediction, alpha=alpha)
     ok, encoded = cv2.imencode(".png", canvas)
     if not ok:
-        raise CliError(f"could not encode the overlay of {path}")
-    from anomaly_edge.atomic import atomic_write
-
-    with atomic_write(folder / name, "wb") as handle:
+        raise OSError(f"could not encode the overlay of {target.name}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(target, "wb") as handle:
         handle.write(encoded.tobytes())

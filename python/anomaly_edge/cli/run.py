@@ -10,6 +10,10 @@ Exit codes (scripts can rely on them):
       length (truncated: the outputs are complete, the missing frames counted);
 * 4   the model cannot be loaded;
 * 5   ``--web``, ``--mqtt`` or ``--metrics`` without its optional extra installed;
+* 6   every source ran, but an output lost data: a full disk, a permission, a name too
+      long, events a broker or webhook refused or that were not delivered by the end. Each
+      output is still complete or absent (a video cut short is finalised up to its last
+      good frame, or removed); the summary's "LOST" lines say what is missing;
 * 130 stopped by Ctrl-C or SIGTERM: frames in flight were finished and every output file
       is complete and playable;
 * 1   anything else.
@@ -71,6 +75,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "snapshots of anomalous frames and a live status line. Ctrl-C stops cleanly.",
         epilog="exit codes: 0 done, 2 bad arguments, 3 source cannot be opened or was lost, "
         "4 model cannot be loaded, 5 optional extra missing (web, mqtt, metrics), "
+        "6 an output lost data (disk full, refused events; the summary says what), "
         "130 interrupted (outputs complete), 1 other errors",
     )
     add_model_argument(parser, remote=True)
@@ -168,6 +173,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="longest wait between reconnections (default 8 s)",
     )
     stream.add_argument(
+        "--start-attempts",
+        type=_non_negative_int,
+        default=10,
+        metavar="N",
+        help="live sources (camera index, URL) down at the start: tries to open them, with "
+        "the reconnection's backoff capped at --reconnect-max-delay, before giving up "
+        "(default 10; 0 = fail at once)",
+    )
+    stream.add_argument(
         "--timeout",
         type=_positive_float,
         default=10.0,
@@ -206,6 +220,7 @@ def execute(
     check_output_file(args.events, "--events")
     check_output_file(args.output, "--output")
     check_output_folder(args.snapshots, "--snapshots")
+    _check_distinct_outputs(args)
     network = run_cameras.check_network(args)
     cameras = run_cameras.cameras(args)
     if not cameras:
@@ -225,7 +240,8 @@ def execute(
                 f"{', '.join(sorted(VIDEO_CODECS))}",
                 ExitCode.USAGE,
             )
-        for path, what in ((camera.output, "--output"), (camera.snapshots, "--snapshots")):
+        # Snapshot folders are created with their parents ('snaps/{source}' works as is).
+        for path, what in ((camera.output, "--output"),):
             if path is not None and not path.resolve().parent.is_dir():
                 raise CliError(
                     f"{where}{what} {path}: folder {path.resolve().parent} does not exist",
@@ -259,6 +275,8 @@ def execute(
             ),
             timeout=args.timeout,
             on_result=on_result,
+            wait_for_live=args.start_attempts > 0,
+            start_attempts=args.start_attempts,
         )
         if args.show:
             runner.sinks.append(WindowSink(alpha=args.alpha, on_quit=runner.stop))
@@ -285,9 +303,11 @@ def execute(
             summary = _iterate(runner, status) if args.show else _wait(runner, status)
     except KeyboardInterrupt:  # a second Ctrl-C while the outputs were being closed
         _print_summary(runner)
+        run_cameras.linger(web, 0)
         return int(ExitCode.INTERRUPTED)
     except Exception as exc:
         if runner.summary is None or not any(exc is e for e in runner.errors.values()):
+            run_cameras.linger(web, 0)
             _print_summary(runner)  # the model failed: every source stopped
             if isinstance(exc, ConnectionError):  # a model server that did not come back
                 raise CliError(str(exc), ExitCode.INPUT) from None
@@ -295,8 +315,12 @@ def execute(
         summary = runner.summary  # every source failed: each says why, in the exit code too
     _print_summary(runner)
     if interrupted.signalled:
+        run_cameras.linger(web, 0)
         return int(ExitCode.INTERRUPTED)
-    return int(_exit_code(runner, summary))
+    code = _exit_code(runner, summary)
+    # The page stays up (a file source ends while someone is watching it) until Ctrl-C.
+    run_cameras.linger(web, args.web_linger)
+    return int(code)
 
 
 def _iterate(runner: StreamRunner, status: _Status) -> StreamSummary:
@@ -323,10 +347,43 @@ def _wait(runner: StreamRunner, status: _Status) -> StreamSummary:
         status.close()
 
 
+def _check_distinct_outputs(args: argparse.Namespace) -> None:
+    """Two outputs on one path would overwrite each other (and the summary count both)."""
+    seen: dict[Path, str] = {}
+    for path, option in ((args.events, "--events"), (args.output, "--output")):
+        if path is None:
+            continue
+        key = Path(os.path.abspath(path))
+        if key in seen:
+            raise CliError(
+                f"{option} {path}: the same file as {seen[key]}; give each output its own path",
+                ExitCode.USAGE,
+            )
+        seen[key] = option
+    if args.snapshots is not None:
+        folder = Path(os.path.abspath(args.snapshots))
+        for key, option in seen.items():
+            if key == folder:
+                raise CliError(
+                    f"--snapshots {args.snapshots}: the same path as {option}; give each "
+                    "output its own path",
+                    ExitCode.USAGE,
+                )
+
+
 def _exit_code(runner: StreamRunner, summary: StreamSummary) -> ExitCode:
     """0 when every source ended well; 3 when one was lost, unreadable or truncated; 1 when
-    its outputs could not be written (said on stderr either way)."""
+    its outputs could not be written so it stopped; 6 when it went on but an output lost
+    data (said on stderr either way)."""
     codes = {ExitCode.OK}
+    losses = runner.losses()
+    if losses:
+        print(
+            "error: some outputs are incomplete (the run went on):\n"
+            + "\n".join(f"  {line}" for line in losses),
+            file=sys.stderr,
+        )
+        codes.add(ExitCode.OUTPUT)
     for name, error in runner.errors.items():
         if isinstance(error, OSError) and not isinstance(error, ConnectionError):
             print(f"error: {name}: writing the outputs failed: {error}", file=sys.stderr)
@@ -344,7 +401,7 @@ def _exit_code(runner: StreamRunner, summary: StreamSummary) -> ExitCode:
             )
             codes.add(ExitCode.INPUT)
     # A lost or damaged input says more than a failed output; either is worse than none.
-    for code in (ExitCode.INPUT, ExitCode.FAILURE):
+    for code in (ExitCode.INPUT, ExitCode.FAILURE, ExitCode.OUTPUT):
         if code in codes:
             return code
     return ExitCode.OK
@@ -381,7 +438,8 @@ def _print_summary(runner: StreamRunner) -> None:
         for sink in lane.sinks:
             if isinstance(sink, VideoSink):
                 outputs.append(
-                    f"video: {sink.path} ({sink.frames} frames, {sink.fps:g} fps)"
+                    f"video: {sink.path} ({sink.frames} frames, {sink.fps:g} fps"
+                    + (", measured)" if sink.measured else ")")
                     if sink.frames
                     else f"video: none written to {sink.path} (no frames)"
                 )
@@ -403,6 +461,7 @@ def _print_summary(runner: StreamRunner) -> None:
         report = getattr(consumer, "report", None)
         if report is not None:
             lines.append(report())
+    lines.extend(f"LOST: {line}" for line in runner.losses())
     print("\n".join(lines), flush=True)
 
 

@@ -12,6 +12,7 @@ import importlib.util
 import ipaddress
 import secrets
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -61,6 +62,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=5.0,
         metavar="FPS",
         help="highest frame rate of each camera's stream on the page (default 5)",
+    )
+    group.add_argument(
+        "--web-linger",
+        type=float,
+        metavar="SECONDS",
+        help="how long the web view stays up after every source has ended, showing the "
+        "final state (default: until Ctrl-C; 0 = it stops with the sources); the exit code "
+        "is the run's",
     )
     group.add_argument(
         "--mqtt",
@@ -132,8 +141,16 @@ def check_network(args: argparse.Namespace) -> Network:
     if args.web:
         require_extra("web", "--web")
         network.web = parse_address(args.web, "--web")
+        if args.web_token is not None and not args.web_token.strip():
+            raise CliError(
+                "--web-token is empty: nobody could open the page; give a token, or leave "
+                "--web-token out (one is generated for addresses beyond this machine)",
+                ExitCode.USAGE,
+            )
         if args.web_fps <= 0:
             raise CliError("--web-fps must be positive", ExitCode.USAGE)
+        if args.web_linger is not None and not args.web_linger >= 0:
+            raise CliError("--web-linger must be 0 or more seconds", ExitCode.USAGE)
     if args.mqtt:
         require_extra("mqtt", "--mqtt")
     if args.metrics:
@@ -203,6 +220,7 @@ def open_network_outputs(
     if token is None and not is_loopback(network.web[0]):
         token = secrets.token_urlsafe(18)
     web = WebView(*network.web, token=token, max_fps=args.web_fps, alpha=args.alpha)
+    web.linger = args.web_linger != 0
     observers.append(web)
     events.add(web)
     return web
@@ -217,6 +235,27 @@ def announce_network(web: WebView | None, observers: list[FrameObserver]) -> Non
         host = getattr(observer, "host", None)
         if port is not None and host is not None and observer is not web:
             print(f"metrics: http://{_host(host)}:{port}/metrics", file=sys.stderr, flush=True)
+
+
+def linger(web: WebView | None, seconds: float | None) -> None:
+    """Keep the web view up after the sources ended (``--web-linger``), then stop it."""
+    if web is None:
+        return
+    try:
+        if web.linger and seconds != 0:
+            until = "until Ctrl-C" if seconds is None else f"for {seconds:g} s (or Ctrl-C)"
+            print(
+                f"every source has ended; the web view stays up at {web.url} {until}",
+                file=sys.stderr,
+                flush=True,
+            )
+            deadline = None if seconds is None else time.monotonic() + seconds
+            while deadline is None or time.monotonic() < deadline:
+                time.sleep(0.2 if deadline is None else min(0.2, deadline - time.monotonic()))
+    except KeyboardInterrupt:  # the end of lingering, not of the run: its exit code stands
+        pass
+    finally:
+        web.shutdown()
 
 
 def close_all(events: EventLog, observers: list[FrameObserver]) -> None:

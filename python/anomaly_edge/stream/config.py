@@ -93,6 +93,13 @@ class Camera:
             )
         if self.source is None or self.source == "":
             raise ConfigError(f"{where}: no source; give a video file, folder, camera index or URL")
+        if isinstance(self.source, (bool, float, list, tuple, dict, set)):
+            # e.g. source = ["x"] in a TOML file: one camera has one source
+            raise ConfigError(
+                f"{where}: source {self.source!r} is a {type(self.source).__name__}; give one "
+                "video file, folder, camera index or URL as a string (a camera index as an "
+                "integer); for several sources, give several [[camera]] tables"
+            )
         if self.task is not None and self.task not in {t.value for t in Task}:
             raise ConfigError(
                 f"{where}: task {self.task!r} is not one of {', '.join(t.value for t in Task)}"

@@ -50,6 +50,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
+import numpy as np
+
 from anomaly_edge.errors import InvalidInputError
 from anomaly_edge.prediction import Prediction, Task
 from anomaly_edge.stream.config import Camera, check_unique
@@ -57,6 +59,7 @@ from anomaly_edge.stream.drift import DriftMonitor, calibrate_command
 from anomaly_edge.stream.events import EventLog, action_event, result_events
 from anomaly_edge.stream.feed import FrameFeed
 from anomaly_edge.stream.late_source import open_or_defer
+from anomaly_edge.stream.outputs import OutputHealth
 from anomaly_edge.stream.result import FrameResult
 from anomaly_edge.stream.sinks import Sink, SnapshotSink, VideoSink
 from anomaly_edge.stream.sources import Frame, ReconnectPolicy, Source, open_source
@@ -142,6 +145,11 @@ class SourceLane:
     ended: bool = False
     # Written by the delivering thread only:
     delivered: int = 0
+    size: tuple[int, int] | None = None  # the last frame's width and height
+    resolution_changes: int = 0
+    same_frames: int = 0  # frames in a row identical to the one before (a frozen camera)
+    frozen_warned: bool = False
+    _previous: Any = None  # a sample of the last frame's pixels
     error: BaseException | None = None
     summary: StreamSummary | None = None
 
@@ -226,6 +234,9 @@ class StreamRunner:
         wait_for_live: a live source (camera index, URL) that is down at the start is
             retried in the background like a reconnection, instead of failing at once;
             None (default): when there are several sources, so the others run meanwhile.
+        start_attempts: how many times such a source is tried again (with the
+            reconnection's backoff, capped at its ``max_delay``) before it counts as lost;
+            None: the reconnection's ``attempts``.
     """
 
     def __init__(
@@ -244,6 +255,7 @@ class StreamRunner:
         drift: bool = True,
         on_result: Callable[[FrameResult], Any] | None = None,
         wait_for_live: bool | None = None,
+        start_attempts: int | None = None,
     ) -> None:
         if max_frames is not None and max_frames < 1:
             raise InvalidInputError(f"max_frames must be at least 1, got {max_frames}")
@@ -285,6 +297,9 @@ class StreamRunner:
         self._applied: SourceSettings | None = self._original
         self._next = 0
         policy = reconnect or ReconnectPolicy()
+        start_policy = (
+            policy if start_attempts is None else replace(policy, attempts=start_attempts)
+        )
         capacity = max(1, int(getattr(model, "num_requests", 1) or 1)) + 2
         if wait_for_live is None:
             wait_for_live = len(cameras) > 1
@@ -295,7 +310,7 @@ class StreamRunner:
                 if opened is not None:
                     source = opened
                 elif wait_for_live:
-                    source = open_or_defer(camera.source, policy, timeout)
+                    source = open_or_defer(camera.source, policy, timeout, start_policy)
                 else:
                     source = open_source(camera.source, reconnect=policy, timeout=timeout)
                 lane = SourceLane(camera, source, [], settings, heatmap=False, capacity=capacity)
@@ -736,6 +751,7 @@ class StreamRunner:
             source=lane.name,
         )
         anomalous = bool(prediction.label)
+        _watch_camera(lane, frame)
         stats = lane.stats
         stats.record(result.latency, anomalous)
         if lane.drift is not None:
@@ -828,9 +844,21 @@ class StreamRunner:
                     {lane.name: lane.summary for lane in self.lanes if lane.summary},
                     {lane.name: str(lane.error) for lane in self.lanes if lane.error},
                 )
+                self.summary.losses = self.losses()
             finally:
                 self._closed.set()
                 _LIVE_RUNNERS.discard(self)
+
+    def losses(self) -> list[str]:
+        """What the outputs could not write (disk full, permission, refused events), one
+        line each; empty when every output is complete."""
+        lines = []
+        for lane in self.lanes:
+            for sink in lane.sinks:
+                health = getattr(sink, "health", None)
+                if isinstance(health, OutputHealth) and (line := health.describe()):
+                    lines.append(f"{lane.name}: {line}" if len(self.lanes) > 1 else line)
+        return lines + self.events.losses()
 
     @property
     def errors(self) -> dict[str, BaseException]:
@@ -915,6 +943,42 @@ def run_many(
     return StreamRunner(model, cameras, **options).run()
 
 
+FROZEN_FRAMES = 50  # identical frames in a row that make a camera look frozen
+
+
+def _watch_camera(lane: SourceLane, frame: Frame) -> None:
+    """Say when a camera changes resolution (its boxes stay in the frame's own coordinates)
+    or keeps sending identical frames (frozen)."""
+    image = frame.image
+    size = (int(image.shape[1]), int(image.shape[0]))
+    if lane.size is not None and size != lane.size:
+        lane.resolution_changes += 1
+        log.warning(
+            "%s: resolution changed from %dx%d to %dx%d at frame %d; boxes and masks are in "
+            "the new frame's coordinates",
+            lane.name,
+            *lane.size,
+            *size,
+            frame.index,
+        )
+        lane._previous = None
+    lane.size = size
+    sample = image[::8, ::8]
+    if lane._previous is not None and np.array_equal(sample, lane._previous):
+        lane.same_frames += 1
+        if lane.same_frames >= FROZEN_FRAMES and not lane.frozen_warned:
+            lane.frozen_warned = True
+            log.warning(
+                "%s: the last %d frames are identical: is the camera frozen? (check its "
+                "connection and settings)",
+                lane.name,
+                lane.same_frames + 1,
+            )
+    else:
+        lane.same_frames = 0
+    lane._previous = sample.copy()
+
+
 def _as_cameras(
     sources: SourceSpec | Iterable[SourceSpec] | Mapping[str, Any],
 ) -> tuple[list[Camera], Source | None]:
@@ -965,7 +1029,10 @@ def _event_log(events: EventLog | str | os.PathLike[str] | None) -> EventLog:
 def _add_file_sinks(sinks: list[Sink], camera: Camera, source: Source, alpha: float) -> None:
     # Appended one by one, so that a failing second sink still gets the first one closed.
     if camera.output is not None:
-        sinks.append(VideoSink(camera.output, source.fps, alpha=alpha))
+        # A live source's stated rate is often FFmpeg's default guess (25 for MJPEG over
+        # HTTP): the video measures it from the frames' timestamps instead.
+        fps = None if source.live else source.fps
+        sinks.append(VideoSink(camera.output, fps, alpha=alpha))
     if camera.snapshots is not None:
         sinks.append(
             SnapshotSink(

@@ -16,6 +16,8 @@ publishers only queue).
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import json
 import logging
 import os
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from anomaly_edge.errors import InvalidInputError
+from anomaly_edge.stream.outputs import OutputHealth
 
 if TYPE_CHECKING:
     from anomaly_edge.stream.result import FrameResult
@@ -88,13 +91,15 @@ class EventConsumer(Protocol):
 
 
 class EventLog:
-    """Fans events out to consumers; a consumer that fails is logged and left out, never
-    allowed to stop the cameras."""
+    """Fans events out to consumers. A consumer that fails keeps getting the next events (a
+    full disk may be freed); what it lost is counted (:meth:`losses`), never allowed to stop
+    the cameras."""
 
     def __init__(self, consumers: list[EventConsumer] | None = None) -> None:
         self.consumers: list[EventConsumer] = list(consumers or [])
         self.count = 0
         self._lock = threading.Lock()
+        self._failing: dict[int, OutputHealth] = {}  # id(consumer) -> its failures
 
     def add(self, consumer: EventConsumer) -> None:
         self.consumers.append(consumer)
@@ -104,14 +109,28 @@ class EventLog:
         # hold the same events in the same order.
         with self._lock:
             self.count += 1
-            for consumer in list(self.consumers):
+            for consumer in self.consumers:
                 try:
                     consumer.event(record, result)
                 except Exception as exc:
-                    log.error(
-                        "event consumer %s failed and is left out: %s", type(consumer).__name__, exc
-                    )
-                    self.consumers.remove(consumer)
+                    health = self._failing.get(id(consumer))
+                    if health is None:
+                        health = OutputHealth(f"event consumer {type(consumer).__name__}")
+                        self._failing[id(consumer)] = health
+                    health.failed(exc, lost=1)
+                else:
+                    health = self._failing.get(id(consumer))
+                    if health is not None:
+                        health.recovered()
+
+    def losses(self) -> list[str]:
+        """What the consumers lost, one line each (empty when nothing was lost)."""
+        lines = []
+        for consumer in self.consumers:
+            for health in (getattr(consumer, "health", None), self._failing.get(id(consumer))):
+                if isinstance(health, OutputHealth) and (line := health.describe()):
+                    lines.append(line)
+        return lines
 
     def close(self) -> None:
         for consumer in self.consumers:
@@ -122,9 +141,18 @@ class EventLog:
 
 
 class JsonLinesWriter:
-    """Every source's events in one JSON Lines file, one flushed line per event."""
+    """Every source's events in one JSON Lines file, written as they come.
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    The file always ends on a whole line: each line goes out in one write at the end of the
+    last good line, and a write that fails part way (disk full) is cut back. Lines that
+    could not be written wait (in order, up to ``backlog`` of them) and are written with the
+    next event or at :meth:`close` once there is room again; those that never could are
+    counted in :attr:`health` (the run's summary and exit code say so).
+    """
+
+    BACKLOG = 100_000
+
+    def __init__(self, path: str | os.PathLike[str], *, backlog: int = BACKLOG) -> None:
         self.path = Path(path)
         folder = self.path.resolve().parent
         if not folder.is_dir():
@@ -132,14 +160,45 @@ class JsonLinesWriter:
                 f"cannot write events {self.path}: folder {folder} does not exist; create it first"
             )
         self.lines = 0
-        # Written in place, line by line, so it can be followed live (`tail -f`); each line
-        # goes out in one write and is flushed, so the file always ends on a whole line.
-        self._file = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        self.backlog = backlog
+        self.health = OutputHealth(f"events {self.path}")
+        self._waiting: collections.deque[bytes] = collections.deque()
+        self._end = 0  # the end of the last whole line
+        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
 
     def event(self, record: dict[str, Any], result: FrameResult | None) -> None:
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
-        self.lines += 1
+        if len(self._waiting) >= self.backlog:
+            self._waiting.popleft()
+            self.health.lose(1, "the backlog of unwritten events is full")
+        self._waiting.append((json.dumps(record) + "\n").encode())
+        self._write_waiting()
+
+    def _write_waiting(self) -> None:
+        fd = self._fd
+        if fd is None:
+            return
+        while self._waiting:
+            line = self._waiting[0]
+            try:
+                done = 0
+                while done < len(line):
+                    done += os.pwrite(fd, line[done:], self._end + done)
+            except OSError as exc:
+                with contextlib.suppress(OSError):  # cut back to the last whole line
+                    os.ftruncate(fd, self._end)
+                self.health.failed(exc)
+                return
+            self._end += len(line)
+            self._waiting.popleft()
+            self.lines += 1
+            self.health.recovered()
 
     def close(self) -> None:
-        self._file.close()
+        if self._fd is None:
+            return
+        self._write_waiting()
+        if self._waiting:
+            self.health.lose(len(self._waiting), self.health.error or "could not be written")
+            self._waiting.clear()
+        os.close(self._fd)
+        self._fd = None

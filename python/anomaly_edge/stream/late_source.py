@@ -23,12 +23,18 @@ class LateSource(Source):
     live = True
 
     def __init__(
-        self, spec: str | int, policy: ReconnectPolicy, timeout: float, first_error: SourceError
+        self,
+        spec: str | int,
+        policy: ReconnectPolicy,
+        timeout: float,
+        first_error: SourceError,
+        start: ReconnectPolicy | None = None,
     ) -> None:
         super().__init__()
         self.spec = spec
         self.description = f"{spec} (not reachable yet)"
-        self._policy = policy
+        self._policy = policy  # once open: its reconnections
+        self._start = start or policy  # until then
         self._timeout = timeout
         self._first_error = first_error
         self._inner: Source | None = None
@@ -45,15 +51,16 @@ class LateSource(Source):
 
     def _open(self) -> Source:
         error = self._first_error
-        for attempt in range(1, self._policy.attempts + 1):
-            wait = self._policy.wait_before(attempt)
+        start = self._start
+        for attempt in range(1, start.attempts + 1):
+            wait = start.wait_before(attempt)
             log.warning(
                 "%s: %s; trying again in %.1f s (attempt %d of %d)",
                 self.spec,
                 error,
                 wait,
                 attempt,
-                self._policy.attempts,
+                start.attempts,
             )
             if self._interrupted.wait(wait):
                 raise SourceError(f"{self.spec}: stopped before it could be opened")
@@ -65,7 +72,7 @@ class LateSource(Source):
             log.info("%s: opened after %d attempt(s)", source.description, attempt)
             return source
         raise SourceError(
-            f"{self.spec}: could not be opened after {self._policy.attempts} attempt(s): {error}"
+            f"{self.spec}: could not be opened after {start.attempts} attempt(s): {error}"
         )
 
     def interrupt(self) -> None:
@@ -87,11 +94,15 @@ def is_live_spec(spec: object) -> bool:
     return text.isdigit() or (bool(sep) and scheme.lower() in NETWORK_SCHEMES)
 
 
-def open_or_defer(spec: object, policy: ReconnectPolicy, timeout: float) -> Source:
-    """:func:`open_source`, but a live source that is down now is retried in the background."""
+def open_or_defer(
+    spec: object, policy: ReconnectPolicy, timeout: float, start: ReconnectPolicy | None = None
+) -> Source:
+    """:func:`open_source`, but a live source that is down now is retried in the background
+    (per ``start``: attempts and capped backoff; default ``policy``)."""
+    start = start or policy
     try:
         return open_source(spec, reconnect=policy, timeout=timeout)  # type: ignore[arg-type]
     except SourceError as exc:
-        if not is_live_spec(spec) or policy.attempts == 0:
+        if not is_live_spec(spec) or start.attempts == 0:
             raise
-        return LateSource(spec, policy, timeout, exc)  # type: ignore[arg-type]
+        return LateSource(spec, policy, timeout, exc, start)  # type: ignore[arg-type]

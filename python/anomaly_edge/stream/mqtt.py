@@ -21,6 +21,7 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
+from anomaly_edge.stream.outputs import OutputHealth
 from anomaly_edge.stream.spool import Spool
 
 if TYPE_CHECKING:
@@ -116,6 +117,11 @@ class MqttPublisher:
     @property
     def pending(self) -> int:
         return self._spool.pending
+
+    @property
+    def health(self) -> OutputHealth:
+        """What was lost (refused, dropped, undelivered at the end): the run's summary."""
+        return self._spool.health
 
     def report(self) -> str:
         left = self._spool.pending

@@ -167,9 +167,13 @@ def open_source(
             )
         return NetworkSource(text, reconnect, timeout)
     path = Path(text).expanduser()
-    if path.is_dir():
+    try:
+        is_dir, is_file = path.is_dir(), path.is_file()
+    except OSError as exc:  # e.g. a path over PATH_MAX
+        raise SourceError(f"source {text[:80]!r}...: {exc.strerror or exc}") from None
+    if is_dir:
         return ImageFolderSource.from_folder(path)
-    if path.is_file():
+    if is_file:
         if path.suffix.lower() in IMAGE_SUFFIXES:
             return ImageFolderSource([path], description=f"image {path}")
         return VideoFileSource(path)
@@ -384,6 +388,10 @@ class LiveSource(Source):
     def _open(self) -> cv2.VideoCapture | None:
         raise NotImplementedError
 
+    def _decode(self, image: np.ndarray) -> np.ndarray | None:
+        """The frame from what the capture returned (already decoded, here)."""
+        return image
+
     def _unavailable_message(self) -> str:
         raise NotImplementedError
 
@@ -391,6 +399,10 @@ class LiveSource(Source):
         while not self._interrupted.is_set():
             ok, image = self._capture.read() if self._capture is not None else (False, None)
             if ok and image is not None and image.size:
+                image = self._decode(image)
+                if image is None:  # a damaged picture: skip it, as a file's are skipped
+                    self.corrupt += 1
+                    continue
                 now = time.monotonic()
                 if self._started is None:
                     self._started = now
@@ -477,10 +489,23 @@ class NetworkSource(LiveSource):
             self._timeout_ms,
         ]
         capture = cv2.VideoCapture(self.url, cv2.CAP_FFMPEG, params)
-        if capture.isOpened():
-            return capture
-        capture.release()
-        return None
+        if not capture.isOpened():
+            capture.release()
+            return None
+        # MJPEG: FFmpeg (as OpenCV drives it) scales every picture to the first one's size,
+        # so a camera that changes resolution would go unnoticed. Take the JPEG pictures
+        # as they come and decode each at its own size instead.
+        fourcc = int(capture.get(cv2.CAP_PROP_FOURCC))
+        self._raw_jpeg = fourcc == cv2.VideoWriter.fourcc(*"MJPG") and bool(
+            capture.set(cv2.CAP_PROP_FORMAT, -1)
+        )
+        return capture
+
+    def _decode(self, image: np.ndarray) -> np.ndarray | None:
+        if not getattr(self, "_raw_jpeg", False):
+            return image
+        decoded = cv2.imdecode(image.reshape(-1), cv2.IMREAD_COLOR)
+        return decoded if decoded is not None and decoded.size else None
 
     def _unavailable_message(self) -> str:
         return (

@@ -50,7 +50,9 @@ class StreamSummary:
     """How a run went: the totals over every source, and each source's own summary.
 
     What :meth:`StreamRunner.run` returns and the CLI prints. With one source the totals are
-    that source's. ``errors`` says why sources stopped early (lost input, failing sink).
+    that source's. ``errors`` says why sources stopped early (lost input, failing sink);
+    ``losses`` what the outputs could not write while the sources went on (a full disk,
+    refused events), one line each: empty when every output is complete.
     """
 
     frames: int
@@ -68,11 +70,13 @@ class StreamSummary:
     drift_frames: int = 0  # frames seen while the scores were out of the normal range
     sources: dict[str, StreamSummary] = field(default_factory=dict)  # by source name
     errors: dict[str, str] = field(default_factory=dict)  # source name -> why it stopped
+    losses: list[str] = field(default_factory=list)  # what the outputs lost
 
     def to_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
         out["sources"] = {name: s.to_dict() for name, s in self.sources.items()}
         out["errors"] = dict(self.errors)
+        out["losses"] = list(self.losses)
         return out
 
 

@@ -12,13 +12,20 @@ skips frames, nothing queues up).
 Routes: ``/`` (the page), ``/stream/<camera>.mjpg`` (MJPEG), ``/api/state`` (JSON),
 ``POST /api/cameras/<camera>/thresholds`` (JSON ``{"image_threshold": 12.5}``),
 ``/api/snapshots/<id>.jpg``. With a token, every route needs it: ``?token=`` once (a cookie
-keeps it), or ``Authorization: Bearer <token>``.
+keeps it), or ``Authorization: Bearer <token>``; an empty token is refused.
+
+Every request's ``Host`` must name an address the page serves (its own address and port;
+``localhost`` and the loopback addresses on loopback; an IP address or this machine's name
+when listening on every interface), even on loopback: otherwise a web page open in a
+browser on the box could rename its own site to 127.0.0.1 (DNS rebinding) and change the
+thresholds. A request with another ``Host`` gets 403.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import ipaddress
 import itertools
 import logging
 import secrets
@@ -107,7 +114,11 @@ class WebView(FrameObserver):
     ) -> None:
         if max_fps <= 0:
             raise ValueError("max_fps must be positive")
+        if token is not None and not token.strip():
+            raise ValueError("--web-token: the token is empty; give one, or leave it out")
         self.token = token
+        self.linger = False  # keep serving after the run ends (see close)
+        self.ended = False
         self.max_fps = max_fps
         self.alpha = alpha
         self._runner: StreamRunner | None = None
@@ -133,6 +144,7 @@ class WebView(FrameObserver):
         sock.setblocking(False)
         self.host = host
         self.port = sock.getsockname()[1]
+        self._names = _served_names(host)
         config = uvicorn.Config(
             self._app(),
             log_level="warning",
@@ -189,6 +201,17 @@ class WebView(FrameObserver):
             self._events.appendleft(entry)
 
     def close(self) -> None:
+        """Called by the runner at its end: stops the page, unless :attr:`linger` keeps it
+        up (showing the final state) until :meth:`shutdown`."""
+        if self.linger:
+            self.ended = True
+            return
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Stop serving (at once, whatever :attr:`linger` says)."""
+        if self._closing.is_set():
+            return
         self._closing.set()
         self._server.should_exit = True
         self._thread.join(timeout=10)
@@ -199,6 +222,20 @@ class WebView(FrameObserver):
     def _app(self) -> FastAPI:
         app = FastAPI(title="anomaly-edge", docs_url=None, redoc_url=None, openapi_url=None)
         view = self
+
+        @app.middleware("http")
+        async def check_host(
+            request: Request, call_next: Callable[[Request], Awaitable[Response]]
+        ) -> Response:
+            # Registered first, so it runs after require_token: both apply to every route.
+            if not view.serves(request.headers.get("host", "")):
+                return Response(
+                    "this page answers only at the address it serves "
+                    f"({view.url.split('?')[0]}); the Host header named another\n",
+                    status_code=403,
+                    media_type="text/plain",
+                )
+            return await call_next(request)
 
         @app.middleware("http")
         async def require_token(
@@ -289,6 +326,28 @@ class WebView(FrameObserver):
 
         return app
 
+    def serves(self, host_header: str) -> bool:
+        """Whether a request's ``Host`` names this page (see the module docstring)."""
+        text = host_header.strip().lower()
+        if text.startswith("["):
+            name, _, rest = text[1:].partition("]")
+            port_text = rest.removeprefix(":")
+        elif text.count(":") == 1:
+            name, _, port_text = text.partition(":")
+        else:
+            name, port_text = text, ""
+        if port_text:
+            if not port_text.isdigit() or int(port_text) != self.port:
+                return False
+        elif self.port != 80:
+            return False
+        name = name.rstrip(".")
+        if name in self._names:
+            return True
+        if "*" in self._names:  # every interface: any address literal is safe from rebinding
+            return _is_address(name)
+        return False
+
     def _require_runner(self) -> StreamRunner:
         if self._runner is None:
             raise HTTPException(503, "starting")
@@ -313,3 +372,25 @@ class WebView(FrameObserver):
                     )
             # The rate cap: the newest frame at most every `period` seconds.
             await asyncio.sleep(max(0.02, period - (time.monotonic() - started)))
+
+
+_LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _served_names(host: str) -> set[str]:
+    """The host names a request may give: ``*`` stands for any address literal."""
+    host = host.lower()
+    names = {host}
+    if host in ("", "0.0.0.0", "::"):
+        names |= {"*", "localhost", socket.gethostname().lower(), socket.getfqdn().lower()}
+    elif host == "localhost" or (_is_address(host) and ipaddress.ip_address(host).is_loopback):
+        names |= _LOOPBACK_NAMES
+    return names

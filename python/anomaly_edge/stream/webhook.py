@@ -1,8 +1,14 @@
 """Events to an HTTP endpoint: each event POSTed as JSON, in order, through a spool.
 
-A 2xx answer delivers the event; 408, 429, 5xx and network errors are retried (the events
-wait on disk meanwhile); any other answer (400, 401, 404, ...) means the endpoint will never
-take this event, so it is dropped and logged rather than blocking every later one.
+Only a 2xx answer delivers the event; 408, 429, 5xx and network errors are retried (the
+events wait on disk meanwhile); any other answer (400, 401, 404, ...) means the endpoint will
+never take this event, so it is dropped, logged and counted as lost rather than blocking
+every later one.
+
+Redirects are not followed: a 3xx is a failure of that event (dropped and counted, its
+``Location`` named in the log), because following one would turn the POST into a GET
+without its body (what urllib and browsers do for 301/302/303) and "deliver" nothing. Give
+the final URL.
 """
 
 from __future__ import annotations
@@ -15,12 +21,23 @@ import urllib.request
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
+from anomaly_edge.stream.outputs import OutputHealth
 from anomaly_edge.stream.spool import RejectedError, Spool
 
 if TYPE_CHECKING:
     from anomaly_edge.stream.result import FrameResult
 
 _RETRY_STATUS = {408, 425, 429}
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is answered as the error it is here (see the module docstring)."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
 
 
 class WebhookPublisher:
@@ -64,6 +81,11 @@ class WebhookPublisher:
     def pending(self) -> int:
         return self._spool.pending
 
+    @property
+    def health(self) -> OutputHealth:
+        """What was lost (refused, dropped, undelivered at the end): the run's summary."""
+        return self._spool.health
+
     def report(self) -> str:
         left = self._spool.pending
         return (
@@ -77,9 +99,19 @@ class WebhookPublisher:
             self.url, data=json.dumps(record).encode(), headers=self.headers, method="POST"
         )
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with _OPENER.open(request, timeout=self.timeout) as response:
                 response.read()
+                status = response.status
         except urllib.error.HTTPError as exc:
             if exc.code >= 500 or exc.code in _RETRY_STATUS:
                 raise  # the endpoint may recover: retried
+            if 300 <= exc.code < 400:
+                where = exc.headers.get("Location", "?") if exc.headers else "?"
+                raise RejectedError(
+                    f"{self.shown} answered {exc.code} {exc.reason}, a redirect to {where}: "
+                    "redirects are not followed (the POST would arrive as an empty GET); "
+                    "give --webhook the final URL"
+                ) from None
             raise RejectedError(f"{self.shown} answered {exc.code} {exc.reason}") from None
+        if not 200 <= status < 300:  # urllib lets 1xx/3xx-without-handler through
+            raise RejectedError(f"{self.shown} answered {status}, not a 2xx")
