@@ -14,6 +14,7 @@ from anomaly_edge.train.models.base import ModelPlugin
 BUILT_IN = (
     "anomaly_edge.train.models.padim.plugin:PadimPlugin",
     "anomaly_edge.train.models.stfpm.plugin:StfpmPlugin",
+    "anomaly_edge.train.models.patchcore.plugin:PatchcorePlugin",
 )
 
 _registered: dict[str, ModelPlugin] = {}
