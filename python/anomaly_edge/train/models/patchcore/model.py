@@ -68,6 +68,7 @@ class Patchcore(nn.Module):
     """
 
     bank: torch.Tensor
+    centre: torch.Tensor
     bank_squares: torch.Tensor
     support: torch.Tensor
     to_input_rows: torch.Tensor
@@ -178,6 +179,10 @@ class Patchcore(nn.Module):
         embedding = self.embed(x)
         return embedding.permute(0, 2, 3, 1).reshape(-1, embedding.shape[1])
 
+    def centred_patches(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`patches` about the bank's centre, as the stored bank is."""
+        return self.patches(x) - self.centre
+
     # ---- fitting -----------------------------------------------------------------------------
 
     def fit(
@@ -226,9 +231,15 @@ class Patchcore(nn.Module):
 
     def _set_bank(self, bank: torch.Tensor, fitted: bool) -> None:
         """Store the bank with what inference needs of it: squared norms and, for the
-        re-weighting, each bank patch's nearest bank patches (itself first)."""
-        bank = bank.float().contiguous()
+        re-weighting, each bank patch's nearest bank patches (itself first). The bank is
+        stored about its mean (``centre``), and patches are moved the same way: distances do
+        not change, and the norms in ``|x|^2 - 2 x . m + |m|^2`` stay small, so float32 (and
+        the FP16 constant) lose less to cancellation."""
+        bank = bank.float()
+        centre = bank.mean(dim=0) if bank.shape[0] else torch.zeros(bank.shape[1])
+        bank = (bank - centre).contiguous()
         self.register_buffer("bank", bank)
+        self.register_buffer("centre", centre)
         self.register_buffer("bank_squares", (bank * bank).sum(dim=1))
         self.register_buffer("support", self._bank_neighbours(bank))
         self.fitted = fitted
@@ -259,18 +270,25 @@ class Patchcore(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Raw anomaly map [N, 1, H, W]: nearest-bank distances on the patch grid, scaled
         by the re-weighting of each image's most anomalous patch, upsampled and blurred."""
+        h, w = self.feature_size
+        scores = self.patch_scores(x).reshape(x.shape[0], 1, h, w)
+        return apply_separable(scores, self.to_input_rows, self.to_input_cols_t)
+
+    def patch_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, h * w]: each patch's distance to its nearest bank patch, times its image's
+        re-weighting (before upsampling and blur)."""
         if not self.fitted:
             raise RuntimeError("Patchcore is not fitted: call fit() with normal images first")
         n = x.shape[0]
         h, w = self.feature_size
-        patches = self.patches(x)  # [P, D], P = n * h * w
+        patches = self.centred_patches(x)  # [P, D], P = n * h * w
         squares = (patches * patches).sum(dim=1, keepdim=True)
         distance = squares - 2.0 * torch.matmul(patches, self.bank.T) + self.bank_squares
         nearest, index = distance.min(dim=1)  # [P]
         scores = nearest.clamp_min(0.0).sqrt().reshape(n, h * w)
         if self.support.shape[1] > 1:
             scores = scores * self._reweighting(patches, scores, index.reshape(n, h * w))
-        return apply_separable(scores.reshape(n, 1, h, w), self.to_input_rows, self.to_input_cols_t)
+        return scores
 
     def _reweighting(
         self, patches: torch.Tensor, scores: torch.Tensor, index: torch.Tensor
