@@ -15,9 +15,11 @@ counterparts of the paper's WRN50 layer2 + layer3), coreset ratio 0.1 and 9 neig
 (anomalib's defaults). They are not yet chosen by measurement on all shared categories.
 
 ``forward`` is a plain tensor graph, so the kNN runs inside the IR as OpenVINO operations:
-squared distances as ``|x|^2 - 2 x . m + |m|^2`` (one matrix product with the bank), a
-minimum over the bank, the re-weighting by gathers and a softmax. The bank is an IR constant
-(FP16 when the IR is), its squared norms and each bank patch's neighbours precomputed.
+squared distances as ``|x|^2 + min_m(|m|^2 - 2 x . m)``: one matrix product with the bank
+stored as ``-2 mᵀ`` and its squared norms as the product's bias (OpenVINO's CPU plugin fuses
+the two, so the ``[patches, bank]`` matrix is written once and read once, by the minimum),
+the re-weighting by gathers and a softmax. The bank is one IR constant (FP16 when the IR is;
+the factor -2 is exact in it), with its squared norms and each bank patch's neighbours.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ class Patchcore(nn.Module):
     checkpoint rebuilds the module with (the state dict then fills the bank).
     """
 
-    bank: torch.Tensor
+    bank_t2: torch.Tensor  # -2 x the (centred) bank, transposed: [D, M]
     centre: torch.Tensor
     bank_squares: torch.Tensor
     support: torch.Tensor
@@ -151,7 +153,7 @@ class Patchcore(nn.Module):
             "pool_limit": self.pool_limit,
             "blur_sigma": self.blur_sigma,
             "seed": self.seed,
-            "bank_size": int(self.bank.shape[0]),
+            "bank_size": int(self.bank_t2.shape[1]),
         }
 
     def train(self, mode: bool = True) -> Patchcore:
@@ -237,12 +239,17 @@ class Patchcore(nn.Module):
         the FP16 constant) lose less to cancellation."""
         bank = bank.float()
         centre = bank.mean(dim=0) if bank.shape[0] else torch.zeros(bank.shape[1])
-        bank = (bank - centre).contiguous()
-        self.register_buffer("bank", bank)
+        bank = bank - centre
+        self.register_buffer("bank_t2", (-2.0 * bank).T.contiguous())
         self.register_buffer("centre", centre)
         self.register_buffer("bank_squares", (bank * bank).sum(dim=1))
         self.register_buffer("support", self._bank_neighbours(bank))
         self.fitted = fitted
+
+    @property
+    def bank(self) -> torch.Tensor:
+        """The memory bank ``[M, D]``, about its centre."""
+        return -0.5 * self.bank_t2.T
 
     def _bank_neighbours(self, bank: torch.Tensor) -> torch.Tensor:
         count = min(self.neighbours, bank.shape[0])
@@ -282,24 +289,26 @@ class Patchcore(nn.Module):
         n = x.shape[0]
         h, w = self.feature_size
         patches = self.centred_patches(x)  # [P, D], P = n * h * w
-        squares = (patches * patches).sum(dim=1, keepdim=True)
-        distance = squares - 2.0 * torch.matmul(patches, self.bank.T) + self.bank_squares
-        nearest, index = distance.min(dim=1)  # [P]
+        squares = (patches * patches).sum(dim=1)
+        # |m|^2 - 2 x.m: the squared distance less |x|^2, which is the same along a row
+        partial = torch.matmul(patches, self.bank_t2) + self.bank_squares  # [P, M]
+        # a plain minimum (no indices) over the bank: only the top patch needs its neighbour
+        nearest = partial.amin(dim=1) + squares
         scores = nearest.clamp_min(0.0).sqrt().reshape(n, h * w)
         if self.support.shape[1] > 1:
-            scores = scores * self._reweighting(patches, scores, index.reshape(n, h * w))
+            scores = scores * self._reweighting(patches, scores, partial)
         return scores
 
     def _reweighting(
-        self, patches: torch.Tensor, scores: torch.Tensor, index: torch.Tensor
+        self, patches: torch.Tensor, scores: torch.Tensor, distance: torch.Tensor
     ) -> torch.Tensor:
         """[n, 1]: the paper's weight of each image's highest-scoring patch."""
         n, cells = scores.shape
-        top = scores.argmax(dim=1, keepdim=True)  # [n, 1]
-        rows = top[:, 0] + torch.arange(n) * cells
+        rows = scores.argmax(dim=1) + torch.arange(n) * cells  # [n]: top patch of each image
         feature = patches.index_select(0, rows)  # [n, D]
-        nearest = index.gather(1, top)[:, 0]  # [n]: its nearest bank patch
-        support = self.bank.index_select(0, self.support.index_select(0, nearest).reshape(-1))
+        nearest = distance.index_select(0, rows).argmin(dim=1)  # [n]: its nearest bank patch
+        chosen = self.support.index_select(0, nearest).reshape(-1)  # [n * k]
+        support = -0.5 * self.bank_t2.index_select(1, chosen).T  # [n * k, D], exact
         support = support.reshape(n, -1, self.dims)  # [n, k, D]
         distance = (feature[:, None, :] - support).pow(2).sum(dim=-1).sqrt()  # [n, k]
         return 1.0 - torch.softmax(distance, dim=1)[:, :1]
@@ -307,7 +316,7 @@ class Patchcore(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"backbone={self.backbone.name}, layers={self.backbone.layers}, dims={self.dims}, "
-            f"bank={int(self.bank.shape[0])}, neighbours={self.neighbours}, "
+            f"bank={int(self.bank_t2.shape[1])}, neighbours={self.neighbours}, "
             f"input_size={self.input_size}, feature_size={self.feature_size}"
         )
 
