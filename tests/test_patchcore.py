@@ -213,3 +213,22 @@ def test_cli_trains_patchcore_with_its_flags_and_refuses_bad_ones(category, tmp_
         train(
             category, model="patchcore", options=PatchcoreOptions(coreset_ratio=2.0), export=False
         )
+
+
+def test_pruned_greedy_chooses_exactly_what_plain_greedy_chooses():
+    from anomaly_edge.train.models.patchcore.coreset import project
+
+    generator = torch.Generator().manual_seed(2)
+    latent = torch.randn(3000, 6, generator=generator) @ torch.randn(6, 40, generator=generator)
+    features = latent + 0.05 * torch.randn(3000, 40, generator=generator)
+    projected = project(features, 16, seed=5)
+    squares = (projected * projected).sum(dim=1)
+    nearest = torch.full((3000,), math.inf)
+    current = int(torch.randint(3000, (1,), generator=torch.Generator().manual_seed(5)))
+    plain = []
+    for _ in range(300):  # every row, every step
+        plain.append(current)
+        distance = squares - 2.0 * projected @ projected[current] + squares[current]
+        nearest = torch.minimum(nearest, distance)
+        current = int(nearest.argmax())
+    assert greedy_coreset(features, 300, projection_dim=16, seed=5).tolist() == plain
