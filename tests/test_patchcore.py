@@ -145,7 +145,7 @@ def test_fp16_ir_has_the_bank_in_half_precision_and_matches_torch(tmp_path):
     ]
     parity = compare_maps(model, xml, images)
     assert parity["correlation"] > 0.999 and parity["max_score_rel_diff"] < 0.01
-    bank_shape = list(model.bank_t2.shape)
+    bank_shape = list(model.bank_m2.shape)
     constants = [
         op
         for op in ov.Core().read_model(xml).get_ordered_ops()

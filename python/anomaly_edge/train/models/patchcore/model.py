@@ -16,10 +16,11 @@ counterparts of the paper's WRN50 layer2 + layer3), coreset ratio 0.1 and 9 neig
 
 ``forward`` is a plain tensor graph, so the kNN runs inside the IR as OpenVINO operations:
 squared distances as ``|x|^2 + min_m(|m|^2 - 2 x . m)``: one matrix product with the bank
-stored as ``-2 mᵀ`` and its squared norms as the product's bias (OpenVINO's CPU plugin fuses
-the two, so the ``[patches, bank]`` matrix is written once and read once, by the minimum),
-the re-weighting by gathers and a softmax. The bank is one IR constant (FP16 when the IR is;
-the factor -2 is exact in it), with its squared norms and each bank patch's neighbours.
+stored as ``-2 m`` and its squared norms as the product's bias (a linear layer: OpenVINO's
+CPU plugin fuses the two, so the ``[patches, bank]`` matrix is written once and read once, by
+the minimum), the re-weighting by gathers and a softmax. The bank is one IR constant, used by
+the product and the gathers alike (FP16 when the IR is; the factor -2 is exact in it), with
+its squared norms and each bank patch's neighbours (int32).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class Patchcore(nn.Module):
     checkpoint rebuilds the module with (the state dict then fills the bank).
     """
 
-    bank_t2: torch.Tensor  # -2 x the (centred) bank, transposed: [D, M]
+    bank_m2: torch.Tensor  # -2 x the (centred) bank: [M, D]
     centre: torch.Tensor
     bank_squares: torch.Tensor
     support: torch.Tensor
@@ -153,7 +154,7 @@ class Patchcore(nn.Module):
             "pool_limit": self.pool_limit,
             "blur_sigma": self.blur_sigma,
             "seed": self.seed,
-            "bank_size": int(self.bank_t2.shape[1]),
+            "bank_size": int(self.bank_m2.shape[0]),
         }
 
     def train(self, mode: bool = True) -> Patchcore:
@@ -240,7 +241,7 @@ class Patchcore(nn.Module):
         bank = bank.float()
         centre = bank.mean(dim=0) if bank.shape[0] else torch.zeros(bank.shape[1])
         bank = bank - centre
-        self.register_buffer("bank_t2", (-2.0 * bank).T.contiguous())
+        self.register_buffer("bank_m2", (-2.0 * bank).contiguous())
         self.register_buffer("centre", centre)
         self.register_buffer("bank_squares", (bank * bank).sum(dim=1))
         self.register_buffer("support", self._bank_neighbours(bank))
@@ -249,12 +250,12 @@ class Patchcore(nn.Module):
     @property
     def bank(self) -> torch.Tensor:
         """The memory bank ``[M, D]``, about its centre."""
-        return -0.5 * self.bank_t2.T
+        return -0.5 * self.bank_m2
 
     def _bank_neighbours(self, bank: torch.Tensor) -> torch.Tensor:
         count = min(self.neighbours, bank.shape[0])
         if bank.shape[0] == 0 or self.neighbours == 1:
-            return torch.zeros(bank.shape[0], count, dtype=torch.long)
+            return torch.zeros(bank.shape[0], count, dtype=torch.int32)
         squares = (bank * bank).sum(dim=1)
         blocks = []
         for lo in range(0, bank.shape[0], NEIGHBOUR_ROWS):
@@ -262,7 +263,7 @@ class Patchcore(nn.Module):
             distance = squares[lo : lo + NEIGHBOUR_ROWS, None] - 2.0 * rows @ bank.T + squares
             # itself first, whatever rounding does to its zero distance
             distance[torch.arange(rows.shape[0]), torch.arange(lo, lo + rows.shape[0])] = -1.0
-            blocks.append(distance.topk(count, dim=1, largest=False).indices)
+            blocks.append(distance.topk(count, dim=1, largest=False).indices.int())
         return torch.cat(blocks)
 
     def _check_input(self, images: torch.Tensor) -> None:
@@ -291,7 +292,7 @@ class Patchcore(nn.Module):
         patches = self.centred_patches(x)  # [P, D], P = n * h * w
         squares = (patches * patches).sum(dim=1)
         # |m|^2 - 2 x.m: the squared distance less |x|^2, which is the same along a row
-        partial = torch.matmul(patches, self.bank_t2) + self.bank_squares  # [P, M]
+        partial = F.linear(patches, self.bank_m2, self.bank_squares)  # [P, M]
         # a plain minimum (no indices) over the bank: only the top patch needs its neighbour
         nearest = partial.amin(dim=1) + squares
         scores = nearest.clamp_min(0.0).sqrt().reshape(n, h * w)
@@ -308,7 +309,7 @@ class Patchcore(nn.Module):
         feature = patches.index_select(0, rows)  # [n, D]
         nearest = distance.index_select(0, rows).argmin(dim=1)  # [n]: its nearest bank patch
         chosen = self.support.index_select(0, nearest).reshape(-1)  # [n * k]
-        support = -0.5 * self.bank_t2.index_select(1, chosen).T  # [n * k, D], exact
+        support = -0.5 * self.bank_m2.index_select(0, chosen)  # [n * k, D], exact
         support = support.reshape(n, -1, self.dims)  # [n, k, D]
         distance = (feature[:, None, :] - support).pow(2).sum(dim=-1).sqrt()  # [n, k]
         return 1.0 - torch.softmax(distance, dim=1)[:, :1]
@@ -316,7 +317,7 @@ class Patchcore(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"backbone={self.backbone.name}, layers={self.backbone.layers}, dims={self.dims}, "
-            f"bank={int(self.bank_t2.shape[1])}, neighbours={self.neighbours}, "
+            f"bank={int(self.bank_m2.shape[0])}, neighbours={self.neighbours}, "
             f"input_size={self.input_size}, feature_size={self.feature_size}"
         )
 

@@ -13,7 +13,7 @@ from typing import Any
 
 @dataclass(frozen=True)
 class StfpmOptions:
-    """STFPM's training schedule (see ``train/stfpm_training.py`` for each default)."""
+    """STFPM's training schedule (see :mod:`.training` for each default)."""
 
     lr: float | None = None
     momentum: float | None = None
