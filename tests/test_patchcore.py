@@ -115,6 +115,18 @@ def test_patch_scores_are_the_papers_nearest_neighbour_score(neighbours):
         assert (scores.max(1).values < plain.max(1).values).all()
 
 
+def test_eager_scoring_in_blocks_gives_the_same_scores(monkeypatch):
+    from anomaly_edge.train.models.patchcore import model as patchcore_model
+
+    model = fitted_patchcore(3)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        whole = model.patch_scores(x)
+        monkeypatch.setattr(patchcore_model, "EAGER_DISTANCES", 5 * model.bank.shape[0])
+        blocks = model.patch_scores(x)  # 5 patches a block
+    torch.testing.assert_close(blocks, whole, rtol=1e-4, atol=1e-4)  # another GEMM blocking
+
+
 def test_a_training_patch_scores_near_zero_and_the_map_has_the_input_size():
     model = fitted_patchcore(1, coreset_ratio=1.0)  # every training patch in the bank
     x = torch.randn(6, 3, 64, 64, generator=torch.Generator().manual_seed(1))  # the fit's images

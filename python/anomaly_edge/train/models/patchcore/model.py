@@ -54,6 +54,10 @@ DEFAULT_CORESET_RATIO = 0.1
 DEFAULT_NEIGHBOURS = 9
 BLUR_SIGMA = 4.0
 NEIGHBOUR_ROWS = 2048  # bank rows per block when finding each bank patch's neighbours
+# Eager (torch) scoring holds at most this many [patch, bank] distances at once: evaluation of
+# ball_screw (2,496 patches an image, a 27.7k bank, batches of 8) peaked at 3.6 GB without it.
+# The traced graph (the IR) is one product: OpenVINO runs one image at a time.
+EAGER_DISTANCES = 1 << 24
 
 
 def default_layers(backbone_name: str) -> list[str]:
@@ -291,23 +295,31 @@ class Patchcore(nn.Module):
         h, w = self.feature_size
         patches = self.centred_patches(x)  # [P, D], P = n * h * w
         squares = (patches * patches).sum(dim=1)
-        # |m|^2 - 2 x.m: the squared distance less |x|^2, which is the same along a row
-        partial = F.linear(patches, self.bank_m2, self.bank_squares)  # [P, M]
-        # a plain minimum (no indices) over the bank: only the top patch needs its neighbour
-        nearest = partial.amin(dim=1) + squares
-        scores = nearest.clamp_min(0.0).sqrt().reshape(n, h * w)
+        # |m|^2 - 2 x.m: the squared distance less |x|^2, which is the same along a row; a
+        # plain minimum (no indices) over the bank: only the top patch needs its neighbour
+        rows = max(1, EAGER_DISTANCES // max(1, self.bank_m2.shape[0]))
+        # torch.jit re-exports is_tracing at run time without typing or listing it
+        tracing = torch.jit.is_tracing()  # type: ignore[attr-defined,no-untyped-call]
+        if tracing or patches.shape[0] <= rows:
+            least = self._least_partial(patches)
+        else:  # eager and large: in blocks of patches, so memory stays bounded
+            least = torch.cat([self._least_partial(part) for part in torch.split(patches, rows)])
+        scores = (least + squares).clamp_min(0.0).sqrt().reshape(n, h * w)
         if self.support.shape[1] > 1:
-            scores = scores * self._reweighting(patches, scores, partial)
+            scores = scores * self._reweighting(patches, scores)
         return scores
 
-    def _reweighting(
-        self, patches: torch.Tensor, scores: torch.Tensor, distance: torch.Tensor
-    ) -> torch.Tensor:
+    def _least_partial(self, patches: torch.Tensor) -> torch.Tensor:
+        """[P]: the smallest ``|m|^2 - 2 x . m`` over the bank, for each patch ``x``."""
+        return F.linear(patches, self.bank_m2, self.bank_squares).amin(dim=1)
+
+    def _reweighting(self, patches: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """[n, 1]: the paper's weight of each image's highest-scoring patch."""
         n, cells = scores.shape
         rows = scores.argmax(dim=1) + torch.arange(n) * cells  # [n]: top patch of each image
         feature = patches.index_select(0, rows)  # [n, D]
-        nearest = distance.index_select(0, rows).argmin(dim=1)  # [n]: its nearest bank patch
+        partial = F.linear(feature, self.bank_m2, self.bank_squares)  # [n, M], small
+        nearest = partial.argmin(dim=1)  # [n]: its nearest bank patch
         chosen = self.support.index_select(0, nearest).reshape(-1)  # [n * k]
         support = -0.5 * self.bank_m2.index_select(0, chosen)  # [n * k, D], exact
         support = support.reshape(n, -1, self.dims)  # [n, k, D]
