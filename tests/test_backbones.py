@@ -36,7 +36,7 @@ def test_default_layers_report_strides_and_channels(name, channels):
 
 
 def test_padim_reads_anomalibs_lite_layers_and_strides_are_known_without_building():
-    from anomaly_edge.train.padim import default_layers
+    from anomaly_edge.train.models.padim.model import default_layers
 
     # timm's blocks.1/2/4 (anomalib's Lite0 PaDiM) are our stage2/3/5
     assert default_layers("efficientnet_lite0") == ["stage2", "stage3", "stage5"]

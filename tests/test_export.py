@@ -291,7 +291,7 @@ def test_column_blocks_of_triangular_factors_are_stored_packed(tmp_path):
 
 def test_padim_ir_is_a_small_fraction_of_anomalibs(tmp_path):
     """anomalib's ResNet18 PaDiM IR at 256x256 is 160-168 MB; the goal is at most a quarter."""
-    from anomaly_edge.train.padim import Padim
+    from anomaly_edge.train.models.padim.model import Padim
 
     torch.manual_seed(0)
     padim = Padim("resnet18", (256, 256), pretrained=False)  # 100 channels, as anomalib

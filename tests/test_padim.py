@@ -9,7 +9,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from anomaly_edge.train.padim import Padim, default_upsample, gaussian_kernel_1d  # noqa: E402
+from anomaly_edge.train.models.padim.model import Padim, default_upsample  # noqa: E402
+from anomaly_edge.train.resample import gaussian_kernel_1d  # noqa: E402
 from anomaly_edge.train.running_gaussian import RunningGaussian  # noqa: E402
 
 SIZE = (64, 64)
@@ -198,7 +199,7 @@ def test_pool_is_checked():
 
 
 def test_triangle_blocks_cover_every_column_once():
-    from anomaly_edge.train.padim import triangle_blocks
+    from anomaly_edge.train.models.padim.model import triangle_blocks
 
     assert triangle_blocks(80) == [(0, 20), (20, 40), (40, 60), (60, 80)]
     assert triangle_blocks(3) == [(0, 1), (1, 2), (2, 3)]

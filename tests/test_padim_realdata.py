@@ -5,7 +5,7 @@
 2.7's PaDiM (same ImageNet weights, timm ``blocks.1/2/4``, 100 channels, 256x256) from
 ``../shared/BENCHMARKS.md``. AUROC and AUPRO cover the whole test set either way. The runs are
 deterministic (seed 0); the margin absorbs float differences between machines (measured
-figures in ``train/padim.py``).
+figures in ``train/models/padim/model.py``).
 """
 
 from __future__ import annotations

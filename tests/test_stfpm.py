@@ -9,8 +9,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from anomaly_edge.train import stfpm, stfpm_training  # noqa: E402
+from anomaly_edge.train import stfpm  # noqa: E402
 from anomaly_edge.train.backbones import build_backbone  # noqa: E402
+from anomaly_edge.train.models.stfpm import training as stfpm_training  # noqa: E402
 
 SIZE = 64
 _NETWORKS: dict[int, torch.nn.Module] = {}

@@ -15,15 +15,10 @@ from anomaly_edge.demo import make_dataset
 from anomaly_edge.metadata import ModelMetadata
 from anomaly_edge.model_loading import read_ir
 from anomaly_edge.tiles import TileLayout
+from anomaly_edge.train.models.padim.model import Padim
+from anomaly_edge.train.models.padim.tiled import TilePositionPadim, resolve_tile_gaussians
 from anomaly_edge.train.options import PadimOptions, StfpmOptions
-from anomaly_edge.train.padim import Padim
-from anomaly_edge.train.tiling import (
-    AUTO_MAX_TILES,
-    TilePositionPadim,
-    choose_layout,
-    predict_tiled,
-    resolve_tile_gaussians,
-)
+from anomaly_edge.train.tiling import AUTO_MAX_TILES, choose_layout, predict_tiled
 
 # ---- the layout rule -------------------------------------------------------------------------
 

@@ -106,7 +106,7 @@ def test_defects_without_masks_give_image_metrics_only(tmp_path):
 
 def test_bad_arguments_are_clear(category):
     with pytest.raises(ValueError, match="unknown model"):
-        train(category, model="patchcore")
+        train(category, model="no_such_model")
     with pytest.raises(ValueError, match="needs an output folder"):
         train(category, backbone="efficientnet_lite0", export=True)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,18 +15,18 @@ from anomaly_edge.cli.common import (
     add_threshold_arguments,
     check_thresholds,
     non_negative_float,
+    positive_float,
     positive_int,
     require_train_extra,
 )
 from anomaly_edge.cli.report import after_training
 from anomaly_edge.metadata import BACKBONES, PRECISIONS
 from anomaly_edge.operating_point import DEFAULT_POLICY
-
-ARCHITECTURES = ("padim", "stfpm")
+from anomaly_edge.train.models.registry import get_model, model_names, plugins
 
 HELP = "train a model on normal images, evaluate it and export it to OpenVINO IR"
 DESCRIPTION = (
-    "Fit PaDiM or STFPM on DATA/train/good, tune thresholds on part of DATA/test, report "
+    "Fit a model (see --arch) on DATA/train/good, tune thresholds on part of DATA/test, report "
     "image/pixel AUROC, AUPRO and F1, and write metrics.json, ROC/PR curves, checkpoint.pt "
     "and model.xml/.bin into --out."
 )
@@ -46,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--arch",
-        choices=ARCHITECTURES,
+        choices=model_names(),
         default="padim",
         help="the model architecture to train (default padim)",
     )
@@ -55,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         dest="arch",
-        choices=ARCHITECTURES,
+        choices=model_names(),
         action=DeprecatedAlias,
         use="--arch",
         default=argparse.SUPPRESS,
@@ -98,20 +99,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "tune on the whole test set)",
     )
     parser.add_argument(
-        "--channels",
-        type=positive_int,
-        dest="n_channels",
-        metavar="N",
-        help="PaDiM: size of the random channel subset",
-    )
-    parser.add_argument(
-        "--pool",
-        type=positive_int,
-        metavar="N",
-        help="PaDiM: one Gaussian per NxN block of the finest feature grid "
-        "(default 2; 1 = one per stride-4 position, as in the paper)",
-    )
-    parser.add_argument(
         "--tile",
         type=_tile_option,
         default="auto",
@@ -120,50 +107,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "native resolution, all tiles one batch: auto (default) tiles when "
         "training images are at least 3x the input on both sides; off; or a "
         "grid such as 3x4",
-    )
-    parser.add_argument(
-        "--tile-gaussians",
-        choices=("auto", "position", "shared"),
-        default="auto",
-        help="PaDiM on tiles: Gaussians per tile position, or one set shared "
-        "by all tiles; auto (default): per position when there are more "
-        "training images than PaDiM channels",
-    )
-    parser.add_argument(
-        "--epochs",
-        type=positive_int,
-        dest="max_epochs",
-        metavar="N",
-        help="STFPM: maximum number of epochs (default 30; given alone, run in full)",
-    )
-    parser.add_argument(
-        "--steps",
-        type=positive_int,
-        dest="max_steps",
-        metavar="N",
-        help="STFPM: maximum optimiser steps, in whole epochs (default 600: large sets "
-        "take fewer epochs)",
-    )
-    parser.add_argument(
-        "--lr-schedule",
-        choices=("cosine", "constant"),
-        help="STFPM: the learning rate decays along half a cosine to 0 by the last epoch "
-        "(default), or stays at 0.4 (the paper's schedule)",
-    )
-    parser.add_argument(
-        "--map-layers",
-        type=positive_int,
-        metavar="N",
-        help="STFPM: the anomaly map combines only the N deepest of the 3 layers (the "
-        "student still learns all); 2 ranks whole images a little better on some sets, all 3 "
-        "(default) localise small defects best",
-    )
-    parser.add_argument(
-        "--fine-layer-weight",
-        type=non_negative_float,
-        metavar="W",
-        help="STFPM: the finest layer's exponent in the map's product (default 0.25): 1 weighs "
-        "it like the others (the paper), 0 leaves it out like --map-layers 2",
     )
     parser.add_argument(
         "--policy",
@@ -207,6 +150,54 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "jpeg=40-90,jitter=0.05,copies=1",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_model_flags(parser)
+
+
+# how each kind of model flag is parsed (the plug-ins declare kinds, so train/ needs no CLI code)
+_FLAG_TYPES: dict[str, Callable[[str], Any]] = {
+    "positive_int": positive_int,
+    "non_negative_float": non_negative_float,
+    "positive_float": positive_float,
+    "choice": str,
+}
+
+
+def _add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """Every model plug-in's own flags; a flag two models declare is added once."""
+    seen: set[str] = set()
+    for plugin in plugins():
+        for flag in plugin.cli_flags:
+            if flag.flag in seen:
+                continue
+            seen.add(flag.flag)
+            parser.add_argument(
+                flag.flag,
+                dest=flag.dest,
+                type=_FLAG_TYPES[flag.kind],
+                choices=flag.choices or None,
+                metavar=None if flag.choices else ("N" if flag.kind.endswith("int") else "X"),
+                help=flag.help,
+            )
+
+
+def _model_options(args: argparse.Namespace) -> Any:
+    """The chosen model's options from its flags; a flag of another model is refused."""
+    chosen = get_model(args.arch)
+    values: dict[str, Any] = {}
+    for plugin in plugins():
+        for flag in plugin.cli_flags:
+            given = getattr(args, flag.dest, None)
+            if given is None or any(f.flag == flag.flag for f in chosen.cli_flags):
+                continue
+            owners = [p.name for p in plugins() if any(f.flag == flag.flag for f in p.cli_flags)]
+            raise CliError(
+                f"{flag.flag} applies to --arch {' or '.join(owners)} only", ExitCode.USAGE
+            )
+    for flag in chosen.cli_flags:
+        given = getattr(args, flag.dest, None)
+        if given is not None:
+            values[flag.field] = flag.to_option(given) if flag.to_option else given
+    return chosen.options_from_flags(values)
 
 
 def _image_size(text: str) -> tuple[int, int]:
@@ -247,30 +238,7 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("--validation-fraction must be in [0, 1)", ExitCode.USAGE)
     if args.weights is not None and not args.weights.is_file():
         raise CliError(f"--weights {args.weights}: no such file", ExitCode.INPUT)
-    for given, flag, owner in (
-        (args.max_epochs, "--epochs", "stfpm"),
-        (args.max_steps, "--steps", "stfpm"),
-        (args.map_layers, "--map-layers", "stfpm"),
-        (args.fine_layer_weight, "--fine-layer-weight", "stfpm"),
-        (args.lr_schedule, "--lr-schedule", "stfpm"),
-        (args.n_channels, "--channels", "padim"),
-        (args.pool, "--pool", "padim"),
-    ):
-        if given is not None and args.arch != owner:
-            raise CliError(f"{flag} applies to --arch {owner} only", ExitCode.USAGE)
-    from anomaly_edge.train.options import PadimOptions, StfpmOptions
-
-    options = (
-        PadimOptions(n_channels=args.n_channels, pool=args.pool, tile_gaussians=args.tile_gaussians)
-        if args.arch == "padim"
-        else StfpmOptions(
-            max_epochs=args.max_epochs,
-            max_steps=args.max_steps,
-            map_layers=args.map_layers,
-            fine_layer_weight=args.fine_layer_weight,
-            cosine=None if args.lr_schedule is None else args.lr_schedule == "cosine",
-        )
-    )
+    options = _model_options(args)
     try:
         result = train(
             args.data,

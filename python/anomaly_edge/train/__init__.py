@@ -2,9 +2,11 @@
 
 ``anomaly_edge.train.train(data, model="padim", out=...)`` goes from an MVTec-layout
 folder to a trained, evaluated and (optionally) exported model; see
-:mod:`anomaly_edge.train.api`. Each model's own knobs are :class:`PadimOptions` and
-:class:`StfpmOptions` (:mod:`.options`). Submodules: ``data`` (datasets), ``backbones``,
-``efficientnet_lite``, ``padim``, ``stfpm``, ``metrics``, ``thresholds``, ``evaluate``, ``export``.
+:mod:`anomaly_edge.train.api`. Each model is a plug-in, one folder under ``models/`` and
+one line in :mod:`.models.registry`; its own knobs are one options object (e.g.
+:class:`PadimOptions`, :class:`StfpmOptions`). Submodules: ``data`` (datasets), ``backbones``,
+``efficientnet_lite``, ``models``, ``tiling``, ``metrics``, ``thresholds``, ``evaluate``,
+``export``.
 """
 
 from __future__ import annotations

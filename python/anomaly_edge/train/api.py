@@ -21,7 +21,7 @@ import resource
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -34,14 +34,12 @@ from anomaly_edge.metadata import ModelMetadata
 from anomaly_edge.operating_point import DEFAULT_POLICY, Policy
 from anomaly_edge.prediction import Task
 from anomaly_edge.tiles import TileLayout, parse_tile_option
-from anomaly_edge.train.augment import Augmentation, augmented, parse_augment
+from anomaly_edge.train.augment import Augmentation, parse_augment
 from anomaly_edge.train.data import (
     DEFAULT_VALIDATION_FRACTION,
     ImageDataset,
     Sample,
     Split,
-    iter_batches,
-    make_loader,
     scan_category,
 )
 from anomaly_edge.train.evaluate import (
@@ -52,22 +50,17 @@ from anomaly_edge.train.evaluate import (
     test_metrics,
 )
 from anomaly_edge.train.geometry import InputGeometry, choose_input_size, image_sizes
-from anomaly_edge.train.options import PadimOptions, StfpmOptions
+from anomaly_edge.train.models.base import FitRequest, ModelPlugin, ProgressFactory
+from anomaly_edge.train.models.registry import get_model
 from anomaly_edge.train.thresholds import false_alarm_rate, normal_score_range
 from anomaly_edge.train.tiling import (
-    TileFrames,
     TileOption,
-    TilePositionPadim,
     choose_layout,
-    frame_batches,
     median_image_size,
     predict_tiled,
-    resolve_tile_gaussians,
-    tile_images,
     tile_summary,
 )
 
-MODELS = ("padim", "stfpm")
 # Off by default: see the measurement in the README ("On the line") and train/augment.py.
 DEFAULT_AUGMENT = "off"
 METRIC_KEYS = (
@@ -95,9 +88,6 @@ class TrainResult:
     files: list[Path] = field(default_factory=list)
 
 
-ProgressFactory = Callable[[str, int], Any]  # (description, total) -> object with update(n)
-
-
 def train(
     data: str | Path,
     model: str = "padim",
@@ -108,7 +98,7 @@ def train(
     *,
     layers: list[str] | None = None,
     weights: str | Path | None = None,
-    options: PadimOptions | StfpmOptions | None = None,
+    options: Any | None = None,
     validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
     image_threshold: float | None = None,
     pixel_threshold: float | None = None,
@@ -126,7 +116,8 @@ def train(
 
     Args:
         data: category folder in MVTec layout (train/good, test/<defect>, ground_truth/...).
-        model: ``"padim"`` or ``"stfpm"``.
+        model: a registered model (:func:`.models.registry.model_names`): ``"padim"``,
+            ``"stfpm"``, ...
         backbone: ``resnet18``, ``wide_resnet50_2`` or ``efficientnet_lite0/1/2``.
         out: output folder for metrics.json, curves, checkpoint.pt and model.xml/.bin.
         image_size: network input, one int (square) or (height, width). Default: chosen
@@ -134,9 +125,10 @@ def train(
             rounded to the backbone's stride; see :mod:`.geometry`).
         seed: fixes channel choice / student init, the validation split and data order.
         layers, weights: backbone layers and a weights file (see ``build_backbone``).
-        options: the model's own knobs: :class:`.PadimOptions` (channels, Gaussian grid,
-            pretrained weights, Gaussians of tiles) or :class:`.StfpmOptions` (the training
-            schedule); ``None`` takes every default.
+        options: the model's own knobs, an instance of its plug-in's ``options_type``
+            (e.g. :class:`.PadimOptions`: channels, Gaussian grid, pretrained weights,
+            Gaussians of tiles; :class:`.StfpmOptions`: the training schedule); ``None``
+            takes every default.
         validation_fraction: share of the test images used to tune thresholds.
         image_threshold, pixel_threshold: fixed thresholds (raw units) instead of tuned ones.
         policy: the operating point, in the user's terms: ``"far:0.05"`` (at most 5% of
@@ -159,9 +151,9 @@ def train(
     """
     augmentation = parse_augment(augment)
     policy = str(Policy.parse(policy))
-    if model not in MODELS:
-        raise ValueError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
-    padim_options, stfpm_options = _options_for(model, options)
+    plugin = get_model(model)
+    options = plugin.resolve_options(options)
+    plugin.check_options(options)
     task = Task.parse(task).value
     if export and out is None:
         raise ValueError("export=True needs an output folder (out=...)")
@@ -175,12 +167,10 @@ def train(
 
     category = scan_category(data)
     split = category.split(validation_fraction, seed)
-    geometry = _input_geometry(image_size, split.train, model, backbone, layers)
+    geometry = _input_geometry(image_size, split.train, plugin, backbone, layers)
     size = geometry.size
     notes = [split.note] if split.note else []
-    layout, native = _tile_layout(
-        tile, size, category.train, padim_options.tile_gaussians, precision
-    )
+    layout, native = _tile_layout(tile, size, category.train, precision)
     if layout is not None and augmentation is not None:
         raise ValueError(
             f"augmentation of tiled training is not supported yet "
@@ -188,34 +178,21 @@ def train(
         )
 
     started = time.perf_counter()
-    if model == "padim":
-        anomaly_module, mean, std = _fit_padim(
-            split,
-            backbone,
-            size,
-            seed,
-            layers,
-            weights,
-            padim_options,
-            batch_size,
-            bar,
-            augmentation,
-            layout,
-        )
-    else:
-        anomaly_module, mean, std = _fit_stfpm(
-            split,
-            backbone,
-            size,
-            seed,
-            layers,
-            weights,
-            batch_size,
-            stfpm_options,
-            bar if progress else False,
-            augmentation,
-            layout,
-        )
+    request = FitRequest(
+        split=split,
+        backbone=backbone,
+        size=size,
+        seed=seed,
+        layers=layers,
+        weights=str(weights) if weights is not None else None,
+        batch_size=batch_size,
+        bar=bar,
+        show_progress=bool(progress),
+        augmentation=augmentation,
+        layout=layout,
+    )
+    fitted = plugin.fit(request, options)
+    anomaly_module, mean, std = fitted.module, fitted.mean, fitted.std
     fit_seconds = time.perf_counter() - started
     fit_peak_rss_mb = _peak_rss_mb()
 
@@ -247,8 +224,10 @@ def train(
         "backbone": backbone,
         "image_size": list(size),
         "input_geometry": geometry.as_dict(),
-        "tiles": tile_summary(layout, native, _gaussians_of(anomaly_module, layout)),
-        "model_settings": _model_settings(anomaly_module, stfpm_options),
+        "tiles": tile_summary(
+            layout, native, plugin.tile_statistics(anomaly_module) if layout else None
+        ),
+        "model_settings": plugin.settings(anomaly_module, options),
         "seed": seed,
         "augment": dataclasses.asdict(augmentation) if augmentation else None,
         "train_images": len(split.train),
@@ -294,7 +273,7 @@ def train(
 def _input_geometry(
     image_size: int | tuple[int, int] | None,
     train_samples: tuple[Sample, ...],
-    model: str,
+    plugin: ModelPlugin,
     backbone: str,
     layers: list[str] | None,
 ) -> InputGeometry:
@@ -302,10 +281,8 @@ def _input_geometry(
     median aspect ratio and its spread, which decide what the runtime compares frames with."""
     from anomaly_edge.train.backbones import deepest_stride
 
-    if model == "padim" and not layers:
-        from anomaly_edge.train.padim import default_layers
-
-        layers = default_layers(backbone)
+    if not layers:
+        layers = plugin.default_layers(backbone)
     chosen = choose_input_size(
         image_sizes(s.path for s in train_samples), stride=deepest_stride(backbone, layers)
     )
@@ -322,61 +299,13 @@ def _input_geometry(
 # ---- fitting -------------------------------------------------------------------------------
 
 
-def _options_for(
-    model: str, options: PadimOptions | StfpmOptions | None
-) -> tuple[PadimOptions, StfpmOptions]:
-    """(PaDiM's options, STFPM's options), defaults for the model not trained."""
-    wanted = PadimOptions if model == "padim" else StfpmOptions
-    if options is not None and not isinstance(options, wanted):
-        raise ValueError(
-            f"options for {model} must be a {wanted.__name__}, got {type(options).__name__}"
-        )
-    padim = options if isinstance(options, PadimOptions) else PadimOptions()
-    stfpm = options if isinstance(options, StfpmOptions) else StfpmOptions()
-    return padim, stfpm
-
-
-def _model_settings(module: nn.Module, stfpm_options: StfpmOptions) -> dict[str, Any]:
-    """How the map is made and, for STFPM, how the student learned, defaults resolved: what
-    two runs' metrics.json need to show when their settings differ."""
-    from anomaly_edge.train.stfpm import Stfpm
-    from anomaly_edge.train.stfpm_training import resolved_schedule
-
-    inner = getattr(module, "padim", module)  # a tiled PaDiM wraps one
-    recorded = getattr(inner, "init_kwargs", None) or {}
-    # the backbone, image size and seed are top-level keys of metrics.json already
-    skip = {"backbone", "pretrained", "input_size", "seed"}
-    settings = {key: value for key, value in recorded.items() if key not in skip}
-    if isinstance(getattr(inner, "n_channels", None), int):
-        settings["n_channels"] = inner.n_channels  # the backbone's default, resolved
-    if isinstance(inner, Stfpm):
-        settings["schedule"] = resolved_schedule(stfpm_options.fit_arguments())
-        if inner.history is not None:
-            settings["epochs_run"] = inner.history.epochs
-            settings["best_epoch"] = inner.history.best_epoch
-    return settings
-
-
-def _gaussians_of(module: nn.Module, layout: TileLayout | None) -> str | None:
-    """What a tiled PaDiM's Gaussians belong to, for metrics.json (None: not a tiled PaDiM)."""
-    from anomaly_edge.train.padim import Padim
-
-    if layout is None:
-        return None
-    if isinstance(module, TilePositionPadim):
-        return "position"
-    return "shared" if isinstance(module, Padim) else None
-
-
 def _tile_layout(
     tile: TileOption,
     size: tuple[int, int],
     train_samples: tuple[Sample, ...],
-    gaussians: str,
     precision: str,
 ) -> tuple[TileLayout | None, tuple[int, int] | None]:
     """(layout or None, median training image size or None when not measured)."""
-    resolve_tile_gaussians(gaussians, 0, 0)  # a bad choice fails before any work
     if tile is None or (isinstance(tile, str) and parse_tile_option(tile) == "off"):
         return None, None
     native = median_image_size(train_samples)
@@ -387,99 +316,6 @@ def _tile_layout(
             ": export FP16, or train a single view with tile='off'"
         )
     return layout, native
-
-
-def _fit_padim(
-    split: Split,
-    backbone: str,
-    size: tuple[int, int],
-    seed: int,
-    layers: list[str] | None,
-    weights: str | Path | None,
-    options: PadimOptions,
-    batch_size: int,
-    bar: ProgressFactory,
-    augmentation: Augmentation | None = None,
-    layout: TileLayout | None = None,
-) -> tuple[nn.Module, tuple[float, float, float], tuple[float, float, float]]:
-    from anomaly_edge.train.padim import DEFAULT_POOL, Padim
-
-    padim = Padim(
-        backbone,
-        size,
-        n_channels=options.n_channels,
-        seed=seed,
-        layers=layers,
-        pool=DEFAULT_POOL if options.pool is None else options.pool,
-        pretrained=options.pretrained,
-        weights=str(weights) if weights is not None else None,
-    )
-    if layout is not None:  # tiles: Gaussians per tile position, or shared by all tiles
-        frames = TileFrames(split.train, layout, padim.backbone.mean, padim.backbone.std)
-        gaussians = resolve_tile_gaussians(options.tile_gaussians, len(frames), padim.n_channels)
-        module = TilePositionPadim(padim, layout.count) if gaussians == "position" else padim
-        progress = bar("fitting PaDiM on tiles", len(frames))
-        module.fit(
-            frame_batches(frames, max(batch_size, layout.count)),
-            progress=lambda n: progress.update(n if module is not padim else n // layout.count),
-        )
-        progress.close()
-        return module, padim.backbone.mean, padim.backbone.std
-    dataset = augmented(
-        ImageDataset(split.train, size, padim.backbone.mean, padim.backbone.std), augmentation, seed
-    )
-    progress = bar("fitting PaDiM", len(dataset))
-    # iter_batches needs only len() and items, which the augmented dataset has
-    padim.fit(
-        iter_batches(dataset, batch_size),  # type: ignore[arg-type]
-        progress=progress.update,
-    )
-    progress.close()
-    return padim, padim.backbone.mean, padim.backbone.std
-
-
-def _fit_stfpm(
-    split: Split,
-    backbone: str,
-    size: tuple[int, int],
-    seed: int,
-    layers: list[str] | None,
-    weights: str | Path | None,
-    batch_size: int,
-    options: StfpmOptions,
-    progress: ProgressFactory | bool,
-    augmentation: Augmentation | None = None,
-    layout: TileLayout | None = None,
-) -> tuple[nn.Module, tuple[float, float, float], tuple[float, float, float]]:
-    from anomaly_edge.train.backbones import build_backbone
-    from anomaly_edge.train.stfpm import fit_stfpm
-
-    # the backbone's input normalisation, without loading its weights twice
-    probe = build_backbone(backbone, layers=layers, pretrained=False)
-    mean, std = probe.mean, probe.std
-    del probe
-    loader: Any = make_loader(
-        split.train, size, mean, std, batch_size=min(batch_size, 8), shuffle=True, seed=seed
-    )
-    if layout is not None:  # every tile is a training image of its own
-        loader = tile_images(TileFrames(split.train, layout, mean, std), min(batch_size, 8))
-    elif augmentation is not None:
-        loader = torch.utils.data.DataLoader(
-            augmented(ImageDataset(split.train, size, mean, std), augmentation, seed),
-            batch_size=loader.batch_size,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(seed),
-        )
-    stfpm = fit_stfpm(
-        backbone,
-        loader,
-        layers=layers,
-        weights=str(weights) if weights is not None else None,
-        seed=seed,
-        progress=progress,
-        **options.fit_arguments(),
-    )
-    return stfpm.eval(), mean, std
 
 
 # ---- evaluation ----------------------------------------------------------------------------
@@ -608,9 +444,15 @@ def _write_run(
             str(result.metrics.get("policy", "")),
         )
     )
-    from anomaly_edge.train.checkpoint import save_checkpoint
+    from anomaly_edge.train.checkpoint import can_checkpoint, save_checkpoint
 
-    written.append(save_checkpoint(result.model, result.metadata, folder / "checkpoint.pt"))
+    if can_checkpoint(result.model):
+        written.append(save_checkpoint(result.model, result.metadata, folder / "checkpoint.pt"))
+    else:  # a model plugged in from outside the package: `export --run` could not rebuild it
+        result.metrics["notes"].append(
+            f"no checkpoint.pt: {type(result.model).__name__} lives outside anomaly_edge.train "
+            "or has no init_kwargs, so `anomaly-edge export --run` could not rebuild it"
+        )
     refused: Exception | None = None
     if export:
         from anomaly_edge.train.export import AccuracyDropError, ValidationSet, export_ir

@@ -8,8 +8,9 @@ Format (a plain dict, loadable with ``torch.load(weights_only=True)``, so no pic
 
 * ``"format"``: ``"anomaly-edge-checkpoint"``, ``"version"``: 1
 * ``"module"``: what rebuilds the module, ``"module.path:name"``, a class or a factory
-  function (e.g. ``"anomaly_edge.train.padim:Padim"``); only names inside
-  ``anomaly_edge.train`` are accepted
+  function (e.g. ``"anomaly_edge.train.models.padim.model:Padim"``); only names inside
+  ``anomaly_edge.train`` are accepted (older names of moved modules are read through
+  :data:`MOVED`)
 * ``"init_kwargs"``: keyword arguments for it that rebuild the module *without downloading
   anything* (e.g. a backbone name with ``pretrained=False``): the state dict restores every
   weight
@@ -35,6 +36,14 @@ CHECKPOINT_NAME = "checkpoint.pt"
 FORMAT = "anomaly-edge-checkpoint"
 VERSION = 1
 ALLOWED_PACKAGE = "anomaly_edge.train."
+# Where modules that older checkpoints name live now (the models moved into plug-in folders).
+MOVED = {
+    "anomaly_edge.train.padim:Padim": "anomaly_edge.train.models.padim.model:Padim",
+    "anomaly_edge.train.tiling:TilePositionPadim": (
+        "anomaly_edge.train.models.padim.tiled:TilePositionPadim"
+    ),
+    "anomaly_edge.train.stfpm:rebuild_stfpm": "anomaly_edge.train.models.stfpm.model:rebuild_stfpm",
+}
 
 
 def save_checkpoint(
@@ -56,12 +65,7 @@ def save_checkpoint(
             f"{type(model).__name__} has no init_kwargs: pass the constructor arguments that "
             "rebuild it without downloads"
         )
-    cls = type(model)
-    factory = (
-        factory
-        or getattr(model, "checkpoint_factory", None)
-        or f"{cls.__module__}:{cls.__qualname__}"
-    )
+    factory = factory or factory_of(model)
     if not factory.startswith(ALLOWED_PACKAGE):
         raise ValueError(f"only anomaly_edge.train modules can be checkpointed, not {factory}")
     payload = {
@@ -77,6 +81,20 @@ def save_checkpoint(
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return path
+
+
+def factory_of(model: nn.Module) -> str:
+    """What a checkpoint of ``model`` names to rebuild it: ``model.checkpoint_factory``, else
+    its class."""
+    cls = type(model)
+    return getattr(model, "checkpoint_factory", None) or f"{cls.__module__}:{cls.__qualname__}"
+
+
+def can_checkpoint(model: nn.Module) -> bool:
+    """Whether :func:`load_checkpoint` could rebuild ``model`` (it lives in anomaly_edge.train
+    and records its constructor arguments)."""
+    has_kwargs = getattr(model, "init_kwargs", None) is not None
+    return has_kwargs and factory_of(model).startswith(ALLOWED_PACKAGE)
 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, ModelMetadata]:
@@ -97,7 +115,8 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, ModelMetadata]:
         raise ModelLoadError(f"{path} is not an anomaly-edge checkpoint")
     if int(payload.get("version", 0)) > VERSION:
         raise ModelLoadError(f"{path} was written by a newer anomaly-edge; upgrade to export it")
-    module_path, _, class_name = str(payload["module"]).partition(":")
+    factory = str(payload["module"])
+    module_path, _, class_name = MOVED.get(factory, factory).partition(":")
     if not module_path.startswith(ALLOWED_PACKAGE):
         raise ModelLoadError(f"{path} names a module outside anomaly_edge.train: {module_path}")
     try:

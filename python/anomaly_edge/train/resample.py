@@ -63,3 +63,16 @@ def apply_separable(x: torch.Tensor, rows: torch.Tensor, cols_t: torch.Tensor) -
     """``rows @ x @ cols_t`` over the last two axes of ``x`` [..., h, w] (``cols_t`` is the
     width matrix transposed, as stored, so a traced graph has no transpose in it)."""
     return torch.matmul(rows, torch.matmul(x, cols_t))
+
+
+def gaussian_kernel_1d(sigma: float) -> torch.Tensor:
+    """Normalised 1-D Gaussian, radius 4 sigma (33 taps for sigma 4, as anomalib).
+
+    ``sigma <= 0`` gives the identity kernel (no blur).
+    """
+    if sigma <= 0:
+        return torch.ones(1)
+    radius = int(4.0 * sigma + 0.5)
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    return (kernel / kernel.sum()).float()

@@ -4,13 +4,16 @@ A frozen, ImageNet-pretrained teacher and a randomly initialised student of the 
 see the same normal images, and the student learns to reproduce the teacher's feature maps at
 three scales; where they disagree the image is anomalous. This module is the public API:
 
-* :mod:`.stfpm_model`: the anomaly module :class:`Stfpm`, its loss and its builders;
-* :mod:`.stfpm_training`: the training loop (:func:`fit_stfpm`, :func:`train_stfpm`).
+* :mod:`.models.stfpm.model`: the anomaly module :class:`Stfpm`, its loss and its builders;
+* :mod:`.models.stfpm.training`: the training loop (:func:`fit_stfpm`, :func:`train_stfpm`).
+
+The model lives in its plug-in folder, :mod:`anomaly_edge.train.models.stfpm`.
 """
 
 from __future__ import annotations
 
-from anomaly_edge.train.stfpm_model import (
+from anomaly_edge.train.models.stfpm.history import StfpmHistory
+from anomaly_edge.train.models.stfpm.model import (
     BLUR_SIGMA,
     FINE_LAYER_WEIGHT,
     STUDENT_BN_MOMENTUM,
@@ -21,7 +24,7 @@ from anomaly_edge.train.stfpm_model import (
     rebuild_stfpm,
     stfpm_loss,
 )
-from anomaly_edge.train.stfpm_training import StfpmHistory, fit_stfpm, train_stfpm
+from anomaly_edge.train.models.stfpm.training import fit_stfpm, train_stfpm
 
 __all__ = [
     "BLUR_SIGMA",

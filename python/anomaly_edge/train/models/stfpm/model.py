@@ -1,5 +1,5 @@
 """STFPM's model and loss (Wang, Wu, Cui and Lu, BMVC 2021); the training loop is in
-:mod:`.stfpm_training`, the public API in :mod:`.stfpm`.
+:mod:`.training`, the public API in :mod:`.stfpm`.
 
 A frozen, ImageNet-pretrained teacher and a randomly initialised student of the same architecture
 see the same normal images, and the student learns to reproduce the teacher's feature maps at
@@ -38,7 +38,7 @@ Conventions (those of the paper's reference code, which anomalib follows too):
       deepest 2, blur 4        0.996 / 0.992 / 0.953  0.880 / 0.987 / 0.877  0.760 / 0.990 / 0.959
 
   (* metal_plate's model was trained with the warm-up/cosine schedule, see
-  :mod:`.stfpm_training`; the paper's constant rate scores 0.989 / 0.992 / 0.958 there.) These
+  :mod:`.training`; the paper's constant rate scores 0.989 / 0.992 / 0.958 there.) These
   models were trained at the paper's constant rate. Leaving the finest layer out of the map
   (``map_layers=2``; the student still learns it) lifts tire's image AUROC by 0.07, where the
   finest layer's disagreements on the dark, noisy texture decide normal images' maxima, but
@@ -89,16 +89,14 @@ torch's 0.1 (see :data:`STUDENT_BN_MOMENTUM`).
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anomaly_edge.train.padim import gaussian_kernel_1d
-
-if TYPE_CHECKING:
-    from anomaly_edge.train.stfpm_training import StfpmHistory
+from anomaly_edge.train.models.stfpm.history import StfpmHistory
+from anomaly_edge.train.resample import gaussian_kernel_1d
 
 Combine = Literal["product", "sum"]
 
@@ -191,7 +189,7 @@ class Stfpm(nn.Module):
         self.eval()
 
     # How anomaly_edge.train.checkpoint rebuilds this module without downloading weights.
-    checkpoint_factory = "anomaly_edge.train.stfpm:rebuild_stfpm"  # stable: old files name it
+    checkpoint_factory = "anomaly_edge.train.models.stfpm.model:rebuild_stfpm"
 
     @property
     def init_kwargs(self) -> dict[str, Any]:

@@ -9,7 +9,7 @@ The default schedule is the paper's SGD (lr 0.4, momentum 0.9, weight decay 1e-4
 30 epochs, capped at 600 optimiser steps in whole epochs, with one change: the learning rate
 decays along half a cosine to 0 by the last epoch instead of staying at 0.4. Measured on all four
 shared categories (Lite0, input geometry from the data, whole test sets, seed 0, the map's plain
-product of three layers, which :mod:`.stfpm_model` has since weighted; image AUROC / pixel
+product of three layers, which :mod:`.model` has since weighted; image AUROC / pixel
 AUROC / AUPRO):
 
     schedule                    metal_plate            magnetic_tile (8 epochs)
@@ -47,13 +47,13 @@ import inspect
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from anomaly_edge.train.stfpm_model import (
+from anomaly_edge.train.models.stfpm.history import StfpmHistory
+from anomaly_edge.train.models.stfpm.model import (
     BLUR_SIGMA,
     FINE_LAYER_WEIGHT,
     Combine,
@@ -86,31 +86,6 @@ SCHEDULE_ARGUMENTS = (
     "cosine",
     "max_grad_norm",
 )
-
-
-@dataclass
-class StfpmHistory:
-    """What happened during fitting; losses are per image (the batch sum divided by its size)."""
-
-    train_loss: list[float] = field(default_factory=list)
-    val_loss: list[float] = field(default_factory=list)
-    grad_norm: list[float] = field(default_factory=list)  # largest gradient norm per epoch
-    best_epoch: int = 0  # 1-based; its weights are the ones kept
-    stopped_early: bool = False
-    seconds: float = 0.0
-
-    @property
-    def epochs(self) -> int:
-        return len(self.train_loss)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "epochs": self.epochs,
-            "best_epoch": self.best_epoch,
-            "stopped_early": self.stopped_early,
-            "fit_seconds": round(self.seconds, 2),
-            "best_val_loss": (self.val_loss[self.best_epoch - 1] if self.best_epoch else None),
-        }
 
 
 def fit_stfpm(
@@ -168,7 +143,7 @@ def fit_stfpm(
             student learns every layer either way.
         fine_layer_weight: the finest layer's exponent in the product (its factor in a sum):
             below 1 its noisy one-position disagreements decide fewer image scores, while
-            its sharp outlines still shape the map (see :mod:`.stfpm_model`).
+            its sharp outlines still shape the map (see :mod:`.model`).
         seed: fixes the student's initialisation, the hold-out and the batch order.
         progress: ``True`` for a tqdm bar over the epochs, or a factory
             ``(description, total) -> bar`` (the bar's ``update(n)`` and ``close()`` are used).

@@ -1,0 +1,98 @@
+"""PatchCore's plug-in: how the driver builds its memory bank on single views or tiles."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from anomaly_edge.train.models.base import CliFlag, FitRequest, Fitted, ModelPlugin
+from anomaly_edge.train.models.patchcore.options import PatchcoreOptions
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+class PatchcorePlugin(ModelPlugin):
+    name = "patchcore"
+    title = "PatchCore"
+    options_type = PatchcoreOptions
+    cli_flags = (
+        CliFlag(
+            "--coreset-ratio",
+            "coreset_ratio",
+            "PatchCore: share of the training patches kept in the memory bank (default 0.1)",
+            kind="positive_float",
+        ),
+        CliFlag(
+            "--neighbours",
+            "neighbours",
+            "PatchCore: bank neighbours in the paper's re-weighting of the image score "
+            "(default 9; 1 = the plain maximum)",
+        ),
+    )
+
+    def check_options(self, options: PatchcoreOptions) -> None:
+        ratio = options.coreset_ratio
+        if ratio is not None and not 0.0 < ratio <= 1.0:
+            raise ValueError(
+                f"coreset_ratio must be in (0, 1] (a share of the training patches), got {ratio}"
+            )
+        for name in ("neighbours", "projection_dim", "pool_limit"):
+            value = getattr(options, name)
+            if value is not None and (isinstance(value, bool) or int(value) < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+    def default_layers(self, backbone: str) -> list[str] | None:
+        from anomaly_edge.train.models.patchcore.model import default_layers
+
+        return default_layers(backbone)
+
+    def fit(self, request: FitRequest, options: PatchcoreOptions) -> Fitted:
+        from anomaly_edge.train.augment import augmented
+        from anomaly_edge.train.data import ImageDataset, iter_batches
+        from anomaly_edge.train.models.patchcore.model import Patchcore
+        from anomaly_edge.train.tiling import TileFrames, frame_batches
+
+        given: dict[str, Any] = {
+            "coreset_ratio": options.coreset_ratio,
+            "neighbours": options.neighbours,
+            "projection_dim": options.projection_dim,
+            "pool_limit": options.pool_limit,
+        }
+        model = Patchcore(
+            request.backbone,
+            request.size,
+            layers=request.layers,
+            pretrained=options.pretrained,
+            weights=request.weights,
+            seed=request.seed,
+            **{key: value for key, value in given.items() if value is not None},
+        )
+        mean, std = model.backbone.mean, model.backbone.std
+        layout, train = request.layout, request.split.train
+        if layout is not None:  # every tile's patches join one bank
+            frames = TileFrames(train, layout, mean, std)
+            progress = request.bar("fitting PatchCore on tiles", len(frames))
+            model.fit(
+                frame_batches(frames, max(request.batch_size, layout.count)),
+                progress=progress.update,
+                images_per_step=layout.count,
+            )
+        else:
+            dataset = augmented(
+                ImageDataset(train, request.size, mean, std), request.augmentation, request.seed
+            )
+            progress = request.bar("fitting PatchCore", len(dataset))
+            model.fit(
+                iter_batches(dataset, request.batch_size),  # type: ignore[arg-type]
+                progress=progress.update,
+            )
+        progress.close()
+        return Fitted(model, mean, std)
+
+    def settings(self, module: nn.Module, options: PatchcoreOptions) -> dict[str, Any]:
+        settings = super().settings(module, options)
+        settings.update(getattr(module, "fit_report", {}))
+        return settings
+
+    def tile_statistics(self, module: nn.Module) -> str | None:
+        return "shared"  # one memory bank for every tile position

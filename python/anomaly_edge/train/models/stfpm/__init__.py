@@ -1,0 +1,1 @@
+"""STFPM as a model plug-in: options, the module (:mod:`.model`), its training loop."""
