@@ -33,9 +33,14 @@ def test_missing_weights(ir_copy):
 
 
 def test_not_an_xml(tmp_path):
+    other = tmp_path / "model.pb"
+    other.write_bytes(b"\x08\x01")
+    with pytest.raises(ModelLoadError, match=r"\.xml"):
+        AnomalyModel(other, "CPU")
+    # .onnx files are read (exported with `export --format onnx`); one with no graph is refused
     onnx = tmp_path / "model.onnx"
     onnx.write_bytes(b"\x08\x01")
-    with pytest.raises(ModelLoadError, match=r"\.xml"):
+    with pytest.raises(ModelLoadError, match="could not be read as an ONNX model"):
         AnomalyModel(onnx, "CPU")
 
 

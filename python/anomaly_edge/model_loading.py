@@ -47,12 +47,18 @@ def default_cache_dir() -> Path:
 
 
 def read_ir(path: str | Path) -> ov.Model:
-    """Read ``model.xml`` (+ ``model.bin`` beside it) with a clear error for every broken case."""
+    """Read ``model.xml`` (+ ``model.bin`` beside it), or a ``model.onnx`` (see
+    :func:`read_onnx`), with a clear error for every broken case."""
     path = Path(path)
     if path.is_dir():
         path = path / "model.xml"
+    if path.suffix.lower() == ".onnx":
+        return read_onnx(path)
     if path.suffix.lower() != ".xml":
-        raise ModelLoadError(f"{path} is not an OpenVINO IR: give the path of its .xml file")
+        raise ModelLoadError(
+            f"{path} is not an OpenVINO IR nor an ONNX model: give the path of its .xml "
+            "(or .onnx) file"
+        )
     if not path.is_file():
         raise ModelLoadError(f"model file {path} does not exist")
     weights = path.with_suffix(".bin")
@@ -75,6 +81,36 @@ def read_ir(path: str | Path) -> ov.Model:
     for key in (WEIGHTS_SHA256_KEY, WEIGHTS_BYTES_KEY):
         if model.has_rt_info([OUR_SECTION, key]):
             model.set_rt_info("", [OUR_SECTION, key])
+    return model
+
+
+def read_onnx(path: Path) -> ov.Model:
+    """Read an ONNX model exported by anomaly-edge through OpenVINO's ONNX frontend.
+
+    Its metadata_props become the rt_info an IR would carry, so everything after this step
+    treats it as an IR (the ``onnx`` package is not needed).
+    """
+    from anomaly_edge.onnx_metadata import OnnxFormatError, apply_props, read_props
+
+    if not path.is_file():
+        raise ModelLoadError(f"model file {path} does not exist")
+    try:
+        props = read_props(path)
+        model = shared_core().read_model(str(path))
+    except (OnnxFormatError, RuntimeError) as exc:
+        message = str(exc) if isinstance(exc, OnnxFormatError) else _first_line(exc)
+        raise ModelLoadError(
+            f"{path} could not be read as an ONNX model (corrupted or truncated file?): {message}"
+        ) from exc
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if not apply_props(model, props):
+        raise ModelLoadError(
+            f"{path} has no anomaly-edge metadata in its metadata_props: it was not exported by "
+            "anomaly-edge. Export it with `anomaly-edge export RUN --format onnx`, which stores "
+            "thresholds and normalisation with the model."
+        )
+    _check_io(model, path)
     return model
 
 

@@ -8,6 +8,10 @@ INT8 calibrates on the training images of the run's data (remembered in its metr
 ``--data``) and measures the image AUROC change against FP32 on the test images there; it
 refuses the export (exit 1, nothing written) when the drop exceeds ``--max-accuracy-drop``
 (default 0.01).
+
+``--format onnx`` writes ``<run>/model.onnx`` instead (float32, the same metadata as ONNX
+metadata_props), for fleets that also run ONNX Runtime; ``AnomalyModel("model.onnx")`` and
+every command that takes a model load it too.
 """
 
 from __future__ import annotations
@@ -38,10 +42,12 @@ if TYPE_CHECKING:
 DEFAULT_MAX_ACCURACY_DROP = 0.01
 CHECKPOINT = "checkpoint.pt"  # what `train --out DIR` keeps beside model.xml
 
-HELP = "export a trained model (from its run folder) to OpenVINO IR, or publish an IR"
+HELP = "export a trained model (from its run folder) to OpenVINO IR or ONNX, or publish an IR"
+FORMATS = ("ir", "onnx")
 DESCRIPTION = (
     "Rebuild a trained model from its checkpoint (written by `anomaly-edge train --out DIR` "
-    "as DIR/checkpoint.pt) and export it to OpenVINO IR at FP32, FP16 or INT8; or, given a "
+    "as DIR/checkpoint.pt) and export it to OpenVINO IR at FP32, FP16 or INT8, or to ONNX "
+    "(FP32); or, given a "
     "model.xml and --repository, publish that IR as it is."
 )
 EPILOG = (
@@ -64,20 +70,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--precision",
         type=str.upper,
         choices=PRECISIONS,
-        default="FP16",
-        help="weights precision (default FP16)",
+        default=None,
+        help="weights precision (default FP16; ONNX is always FP32)",
+    )
+    parser.add_argument(
+        "--format",
+        type=str.lower,
+        choices=FORMATS,
+        default="ir",
+        help="ir: OpenVINO IR model.xml/.bin (default); onnx: one model.onnx (FP32)",
     )
     parser.add_argument(
         "--out",
         type=Path,
         metavar="DIR",
-        help="output folder (default: <run>/<precision>, e.g. run/int8)",
+        help="output folder (default: <run>/<precision>, e.g. run/int8; ONNX: <run>, "
+        "or a file name ending in .onnx)",
     )
     parser.add_argument(
         "--data",
         type=Path,
         metavar="DIR",
-        help="INT8: the dataset folder (MVTec layout) to calibrate and check "
+        help="INT8: the dataset folder (MVTec or VisA layout) to calibrate and check "
         "on (default: the one the run was trained on)",
     )
     parser.add_argument(
@@ -119,6 +133,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Export the run again (and publish it), or publish an IR as it is."""
     given = _given_model(args)
+    if args.format == "onnx":
+        return _export_onnx(given, args)
+    if args.precision is None:
+        args.precision = "FP16"
     if is_ir(given):  # an exported IR as it is: no torch needed
         _check_repository_args(args, given)
         _publish(given, args)
@@ -172,6 +190,47 @@ def run(args: argparse.Namespace) -> int:
 
         report = ModelMetadata.read_from(read_ir(xml)).metrics.get("int8")
         print(f"INT8 accuracy change: {json.dumps(report)}")
+    return 0
+
+
+def _export_onnx(given: Path, args: argparse.Namespace) -> int:
+    """``--format onnx``: the run's checkpoint as one float32 ONNX file."""
+    if is_ir(given):
+        raise CliError(
+            f"{given} is an exported IR: ONNX is exported from the trained run (the folder "
+            "holding checkpoint.pt), not converted from an IR",
+            ExitCode.USAGE,
+        )
+    unusable = [
+        flag
+        for flag, value in (
+            ("--precision " + str(args.precision), args.precision not in (None, "FP32")),
+            ("--data", args.data is not None),
+            ("--max-accuracy-drop", args.max_accuracy_drop is not None),
+            ("--repository", args.repository is not None),
+            ("--name", args.name is not None),
+        )
+        if value
+    ]
+    if unusable:
+        raise CliError(
+            f"{', '.join(unusable)} do(es) not apply to --format onnx (one FP32 file; "
+            "model repositories take the IR)",
+            ExitCode.USAGE,
+        )
+    require_train_extra("anomaly-edge export --format onnx")
+    from anomaly_edge.train.checkpoint import load_checkpoint
+    from anomaly_edge.train.export import export_onnx
+
+    run_dir = given if given.is_dir() else given.parent
+    out = args.out or run_dir
+    target = out if out.suffix.lower() == ".onnx" else out / "model.onnx"
+    model, metadata = load_checkpoint(given)
+    try:
+        path = export_onnx(model, metadata, target)
+    except ModuleNotFoundError as exc:
+        raise CliError(str(exc), ExitCode.MISSING_EXTRA) from None
+    print(f"exported {path} (ONNX, FP32, {path.stat().st_size / 1e6:.1f} MB)")
     return 0
 
 
@@ -253,28 +312,20 @@ def _publish(xml: Path, args: argparse.Namespace) -> None:
 def mvtec_inputs(
     root: Path, metadata: ModelMetadata, max_calibration: int
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
-    """Network inputs from an MVTec-layout folder: training images (calibration) and the
-    test split with labels (good = 0, any defect folder = 1)."""
+    """Network inputs from a category folder (MVTec or VisA layout): training images
+    (calibration) and the test split with labels (normal = 0, anomalous = 1)."""
     from anomaly_edge.images import read_image
-    from anomaly_edge.media import list_images as images_in
+    from anomaly_edge.layout import DatasetError, scan_category
 
-    train_dir = root / "train" / "good"
-    if not train_dir.is_dir():
-        raise CliError(
-            f"{train_dir} does not exist: --data must be an MVTec-layout folder "
-            "(train/good, test/<defect>)",
-            ExitCode.INPUT,
-        )
-    train = images_in(train_dir)
+    try:
+        data = scan_category(root)
+    except DatasetError as exc:
+        raise CliError(f"--data: {exc}", ExitCode.INPUT) from None
+    train = [sample.path for sample in data.train]
     step = max(1, len(train) // max_calibration)
     calibration = [network_input(read_image(p, "RGB"), metadata) for p in train[::step]]
-    images, labels = [], []
-    test_dir = root / "test"
-    for folder in sorted(test_dir.iterdir()) if test_dir.is_dir() else []:
-        if folder.is_dir() and not folder.name.startswith("."):
-            for path in images_in(folder):
-                images.append(network_input(read_image(path, "RGB"), metadata))
-                labels.append(0 if folder.name == "good" else 1)
+    images = [network_input(read_image(s.path, "RGB"), metadata) for s in data.test]
+    labels = [s.label for s in data.test]
     return calibration[:max_calibration], images, labels
 
 

@@ -1,16 +1,7 @@
-"""MVTec-layout datasets: scanning a category folder, the validation split, torch datasets.
+"""Datasets for training: the category's images (MVTec or VisA layout, read by the torch-free
+:mod:`anomaly_edge.layout`, re-exported here), decoding and torch datasets.
 
-Layout (also the layout for users' own data)::
-
-    CATEGORY/train/good/*.png                       normal images to learn from (required)
-    CATEGORY/test/good/*.png                        normal test images        (optional)
-    CATEGORY/test/<defect>/*.png                    anomalous test images     (optional)
-    CATEGORY/ground_truth/<defect>/<name>_mask.png  pixel masks               (optional)
-
-Images: whatever :mod:`anomaly_edge.media` reads (png, jpg, bmp, tif, webp, ...), any size,
-grey/colour/RGBA, 8 or 16 bit; all become 8-bit RGB, decoded exactly as the runtime decodes.
-Other files (and hidden ones) are ignored. A defect image without a mask is fine for
-image-level metrics; :attr:`CategoryData.unmasked` lists them for pixel metrics.
+Images all become 8-bit RGB, decoded exactly as the runtime decodes.
 
 API for model code (PaDiM here, STFPM in ``stfpm.py``)::
 
@@ -32,10 +23,8 @@ leave it off for one-pass work so memory does not grow with the number of images
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,186 +33,39 @@ import numpy as np
 import torch
 
 from anomaly_edge import media
-from anomaly_edge.errors import AnomalyEdgeError, InvalidInputError
+from anomaly_edge.errors import InvalidInputError
 from anomaly_edge.images import resize_for_network
-from anomaly_edge.media import IMAGE_SUFFIXES
 
-GOOD = "good"
-DEFAULT_VALIDATION_FRACTION = 0.3
+# The dataset types and the scanners are torch-free (the report reads them too).
+from anomaly_edge.layout import (
+    DEFAULT_VALIDATION_FRACTION,
+    GOOD,
+    CategoryData,
+    DatasetError,
+    Sample,
+    Split,
+    list_images,
+    scan_category,
+    split_validation,
+)
 
-
-class DatasetError(AnomalyEdgeError, ValueError):
-    """A data folder or file that cannot be used; the message names the path."""
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One image: its path, its class (``"good"`` or the defect folder name) and its mask."""
-
-    path: Path
-    defect: str = GOOD
-    mask_path: Path | None = None
-
-    @property
-    def label(self) -> int:
-        """1 for anomalous, 0 for normal."""
-        return int(self.defect != GOOD)
-
-
-@dataclass(frozen=True)
-class Split:
-    """Images to fit on, to tune thresholds on (validation) and to report metrics on (test)."""
-
-    train: tuple[Sample, ...]
-    validation: tuple[Sample, ...]
-    test: tuple[Sample, ...]
-    note: str = ""  # how the validation split was made, for reports
-
-
-@dataclass(frozen=True)
-class CategoryData:
-    """The images of one category folder."""
-
-    root: Path
-    train: tuple[Sample, ...]
-    test: tuple[Sample, ...]
-
-    @property
-    def has_anomalies(self) -> bool:
-        return any(s.label for s in self.test)
-
-    @property
-    def unmasked(self) -> tuple[Sample, ...]:
-        """Anomalous test images that have no ground-truth mask."""
-        return tuple(s for s in self.test if s.label and s.mask_path is None)
-
-    def split(
-        self, validation_fraction: float = DEFAULT_VALIDATION_FRACTION, seed: int = 0
-    ) -> Split:
-        """Carve a validation split (see :func:`split_validation`)."""
-        return split_validation(self, validation_fraction, seed)
-
-
-def list_images(folder: Path) -> list[Path]:
-    """Image files directly in ``folder``, sorted by name (non-images and hidden files skipped)."""
-    return media.list_images(folder)
-
-
-def scan_category(root: str | Path) -> CategoryData:
-    """Find the images and masks of an MVTec-layout category folder.
-
-    Raises :class:`DatasetError` (naming the path) when ``root`` or ``root/train/good`` is
-    missing or holds no image, or when a ``test`` subfolder is empty.
-    """
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise DatasetError(
-            f"data folder {root} does not exist or is not a folder; pass the "
-            "category folder that holds train/good (MVTec layout)"
-        )
-    train_dir = root / "train" / GOOD
-    if not train_dir.is_dir():
-        found = ", ".join(sorted(p.name for p in root.iterdir() if p.is_dir())) or "nothing"
-        raise DatasetError(
-            f"{train_dir} is missing: the data folder must hold train/good with "
-            f"normal images (MVTec layout); {root} contains: {found}"
-        )
-    train = tuple(Sample(p) for p in list_images(train_dir))
-    if not train:
-        raise DatasetError(
-            f"{train_dir} holds no images "
-            f"({', '.join(sorted(IMAGE_SUFFIXES))}); add normal images there"
-        )
-    test: list[Sample] = []
-    test_dir = root / "test"
-    if test_dir.is_dir():
-        for defect_dir in sorted(
-            p for p in test_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
-        ):
-            images = list_images(defect_dir)
-            if not images:
-                raise DatasetError(
-                    f"{defect_dir} holds no images; remove the folder or add images to it"
-                )
-            defect = defect_dir.name
-            for path in images:
-                mask = None if defect == GOOD else _find_mask(root, defect, path)
-                test.append(Sample(path, defect, mask))
-    return CategoryData(root, train, tuple(test))
-
-
-def _find_mask(root: Path, defect: str, image: Path) -> Path | None:
-    folder = root / "ground_truth" / defect
-    if not folder.is_dir():
-        return None
-    for stem in (f"{image.stem}_mask", image.stem):
-        for suffix in (".png", *sorted(IMAGE_SUFFIXES - {".png"})):
-            for candidate in (folder / f"{stem}{suffix}", folder / f"{stem}{suffix.upper()}"):
-                if candidate.is_file():
-                    return candidate
-    return None
-
-
-def split_validation(
-    data: CategoryData, fraction: float = DEFAULT_VALIDATION_FRACTION, seed: int = 0
-) -> Split:
-    """Split for threshold tuning, deterministic for a seed.
-
-    * With test images: ``fraction`` of the normal and of the anomalous test images
-      (stratified, at least one of each class that has two or more) go to validation, the rest
-      stay in test. ``fraction=0`` tunes on the whole test set (validation = test).
-    * Without test images: ``fraction`` of train/good is held out of fitting as an all-normal
-      validation set (thresholds then fall back to the normal score distribution) and there
-      is no test set to report metrics on.
-    """
-    if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
-    rng = np.random.default_rng(seed)
-    if not data.test:
-        if fraction == 0 or len(data.train) < 2:
-            return Split(data.train, (), (), "no test images: no validation, no metrics")
-        held, kept = _take(list(data.train), fraction, rng)
-        return Split(
-            tuple(kept),
-            tuple(held),
-            (),
-            f"no test images: {len(held)} train images held out as normal validation",
-        )
-    if fraction == 0:
-        return Split(data.train, data.test, data.test, "validation = the whole test set")
-    validation: list[Sample] = []
-    test: list[Sample] = []
-    for label in (0, 1):
-        group = [s for s in data.test if s.label == label]
-        held, kept = _take(group, fraction, rng)
-        validation += held
-        test += kept
-    note = (
-        f"validation: {sum(1 - s.label for s in validation)} normal + "
-        f"{sum(s.label for s in validation)} anomalous test images ({fraction:g}, seed {seed})"
-    )
-    return Split(
-        data.train, tuple(sorted(validation, key=_key)), tuple(sorted(test, key=_key)), note
-    )
-
-
-def _key(sample: Sample) -> str:
-    return str(sample.path)
-
-
-def _take(
-    group: list[Sample], fraction: float, rng: np.random.Generator
-) -> tuple[list[Sample], list[Sample]]:
-    if not group:
-        return [], []
-    count = math.floor(fraction * len(group) + 0.5)
-    # with two or more images, both sides keep at least one of the class
-    count = min(max(count, 1), len(group) - 1) if len(group) >= 2 else 0
-    order = rng.permutation(len(group))
-    chosen = set(order[:count].tolist())
-    held = [s for i, s in enumerate(group) if i in chosen]
-    kept = [s for i, s in enumerate(group) if i not in chosen]
-    return held, kept
+__all__ = [
+    "DEFAULT_VALIDATION_FRACTION",
+    "GOOD",
+    "CategoryData",
+    "DatasetError",
+    "ImageDataset",
+    "Sample",
+    "Split",
+    "iter_batches",
+    "list_images",
+    "make_loader",
+    "read_mask",
+    "read_rgb",
+    "resize_image",
+    "scan_category",
+    "split_validation",
+]
 
 
 # ---- decoding ------------------------------------------------------------------------------

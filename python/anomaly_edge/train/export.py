@@ -1,10 +1,15 @@
-"""Export an anomaly module (torch) to an OpenVINO IR pair the runtime can load on its own.
+"""Export an anomaly module (torch) to an OpenVINO IR pair, or an ONNX file, that the runtime
+can load on its own.
 
 The IR takes the normalised float32 image ``[1, 3, H, W]`` (input ``"image"``, static size)
 and returns the raw anomaly map ``[1, 1, H, W]`` (output ``"anomaly_map"``); a tiled model
 takes the ``T`` tiles of one frame as a static batch ``[T, 3, H, W]``. Thresholds,
 normalisation statistics and everything else the runtime needs go into the IR's rt_info
 (:class:`~anomaly_edge.metadata.ModelMetadata`). Both files are written atomically.
+
+:func:`export_onnx` writes the same graph contract as ONNX (float32), the same metadata as
+its ``metadata_props`` (:mod:`anomaly_edge.onnx_metadata`), for fleets that also run ONNX
+Runtime; ``AnomalyModel("model.onnx")`` loads it through OpenVINO's ONNX frontend.
 """
 
 from __future__ import annotations
@@ -38,7 +43,17 @@ from anomaly_edge.train.quantize import (
     store_float_weights_as_fp16,
 )
 
-__all__ = ["AccuracyDropError", "ValidationSet", "compare_maps", "export_ir", "ir_size_mb"]
+__all__ = [
+    "AccuracyDropError",
+    "ValidationSet",
+    "compare_maps",
+    "export_ir",
+    "export_onnx",
+    "ir_size_mb",
+]
+
+# ONNX opset of exported models: OpenVINO's ONNX frontend and ONNX Runtime 1.12+ read it.
+ONNX_OPSET = 17
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +175,14 @@ def to_openvino(model: nn.Module, input_size: tuple[int, int], batch: int = 1) -
             )
     finally:
         model.train(was_training)
+    check_graph(ov_model, batch)
+    ov_model.inputs[0].get_tensor().set_names({INPUT_NAME})
+    ov_model.outputs[0].get_tensor().set_names({OUTPUT_NAME})
+    return ov_model
+
+
+def check_graph(ov_model: ov.Model, batch: int) -> None:
+    """Refuse a converted module that is not one image in, one ``[batch, 1, H, W]`` map out."""
     if len(ov_model.inputs) != 1 or len(ov_model.outputs) != 1:
         raise ValueError(
             f"an anomaly module must take one image and return one map; the traced model has "
@@ -173,9 +196,63 @@ def to_openvino(model: nn.Module, input_size: tuple[int, int], batch: int = 1) -
         or out_shape[1].get_length() != 1
     ):
         raise ValueError(f"an anomaly module must return a [{batch}, 1, H, W] map, got {out_shape}")
-    ov_model.inputs[0].get_tensor().set_names({INPUT_NAME})
-    ov_model.outputs[0].get_tensor().set_names({OUTPUT_NAME})
-    return ov_model
+
+
+def export_onnx(
+    model: nn.Module, metadata: ModelMetadata, path: str | Path, opset: int = ONNX_OPSET
+) -> Path:
+    """Write ``model`` as an ONNX file at ``path`` (atomically) and return the path.
+
+    The graph is the IR's (input ``"image"`` ``[B, 3, H, W]`` normalised float32, output
+    ``"anomaly_map"`` ``[B, 1, H, W]``, static sizes), in float32; ``metadata`` (precision set
+    to FP32) goes into ``metadata_props``, written by the serialisation the IR uses. Needs
+    the ``onnx`` package (torch's exporter uses it); loading the file does not.
+    """
+    import importlib.util
+
+    from anomaly_edge.onnx_metadata import encode_props, props_of
+
+    if importlib.util.find_spec("onnx") is None:
+        raise ModuleNotFoundError(
+            "ONNX export needs the onnx package (torch's ONNX exporter uses it): pip install onnx"
+        )
+    path = Path(path)
+    metadata = dataclasses.replace(metadata, precision="FP32", metrics=dict(metadata.metrics))
+    h, w = metadata.input_size
+    batch = metadata.batch_size
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = make_staging_folder(path.parent / f".{path.stem}-export")
+    was_training = model.training
+    model.eval()
+    try:
+        written = staging / path.name
+        with torch.no_grad(), warnings.catch_warnings():
+            # The TorchScript-based exporter is deprecated in favour of the torch.export one,
+            # which needs onnxscript on top; the graph it writes is the same contract.
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)  # type: ignore[attr-defined]
+            # torch's note that it leaves some slices unfolded: OpenVINO folds them at load.
+            warnings.filterwarnings("ignore", message="Constant folding", category=UserWarning)
+            torch.onnx.export(
+                model,
+                (torch.zeros(batch, 3, h, w),),
+                str(written),
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                opset_version=opset,
+                dynamo=False,
+            )
+        with open(written, "ab") as handle:
+            handle.write(encode_props(props_of(metadata)))
+        # The same checks as the IR's, on the file as OpenVINO reads it.
+        check_graph(ov.Core().read_model(str(written)), batch)
+        written.chmod(0o666 & ~current_umask())
+        os.replace(written, path)
+    finally:
+        model.train(was_training)
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("exported %s (ONNX opset %d, %.1f MB)", path, opset, path.stat().st_size / 1e6)
+    return path
 
 
 def pack_sparse_constants(
