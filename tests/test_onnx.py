@@ -4,6 +4,8 @@ the IR predicts."""
 
 from __future__ import annotations
 
+import json
+
 import cv2
 import numpy as np
 import pytest
@@ -75,6 +77,11 @@ def test_cli_predict_takes_the_onnx_file(run, capsys):
     image = next((data / "test" / "d").glob("*.png"))
     assert main(["predict", str(out / "model.onnx"), str(image), "--device", "CPU"]) == 0
     assert "anomal" in capsys.readouterr().out.lower()
+    # info counts the one file: an ONNX model has no .bin beside it (a model.bin that happens
+    # to sit there belongs to the IR)
+    assert main(["info", str(out / "model.onnx"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["size_mb"] == round((out / "model.onnx").stat().st_size / 1e6, 2)
 
 
 def test_out_names_the_file_or_its_folder(run, tmp_path):
@@ -126,3 +133,21 @@ def test_props_round_trip_without_onnx(tmp_path):
     path.write_bytes(b"\x72\xff")  # a field longer than the file
     with pytest.raises(OnnxFormatError):
         read_props(path)
+
+
+def test_train_writes_onnx_when_asked(run, tmp_path):
+    data, _ = run
+    out = tmp_path / "onnx_run"
+    argv = ["train", "--data", str(data), "--out", str(out), "--image-size", "64", "--quiet"]
+    assert main([*argv, "--export-format", "onnx"]) == 0
+    assert (out / "model.onnx").is_file() and not (out / "model.xml").exists()
+    model = AnomalyModel(out / "model.onnx", device="CPU", cache_dir=None)
+    assert (
+        model.metadata.image_threshold
+        == json.loads((out / "metrics.json").read_text())["image_threshold"]
+    )
+    with pytest.raises(ValueError, match="'onnx', 'both'"):
+        from anomaly_edge.train import train
+
+        train(data, out=tmp_path / "bad", export="tflite")
+    assert not (tmp_path / "bad").exists()

@@ -48,7 +48,8 @@ def describe(path: Path) -> dict[str, Any]:
     xml = path / "model.xml" if path.is_dir() else path
     graph = read_ir(xml)
     md = ModelMetadata.read_from(graph, source=str(xml))
-    size_mb = (xml.stat().st_size + xml.with_suffix(".bin").stat().st_size) / 1e6
+    weights = xml.with_suffix(".bin")  # an ONNX file holds its weights itself
+    size_mb = (xml.stat().st_size + (weights.stat().st_size if xml.suffix == ".xml" else 0)) / 1e6
     return {
         "path": str(xml),
         "model": md.model,

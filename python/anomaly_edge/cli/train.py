@@ -139,7 +139,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="IR weights precision (default FP16)",
     )
     parser.add_argument(
-        "--no-export", dest="export", action="store_false", help="skip writing the OpenVINO IR"
+        "--no-export", dest="export", action="store_false", help="skip writing the model file"
+    )
+    parser.add_argument(
+        "--export-format",
+        choices=("ir", "onnx", "both"),
+        default="ir",
+        help="the model file: OpenVINO IR (model.xml/.bin, default), ONNX (model.onnx, FP32, "
+        "the same metadata, for ONNX Runtime fleets; anomaly-edge loads it too) or both",
     )
     parser.add_argument(
         "--augment",
@@ -257,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
             task=args.task,
             batch_size=args.batch_size,
             threads=args.threads,
-            export=args.export,
+            export=args.export_format if args.export else False,
             precision=args.precision,
             progress=not args.quiet,
             augment=args.augment,

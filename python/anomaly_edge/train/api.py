@@ -106,7 +106,7 @@ def train(
     task: str = "segmentation",
     batch_size: int = 16,
     threads: int | None = None,
-    export: bool = True,
+    export: bool | str = True,
     precision: str = "FP16",
     progress: bool | ProgressFactory = False,
     augment: str | bool | Augmentation | None = DEFAULT_AUGMENT,
@@ -138,7 +138,9 @@ def train(
             segmentation); changeable at run time.
         batch_size: images per fitting batch.
         threads: torch threads (default: all cores torch sees).
-        export: write the OpenVINO IR (needs ``out``).
+        export: write the OpenVINO IR (needs ``out``): ``True`` or ``"ir"``; ``"onnx"`` for
+            ``model.onnx`` instead (same metadata, loadable by ``AnomalyModel``), ``"both"``
+            for both; ``False`` for none.
         precision: IR precision, ``FP32``, ``FP16`` or ``INT8``.
         progress: ``True`` for tqdm bars, or a factory ``(description, total) -> bar``.
         augment: add compressed, re-lit copies of the training images (the deployment
@@ -155,6 +157,7 @@ def train(
     options = plugin.resolve_options(options)
     plugin.check_options(options)
     task = Task.parse(task).value
+    export_formats(export)  # a bad value fails before any fitting
     if export and out is None:
         raise ValueError("export=True needs an output folder (out=...)")
     if out is not None:
@@ -454,7 +457,14 @@ def _write_run(
             "or has no init_kwargs, so `anomaly-edge export --run` could not rebuild it"
         )
     refused: Exception | None = None
-    if export:
+    formats = export_formats(export)
+    if "onnx" in formats:
+        from anomaly_edge.train.export import export_onnx
+
+        onnx_path = export_onnx(result.model, result.metadata, folder / "model.onnx")
+        written.append(onnx_path)
+        result.ir_path = onnx_path  # the model file of the run, unless an IR follows
+    if "ir" in formats:
         from anomaly_edge.train.export import AccuracyDropError, ValidationSet, export_ir
 
         calibration = validation = max_drop = None
@@ -485,6 +495,21 @@ def _write_run(
     if refused is not None:
         raise refused
     return written
+
+
+EXPORT_FORMATS = {"ir": ("ir",), "onnx": ("onnx",), "both": ("ir", "onnx")}
+
+
+def export_formats(export: bool | str) -> tuple[str, ...]:
+    """What ``train(export=...)`` writes: ``True``/``"ir"``, ``"onnx"``, ``"both"`` or
+    ``False`` (nothing)."""
+    if export is True:
+        return ("ir",)
+    if export is False:
+        return ()
+    if isinstance(export, str) and export.lower() in EXPORT_FORMATS:
+        return EXPORT_FORMATS[export.lower()]
+    raise ValueError(f"export={export!r}: use True or 'ir' (OpenVINO IR), 'onnx', 'both', or False")
 
 
 def write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
