@@ -108,11 +108,11 @@ def test_a_model_registered_in_a_test_trains_exports_and_runs(mean_plugin, categ
 def test_the_cli_offers_a_registered_model_and_its_own_flags(mean_plugin, category, tmp_path):
     out = tmp_path / "cli"
     args = ["train", "--data", str(category), "--image-size", "64", "--quiet", "--no-export"]
-    code = main([*args, "--out", str(out), "--model", "mean_distance", "--mean-scale", "3"])
+    code = main([*args, "--out", str(out), "--arch", "mean_distance", "--mean-scale", "3"])
     assert code == 0
     assert json.loads((out / "metrics.json").read_text())["model"] == "mean_distance"
     # another model's flag is refused with the model it belongs to
-    code = main([*args, "--out", str(tmp_path / "x"), "--model", "padim", "--mean-scale", "3"])
+    code = main([*args, "--out", str(tmp_path / "x"), "--arch", "padim", "--mean-scale", "3"])
     assert code == 2
 
 

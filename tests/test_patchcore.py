@@ -215,12 +215,12 @@ def test_tiled_training_shares_one_bank(tmp_path):
 def test_cli_trains_patchcore_with_its_flags_and_refuses_bad_ones(category, tmp_path, capsys):
     args = ["train", "--data", str(category), "--image-size", "64", "--quiet", "--no-export"]
     out = tmp_path / "cli"
-    code = main([*args, "--out", str(out), "--model", "patchcore", "--coreset-ratio", "0.25"])
+    code = main([*args, "--out", str(out), "--arch", "patchcore", "--coreset-ratio", "0.25"])
     assert code == 0
     settings = json.loads((out / "metrics.json").read_text())["model_settings"]
     assert settings["coreset_ratio"] == 0.25 and settings["neighbours"] == 9
     assert main([*args, "--out", str(tmp_path / "a"), "--coreset-ratio", "0.2"]) == 2  # padim
-    assert "--coreset-ratio applies to --model patchcore only" in capsys.readouterr().err
+    assert "--coreset-ratio applies to --arch patchcore only" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"coreset_ratio must be in \(0, 1\]"):
         train(
             category, model="patchcore", options=PatchcoreOptions(coreset_ratio=2.0), export=False
