@@ -13,8 +13,11 @@ then, as the last stdout line, one JSON object (keys in ../shared/BENCHMARKS.md)
       "recall": ..., "best_recall_at_far": ..., "box_precision": ..., "region_recall": ...,
       "disagreements": ...}}, ...]}
 
-``operating_point`` is what a user sees at the exported model's own thresholds, on the test
-images the thresholds never saw (``metrics.json``; :mod:`anomaly_edge.operating_point`).
+``operating_point`` is what a user sees at the exported model's own thresholds
+(``metrics.json``; :mod:`anomaly_edge.operating_point`). The bench trains with
+``validation_fraction=0`` so that AUROC and AUPRO cover the whole test set, as anomalib reports
+them; its thresholds are then tuned on the same images they are counted on (in-sample, which
+flatters them). docs/operating-point.md gives the held-out figures at train's defaults.
 
 Every run is a fresh child process, so its peak RSS (``wait4``'s ``ru_maxrss``) is that run's
 alone (training, evaluation and export together). ``fit_s`` is the model fitting time as the
