@@ -387,9 +387,9 @@ def test_info_into_a_closed_pipe_stops_quietly(synthetic_ir):
     """Before: `info model | head` sometimes ended with 'Broken pipe' and exit 3."""
     import sys
 
-    from tests.conftest import REPO
+    from tests.conftest import child_env
 
-    env = {**os.environ, "PYTHONPATH": f"{REPO / 'python'}:{REPO}"}
+    env = child_env()  # the same anomaly_edge as this process: the checkout's, or the installed one
     script = (
         "import sys; from anomaly_edge.cli.main import main; "
         f"sys.exit(main(['info', {str(synthetic_ir)!r}]))"
