@@ -246,16 +246,17 @@ def test_failed_export_leaves_the_previous_ir(toy, tmp_path, monkeypatch):
 def test_triangular_constants_are_stored_packed(tmp_path, lower):
     import openvino.opset13 as ops
 
-    from anomaly_edge.train.export import pack_sparse_constants, save_atomically
+    from anomaly_edge.model_loading import save_ir
+    from anomaly_edge.train.export import pack_sparse_constants
 
     rng = np.random.default_rng(0)
     square = rng.standard_normal((64, 40, 40)).astype(np.float32)
     factor = np.tril(square) if lower else np.triu(square)
     x = ops.parameter([64, 1, 40], ov.Type.f32, name="image")
     graph = ov.Model([ops.matmul(x, ops.constant(factor), False, False)], [x])
-    dense = save_atomically(graph.clone(), tmp_path / "dense", "model", compress_to_fp16=False)
+    dense = save_ir(graph.clone(), tmp_path / "dense" / "model.xml", compress_to_fp16=False)
     assert pack_sparse_constants(graph, min_elements=1000) == 1
-    packed = save_atomically(graph, tmp_path / "packed", "model", compress_to_fp16=False)
+    packed = save_ir(graph, tmp_path / "packed" / "model.xml", compress_to_fp16=False)
     size = {p.parent.name: p.with_suffix(".bin").stat().st_size for p in (dense, packed)}
     assert size["packed"] < 0.55 * size["dense"]
     inputs = rng.standard_normal((64, 1, 40)).astype(np.float32)
@@ -271,16 +272,17 @@ def test_column_blocks_of_triangular_factors_are_stored_packed(tmp_path):
     """PaDiM slices its factors into column blocks; each block keeps only its non-zeros."""
     import openvino.opset13 as ops
 
-    from anomaly_edge.train.export import pack_sparse_constants, save_atomically
+    from anomaly_edge.model_loading import save_ir
+    from anomaly_edge.train.export import pack_sparse_constants
 
     rng = np.random.default_rng(1)
     upper = np.triu(rng.standard_normal((64, 40, 40))).astype(np.float32)
     block = np.ascontiguousarray(upper[:, :30, 20:30])  # 20 full rows, then a triangle
     x = ops.parameter([64, 1, 30], ov.Type.f32, name="image")
     graph = ov.Model([ops.matmul(x, ops.constant(block), False, False)], [x])
-    dense = save_atomically(graph.clone(), tmp_path / "dense", "model", compress_to_fp16=False)
+    dense = save_ir(graph.clone(), tmp_path / "dense" / "model.xml", compress_to_fp16=False)
     assert pack_sparse_constants(graph, min_elements=1000) == 1
-    packed = save_atomically(graph, tmp_path / "packed", "model", compress_to_fp16=False)
+    packed = save_ir(graph, tmp_path / "packed" / "model.xml", compress_to_fp16=False)
     inputs = rng.standard_normal((64, 1, 30)).astype(np.float32)
     core = ov.Core()
     expected = core.compile_model(str(dense), "CPU")(inputs)[0]

@@ -70,7 +70,7 @@ def test_a_kill_during_export_leaves_the_previous_run_whole(tmp_path, monkeypatc
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # what a kill between the checkpoint and the IR looks like
 
-    monkeypatch.setattr(export, "save_atomically", killed)
+    monkeypatch.setattr(export, "save_ir", killed)
     with pytest.raises(KeyboardInterrupt):
         train(root, out=out, seed=1, **FAST)
     after = {p.name: p.read_bytes() for p in out.iterdir()}

@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -50,6 +48,7 @@ import openvino as ov
 
 from anomaly_edge.errors import InvalidInputError
 from anomaly_edge.metadata import ModelMetadata
+from anomaly_edge.model_loading import save_ir
 from anomaly_edge.operating_point import DEFAULT_POLICY, Policy, far_threshold
 
 if TYPE_CHECKING:
@@ -304,11 +303,4 @@ def save_model(graph: ov.Model, metadata: ModelMetadata, path: str | os.PathLike
         raise InvalidInputError(f"cannot save the model: folder {folder} does not exist")
     copy = graph.clone()
     metadata.write_to(copy)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.stem}-save-", dir=folder))
-    try:
-        ov.save_model(copy, str(staging / "model.xml"), compress_to_fp16=False)
-        os.replace(staging / "model.bin", target.with_suffix(".bin"))
-        os.replace(staging / "model.xml", target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return save_ir(copy, target, compress_to_fp16=False)  # the weights exactly as read

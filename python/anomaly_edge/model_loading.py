@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -320,3 +321,48 @@ def _first_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     useful = [line for line in lines if not line.startswith(("Exception from", "Check '"))]
     return (useful or lines or [type(exc).__name__])[-1]
+
+
+def save_ir(model: ov.Model, xml: str | Path, compress_to_fp16: bool) -> Path:
+    """Save ``model`` as the IR pair ``xml`` + ``.bin``, atomically, and return ``xml``.
+
+    Both files are written in a temporary folder beside the target and renamed into place,
+    weights first (the .xml is what readers open, so it lands last): a reader never sees a
+    half-written file, and an interrupted save leaves the previous pair. The .bin's SHA-256
+    and size are stamped into the .xml's rt_info, and :func:`read_ir` refuses a pair whose
+    stamp does not fit, so a kill between the two renames (new .bin, old .xml) gives a clear
+    "re-export" error at load, never old thresholds on new weights. Training's export and
+    ``calibrate``'s save both write through here.
+    """
+    from anomaly_edge.atomic import current_umask, make_staging_folder
+    from anomaly_edge.metadata import OUR_SECTION
+
+    target = Path(xml)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = make_staging_folder(target.parent / f".{target.stem}-save")
+    try:
+        staged, weights = staging / "model.xml", staging / "model.bin"
+        model.set_rt_info(_SHA_PLACEHOLDER, [OUR_SECTION, WEIGHTS_SHA256_KEY])
+        model.set_rt_info(_SIZE_PLACEHOLDER, [OUR_SECTION, WEIGHTS_BYTES_KEY])
+        ov.save_model(model, str(staged), compress_to_fp16=compress_to_fp16)
+        _stamp(staged, file_sha256(weights), weights.stat().st_size)
+        for path in (staged, weights):
+            path.chmod(0o666 & ~current_umask())
+        os.replace(weights, target.with_suffix(".bin"))
+        os.replace(staged, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+# Written by save_ir, then overwritten in place with the real values (same length).
+_SHA_PLACEHOLDER = "~" * 64
+_SIZE_PLACEHOLDER = "^" * 20
+
+
+def _stamp(xml: Path, sha256: str, size: int) -> None:
+    text = xml.read_text(encoding="utf-8")
+    if text.count(_SHA_PLACEHOLDER) != 1 or text.count(_SIZE_PLACEHOLDER) != 1:
+        raise RuntimeError(f"{xml}: cannot find the place for the weights' fingerprint")
+    text = text.replace(_SHA_PLACEHOLDER, sha256).replace(_SIZE_PLACEHOLDER, f"{size:020d}")
+    xml.write_text(text, encoding="utf-8")

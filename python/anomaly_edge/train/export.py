@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from anomaly_edge.atomic import current_umask, make_staging_folder
-from anomaly_edge.metadata import INPUT_NAME, OUR_SECTION, OUTPUT_NAME, PRECISIONS, ModelMetadata
-from anomaly_edge.model_loading import WEIGHTS_BYTES_KEY, WEIGHTS_SHA256_KEY, file_sha256
+from anomaly_edge.metadata import INPUT_NAME, OUTPUT_NAME, PRECISIONS, ModelMetadata
+from anomaly_edge.model_loading import save_ir
 from anomaly_edge.train.quantize import (
     AccuracyDropError,
     AccuracyFn,
@@ -142,7 +142,7 @@ def export_ir(
     if precision != "INT8":
         pack_sparse_constants(ov_model)  # after NNCF, which would fold the packing back
     metadata.write_to(ov_model)
-    xml = save_atomically(ov_model, Path(out_dir), name, compress_to_fp16=precision != "FP32")
+    xml = save_ir(ov_model, Path(out_dir) / f"{name}.xml", compress_to_fp16=precision != "FP32")
     log.info("exported %s (%s, %.1f MB)", xml, precision, ir_size_mb(xml))
     return xml
 
@@ -297,46 +297,6 @@ def pack_sparse_constants(
             target.replace_source_output(rebuilt.output(0))
         packed_count += 1
     return packed_count
-
-
-def save_atomically(model: ov.Model, out_dir: Path, name: str, compress_to_fp16: bool) -> Path:
-    """Save the IR pair into ``out_dir`` via a temporary folder there, then rename into place.
-
-    A reader never sees a half-written file; an interrupted export leaves the previous pair.
-
-    The .bin's SHA-256 and size are stamped into the .xml's rt_info, and the runtime refuses a
-    pair whose stamp does not fit; so a kill between the two renames below (new .bin, old
-    .xml) gives a clear "re-export" error at load, never old thresholds on new weights.
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = make_staging_folder(out_dir / f".{name}-export")
-    try:
-        xml, weights = staging / f"{name}.xml", staging / f"{name}.bin"
-        model.set_rt_info(_SHA_PLACEHOLDER, [OUR_SECTION, WEIGHTS_SHA256_KEY])
-        model.set_rt_info(_SIZE_PLACEHOLDER, [OUR_SECTION, WEIGHTS_BYTES_KEY])
-        ov.save_model(model, str(xml), compress_to_fp16=compress_to_fp16)
-        _stamp(xml, file_sha256(weights), weights.stat().st_size)
-        for path in (xml, weights):
-            path.chmod(0o666 & ~current_umask())
-        # Weights first: the .xml is what readers open, so it lands last.
-        os.replace(weights, out_dir / f"{name}.bin")
-        os.replace(xml, out_dir / f"{name}.xml")
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out_dir / f"{name}.xml"
-
-
-# Written by save_model, then overwritten in place with the real values (same length).
-_SHA_PLACEHOLDER = "~" * 64
-_SIZE_PLACEHOLDER = "^" * 20
-
-
-def _stamp(xml: Path, sha256: str, size: int) -> None:
-    text = xml.read_text(encoding="utf-8")
-    if text.count(_SHA_PLACEHOLDER) != 1 or text.count(_SIZE_PLACEHOLDER) != 1:
-        raise RuntimeError(f"{xml}: cannot find the place for the weights' fingerprint")
-    text = text.replace(_SHA_PLACEHOLDER, sha256).replace(_SIZE_PLACEHOLDER, f"{size:020d}")
-    xml.write_text(text, encoding="utf-8")
 
 
 def ir_size_mb(xml: str | Path) -> float:
