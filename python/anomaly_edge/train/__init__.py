@@ -4,7 +4,7 @@
 folder to a trained, evaluated and (optionally) exported model; see
 :mod:`anomaly_edge.train.api`. Each model is a plug-in, one folder under ``models/`` and
 one line in :mod:`.models.registry`; its own knobs are one options object (e.g.
-:class:`PadimOptions`, :class:`StfpmOptions`). Submodules: ``data`` (datasets), ``backbones``,
+:class:`PadimOptions`, :class:`StfpmOptions`, :class:`PatchcoreOptions`). Submodules: ``data`` (datasets), ``backbones``,
 ``efficientnet_lite``, ``models``, ``tiling``, ``metrics``, ``thresholds``, ``evaluate``,
 ``export``.
 """
@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from anomaly_edge.train.options import PadimOptions, StfpmOptions
+from anomaly_edge.train.options import PadimOptions, PatchcoreOptions, StfpmOptions
 
 if TYPE_CHECKING:
     from anomaly_edge.train.api import TrainResult, train
 
-__all__ = ["PadimOptions", "StfpmOptions", "TrainResult", "train"]
+__all__ = ["PadimOptions", "PatchcoreOptions", "StfpmOptions", "TrainResult", "train"]
 
 
 def __getattr__(name: str) -> Any:
