@@ -4,9 +4,9 @@
 folder to a trained, evaluated and (optionally) exported model; see
 :mod:`anomaly_edge.train.api`. Each model is a plug-in, one folder under ``models/`` and
 one line in :mod:`.models.registry`; its own knobs are one options object (e.g.
-:class:`PadimOptions`, :class:`StfpmOptions`, :class:`PatchcoreOptions`). Submodules: ``data`` (datasets), ``backbones``,
-``efficientnet_lite``, ``models``, ``tiling``, ``metrics``, ``thresholds``, ``evaluate``,
-``export``.
+:class:`PadimOptions`, :class:`StfpmOptions`, :class:`PatchcoreOptions`). Submodules:
+``data`` (datasets), ``backbones``, ``efficientnet_lite``, ``models``, ``tiling``,
+``metrics``, ``thresholds``, ``evaluate``, ``export``.
 """
 
 from __future__ import annotations
