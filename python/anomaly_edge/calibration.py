@@ -162,6 +162,7 @@ def calibrate(
     before = dataclasses.replace(
         model.metadata, image_threshold=model.image_threshold, pixel_threshold=model.pixel_threshold
     )
+    median = float(np.median(values))  # the camera's normal score level
     chosen = _policy(before, policy)
     target = chosen.far if chosen.far is not None else 0.0
     level = far_threshold(values, target)
@@ -171,7 +172,7 @@ def calibrate(
     elif method == "far" and before.normal_score_median is not None:
         # The trained threshold may sit above the policy's level (the best F1 within it):
         # it moves with the camera's normal level, never below what the policy allows.
-        moved = before.image_threshold + (float(np.median(values)) - before.normal_score_median)
+        moved = before.image_threshold + (median - before.normal_score_median)
         image_threshold = max(level, moved)
     else:  # tuned on defects (f1, fixed, older IRs): never more sensitive than trained
         image_threshold = max(level, before.image_threshold)
@@ -185,7 +186,7 @@ def calibrate(
         pixel_min=map_minimum,
         pixel_max=map_minimum + (before.pixel_max - before.pixel_min),
         normal_score_low=float(values.min()),
-        normal_score_median=float(np.median(values)),
+        normal_score_median=median,
         normal_score_high=float(values.max()),
     )
     report = CalibrationReport(
@@ -193,7 +194,7 @@ def calibrate(
         frame_size=sizes[0],
         scores={
             "min": float(values.min()),
-            "median": float(np.median(values)),
+            "median": median,
             "max": float(values.max()),
         },
         before=_settings(before),
@@ -202,7 +203,7 @@ def calibrate(
         flagged_after=int(np.count_nonzero(values >= after.image_threshold)),
         source=source,
         policy=str(chosen),
-        expected_recall=_expected_recall(before, float(np.median(values)), image_threshold),
+        expected_recall=_expected_recall(before, median, image_threshold),
     )
     after.calibration = {k: v for k, v in report.to_dict().items() if k != "scores"}
     model._apply_metadata(after)
