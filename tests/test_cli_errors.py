@@ -217,6 +217,8 @@ def test_exit_codes(paths, capsys, what, argv, expected):
         ["train", "--data", "D", "--out", "O", "--arch", "stfpm", "--fine-layer-weight", "-1"],
         ["train", "--data", "D", "--out", "O", "--arch", "stfpm", "--fine-layer-weight", "nan"],
         ["train", "--data", "D", "--out", "O", "--image-threshold", "inf", "--raw-thresholds"],
+        ["train", "--data", "D", "--out", "O", "--normal-holdout", "1"],
+        ["train", "--data", "D", "--out", "O", "--normal-holdout", "-0.1"],
         ["export", "--run", "R", "--calibration-images", "0"],
         ["demo", "--device", "FOO"],
         ["export", "--run", "R", "--precision", "FP16", "--max-accuracy-drop", "0.1"],

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
+from anomaly_edge.category import MIN_TRAIN_IMAGES, CategoryData, Sample  # noqa: E402
 from anomaly_edge.train.data import (  # noqa: E402
     DatasetError,
     ImageDataset,
@@ -155,3 +158,39 @@ def test_dataset_items_and_batches(tmp_path):
     first = order(3)
     assert first == order(3)  # seeded shuffling repeats
     assert sorted(i for batch in first for i in batch) == list(range(5))
+
+
+def _fake_category(train: int, good: int, defects: int) -> CategoryData:
+    root = Path("/nowhere")
+    return CategoryData(
+        root,
+        tuple(Sample(root / f"train/good/{i:03d}.png") for i in range(train)),
+        tuple(Sample(root / f"test/good/{i:03d}.png") for i in range(good))
+        + tuple(Sample(root / f"test/d/{i:03d}.png", "d") for i in range(defects)),
+    )
+
+
+def test_a_share_of_train_good_joins_validation_as_normal_parts():
+    data = _fake_category(train=120, good=10, defects=10)
+    split = data.split(0.3, seed=0, normal_holdout=0.2)
+    held = set(data.train) - set(split.train)
+    assert len(held) == 24 and held <= set(split.validation)
+    assert sum(s.label == 0 for s in split.validation) == 3 + 24
+    assert set(split.test) <= set(data.test)  # held-out train images are never reported on
+    # the test split of a seed does not move with the holdout
+    assert split.test == data.split(0.3, seed=0, normal_holdout=0.0).test
+    assert "24 train images held out" in split.note
+    whole = data.split(0.0, normal_holdout=0.2)
+    assert whole.test == data.test and len(whole.validation) == len(data.test) + 24
+
+
+def test_the_holdout_never_leaves_too_few_images_to_fit_on():
+    assert data_split_train(_fake_category(train=90, good=4, defects=4)) == MIN_TRAIN_IMAGES
+    small = _fake_category(train=54, good=4, defects=4)
+    assert data_split_train(small) == 54  # nothing held out of a small set
+    with pytest.raises(ValueError, match="holdout"):
+        small.split(0.3, normal_holdout=1.0)
+
+
+def data_split_train(data: CategoryData) -> int:
+    return len(data.split(0.3, normal_holdout=0.2).train)

@@ -15,6 +15,7 @@ from anomaly_edge.operating_point import (
     just_above,
     measure,
     rates,
+    student_t_quantile,
 )
 from anomaly_edge.postprocess import PostprocessParams
 
@@ -42,15 +43,50 @@ def test_bad_policies_say_what_to_write(text):
 
 
 def test_far_threshold_expects_the_share_on_new_parts():
-    normal = np.arange(19, dtype=np.float64)  # 0..18
-    assert far_threshold(normal, 0.0) == just_above(18.0)
-    # above the highest of 19, 1 in 20 new normal parts is expected higher
-    assert far_threshold(normal, 0.05) == just_above(18.0)
-    assert far_threshold(normal, 0.1) == just_above(17.0)  # 2 in 20 above the second
-    assert far_threshold(normal, 0.04) == just_above(18.0)  # as close as 19 scores allow
-    assert rates(normal, np.zeros(19), far_threshold(normal, 0.1)) == (1 / 19, None)
+    normal = np.arange(1, 40, dtype=np.float64)  # 1..39: enough for order statistics
+    assert far_threshold(normal, 0.0) == just_above(39.0)
+    assert far_threshold(normal, 0.05) == just_above(38.0)  # 2 in 40 above the second
+    assert far_threshold(normal, 0.1) == just_above(36.0)  # 4 in 40 above the fourth
+    assert rates(normal, np.zeros(39), far_threshold(normal, 0.1)) == (3 / 39, None)
+    assert far_threshold(normal[:3], 0.05) == just_above(3.0)  # too few for a spread
     with pytest.raises(InvalidInputError, match="normal images"):
         far_threshold(np.array([]), 0.1)
+
+
+@pytest.mark.parametrize("count", [5, 8, 19])
+def test_with_few_normal_images_the_bound_keeps_the_stated_share(count):
+    """Drawn from a log-normal population, a threshold placed on a handful of normal scores
+    flags about the stated share of new ones on average; "above the highest of n" would flag
+    1 / (n + 1) -- twice the share from 8 images, and far less than it from 19."""
+    rng = np.random.default_rng(count)
+    flagged = [
+        np.mean(
+            rng.lognormal(3.0, 0.4, 2000) >= far_threshold(rng.lognormal(3.0, 0.4, count), 0.05)
+        )
+        for _ in range(400)
+    ]
+    assert np.mean(flagged) == pytest.approx(0.05, abs=0.01)
+
+
+def test_the_bound_works_on_scores_that_are_not_positive():
+    scores = np.array([-1.0, 0.0, 1.0, 0.5, -0.5])
+    threshold = far_threshold(scores, 0.05)
+    assert threshold > 1.0  # above the spread of five such scores
+    assert far_threshold(np.full(6, 2.0), 0.05) == just_above(2.0)  # no spread: above them
+
+
+@pytest.mark.parametrize(
+    ("p", "dof", "table"),
+    [
+        (0.95, 3, 2.3534),
+        (0.95, 7, 1.8946),
+        (0.95, 18, 1.7341),
+        (0.99, 5, 3.3649),
+        (0.9, 38, 1.3042),
+    ],
+)
+def test_student_t_quantiles_match_the_table(p, dof, table):
+    assert student_t_quantile(p, dof) == pytest.approx(table, rel=2e-3)
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -203,3 +203,16 @@ def test_padim_on_metal_plate_reaches_the_bars_and_its_ir_gives_the_same_answers
     # model moved image AUROC by 0.004 (0.963 -> 0.967) on an AVX512_BF16 CPU.
     drop = metrics["image_auroc"] - runtime_auroc(xml)
     assert abs(drop) < 0.01, ("FP16 at the CPU's default precision", drop)
+
+
+def test_train_images_held_out_place_the_threshold_and_are_never_reported_on(tmp_path):
+    root = make_category(tmp_path / "cat", train=100, good=4, defects={"scratch": 4})
+    metrics = train(root, out=tmp_path / "run", **FAST).metrics
+    assert metrics["train_images"] == 80
+    assert metrics["normal_validation_images"] == 20 + 1  # 20 held out + 1 good test image
+    assert any("20 train images held out" in note for note in metrics["notes"])
+    # the report and the operating point count test-folder images only
+    assert metrics["operating_point"]["good_images"] == 3
+    assert metrics["operating_point"]["expected"]["good_images"] == 21
+    written = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert written["train_images"] == 80

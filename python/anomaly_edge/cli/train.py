@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from anomaly_edge.category import DEFAULT_NORMAL_HOLDOUT, MIN_TRAIN_IMAGES
 from anomaly_edge.cli.common import (
     CliError,
     DeprecatedAlias,
@@ -97,6 +98,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.3,
         help="share of test images used to tune thresholds (default 0.3; 0 = "
         "tune on the whole test set)",
+    )
+    parser.add_argument(
+        "--normal-holdout",
+        type=float,
+        metavar="F",
+        default=DEFAULT_NORMAL_HOLDOUT,
+        help=f"share of train/good kept out of fitting to place the false-alarm threshold "
+        f"on more normal parts (default {DEFAULT_NORMAL_HOLDOUT:g}; 0 = fit on all; "
+        f"at least {MIN_TRAIN_IMAGES} images are always fitted on)",
     )
     parser.add_argument(
         "--tile",
@@ -243,6 +253,8 @@ def run(args: argparse.Namespace) -> int:
     )
     if not 0.0 <= args.validation_fraction < 1.0:
         raise CliError("--validation-fraction must be in [0, 1)", ExitCode.USAGE)
+    if not 0.0 <= args.normal_holdout < 1.0:
+        raise CliError("--normal-holdout must be in [0, 1)", ExitCode.USAGE)
     if args.weights is not None and not args.weights.is_file():
         raise CliError(f"--weights {args.weights}: no such file", ExitCode.INPUT)
     options = _model_options(args)
@@ -258,6 +270,7 @@ def run(args: argparse.Namespace) -> int:
             weights=args.weights,
             options=options,
             validation_fraction=args.validation_fraction,
+            normal_holdout=args.normal_holdout,
             image_threshold=args.image_threshold,
             pixel_threshold=args.pixel_threshold,
             policy=args.policy,

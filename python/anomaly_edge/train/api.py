@@ -36,6 +36,7 @@ from anomaly_edge.prediction import Task
 from anomaly_edge.tiles import TileLayout, parse_tile_option
 from anomaly_edge.train.augment import Augmentation, parse_augment
 from anomaly_edge.train.data import (
+    DEFAULT_NORMAL_HOLDOUT,
     DEFAULT_VALIDATION_FRACTION,
     ImageDataset,
     Sample,
@@ -100,6 +101,7 @@ def train(
     weights: str | Path | None = None,
     options: Any | None = None,
     validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
+    normal_holdout: float = DEFAULT_NORMAL_HOLDOUT,
     image_threshold: float | None = None,
     pixel_threshold: float | None = None,
     policy: str = DEFAULT_POLICY,
@@ -130,6 +132,9 @@ def train(
             Gaussians of tiles; :class:`.StfpmOptions`: the training schedule); ``None``
             takes every default.
         validation_fraction: share of the test images used to tune thresholds.
+        normal_holdout: share of train/good kept out of fitting and added to the validation
+            images as normal parts, so the false-alarm threshold stands on more of them
+            (``0`` fits on every training image).
         image_threshold, pixel_threshold: fixed thresholds (raw units) instead of tuned ones.
         policy: the operating point, in the user's terms: ``"far:0.05"`` (at most 5% of
             normal parts flagged on the validation images) or ``"f1"`` (F1-optimal); see
@@ -169,7 +174,7 @@ def train(
     np.random.seed(seed % (1 << 32))
 
     category = scan_category(data)
-    split = category.split(validation_fraction, seed)
+    split = category.split(validation_fraction, seed, normal_holdout)
     geometry = _input_geometry(image_size, split.train, plugin, backbone, layers)
     size = geometry.size
     notes = [split.note] if split.note else []
@@ -335,24 +340,27 @@ def _evaluate(
     layout: TileLayout | None = None,
 ) -> tuple[Predictions, Predictions, Predictions]:
     """(validation, test, all test-folder images) predictions, each image run once."""
-    sources = test_samples if test_samples else split.validation
+    in_test = {s.path for s in test_samples}
+    # train images held out of fitting join the validation set only
+    held_out = tuple(s for s in split.validation if s.path not in in_test)
+    sources = (*test_samples, *held_out)
     progress = bar("evaluating", len(sources))
     if layout is not None:  # whole frames, tile maps stitched as the runtime does
-        everything = predict_tiled(module, sources, layout, mean, std, progress=progress.update)
+        scored = predict_tiled(module, sources, layout, mean, std, progress=progress.update)
     else:
-        everything = predict_samples(module, sources, size, mean, std, progress=progress.update)
+        scored = predict_samples(module, sources, size, mean, std, progress=progress.update)
     progress.close()
-    position = {sample.path: i for i, sample in enumerate(everything.samples)}
+    position = {sample.path: i for i, sample in enumerate(scored.samples)}
 
     def subset(samples: tuple[Sample, ...]) -> Predictions:
         index = np.array([position[s.path] for s in samples], dtype=np.int64)
         return Predictions(
             tuple(samples),
-            everything.scores[index],
-            everything.maps[index],
-            everything.masks[index],
-            everything.labels[index],
-            everything.has_mask[index],
+            scored.scores[index],
+            scored.maps[index],
+            scored.masks[index],
+            scored.labels[index],
+            scored.has_mask[index],
         )
 
     if not split.validation:
@@ -363,7 +371,7 @@ def _evaluate(
     validation = subset(split.validation)
     if not test_samples:  # validation was held out of train: nothing to report on
         return validation, subset(()), subset(())
-    return validation, subset(split.test), everything
+    return validation, subset(split.test), subset(test_samples)
 
 
 # ---- outputs -------------------------------------------------------------------------------
