@@ -23,7 +23,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from anomaly_edge.errors import AnomalyEdgeError, InvalidInputError
-from anomaly_edge.images import ColorFormat, check_frame, network_image, read_image
+from anomaly_edge.images import ColorFormat, check_frame, network_image
+from anomaly_edge.media import read_image
 from anomaly_edge.metadata import ModelMetadata
 from anomaly_edge.postprocess import PostprocessParams, postprocess
 from anomaly_edge.prediction import Prediction, Task

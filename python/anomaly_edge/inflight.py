@@ -23,7 +23,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import openvino as ov
@@ -55,7 +57,8 @@ class InFlight:
         # The queue's C++ start_async, bound once. The Python override would ask for an idle
         # request a second time, wrap it anew and dispatch the input through functools: on a
         # busy 2-core machine that cost this thread about 0.1-0.2 ms a frame (measured).
-        self._start_async = super(ov.AsyncInferQueue, self._queue).start_async
+        base: Any = super(ov.AsyncInferQueue, self._queue)  # the stubs name no base class
+        self._start_async: Callable[[ov.Tensor, object], None] = base.start_async
         self._size = size
         output = compiled.outputs[0]
         self._output_shape = tuple(int(d) for d in output.get_shape())
