@@ -244,18 +244,22 @@ def build_padim(
 
 def build_patchcore(data: Path, out: Path, train_images: int = 12) -> Path:
     """A PatchCore fitted with the train API on a few of ``data``'s training images, backbone
-    weights random (``pretrained=False``): its frame time is PatchCore's whatever it learned
-    (the bank holds the same share of far fewer patches, so a real bank searches longer)."""
+    weights random (``pretrained=False``): its frame time is PatchCore's whatever it learned.
+    The coreset keeps a larger share of the fewer patches, so the bank (what each frame
+    searches) is as large as a fit on every training image would keep."""
     os.environ.setdefault("CI", "true")  # no OpenVINO telemetry attempts while exporting
     from anomaly_edge.train import PatchcoreOptions, train
+    from anomaly_edge.train.models.patchcore.model import DEFAULT_CORESET_RATIO
 
     if not (data / "train" / "good").is_dir():
         sys.exit(f"no dataset at {data}; pass --patchcore PATH or --data")
     subset = out / "data"
     (subset / "train" / "good").mkdir(parents=True)
     good = sorted((data / "train" / "good").iterdir())
-    for path in good[:: max(1, len(good) // train_images)][:train_images]:
+    chosen = good[:: max(1, len(good) // train_images)][:train_images]
+    for path in chosen:
         (subset / "train" / "good" / path.name).symlink_to(path)
+    ratio = min(1.0, DEFAULT_CORESET_RATIO * len(good) / len(chosen))
     for part in ("test", "ground_truth"):
         (subset / part).symlink_to(data / part)
     started = time.perf_counter()
@@ -266,12 +270,13 @@ def build_patchcore(data: Path, out: Path, train_images: int = 12) -> Path:
         image_size=256,
         tile="off",
         task="detection",
-        options=PatchcoreOptions(pretrained=False),
+        options=PatchcoreOptions(pretrained=False, coreset_ratio=ratio),
         augment=False,
     )
     assert result.ir_path is not None
     print(
-        f"patchcore: {train_images} images of {data.name}, random weights, trained and exported "
+        f"patchcore: {len(chosen)} images of {data.name} (coreset {ratio:.2f}), random weights, "
+        "trained and exported "
         f"in {time.perf_counter() - started:.0f} s",
         flush=True,
     )

@@ -488,13 +488,18 @@ class Core(RuntimeSettings):
                     self._pool.finish_next()
             else:
                 self._finish_ready()
-            while self._submitted and self._submitted[0].done.is_set():
-                head = self._submitted[0]
-                if head.error is not None and out:
-                    break  # hand over the good results first; the next call raises
-                self._submitted.popleft()
-                self._async_lock.notify_all()  # room for a submit() waiting in another thread
-                out.append((head.userdata, head.result()))
+            popped = False
+            try:
+                while self._submitted and self._submitted[0].done.is_set():
+                    head = self._submitted[0]
+                    if head.error is not None and out:
+                        break  # hand over the good results first; the next call raises
+                    self._submitted.popleft()
+                    popped = True
+                    out.append((head.userdata, head.result()))
+            finally:
+                if popped:  # room for a submit() waiting in another thread (once per call)
+                    self._async_lock.notify_all()
         return out
 
     def _wait_for_room(self) -> None:
