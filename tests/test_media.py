@@ -8,7 +8,8 @@ import pytest
 
 from anomaly_edge import media
 from anomaly_edge.errors import InvalidInputError
-from anomaly_edge.images import check_frame, read_image
+from anomaly_edge.images import check_frame
+from anomaly_edge.media import read_image
 from anomaly_edge.model import AnomalyModel
 
 

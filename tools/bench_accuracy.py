@@ -203,7 +203,7 @@ def _operating_point(measured: dict | None) -> dict | None:
 def frame_ms(ir_path: str | Path, data: str) -> float:
     """Median ms of ``AnomalyModel.predict`` (CPU) over test images at their own size."""
     from anomaly_edge import AnomalyModel
-    from anomaly_edge.images import list_images, read_image
+    from anomaly_edge.media import list_images, read_image
 
     paths = sorted(
         p

@@ -7,6 +7,9 @@ For each frame size (default 640x480, 1920x1080 and 512x512), task detection, CP
 * ``model_api_sync``:     ``model_api.models.AnomalyDetection`` called on each frame;
 * ``model_api_async``:    Model API's ``AsyncPipeline`` (submit_data / get_result in order).
 
+A PatchCore case gives its frame time beside PaDiM's on the same 640x480 frames
+(``--patchcore PATH``, or by default a small one trained here with the train API).
+
 A tiled case follows (``--tiled-frame``, default 2448x2048, a 5 MP camera): a PaDiM whose
 tiles the ``auto`` rule lays over that frame (one batch per frame, maps stitched in C++)
 against the single 256x256 view on the same frames, sync and async (Model API cannot run a
@@ -14,11 +17,12 @@ batch of tiles, so the tiled case compares with our single view only).
 
 A last case measures the one core against OpenVINO alone (``--benchmark-app``, on by
 default; ``--benchmark-app only`` runs just it): ``AnomalyModel.submit``/``ready`` on frames
-of the network's size against a plain OpenVINO async queue run the way ``benchmark_app``
-runs one (the IR as exported, THROUGHPUT hint, its optimal number of requests, inputs made
-once, no pre- or post-processing), interleaved in one process. It reports the ratio and the
-CPU time each spends per frame on the calling thread (the host work that, on a small CPU,
-comes out of inference).
+of the network's size against OpenVINO's ``benchmark_app`` program on the same IR (THROUGHPUT
+hint, its optimal number of requests, random inputs, no pre- or post-processing) and against
+a plain async queue run the same way in this process. ``--interleaved-rounds`` rounds (5),
+the order reversed every other round; the figure is the median of the per-round ratios, and
+every round is in the JSON. It also reports the CPU time per frame on the calling thread
+(the host work that, on a small CPU, comes out of inference).
 
 Everything else is frame in, result with boxes out. Methods run in alternating rounds and the best
 round counts, so a noisy neighbour on this shared machine hurts all of them alike. The model
@@ -29,6 +33,9 @@ last stdout line is one JSON object (../shared/BENCHMARKS.md).
     python tools/bench_runtime.py [--model model.xml | --precision INT8] [--seconds 2] [--rounds 2]
                                   [--tiled-frame 2448x2048 | --tiled-frame off]
                                   [--benchmark-app on | off | only]
+                                  [--interleaved-rounds 5] [--no-benchmark-app-binary]
+                                  [--patchcore train | PATH | off]
+                                  [--cases frames,benchmark_app,patchcore,tiled]
 """
 
 from __future__ import annotations
@@ -37,6 +44,9 @@ import argparse
 import dataclasses
 import json
 import os
+import re
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -79,7 +89,31 @@ def main() -> None:
         "--benchmark-app",
         choices=("on", "off", "only"),
         default="on",
-        help="the core's async path against a plain OpenVINO queue (only: nothing else)",
+        help="the core's async path against benchmark_app and a plain OpenVINO queue "
+        "(only: nothing else)",
+    )
+    parser.add_argument(
+        "--patchcore",
+        default="train",
+        help="PatchCore IR for the frame-time case beside PaDiM; 'train' (default) fits a "
+        "small one here (random backbone weights: speed does not depend on them), 'off' skips",
+    )
+    parser.add_argument(
+        "--interleaved-rounds",
+        type=int,
+        default=5,
+        help="rounds of the benchmark_app case (ours and the baselines, alternating order)",
+    )
+    parser.add_argument(
+        "--cases",
+        default="frames,benchmark_app,patchcore,tiled",
+        help="comma-separated cases to run (default all; the options above can drop some)",
+    )
+    parser.add_argument(
+        "--no-benchmark-app-binary",
+        dest="benchmark_app_binary",
+        action="store_false",
+        help="compare with the in-process queue only, not the benchmark_app program",
     )
     args = parser.parse_args()
 
@@ -90,14 +124,27 @@ def main() -> None:
             args.data, Path(tempfile.mkdtemp(prefix="bench_runtime_")), args.precision
         )
     print(f"model: {source}", flush=True)
+    wanted = set(args.cases.split(","))
     if args.benchmark_app == "only":
-        case = bench_vs_benchmark_app(xml, args)
-        print(json.dumps({"benchmark": "runtime", "model_source": source, "cases": [case]}))
-        return
-    cases = [bench_case(xml, size, args) for size in FRAMES]
-    if args.benchmark_app == "on":
+        wanted = {"benchmark_app"}
+    elif args.benchmark_app == "off":
+        wanted.discard("benchmark_app")
+    if args.patchcore == "off":
+        wanted.discard("patchcore")
+    if args.tiled_frame == "off":
+        wanted.discard("tiled")
+    cases = [bench_case(xml, size, args) for size in FRAMES] if "frames" in wanted else []
+    if "benchmark_app" in wanted:
         cases.append(bench_vs_benchmark_app(xml, args))
-    if args.tiled_frame != "off":
+    if "patchcore" in wanted:
+        if args.patchcore == "train":
+            patchcore_xml = build_patchcore(
+                args.data, Path(tempfile.mkdtemp(prefix="bench_runtime_patchcore_"))
+            )
+        else:
+            patchcore_xml = Path(args.patchcore)
+        cases.append(bench_models_case(xml, patchcore_xml, args))
+    if "tiled" in wanted:
         width, height = (int(v) for v in args.tiled_frame.lower().split("x"))
         tiled_xml, tiled_source = build_padim(
             args.data,
@@ -193,6 +240,90 @@ def build_padim(
         f"PaDiM efficientnet_lite0 {shape} {precision}, fitted on {data.name} "
         f"({len(category.train)} images) and exported in {took:.0f} s"
     )
+
+
+def build_patchcore(data: Path, out: Path, train_images: int = 12) -> Path:
+    """A PatchCore fitted with the train API on a few of ``data``'s training images, backbone
+    weights random (``pretrained=False``): its frame time is PatchCore's whatever it learned.
+    The coreset keeps a larger share of the fewer patches, so the bank (what each frame
+    searches) is as large as a fit on every training image would keep."""
+    os.environ.setdefault("CI", "true")  # no OpenVINO telemetry attempts while exporting
+    from anomaly_edge.train import PatchcoreOptions, train
+    from anomaly_edge.train.models.patchcore.model import DEFAULT_CORESET_RATIO
+
+    if not (data / "train" / "good").is_dir():
+        sys.exit(f"no dataset at {data}; pass --patchcore PATH or --data")
+    subset = out / "data"
+    (subset / "train" / "good").mkdir(parents=True)
+    good = sorted((data / "train" / "good").iterdir())
+    chosen = good[:: max(1, len(good) // train_images)][:train_images]
+    for path in chosen:
+        (subset / "train" / "good" / path.name).symlink_to(path)
+    ratio = min(1.0, DEFAULT_CORESET_RATIO * len(good) / len(chosen))
+    for part in ("test", "ground_truth"):
+        (subset / part).symlink_to(data / part)
+    started = time.perf_counter()
+    result = train(
+        subset,
+        model="patchcore",
+        out=out / "model",
+        image_size=256,
+        tile="off",
+        task="detection",
+        options=PatchcoreOptions(pretrained=False, coreset_ratio=ratio),
+        augment=False,
+    )
+    assert result.ir_path is not None
+    print(
+        f"patchcore: {len(chosen)} images of {data.name} (coreset {ratio:.2f}), random weights, "
+        "trained and exported "
+        f"in {time.perf_counter() - started:.0f} s",
+        flush=True,
+    )
+    return result.ir_path
+
+
+def bench_models_case(padim_xml: Path, patchcore_xml: Path, args: argparse.Namespace) -> dict:
+    """PatchCore's frame time beside PaDiM's: the same 640x480 frames, sync and async, in
+    alternating rounds (the best round counts, as in the other cases)."""
+    from anomaly_edge import AnomalyModel
+
+    frames = frames_for((640, 480), args.data)
+    models = {
+        name: AnomalyModel(path, args.device, task="detection", cache_dir=None)
+        for name, path in (("padim", padim_xml), ("patchcore", patchcore_xml))
+    }
+    methods = {}
+    for name, model in models.items():
+        methods[f"{name}_sync"] = lambda n, m=model: [
+            m.predict(frames[i % len(frames)]) for i in range(n)
+        ]
+        methods[f"{name}_async"] = lambda n, m=model: run_ours_async(m, frames, n)
+    best: dict[str, float] = {}
+    for _ in range(args.rounds):
+        for name, run in methods.items():
+            best[name] = max(best.get(name, 0.0), frames_per_second(run, args.seconds))
+    case = {
+        "frame": "640x480",
+        "model": "padim, patchcore",
+        "device": args.device,
+        "input_size": {
+            k: "x".join(map(str, m.metadata.input_size[::-1])) for k, m in models.items()
+        },
+        "fps": {k: round(v, 2) for k, v in best.items()},
+        # one frame's latency (predict) and the frame time at full throughput (async)
+        "frame_ms": {k: round(1e3 / v, 2) for k, v in best.items()},
+        "speedup": {
+            "patchcore_vs_padim_sync": round(best["patchcore_sync"] / best["padim_sync"], 3),
+            "patchcore_vs_padim_async": round(best["patchcore_async"] / best["padim_async"], 3),
+        },
+    }
+    print(
+        "   640x480 PaDiM vs PatchCore: "
+        + "  ".join(f"{k} {v:6.2f} ms" for k, v in case["frame_ms"].items()),
+        flush=True,
+    )
+    return case
 
 
 def frames_for(size: tuple[int, int], data: Path, count: int = 8) -> list[np.ndarray]:
@@ -329,7 +460,15 @@ def bench_tiled_case(
 
 
 def bench_vs_benchmark_app(xml: Path, args: argparse.Namespace) -> dict:
-    """The core's asynchronous path against OpenVINO alone on the same IR and device."""
+    """The core's asynchronous path against OpenVINO alone on the same IR and device.
+
+    Two baselines: OpenVINO's own ``benchmark_app`` (a child process, when it is on PATH)
+    and a plain async queue in this process run the way ``benchmark_app`` runs one. Each
+    round runs every method once, the order reversed every other round (ours first, then
+    last), and gives one ratio per baseline from methods that ran seconds apart; the median
+    of those ratios is the figure, every round is reported beside it. A neighbour's burst
+    hits one round, not the median.
+    """
     import openvino as ov
 
     from anomaly_edge import AnomalyModel
@@ -345,55 +484,100 @@ def bench_vs_benchmark_app(xml: Path, args: argparse.Namespace) -> dict:
     queue = ov.AsyncInferQueue(compiled, requests)
     shape = list(compiled.inputs[0].get_shape())
     rng = np.random.default_rng(0)
-    inputs = [rng.normal(0, 1, shape).astype(np.float32) for _ in range(requests)]
+    inputs = [
+        ov.Tensor(rng.normal(0, 1, shape).astype(np.float32), shared_memory=True)
+        for _ in range(requests)
+    ]
+    start_async = super(ov.AsyncInferQueue, queue).start_async  # as benchmark_app: C++ only
 
     def plain(count: int) -> None:
         for i in range(count):
-            queue.start_async({0: inputs[i % requests]}, share_inputs=True)
+            start_async(inputs[i % requests], None)
         queue.wait_all()
 
-    methods = {
-        "anomaly_edge_async": lambda n: run_ours_async(ours, frames, n),
-        "openvino_async_queue": plain,
+    app = shutil.which("benchmark_app") if args.benchmark_app_binary else None
+    timed = {
+        "anomaly_edge_async": lambda: frames_per_second(
+            lambda n: run_ours_async(ours, frames, n), args.seconds, with_cpu=True
+        ),
+        "openvino_async_queue": lambda: frames_per_second(plain, args.seconds, with_cpu=True),
     }
-    best: dict[str, float] = {}
-    thread_ms: dict[str, list[float]] = {name: [] for name in methods}
-    process_ms: dict[str, list[float]] = {name: [] for name in methods}
-    for _ in range(args.rounds):
-        for name, run in methods.items():
-            fps, on_thread, in_process = frames_per_second(run, args.seconds, with_cpu=True)
-            best[name] = max(best.get(name, 0.0), fps)
-            thread_ms[name].append(on_thread)
-            process_ms[name].append(in_process)
-    ratio = best["anomaly_edge_async"] / best["openvino_async_queue"]
+    if app is not None:
+        timed["benchmark_app"] = lambda: (run_benchmark_app(app, xml, args), None, None)
+    baselines = [name for name in timed if name != "anomaly_edge_async"]
+    rounds: list[dict] = []
+    for index in range(args.interleaved_rounds):
+        order = list(timed) if index % 2 == 0 else list(reversed(timed))
+        measured = {name: timed[name]() for name in order}
+        fps = {name: round(value[0], 2) for name, value in measured.items()}
+        rounds.append(
+            {
+                "fps": fps,
+                "share": {b: round(fps["anomaly_edge_async"] / fps[b], 3) for b in baselines},
+                "process_cpu_ms_per_frame": {
+                    k: round(v[2], 3) for k, v in measured.items() if v[2] is not None
+                },
+                "calling_thread_cpu_ms_per_frame": {
+                    k: round(v[1], 3) for k, v in measured.items() if v[1] is not None
+                },
+            }
+        )
+        print(
+            f"  round {index + 1}: "
+            + "  ".join(f"{k} {v:7.1f} fps" for k, v in fps.items())
+            + "  share "
+            + ", ".join(f"of {b} {rounds[-1]['share'][b]:.1%}" for b in baselines),
+            flush=True,
+        )
+
+    def median(key: str, name: str) -> float:
+        return float(np.median([r[key][name] for r in rounds]))
+
+    share = {b: round(median("share", b), 3) for b in baselines}
     # CPU per frame, all threads: on a CPU-bound device the frame rate is cores / this, so
-    # the ratio of the two estimates the share on an idle machine even when this one is busy.
-    cpu = {name: float(np.median(values)) for name, values in process_ms.items()}
-    cpu_ratio = cpu["openvino_async_queue"] / cpu["anomaly_edge_async"]
+    # the ratio estimates the share on an idle machine even when this one is busy.
+    cpu = {k: median("process_cpu_ms_per_frame", k) for k in timed if k != "benchmark_app"}
     case = {
         "frame": f"{width}x{height}",
         "model": ours.metadata.model,
         "device": args.device,
-        "fps": {k: round(v, 2) for k, v in best.items()},
-        "share_of_benchmark_app": round(ratio, 3),
-        "share_of_benchmark_app_by_cpu": round(cpu_ratio, 3),
+        "fps": {k: round(median("fps", k), 2) for k in timed},  # medians over rounds
+        # the headline: median over rounds of ours / benchmark_app (the queue without it)
+        "share_of_benchmark_app": share.get("benchmark_app", share["openvino_async_queue"]),
+        "share_median": share,
+        "share_of_benchmark_app_by_cpu": round(
+            cpu["openvino_async_queue"] / cpu["anomaly_edge_async"], 3
+        ),
         "process_cpu_ms_per_frame": {k: round(v, 3) for k, v in cpu.items()},
         "calling_thread_cpu_ms_per_frame": {
-            k: round(float(np.median(v)), 3) for k, v in thread_ms.items()
+            k: round(median("calling_thread_cpu_ms_per_frame", k), 3)
+            for k in timed
+            if k != "benchmark_app"
         },
+        "rounds": rounds,
         "num_requests": {"anomaly_edge_async": ours.num_requests, "openvino_async_queue": requests},
     }
     print(
-        f"{case['frame']:>10} vs benchmark_app: "
-        + "  ".join(f"{k} {v:7.1f} fps" for k, v in case["fps"].items())
-        + f"  share {ratio:.1%} (by CPU per frame {cpu_ratio:.1%});  CPU ms/frame "
-        + ", ".join(
-            f"{k} {cpu[k]:.2f} (calling thread {case['calling_thread_cpu_ms_per_frame'][k]:.2f})"
-            for k in methods
-        ),
+        f"{case['frame']:>10} vs benchmark_app, median of {len(rounds)} interleaved rounds: "
+        + ", ".join(f"share of {b} {v:.1%}" for b, v in share.items())
+        + f" (by CPU per frame {case['share_of_benchmark_app_by_cpu']:.1%});  calling thread "
+        + ", ".join(f"{k} {v:.2f}" for k, v in case["calling_thread_cpu_ms_per_frame"].items())
+        + " ms/frame",
         flush=True,
     )
     return case
+
+
+def run_benchmark_app(app: str, xml: Path, args: argparse.Namespace) -> float:
+    """Frames per second that OpenVINO's ``benchmark_app`` reports for ``xml`` (throughput
+    hint, its optimal number of requests, random inputs, about ``args.seconds``)."""
+    seconds = max(1, round(args.seconds))
+    command = [app, "-m", str(xml), "-d", args.device, "-hint", "throughput", "-t", str(seconds)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120 + 4 * seconds)
+    found = re.search(r"Throughput:\s*([0-9.]+)\s*FPS", done.stdout)
+    if done.returncode != 0 or found is None:
+        sys.exit(f"benchmark_app failed ({done.returncode}): {done.stdout[-500:]}{done.stderr}")
+    return float(found.group(1))
 
 
 def frames_per_second(run, seconds: float, with_cpu: bool = False):

@@ -23,7 +23,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from anomaly_edge.errors import AnomalyEdgeError, InvalidInputError
-from anomaly_edge.images import ColorFormat, check_frame, network_image, read_image
+from anomaly_edge.images import ColorFormat, check_frame, network_image
+from anomaly_edge.media import read_image
 from anomaly_edge.metadata import ModelMetadata
 from anomaly_edge.postprocess import PostprocessParams, postprocess
 from anomaly_edge.prediction import Prediction, Task
@@ -487,13 +488,18 @@ class Core(RuntimeSettings):
                     self._pool.finish_next()
             else:
                 self._finish_ready()
-            while self._submitted and self._submitted[0].done.is_set():
-                head = self._submitted[0]
-                if head.error is not None and out:
-                    break  # hand over the good results first; the next call raises
-                self._submitted.popleft()
-                self._async_lock.notify_all()  # room for a submit() waiting in another thread
-                out.append((head.userdata, head.result()))
+            popped = False
+            try:
+                while self._submitted and self._submitted[0].done.is_set():
+                    head = self._submitted[0]
+                    if head.error is not None and out:
+                        break  # hand over the good results first; the next call raises
+                    self._submitted.popleft()
+                    popped = True
+                    out.append((head.userdata, head.result()))
+            finally:
+                if popped:  # room for a submit() waiting in another thread (once per call)
+                    self._async_lock.notify_all()
         return out
 
     def _wait_for_room(self) -> None:

@@ -1,31 +1,33 @@
-"""Frames in, frames checked: read image files and validate arrays before they reach OpenVINO.
+"""Frames as arrays: their colour format, the checks they pass and the resize to the network.
 
 The runtime takes uint8 frames as OpenCV produces them: ``H x W x 3`` (BGR by default, or RGB)
 or ``H x W`` grey. Everything else is refused with a message that says how to convert it,
 because a silently misread frame gives a plausible but wrong anomaly score.
+
+Image files become such arrays in :mod:`anomaly_edge.media`, which builds on this module (never
+the other way round): a frame's way in runs media -> images -> the network.
 """
 
 from __future__ import annotations
 
 from enum import Enum
-from pathlib import Path
 
 import numpy as np
 
-from anomaly_edge import _post, media
+from anomaly_edge import _post
 from anomaly_edge.errors import InvalidInputError
-from anomaly_edge.media import IMAGE_SUFFIXES, MAX_IMAGE_SIDE
 
 __all__ = [
-    "IMAGE_SUFFIXES",
     "MAX_IMAGE_SIDE",
     "ColorFormat",
     "check_frame",
-    "list_images",
+    "check_size",
     "network_image",
-    "read_image",
     "resize_for_network",
 ]
+
+# The longest side the resize kernels take; a larger image is refused rather than half-read.
+MAX_IMAGE_SIDE = 32768
 
 
 class ColorFormat(str, Enum):
@@ -50,15 +52,13 @@ class ColorFormat(str, Enum):
         return 1 if self is ColorFormat.GRAY else 3
 
 
-def list_images(folder: str | Path) -> list[Path]:
-    """Image files directly in ``folder`` (sorted by name; other files are skipped)."""
-    return media.list_images(folder)
-
-
-def read_image(path: str | Path, color: ColorFormat | str = ColorFormat.BGR) -> np.ndarray:
-    """Read an image file as a uint8 frame in ``color`` (see :mod:`anomaly_edge.media` for how
-    16-bit, grey, RGBA and oversized files are handled)."""
-    return media.read_image(path, ColorFormat.parse(color).value)
+def check_size(height: int, width: int, source: object = "the image") -> None:
+    """Refuse images with a side the resize kernels cannot take."""
+    if max(height, width) > MAX_IMAGE_SIDE:
+        raise InvalidInputError(
+            f"{source} is {width}x{height} pixels; the longest side anomaly-edge reads is "
+            f"{MAX_IMAGE_SIDE} px: downscale or crop it first"
+        )
 
 
 def resize_for_network(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -113,7 +113,7 @@ def check_frame(frame: object, color: ColorFormat = ColorFormat.BGR) -> np.ndarr
     if frame.dtype != np.uint8:
         raise InvalidInputError(_dtype_advice(frame.dtype))
     frame = _as_hwc(frame)
-    media.check_size(frame.shape[0], frame.shape[1], f"the frame (shape {frame.shape})")
+    check_size(frame.shape[0], frame.shape[1], f"the frame (shape {frame.shape})")
     channels = frame.shape[2]
     if channels == 4:
         code = "cv2.COLOR_BGRA2BGR" if color is not ColorFormat.RGB else "cv2.COLOR_RGBA2RGB"

@@ -1,5 +1,8 @@
 """Image files, one way everywhere: which files are images, how they decode, how folders list.
 
+A file becomes a frame here; what a frame must be (colour format, size) is
+:mod:`anomaly_edge.images`, which this module builds on.
+
 Training, the runtime, image-folder streams and the command line all read images through this
 module, so a file gives the network the same pixels whichever path it takes:
 
@@ -21,6 +24,18 @@ import cv2
 import numpy as np
 
 from anomaly_edge.errors import InvalidInputError
+from anomaly_edge.images import MAX_IMAGE_SIDE, ColorFormat, check_size
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "MAX_IMAGE_SIDE",
+    "is_image_file",
+    "list_images",
+    "natural_key",
+    "read_image",
+    "read_mask",
+    "to_uint8",
+]
 
 # The files every command treats as images (what OpenCV decodes).
 IMAGE_SUFFIXES = frozenset(
@@ -39,9 +54,6 @@ IMAGE_SUFFIXES = frozenset(
         ".jp2",
     }
 )
-# The longest side the resize kernels take; a larger image is refused rather than half-read.
-MAX_IMAGE_SIDE = 32768
-COLORS = ("BGR", "RGB", "GRAY")
 
 # Any depth and 1 or 3 channels (alpha dropped), EXIF orientation applied.
 _DECODE_FLAGS = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR
@@ -80,20 +92,18 @@ def list_images(
     return sorted(images, key=natural_key) if natural_order else sorted(images)
 
 
-def read_image(path: str | Path, color: str = "BGR") -> np.ndarray:
+def read_image(path: str | Path, color: ColorFormat | str = ColorFormat.BGR) -> np.ndarray:
     """Read an image file as a uint8 frame: ``H x W x 3`` in ``color`` (BGR or RGB), or
     ``H x W`` for ``"GRAY"``. Raises :class:`InvalidInputError` saying what is wrong."""
-    color = str(getattr(color, "value", color)).upper()
-    if color not in COLORS:
-        raise InvalidInputError(f"unknown color {color!r}: choose one of {', '.join(COLORS)}")
+    color = ColorFormat.parse(color)
     image = to_uint8(_decode(Path(path), _DECODE_FLAGS), path)
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
-    if color == "GRAY":
+    if color is ColorFormat.GRAY:
         return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
     if image.ndim == 2:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)  # same for RGB: equal channels
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if color == "RGB" else image
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if color is ColorFormat.RGB else image
 
 
 def read_mask(path: str | Path) -> np.ndarray:
@@ -118,15 +128,6 @@ def to_uint8(image: np.ndarray, source: object = "the image") -> np.ndarray:
         f"{source} has pixel type {image.dtype}, which anomaly-edge cannot "
         "read; save it as 8- or 16-bit PNG"
     )
-
-
-def check_size(height: int, width: int, source: object = "the image") -> None:
-    """Refuse images with a side the resize kernels cannot take."""
-    if max(height, width) > MAX_IMAGE_SIDE:
-        raise InvalidInputError(
-            f"{source} is {width}x{height} pixels; the longest side anomaly-edge reads is "
-            f"{MAX_IMAGE_SIDE} px: downscale or crop it first"
-        )
 
 
 def _decode(path: Path, flags: int, what: str = "image") -> np.ndarray:

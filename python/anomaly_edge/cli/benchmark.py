@@ -69,7 +69,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Measure sync latency and async throughput; print them (or one JSON object)."""
     from anomaly_edge.errors import InvalidInputError
-    from anomaly_edge.images import read_image
+    from anomaly_edge.media import read_image
 
     if args.image is not None and not args.image.is_file():
         raise CliError(f"--image {args.image}: no such file", ExitCode.INPUT)

@@ -314,8 +314,8 @@ def mvtec_inputs(
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
     """Network inputs from a category folder (MVTec or VisA layout): training images
     (calibration) and the test split with labels (normal = 0, anomalous = 1)."""
-    from anomaly_edge.images import read_image
     from anomaly_edge.layout import DatasetError, scan_category
+    from anomaly_edge.media import read_image
 
     try:
         data = scan_category(root)

@@ -91,7 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Score every image; one JSON line each, the bad ones listed (exit 3) after the rest."""
     from anomaly_edge.errors import InvalidInputError
-    from anomaly_edge.images import read_image
+    from anomaly_edge.media import read_image
 
     _split_model_and_images(args)
     check_output_file(args.jsonl, "--jsonl")

@@ -214,6 +214,10 @@ def _operating_rows(evaluations: list[Evaluation]) -> list[Row]:
         found = p.get("expected")
         return found if isinstance(found, dict) else {}
 
+    def counted(label: str, share: str, count: str, unit: str) -> Row:
+        # a share of the test set, shown with the count it is a share of
+        return row(label, lambda p: _of(p.get(share), p.get(count), unit))
+
     rows = [
         ("policy", [str(e.run.metrics.get("policy", "not recorded")) for e in evaluations]),
         row(
@@ -226,25 +230,23 @@ def _operating_rows(evaluations: list[Evaluation]) -> list[Row]:
                 expected(p).get("recall"), expected(p).get("defect_images"), "defect images"
             ),
         ),
-        row(
+        counted(
             "false alarms on good test images (label or anything drawn)",
-            lambda p: _of(p.get("far_seen"), p.get("good_images"), "good images"),
+            "far_seen",
+            "good_images",
+            "good images",
         ),
-        row(
-            "defect recall on test images",
-            lambda p: _of(p.get("recall"), p.get("defect_images"), "defect images"),
-        ),
+        counted("defect recall on test images", "recall", "defect_images", "defect images"),
         row(
             "best recall any threshold reaches at that rate",
             lambda p: _share(p.get("best_recall_at_far")),
         ),
-        row(
-            "box precision (boxes touching a defect)",
-            lambda p: _of(p.get("box_precision"), p.get("boxes"), "boxes"),
-        ),
-        row(
+        counted("box precision (boxes touching a defect)", "box_precision", "boxes", "boxes"),
+        counted(
             "region recall (defect regions the mask touches)",
-            lambda p: _of(p.get("region_recall"), p.get("defect_regions"), "regions"),
+            "region_recall",
+            "defect_regions",
+            "regions",
         ),
         row(
             "images where label, boxes and mask disagree",

@@ -47,12 +47,7 @@ class RunFolder:
                 f"{folder} is not a training run (no metrics.json): give the folder "
                 "`anomaly-edge train --out RUN` wrote"
             )
-        try:
-            metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ReportError(
-                f"{metrics_file} cannot be read ({exc}); train the run again"
-            ) from None
+        metrics = _read_json(metrics_file, "cannot be read ({}); train the run again")
         if not isinstance(metrics, dict) or "image_threshold" not in metrics:
             raise ReportError(
                 f"{metrics_file} is not the metrics of an anomaly-edge run (no image_threshold)"
@@ -80,16 +75,21 @@ def _benchmark(path: Path) -> dict[str, Any] | None:
     """The saved output of `anomaly-edge benchmark RUN --json`, or None (absent or not that)."""
     if not path.is_file():
         return None
-    try:
-        found = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ReportError(
-            f"{path} is not the JSON of `anomaly-edge benchmark --json` ({exc}); "
-            f"save it again or remove it"
-        ) from None
+    found = _read_json(
+        path, "is not the JSON of `anomaly-edge benchmark --json` ({}); save it again or remove it"
+    )
     if not isinstance(found, dict) or not isinstance(found.get("sync"), dict):
         raise ReportError(
             f"{path} is not the output of `anomaly-edge benchmark RUN --json`; save it again "
             "or remove it"
         )
     return found
+
+
+def _read_json(path: Path, advice: str) -> Any:
+    """The JSON in ``path``; a :class:`ReportError` "``path`` ``advice``" (``{}``: why) if
+    it cannot be read."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ReportError(f"{path} {advice.format(exc)}") from None

@@ -81,6 +81,7 @@ from torch import nn
 from anomaly_edge.train import efficientnet_lite
 from anomaly_edge.train.backbones import DEFAULT_LAYERS, FeatureExtractor, build_backbone
 from anomaly_edge.train.memory import release_freed_memory
+from anomaly_edge.train.models.common import check_images
 from anomaly_edge.train.resample import (
     apply_separable,
     blur_matrix,
@@ -361,11 +362,7 @@ class Padim(nn.Module):
         return stats
 
     def _check_input(self, images: torch.Tensor) -> None:
-        if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != self.input_size:
-            raise ValueError(
-                f"PaDiM expects [N, 3, {self.input_size[0]}, {self.input_size[1]}] "
-                f"images, got {tuple(images.shape)}"
-            )
+        check_images(images, self.input_size, "PaDiM")
 
     # ---- inference ---------------------------------------------------------------------------
 

@@ -46,8 +46,7 @@ class PadimPlugin(ModelPlugin):
         return default_layers(backbone) if backbone in DEFAULT_LAYERS else None
 
     def fit(self, request: FitRequest, options: PadimOptions) -> Fitted:
-        from anomaly_edge.train.augment import augmented
-        from anomaly_edge.train.data import ImageDataset, iter_batches
+        from anomaly_edge.train.models.common import fit_single_view
         from anomaly_edge.train.models.padim.model import DEFAULT_POOL, Padim
         from anomaly_edge.train.models.padim.tiled import (
             TilePositionPadim,
@@ -82,16 +81,7 @@ class PadimPlugin(ModelPlugin):
             )
             progress.close()
             return Fitted(module, mean, std)
-        dataset = augmented(
-            ImageDataset(train, request.size, mean, std), request.augmentation, request.seed
-        )
-        progress = request.bar("fitting PaDiM", len(dataset))
-        # iter_batches needs only len() and items, which the augmented dataset has
-        padim.fit(
-            iter_batches(dataset, request.batch_size),  # type: ignore[arg-type]
-            progress=progress.update,
-        )
-        progress.close()
+        fit_single_view(padim.fit, request, mean, std, "fitting PaDiM")
         return Fitted(padim, mean, std)
 
     def settings(self, module: nn.Module, options: PadimOptions) -> dict[str, Any]:

@@ -270,11 +270,13 @@ def build_stfpm(
     map_layers: int | None = None,
     fine_layer_weight: float = FINE_LAYER_WEIGHT,
     seed: int = 0,
+    pretrained: bool = True,
 ) -> Stfpm:
-    """A pretrained teacher and a seeded random student of the same backbone, not yet trained."""
+    """A pretrained teacher and a seeded random student of the same backbone, not yet trained
+    (``pretrained=False``: a random teacher too, the structure alone)."""
     from anomaly_edge.train.backbones import build_backbone
 
-    teacher = build_backbone(backbone, layers=layers, pretrained=True, weights=weights)
+    teacher = build_backbone(backbone, layers=layers, pretrained=pretrained, weights=weights)
     if hasattr(teacher, "fold_batchnorm"):
         teacher.fold_batchnorm()  # frozen: same outputs, about half the CPU time
     with torch.random.fork_rng(devices=[]):
@@ -309,17 +311,12 @@ def rebuild_stfpm(
     Nothing is downloaded: the state dict restores every weight (the teacher's folded too). A
     checkpoint that names no ``fine_layer_weight`` predates it and weighted every layer alike.
     """
-    from anomaly_edge.train.backbones import build_backbone
-
-    teacher = build_backbone(backbone, layers=layers or None, pretrained=False)
-    if hasattr(teacher, "fold_batchnorm"):
-        teacher.fold_batchnorm()
-    student = build_backbone(backbone, layers=layers or None, pretrained=False)
-    return Stfpm(
-        teacher,
-        student,
+    return build_stfpm(
+        backbone,
+        layers=layers or None,
         combine=combine,
         blur_sigma=blur_sigma,
         map_layers=map_layers,
         fine_layer_weight=fine_layer_weight,
+        pretrained=False,
     )
