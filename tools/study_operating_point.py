@@ -1,7 +1,8 @@
 """How the `far:X` threshold rule behaves on new good parts: train each category once, keep the
 scores of every test image (and of the train images held out), then resplit the test images
 many times (stratified 30/70, as `train` does), place the threshold on the validation part and
-measure it on the rest.
+measure it on the rest with the model the user gets (refitted on every train image when some
+were held out, as `train` does).
 
     python tools/study_operating_point.py --datasets ../shared/datasets --splits 300
 
@@ -38,25 +39,29 @@ CATEGORIES = {
 
 
 def scored(root: Path, holdout: float) -> dict[str, np.ndarray]:
-    """Train PaDiM with every default and return the scores `train` saw."""
+    """Train PaDiM with every default and return the scores `train` saw: every test image
+    scored by the model that placed the thresholds ("scores") and by the model the user gets
+    ("final"; the same model unless train images were held out and it was refitted)."""
     import anomaly_edge.train.api as api
     from anomaly_edge.train import train
 
     seen: dict[str, np.ndarray] = {}
-    report = api.operating_point_report
+    evaluate = api._evaluate
 
-    def keep(validation, test, calibration):  # type: ignore[no-untyped-def]
-        held = np.array(["/train/" in str(s.path) for s in validation.samples])
-        seen["held"] = validation.scores[held]
-        seen["scores"] = np.r_[validation.scores[~held], test.scores]
-        seen["labels"] = np.r_[validation.labels[~held], test.labels]
-        return report(validation, test, calibration)
+    def keep(*args, **kwargs):  # type: ignore[no-untyped-def]
+        validation, test, everything = evaluate(*args, **kwargs)
+        if "scores" not in seen:  # the first fit: it places the thresholds
+            held = np.array(["/train/" in str(s.path) for s in validation.samples])
+            seen["held"] = validation.scores[held]
+            seen["scores"], seen["labels"] = everything.scores, everything.labels
+        seen["final"] = everything.scores
+        return validation, test, everything
 
-    api.operating_point_report = keep
+    api._evaluate = keep
     try:
         train(root, normal_holdout=holdout, export=False)
     finally:
-        api.operating_point_report = report
+        api._evaluate = evaluate
     return seen
 
 
@@ -74,7 +79,7 @@ def new_rule(normal: np.ndarray, defect: np.ndarray, far: float) -> float:
 
 def study(seen: dict[str, np.ndarray], splits: int, far: float) -> dict[str, list[float]]:
     rng = np.random.default_rng(0)
-    scores, labels = seen["scores"], seen["labels"].astype(bool)
+    scores, labels, final = seen["scores"], seen["labels"].astype(bool), seen["final"]
     rules = {"max": old_rule, "default": new_rule}
     rows: dict[str, list[tuple[float, float, float, bool]]] = {}
     for _ in range(splits):
@@ -89,10 +94,10 @@ def study(seen: dict[str, np.ndarray], splits: int, far: float) -> dict[str, lis
             for with_held in (False, True):
                 pool = np.r_[normal, seen["held"]] if with_held else normal
                 threshold = np.float32(rule(pool, defect, far))
-                flagged = scores[test] >= threshold
+                flagged = final[test] >= threshold
                 good, bad = ~labels[test], labels[test]
                 false_alarm, recall = float(flagged[good].mean()), float(flagged[bad].mean())
-                best = best_recall_at(scores[test], labels[test], int(flagged[good].sum()))
+                best = best_recall_at(final[test], labels[test], int(flagged[good].sum()))
                 gap = float(best or 0.0) - recall
                 key = f"{name}{'+held' if with_held else ''}"
                 rows.setdefault(key, []).append(

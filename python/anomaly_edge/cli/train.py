@@ -103,10 +103,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--normal-holdout",
         type=float,
         metavar="F",
-        default=DEFAULT_NORMAL_HOLDOUT,
-        help=f"share of train/good kept out of fitting to place the false-alarm threshold "
-        f"on more normal parts (default {DEFAULT_NORMAL_HOLDOUT:g}; 0 = fit on all; "
-        f"at least {MIN_TRAIN_IMAGES} images are always fitted on)",
+        default=None,
+        help=f"share of train/good kept out of the first fit to place the false-alarm "
+        f"threshold on more normal parts; the model is then fitted again on every image "
+        f"(default: PaDiM {DEFAULT_NORMAL_HOLDOUT:g}, other models 0; at least "
+        f"{MIN_TRAIN_IMAGES} images are always fitted on)",
     )
     parser.add_argument(
         "--tile",
@@ -253,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if not 0.0 <= args.validation_fraction < 1.0:
         raise CliError("--validation-fraction must be in [0, 1)", ExitCode.USAGE)
-    if not 0.0 <= args.normal_holdout < 1.0:
+    if args.normal_holdout is not None and not 0.0 <= args.normal_holdout < 1.0:
         raise CliError("--normal-holdout must be in [0, 1)", ExitCode.USAGE)
     if args.weights is not None and not args.weights.is_file():
         raise CliError(f"--weights {args.weights}: no such file", ExitCode.INPUT)
