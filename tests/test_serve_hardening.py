@@ -187,6 +187,37 @@ def test_a_malformed_request_gets_400_saying_what_is_wrong(server, case, request
     assert not EXCEPTION_NAME.search(message), (case, message)
 
 
+GRPC_MALFORMED = [
+    ("raw bytes of the wrong size", "image", "FP32", [1, 3, 64, 64], [b"\0" * 100], "takes 49152"),
+    ("no data", "image", "FP32", [1, 3, 64, 64], [], "holds 12288 values"),
+    ("broken BYTES framing", "image_bytes", "BYTES", [1], [b"\xff\xff\xff\x7fhi"], "BYTES"),
+    ("bytes not an image", "image_bytes", "BYTES", [1], [b"\x05\x00\x00\x00hello"], "not an"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "name", "datatype", "shape", "raw", "words"),
+    GRPC_MALFORMED,
+    ids=[m[0] for m in GRPC_MALFORMED],
+)
+def test_a_malformed_grpc_request_is_an_invalid_argument(
+    server, case, name, datatype, shape, raw, words
+):
+    import grpc
+    from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
+    from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
+
+    tensor = pb.ModelInferRequest.InferInputTensor(name=name, datatype=datatype, shape=shape)
+    request = pb.ModelInferRequest(model_name="plate", inputs=[tensor], raw_input_contents=raw)
+    with (
+        grpc.insecure_channel(f"{HOST}:{server.grpc_port}") as channel,
+        pytest.raises(grpc.RpcError) as refused,
+    ):
+        GRPCInferenceServiceStub(channel).ModelInfer(request)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, case
+    assert words in refused.value.details() and not EXCEPTION_NAME.search(refused.value.details())
+
+
 def test_the_log_holds_no_traceback_nor_warning(server):
     base = server.rest_url
     for request_ in (MALFORMED[0][1], MALFORMED[5][1], MALFORMED[20][1]):
