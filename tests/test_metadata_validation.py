@@ -34,6 +34,8 @@ CASES = [
     ("image_threshold", "abc", "malformed"),
     ("metrics", "{not json", "malformed"),
     ("task", "everything", "malformed"),
+    ("image_min", "5", "image_min 5 is above image_max 2"),  # the score scale collapsed
+    ("pixel_max", "-1", "pixel_min 0 is above pixel_max -1"),
 ]
 
 

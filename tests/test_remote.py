@@ -320,3 +320,116 @@ def test_remote_settings_are_validated_as_on_a_local_model(server):
                 setattr(remote, name, value)
         remote.min_area = 3.0  # a whole number given as a float is fine, as locally
         assert remote.min_area == 3
+
+
+# ---- servers that answer badly (issue 24) -----------------------------------------------------
+
+
+class _FakeServer:
+    """A local HTTP server that answers as ``behaviour`` says: ``"mjpeg"`` (a camera's endless
+    multipart stream on every path), ``"endless"`` (200, JSON content type, a byte every
+    0.2 s for ever), ``"error"`` (HTTP 500 with a message on every path) or
+    ``"infer_error"`` (real model metadata, HTTP 500 for inference)."""
+
+    def __init__(self, behaviour: str, rt_info: dict | None = None) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _stream(self, content_type: str, piece: bytes, pause: float) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.end_headers()
+                try:
+                    while True:
+                        self.wfile.write(piece)
+                        self.wfile.flush()
+                        time.sleep(pause)
+                except OSError:  # the client went away
+                    return
+
+            def _json(self, status: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                if behaviour == "mjpeg":
+                    frame = b"--frame\r\nContent-Type: image/jpeg\r\n\r\n" + b"\xff" * 2000
+                    self._stream("multipart/x-mixed-replace; boundary=frame", frame, 0.05)
+                elif behaviour == "endless":
+                    self._stream("application/json", b" ", 0.2)
+                elif behaviour == "infer_error":
+                    self._json(200, {"name": "plate", "rt_info": rt_info})
+                else:
+                    self._json(500, {"error": "the accelerator fell over"})
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                self._json(500, {"error": "the accelerator fell over"})
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> _FakeServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "code", "words"),
+    [
+        ("mjpeg", ExitCode.MODEL, "multipart/x-mixed-replace stream"),
+        ("endless", ExitCode.INPUT, "no complete answer within"),
+    ],
+)
+def test_a_model_url_that_streams_for_ever_fails_within_30_s(
+    behaviour, code, words, tmp_path, capsys
+):
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), frame_with_defects())
+    with _FakeServer(behaviour) as camera:
+        started = time.monotonic()
+        assert main(["predict", "--model", camera.url, str(image)]) == code
+        elapsed = time.monotonic() - started
+    assert elapsed < 30
+    err = capsys.readouterr().err
+    assert words in err and camera.url in err and "Traceback" not in err
+
+
+def test_a_server_error_is_reported_at_once_with_its_message(synthetic_ir, tmp_path, capsys):
+    import openvino as ov
+
+    from anomaly_edge.v2_protocol import rt_info_dict
+
+    image = tmp_path / "a.png"
+    cv2.imwrite(str(image), frame_with_defects())
+    with _FakeServer("error") as broken:
+        started = time.monotonic()
+        assert main(["predict", "--model", broken.url, str(image)]) == ExitCode.MODEL
+        assert time.monotonic() - started < 10
+    err = capsys.readouterr().err
+    assert "HTTP 500" in err and "the accelerator fell over" in err
+    assert "not reachable" not in err and "cannot reach" not in err
+    # metadata fine, inference failing: the frame's error says so at once, no retries
+    rt_info = rt_info_dict(ov.Core().read_model(str(synthetic_ir)))
+    with (
+        _FakeServer("infer_error", rt_info) as failing,
+        AnomalyModel.remote(failing.url, "plate") as remote,
+    ):
+        started = time.monotonic()
+        with pytest.raises(ModelLoadError, match="HTTP 500: the accelerator fell over"):
+            remote.predict(frame_with_defects())
+        assert time.monotonic() - started < 5

@@ -49,8 +49,12 @@ class ServeProcess:
         log_dir: Path | None = None,
         http_port: int | None = None,
         grpc_port: int | None = None,
+        extra_args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
     ) -> None:
         self.model = model
+        self.extra_args = extra_args
+        self.env = env or {}
         self.name = name
         self.http_port = http_port or free_port()
         self.grpc_port = grpc_port or free_port()
@@ -65,8 +69,13 @@ class ServeProcess:
     def grpc_url(self) -> str:
         return f"grpc://{HOST}:{self.grpc_port}"
 
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
     def start(self, limit_s: float = 60.0) -> ServeProcess:
-        env = child_env()
+        env = {**child_env(), **self.env}
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 [
@@ -86,6 +95,7 @@ class ServeProcess:
                     str(self.grpc_port),
                     "--num-requests",
                     "2",
+                    *self.extra_args,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -294,6 +294,13 @@ class ModelMetadata:
             )
         if min(self.input_size) < 1:
             problems.append(f"input size {self.input_size} is not positive")
+        for kind in ("image", "pixel"):
+            low, high = getattr(self, f"{kind}_min"), getattr(self, f"{kind}_max")
+            if low > high:  # the score scale would collapse to a constant 1.0 span
+                problems.append(
+                    f"{kind}_min {low:g} is above {kind}_max {high:g} (the {kind} scores' "
+                    "range on the validation images)"
+                )
         # The graph checks apply to a network (an image input); a holder of rt_info alone
         # (a remote model's metadata) has a dummy graph.
         image_graph = (

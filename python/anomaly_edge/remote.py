@@ -21,10 +21,20 @@ sent to another. When none answers, a request waits and retries (``reconnect``: 
 delays, a bounded number of times) before it fails with :class:`ServerUnavailableError`, so
 a stream survives a server restart without losing a frame.
 
-Errors: no replica reachable -> :class:`ServerUnavailableError` (CLI exit code 3, like an
-unreachable stream); the model missing on the server or not an anomaly-edge model ->
-:class:`~anomaly_edge.errors.ModelLoadError` (exit code 4); a frame the server refuses ->
-:class:`~anomaly_edge.errors.InvalidInputError`.
+A server that wants a token (``anomaly-edge serve --token``) gets it as
+``Authorization: Bearer <token>`` (gRPC metadata ``authorization``): the ``token=``
+argument, else the environment variable ``ANOMALY_EDGE_TOKEN``, as `serve` reads it.
+
+Each call has one deadline, ``timeout``, for the whole answer (not for each chunk of it): a
+URL that streams without end (a camera's MJPEG URL given as the model) fails in that time,
+or at once when its content type shows it is a video or image stream.
+
+Errors: no replica reachable, or none answering in time -> :class:`ServerUnavailableError`
+(CLI exit code 3, like an unreachable stream); the model missing on the server or not an
+anomaly-edge model, a refused token, or a server error (HTTP 500, gRPC INTERNAL: any answer
+but a success, 400, 404 or a busy/restarting server's 502-504) ->
+:class:`~anomaly_edge.errors.ModelLoadError` (exit code 4) at once, with the status and the
+server's own message; a frame the server refuses -> :class:`~anomaly_edge.errors.InvalidInputError`.
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ import contextlib
 import itertools
 import json
 import logging
+import os
 import threading
 import time
 import weakref
@@ -59,6 +70,7 @@ from anomaly_edge.v2_protocol import (
     RAW_OUTPUT,
     RT_INFO_KEY,
     RT_INFO_PARAMETER,
+    TOKEN_ENV,
     is_url,
     metadata_from_rt_info,
     parameters_dict,
@@ -133,8 +145,10 @@ class RemoteAnomalyModel(Core):
             model.
         num_requests: requests kept in flight by the asynchronous interface (default 4 per
             replica).
-        timeout: seconds one request may take before its replica counts as failed.
+        timeout: seconds one request may take, its whole answer included, before its
+            replica counts as failed.
         reconnect: waits and retries while no replica answers (see :class:`RetryPolicy`).
+        token: sent as ``Authorization: Bearer <token>`` (default: ``$ANOMALY_EDGE_TOKEN``).
 
     Raises:
         ServerUnavailableError: no replica answered.
@@ -155,6 +169,7 @@ class RemoteAnomalyModel(Core):
         timeout: float = 10.0,
         reconnect: Any = None,
         max_pending: int = DEFAULT_MAX_PENDING,
+        token: str | None = None,
     ) -> None:
         url_list = [urls] if isinstance(urls, str) else list(urls)
         if not url_list or not is_remote(url_list):
@@ -169,8 +184,12 @@ class RemoteAnomalyModel(Core):
         self.device = "remote"
         self.timeout = float(timeout)
         self.reconnect = reconnect if reconnect is not None else RetryPolicy()
+        if token is None:
+            token = os.environ.get(TOKEN_ENV) or None
+        elif not isinstance(token, str) or not token.strip():
+            raise InvalidInputError(f"token must be a non-empty string, got {token!r}")
         _quiet_kserve_client_logs()
-        self._endpoints = [_endpoint(url, name, self.timeout) for url in url_list]
+        self._endpoints = [_endpoint(url, name, self.timeout, token) for url in url_list]
         self.name = self._endpoints[0].name
         self.path = Path(self._endpoints[0].url)  # what messages and `info` show
         self._loop = asyncio.new_event_loop()
@@ -390,10 +409,11 @@ class _Endpoint:
     url: str
     name: str
 
-    def __init__(self, url: str, name: str, timeout: float) -> None:
+    def __init__(self, url: str, name: str, timeout: float, token: str | None = None) -> None:
         self.url = url
         self.name = name
         self.timeout = timeout
+        self.token = token
         self.usable_at = 0.0  # time.monotonic() from which it is tried again
         self.last_error: str | None = None
         self._backoff = 0.0
@@ -423,8 +443,10 @@ class _RestEndpoint(_Endpoint):
     decodes every binary output into a Python list of numbers, which cost 150 ms per
     256 x 256 anomaly map on two busy cores, more than the network itself."""
 
-    def __init__(self, url: str, base: str, name: str, timeout: float) -> None:
-        super().__init__(url, name, timeout)
+    def __init__(
+        self, url: str, base: str, name: str, timeout: float, token: str | None = None
+    ) -> None:
+        super().__init__(url, name, timeout, token)
         self.base = base
         self._http: Any = None
 
@@ -432,38 +454,88 @@ class _RestEndpoint(_Endpoint):
         if self._http is None:  # made on the loop's thread, where it is used
             import httpx
 
-            self._http = httpx.AsyncClient(timeout=self.timeout)
+            headers = {"authorization": f"Bearer {self.token}"} if self.token else None
+            self._http = httpx.AsyncClient(timeout=self.timeout, headers=headers)
         return self._http
 
-    async def rt_info(self) -> dict[str, Any]:
+    async def _fetch(
+        self, method: str, path: str, limit: int, **options: Any
+    ) -> tuple[int, Any, bytes]:
+        """One call: status, headers and the whole body, within ``timeout`` in all (httpx's
+        own timeouts are per chunk: a stream that never ends would never time out)."""
         import httpx
 
+        async def whole_answer() -> tuple[int, Any, bytes]:
+            async with self._client().stream(method, self.base + path, **options) as response:
+                kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
+                if kind.split("/")[0] in ("multipart", "video", "image"):
+                    raise ModelLoadError(
+                        f"{self.url} answers with a {kind} stream, not as a v2 model server "
+                        "(a camera?): give the address of `anomaly-edge serve` or OpenVINO "
+                        "Model Server"
+                    )
+                body = bytearray()
+                async for chunk in response.aiter_bytes():
+                    body += chunk
+                    if len(body) > limit:
+                        raise ModelLoadError(
+                            f"{self.url} answered {path} with more than {limit} bytes: it "
+                            "does not look like a v2 model server; check the URL"
+                        )
+                return response.status_code, response.headers, bytes(body)
+
         try:
-            response = await self._client().get(f"{self.base}/v2/models/{self.name}")
+            return await asyncio.wait_for(whole_answer(), self.timeout)
+        except asyncio.TimeoutError:
+            raise _Unavailable(f"no complete answer within {self.timeout:g} s") from None
         except (httpx.TransportError, OSError) as exc:
             raise _Unavailable(_describe(exc)) from None
-        if response.status_code == 404:
+
+    def _check(self, status: int, body: bytes, what: str) -> None:
+        """A failed answer as the error it means (a success returns)."""
+        if 200 <= status < 300:
+            return
+        message = _server_message(body)
+        if status == 404:
             raise _ModelMissing(
                 f"the server at {self.url} has no model {self.name!r} "
                 "(give the name it serves, e.g. with --remote NAME)"
             )
-        if not response.is_success:
-            raise _Unavailable(f"HTTP {response.status_code} for the model metadata")
+        if status in (502, 503, 504):  # a proxy without its server, or one starting
+            raise _Unavailable(f"HTTP {status}: {message}")
+        if status in (401, 403):
+            raise ModelLoadError(
+                f"the server at {self.url} refused {what} (HTTP {status}: {message}); "
+                + (
+                    "the token sent is not its token"
+                    if self.token
+                    else f"it needs a token: set {TOKEN_ENV}, or pass token="
+                )
+            )
+        if status == 400:
+            raise InvalidInputError(f"{self.url} refused {what}: {message}")
+        raise ModelLoadError(
+            f"the server at {self.url} answered {what} with HTTP {status}: {message}"
+        )
+
+    async def rt_info(self) -> dict[str, Any]:
+        status, _, body = await self._fetch("GET", f"/v2/models/{self.name}", _METADATA_LIMIT)
+        self._check(status, body, "the model metadata request")
         try:
-            body = response.json()
+            metadata = json.loads(body)
         except ValueError:
-            raise ModelLoadError(f"{self.url} did not answer with v2 model metadata") from None
-        if RT_INFO_KEY not in body:
+            metadata = None
+        if not isinstance(metadata, dict):
+            raise ModelLoadError(f"{self.url} did not answer with v2 model metadata")
+        if RT_INFO_KEY not in metadata:
             raise ModelLoadError(
                 f"{self.url} serves {self.name!r} without its rt_info in the model metadata; "
                 "serve it with `anomaly-edge serve` or OpenVINO Model Server"
             )
-        rt_info: dict[str, Any] = body[RT_INFO_KEY]
+        rt_info: dict[str, Any] = metadata[RT_INFO_KEY]
         return rt_info
 
     async def infer(self, tensor: np.ndarray) -> np.ndarray:
-        import httpx
-
         header = json.dumps(
             {
                 "inputs": [
@@ -478,38 +550,50 @@ class _RestEndpoint(_Endpoint):
                 "parameters": {"binary_data_output": True},
             }
         ).encode()
-        try:
-            response = await self._client().post(
-                f"{self.base}/v2/models/{self.name}/infer",
-                content=header + tensor.tobytes(),
-                headers={
-                    _HEADER_LENGTH: str(len(header)),
-                    "content-type": "application/octet-stream",
-                },
-            )
-        except (httpx.TransportError, OSError) as exc:
-            raise _Unavailable(_describe(exc)) from None
-        if response.status_code == 404:
-            raise _ModelMissing(f"the server at {self.url} has no model {self.name!r} any more")
-        if response.status_code == 400:
-            raise InvalidInputError(f"{self.url} refused the frame: {response.text[:300]}")
-        if not response.is_success:
-            raise _Unavailable(f"HTTP {response.status_code}")
+        status, headers, body = await self._fetch(
+            "POST",
+            f"/v2/models/{self.name}/infer",
+            # the map has one channel where the input has three, plus a JSON header
+            limit=tensor.nbytes + _METADATA_LIMIT,
+            content=header + tensor.tobytes(),
+            headers={
+                _HEADER_LENGTH: str(len(header)),
+                "content-type": "application/octet-stream",
+            },
+        )
+        self._check(status, body, "the frame")
         self._recovered()
-        return _rest_anomaly_map(response, self.url)
+        return _rest_anomaly_map(body, headers, self.url)
 
     async def close(self) -> None:
         if self._http is not None:
             await self._http.aclose()
 
 
+_METADATA_LIMIT = 16 * 1024 * 1024  # model metadata is a few kB; a stream is endless
+
+
 _HEADER_LENGTH = "inference-header-content-length"  # the v2 binary-data extension
 
 
-def _rest_anomaly_map(response: Any, url: str) -> np.ndarray:
-    content = response.content
-    json_length = int(response.headers.get(_HEADER_LENGTH, len(content)))
+def _server_message(body: bytes) -> str:
+    """What a server said when it failed: v2's ``{"error": ...}``, FastAPI's ``detail``, or
+    the start of its text."""
     try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = None
+    if isinstance(answer, dict):
+        for key in ("error", "detail", "message"):
+            if answer.get(key):
+                return str(answer[key])[:500]
+    text = body[:500].decode("utf-8", "replace").strip()
+    return text or "(no message)"
+
+
+def _rest_anomaly_map(content: bytes, headers: Any, url: str) -> np.ndarray:
+    try:
+        json_length = int(headers.get(_HEADER_LENGTH, len(content)))
         outputs = json.loads(content[:json_length])["outputs"]
     except (ValueError, KeyError, TypeError):
         raise ModelLoadError(f"{url} did not answer with a v2 inference response") from None
@@ -529,9 +613,12 @@ def _rest_anomaly_map(response: Any, url: str) -> np.ndarray:
 
 
 class _GrpcEndpoint(_Endpoint):
-    def __init__(self, url: str, target: str, name: str, timeout: float) -> None:
-        super().__init__(url, name, timeout)
+    def __init__(
+        self, url: str, target: str, name: str, timeout: float, token: str | None = None
+    ) -> None:
+        super().__init__(url, name, timeout, token)
         self.target = target
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
         self._client: Any = None
         self._closing: set[asyncio.Future[None]] = set()
 
@@ -569,7 +656,7 @@ class _GrpcEndpoint(_Endpoint):
 
         client = self._grpc()
         try:
-            return await client.infer(request)
+            return await client.infer(request, headers=self._metadata)
         except asyncio.CancelledError:
             # set_aside() closed this channel while the call waited on it (another request saw
             # the replica fail): grpc.aio cancels the calls in flight. That is the replica's
@@ -588,7 +675,27 @@ class _GrpcEndpoint(_Endpoint):
                 ) from None
             if code == grpc.StatusCode.INVALID_ARGUMENT:
                 raise InvalidInputError(f"{self.url} refused the frame: {exc.details()}") from None
+            self._check_answer(exc)
             raise _Unavailable(f"{code.name}: {exc.details()}") from None
+
+    def _check_answer(self, exc: Any) -> None:
+        """A gRPC status that is the server's answer, not its absence: reported at once."""
+        import grpc
+
+        code = exc.code()
+        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            hint = (
+                "the token sent is not its token"
+                if self.token
+                else f"it needs a token: set {TOKEN_ENV}, or pass token="
+            )
+            raise ModelLoadError(
+                f"the server at {self.url} refused the call ({code.name}: {exc.details()}); " + hint
+            ) from None
+        if code in _grpc_server_errors():
+            raise ModelLoadError(
+                f"the server at {self.url} answered {code.name}: {exc.details()}"
+            ) from None
 
     def _request(self, tensor: np.ndarray, parameters: dict[str, Any] | None = None) -> Any:
         from kserve import InferInput, InferRequest
@@ -605,7 +712,7 @@ class _GrpcEndpoint(_Endpoint):
 
         try:
             metadata = await self._grpc()._client_stub.ModelMetadata(
-                ModelMetadataRequest(name=self.name), timeout=self.timeout
+                ModelMetadataRequest(name=self.name), timeout=self.timeout, metadata=self._metadata
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
@@ -613,6 +720,7 @@ class _GrpcEndpoint(_Endpoint):
                     f"the server at {self.url} has no model {self.name!r} "
                     "(give the name it serves, e.g. with --remote NAME)"
                 ) from None
+            self._check_answer(exc)
             raise _Unavailable(f"{exc.code().name}: {exc.details()}") from None
         shape = [int(d) for d in metadata.inputs[0].shape] if metadata.inputs else []
         if len(shape) != 4 or any(d < 1 for d in shape):
@@ -640,7 +748,7 @@ class _GrpcEndpoint(_Endpoint):
             await self._client.close()
 
 
-def _endpoint(url: str, name: str | None, timeout: float) -> _Endpoint:
+def _endpoint(url: str, name: str | None, timeout: float, token: str | None) -> _Endpoint:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if not parts.hostname:
@@ -663,9 +771,18 @@ def _endpoint(url: str, name: str | None, timeout: float) -> _Endpoint:
     model_name = name or url_name or DEFAULT_MODEL_NAME
     host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
     if scheme == "grpc":
-        return _GrpcEndpoint(url, f"{host}:{port or 8081}", model_name, timeout)
+        return _GrpcEndpoint(url, f"{host}:{port or 8081}", model_name, timeout, token)
     default = 443 if scheme == "https" else 80
-    return _RestEndpoint(url, f"{scheme}://{host}:{port or default}", model_name, timeout)
+    return _RestEndpoint(url, f"{scheme}://{host}:{port or default}", model_name, timeout, token)
+
+
+def _grpc_server_errors() -> frozenset[Any]:
+    import grpc
+
+    codes = grpc.StatusCode
+    return frozenset(
+        {codes.INTERNAL, codes.UNIMPLEMENTED, codes.FAILED_PRECONDITION, codes.RESOURCE_EXHAUSTED}
+    )
 
 
 def _anomaly_map(response: Any, url: str) -> np.ndarray:

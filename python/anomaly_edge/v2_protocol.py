@@ -45,6 +45,9 @@ ENCODED_INPUT = "image_bytes"
 RT_INFO_PARAMETER = "anomaly_edge_rt_info"  # ask for the rt_info in a raw call's response
 RT_INFO_KEY = "rt_info"  # where it sits in REST model metadata and in response parameters
 DEFAULT_MODEL_NAME = "anomaly-edge"
+# The token a server asks for (``Authorization: Bearer <token>``): `serve` and the remote
+# client both read it from this environment variable when not given.
+TOKEN_ENV = "ANOMALY_EDGE_TOKEN"
 
 
 def is_url(model: object) -> bool:

@@ -8,6 +8,12 @@ the mask. MODEL (first, or ``--model MODEL``) is a run folder, an IR (``model.xm
 model folder of a repository written by ``anomaly-edge export --repository`` (its highest
 version is served).
 
+It listens on 127.0.0.1 (this box only) unless ``--host`` says otherwise. With a token
+(``--token``, or the environment variable ``ANOMALY_EDGE_TOKEN``, which keeps it out of the
+process list) every request but the health probes needs ``Authorization: Bearer <token>``;
+listening beyond this box without one, a token is generated and printed, as ``run --web``
+does. Bodies over ``--max-body-mb`` get HTTP 413 before they are read.
+
 Exit codes: 0 stopped by SIGINT/SIGTERM, 2 bad arguments (e.g. a port in use), 4 the model
 cannot be loaded, 5 the ``serve`` extra is not installed.
 """
@@ -15,6 +21,8 @@ cannot be loaded, 5 the ``serve`` extra is not installed.
 from __future__ import annotations
 
 import argparse
+import os
+import secrets
 import sys
 
 from anomaly_edge.cli.common import (
@@ -26,8 +34,11 @@ from anomaly_edge.cli.common import (
     given_model,
     is_url,
     port,
+    positive_float,
     require_serve_extra,
 )
+from anomaly_edge.cli.run_cameras import is_loopback
+from anomaly_edge.v2_protocol import TOKEN_ENV
 
 HELP = "serve a model over KServe's v2 protocol (REST and gRPC)"
 DESCRIPTION = (
@@ -52,8 +63,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--host",
-        default="0.0.0.0",
-        help="address to listen on (default 0.0.0.0; 127.0.0.1 for this box only)",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this box only; 0.0.0.0 for every "
+        "interface, which needs a token)",
+    )
+    parser.add_argument(
+        "--token",
+        metavar="TOKEN",
+        help="token every request must send as 'Authorization: Bearer TOKEN' (default: "
+        "$ANOMALY_EDGE_TOKEN; generated and printed when listening beyond this box)",
+    )
+    parser.add_argument(
+        "--max-body-mb",
+        type=positive_float,
+        default=64.0,
+        metavar="MB",
+        help="largest request body, in megabytes; larger ones get HTTP 413 (default 64)",
     )
     parser.add_argument(
         "--http-port", type=port, default=8080, metavar="PORT", help="REST port (default 8080)"
@@ -89,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
     from anomaly_edge.repository import resolve_served_model
     from anomaly_edge.serve.wire import DEFAULT_MODEL_NAME
 
+    token = _token(args)
     xml, repository_name = resolve_served_model(model_arg)
     name = args.name or repository_name or DEFAULT_MODEL_NAME
     for number in {args.http_port, args.grpc_port} - {0}:
@@ -111,11 +137,41 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
+    if token is not None and args.token is None and TOKEN_ENV not in os.environ:
+        print(
+            f"token (generated): {token}\n  clients send 'Authorization: Bearer {token}'; "
+            f"anomaly-edge clients read it from {TOKEN_ENV}",
+            file=sys.stderr,
+            flush=True,
+        )
     server = AnomalyModelServer(
-        args.host, args.http_port, args.grpc_port, enable_grpc=args.grpc_port > 0
+        args.host,
+        args.http_port,
+        args.grpc_port,
+        enable_grpc=args.grpc_port > 0,
+        max_body=int(args.max_body_mb * 1e6),
+        token=token,
     )
     server.start([model])
     return int(ExitCode.OK)
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    """The token requests need: --token, else $ANOMALY_EDGE_TOKEN, else none on this box and
+    a generated one beyond it. An empty one would lock every client out: exit 2."""
+    given: str | None = args.token
+    where = "--token"
+    if given is None and TOKEN_ENV in os.environ:
+        given, where = os.environ[TOKEN_ENV], TOKEN_ENV
+    if given is not None and not given.strip():
+        raise CliError(
+            f"{where} is empty: no client could send it; give a token, or none "
+            "(one is generated when listening beyond this box)",
+            ExitCode.USAGE,
+        )
+    if given is None and not is_loopback(args.host):
+        return secrets.token_urlsafe(18)
+    return given
 
 
 def _check_port_free(host: str, number: int) -> None:

@@ -9,6 +9,9 @@ Example::
     from anomaly_edge.serve import serve
 
     serve("runs/plate/model.xml", name="plate", http_port=8080, grpc_port=8081)
+
+It listens on 127.0.0.1 unless told otherwise; give a ``token`` to listen beyond this box
+(clients then send ``Authorization: Bearer <token>``).
 """
 
 from __future__ import annotations
@@ -20,16 +23,30 @@ def serve(
     model: str | Path,
     name: str,
     *,
-    host: str = "0.0.0.0",
+    host: str = "127.0.0.1",
     http_port: int = 8080,
     grpc_port: int = 8081,
     device: str = "AUTO",
     num_requests: int | None = None,
+    max_body_mb: float = 64.0,
+    token: str | None = None,
 ) -> None:
-    """Load ``model`` and serve it until SIGINT/SIGTERM (blocks)."""
+    """Load ``model`` and serve it until SIGINT/SIGTERM (blocks).
+
+    Requests larger than ``max_body_mb`` megabytes get 413; with a ``token``, requests
+    without ``Authorization: Bearer <token>`` get 401 (an empty token is a ValueError).
+    """
     from anomaly_edge.serve.model import AnomalyServeModel
     from anomaly_edge.serve.server import AnomalyModelServer
 
+    server = AnomalyModelServer(
+        host,
+        http_port,
+        grpc_port,
+        enable_grpc=grpc_port > 0,
+        max_body=int(max_body_mb * 1e6),
+        token=token,
+    )
     served = AnomalyServeModel(model, name, device=device, num_requests=num_requests)
     served.load()
-    AnomalyModelServer(host, http_port, grpc_port, enable_grpc=grpc_port > 0).start([served])
+    server.start([served])

@@ -10,6 +10,7 @@ pool, which waits for the model; OpenVINO's own threads never run Python.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,7 @@ from anomaly_edge.images import ColorFormat, check_frame
 from anomaly_edge.model import AnomalyModel
 from anomaly_edge.postprocess import PostprocessParams
 from anomaly_edge.prediction import Task
+from anomaly_edge.serve.request import tensor_array
 from anomaly_edge.v2_protocol import (
     ENCODED_INPUT,
     FRAME_INPUT,
@@ -156,7 +158,7 @@ class AnomalyServeModel(kserve.Model):  # type: ignore[misc]  # kserve has no ty
                 f"input {tensor.name!r} must have shape [{items}, "
                 f"{', '.join(map(str, expected[1:]))}], got {shape}"
             )
-        network_input = np.ascontiguousarray(tensor.as_numpy(), dtype=np.float32)
+        network_input = np.ascontiguousarray(tensor_array(tensor), dtype=np.float32)
         run = self._model.run_network
         outputs = await asyncio.gather(
             *(self._on_worker(run, network_input[i : i + batch]) for i in range(0, shape[0], batch))
@@ -170,20 +172,23 @@ class AnomalyServeModel(kserve.Model):  # type: ignore[misc]  # kserve has no ty
         self, tensor: InferInput, parameters: dict[str, Any]
     ) -> tuple[list[InferOutput], dict[str, Any]]:
         """A frame or an encoded image -> score, label, boxes (and the mask on request)."""
-        color = ColorFormat.parse(str(parameters.get("color", "BGR")))
-        frame = _as_bgr(_decode(tensor, color), color)
-        model = self._model
-        params = PostprocessParams.from_metadata(
-            model.metadata, min_area=int(parameters.get("min_area", 1))
-        )
-        for name in ("image_threshold", "pixel_threshold"):
-            if parameters.get(name) is not None:
-                params = params.replace(**{name: float(parameters[name])})
-        want_mask = bool(parameters.get("mask", False))
         try:
-            task = Task.parse(str(parameters.get("task", model.metadata.task)))
+            color = ColorFormat.parse(str(parameters.get("color", "BGR")))
+            task = Task.parse(str(parameters.get("task", self._model.metadata.task)))
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
+        frame = _as_bgr(_decode(tensor, color), color)
+        model = self._model
+        try:
+            params = PostprocessParams.from_metadata(
+                model.metadata, min_area=_number(parameters, "min_area", 1, whole=True)
+            )
+            for name in ("image_threshold", "pixel_threshold"):
+                if parameters.get(name) is not None:
+                    params = params.replace(**{name: _number(parameters, name, 0.0)})
+        except ValueError as exc:  # a setting out of its range
+            raise InvalidInput(str(exc)) from None
+        want_mask = _flag(parameters, "mask")
         if want_mask:
             task = Task.SEGMENTATION
         prediction = await self._on_worker(model.predict_with, frame, params, task)
@@ -202,11 +207,10 @@ def _decode(tensor: InferInput, color: ColorFormat) -> np.ndarray:
     if tensor.datatype == "BYTES":
         import cv2
 
-        items = tensor.as_numpy().reshape(-1)
+        items = tensor_array(tensor).reshape(-1)
         if items.size != 1:
             raise InvalidInput(f"input {tensor.name!r}: send one encoded image, got {items.size}")
-        data = items[0]
-        data = data.encode("latin-1") if isinstance(data, str) else bytes(data)
+        data = _encoded_bytes(items[0], tensor.name)
         flag = cv2.IMREAD_GRAYSCALE if color is ColorFormat.GRAY else cv2.IMREAD_COLOR
         frame = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag) if data else None
         if frame is None:
@@ -217,10 +221,50 @@ def _decode(tensor: InferInput, color: ColorFormat) -> np.ndarray:
         if color is ColorFormat.RGB:
             frame = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
     else:
-        frame = tensor.as_numpy()
+        frame = tensor_array(tensor)
         if frame.ndim == 4 and frame.shape[0] == 1:
             frame = frame[0]  # [1, H, W, C]: one frame with a batch axis
     return check_frame(frame, color)
+
+
+def _encoded_bytes(item: Any, name: str) -> bytes:
+    """One BYTES element: bytes over gRPC and binary REST, a string (one character per
+    byte, as JSON carries bytes) in a JSON request."""
+    if isinstance(item, bytes):
+        return item
+    if isinstance(item, str):
+        try:
+            return item.encode("latin-1")
+        except UnicodeEncodeError:
+            pass
+    raise InvalidInput(
+        f"input {name!r} must carry the encoded image's bytes (in JSON: a string with one "
+        "character per byte, code points 0-255; or send it as binary data)"
+    )
+
+
+def _number(parameters: dict[str, Any], name: str, default: float, *, whole: bool = False) -> Any:
+    value = parameters.get(name, default)
+    number: float | None = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            number = float(value)
+    if number is None or not np.isfinite(number) or (whole and not number.is_integer()):
+        raise InvalidInput(
+            f"parameter {name!r} must be a {'whole number' if whole else 'number'}, got {value!r}"
+        )
+    return int(number) if whole else number
+
+
+def _flag(parameters: dict[str, Any], name: str) -> bool:
+    value = parameters.get(name, False)
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise InvalidInput(f"parameter {name!r} must be true or false, got {value!r}")
 
 
 def _as_bgr(frame: np.ndarray, color: ColorFormat) -> np.ndarray:

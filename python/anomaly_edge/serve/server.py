@@ -1,10 +1,13 @@
 """Run KServe's model server on one anomaly-edge model: v2 REST and gRPC on chosen ports.
 
 Everything protocol-shaped is KServe's (``kserve.ModelServer``, its FastAPI app, its gRPC
-servicer). Two things are added:
+servicer). Added:
 
-* the host to listen on (KServe's servers listen on every interface; tests and single-box
-  setups want ``127.0.0.1``);
+* the host to listen on (KServe's servers listen on every interface; the default here is
+  ``127.0.0.1``, this box only);
+* a token and a request size limit, on both protocols (:mod:`.admission`);
+* one 400 with a clear message for every malformed request (:mod:`.request`), and client
+  errors logged without tracebacks;
 * ``"rt_info"`` in the REST model metadata, as OpenVINO Model Server returns it, so a remote
   client rebuilds pre- and post-processing from the server alone;
 * a REST ``infer`` route that keeps binary tensors (the v2 binary-data extension) as bytes.
@@ -27,24 +30,31 @@ from kserve.protocol.grpc.interceptors import ExceptionToStatusInterceptor
 from kserve.protocol.grpc.servicer import InferenceServicer
 from kserve.protocol.rest.server import RESTServer
 
+from anomaly_edge.serve.admission import RequestGate, grpc_token_interceptor
 from anomaly_edge.serve.model import AnomalyServeModel
+from anomaly_edge.serve.request import parse_infer_request
 from anomaly_edge.v2_protocol import RT_INFO_KEY
 
-# gRPC messages carry whole frames and maps: lift gRPC's 4 MiB default.
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+log = logging.getLogger("anomaly_edge.serve")
+
+DEFAULT_MAX_BODY = 64 * 1000 * 1000  # a 4K BGR frame as raw UINT8 is 25 MB
 
 
 class AnomalyModelServer(kserve.ModelServer):  # type: ignore[misc]  # kserve: no type hints
-    """``kserve.ModelServer`` that listens on ``host`` and shows rt_info in model metadata."""
+    """``kserve.ModelServer`` that listens on ``host``, shows rt_info in model metadata,
+    refuses bodies over ``max_body`` bytes (413) and, with a ``token``, requests without it
+    (401 over REST, UNAUTHENTICATED over gRPC)."""
 
     def __init__(
         self,
-        host: str = "0.0.0.0",
+        host: str = "127.0.0.1",
         http_port: int = 8080,
         grpc_port: int = 8081,
         *,
         enable_grpc: bool = True,
         grpc_threads: int = 4,
+        max_body: int = DEFAULT_MAX_BODY,
+        token: str | None = None,
     ) -> None:
         # Per-request latency log lines cost more than a small model's inference.
         super().__init__(
@@ -54,16 +64,21 @@ class AnomalyModelServer(kserve.ModelServer):  # type: ignore[misc]  # kserve: n
             enable_latency_logging=False,
             grace_period=5,
         )
+        if token is not None and not token.strip():
+            raise ValueError("the token is empty: give one, or none (on this box only)")
         self.host = host
         self.grpc_threads = grpc_threads
+        self.max_body = max_body
+        self.token = token
         self._grpc: Any = None
 
     def start(self, models: list[kserve.Model]) -> None:
         self._register_and_check_atleast_one_model_is_ready(models)
+        app = _kserve_app()  # before any route is added
         _quiet_request_logs()
         self._add_metadata_route()
         self._add_infer_route()
-        self._rest_server = RESTServer(
+        self._rest_server = _RestServer(
             FASTAPI_APP_IMPORT_STRING,
             self.dataplane,
             self.model_repository_extension,
@@ -71,6 +86,9 @@ class AnomalyModelServer(kserve.ModelServer):  # type: ignore[misc]  # kserve: n
             grace_period=self.grace_period,
         )
         self._rest_server.config.host = self.host
+        # uvicorn takes an application object as well as an import string: the gate goes
+        # around KServe's app, outside everything it adds.
+        self._rest_server.config.app = RequestGate(app, max_body=self.max_body, token=self.token)
         self.servers.append(self._rest_server.start())
         if self.enable_grpc:
             self.servers.append(self._serve_grpc())
@@ -90,12 +108,16 @@ class AnomalyModelServer(kserve.ModelServer):  # type: ignore[misc]  # kserve: n
 
         from grpc import aio
 
+        interceptors: list[Any] = [_QuietStatusInterceptor()]
+        if self.token is not None:
+            interceptors.insert(0, grpc_token_interceptor(self.token))
         server = aio.server(
             futures.ThreadPoolExecutor(max_workers=self.grpc_threads),
-            interceptors=(ExceptionToStatusInterceptor(),),
+            interceptors=interceptors,
             options=[
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                # gRPC's 4 MiB default is too small for whole frames; the REST limit applies
+                ("grpc.max_send_message_length", max(self.max_body, 4 * 1024 * 1024)),
+                ("grpc.max_receive_message_length", self.max_body),
                 ("grpc.so_reuseport", 0),
             ],
         )
@@ -132,67 +154,21 @@ class AnomalyModelServer(kserve.ModelServer):  # type: ignore[misc]  # kserve: n
 
     def _add_infer_route(self) -> None:
         """``POST /v2/models/{name}/infer`` for anomaly-edge models, binary tensors kept as
-        bytes; requests for other models, and JSON tensors, are decoded as KServe does."""
+        bytes, and every request checked by :func:`.request.parse_infer_request`."""
         import orjson
         from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
-        from kserve.errors import InvalidInput
         from kserve.model_server import app
-        from kserve.protocol.infer_type import InferInput, InferRequest
 
         dataplane = self.dataplane
-
-        def decode(body: bytes, json_length: int, model_name: str) -> InferRequest:
-            try:
-                header = orjson.loads(body[:json_length])
-            except orjson.JSONDecodeError as exc:
-                raise InvalidInput(f"Unrecognized request format: {exc}") from None
-            inputs = header.get("inputs")
-            binary = (
-                isinstance(inputs, list)
-                and inputs
-                and all(
-                    isinstance(i, dict)
-                    and "data" not in i
-                    and "binary_data_size" in (i.get("parameters") or {})
-                    for i in inputs
-                )
-            )
-            if not binary:  # JSON numbers: KServe's own decoder
-                return InferRequest.from_bytes(body, json_length, model_name)
-            raw, start = [], json_length
-            tensors = []
-            for item in inputs:
-                size = int(item["parameters"]["binary_data_size"])
-                raw.append(body[start : start + size])
-                start += size
-                tensors.append(
-                    InferInput(
-                        name=item["name"],
-                        shape=item["shape"],
-                        datatype=item["datatype"],
-                        parameters=item.get("parameters"),
-                    )
-                )
-            if start != len(body):
-                raise InvalidInput(
-                    f"binary data sizes add up to {start - json_length} bytes, "
-                    f"the request carries {len(body) - json_length}"
-                )
-            return InferRequest(
-                model_name=model_name,
-                infer_inputs=tensors,
-                raw_inputs=raw,
-                request_id=header.get("id"),
-                parameters=header.get("parameters"),
-            )
 
         async def infer(model_name: str, request: Request) -> Response:
             if not await dataplane.model_ready(model_name, True):
                 raise kserve.errors.ModelNotReady(model_name)
             body = await request.body()
             headers = dict(request.headers)
-            json_length = int(headers.get(INFERENCE_CONTENT_LENGTH_HEADER, len(body)))
-            infer_request = decode(body, json_length, model_name)
+            infer_request = parse_infer_request(
+                body, headers.get(INFERENCE_CONTENT_LENGTH_HEADER), model_name
+            )
             response, response_headers = await dataplane.infer(
                 model_name=model_name, request=infer_request, headers=headers
             )
@@ -213,6 +189,79 @@ class AnomalyModelServer(kserve.ModelServer):  # type: ignore[misc]  # kserve: n
 
         if not any(getattr(r, "path", None) == "/v2/models/{model_name}/infer" for r in app.routes):
             app.add_api_route("/v2/models/{model_name}/infer", infer, methods=["POST"])
+
+
+def _kserve_app() -> Any:
+    """KServe's FastAPI application, answering JSON with FastAPI's own JSONResponse.
+
+    KServe 0.21 makes its app with ``default_response_class=ORJSONResponse``, which FastAPI
+    0.128+ deprecates: every route that used the default printed a FastAPIDeprecationWarning
+    when it answered. Routes take the router's default when they are added, so it is reset
+    before any route is (KServe adds its own when the REST server starts)."""
+    from fastapi.datastructures import Default
+    from fastapi.responses import JSONResponse
+    from kserve.model_server import app
+
+    app.router.default_response_class = Default(JSONResponse)
+    return app
+
+
+class _RestServer(RESTServer):  # type: ignore[misc]  # kserve: no type hints
+    """KServe's REST server, with client errors answered without a traceback in the log
+    (KServe logs one for every 400 and 404) and server errors without exception names in
+    the response."""
+
+    def _add_exception_handlers(self, app: Any) -> None:
+        super()._add_exception_handlers(app)
+        from http import HTTPStatus
+
+        from fastapi.responses import JSONResponse
+        from kserve import errors
+
+        def answer(status: HTTPStatus) -> Any:
+            async def handler(request: Request, exc: Exception) -> Response:
+                log.debug("%d for %s %s: %s", status, request.method, request.url.path, exc)
+                return JSONResponse(status_code=status, content={"error": str(exc)})
+
+            return handler
+
+        for error, status in (
+            (errors.InvalidInput, HTTPStatus.BAD_REQUEST),
+            (errors.ModelNotFound, HTTPStatus.NOT_FOUND),
+            (errors.ModelNotReady, HTTPStatus.SERVICE_UNAVAILABLE),
+            (errors.ServerNotReady, HTTPStatus.SERVICE_UNAVAILABLE),
+            (errors.ServerNotLive, HTTPStatus.SERVICE_UNAVAILABLE),
+            (errors.UnsupportedProtocol, HTTPStatus.NOT_IMPLEMENTED),
+            (NotImplementedError, HTTPStatus.NOT_IMPLEMENTED),
+        ):
+            app.add_exception_handler(error, answer(status))
+
+        async def server_fault(request: Request, exc: Exception) -> Response:
+            # A bug or a device failure, not the client's: the log gets the details.
+            log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+            return JSONResponse(
+                status_code=HTTPStatus.INTERNAL_SERVER_ERROR,
+                content={"error": "the model server failed on this request; see its log"},
+            )
+
+        app.add_exception_handler(errors.InferenceError, server_fault)
+        app.add_exception_handler(Exception, server_fault)
+
+
+class _QuietStatusInterceptor(ExceptionToStatusInterceptor):  # type: ignore[misc]
+    """KServe's gRPC error mapping, without a logged traceback for the client's errors."""
+
+    async def handle_exception(
+        self, ex: Exception, request_or_iterator: Any, context: Any, method_name: str
+    ) -> None:
+        import grpc
+        from kserve import errors
+
+        if isinstance(ex, errors.InvalidInput):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, ex.reason)
+        if isinstance(ex, errors.ModelNotFound):
+            await context.abort(grpc.StatusCode.NOT_FOUND, ex.reason)
+        await super().handle_exception(ex, request_or_iterator, context, method_name)
 
 
 def _quiet_request_logs() -> None:

@@ -110,6 +110,7 @@ def choose_layout(
                 return TileLayout.covering(frame, image_size, overlap, blend)
             scale *= 0.95
     rows, cols = (int(n) for n in option)
+    _check_tiles_fit((rows, cols), (th, tw), (nh, nw), overlap)
     covered = [t + (n - 1) * math.floor(t * (1.0 - overlap)) for t, n in ((th, rows), (tw, cols))]
     scale = min(1.0, covered[0] / nh, covered[1] / nw)
     frame = (
@@ -118,6 +119,39 @@ def choose_layout(
     )
     layout = TileLayout(frame, image_size, (rows, cols), blend)
     return layout if layout.count > 1 else None
+
+
+def _check_tiles_fit(
+    grid: tuple[int, int], tile: tuple[int, int], native: tuple[int, int], overlap: float
+) -> None:
+    """Refuse a grid whose tiles are as large as the training images along a tiled side.
+
+    Each tile is the network input. Where it already spans the images' native size, the
+    tiles along that side would each see (nearly) the whole side, upscaled: n times the
+    cost for the same pixels (ball_screw, 230 x 565, 1x3 tiles of 256 x 626: 2.7x the
+    training time at the same metrics). The message names an input that does fit.
+    """
+    too_large = [
+        side
+        for side, count, t, n in zip(("height", "width"), grid, tile, native, strict=True)
+        if count > 1 and t >= n
+    ]
+    if not too_large:
+        return
+    fits = [
+        max(32, _STRIDE * math.floor(n / (1 + (count - 1) * (1 - overlap)) / _STRIDE))
+        for count, n in zip(grid, native, strict=True)
+    ]
+    raise ValueError(
+        f"tile {grid[0]}x{grid[1]}: each tile is the network input, {tile[0]}x{tile[1]} "
+        f"(height x width), as large as the training images ({native[0]}x{native[1]}) along "
+        f"the {' and '.join(too_large)}, so the tiles would see the same pixels, upscaled, "
+        f"at {grid[0] * grid[1]} times the cost. Give a smaller input (image size "
+        f"{fits[0]}x{fits[1]} fits this grid), fewer tiles, or no tiling"
+    )
+
+
+_STRIDE = 16  # the suggested input is a multiple of the backbones' usual deepest stride
 
 
 # ---- data ------------------------------------------------------------------------------------
