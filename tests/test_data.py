@@ -185,12 +185,14 @@ def test_a_share_of_train_good_joins_validation_as_normal_parts():
 
 
 def test_the_holdout_never_leaves_too_few_images_to_fit_on():
-    assert data_split_train(_fake_category(train=90, good=4, defects=4)) == MIN_TRAIN_IMAGES
-    small = _fake_category(train=54, good=4, defects=4)
-    assert data_split_train(small) == 54  # nothing held out of a small set
+    data = _fake_category(train=12, good=4, defects=4)
+    assert data_split_train(data, 0.5) == MIN_TRAIN_IMAGES  # 2 held out, not 6
+    small = _fake_category(train=8, good=4, defects=4)
+    assert data_split_train(small, 0.5) == 8  # nothing held out of a small set
+    assert data_split_train(data, 0.0) == 12  # the default holds nothing out
     with pytest.raises(ValueError, match="holdout"):
         small.split(0.3, normal_holdout=1.0)
 
 
-def data_split_train(data: CategoryData) -> int:
-    return len(data.split(0.3, normal_holdout=0.2).train)
+def data_split_train(data: CategoryData, holdout: float) -> int:
+    return len(data.split(0.3, normal_holdout=holdout).train)

@@ -1,8 +1,8 @@
 """How the `far:X` threshold rule behaves on new good parts: train each category once, keep the
 scores of every test image (and of the train images held out), then resplit the test images
 many times (stratified 30/70, as `train` does), place the threshold on the validation part and
-measure it on the rest with the model the user gets (refitted on every train image when some
-were held out, as `train` does).
+measure it on the rest. With ``--holdout F`` a share of train/good is kept out of fitting and
+joins the normal validation scores in the ``+held`` rules (``train --normal-holdout F``).
 
     python tools/study_operating_point.py --datasets ../shared/datasets --splits 300
 
@@ -39,9 +39,9 @@ CATEGORIES = {
 
 
 def scored(root: Path, holdout: float) -> dict[str, np.ndarray]:
-    """Train PaDiM with every default and return the scores `train` saw: every test image
-    scored by the model that placed the thresholds ("scores") and by the model the user gets
-    ("final"; the same model unless train images were held out and it was refitted)."""
+    """Train PaDiM with every default (and the holdout) and return the scores `train` saw:
+    every test image ("scores", also "final": the model users get scores them the same) and
+    the held-out train images ("held")."""
     import anomaly_edge.train.api as api
     from anomaly_edge.train import train
 
@@ -112,7 +112,7 @@ def main() -> None:
     parser.add_argument("--categories", default=",".join(CATEGORIES))
     parser.add_argument("--splits", type=int, default=300)
     parser.add_argument("--far", type=float, default=0.05)
-    parser.add_argument("--holdout", type=float, default=0.2)
+    parser.add_argument("--holdout", type=float, default=0.0)
     args = parser.parse_args()
     means: dict[str, list[list[float]]] = {}
     for name in args.categories.split(","):

@@ -8,16 +8,18 @@ model over frames of normal production from that camera and re-estimates:
 
 * **thresholds**, in the terms of the model's operating-point policy
   (:mod:`anomaly_edge.operating_point`; ``far:X`` from training, or one the caller states): the
-  image threshold is the lowest that flags at most a share X of the frames. The frames are
+  image threshold is the lowest at which at most a share X of new frames is expected to score
+  higher (:func:`~anomaly_edge.operating_point.far_threshold`: an order statistic of the frames
+  from 39 of them on at 5 %, a prediction bound on their log scores below that). The frames are
   normal production, so this is the false-alarm rate the policy asked for, now measured on the
   deployment camera; no margin above the highest frame, so one bright frame no longer sets it
   for everyone (a margin of 1.1 over the highest frame kept 8 % of defects on one real line
-  where the policy keeps most). A ``far:X`` model's trained threshold, which may sit above
-  the policy's level where F1 put it, moves with the camera's normal level (the frames'
-  median against the normal validation median) and never below the level on the frames. A
-  model whose trained threshold was tuned on defects (policy ``f1``, a fixed one, or an older
-  IR's F1 rule) keeps it as a floor: a camera that scores normal parts lower than the stills
-  did must not make it flag more than it was tuned to. The pixel threshold moves by the same
+  where the policy keeps most). A ``far:X`` model's trained threshold, which may sit above the
+  policy's level where F1 put it, moves with the camera's normal level (the frames' median
+  against the normal validation median) and never below the level on the frames. A model whose
+  trained threshold was tuned on defects (policy ``f1``, a fixed one, or an older IR's F1 rule)
+  keeps it as a floor: a camera that scores normal parts lower than the stills did must not make
+  it flag more than it was tuned to. The pixel threshold moves by the same
   amount as the image threshold (it shapes the outlines of flagged regions);
 * **an estimate of the recall** at the new threshold: the defect scores of the training
   validation images (recorded in the IR), moved by the shift of the normal score level

@@ -13,14 +13,8 @@ from anomaly_edge.errors import AnomalyEdgeError
 
 GOOD = "good"
 DEFAULT_VALIDATION_FRACTION = 0.3
-# Share of train/good kept out of fitting as extra normal validation images, for models that
-# fit again on every image afterwards in seconds (PaDiM): a category's few good test images
-# (8 of them in validation on three shared categories) place the false-alarm threshold by
-# chance. See docs/training.md for the measurements.
-DEFAULT_NORMAL_HOLDOUT = 0.2
-# A holdout never leaves fewer training images than this (the threshold is placed by a model
-# fitted on the rest, so that model must resemble the final one).
-MIN_TRAIN_IMAGES = 80
+# A normal holdout (train(normal_holdout=...)) never leaves fewer training images than this.
+MIN_TRAIN_IMAGES = 10
 
 
 class DatasetError(AnomalyEdgeError, ValueError):

@@ -27,7 +27,6 @@ from pathlib import Path
 
 from anomaly_edge import media
 from anomaly_edge.category import (
-    DEFAULT_NORMAL_HOLDOUT,
     DEFAULT_VALIDATION_FRACTION,
     GOOD,
     CategoryData,
@@ -40,7 +39,6 @@ from anomaly_edge.media import IMAGE_SUFFIXES
 from anomaly_edge.visa import SPLIT_CSV, scan_visa
 
 __all__ = [
-    "DEFAULT_NORMAL_HOLDOUT",
     "DEFAULT_VALIDATION_FRACTION",
     "GOOD",
     "CategoryData",

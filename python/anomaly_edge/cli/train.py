@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from anomaly_edge.category import DEFAULT_NORMAL_HOLDOUT, MIN_TRAIN_IMAGES
+from anomaly_edge.category import MIN_TRAIN_IMAGES
 from anomaly_edge.cli.common import (
     CliError,
     DeprecatedAlias,
@@ -103,11 +103,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--normal-holdout",
         type=float,
         metavar="F",
-        default=None,
-        help=f"share of train/good kept out of the first fit to place the false-alarm "
-        f"threshold on more normal parts; the model is then fitted again on every image "
-        f"(default: PaDiM {DEFAULT_NORMAL_HOLDOUT:g}, other models 0; at least "
-        f"{MIN_TRAIN_IMAGES} images are always fitted on)",
+        default=0.0,
+        help=f"share of train/good kept out of fitting and added to the normal validation "
+        f"images, so the false-alarm threshold stands on more of them (default 0; at least "
+        f"{MIN_TRAIN_IMAGES} images are always fitted on): for a large train/good and few "
+        f"good test images",
     )
     parser.add_argument(
         "--tile",
@@ -254,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if not 0.0 <= args.validation_fraction < 1.0:
         raise CliError("--validation-fraction must be in [0, 1)", ExitCode.USAGE)
-    if args.normal_holdout is not None and not 0.0 <= args.normal_holdout < 1.0:
+    if not 0.0 <= args.normal_holdout < 1.0:
         raise CliError("--normal-holdout must be in [0, 1)", ExitCode.USAGE)
     if args.weights is not None and not args.weights.is_file():
         raise CliError(f"--weights {args.weights}: no such file", ExitCode.INPUT)

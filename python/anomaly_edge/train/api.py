@@ -36,7 +36,6 @@ from anomaly_edge.prediction import Task
 from anomaly_edge.tiles import TileLayout, parse_tile_option
 from anomaly_edge.train.augment import Augmentation, parse_augment
 from anomaly_edge.train.data import (
-    DEFAULT_NORMAL_HOLDOUT,
     DEFAULT_VALIDATION_FRACTION,
     ImageDataset,
     Sample,
@@ -101,7 +100,7 @@ def train(
     weights: str | Path | None = None,
     options: Any | None = None,
     validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
-    normal_holdout: float | None = None,
+    normal_holdout: float = 0.0,
     image_threshold: float | None = None,
     pixel_threshold: float | None = None,
     policy: str = DEFAULT_POLICY,
@@ -132,11 +131,10 @@ def train(
             Gaussians of tiles; :class:`.StfpmOptions`: the training schedule); ``None``
             takes every default.
         validation_fraction: share of the test images used to tune thresholds.
-        normal_holdout: share of train/good kept out of the first fit and added to the
-            validation images as normal parts, so the false-alarm threshold stands on more of
-            them. A model that fits in seconds (PaDiM) is then fitted again on every
-            training image (the thresholds stay); others keep them out. ``None``: 0.2 for
-            PaDiM (where at least 80 images remain to fit on), 0 for the others.
+        normal_holdout: share of train/good kept out of fitting and added to the validation
+            images as normal parts, so the false-alarm threshold stands on more of them (at
+            least 10 images are always fitted on). Worth it where train/good is large and
+            the test folder holds few good images; the model learns from fewer images.
         image_threshold, pixel_threshold: fixed thresholds (raw units) instead of tuned ones.
         policy: the operating point, in the user's terms: ``"far:0.05"`` (at most 5% of
             normal parts flagged on the validation images) or ``"f1"`` (F1-optimal); see
@@ -176,8 +174,6 @@ def train(
     np.random.seed(seed % (1 << 32))
 
     category = scan_category(data)
-    if normal_holdout is None:
-        normal_holdout = DEFAULT_NORMAL_HOLDOUT if plugin.fits_in_seconds else 0.0
     split = category.split(validation_fraction, seed, normal_holdout)
     geometry = _input_geometry(image_size, split.train, plugin, backbone, layers)
     size = geometry.size
@@ -204,36 +200,12 @@ def train(
         layout=layout,
     )
     fitted = plugin.fit(request, options)
-    fitted_on = split.train
     anomaly_module, mean, std = fitted.module, fitted.mean, fitted.std
     fit_seconds = time.perf_counter() - started
 
     evaluated = _evaluate(anomaly_module, category.test, split, size, mean, std, bar, layout)
     validation, test, everything = evaluated
     calibration = calibrate(validation, image_threshold, pixel_threshold, policy)
-    if plugin.fits_in_seconds and len(split.train) < len(category.train):
-        # The held-out images have placed the thresholds; the model the user gets learns
-        # from every training image. Its new normal parts score a little lower than the
-        # first fit's, so the false-alarm promise holds (docs/training.md).
-        started = time.perf_counter()
-        torch.manual_seed(seed)
-        np.random.seed(seed % (1 << 32))
-        every = dataclasses.replace(split, train=category.train)
-        fitted = plugin.fit(dataclasses.replace(request, split=every), options)
-        fitted_on = category.train
-        anomaly_module, mean, std = fitted.module, fitted.mean, fitted.std
-        fit_seconds += time.perf_counter() - started
-        notes.append(
-            f"thresholds placed with {len(category.train) - len(split.train)} train images "
-            f"held out, then refitted on all {len(category.train)}"
-        )
-        if category.test:  # the refitted model is the one reported on
-            held_out = set(category.train) - set(split.train)  # now in its training set
-            in_test = tuple(s for s in split.validation if s not in held_out)
-            reported = dataclasses.replace(every, validation=in_test)
-            _, test, everything = _evaluate(
-                anomaly_module, category.test, reported, size, mean, std, bar, layout
-            )
     fit_peak_rss_mb = _peak_rss_mb()
     scores, metric_notes = test_metrics(test, calibration, everything)
     operating = operating_point_report(validation, test, calibration)
@@ -266,7 +238,7 @@ def train(
         "model_settings": plugin.settings(anomaly_module, options),
         "seed": seed,
         "augment": dataclasses.asdict(augmentation) if augmentation else None,
-        "train_images": len(fitted_on),
+        "train_images": len(split.train),
         "validation_images": len(split.validation),
         "test_images": len(split.test),
         "fit_seconds": round(fit_seconds, 3),

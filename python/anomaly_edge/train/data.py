@@ -38,7 +38,6 @@ from anomaly_edge.images import resize_for_network
 
 # The dataset types and the scanners are torch-free (the report reads them too).
 from anomaly_edge.layout import (
-    DEFAULT_NORMAL_HOLDOUT,
     DEFAULT_VALIDATION_FRACTION,
     GOOD,
     CategoryData,
@@ -51,7 +50,6 @@ from anomaly_edge.layout import (
 )
 
 __all__ = [
-    "DEFAULT_NORMAL_HOLDOUT",
     "DEFAULT_VALIDATION_FRACTION",
     "GOOD",
     "CategoryData",

@@ -87,10 +87,6 @@ class ModelPlugin:
     title: ClassVar[str]  # how messages and progress bars name it
     options_type: ClassVar[type]
     cli_flags: ClassVar[tuple[CliFlag, ...]] = ()
-    # A model that fits in seconds (PaDiM) holds a share of train/good out by default to place
-    # the false-alarm threshold, and is then fitted again on every image; a model that takes
-    # minutes is fitted once, and images held out (when the user asks) stay out.
-    fits_in_seconds: ClassVar[bool] = False
 
     def resolve_options(self, options: Any | None) -> Any:
         """The options to train with: the given ones, or every default."""

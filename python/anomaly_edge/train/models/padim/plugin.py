@@ -13,7 +13,6 @@ if TYPE_CHECKING:
 
 class PadimPlugin(ModelPlugin):
     name = "padim"
-    fits_in_seconds = True
     title = "PaDiM"
     options_type = PadimOptions
     cli_flags = (
