@@ -158,7 +158,8 @@ struct RegionRule {
   double unit_threshold;       // scores: normalise(raw, unit_threshold, unit_scale)
   double unit_scale;
   std::int64_t min_area;       // smaller components are dropped ...
-  std::int64_t peak = -1;      // ... except the one holding this map index (-1: none)
+  bool keep_peak = false;      // ... except, if asked, the one holding the map's peak: its
+  float peak = 0.0f;           // first pixel (raster order) equal to this value, the maximum
 };
 
 // A run of a component that was not reported, so the mask can leave it out.
@@ -166,15 +167,17 @@ struct DroppedRun {
   int row, begin, end;
 };
 
+// With rule.keep_peak the peak must be at or above the mask's threshold (so that it lies in a
+// run); *peak_index then receives its map index, found on the way: the runs already visit
+// every anomalous pixel, so the whole map need not be searched again.
 std::vector<Region> find_regions_in(const MapView& map, const Thresholded& mask,
                                     int frame_height, int frame_width, const RegionRule& rule,
-                                    std::vector<DroppedRun>* dropped = nullptr) {
+                                    std::vector<DroppedRun>* dropped = nullptr,
+                                    std::int64_t* peak_index = nullptr) {
   const int h = map.height;
   const int w = map.width;
   const double unit_threshold = static_cast<float>(rule.unit_threshold);
   const double inverse_scale = 1.0 / rule.unit_scale;
-  const int peak_row = rule.peak >= 0 ? static_cast<int>(rule.peak / w) : -1;
-  const int peak_col = rule.peak >= 0 ? static_cast<int>(rule.peak % w) : -1;
 
   // Pass 1: runs of anomalous pixels, linked to touching runs of the row above.
   std::vector<Run> runs;
@@ -188,13 +191,15 @@ std::vector<Region> find_regions_in(const MapView& map, const Thresholded& mask,
       const std::uint8_t* bits = mask.above.data() + static_cast<std::size_t>(y) * w;
       for (int x = next_with(bits, 0, w, true); x < w; x = next_with(bits, x, w, true)) {
         Run run{y, x, next_with(bits, x, w, false), row[x], 0.0};
-        if (y == peak_row && x <= peak_col && peak_col < run.end)
-          peak_run = static_cast<int>(runs.size());
         for (; x < run.end; ++x) {
           run.max_raw = std::max(run.max_raw, row[x]);
           run.normalised_sum +=
               std::clamp((row[x] - unit_threshold) * inverse_scale + 0.5, 0.0, 1.0);
         }
+        // Runs come in raster order, so the first run reaching the peak holds its first
+        // pixel (== also matches a -0 peak to +0, as std::max_element's order would).
+        if (rule.keep_peak && peak_run < 0 && run.max_raw == rule.peak)
+          peak_run = static_cast<int>(runs.size());
         runs.push_back(run);
         sets.add();
       }
@@ -245,6 +250,12 @@ std::vector<Region> find_regions_in(const MapView& map, const Thresholded& mask,
   }
   const int peak_component =
       peak_run >= 0 ? run_component[static_cast<std::size_t>(peak_run)] : -1;
+  if (peak_index != nullptr && peak_run >= 0) {
+    const Run& run = runs[static_cast<std::size_t>(peak_run)];
+    const float* row = map.data + static_cast<std::size_t>(run.row) * w;
+    const int x = static_cast<int>(std::find(row + run.begin, row + run.end, rule.peak) - row);
+    *peak_index = static_cast<std::int64_t>(run.row) * w + x;
+  }
 
   // Keep, scale to the frame, sort by score.
   std::vector<Region> regions;
@@ -548,7 +559,6 @@ Result postprocess(const MapView& map, bool has_raw_score, double raw_score, int
                 static_cast<std::size_t>(frame_height) * static_cast<std::size_t>(frame_width));
   if (has_regions) {
     const std::size_t n = static_cast<std::size_t>(map.height) * map.width;
-    const std::int64_t peak = std::max_element(map.data, map.data + n) - map.data;
     // With a raw score from elsewhere the map may peak below the image threshold: the peak
     // then seeds the region on its own.
     const float seed = std::min(image_threshold, stats.max);
@@ -556,12 +566,16 @@ Result postprocess(const MapView& map, bool has_raw_score, double raw_score, int
     // it), the region that flagged the image is shown at the seed level.
     const float pixel_threshold = static_cast<float>(params.pixel_threshold);
     const float extent = stats.max >= pixel_threshold ? pixel_threshold : seed;
-    const RegionRule rule{seed, params.image_threshold, params.image_scale, params.min_area,
-                          peak};
+    // The peak is at or above the extent, so it lies in a run and find_regions_in finds it.
+    const RegionRule rule{seed,         params.image_threshold, params.image_scale,
+                          params.min_area, true,                  stats.max};
     const Thresholded above = threshold_map(map, extent, k);
     std::vector<DroppedRun> dropped;
+    std::int64_t peak = -1;
     result.regions = find_regions_in(map, above, frame_height, frame_width, rule,
-                                     want_mask ? &dropped : nullptr);
+                                     want_mask ? &dropped : nullptr, &peak);
+    if (peak < 0)  // cannot happen (see above); the plain search keeps the promise anyway
+      peak = std::max_element(map.data, map.data + n) - map.data;
     if (want_mask) {
       if (dropped.empty()) {
         render_mask_from(k, map, above, extent, outputs.mask, frame_height, frame_width);

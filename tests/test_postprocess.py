@@ -119,6 +119,33 @@ def test_min_area_drops_small_regions_but_never_the_peak():
     assert flagged.mask[2, 3] == 255 and np.count_nonzero(flagged.mask) == 1
 
 
+@pytest.mark.parametrize("zero_sign", [1.0, -1.0])
+def test_when_pixels_tie_at_the_peak_the_first_in_raster_order_keeps_its_region(zero_sign):
+    # min_area drops every region but the peak's; with two pixels at the maximum the peak is
+    # the first one in raster order (row by row), as numpy's argmax would say. A smooth
+    # upsampling leaves no frame pixel above the threshold, so the mask is painted there.
+    anomaly_map = np.full((12, 12), zero_sign * 0.0, np.float32)
+    anomaly_map[7, 1] = anomaly_map[2, 9] = 1.0  # (2, 9) comes first
+    anomaly_map[9, 9] = 0.9
+    params = PARAMS.replace(min_area=5)
+    for task in ("detection", "segmentation"):
+        prediction = postprocess(anomaly_map, (48, 48), params, task)
+        assert box_tuples(prediction) == [(36, 8, 40, 12, 1)]
+    mask = postprocess(anomaly_map, (48, 48), params, "segmentation").mask
+    assert np.count_nonzero(mask[:24, 24:]) > 0 and np.count_nonzero(mask[24:]) == 0
+    # a zero peak, signed either way, is still found in its first pixel
+    zeros = np.full((6, 6), -zero_sign * 0.0, np.float32)
+    zeros[3, 4] = zero_sign * 0.0
+    zeros[:2] = -1.0
+    flat = postprocess(
+        zeros,
+        (6, 6),
+        PARAMS.replace(image_threshold=0.0, pixel_threshold=0.0, min_area=100),
+        "detection",
+    )
+    assert box_tuples(flat) == [(0, 2, 6, 6, 24)]
+
+
 # ---- the decision: label, boxes and mask agree -------------------------------------------------
 
 
