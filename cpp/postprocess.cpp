@@ -288,9 +288,15 @@ std::vector<Region> find_regions_in(const MapView& map, const Thresholded& mask,
 
 // ---- the frame-resolution mask -------------------------------------------------------------
 
+// `patched_rows`, when given, holds one pointer per map row to read the row's values from
+// instead of the map (rows in which some pixels were changed, the others pointing into it).
 void render_mask_from(const kernels::Table& k, const MapView& map, const Thresholded& mask,
-                      float threshold, std::uint8_t* out, int frame_height, int frame_width) {
+                      float threshold, std::uint8_t* out, int frame_height, int frame_width,
+                      const float* const* patched_rows = nullptr) {
   const int w = map.width;
+  auto map_row = [&](int y) {
+    return patched_rows != nullptr ? patched_rows[y] : map.data + static_cast<std::size_t>(y) * w;
+  };
   const std::vector<Tap> cols = linear_taps(w, frame_width, true);
   const std::vector<Tap> rows = linear_taps(map.height, frame_height, false);
 
@@ -359,8 +365,8 @@ void render_mask_from(const kernels::Table& k, const MapView& map, const Thresho
       } else {
         const std::uint8_t* a0 = mask.above.data() + static_cast<std::size_t>(ty.lo) * w;
         const std::uint8_t* a1 = mask.above.data() + static_cast<std::size_t>(ty.hi) * w;
-        const float* top = map.data + static_cast<std::size_t>(ty.lo) * w;
-        const float* bottom = map.data + static_cast<std::size_t>(ty.hi) * w;
+        const float* top = map_row(ty.lo);
+        const float* bottom = map_row(ty.hi);
         for (int c = 0; c < w; ++c) {
           any[static_cast<std::size_t>(c)] = a0[c] | a1[c];
           all[static_cast<std::size_t>(c)] = a0[c] & a1[c];
@@ -569,7 +575,7 @@ Result postprocess(const MapView& map, bool has_raw_score, double raw_score, int
     // The peak is at or above the extent, so it lies in a run and find_regions_in finds it.
     const RegionRule rule{seed,         params.image_threshold, params.image_scale,
                           params.min_area, true,                  stats.max};
-    const Thresholded above = threshold_map(map, extent, k);
+    Thresholded above = threshold_map(map, extent, k);
     std::vector<DroppedRun> dropped;
     std::int64_t peak = -1;
     result.regions = find_regions_in(map, above, frame_height, frame_width, rule,
@@ -580,18 +586,36 @@ Result postprocess(const MapView& map, bool has_raw_score, double raw_score, int
       if (dropped.empty()) {
         render_mask_from(k, map, above, extent, outputs.mask, frame_height, frame_width);
       } else {
-        // Unreported components stay out of the mask: they sink just below the extent.
-        std::vector<float> kept_only(map.data, map.data + n);
+        // Unreported components stay out of the mask: their pixels sink just below the
+        // extent, in copies of the rows they touch (the rest of the map is read in place),
+        // and leave the thresholded mask, whose other bytes stay as they are.
         const float below = std::nextafter(extent, -std::numeric_limits<float>::infinity());
-        for (const DroppedRun& run : dropped)
-          std::fill(kept_only.begin() + static_cast<std::ptrdiff_t>(run.row) * map.width +
-                        run.begin,
-                    kept_only.begin() + static_cast<std::ptrdiff_t>(run.row) * map.width +
-                        run.end,
-                    below);
-        const MapView view{kept_only.data(), map.height, map.width};
-        render_mask_from(k, view, threshold_map(view, extent, k), extent, outputs.mask,
-                         frame_height, frame_width);
+        std::vector<const float*> rows(static_cast<std::size_t>(map.height));
+        for (int y = 0; y < map.height; ++y)
+          rows[static_cast<std::size_t>(y)] = map.data + static_cast<std::size_t>(y) * map.width;
+        std::size_t touched = 0;  // dropped runs come in raster order: count distinct rows
+        for (std::size_t i = 0; i < dropped.size(); ++i)
+          touched += i == 0 || dropped[i].row != dropped[i - 1].row;
+        std::vector<float> copies(touched * static_cast<std::size_t>(map.width));
+        float* copy = nullptr;
+        for (std::size_t i = 0; i < dropped.size(); ++i) {
+          const DroppedRun& run = dropped[i];
+          const std::size_t row = static_cast<std::size_t>(run.row);
+          if (i == 0 || run.row != dropped[i - 1].row) {
+            copy = copy == nullptr ? copies.data() : copy + map.width;
+            std::copy(rows[row], rows[row] + map.width, copy);
+            rows[row] = copy;
+          }
+          std::fill(copy + run.begin, copy + run.end, below);
+          std::uint8_t* bits = above.above.data() + row * static_cast<std::size_t>(map.width);
+          std::fill(bits + run.begin, bits + run.end, std::uint8_t{0});
+          if (i + 1 == dropped.size() || dropped[i + 1].row != run.row)
+            above.row_kind[row] = next_with(bits, 0, map.width, true) == map.width  ? kNone
+                                  : next_with(bits, 0, map.width, false) == map.width ? kAll
+                                                                                      : kSome;
+        }
+        render_mask_from(k, map, above, extent, outputs.mask, frame_height, frame_width,
+                         rows.data());
       }
       // Bilinear upsampling can smooth a one-pixel peak below the threshold everywhere:
       // the peak's own frame pixels then stand for it, so a flagged image never shows an
