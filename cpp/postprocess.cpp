@@ -118,6 +118,55 @@ struct Run {
   double normalised_sum;
 };
 
+// Largest of row[begin, end) (begin < end) in eight independent lanes, which the compiler
+// turns into vector maxima, instead of one chain of dependent ones. A maximum is the same
+// whatever the order (the map is finite); only the sign of a zero maximum may differ, and
+// neither a score nor a comparison tells +0 from -0.
+float run_max(const float* row, int begin, int end) {
+  constexpr int kLanes = 8;
+  float lanes[kLanes];
+  for (float& lane : lanes) lane = row[begin];
+  int x = begin + 1;
+  for (; x + kLanes <= end; x += kLanes)
+    for (int j = 0; j < kLanes; ++j) lanes[j] = lanes[j] < row[x + j] ? row[x + j] : lanes[j];
+  float result = lanes[0];
+  for (int j = 1; j < kLanes; ++j) result = std::max(result, lanes[j]);
+  for (; x < end; ++x) result = std::max(result, row[x]);
+  return result;
+}
+
+// Floats in the order of their values as integers (-0 and +0 alike), and back.
+std::int64_t float_order(float value) {
+  std::uint32_t bits;
+  std::memcpy(&bits, &value, sizeof bits);
+  return (bits & 0x80000000u) != 0 ? -static_cast<std::int64_t>(bits & 0x7fffffffu)
+                                   : static_cast<std::int64_t>(bits);
+}
+float float_at(std::int64_t order) {
+  const std::uint32_t bits = order >= 0 ? static_cast<std::uint32_t>(order)
+                                        : 0x80000000u | static_cast<std::uint32_t>(-order);
+  float value;
+  std::memcpy(&value, &bits, sizeof value);
+  return value;
+}
+
+// The smallest finite float whose score(value) is > 0, for a score that never decreases
+// as the value grows (+inf when none scores, -inf when all do); found by bisection over
+// the floats, so the answer is exact whatever the rounding inside `score`.
+template <typename Score>
+float first_above_zero(Score score) {
+  constexpr float kLargest = std::numeric_limits<float>::max();
+  constexpr float kInfinity = std::numeric_limits<float>::infinity();
+  if (!(score(kLargest) > 0.0)) return kInfinity;
+  if (score(-kLargest) > 0.0) return -kInfinity;
+  std::int64_t zero = float_order(-kLargest), positive = float_order(kLargest);
+  while (positive - zero > 1) {
+    const std::int64_t middle = zero + (positive - zero) / 2;
+    (score(float_at(middle)) > 0.0 ? positive : zero) = middle;
+  }
+  return float_at(positive);
+}
+
 // Union-find over run indices; the smaller index is the root, so a component's root is its
 // first run in raster order.
 class DisjointRuns {
@@ -178,6 +227,13 @@ std::vector<Region> find_regions_in(const MapView& map, const Thresholded& mask,
   const int w = map.width;
   const double unit_threshold = static_cast<float>(rule.unit_threshold);
   const double inverse_scale = 1.0 / rule.unit_scale;
+  // A pixel's share of its region's mean score. On real maps most pixels of a region lie far
+  // enough under the image threshold to score exactly 0 (the pixel threshold sits well below
+  // it), and summing them cost most of this function.
+  const auto term = [=](float raw) {
+    return std::clamp((raw - unit_threshold) * inverse_scale + 0.5, 0.0, 1.0);
+  };
+  const float scoring = first_above_zero(term);
 
   // Pass 1: runs of anomalous pixels, linked to touching runs of the row above.
   std::vector<Run> runs;
@@ -191,11 +247,13 @@ std::vector<Region> find_regions_in(const MapView& map, const Thresholded& mask,
       const std::uint8_t* bits = mask.above.data() + static_cast<std::size_t>(y) * w;
       for (int x = next_with(bits, 0, w, true); x < w; x = next_with(bits, x, w, true)) {
         Run run{y, x, next_with(bits, x, w, false), row[x], 0.0};
-        for (; x < run.end; ++x) {
-          run.max_raw = std::max(run.max_raw, row[x]);
-          run.normalised_sum +=
-              std::clamp((row[x] - unit_threshold) * inverse_scale + 0.5, 0.0, 1.0);
-        }
+        run.max_raw = run_max(row, x, run.end);
+        // Only pixels from `scoring` up add to the sum, in the same order as ever: the
+        // others add a zero, which changes no bit of it.
+        if (run.max_raw >= scoring)
+          for (int i = x; i < run.end; ++i)
+            if (row[i] >= scoring) run.normalised_sum += term(row[i]);
+        x = run.end;
         // Runs come in raster order, so the first run reaching the peak holds its first
         // pixel (== also matches a -0 peak to +0, as std::max_element's order would).
         if (rule.keep_peak && peak_run < 0 && run.max_raw == rule.peak)

@@ -146,6 +146,28 @@ def test_when_pixels_tie_at_the_peak_the_first_in_raster_order_keeps_its_region(
     assert box_tuples(flat) == [(0, 2, 6, 6, 24)]
 
 
+def test_mean_scores_are_the_exact_sums_even_for_pixels_that_barely_score():
+    # Pixels far under the image threshold score 0 and are skipped when summing; the first
+    # value that scores above 0 must still count, to the last bit. The row sweeps float32
+    # values ulp by ulp across that edge (0.5 - scale / 2), then flags the image.
+    threshold, scale = 0.5, 0.3
+    edge = np.float32(threshold - scale / 2)
+    steps = np.arange(-40, 41)
+    sweep = np.array([np.float32(edge)] * len(steps), np.float32)
+    for i, k in enumerate(steps):
+        for _ in range(abs(int(k))):
+            sweep[i] = np.nextafter(sweep[i], np.float32(np.sign(k) * np.inf), dtype=np.float32)
+    row = np.concatenate([sweep, np.float32([0.45, 0.9, 0.2])])[None, :]
+    params = PostprocessParams(threshold, 0.0, scale, 1.0)
+    (box,) = postprocess(row, row.shape, params, "detection").boxes
+    total = 0.0  # the library's order: pixel by pixel along the run, in double
+    for value in row[0]:
+        total += min(max((float(value) - threshold) * (1.0 / scale) + 0.5, 0.0), 1.0)
+    assert box.area == row.size
+    assert box.mean_score == min(total / row.size, box.score)
+    assert any(0.0 < (float(v) - threshold) / scale + 0.5 < 1e-6 for v in sweep)
+
+
 # ---- the decision: label, boxes and mask agree -------------------------------------------------
 
 
