@@ -567,28 +567,44 @@ void render_heatmap(const MapView& map, double threshold, double scale, std::uin
   std::vector<float> normalised(static_cast<std::size_t>(w) + kPadding);  // padded for loads
   struct CachedRow {
     int source = -1;
+    bool zero = false;  // every value is 0
     std::vector<float> values;
   };
   CachedRow cache[2];
   for (CachedRow& c : cache) c.values.resize(static_cast<std::size_t>(frame_width));
-  auto fetch = [&](int source, int keep) -> const float* {
-    for (CachedRow& c : cache)
-      if (c.source == source) return c.values.data();
+  // A source row whose every value lies under `scoring` normalises to zeros (of either sign,
+  // which no later sum, weighted by weights >= 0 and offset by 0.5, tells apart), so it needs
+  // neither the division nor the interpolation; and an output row between two such rows is
+  // all zeros. On a normal frame's map that is every row (scores sit under the threshold).
+  const float scoring = first_above_zero(
+      [=](float raw) { return std::clamp((raw - t) / scale + 0.5, 0.0, 1.0); });
+  auto fetch = [&](int source, int keep) -> const CachedRow& {
+    for (const CachedRow& c : cache)
+      if (c.source == source) return c;
     CachedRow& victim = cache[0].source != keep ? cache[0] : cache[1];
-    k.normalise_row(map.data + static_cast<std::size_t>(source) * w, w, t, scale,
-                    normalised.data());
-    k.interpolate_row(normalised.data(), lo.data(), hi.data(), wx0.data(), wx1.data(),
-                      victim.values.data(), frame_width);
+    const float* row = map.data + static_cast<std::size_t>(source) * w;
+    victim.zero = run_max(row, 0, w) < scoring;
+    if (victim.zero) {
+      std::fill(victim.values.begin(), victim.values.end(), 0.0f);
+    } else {
+      k.normalise_row(row, w, t, scale, normalised.data());
+      k.interpolate_row(normalised.data(), lo.data(), hi.data(), wx0.data(), wx1.data(),
+                        victim.values.data(), frame_width);
+    }
     victim.source = source;
-    return victim.values.data();
+    return victim;
   };
 
   for (int y = 0; y < frame_height; ++y) {
     const Tap& ty = rows[static_cast<std::size_t>(y)];
-    const float* upper = fetch(ty.lo, ty.hi);
-    const float* lower = fetch(ty.hi, ty.lo);
-    k.blend_rows(upper, lower, 1.0f - ty.frac, ty.frac,
-                 out + static_cast<std::size_t>(y) * frame_width, frame_width);
+    const CachedRow& upper = fetch(ty.lo, ty.hi);
+    const CachedRow& lower = fetch(ty.hi, ty.lo);
+    std::uint8_t* dst = out + static_cast<std::size_t>(y) * frame_width;
+    if (upper.zero && lower.zero)
+      std::memset(dst, 0, static_cast<std::size_t>(frame_width));
+    else
+      k.blend_rows(upper.values.data(), lower.values.data(), 1.0f - ty.frac, ty.frac, dst,
+                   frame_width);
   }
 }
 

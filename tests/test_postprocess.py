@@ -282,6 +282,22 @@ def test_heatmap_is_the_upsampled_normalised_map():
     assert prediction.mask is None
 
 
+def test_heatmap_skips_rows_that_score_zero_but_no_pixel_that_scores():
+    # Source rows wholly under threshold - scale / 2 score 0 and are not computed; a single
+    # pixel above it, even the last one of its row, must still show wherever it reaches.
+    anomaly_map = np.full((20, 37), -5.0, np.float32)
+    anomaly_map[7, 36] = 1.5
+    anomaly_map[13, :9] = 0.9
+    anomaly_map[19, 0] = 0.2
+    for frame in [(20, 37), (61, 100), (9, 15), (1, 1)]:
+        heat = postprocess(anomaly_map, frame, PARAMS, "classification", heatmap=True).heatmap
+        expected = reference_heatmap(anomaly_map, frame, PARAMS)
+        assert np.abs(heat.astype(np.float64) - expected).max() <= 1.0
+        assert not heat[expected == 0].any()
+    up = postprocess(anomaly_map, (61, 100), PARAMS, "classification", heatmap=True).heatmap
+    assert up[18:26, 95:].max() > 100 and up[38:42, :20].max() > 100 and up[56:, :3].max() > 0
+
+
 # ---- the batch entry point -------------------------------------------------------------------
 
 
