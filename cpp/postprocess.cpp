@@ -233,7 +233,11 @@ std::vector<Region> find_regions_in(const MapView& map, const Thresholded& mask,
   const auto term = [=](float raw) {
     return std::clamp((raw - unit_threshold) * inverse_scale + 0.5, 0.0, 1.0);
   };
-  const float scoring = first_above_zero(term);
+  // A scale so small that its inverse overflows makes a pixel on the threshold score NaN
+  // (0 * inf), which no bisection can place: then every pixel is summed, as ever.
+  const float scoring = std::isfinite(inverse_scale)
+                            ? first_above_zero(term)
+                            : -std::numeric_limits<float>::infinity();
 
   // Pass 1: runs of anomalous pixels, linked to touching runs of the row above.
   std::vector<Run> runs;
