@@ -118,6 +118,55 @@ struct Run {
   double normalised_sum;
 };
 
+// Largest of row[begin, end) (begin < end) in eight independent lanes, which the compiler
+// turns into vector maxima, instead of one chain of dependent ones. A maximum is the same
+// whatever the order (the map is finite); only the sign of a zero maximum may differ, and
+// neither a score nor a comparison tells +0 from -0.
+float run_max(const float* row, int begin, int end) {
+  constexpr int kLanes = 8;
+  float lanes[kLanes];
+  for (float& lane : lanes) lane = row[begin];
+  int x = begin + 1;
+  for (; x + kLanes <= end; x += kLanes)
+    for (int j = 0; j < kLanes; ++j) lanes[j] = lanes[j] < row[x + j] ? row[x + j] : lanes[j];
+  float result = lanes[0];
+  for (int j = 1; j < kLanes; ++j) result = std::max(result, lanes[j]);
+  for (; x < end; ++x) result = std::max(result, row[x]);
+  return result;
+}
+
+// Floats in the order of their values as integers (-0 and +0 alike), and back.
+std::int64_t float_order(float value) {
+  std::uint32_t bits;
+  std::memcpy(&bits, &value, sizeof bits);
+  return (bits & 0x80000000u) != 0 ? -static_cast<std::int64_t>(bits & 0x7fffffffu)
+                                   : static_cast<std::int64_t>(bits);
+}
+float float_at(std::int64_t order) {
+  const std::uint32_t bits = order >= 0 ? static_cast<std::uint32_t>(order)
+                                        : 0x80000000u | static_cast<std::uint32_t>(-order);
+  float value;
+  std::memcpy(&value, &bits, sizeof value);
+  return value;
+}
+
+// The smallest finite float whose score(value) is > 0, for a score that never decreases
+// as the value grows (+inf when none scores, -inf when all do); found by bisection over
+// the floats, so the answer is exact whatever the rounding inside `score`.
+template <typename Score>
+float first_above_zero(Score score) {
+  constexpr float kLargest = std::numeric_limits<float>::max();
+  constexpr float kInfinity = std::numeric_limits<float>::infinity();
+  if (!(score(kLargest) > 0.0)) return kInfinity;
+  if (score(-kLargest) > 0.0) return -kInfinity;
+  std::int64_t zero = float_order(-kLargest), positive = float_order(kLargest);
+  while (positive - zero > 1) {
+    const std::int64_t middle = zero + (positive - zero) / 2;
+    (score(float_at(middle)) > 0.0 ? positive : zero) = middle;
+  }
+  return float_at(positive);
+}
+
 // Union-find over run indices; the smaller index is the root, so a component's root is its
 // first run in raster order.
 class DisjointRuns {
@@ -158,7 +207,8 @@ struct RegionRule {
   double unit_threshold;       // scores: normalise(raw, unit_threshold, unit_scale)
   double unit_scale;
   std::int64_t min_area;       // smaller components are dropped ...
-  std::int64_t peak = -1;      // ... except the one holding this map index (-1: none)
+  bool keep_peak = false;      // ... except, if asked, the one holding the map's peak: its
+  float peak = 0.0f;           // first pixel (raster order) equal to this value, the maximum
 };
 
 // A run of a component that was not reported, so the mask can leave it out.
@@ -166,15 +216,28 @@ struct DroppedRun {
   int row, begin, end;
 };
 
+// With rule.keep_peak the peak must be at or above the mask's threshold (so that it lies in a
+// run); *peak_index then receives its map index, found on the way: the runs already visit
+// every anomalous pixel, so the whole map need not be searched again.
 std::vector<Region> find_regions_in(const MapView& map, const Thresholded& mask,
                                     int frame_height, int frame_width, const RegionRule& rule,
-                                    std::vector<DroppedRun>* dropped = nullptr) {
+                                    std::vector<DroppedRun>* dropped = nullptr,
+                                    std::int64_t* peak_index = nullptr) {
   const int h = map.height;
   const int w = map.width;
   const double unit_threshold = static_cast<float>(rule.unit_threshold);
   const double inverse_scale = 1.0 / rule.unit_scale;
-  const int peak_row = rule.peak >= 0 ? static_cast<int>(rule.peak / w) : -1;
-  const int peak_col = rule.peak >= 0 ? static_cast<int>(rule.peak % w) : -1;
+  // A pixel's share of its region's mean score. On real maps most pixels of a region lie far
+  // enough under the image threshold to score exactly 0 (the pixel threshold sits well below
+  // it), and summing them cost most of this function.
+  const auto term = [=](float raw) {
+    return std::clamp((raw - unit_threshold) * inverse_scale + 0.5, 0.0, 1.0);
+  };
+  // A scale so small that its inverse overflows makes a pixel on the threshold score NaN
+  // (0 * inf), which no bisection can place: then every pixel is summed, as ever.
+  const float scoring = std::isfinite(inverse_scale)
+                            ? first_above_zero(term)
+                            : -std::numeric_limits<float>::infinity();
 
   // Pass 1: runs of anomalous pixels, linked to touching runs of the row above.
   std::vector<Run> runs;
@@ -188,13 +251,17 @@ std::vector<Region> find_regions_in(const MapView& map, const Thresholded& mask,
       const std::uint8_t* bits = mask.above.data() + static_cast<std::size_t>(y) * w;
       for (int x = next_with(bits, 0, w, true); x < w; x = next_with(bits, x, w, true)) {
         Run run{y, x, next_with(bits, x, w, false), row[x], 0.0};
-        if (y == peak_row && x <= peak_col && peak_col < run.end)
+        run.max_raw = run_max(row, x, run.end);
+        // Only pixels from `scoring` up add to the sum, in the same order as ever: the
+        // others add a zero, which changes no bit of it.
+        if (run.max_raw >= scoring)
+          for (int i = x; i < run.end; ++i)
+            if (row[i] >= scoring) run.normalised_sum += term(row[i]);
+        x = run.end;
+        // Runs come in raster order, so the first run reaching the peak holds its first
+        // pixel (== also matches a -0 peak to +0, as std::max_element's order would).
+        if (rule.keep_peak && peak_run < 0 && run.max_raw == rule.peak)
           peak_run = static_cast<int>(runs.size());
-        for (; x < run.end; ++x) {
-          run.max_raw = std::max(run.max_raw, row[x]);
-          run.normalised_sum +=
-              std::clamp((row[x] - unit_threshold) * inverse_scale + 0.5, 0.0, 1.0);
-        }
         runs.push_back(run);
         sets.add();
       }
@@ -245,6 +312,12 @@ std::vector<Region> find_regions_in(const MapView& map, const Thresholded& mask,
   }
   const int peak_component =
       peak_run >= 0 ? run_component[static_cast<std::size_t>(peak_run)] : -1;
+  if (peak_index != nullptr && peak_run >= 0) {
+    const Run& run = runs[static_cast<std::size_t>(peak_run)];
+    const float* row = map.data + static_cast<std::size_t>(run.row) * w;
+    const int x = static_cast<int>(std::find(row + run.begin, row + run.end, rule.peak) - row);
+    *peak_index = static_cast<std::int64_t>(run.row) * w + x;
+  }
 
   // Keep, scale to the frame, sort by score.
   std::vector<Region> regions;
@@ -277,9 +350,15 @@ std::vector<Region> find_regions_in(const MapView& map, const Thresholded& mask,
 
 // ---- the frame-resolution mask -------------------------------------------------------------
 
+// `patched_rows`, when given, holds one pointer per map row to read the row's values from
+// instead of the map (rows in which some pixels were changed, the others pointing into it).
 void render_mask_from(const kernels::Table& k, const MapView& map, const Thresholded& mask,
-                      float threshold, std::uint8_t* out, int frame_height, int frame_width) {
+                      float threshold, std::uint8_t* out, int frame_height, int frame_width,
+                      const float* const* patched_rows = nullptr) {
   const int w = map.width;
+  auto map_row = [&](int y) {
+    return patched_rows != nullptr ? patched_rows[y] : map.data + static_cast<std::size_t>(y) * w;
+  };
   const std::vector<Tap> cols = linear_taps(w, frame_width, true);
   const std::vector<Tap> rows = linear_taps(map.height, frame_height, false);
 
@@ -348,8 +427,8 @@ void render_mask_from(const kernels::Table& k, const MapView& map, const Thresho
       } else {
         const std::uint8_t* a0 = mask.above.data() + static_cast<std::size_t>(ty.lo) * w;
         const std::uint8_t* a1 = mask.above.data() + static_cast<std::size_t>(ty.hi) * w;
-        const float* top = map.data + static_cast<std::size_t>(ty.lo) * w;
-        const float* bottom = map.data + static_cast<std::size_t>(ty.hi) * w;
+        const float* top = map_row(ty.lo);
+        const float* bottom = map_row(ty.hi);
         for (int c = 0; c < w; ++c) {
           any[static_cast<std::size_t>(c)] = a0[c] | a1[c];
           all[static_cast<std::size_t>(c)] = a0[c] & a1[c];
@@ -492,28 +571,44 @@ void render_heatmap(const MapView& map, double threshold, double scale, std::uin
   std::vector<float> normalised(static_cast<std::size_t>(w) + kPadding);  // padded for loads
   struct CachedRow {
     int source = -1;
+    bool zero = false;  // every value is 0
     std::vector<float> values;
   };
   CachedRow cache[2];
   for (CachedRow& c : cache) c.values.resize(static_cast<std::size_t>(frame_width));
-  auto fetch = [&](int source, int keep) -> const float* {
-    for (CachedRow& c : cache)
-      if (c.source == source) return c.values.data();
+  // A source row whose every value lies under `scoring` normalises to zeros (of either sign,
+  // which no later sum, weighted by weights >= 0 and offset by 0.5, tells apart), so it needs
+  // neither the division nor the interpolation; and an output row between two such rows is
+  // all zeros. On a normal frame's map that is every row (scores sit under the threshold).
+  const float scoring = first_above_zero(
+      [=](float raw) { return std::clamp((raw - t) / scale + 0.5, 0.0, 1.0); });
+  auto fetch = [&](int source, int keep) -> const CachedRow& {
+    for (const CachedRow& c : cache)
+      if (c.source == source) return c;
     CachedRow& victim = cache[0].source != keep ? cache[0] : cache[1];
-    k.normalise_row(map.data + static_cast<std::size_t>(source) * w, w, t, scale,
-                    normalised.data());
-    k.interpolate_row(normalised.data(), lo.data(), hi.data(), wx0.data(), wx1.data(),
-                      victim.values.data(), frame_width);
+    const float* row = map.data + static_cast<std::size_t>(source) * w;
+    victim.zero = run_max(row, 0, w) < scoring;
+    if (victim.zero) {
+      std::fill(victim.values.begin(), victim.values.end(), 0.0f);
+    } else {
+      k.normalise_row(row, w, t, scale, normalised.data());
+      k.interpolate_row(normalised.data(), lo.data(), hi.data(), wx0.data(), wx1.data(),
+                        victim.values.data(), frame_width);
+    }
     victim.source = source;
-    return victim.values.data();
+    return victim;
   };
 
   for (int y = 0; y < frame_height; ++y) {
     const Tap& ty = rows[static_cast<std::size_t>(y)];
-    const float* upper = fetch(ty.lo, ty.hi);
-    const float* lower = fetch(ty.hi, ty.lo);
-    k.blend_rows(upper, lower, 1.0f - ty.frac, ty.frac,
-                 out + static_cast<std::size_t>(y) * frame_width, frame_width);
+    const CachedRow& upper = fetch(ty.lo, ty.hi);
+    const CachedRow& lower = fetch(ty.hi, ty.lo);
+    std::uint8_t* dst = out + static_cast<std::size_t>(y) * frame_width;
+    if (upper.zero && lower.zero)
+      std::memset(dst, 0, static_cast<std::size_t>(frame_width));
+    else
+      k.blend_rows(upper.values.data(), lower.values.data(), 1.0f - ty.frac, ty.frac, dst,
+                   frame_width);
   }
 }
 
@@ -548,7 +643,6 @@ Result postprocess(const MapView& map, bool has_raw_score, double raw_score, int
                 static_cast<std::size_t>(frame_height) * static_cast<std::size_t>(frame_width));
   if (has_regions) {
     const std::size_t n = static_cast<std::size_t>(map.height) * map.width;
-    const std::int64_t peak = std::max_element(map.data, map.data + n) - map.data;
     // With a raw score from elsewhere the map may peak below the image threshold: the peak
     // then seeds the region on its own.
     const float seed = std::min(image_threshold, stats.max);
@@ -556,28 +650,50 @@ Result postprocess(const MapView& map, bool has_raw_score, double raw_score, int
     // it), the region that flagged the image is shown at the seed level.
     const float pixel_threshold = static_cast<float>(params.pixel_threshold);
     const float extent = stats.max >= pixel_threshold ? pixel_threshold : seed;
-    const RegionRule rule{seed, params.image_threshold, params.image_scale, params.min_area,
-                          peak};
-    const Thresholded above = threshold_map(map, extent, k);
+    // The peak is at or above the extent, so it lies in a run and find_regions_in finds it.
+    const RegionRule rule{seed,         params.image_threshold, params.image_scale,
+                          params.min_area, true,                  stats.max};
+    Thresholded above = threshold_map(map, extent, k);
     std::vector<DroppedRun> dropped;
+    std::int64_t peak = -1;
     result.regions = find_regions_in(map, above, frame_height, frame_width, rule,
-                                     want_mask ? &dropped : nullptr);
+                                     want_mask ? &dropped : nullptr, &peak);
+    if (peak < 0)  // cannot happen (see above); the plain search keeps the promise anyway
+      peak = std::max_element(map.data, map.data + n) - map.data;
     if (want_mask) {
       if (dropped.empty()) {
         render_mask_from(k, map, above, extent, outputs.mask, frame_height, frame_width);
       } else {
-        // Unreported components stay out of the mask: they sink just below the extent.
-        std::vector<float> kept_only(map.data, map.data + n);
+        // Unreported components stay out of the mask: their pixels sink just below the
+        // extent, in copies of the rows they touch (the rest of the map is read in place),
+        // and leave the thresholded mask, whose other bytes stay as they are.
         const float below = std::nextafter(extent, -std::numeric_limits<float>::infinity());
-        for (const DroppedRun& run : dropped)
-          std::fill(kept_only.begin() + static_cast<std::ptrdiff_t>(run.row) * map.width +
-                        run.begin,
-                    kept_only.begin() + static_cast<std::ptrdiff_t>(run.row) * map.width +
-                        run.end,
-                    below);
-        const MapView view{kept_only.data(), map.height, map.width};
-        render_mask_from(k, view, threshold_map(view, extent, k), extent, outputs.mask,
-                         frame_height, frame_width);
+        std::vector<const float*> rows(static_cast<std::size_t>(map.height));
+        for (int y = 0; y < map.height; ++y)
+          rows[static_cast<std::size_t>(y)] = map.data + static_cast<std::size_t>(y) * map.width;
+        std::size_t touched = 0;  // dropped runs come in raster order: count distinct rows
+        for (std::size_t i = 0; i < dropped.size(); ++i)
+          touched += i == 0 || dropped[i].row != dropped[i - 1].row;
+        std::vector<float> copies(touched * static_cast<std::size_t>(map.width));
+        float* copy = nullptr;
+        for (std::size_t i = 0; i < dropped.size(); ++i) {
+          const DroppedRun& run = dropped[i];
+          const std::size_t row = static_cast<std::size_t>(run.row);
+          if (i == 0 || run.row != dropped[i - 1].row) {
+            copy = copy == nullptr ? copies.data() : copy + map.width;
+            std::copy(rows[row], rows[row] + map.width, copy);
+            rows[row] = copy;
+          }
+          std::fill(copy + run.begin, copy + run.end, below);
+          std::uint8_t* bits = above.above.data() + row * static_cast<std::size_t>(map.width);
+          std::fill(bits + run.begin, bits + run.end, std::uint8_t{0});
+          if (i + 1 == dropped.size() || dropped[i + 1].row != run.row)
+            above.row_kind[row] = next_with(bits, 0, map.width, true) == map.width  ? kNone
+                                  : next_with(bits, 0, map.width, false) == map.width ? kAll
+                                                                                      : kSome;
+        }
+        render_mask_from(k, map, above, extent, outputs.mask, frame_height, frame_width,
+                         rows.data());
       }
       // Bilinear upsampling can smooth a one-pixel peak below the threshold everywhere:
       // the peak's own frame pixels then stand for it, so a flagged image never shows an

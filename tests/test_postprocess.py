@@ -119,6 +119,55 @@ def test_min_area_drops_small_regions_but_never_the_peak():
     assert flagged.mask[2, 3] == 255 and np.count_nonzero(flagged.mask) == 1
 
 
+@pytest.mark.parametrize("zero_sign", [1.0, -1.0])
+def test_when_pixels_tie_at_the_peak_the_first_in_raster_order_keeps_its_region(zero_sign):
+    # min_area drops every region but the peak's; with two pixels at the maximum the peak is
+    # the first one in raster order (row by row), as numpy's argmax would say. A smooth
+    # upsampling leaves no frame pixel above the threshold, so the mask is painted there.
+    anomaly_map = np.full((12, 12), zero_sign * 0.0, np.float32)
+    anomaly_map[7, 1] = anomaly_map[2, 9] = 1.0  # (2, 9) comes first
+    anomaly_map[9, 9] = 0.9
+    params = PARAMS.replace(min_area=5)
+    for task in ("detection", "segmentation"):
+        prediction = postprocess(anomaly_map, (48, 48), params, task)
+        assert box_tuples(prediction) == [(36, 8, 40, 12, 1)]
+    mask = postprocess(anomaly_map, (48, 48), params, "segmentation").mask
+    assert np.count_nonzero(mask[:24, 24:]) > 0 and np.count_nonzero(mask[24:]) == 0
+    # a zero peak, signed either way, is still found in its first pixel
+    zeros = np.full((6, 6), -zero_sign * 0.0, np.float32)
+    zeros[3, 4] = zero_sign * 0.0
+    zeros[:2] = -1.0
+    flat = postprocess(
+        zeros,
+        (6, 6),
+        PARAMS.replace(image_threshold=0.0, pixel_threshold=0.0, min_area=100),
+        "detection",
+    )
+    assert box_tuples(flat) == [(0, 2, 6, 6, 24)]
+
+
+def test_mean_scores_are_the_exact_sums_even_for_pixels_that_barely_score():
+    # Pixels far under the image threshold score 0 and are skipped when summing; the first
+    # value that scores above 0 must still count, to the last bit. The row sweeps float32
+    # values ulp by ulp across that edge (0.5 - scale / 2), then flags the image.
+    threshold, scale = 0.5, 0.3
+    edge = np.float32(threshold - scale / 2)
+    steps = np.arange(-40, 41)
+    sweep = np.array([np.float32(edge)] * len(steps), np.float32)
+    for i, k in enumerate(steps):
+        for _ in range(abs(int(k))):
+            sweep[i] = np.nextafter(sweep[i], np.float32(np.sign(k) * np.inf), dtype=np.float32)
+    row = np.concatenate([sweep, np.float32([0.45, 0.9, 0.2])])[None, :]
+    params = PostprocessParams(threshold, 0.0, scale, 1.0)
+    (box,) = postprocess(row, row.shape, params, "detection").boxes
+    total = 0.0  # the library's order: pixel by pixel along the run, in double
+    for value in row[0]:
+        total += min(max((float(value) - threshold) * (1.0 / scale) + 0.5, 0.0), 1.0)
+    assert box.area == row.size
+    assert box.mean_score == min(total / row.size, box.score)
+    assert any(0.0 < (float(v) - threshold) / scale + 0.5 < 1e-6 for v in sweep)
+
+
 # ---- the decision: label, boxes and mask agree -------------------------------------------------
 
 
@@ -231,6 +280,22 @@ def test_heatmap_is_the_upsampled_normalised_map():
     expected = reference_heatmap(anomaly_map, (120, 100), params)
     assert np.abs(prediction.heatmap.astype(np.float64) - expected).max() <= 1.0
     assert prediction.mask is None
+
+
+def test_heatmap_skips_rows_that_score_zero_but_no_pixel_that_scores():
+    # Source rows wholly under threshold - scale / 2 score 0 and are not computed; a single
+    # pixel above it, even the last one of its row, must still show wherever it reaches.
+    anomaly_map = np.full((20, 37), -5.0, np.float32)
+    anomaly_map[7, 36] = 1.5
+    anomaly_map[13, :9] = 0.9
+    anomaly_map[19, 0] = 0.2
+    for frame in [(20, 37), (61, 100), (9, 15), (1, 1)]:
+        heat = postprocess(anomaly_map, frame, PARAMS, "classification", heatmap=True).heatmap
+        expected = reference_heatmap(anomaly_map, frame, PARAMS)
+        assert np.abs(heat.astype(np.float64) - expected).max() <= 1.0
+        assert not heat[expected == 0].any()
+    up = postprocess(anomaly_map, (61, 100), PARAMS, "classification", heatmap=True).heatmap
+    assert up[18:26, 95:].max() > 100 and up[38:42, :20].max() > 100 and up[56:, :3].max() > 0
 
 
 # ---- the batch entry point -------------------------------------------------------------------

@@ -334,6 +334,13 @@ def frames_for(size: tuple[int, int], data: Path, count: int = 8) -> list[np.nda
     every = sorted((data / "test").rglob("*.png"))
     paths = every[:: max(1, len(every) // count)]
     frames = [cv2.resize(cv2.imread(str(p)), (width, height)) for p in paths[:count]]
+    if len(frames) < count:  # say so: noise is never flagged, so no frame makes regions
+        print(
+            f"frames: {len(frames)} test images at {data}, the other {count - len(frames)} "
+            "textured noise (pass --data for a category's real frames)",
+            file=sys.stderr,
+            flush=True,
+        )
     rng = np.random.default_rng(0)
     while len(frames) < count:
         frames.append(rng.integers(90, 170, (height, width, 3), dtype=np.uint8))
