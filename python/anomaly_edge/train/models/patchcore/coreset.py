@@ -127,10 +127,14 @@ class StreamingCoreset:
         projection_dim: int = DEFAULT_PROJECTION_DIM,
         pool_limit: int = DEFAULT_POOL_LIMIT,
         seed: int = 0,
+        max_count: int | None = None,
     ) -> None:
         if not 0.0 < ratio <= 1.0:
             raise ValueError(f"coreset ratio must be in (0, 1], got {ratio}")
+        if max_count is not None and max_count < 1:
+            raise ValueError(f"a bank needs at least one patch, got max_count={max_count}")
         self.ratio = ratio
+        self.max_count = max_count
         self.projection_dim = projection_dim
         self.pool_limit = max(1, int(pool_limit))
         self.seed = seed
@@ -153,10 +157,13 @@ class StreamingCoreset:
             self.chunks_reduced += 1
 
     def finish(self) -> torch.Tensor:
-        """The bank: ``ceil(seen * ratio)`` patches chosen from everything added."""
+        """The bank: ``ceil(seen * ratio)`` patches (at most ``max_count``) chosen from
+        everything added."""
         if self.seen == 0:
             raise ValueError("PatchCore fit got no images; train/good must hold at least one")
         pool = torch.cat(self._kept + self._raw)
         self._kept, self._raw, self._raw_rows = [], [], 0
         count = max(1, math.ceil(self.seen * self.ratio))
+        if self.max_count is not None:
+            count = min(count, self.max_count)
         return pool[greedy_coreset(pool, count, self.projection_dim, self.seed)].contiguous()
