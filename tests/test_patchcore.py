@@ -73,10 +73,11 @@ def test_streaming_coreset_bounds_its_pool_and_keeps_the_ratio():
     # reduced chunks still cover every cluster: each keeps its farthest-apart points
     nearest_centre = torch.cdist(bank, grouped.reshape(8, 50, 32).mean(1)).argmin(1)
     assert set(nearest_centre.tolist()) == set(range(8))
-    capped = StreamingCoreset(0.05, projection_dim=16, pool_limit=120, max_count=9)
+    capped = StreamingCoreset(0.2, projection_dim=16, pool_limit=120, max_count=9)
     for part in points.split(40):
         capped.add(part)
-    assert capped.finish().shape == (9, 32)  # the cap, not ceil(400 * 0.05) = 20
+    assert [len(kept) for kept in capped._kept] == [18, 18]  # 2 x 9, not 160 x 0.4 = 64
+    assert capped.finish().shape == (9, 32)  # the cap, not ceil(400 * 0.2) = 80
     with pytest.raises(ValueError, match="coreset ratio"):
         StreamingCoreset(1.5)
     with pytest.raises(ValueError, match="max_count=0"):

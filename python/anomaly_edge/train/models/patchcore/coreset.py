@@ -13,9 +13,11 @@ greedy's (tested).
 
 The fit streams: :class:`StreamingCoreset` holds at most ``pool_limit`` raw patches; when
 more arrive, that chunk is reduced to twice the final ratio and set aside, so memory is the
-chunk plus about twice the bank, whatever the number of training images. With fewer patches
-than ``pool_limit`` (metal_plate 55k, tire 161k and ball_screw 277k at their default input;
-not magnetic_tile, 780k) the selection is the paper's single greedy pass over all patches.
+chunk plus about twice the bank, whatever the number of training images (with ``max_count``,
+a chunk keeps at most twice that many: each greedy step costs a pass over the chunk). With
+fewer patches than ``pool_limit`` (metal_plate 55k, tire 161k and ball_screw 277k at their
+default input; not magnetic_tile, 780k) the selection is the paper's single greedy pass over
+all patches.
 """
 
 from __future__ import annotations
@@ -152,6 +154,8 @@ class StreamingCoreset:
             chunk = torch.cat(self._raw)
             self._raw, self._raw_rows = [], 0
             keep = max(1, math.ceil(chunk.shape[0] * min(1.0, 2.0 * self.ratio)))
+            if self.max_count is not None:  # twice the final bank at most: the greedy's steps
+                keep = min(keep, 2 * self.max_count)
             seed = self.seed + self.chunks_reduced + 1
             self._kept.append(chunk[greedy_coreset(chunk, keep, self.projection_dim, seed)])
             self.chunks_reduced += 1
