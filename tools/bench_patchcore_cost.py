@@ -171,7 +171,7 @@ def theirs(args: argparse.Namespace) -> dict[str, Any]:
             image = cv2.resize(image, (256, 256), interpolation=cv2.INTER_LINEAR)
             mask = inferencer.predict(image.astype("float32") / 255.0).pred_mask
             count = cv2.connectedComponentsWithStats(
-                mask.reshape(mask.shape[-2:]).astype("uint8"), connectivity=8
+                mask.squeeze().astype("uint8"), connectivity=8
             )[0]
             return count - 1  # boxes
 
