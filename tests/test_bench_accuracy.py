@@ -78,3 +78,33 @@ def test_the_table_sets_anomalibs_figures_beside_the_same_model_only():
     assert padim.rstrip().endswith("0.848 / 0.967 / 0.884, 12 s")
     assert stfpm.rstrip().endswith("0.992 / 0.985 / 0.926, 1727 s")
     assert unmeasured.rstrip().endswith("-")
+
+
+def test_patchcore_flags_are_checked():
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--models", "patchcore", "--coreset-ratio", "1.5"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert done.returncode == 2 and "--coreset-ratio must be in (0, 1]" in done.stderr
+
+
+@pytest.mark.slow
+def test_patchcore_run_reports_its_bank_settings(tmp_path):
+    pytest.importorskip("torch")
+    make_category(tmp_path / "root" / "toy" / "cat", train=6, good=3, defects={"d": 3})
+    argv = ["--models", "patchcore", "--root", str(tmp_path / "root"), "--image-size", "64"]
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), *argv, "--coreset-ratio", "0.5", "--neighbours", "3"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    (run,) = json.loads(done.stdout.strip().splitlines()[-1])["runs"]
+    assert run["model"] == "patchcore" and run["fit_peak_rss_mb"] > 0
+    settings = run["settings"]
+    assert (settings["coreset_ratio"], settings["neighbours"]) == (0.5, 3)
+    assert settings["bank_size"] > 0

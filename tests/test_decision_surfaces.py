@@ -43,9 +43,19 @@ def images(tmp_path_factory) -> Path:
     return make_image_folder(tmp_path_factory.mktemp("decision") / "shots", 8, defects=DEFECTS)
 
 
+@pytest.fixture(scope="module", params=["synthetic", "patchcore"])
+def ir(request, synthetic_ir, tmp_path_factory) -> Path:
+    """The stand-in IR, and a PatchCore IR (kNN inside the graph) that reads the same frames."""
+    if request.param == "synthetic":
+        return synthetic_ir
+    from tests.toy_models import patchcore_ir
+
+    return patchcore_ir(tmp_path_factory.mktemp("patchcore") / "model.xml")
+
+
 @pytest.fixture(scope="module")
-def api(synthetic_ir, images) -> dict[str, tuple]:
-    model = AnomalyModel(synthetic_ir, device="CPU", task="segmentation", cache_dir=None)
+def api(ir, images) -> dict[str, tuple]:
+    model = AnomalyModel(ir, device="CPU", task="segmentation", cache_dir=None)
     expected = {}
     for path in sorted(images.iterdir()):
         record = model.predict(cv2.imread(str(path))).to_dict()
@@ -65,9 +75,9 @@ def events_by_image(path: Path) -> dict[str, list[dict]]:
     return found
 
 
-def test_predict_json_lines_agree_with_the_api(synthetic_ir, images, api, tmp_path):
+def test_predict_json_lines_agree_with_the_api(ir, images, api, tmp_path):
     out = tmp_path / "predict.jsonl"
-    argv = ["predict", str(synthetic_ir), str(images), "--task", "segmentation"]
+    argv = ["predict", str(ir), str(images), "--task", "segmentation"]
     assert main([*argv, "--device", "CPU", "--jsonl", str(out)]) == 0
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(lines) == 8
@@ -77,12 +87,12 @@ def test_predict_json_lines_agree_with_the_api(synthetic_ir, images, api, tmp_pa
 
 
 @pytest.mark.parametrize("cameras", [1, 3])
-def test_run_events_agree_with_the_api(synthetic_ir, images, api, tmp_path, cameras):
+def test_run_events_agree_with_the_api(ir, images, api, tmp_path, cameras):
     events = tmp_path / "events.jsonl"
     sources = []
     for i in range(cameras):
         sources += ["--source", f"cam{i}={images}"]
-    argv = ["run", str(synthetic_ir), *sources, "--task", "segmentation", "--all-frames"]
+    argv = ["run", str(ir), *sources, "--task", "segmentation", "--all-frames"]
     assert main([*argv, "--device", "CPU", "--events", str(events), "--quiet"]) == 0
     found = events_by_image(events)
     assert set(found) == set(api)
@@ -95,7 +105,7 @@ def test_run_events_agree_with_the_api(synthetic_ir, images, api, tmp_path, came
 
 
 @pytest.mark.slow
-def test_mqtt_payloads_agree_with_the_api(synthetic_ir, images, api, tmp_path):
+def test_mqtt_payloads_agree_with_the_api(ir, images, api, tmp_path):
     import paho.mqtt.client as mqtt
 
     broker = Mosquitto(tmp_path / "broker").start()
@@ -109,7 +119,7 @@ def test_mqtt_payloads_agree_with_the_api(synthetic_ir, images, api, tmp_path):
     client.loop_start()
     try:
         time.sleep(0.5)  # subscribed before the run publishes
-        argv = ["run", str(synthetic_ir), "--source", f"cam0={images}", "--all-frames"]
+        argv = ["run", str(ir), "--source", f"cam0={images}", "--all-frames"]
         argv += ["--task", "segmentation", "--device", "CPU", "--quiet"]
         assert main([*argv, "--mqtt", f"{broker.url}/line"]) == 0
         deadline = time.monotonic() + 20

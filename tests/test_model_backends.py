@@ -1,5 +1,6 @@
 """One core, three ways to run it: local, remote (REST and gRPC) and served predictions of the
-same frames are equal (score, label, boxes, mask), for a single-view and a tiled model."""
+same frames are equal (score, label, boxes, mask), for a single-view and a tiled model, each
+as the stand-in IR and as PatchCore."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from anomaly_edge.remote import RemoteAnomalyModel
 from tests.ir_factory import GREY
 from tests.test_remote import frames as single_view_frames
 from tests.test_serve import ServeProcess
+from tests.test_tiling_runtime import LAYOUT as TILED
 from tests.test_tiling_runtime import build_tiled_ir, grey_frame
 
 PACKAGE = Path(__file__).resolve().parents[1] / "python" / "anomaly_edge"
@@ -43,13 +45,21 @@ def tiled_frames() -> list[np.ndarray]:
     return out
 
 
-@pytest.fixture(scope="module", params=["single", "tiled"])
+@pytest.fixture(scope="module", params=["single", "tiled", "patchcore", "patchcore-tiled"])
 def case(request, synthetic_ir, tmp_path_factory):
-    """(IR, frames, a running server of that IR)."""
+    """(IR, frames, a running server of that IR): the stand-in IRs, and PatchCore's (its kNN
+    inside the graph) single-view and tiled, which read the same frames alike."""
+    from tests.toy_models import patchcore_ir
+
+    folder = tmp_path_factory.mktemp(request.param) / "model.xml"
     if request.param == "single":
         ir, frames = synthetic_ir, single_view_frames()
+    elif request.param == "tiled":
+        ir, frames = build_tiled_ir(folder), tiled_frames()
+    elif request.param == "patchcore":
+        ir, frames = patchcore_ir(folder), single_view_frames()
     else:
-        ir = build_tiled_ir(tmp_path_factory.mktemp("tiled") / "model.xml")
+        ir = patchcore_ir(folder, TILED.tile_size, task="detection", layout=TILED)
         frames = tiled_frames()
     server = ServeProcess(ir, "plate", tmp_path_factory.mktemp("backends")).start()
     yield ir, frames, server

@@ -73,8 +73,15 @@ def test_streaming_coreset_bounds_its_pool_and_keeps_the_ratio():
     # reduced chunks still cover every cluster: each keeps its farthest-apart points
     nearest_centre = torch.cdist(bank, grouped.reshape(8, 50, 32).mean(1)).argmin(1)
     assert set(nearest_centre.tolist()) == set(range(8))
+    capped = StreamingCoreset(0.2, projection_dim=16, pool_limit=120, max_count=9)
+    for part in points.split(40):
+        capped.add(part)
+    assert [len(kept) for kept in capped._kept] == [18, 18]  # 2 x 9, not 160 x 0.4 = 64
+    assert capped.finish().shape == (9, 32)  # the cap, not ceil(400 * 0.2) = 80
     with pytest.raises(ValueError, match="coreset ratio"):
         StreamingCoreset(1.5)
+    with pytest.raises(ValueError, match="max_count=0"):
+        StreamingCoreset(0.1, max_count=0)
     with pytest.raises(ValueError, match="no images"):
         StreamingCoreset(0.1).finish()
 
@@ -215,16 +222,30 @@ def test_tiled_training_shares_one_bank(tmp_path):
 def test_cli_trains_patchcore_with_its_flags_and_refuses_bad_ones(category, tmp_path, capsys):
     args = ["train", "--data", str(category), "--image-size", "64", "--quiet", "--no-export"]
     out = tmp_path / "cli"
-    code = main([*args, "--out", str(out), "--arch", "patchcore", "--coreset-ratio", "0.25"])
-    assert code == 0
+    argv = ["--arch", "patchcore", "--coreset-ratio", "0.25", "--max-bank", "100"]
+    assert main([*args, "--out", str(out), *argv]) == 0
     settings = json.loads((out / "metrics.json").read_text())["model_settings"]
     assert settings["coreset_ratio"] == 0.25 and settings["neighbours"] == 9
+    assert settings["max_bank"] == 100 and settings["bank_size"] == 100
     assert main([*args, "--out", str(tmp_path / "a"), "--coreset-ratio", "0.2"]) == 2  # padim
     assert "--coreset-ratio applies to --arch patchcore only" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"coreset_ratio must be in \(0, 1\]"):
         train(
             category, model="patchcore", options=PatchcoreOptions(coreset_ratio=2.0), export=False
         )
+
+
+def test_the_bank_is_capped_by_a_frames_distance_budget_unless_max_bank_says_otherwise():
+    from anomaly_edge.train.models.patchcore.model import DISTANCE_BUDGET
+
+    wide = Patchcore("resnet18", (64, 128), pretrained=False)  # 8 x 16 patches a frame
+    assert wide.max_bank == DISTANCE_BUDGET // 128
+    model = fitted_patchcore(1, coreset_ratio=1.0, max_bank=50)  # 6 images x 64 patches
+    assert model.bank.shape[0] == 50 and model.fit_report["max_bank"] == 50
+    assert model.fit_report["patches_seen"] == 384
+    assert model.init_kwargs["max_bank"] == 50
+    with pytest.raises(ValueError, match="max_bank must be 1 or more"):
+        Patchcore("resnet18", (64, 64), pretrained=False, max_bank=0)
 
 
 def test_pruned_greedy_chooses_exactly_what_plain_greedy_chooses():

@@ -88,3 +88,76 @@ def fitted_toy(size=(64, 64)) -> tuple[ToyAnomalyModule, ModelMetadata]:
         task="segmentation",
     )
     return model, metadata
+
+
+# ---- PatchCore ---------------------------------------------------------------------------------
+
+GREY = 128  # the normal pixel value of the test frames (tests/ir_factory.py, stream_media.py)
+
+
+def _grey_frames(count: int, size: tuple[int, int], seed: int) -> torch.Tensor:
+    """Normalised flat-grey frames with a grey level of sensor noise: PatchCore's normal data."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(count, 3, *size, generator=generator) * (1.5 / 64.0)
+
+
+def _blob_frames(size: tuple[int, int]) -> torch.Tensor:
+    """Normalised grey frames with one white and one black square: what must score high."""
+    h, w = size
+    frames = torch.zeros(2, 3, h, w)
+    side = max(4, min(h, w) // 6)
+    frames[0, :, h // 4 : h // 4 + side, w // 4 : w // 4 + side] = (255 - GREY) / 64.0
+    frames[1, :, h // 2 : h // 2 + side, w // 2 : w // 2 + side] = -GREY / 64.0
+    return frames
+
+
+def patchcore_ir(
+    path,
+    input_size: tuple[int, int] = (64, 64),
+    task: str = "segmentation",
+    layout=None,
+):
+    """A PatchCore IR (FP16, random ResNet-18, bank from noisy grey frames) that reads like
+    tests/ir_factory.py's synthetic model: grey frames are normal, white or black blobs are
+    anomalies. With ``layout`` (a :class:`anomaly_edge.tiles.TileLayout`) it is a tiled IR of
+    ``layout.count`` tiles of ``input_size``. Built in about a second, without a dataset."""
+    from pathlib import Path
+
+    from anomaly_edge.train.export import export_ir
+    from anomaly_edge.train.models.patchcore.model import Patchcore
+
+    torch.manual_seed(0)  # the random backbone
+    model = Patchcore(
+        "resnet18", input_size, pretrained=False, coreset_ratio=0.5, neighbours=3, blur_sigma=1.0
+    )
+    model.fit([_grey_frames(4, input_size, seed=1)])
+    with torch.no_grad():
+        normal = float(model(_grey_frames(2, input_size, seed=2)).max())
+        blob = model(_blob_frames(input_size)).amax(dim=(1, 2, 3))
+    # a quarter of the way from the normal frames' highest score to the lower blob score: grey
+    # stays normal after the runtime's resize, blobs shrunk by it still count
+    threshold = normal + 0.25 * (float(blob.min()) - normal)
+    assert float(blob.min()) > 2.0 * normal, "the toy PatchCore must tell blobs from grey"
+    tiles = {}
+    if layout is not None:
+        tiles = {
+            "tile_grid": layout.grid,
+            "tile_frame_size": layout.frame_size,
+            "tile_blend": layout.blend,
+        }
+    metadata = ModelMetadata(
+        model="patchcore",
+        backbone="resnet18",
+        input_size=input_size,
+        mean=(GREY, GREY, GREY),
+        std=(64.0, 64.0, 64.0),
+        image_threshold=threshold,
+        pixel_threshold=threshold,
+        image_min=0.0,
+        image_max=float(blob.max()),
+        pixel_min=0.0,
+        pixel_max=float(blob.max()),
+        task=task,
+        **tiles,
+    )
+    return export_ir(model, metadata, Path(path).parent, precision="FP16", name=Path(path).stem)

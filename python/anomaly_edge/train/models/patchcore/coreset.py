@@ -13,9 +13,11 @@ greedy's (tested).
 
 The fit streams: :class:`StreamingCoreset` holds at most ``pool_limit`` raw patches; when
 more arrive, that chunk is reduced to twice the final ratio and set aside, so memory is the
-chunk plus about twice the bank, whatever the number of training images. With fewer patches
-than ``pool_limit`` (metal_plate 55k, tire 161k and ball_screw 277k at their default input;
-not magnetic_tile, 780k) the selection is the paper's single greedy pass over all patches.
+chunk plus about twice the bank, whatever the number of training images (with ``max_count``,
+a chunk keeps at most twice that many: each greedy step costs a pass over the chunk). With
+fewer patches than ``pool_limit`` (metal_plate 55k, tire 161k and ball_screw 277k at their
+default input; not magnetic_tile, 780k) the selection is the paper's single greedy pass over
+all patches.
 """
 
 from __future__ import annotations
@@ -127,10 +129,14 @@ class StreamingCoreset:
         projection_dim: int = DEFAULT_PROJECTION_DIM,
         pool_limit: int = DEFAULT_POOL_LIMIT,
         seed: int = 0,
+        max_count: int | None = None,
     ) -> None:
         if not 0.0 < ratio <= 1.0:
             raise ValueError(f"coreset ratio must be in (0, 1], got {ratio}")
+        if max_count is not None and max_count < 1:
+            raise ValueError(f"a bank needs at least one patch, got max_count={max_count}")
         self.ratio = ratio
+        self.max_count = max_count
         self.projection_dim = projection_dim
         self.pool_limit = max(1, int(pool_limit))
         self.seed = seed
@@ -148,15 +154,20 @@ class StreamingCoreset:
             chunk = torch.cat(self._raw)
             self._raw, self._raw_rows = [], 0
             keep = max(1, math.ceil(chunk.shape[0] * min(1.0, 2.0 * self.ratio)))
+            if self.max_count is not None:  # twice the final bank at most: the greedy's steps
+                keep = min(keep, 2 * self.max_count)
             seed = self.seed + self.chunks_reduced + 1
             self._kept.append(chunk[greedy_coreset(chunk, keep, self.projection_dim, seed)])
             self.chunks_reduced += 1
 
     def finish(self) -> torch.Tensor:
-        """The bank: ``ceil(seen * ratio)`` patches chosen from everything added."""
+        """The bank: ``ceil(seen * ratio)`` patches (at most ``max_count``) chosen from
+        everything added."""
         if self.seen == 0:
             raise ValueError("PatchCore fit got no images; train/good must hold at least one")
         pool = torch.cat(self._kept + self._raw)
         self._kept, self._raw, self._raw_rows = [], [], 0
         count = max(1, math.ceil(self.seen * self.ratio))
+        if self.max_count is not None:
+            count = min(count, self.max_count)
         return pool[greedy_coreset(pool, count, self.projection_dim, self.seed)].contiguous()

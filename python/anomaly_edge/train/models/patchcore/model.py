@@ -12,7 +12,9 @@ is upsampled (bilinear) to the input size and blurred with sigma 4, as anomalib 
 
 Defaults: EfficientNet-Lite0's stages 3 and 5 (40 + 112 channels at strides 8 and 16, the
 counterparts of the paper's WRN50 layer2 + layer3), coreset ratio 0.1 and 9 neighbours
-(anomalib's defaults). They are not yet chosen by measurement on all shared categories.
+(anomalib's defaults), and a bank of at most ``DISTANCE_BUDGET / patches a frame`` patches, so
+that a frame's cost does not grow with the training set or the input's aspect (measured on
+the four shared categories in docs/results.md, PatchCore).
 
 ``forward`` is a plain tensor graph, so the kNN runs inside the IR as OpenVINO operations:
 squared distances as ``|x|^2 + min_m(|m|^2 - 2 x . m)``: one matrix product with the bank
@@ -52,6 +54,11 @@ LITE_LAYERS = ["stage3", "stage5"]
 RESNET_LAYERS = ["layer2", "layer3"]
 DEFAULT_CORESET_RATIO = 0.1
 DEFAULT_NEIGHBOURS = 9
+# A frame's kNN costs (patches a frame) x (bank patches) distances. Unless max_bank says
+# otherwise, the bank holds at most as many patches as keep that product within this budget:
+# 1024 x 5632, metal_plate's bank at ratio 0.1 and 256 x 256 (5,632 patches there, 2,310 at
+# ball_screw's 256 x 624). Larger banks made ball_screw's frame 600 ms (27.7k patches).
+DISTANCE_BUDGET = 1024 * 5632
 BLUR_SIGMA = 4.0
 NEIGHBOUR_ROWS = 2048  # bank rows per block when finding each bank patch's neighbours
 # Eager (torch) scoring holds at most this many [patch, bank] distances at once: evaluation of
@@ -96,10 +103,13 @@ class Patchcore(nn.Module):
         blur_sigma: float = BLUR_SIGMA,
         seed: int = 0,
         bank_size: int = 0,
+        max_bank: int | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 < float(coreset_ratio) <= 1.0:
             raise ValueError(f"coreset_ratio must be in (0, 1], got {coreset_ratio}")
+        if max_bank is not None and (isinstance(max_bank, bool) or int(max_bank) < 1):
+            raise ValueError(f"max_bank must be 1 or more, got {max_bank!r}")
         if isinstance(neighbours, bool) or int(neighbours) < 1:
             raise ValueError(f"neighbours must be 1 or more, got {neighbours!r}")
         if isinstance(backbone, str):
@@ -124,6 +134,8 @@ class Patchcore(nn.Module):
             probe = self.backbone(torch.zeros(1, 3, *self.input_size))
         grid = (int(probe[0].shape[-2]), int(probe[0].shape[-1]))
         self.feature_size = grid
+        within_budget = max(1, DISTANCE_BUDGET // (grid[0] * grid[1]))
+        self.max_bank = int(max_bank) if max_bank is not None else within_budget
         # deeper layers reach the first layer's grid by two small matrices each
         for i, feature in enumerate(probe[1:], start=1):
             rows, cols = (
@@ -159,6 +171,7 @@ class Patchcore(nn.Module):
             "blur_sigma": self.blur_sigma,
             "seed": self.seed,
             "bank_size": int(self.bank_m2.shape[0]),
+            "max_bank": self.max_bank,
         }
 
     def train(self, mode: bool = True) -> Patchcore:
@@ -208,7 +221,11 @@ class Patchcore(nn.Module):
         """
         started = time.perf_counter()
         pool = StreamingCoreset(
-            self.coreset_ratio, self.projection_dim, self.pool_limit, seed=self.seed
+            self.coreset_ratio,
+            self.projection_dim,
+            self.pool_limit,
+            seed=self.seed,
+            max_count=self.max_bank,
         )
         self.backbone.to(memory_format=torch.channels_last)
         try:
@@ -230,6 +247,7 @@ class Patchcore(nn.Module):
         self.fit_report = {
             "patches_seen": pool.seen,
             "bank_size": int(bank.shape[0]),
+            "max_bank": self.max_bank,
             "chunks_reduced": pool.chunks_reduced,
             "feature_seconds": round(extracted - started, 3),
             "coreset_seconds": round(time.perf_counter() - extracted, 3),

@@ -23,6 +23,12 @@ class PatchcorePlugin(ModelPlugin):
             kind="positive_float",
         ),
         CliFlag(
+            "--max-bank",
+            "max_bank",
+            "PatchCore: most patches in the memory bank, which a frame's kNN searches (default: "
+            "as many as keep it to 5.8M distances a frame: 5632 at 256x256)",
+        ),
+        CliFlag(
             "--neighbours",
             "neighbours",
             "PatchCore: bank neighbours in the paper's re-weighting of the image score "
@@ -36,7 +42,7 @@ class PatchcorePlugin(ModelPlugin):
             raise ValueError(
                 f"coreset_ratio must be in (0, 1] (a share of the training patches), got {ratio}"
             )
-        for name in ("neighbours", "projection_dim", "pool_limit"):
+        for name in ("max_bank", "neighbours", "projection_dim", "pool_limit"):
             value = getattr(options, name)
             if value is not None and (isinstance(value, bool) or int(value) < 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -54,6 +60,7 @@ class PatchcorePlugin(ModelPlugin):
 
         given: dict[str, Any] = {
             "coreset_ratio": options.coreset_ratio,
+            "max_bank": options.max_bank,
             "neighbours": options.neighbours,
             "projection_dim": options.projection_dim,
             "pool_limit": options.pool_limit,
