@@ -126,7 +126,7 @@ def split_validation(
         held, kept = _take(group, fraction, rng)
         validation += held
         test += kept
-    tested = [s for s in validation if s not in held_normals]
+    tested = validation[len(held_normals) :]  # the test images among them
     note = (
         f"validation: {sum(1 - s.label for s in tested)} normal + "
         f"{sum(s.label for s in tested)} anomalous test images ({fraction:g}, seed {seed})" + extra

@@ -202,11 +202,11 @@ def train(
     fitted = plugin.fit(request, options)
     anomaly_module, mean, std = fitted.module, fitted.mean, fitted.std
     fit_seconds = time.perf_counter() - started
+    fit_peak_rss_mb = _peak_rss_mb()
 
     evaluated = _evaluate(anomaly_module, category.test, split, size, mean, std, bar, layout)
     validation, test, everything = evaluated
     calibration = calibrate(validation, image_threshold, pixel_threshold, policy)
-    fit_peak_rss_mb = _peak_rss_mb()
     scores, metric_notes = test_metrics(test, calibration, everything)
     operating = operating_point_report(validation, test, calibration)
     notes += calibration.notes + metric_notes
