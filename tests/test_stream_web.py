@@ -71,6 +71,9 @@ def test_every_route_needs_the_token(live_run):
         assert status == 401 and b"token" in body
     status, _, _ = _request(base + "/api/state?token=wrong")
     assert status == 401
+    # a token outside ASCII is a wrong token, not a server error
+    status, _, _ = _request(base + "/api/state?token=%C3%A9t%C3%A9")
+    assert status == 401
     status, body, headers = _request(base + "/?token=s3cret")
     assert status == 200 and b"anomaly-edge live" in body
     assert "anomaly_edge_token=s3cret" in headers["set-cookie"]

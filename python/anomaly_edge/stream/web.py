@@ -248,7 +248,8 @@ class WebView(FrameObserver):
                 or request.cookies.get(COOKIE)
                 or request.headers.get("authorization", "").removeprefix("Bearer ")
             )
-            if not given or not secrets.compare_digest(given, view.token):
+            # compared as bytes: compare_digest refuses str outside ASCII with a TypeError
+            if not given or not secrets.compare_digest(given.encode(), view.token.encode()):
                 return Response(
                     "this page needs its token: open the address that "
                     "`anomaly-edge run --web` printed (it ends in ?token=...)\n",
