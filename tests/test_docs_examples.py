@@ -243,7 +243,8 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     make_image_folder(root / "shots", 4, defects=[1])
     # 5 s at 20 fps, 3.5 s clean; with sensor noise, as `calibrate` refuses a frozen camera
     make_video(root / "line.mp4", 100, defects=range(70, 80), noise=2)
-    make_dataset(root / "my_part", n_train=12, n_test_good=4, n_test_per_defect=2, size=96)
+    # 256x341: large enough for docs/tiling.md's 2x2 grid of 160 px tiles (never above native)
+    make_dataset(root / "my_part", n_train=12, n_test_good=4, n_test_per_defect=2, size=256)
     tool = root / "bin" / "anomaly-edge"
     tool.parent.mkdir()
     tool.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m anomaly_edge "$@"\n')
