@@ -171,7 +171,6 @@ def run(args: argparse.Namespace) -> int:
                 ExitCode.INPUT,
             )
         validation = ValidationSet(images, labels)
-        _quiet_torch_cuda_probe()
     xml = export_ir(
         model,
         metadata,
@@ -233,29 +232,6 @@ def _export_onnx(given: Path, args: argparse.Namespace) -> int:
         raise CliError(str(exc), ExitCode.MISSING_EXTRA) from None
     print(f"exported {path} (ONNX, FP32, {path.stat().st_size / 1e6:.1f} MB)")
     return 0
-
-
-def _quiet_torch_cuda_probe() -> None:
-    """Import ``torch.utils.cpp_extension`` with its logger at ERROR, once.
-
-    NNCF picks its backend by asking whether the model is a torch module, which imports its
-    torch extensions and so ``torch.utils.cpp_extension``; on a CUDA build of torch without a
-    GPU, and an ``nvcc`` on the PATH, that module logs "No CUDA runtime is found" as it is
-    imported. INT8 export quantises the OpenVINO model on the CPU and builds no extension,
-    so the message is about nothing here. Only that logger, only during that import.
-    """
-    import logging
-    import sys
-
-    if "torch.utils.cpp_extension" in sys.modules:
-        return
-    logger = logging.getLogger("torch.utils.cpp_extension")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        import torch.utils.cpp_extension  # noqa: F401
-    finally:
-        logger.setLevel(level)
 
 
 def remembered_data(run_dir: Path) -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -130,8 +131,29 @@ def quantize_int8(
 
     NNCF's INFO lines and progress bars are shown only with ``verbose``.
     """
+    _quiet_torch_cuda_probe()
     with quiet_nncf(verbose):
         return _quantize(model, calibration_images, quantized_modules, mean, std, subset_size, seed)
+
+
+def _quiet_torch_cuda_probe() -> None:
+    """Import ``torch.utils.cpp_extension`` with its logger at ERROR, once.
+
+    NNCF picks its backend by asking whether the model is a torch module, which imports its
+    torch extensions and so ``torch.utils.cpp_extension``; on a CUDA build of torch without a
+    GPU, and an ``nvcc`` on the PATH, that module logs "No CUDA runtime is found" as it is
+    imported. INT8 quantisation runs on the CPU and builds no extension, so the message is
+    about nothing here. Only that logger, only during that import.
+    """
+    if "torch.utils.cpp_extension" in sys.modules:
+        return
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        import torch.utils.cpp_extension  # noqa: F401
+    finally:
+        logger.setLevel(level)
 
 
 @contextlib.contextmanager
