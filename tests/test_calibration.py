@@ -102,23 +102,25 @@ def test_calibration_speaks_the_policy_and_estimates_recall(model):
             )
         )
 
-    # Trained on stills whose normal parts scored far higher than this camera's: the trained
-    # threshold moved down with the level lands below the frames, so the policy's level on
-    # the frames decides: far:0.15 of 20 frames leaves 2 flagged (3 in 21 expected).
+    # The policy's level on the camera's frames decides, wherever the stills put the normal
+    # level: far:0.15 of 20 frames leaves 2 flagged (3 in 21 expected).
     far_model(normal_median=10.0)
     report = model.calibrate(frames, policy="far:0.15")  # the caller's policy wins
     assert report.policy == "far:0.15" and report.flagged_after == 2
-    moved = np.array([0.5, 0.6, 0.7, 0.8]) + (median - 10.0)
-    assert report.expected_recall == pytest.approx(np.mean(moved >= model.image_threshold))
+    # the recall estimate: the validation defects at their own scores, not moved with the
+    # normal level (a camera's noise lifts normal parts, not the peaks of defects)
+    defects = np.array([0.5, 0.6, 0.7, 0.8])
+    assert report.expected_recall == pytest.approx(np.mean(defects >= model.image_threshold))
     assert "defects expected to be flagged" in str(report)
 
-    # Trained where normal parts scored like this camera's minus 0.2: the threshold rises by
-    # the same 0.2, above every frame.
+    # Trained where normal parts scored lower than this camera's: the trained threshold is not
+    # carried up with the normal level (that lost most defects on lossy real cameras); the
+    # model's own far:0 puts it just above every frame.
     far_model(normal_median=median - 0.2)
     report = model.calibrate(frames)  # the model's own far:0
     assert report.policy == "far:0"
-    assert model.image_threshold == pytest.approx(max(trained.image_threshold + 0.2, scores[-1]))
-    assert model.image_threshold > scores[-1] and report.flagged_after == 0
+    assert scores[-1] < model.image_threshold < scores[-1] * 1.0001
+    assert report.flagged_after == 0
 
 
 def grey_frame(index: int) -> np.ndarray:
