@@ -131,25 +131,22 @@ def grey_frame(index: int) -> np.ndarray:
     return frame
 
 
-def test_a_camera_scoring_lower_keeps_the_trained_threshold(model):
-    grey = [grey_frame(i) for i in range(15)]  # scores ~0, far below 0.5
-    trained = model.image_threshold
-    model.calibrate(grey)
-    assert model.image_threshold == trained  # tuned on defects: never less sensitive
-
-
-def test_a_threshold_not_tuned_on_defects_follows_the_camera_down(model):
+@pytest.mark.parametrize("method", ["f1", "far", "max_normal"])
+def test_a_camera_scoring_lower_keeps_the_trained_threshold(model, method):
+    """Calibration never makes a model more sensitive than trained, whatever placed its
+    threshold: a few seconds of video show few independent parts."""
     import dataclasses
 
     model._apply_metadata(
-        dataclasses.replace(model.metadata, metrics={"image_threshold_method": "max_normal"})
+        dataclasses.replace(model.metadata, metrics={"image_threshold_method": method})
     )
-    grey = [grey_frame(i) for i in range(15)]
+    grey = [grey_frame(i) for i in range(15)]  # scores ~0, far below 0.5
+    trained = model.image_threshold
     report = model.calibrate(grey)
-    assert model.image_threshold < 0.5
-    assert model.image_threshold > report.scores["max"]  # far:0.05 of 15 frames: none
+    assert model.image_threshold == trained
     assert report.flagged_after == 0
-    assert model.predict(bright_frame(1)).label  # brighter than this camera's normal
+    # the normal range the drift monitor watches still follows the camera
+    assert model.metadata.normal_score_range[1] == report.scores["max"]
 
 
 def test_save_writes_same_weights_and_a_calibration_record(model, synthetic_ir, tmp_path):
