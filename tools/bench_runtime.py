@@ -123,7 +123,7 @@ def main() -> None:
         xml, source = build_padim(
             args.data, Path(tempfile.mkdtemp(prefix="bench_runtime_")), args.precision
         )
-    print(f"model: {source}", flush=True)
+    print(f"model: {source}; code: {commit()}", flush=True)
     wanted = set(args.cases.split(","))
     if args.benchmark_app == "only":
         wanted = {"benchmark_app"}
@@ -154,7 +154,32 @@ def main() -> None:
         )
         print(f"tiled model: {tiled_source}", flush=True)
         cases.append(bench_tiled_case(xml, tiled_xml, (width, height), args))
-    print(json.dumps({"benchmark": "runtime", "model_source": source, "cases": cases}))
+    print(
+        json.dumps(
+            {"benchmark": "runtime", "commit": commit(), "model_source": source, "cases": cases}
+        )
+    )
+
+
+def commit() -> str | None:
+    """The checkout's commit (with ``+changes`` when the tree differs from it), so every
+    figure names the code that produced it; None outside a git checkout."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+changes" if dirty else "")
 
 
 def build_padim(
@@ -513,14 +538,19 @@ def bench_vs_benchmark_app(xml: Path, args: argparse.Namespace) -> dict:
         timed["benchmark_app"] = lambda: (run_benchmark_app(app, xml, args), None, None)
     baselines = [name for name in timed if name != "anomaly_edge_async"]
     rounds: list[dict] = []
+    load_before = os.getloadavg()[0]
     for index in range(args.interleaved_rounds):
         order = list(timed) if index % 2 == 0 else list(reversed(timed))
         measured = {name: timed[name]() for name in order}
         fps = {name: round(value[0], 2) for name, value in measured.items()}
+        ours_cpu, queue_cpu = measured["anomaly_edge_async"][2], measured["openvino_async_queue"][2]
         rounds.append(
             {
                 "fps": fps,
                 "share": {b: round(fps["anomaly_edge_async"] / fps[b], 3) for b in baselines},
+                # the queue's CPU per frame over ours, from runs seconds apart (see below)
+                "share_by_cpu": round(queue_cpu / ours_cpu, 3),
+                "load_average": round(os.getloadavg()[0], 2),
                 "process_cpu_ms_per_frame": {
                     k: round(v[2], 3) for k, v in measured.items() if v[2] is not None
                 },
@@ -533,7 +563,8 @@ def bench_vs_benchmark_app(xml: Path, args: argparse.Namespace) -> dict:
             f"  round {index + 1}: "
             + "  ".join(f"{k} {v:7.1f} fps" for k, v in fps.items())
             + "  share "
-            + ", ".join(f"of {b} {rounds[-1]['share'][b]:.1%}" for b in baselines),
+            + ", ".join(f"of {b} {rounds[-1]['share'][b]:.1%}" for b in baselines)
+            + f", by CPU {rounds[-1]['share_by_cpu']:.1%}  (load {rounds[-1]['load_average']})",
             flush=True,
         )
 
@@ -555,6 +586,14 @@ def bench_vs_benchmark_app(xml: Path, args: argparse.Namespace) -> dict:
         "share_of_benchmark_app_by_cpu": round(
             cpu["openvino_async_queue"] / cpu["anomaly_edge_async"], 3
         ),
+        # the same, as the median of the per-round ratios (a neighbour's burst moves one round)
+        "share_by_cpu_median": round(float(np.median([r["share_by_cpu"] for r in rounds])), 3),
+        # 1-minute load average before the first round and after each (a 2-core machine
+        # shared with others: what the figures were measured under)
+        "load_average": {
+            "before": round(load_before, 2),
+            "rounds": [r["load_average"] for r in rounds],
+        },
         "process_cpu_ms_per_frame": {k: round(v, 3) for k, v in cpu.items()},
         "calling_thread_cpu_ms_per_frame": {
             k: round(median("calling_thread_cpu_ms_per_frame", k), 3)
@@ -567,7 +606,8 @@ def bench_vs_benchmark_app(xml: Path, args: argparse.Namespace) -> dict:
     print(
         f"{case['frame']:>10} vs benchmark_app, median of {len(rounds)} interleaved rounds: "
         + ", ".join(f"share of {b} {v:.1%}" for b, v in share.items())
-        + f" (by CPU per frame {case['share_of_benchmark_app_by_cpu']:.1%});  calling thread "
+        + f" (by CPU per frame {case['share_of_benchmark_app_by_cpu']:.1%}, median of rounds "
+        + f"{case['share_by_cpu_median']:.1%});  calling thread "
         + ", ".join(f"{k} {v:.2f}" for k, v in case["calling_thread_cpu_ms_per_frame"].items())
         + " ms/frame",
         flush=True,
