@@ -35,12 +35,13 @@ last stdout line is one JSON object (../shared/BENCHMARKS.md).
                                   [--benchmark-app on | off | only]
                                   [--interleaved-rounds 5] [--no-benchmark-app-binary]
                                   [--patchcore train | PATH | off]
-                                  [--cases frames,benchmark_app,patchcore,tiled]
+                                  [--cases frames,benchmark_app,patchcore,tiled,steps]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -107,7 +108,8 @@ def main() -> None:
     parser.add_argument(
         "--cases",
         default="frames,benchmark_app,patchcore,tiled",
-        help="comma-separated cases to run (default all; the options above can drop some)",
+        help="comma-separated cases to run (default all; the options above can drop some; "
+        "'steps' (never by default) times each host step of the async path)",
     )
     parser.add_argument(
         "--no-benchmark-app-binary",
@@ -144,6 +146,8 @@ def main() -> None:
         else:
             patchcore_xml = Path(args.patchcore)
         cases.append(bench_models_case(xml, patchcore_xml, args))
+    if "steps" in wanted:
+        cases.append(bench_steps(xml, args))
     if "tiled" in wanted:
         width, height = (int(v) for v in args.tiled_frame.lower().split("x"))
         tiled_xml, tiled_source = build_padim(
@@ -612,6 +616,81 @@ def bench_vs_benchmark_app(xml: Path, args: argparse.Namespace) -> dict:
         + " ms/frame",
         flush=True,
     )
+    return case
+
+
+def bench_steps(xml: Path, args: argparse.Namespace, count: int = 600) -> dict:
+    """CPU time of the calling thread per frame in the ``submit``/``ready`` loop, by step.
+
+    Each step is wrapped in a thread-CPU timer (a few microseconds of its own, so the loop
+    runs once without the timers too). The steps are what this version of the code calls;
+    the C++ post-processor is timed inside the Python wrapper around it.
+    """
+    from unittest import mock
+
+    import openvino as ov
+
+    from anomaly_edge import AnomalyModel, core
+    from anomaly_edge import postprocess as postprocessing
+
+    model = AnomalyModel(xml, args.device, task="detection", cache_dir=None)
+    height, width = model.metadata.input_size
+    frames = frames_for((width, height), args.data)
+    run_ours_async(model, frames, 30)  # compiles, fills the pool
+    pool = model._pool
+    clock = time.thread_time_ns
+    spent: dict[str, int] = {}
+
+    def timed(function, name: str):
+        def call(*a, **k):
+            start = clock()
+            try:
+                return function(*a, **k)
+            finally:
+                spent[name] = spent.get(name, 0) + clock() - start
+
+        return call
+
+    start = clock()
+    run_ours_async(model, frames, count)
+    bare = (clock() - start) / count
+    steps = [
+        (model, "_input", "frame: checks, resize or copy"),
+        (pool, "_get_idle", "wait for a free request (get_idle_request_id)"),
+        (np, "copyto", "copy into the request's input buffer"),
+        (ov, "Tensor", "ov.Tensor over an array"),
+        (pool, "_start_async", "start_async"),
+        (core, "postprocess", "post-processing (Python wrapper and C++)"),
+        (postprocessing._post, "postprocess", "post-processing, C++ alone"),
+        (model, "submit", "submit(), all"),
+        (model, "ready", "ready(), all"),
+    ]
+    # Steps of earlier versions of the pool (tensors bound per frame), to compare with them.
+    if not hasattr(pool, "_get_idle"):
+        steps.append((pool._queue, "get_idle_request_id", steps[1][2]))
+    steps += [(r, "set_output_tensor", "set_output_tensor") for r in pool._requests]
+    with contextlib.ExitStack() as patches:
+        for owner, attribute, name in steps:
+            if hasattr(owner, attribute):  # the code measured may not have this step
+                function = getattr(owner, attribute)
+                patches.enter_context(mock.patch.object(owner, attribute, timed(function, name)))
+        start = clock()
+        run_ours_async(model, frames, count)
+        wrapped = (clock() - start) / count
+    case = {
+        "frame": f"{width}x{height}",
+        "model": model.metadata.model,
+        "device": args.device,
+        "frames": count,
+        "calling_thread_us_per_frame": {
+            **{name: round(ns / count / 1e3, 1) for name, ns in spent.items()},
+            "loop, with the timers": round(wrapped / 1e3, 1),
+            "loop, without them": round(bare / 1e3, 1),
+        },
+        "load_average": round(os.getloadavg()[0], 2),
+    }
+    for name, us in case["calling_thread_us_per_frame"].items():
+        print(f"  {name:48s} {us:7.1f} us", flush=True)
     return case
 
 
