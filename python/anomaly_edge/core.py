@@ -256,10 +256,10 @@ class Core(RuntimeSettings):
 
     def _forget_frame_shape(self) -> None:
         # The last frame shape that passed check_frame and the aspect check, with the colour
-        # format it passed them for: frames of that shape skip both (they depend on the
-        # shape, dtype and colour format only), so the checks run once per shape, not per frame.
-        self._checked_shape: tuple[int, ...] | None = None
-        self._checked_color: ColorFormat | None = None
+        # format it passed them for (one tuple, set at once for concurrent callers): frames of
+        # that shape skip both (they depend on the shape, dtype and colour format only), so
+        # the checks run once per shape, not per frame.
+        self._checked: tuple[tuple[int, ...], ColorFormat] | None = None
 
     def _apply_metadata(self, metadata: ModelMetadata) -> None:
         """Take new thresholds and normalisation (calibration on the line); the min_area in
@@ -433,11 +433,13 @@ class Core(RuntimeSettings):
         """(frame height and width, the network tensor): the frame resized as in training,
         or cut into the tiles of a tiled model. A new array, or with ``copy=False`` possibly
         a view of ``image`` (a frame already at the network's size)."""
+        checked = self._checked
         if (
-            type(image) is np.ndarray
-            and image.shape == self._checked_shape
+            checked is not None
+            and type(image) is np.ndarray
+            and image.shape == checked[0]
             and image.dtype is _UINT8
-            and self.color is self._checked_color
+            and self.color is checked[1]
         ):
             frame = image  # this shape passed the checks before (see _forget_frame_shape)
         else:
@@ -449,7 +451,7 @@ class Core(RuntimeSettings):
             if not self._aspect_warned:
                 self._check_aspect(frame.shape[0], frame.shape[1])
             if frame is image and frame.dtype is _UINT8:  # an H x W x C array, taken as it is
-                self._checked_shape, self._checked_color = frame.shape, self.color
+                self._checked = (frame.shape, self.color)
         if self._tiles is not None:
             return (frame.shape[0], frame.shape[1]), self._tiles.cut(frame, self.color.channels)
         tensor = network_image(frame, self.metadata.input_size, self.color, copy=copy)
