@@ -20,9 +20,9 @@ Each request keeps one input and one output buffer of its own, bound once: a fra
 into the input buffer of the request that runs it, and its output is copied out of the output
 buffer once the frame is finished (or earlier, when the request is needed for a later frame
 first). Binding new tensors to a request for every frame instead (a new input array, a new
-output array) cost the calling thread about 0.3 ms a frame on the 2-core machine, three times
-these copies: each binding is several Python-to-C++ calls, and they run with caches that the
-inference running in between has just emptied.
+output array) cost the calling thread 0.44 ms a frame against 0.14 ms with bound buffers and
+both copies, in a plain loop over the queue on the busy 2-core machine: each binding is
+several Python-to-C++ calls, run with caches that the inference in between has just emptied.
 """
 
 from __future__ import annotations
