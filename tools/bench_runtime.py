@@ -35,12 +35,13 @@ last stdout line is one JSON object (../shared/BENCHMARKS.md).
                                   [--benchmark-app on | off | only]
                                   [--interleaved-rounds 5] [--no-benchmark-app-binary]
                                   [--patchcore train | PATH | off]
-                                  [--cases frames,benchmark_app,patchcore,tiled]
+                                  [--cases frames,benchmark_app,patchcore,tiled,steps]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -107,7 +108,8 @@ def main() -> None:
     parser.add_argument(
         "--cases",
         default="frames,benchmark_app,patchcore,tiled",
-        help="comma-separated cases to run (default all; the options above can drop some)",
+        help="comma-separated cases to run (default all; the options above can drop some; "
+        "'steps' (never by default) times each host step of the async path)",
     )
     parser.add_argument(
         "--no-benchmark-app-binary",
@@ -123,7 +125,7 @@ def main() -> None:
         xml, source = build_padim(
             args.data, Path(tempfile.mkdtemp(prefix="bench_runtime_")), args.precision
         )
-    print(f"model: {source}", flush=True)
+    print(f"model: {source}; code: {commit()}", flush=True)
     wanted = set(args.cases.split(","))
     if args.benchmark_app == "only":
         wanted = {"benchmark_app"}
@@ -144,6 +146,8 @@ def main() -> None:
         else:
             patchcore_xml = Path(args.patchcore)
         cases.append(bench_models_case(xml, patchcore_xml, args))
+    if "steps" in wanted:
+        cases.append(bench_steps(xml, args))
     if "tiled" in wanted:
         width, height = (int(v) for v in args.tiled_frame.lower().split("x"))
         tiled_xml, tiled_source = build_padim(
@@ -154,7 +158,32 @@ def main() -> None:
         )
         print(f"tiled model: {tiled_source}", flush=True)
         cases.append(bench_tiled_case(xml, tiled_xml, (width, height), args))
-    print(json.dumps({"benchmark": "runtime", "model_source": source, "cases": cases}))
+    print(
+        json.dumps(
+            {"benchmark": "runtime", "commit": commit(), "model_source": source, "cases": cases}
+        )
+    )
+
+
+def commit() -> str | None:
+    """The checkout's commit (with ``+changes`` when the tree differs from it), so every
+    figure names the code that produced it; None outside a git checkout."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+changes" if dirty else "")
 
 
 def build_padim(
@@ -513,14 +542,19 @@ def bench_vs_benchmark_app(xml: Path, args: argparse.Namespace) -> dict:
         timed["benchmark_app"] = lambda: (run_benchmark_app(app, xml, args), None, None)
     baselines = [name for name in timed if name != "anomaly_edge_async"]
     rounds: list[dict] = []
+    load_before = os.getloadavg()[0]
     for index in range(args.interleaved_rounds):
         order = list(timed) if index % 2 == 0 else list(reversed(timed))
         measured = {name: timed[name]() for name in order}
         fps = {name: round(value[0], 2) for name, value in measured.items()}
+        ours_cpu, queue_cpu = measured["anomaly_edge_async"][2], measured["openvino_async_queue"][2]
         rounds.append(
             {
                 "fps": fps,
                 "share": {b: round(fps["anomaly_edge_async"] / fps[b], 3) for b in baselines},
+                # the queue's CPU per frame over ours, from runs seconds apart (see below)
+                "share_by_cpu": round(queue_cpu / ours_cpu, 3),
+                "load_average": round(os.getloadavg()[0], 2),
                 "process_cpu_ms_per_frame": {
                     k: round(v[2], 3) for k, v in measured.items() if v[2] is not None
                 },
@@ -533,7 +567,8 @@ def bench_vs_benchmark_app(xml: Path, args: argparse.Namespace) -> dict:
             f"  round {index + 1}: "
             + "  ".join(f"{k} {v:7.1f} fps" for k, v in fps.items())
             + "  share "
-            + ", ".join(f"of {b} {rounds[-1]['share'][b]:.1%}" for b in baselines),
+            + ", ".join(f"of {b} {rounds[-1]['share'][b]:.1%}" for b in baselines)
+            + f", by CPU {rounds[-1]['share_by_cpu']:.1%}  (load {rounds[-1]['load_average']})",
             flush=True,
         )
 
@@ -555,6 +590,14 @@ def bench_vs_benchmark_app(xml: Path, args: argparse.Namespace) -> dict:
         "share_of_benchmark_app_by_cpu": round(
             cpu["openvino_async_queue"] / cpu["anomaly_edge_async"], 3
         ),
+        # the same, as the median of the per-round ratios (a neighbour's burst moves one round)
+        "share_by_cpu_median": round(float(np.median([r["share_by_cpu"] for r in rounds])), 3),
+        # 1-minute load average before the first round and after each (a 2-core machine
+        # shared with others: what the figures were measured under)
+        "load_average": {
+            "before": round(load_before, 2),
+            "rounds": [r["load_average"] for r in rounds],
+        },
         "process_cpu_ms_per_frame": {k: round(v, 3) for k, v in cpu.items()},
         "calling_thread_cpu_ms_per_frame": {
             k: round(median("calling_thread_cpu_ms_per_frame", k), 3)
@@ -567,11 +610,87 @@ def bench_vs_benchmark_app(xml: Path, args: argparse.Namespace) -> dict:
     print(
         f"{case['frame']:>10} vs benchmark_app, median of {len(rounds)} interleaved rounds: "
         + ", ".join(f"share of {b} {v:.1%}" for b, v in share.items())
-        + f" (by CPU per frame {case['share_of_benchmark_app_by_cpu']:.1%});  calling thread "
+        + f" (by CPU per frame {case['share_of_benchmark_app_by_cpu']:.1%}, median of rounds "
+        + f"{case['share_by_cpu_median']:.1%});  calling thread "
         + ", ".join(f"{k} {v:.2f}" for k, v in case["calling_thread_cpu_ms_per_frame"].items())
         + " ms/frame",
         flush=True,
     )
+    return case
+
+
+def bench_steps(xml: Path, args: argparse.Namespace, count: int = 600) -> dict:
+    """CPU time of the calling thread per frame in the ``submit``/``ready`` loop, by step.
+
+    Each step is wrapped in a thread-CPU timer (a few microseconds of its own, so the loop
+    runs once without the timers too). The steps are what this version of the code calls;
+    the C++ post-processor is timed inside the Python wrapper around it.
+    """
+    from unittest import mock
+
+    import openvino as ov
+
+    from anomaly_edge import AnomalyModel, core
+    from anomaly_edge import postprocess as postprocessing
+
+    model = AnomalyModel(xml, args.device, task="detection", cache_dir=None)
+    height, width = model.metadata.input_size
+    frames = frames_for((width, height), args.data)
+    run_ours_async(model, frames, 30)  # compiles, fills the pool
+    pool = model._pool
+    clock = time.thread_time_ns
+    spent: dict[str, int] = {}
+
+    def timed(function, name: str):
+        def call(*a, **k):
+            start = clock()
+            try:
+                return function(*a, **k)
+            finally:
+                spent[name] = spent.get(name, 0) + clock() - start
+
+        return call
+
+    start = clock()
+    run_ours_async(model, frames, count)
+    bare = (clock() - start) / count
+    steps = [
+        (model, "_input", "frame: checks, resize or copy"),
+        (pool, "_get_idle", "wait for a free request (get_idle_request_id)"),
+        (np, "copyto", "copy into the request's input buffer"),
+        (ov, "Tensor", "ov.Tensor over an array"),
+        (pool, "_start_async", "start_async"),
+        (core, "postprocess", "post-processing (Python wrapper and C++)"),
+        (postprocessing._post, "postprocess", "post-processing, C++ alone"),
+        (model, "submit", "submit(), all"),
+        (model, "ready", "ready(), all"),
+    ]
+    # Steps of earlier versions of the pool (tensors bound per frame), to compare with them.
+    if not hasattr(pool, "_get_idle"):
+        steps.append((pool._queue, "get_idle_request_id", steps[1][2]))
+    steps += [(r, "set_output_tensor", "set_output_tensor") for r in pool._requests]
+    with contextlib.ExitStack() as patches:
+        for owner, attribute, name in steps:
+            if hasattr(owner, attribute):  # the code measured may not have this step
+                function = getattr(owner, attribute)
+                patches.enter_context(mock.patch.object(owner, attribute, timed(function, name)))
+        start = clock()
+        run_ours_async(model, frames, count)
+        wrapped = (clock() - start) / count
+    case = {
+        "frame": f"{width}x{height}",
+        "model": model.metadata.model,
+        "device": args.device,
+        "frames": count,
+        "calling_thread_us_per_frame": {
+            **{name: round(ns / count / 1e3, 1) for name, ns in spent.items()},
+            "loop, with the timers": round(wrapped / 1e3, 1),
+            "loop, without them": round(bare / 1e3, 1),
+        },
+        "load_average": round(os.getloadavg()[0], 2),
+    }
+    for name, us in case["calling_thread_us_per_frame"].items():
+        print(f"  {name:48s} {us:7.1f} us", flush=True)
     return case
 
 

@@ -35,6 +35,7 @@ from anomaly_edge.tiles import TileLayout
 ASPECT_TOLERANCE = 0.05
 DEFAULT_MAX_PENDING = 32  # finished results a caller may leave uncollected (see submit())
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+_UINT8 = np.dtype(np.uint8)
 
 Image = np.ndarray | str | Path
 # What a finished network call hands over: its output (a new array) or the error.
@@ -240,19 +241,32 @@ class Core(RuntimeSettings):
             self.pixel_threshold = pixel_threshold
         self.max_pending = max_pending
         self._sync_lock = threading.Lock()  # predict() from several threads takes turns
-        # The asynchronous interface: one lock for the pool and the submit() results.
-        self._async_lock = threading.Condition()
+        # The asynchronous interface: one lock for the pool and the submit() results. Hot paths
+        # take the lock itself (the Condition's __enter__ is a Python call); submit() waits on
+        # the Condition, and ready() notifies only when a submit() waits.
+        self._mutex = threading.RLock()
+        self._async_lock = threading.Condition(self._mutex)
+        self._room_waiters = 0  # submit() calls waiting for room (see _wait_for_room)
         self._pool: Pool | None = None  # created on first asynchronous use
         self._submitted: deque[_Pending] = deque()  # submit() results, in submission order
         self._collector: threading.Thread | None = None  # who last called ready()/drain()
         self._released = False
         self._aspect_warned = False
+        self._forget_frame_shape()
+
+    def _forget_frame_shape(self) -> None:
+        # The last frame shape that passed check_frame and the aspect check, with the colour
+        # format it passed them for (one tuple, set at once for concurrent callers): frames of
+        # that shape skip both (they depend on the shape, dtype and colour format only), so
+        # the checks run once per shape, not per frame.
+        self._checked: tuple[tuple[int, ...], ColorFormat] | None = None
 
     def _apply_metadata(self, metadata: ModelMetadata) -> None:
         """Take new thresholds and normalisation (calibration on the line); the min_area in
         use stays."""
         self.metadata = metadata
         self._params = PostprocessParams.from_metadata(metadata, min_area=self.min_area)
+        self._forget_frame_shape()  # the training aspect may have changed
 
     # ---- what a backend supplies -----------------------------------------------------------
 
@@ -272,8 +286,12 @@ class Core(RuntimeSettings):
         """What the backend's network takes, from uint8 network images (by default those)."""
         return images
 
-    def _input(self, image: Image) -> tuple[tuple[int, int], np.ndarray]:
-        frame_size, images = self.network_input(image)
+    # True where the pool copies what it is given when it starts a call (InFlight does): the
+    # frames it gets need no copy of their own then (the copy frees the caller's buffer).
+    _pool_copies_input = False
+
+    def _input(self, image: Image, copy: bool = True) -> tuple[tuple[int, int], np.ndarray]:
+        frame_size, images = self.network_input(image, copy=copy)
         return frame_size, self._backend_tensor(images)
 
     # ---- synchronous -----------------------------------------------------------------------
@@ -311,9 +329,9 @@ class Core(RuntimeSettings):
         window: deque[_Pending] = deque()
         for image in images:
             window.append(self._start(image, None, heatmap))
-            with self._async_lock:
+            with self._mutex:
                 self._finish_ready()
-            while window and (window[0].done.is_set() or len(window) > self.num_requests):
+            while window and (window[0].done or len(window) > self.num_requests):
                 yield self._finished(window.popleft()).result()
         while window:
             yield self._finished(window.popleft()).result()
@@ -324,8 +342,8 @@ class Core(RuntimeSettings):
         What a server built on this core answers to a raw call; thread-safe, and concurrent
         calls run side by side."""
         tensor = self._backend_tensor(tensor)
-        pending = _Pending(None, (0, 0), self._params, self._task, False, raw=True)
-        with self._async_lock:
+        pending = _Pending(None, (0, 0), self._params, self._task, False, None)
+        with self._mutex:
             self._start_locked(pending, tensor)
         return self._finished(pending).output()
 
@@ -361,10 +379,13 @@ class Core(RuntimeSettings):
         :meth:`ready` after each ``submit`` (as in the README) never gets there; to score
         many frames in one go use :meth:`predict_iter` or :meth:`predict_batch`.
         """
-        frame_size, tensor = self._input(image)  # a new array: the caller's is free
-        pending = _Pending(userdata, frame_size, self._params, self._task, heatmap)
-        with self._async_lock:
-            self._wait_for_room()
+        # The caller's buffer is free once this returns: the pool copies the tensor, or it is
+        # a new array.
+        frame_size, tensor = self._input(image, copy=not self._pool_copies_input)
+        pending = _Pending(userdata, frame_size, self._params, self._task, heatmap, self.frame_map)
+        with self._mutex:
+            if len(self._submitted) >= self._max_pending:  # else fewer than that are finished
+                self._wait_for_room()
             self._start_locked(pending, tensor)
             self._submitted.append(pending)
 
@@ -406,19 +427,34 @@ class Core(RuntimeSettings):
 
     # ---- frames ----------------------------------------------------------------------------
 
-    def network_input(self, image: Image) -> tuple[tuple[int, int], np.ndarray]:
+    def network_input(
+        self, image: Image, *, copy: bool = True
+    ) -> tuple[tuple[int, int], np.ndarray]:
         """(frame height and width, the network tensor): the frame resized as in training,
-        or cut into the tiles of a tiled model. Always a new array."""
-        if isinstance(image, (str, Path)):
-            frame = read_image(image, self.color)
+        or cut into the tiles of a tiled model. A new array, or with ``copy=False`` possibly
+        a view of ``image`` (a frame already at the network's size)."""
+        checked = self._checked
+        if (
+            checked is not None
+            and type(image) is np.ndarray
+            and image.shape == checked[0]
+            and image.dtype is _UINT8
+            and self.color is checked[1]
+        ):
+            frame = image  # this shape passed the checks before (see _forget_frame_shape)
         else:
-            frame = check_frame(image, self.color)
-        frame = frame if frame.ndim == 3 else frame[:, :, None]
-        if not self._aspect_warned:
-            self._check_aspect(frame.shape[0], frame.shape[1])
+            if isinstance(image, (str, Path)):
+                frame = read_image(image, self.color)
+            else:
+                frame = check_frame(image, self.color)
+            frame = frame if frame.ndim == 3 else frame[:, :, None]
+            if not self._aspect_warned:
+                self._check_aspect(frame.shape[0], frame.shape[1])
+            if frame is image and frame.dtype is _UINT8:  # an H x W x C array, taken as it is
+                self._checked = (frame.shape, self.color)
         if self._tiles is not None:
             return (frame.shape[0], frame.shape[1]), self._tiles.cut(frame, self.color.channels)
-        tensor = network_image(frame, self.metadata.input_size, self.color)
+        tensor = network_image(frame, self.metadata.input_size, self.color, copy=copy)
         return (frame.shape[0], frame.shape[1]), tensor[None]
 
     _network_input = network_input  # the name it had in AnomalyModel (tests, tools)
@@ -450,9 +486,11 @@ class Core(RuntimeSettings):
     # ---- the pool --------------------------------------------------------------------------
 
     def _start(self, image: Image, userdata: Any, heatmap: bool) -> _Pending:
-        frame_size, tensor = self._input(image)  # a new array: the caller's is free
-        pending = _Pending(userdata, frame_size, self._params, self._task, heatmap)
-        with self._async_lock:
+        # The caller's buffer is free once this returns: the pool copies the tensor, or it is
+        # a new array.
+        frame_size, tensor = self._input(image, copy=not self._pool_copies_input)
+        pending = _Pending(userdata, frame_size, self._params, self._task, heatmap, self.frame_map)
+        with self._mutex:
             self._start_locked(pending, tensor)
         return pending
 
@@ -461,7 +499,6 @@ class Core(RuntimeSettings):
             raise RuntimeError("the model was released at interpreter exit")
         if self._pool is None:
             self._pool = self._new_pool()
-        pending.frame_map = self.frame_map
         self._pool.start(tensor, pending.finish)
 
     def _finish_ready(self) -> None:
@@ -470,9 +507,9 @@ class Core(RuntimeSettings):
 
     def _finished(self, pending: _Pending) -> _Pending:
         """``pending`` once finished, finishing older frames (any caller's) on the way."""
-        while not pending.done.is_set():
-            with self._async_lock:
-                if pending.done.is_set():
+        while not pending.done:
+            with self._mutex:
+                if pending.done:
                     break
                 if self._pool is None or not len(self._pool):
                     raise RuntimeError("the model was closed before this frame finished")
@@ -481,30 +518,33 @@ class Core(RuntimeSettings):
 
     def _collect(self, wait: bool) -> list[tuple[Any, Prediction]]:
         out: list[tuple[Any, Prediction]] = []
-        with self._async_lock:
+        submitted = self._submitted
+        with self._mutex:
             self._collector = threading.current_thread()
-            if wait and self._pool is not None:
-                while self._submitted and not self._submitted[-1].done.is_set():
-                    self._pool.finish_next()
-            else:
-                self._finish_ready()
+            pool = self._pool
+            if pool is not None:
+                if wait:
+                    while submitted and not submitted[-1].done:
+                        pool.finish_next()
+                else:
+                    pool.finish_ready()
             popped = False
             try:
-                while self._submitted and self._submitted[0].done.is_set():
-                    head = self._submitted[0]
+                while submitted and submitted[0].done:
+                    head = submitted[0]
                     if head.error is not None and out:
                         break  # hand over the good results first; the next call raises
-                    self._submitted.popleft()
+                    submitted.popleft()
                     popped = True
                     out.append((head.userdata, head.result()))
             finally:
-                if popped:  # room for a submit() waiting in another thread (once per call)
+                if popped and self._room_waiters:  # room for a submit() waiting (once per call)
                     self._async_lock.notify_all()
         return out
 
     def _wait_for_room(self) -> None:
         # Called with the lock held; see submit() for the rule.
-        while sum(p.done.is_set() for p in self._submitted) >= self._max_pending:
+        while sum(p.done for p in self._submitted) >= self._max_pending:
             collector = self._collector
             if (
                 collector is None
@@ -516,11 +556,20 @@ class Core(RuntimeSettings):
                     "ready() (or drain()) between submit() calls, use predict_iter() to "
                     "score many frames, or raise max_pending"
                 )
-            self._async_lock.wait(0.5)  # ready()/drain()/close() in the other thread notify
+            self._room_waiters += 1
+            try:
+                self._async_lock.wait(0.5)  # ready()/drain()/close() in the other thread notify
+            finally:
+                self._room_waiters -= 1
 
 
 class _Pending:
-    """One frame in flight: what its post-processing needs, and then its result."""
+    """One frame in flight: what its post-processing needs, and then its result.
+
+    ``done`` is a plain flag, not an Event: every frame is finished by a thread that holds
+    the core's lock, and whoever waits for one finishes frames itself (see
+    :meth:`Core._finished`), so nothing ever blocks on the flag.
+    """
 
     __slots__ = (
         "done",
@@ -530,7 +579,6 @@ class _Pending:
         "heatmap",
         "params",
         "prediction",
-        "raw",
         "task",
         "userdata",
     )
@@ -542,26 +590,25 @@ class _Pending:
         params: PostprocessParams,
         task: Task,
         heatmap: bool,
-        *,
-        raw: bool = False,
+        frame_map: Callable[[np.ndarray], np.ndarray] | None,
     ) -> None:
         self.userdata = userdata
         self.frame_size = frame_size
         self.params = params
         self.task = task
         self.heatmap = heatmap
-        self.raw = raw  # hand over the network output itself (run_network)
-        self.frame_map: Callable[[np.ndarray], np.ndarray] | None = None
+        # None: hand over the network output itself (run_network)
+        self.frame_map = frame_map
         self.prediction: Prediction | np.ndarray | None = None
         self.error: BaseException | None = None
-        self.done = threading.Event()
+        self.done = False
 
     def finish(self, output: np.ndarray | None, error: BaseException | None) -> None:
         """Post-process the network output (the C++ work releases the GIL); never raises."""
         try:
             if error is None:
-                assert output is not None and self.frame_map is not None
-                if self.raw:
+                assert output is not None
+                if self.frame_map is None:
                     self.prediction = output
                 else:
                     self.prediction = postprocess(
@@ -574,7 +621,7 @@ class _Pending:
         except BaseException as exc:  # handed to whoever collects this frame
             error = exc
         self.error = error
-        self.done.set()
+        self.done = True
 
     def result(self) -> Prediction:
         value = self._value()
@@ -588,7 +635,7 @@ class _Pending:
         return value
 
     def _value(self) -> Prediction | np.ndarray:
-        self.done.wait()
+        assert self.done  # the caller finished it (Core._finished, or _collect)
         if self.error is not None:
             raise self.error
         assert self.prediction is not None

@@ -135,9 +135,15 @@ def check_frame(frame: object, color: ColorFormat = ColorFormat.BGR) -> np.ndarr
     return frame
 
 
-def network_image(frame: np.ndarray, size: tuple[int, int], color: ColorFormat) -> np.ndarray:
+def network_image(
+    frame: np.ndarray, size: tuple[int, int], color: ColorFormat, *, copy: bool = True
+) -> np.ndarray:
     """A checked ``H x W x C`` frame -> the contiguous ``h x w x C`` uint8 image the compiled
-    graph takes (a new array, so the caller may reuse its buffer at once)."""
+    graph takes (a new array, so the caller may reuse its buffer at once). With
+    ``copy=False`` it may be ``frame`` itself, or a view of it, not necessarily contiguous
+    (for a caller that copies it anyway)."""
+    if frame.shape[2] == 3 and frame.shape[:2] == size:  # the network's size: only the copy
+        return np.array(frame, order="C") if copy else frame
     import cv2
 
     resized = resize_for_network(frame if frame.shape[2] == 3 else frame[:, :, 0], size)
@@ -146,7 +152,7 @@ def network_image(frame: np.ndarray, size: tuple[int, int], color: ColorFormat) 
             resized = resized[:, :, None]
         else:  # a grey frame for a colour model: expand it, after resizing (3x less work)
             resized = cv2.cvtColor(resized, cv2.COLOR_GRAY2BGR)  # same for RGB: equal channels
-    if np.may_share_memory(resized, frame) or not resized.flags.c_contiguous:
+    if copy and (np.may_share_memory(resized, frame) or not resized.flags.c_contiguous):
         resized = np.array(resized, order="C")  # a copy
     return resized
 

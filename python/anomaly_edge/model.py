@@ -232,6 +232,8 @@ class AnomalyModel(Core):
             return self._normalise(images)
         return images
 
+    _pool_copies_input = True  # InFlight copies each frame into its request's buffer
+
     def _new_pool(self) -> Pool:
         return InFlight(self._async_model(), self.num_requests)
 
