@@ -38,6 +38,7 @@ from torch import nn
 from anomaly_edge.train import efficientnet_lite
 from anomaly_edge.train.backbones import FeatureExtractor, build_backbone
 from anomaly_edge.train.memory import release_freed_memory
+from anomaly_edge.train.models.common import check_images
 from anomaly_edge.train.models.patchcore.coreset import (
     DEFAULT_POOL_LIMIT,
     DEFAULT_PROJECTION_DIM,
@@ -232,7 +233,7 @@ class Patchcore(nn.Module):
             with torch.inference_mode():
                 for batch in batches:
                     images = batch["image"] if isinstance(batch, dict) else batch
-                    self._check_input(images)
+                    check_images(images, self.input_size, "PatchCore")
                     images = images.contiguous(memory_format=torch.channels_last)
                     for part in images.split(extract_batch):
                         pool.add(self.patches(part))
@@ -287,13 +288,6 @@ class Patchcore(nn.Module):
             distance[torch.arange(rows.shape[0]), torch.arange(lo, lo + rows.shape[0])] = -1.0
             blocks.append(distance.topk(count, dim=1, largest=False).indices.int())
         return torch.cat(blocks)
-
-    def _check_input(self, images: torch.Tensor) -> None:
-        if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != self.input_size:
-            raise ValueError(
-                f"PatchCore expects [N, 3, {self.input_size[0]}, {self.input_size[1]}] "
-                f"images, got {tuple(images.shape)}"
-            )
 
     # ---- inference ---------------------------------------------------------------------------
 

@@ -53,8 +53,7 @@ class PatchcorePlugin(ModelPlugin):
         return default_layers(backbone)
 
     def fit(self, request: FitRequest, options: PatchcoreOptions) -> Fitted:
-        from anomaly_edge.train.augment import augmented
-        from anomaly_edge.train.data import ImageDataset, iter_batches
+        from anomaly_edge.train.models.common import fit_single_view
         from anomaly_edge.train.models.patchcore.model import Patchcore
         from anomaly_edge.train.tiling import TileFrames, frame_batches
 
@@ -75,25 +74,21 @@ class PatchcorePlugin(ModelPlugin):
             **{key: value for key, value in given.items() if value is not None},
         )
         mean, std = model.backbone.mean, model.backbone.std
-        layout, train = request.layout, request.split.train
-        if layout is not None:  # every tile's patches join one bank
-            frames = TileFrames(train, layout, mean, std)
-            progress = request.bar("fitting PatchCore on tiles", len(frames))
+        layout = request.layout
+        if layout is None:
+            fit_single_view(model.fit, request, mean, std, "fitting PatchCore")
+            return Fitted(model, mean, std)
+        # tiles: every tile's patches join one bank
+        frames = TileFrames(request.split.train, layout, mean, std)
+        progress = request.bar("fitting PatchCore on tiles", len(frames))
+        try:
             model.fit(
                 frame_batches(frames, max(request.batch_size, layout.count)),
                 progress=progress.update,
                 images_per_step=layout.count,
             )
-        else:
-            dataset = augmented(
-                ImageDataset(train, request.size, mean, std), request.augmentation, request.seed
-            )
-            progress = request.bar("fitting PatchCore", len(dataset))
-            model.fit(
-                iter_batches(dataset, request.batch_size),  # type: ignore[arg-type]
-                progress=progress.update,
-            )
-        progress.close()
+        finally:
+            progress.close()
         return Fitted(model, mean, std)
 
     def settings(self, module: nn.Module, options: PatchcoreOptions) -> dict[str, Any]:
