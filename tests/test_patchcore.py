@@ -66,17 +66,29 @@ def test_streaming_coreset_bounds_its_pool_and_keeps_the_ratio():
     held = []
     for part in points.split(40):
         pool.add(part)
-        held.append(pool._raw_rows)
-    assert max(held) <= 120 and pool.chunks_reduced == 2  # at 160 raw rows, twice
+        held.append(pool.rows)
+    # full at 120 rows: the newest reduced to twice the ratio of them and at least twice the
+    # bank so far (12, then 23 and 32 beside them), then all 120 held (the picks fill the
+    # buffer) to 37
+    assert max(held) <= 120 and pool.chunks_reduced == 4 and pool._capacity == 120
     bank = pool.finish()
     assert bank.shape == (math.ceil(400 * 0.05), 32) and pool.seen == 400
-    # reduced chunks still cover every cluster: each keeps its farthest-apart points
+    # bank rows are training patches (stored in float16)
+    assert torch.cdist(bank, points.half().float()).amin(dim=1).max() == 0.0
+    # the reductions still cover every cluster: each keeps its farthest-apart points
     nearest_centre = torch.cdist(bank, grouped.reshape(8, 50, 32).mean(1)).argmin(1)
     assert set(nearest_centre.tolist()) == set(range(8))
     capped = StreamingCoreset(0.2, projection_dim=16, pool_limit=120, max_count=9)
-    for part in points.split(40):
-        capped.add(part)
-    assert [len(kept) for kept in capped._kept] == [18, 18]  # 2 x 9, not 160 x 0.4 = 64
+    after = []
+    for row in torch.cat([points, points]).split(1):
+        reductions = capped.chunks_reduced
+        capped.add(row)
+        if capped.chunks_reduced > reductions:
+            after.append(capped.rows)
+    # a reduction keeps twice the ratio of the rows it reduces (48 of 120, then 29 of the
+    # newest 72) and at least twice the capped bank (18 of the newest 43); once the newest
+    # are too few to free half, everything held is reduced (48 of 120); then the new row
+    assert after[:4] == [49, 78, 96, 49] and capped._capacity == 120
     assert capped.finish().shape == (9, 32)  # the cap, not ceil(400 * 0.2) = 80
     with pytest.raises(ValueError, match="coreset ratio"):
         StreamingCoreset(1.5)
@@ -84,6 +96,26 @@ def test_streaming_coreset_bounds_its_pool_and_keeps_the_ratio():
         StreamingCoreset(0.1, max_count=0)
     with pytest.raises(ValueError, match="no images"):
         StreamingCoreset(0.1).finish()
+
+
+def test_streaming_coreset_holds_more_where_a_reduction_would_free_too_little():
+    points = clusters(8, 50, dims=32)
+    pool = StreamingCoreset(0.5, projection_dim=16, pool_limit=120)  # twice the bank: all
+    for part in points.split(40):
+        pool.add(part)
+    assert pool.chunks_reduced == 0 and pool.rows == 400 and pool._capacity >= 400
+    assert pool.finish().shape == (200, 32)
+
+
+def test_streaming_coreset_without_reductions_is_one_greedy_pass():
+    generator = torch.Generator().manual_seed(3)
+    points = torch.randn(400, 32, generator=generator).half().float()  # exact in float16
+    pool = StreamingCoreset(0.05, projection_dim=16, pool_limit=1000, seed=4)
+    for part in points.split(64):
+        pool.add(part)
+    chosen = greedy_coreset(points, 20, projection_dim=16, seed=4)
+    assert pool.chunks_reduced == 0
+    assert torch.equal(pool.finish(), points[chosen])
 
 
 # ---- the score ----------------------------------------------------------------------------------
@@ -223,10 +255,11 @@ def test_cli_trains_patchcore_with_its_flags_and_refuses_bad_ones(category, tmp_
     args = ["train", "--data", str(category), "--image-size", "64", "--quiet", "--no-export"]
     out = tmp_path / "cli"
     argv = ["--arch", "patchcore", "--coreset-ratio", "0.25", "--max-bank", "100"]
-    assert main([*args, "--out", str(out), *argv]) == 0
+    assert main([*args, "--out", str(out), *argv, "--pool-limit", "200"]) == 0
     settings = json.loads((out / "metrics.json").read_text())["model_settings"]
     assert settings["coreset_ratio"] == 0.25 and settings["neighbours"] == 9
     assert settings["max_bank"] == 100 and settings["bank_size"] == 100
+    assert settings["patches_seen"] > 200 and settings["chunks_reduced"] >= 1  # 200 held
     assert main([*args, "--out", str(tmp_path / "a"), "--coreset-ratio", "0.2"]) == 2  # padim
     assert "--coreset-ratio applies to --arch patchcore only" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"coreset_ratio must be in \(0, 1\]"):

@@ -38,6 +38,7 @@ from torch import nn
 from anomaly_edge.train import efficientnet_lite
 from anomaly_edge.train.backbones import FeatureExtractor, build_backbone
 from anomaly_edge.train.memory import release_freed_memory
+from anomaly_edge.train.models.common import check_images
 from anomaly_edge.train.models.patchcore.coreset import (
     DEFAULT_POOL_LIMIT,
     DEFAULT_PROJECTION_DIM,
@@ -209,14 +210,15 @@ class Patchcore(nn.Module):
         self,
         batches: Iterable[torch.Tensor | dict[str, Any]],
         progress: Callable[[int], None] | None = None,
-        extract_batch: int = 4,
+        extract_batch: int = 1,
         images_per_step: int = 1,
     ) -> Patchcore:
         """Build the memory bank in one streaming pass over batches of normal images.
 
         ``batches`` yields normalised [B,3,H,W] tensors (or dicts with an ``"image"`` key).
-        Patches go into a :class:`.coreset.StreamingCoreset` batch by batch, so memory is
-        bounded by ``pool_limit`` patches plus about twice the bank. ``progress(n)`` gets
+        Patches go into a :class:`.coreset.StreamingCoreset` ``extract_batch`` images at a
+        time (one: a 256 x 624 batch of four held 230 MB of activations), so memory is
+        bounded by ``pool_limit`` patches. ``progress(n)`` gets
         ``B // images_per_step`` after each batch (tiles: the tiles of one frame per step).
         """
         started = time.perf_counter()
@@ -232,10 +234,9 @@ class Patchcore(nn.Module):
             with torch.inference_mode():
                 for batch in batches:
                     images = batch["image"] if isinstance(batch, dict) else batch
-                    self._check_input(images)
-                    images = images.contiguous(memory_format=torch.channels_last)
+                    check_images(images, self.input_size, "PatchCore")
                     for part in images.split(extract_batch):
-                        pool.add(self.patches(part))
+                        pool.add(self.patches(part.contiguous(memory_format=torch.channels_last)))
                     if progress is not None:
                         progress(images.shape[0] // images_per_step)
         finally:
@@ -287,13 +288,6 @@ class Patchcore(nn.Module):
             distance[torch.arange(rows.shape[0]), torch.arange(lo, lo + rows.shape[0])] = -1.0
             blocks.append(distance.topk(count, dim=1, largest=False).indices.int())
         return torch.cat(blocks)
-
-    def _check_input(self, images: torch.Tensor) -> None:
-        if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != self.input_size:
-            raise ValueError(
-                f"PatchCore expects [N, 3, {self.input_size[0]}, {self.input_size[1]}] "
-                f"images, got {tuple(images.shape)}"
-            )
 
     # ---- inference ---------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from anomaly_edge.train.models.base import CliFlag, FitRequest, Fitted, ModelPlugin
@@ -9,6 +10,8 @@ from anomaly_edge.train.models.patchcore.options import PatchcoreOptions
 
 if TYPE_CHECKING:
     from torch import nn
+
+FIT_BATCH = 4  # images decoded at once for a single-view fit
 
 
 class PatchcorePlugin(ModelPlugin):
@@ -27,6 +30,12 @@ class PatchcorePlugin(ModelPlugin):
             "max_bank",
             "PatchCore: most patches in the memory bank, which a frame's kNN searches (default: "
             "as many as keep it to 5.8M distances a frame: 5632 at 256x256)",
+        ),
+        CliFlag(
+            "--pool-limit",
+            "pool_limit",
+            "PatchCore: training patches held at once while the bank is chosen (default 65536, "
+            "about 55 MB); a training set with more is reduced in chunks",
         ),
         CliFlag(
             "--neighbours",
@@ -53,8 +62,7 @@ class PatchcorePlugin(ModelPlugin):
         return default_layers(backbone)
 
     def fit(self, request: FitRequest, options: PatchcoreOptions) -> Fitted:
-        from anomaly_edge.train.augment import augmented
-        from anomaly_edge.train.data import ImageDataset, iter_batches
+        from anomaly_edge.train.models.common import fit_single_view
         from anomaly_edge.train.models.patchcore.model import Patchcore
         from anomaly_edge.train.tiling import TileFrames, frame_batches
 
@@ -75,25 +83,24 @@ class PatchcorePlugin(ModelPlugin):
             **{key: value for key, value in given.items() if value is not None},
         )
         mean, std = model.backbone.mean, model.backbone.std
-        layout, train = request.layout, request.split.train
-        if layout is not None:  # every tile's patches join one bank
-            frames = TileFrames(train, layout, mean, std)
-            progress = request.bar("fitting PatchCore on tiles", len(frames))
+        layout = request.layout
+        if layout is None:
+            # the fit extracts one image at a time: larger batches only hold more decoded
+            # images (two batches of 16 at 256 x 624: 60 MB of the fit's peak)
+            fewer = replace(request, batch_size=min(request.batch_size, FIT_BATCH))
+            fit_single_view(model.fit, fewer, mean, std, "fitting PatchCore")
+            return Fitted(model, mean, std)
+        # tiles: every tile's patches join one bank
+        frames = TileFrames(request.split.train, layout, mean, std)
+        progress = request.bar("fitting PatchCore on tiles", len(frames))
+        try:
             model.fit(
                 frame_batches(frames, max(request.batch_size, layout.count)),
                 progress=progress.update,
                 images_per_step=layout.count,
             )
-        else:
-            dataset = augmented(
-                ImageDataset(train, request.size, mean, std), request.augmentation, request.seed
-            )
-            progress = request.bar("fitting PatchCore", len(dataset))
-            model.fit(
-                iter_batches(dataset, request.batch_size),  # type: ignore[arg-type]
-                progress=progress.update,
-            )
-        progress.close()
+        finally:
+            progress.close()
         return Fitted(model, mean, std)
 
     def settings(self, module: nn.Module, options: PatchcoreOptions) -> dict[str, Any]:
