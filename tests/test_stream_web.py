@@ -197,7 +197,7 @@ def test_the_web_view_stays_up_after_a_file_source_ends(synthetic_ir, tmp_path):
         assert status == 200
         assert [c["state"] for c in json.loads(body)["cameras"]] == ["ended"]
         process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=30) == ExitCode.OK  # the run's code, not 130
+        assert _exit_code(process, stderr) == ExitCode.OK  # the run's code, not 130
     finally:
         if process.poll() is None:
             process.kill()
@@ -206,9 +206,23 @@ def test_the_web_view_stays_up_after_a_file_source_ends(synthetic_ir, tmp_path):
 # ---- in a real browser -----------------------------------------------------------------------
 
 
+def _exit_code(process: subprocess.Popen, stderr: list[str], timeout: float = 30) -> int:
+    """The child's exit code; if it hangs, fail with every thread's stack (faulthandler
+    dumps them on SIGABRT) and what it printed, so a rare hang says where it waits."""
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)
+        process.wait(timeout=30)
+        time.sleep(0.5)  # the reader thread drains the rest of stderr
+        pytest.fail(f"the run did not exit within {timeout:g} s:\n" + "".join(stderr))
+
+
 def _start_cli(*args: object) -> tuple[subprocess.Popen, list[str]]:
     env = dict(
-        os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+        os.environ,
+        PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        PYTHONFAULTHANDLER="1",
     )
     process = subprocess.Popen(
         [sys.executable, "-m", "anomaly_edge", "run", *map(str, args)],
