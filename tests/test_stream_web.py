@@ -218,7 +218,32 @@ def _exit_code(process: subprocess.Popen, stderr: list[str], timeout: float = 30
         pytest.fail(f"the run did not exit within {timeout:g} s:\n" + "".join(stderr))
 
 
-def _start_cli(*args: object) -> tuple[subprocess.Popen, list[str]]:
+def test_ctrl_c_ends_the_lingering_page_of_a_run_started_with_sigint_ignored(
+    synthetic_ir, tmp_path
+):
+    """A job started with `&` by a script (or nohup) inherits SIGINT ignored: Ctrl-C still
+    ends the page it keeps up, as it stops the run (before: it lingered forever)."""
+    from tests.stream_media import make_video
+
+    video = make_video(tmp_path / "v.avi", 5)
+    process, stderr = _start_cli(
+        "--model", synthetic_ir, "--device", "CPU", "--source", str(video),
+        "--web", "127.0.0.1:0", "--quiet", sigint_ignored=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not any("stays up" in line for line in stderr):
+            assert process.poll() is None and time.monotonic() < deadline, "".join(stderr)
+            time.sleep(0.1)
+        process.send_signal(signal.SIGINT)
+        assert _exit_code(process, stderr) == ExitCode.OK
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+
+
+def _start_cli(*args: object, sigint_ignored: bool = False) -> tuple[subprocess.Popen, list[str]]:
     env = dict(
         os.environ,
         PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
@@ -231,6 +256,10 @@ def _start_cli(*args: object) -> tuple[subprocess.Popen, list[str]]:
         text=True,
         env=env,
         cwd=REPO,
+        # Children inherit an ignored SIGINT (pytest itself started with `&`): say which.
+        preexec_fn=lambda: signal.signal(
+            signal.SIGINT, signal.SIG_IGN if sigint_ignored else signal.SIG_DFL
+        ),
     )
     lines: list[str] = []
 

@@ -8,11 +8,14 @@ command of its own. An optional extra (web, mqtt, metrics) that is missing is ex
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import ipaddress
 import secrets
+import signal
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -250,12 +253,29 @@ def linger(web: WebView | None, seconds: float | None) -> None:
                 flush=True,
             )
             deadline = None if seconds is None else time.monotonic() + seconds
-            while deadline is None or time.monotonic() < deadline:
-                time.sleep(0.2 if deadline is None else min(0.2, deadline - time.monotonic()))
+            with _ctrl_c_interrupts():
+                while deadline is None or time.monotonic() < deadline:
+                    time.sleep(0.2 if deadline is None else min(0.2, deadline - time.monotonic()))
     except KeyboardInterrupt:  # the end of lingering, not of the run: its exit code stands
         pass
     finally:
         web.shutdown()
+
+
+@contextlib.contextmanager
+def _ctrl_c_interrupts() -> Iterator[None]:
+    """Ctrl-C ends the lingering even where SIGINT was ignored when the command started (a
+    job started with ``&`` by a script, ``nohup``), as it stops the run itself: the page says
+    "until Ctrl-C", and the run's own handler took Ctrl-C until a moment ago."""
+    try:
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    except ValueError:  # not the main thread (embedded use): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def close_all(events: EventLog, observers: list[FrameObserver]) -> None:
