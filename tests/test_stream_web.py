@@ -180,18 +180,8 @@ def test_a_non_local_address_needs_a_token(synthetic_ir, tmp_path, capsys):
 
 def test_the_web_view_stays_up_after_a_file_source_ends(synthetic_ir, tmp_path):
     """Before: the page went away as soon as the video ended."""
-    from tests.stream_media import make_video
-
-    video = make_video(tmp_path / "v.avi", 5)
-    process, stderr = _start_cli(
-        "--model", synthetic_ir, "--device", "CPU", "--source", str(video),
-        "--web", "127.0.0.1:0", "--quiet",
-    )  # fmt: skip
+    process, stderr = _lingering_run(synthetic_ir, tmp_path)
     try:
-        deadline = time.monotonic() + 60
-        while not any("stays up" in line for line in stderr):
-            assert process.poll() is None and time.monotonic() < deadline, "".join(stderr)
-            time.sleep(0.1)
         url = re.search(r"stays up at (\S+)", "".join(stderr)).group(1)
         status, body, _ = _request(url.rstrip("/") + "/api/state")
         assert status == 200
@@ -203,7 +193,41 @@ def test_the_web_view_stays_up_after_a_file_source_ends(synthetic_ir, tmp_path):
             process.kill()
 
 
-# ---- in a real browser -----------------------------------------------------------------------
+def test_ctrl_c_ends_the_lingering_page_of_a_run_started_with_sigint_ignored(
+    synthetic_ir, tmp_path
+):
+    """A job started with `&` by a script (or nohup) inherits SIGINT ignored: Ctrl-C still
+    ends the page it keeps up, as it stops the run (before: it lingered forever)."""
+    process, stderr = _lingering_run(synthetic_ir, tmp_path, sigint_ignored=True)
+    try:
+        process.send_signal(signal.SIGINT)
+        assert _exit_code(process, stderr) == ExitCode.OK
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=30)
+
+
+def _lingering_run(
+    synthetic_ir: Path, tmp_path: Path, sigint_ignored: bool = False
+) -> tuple[subprocess.Popen, list[str]]:
+    """`run --web` on a 5-frame video, once it says its page stays up after the video."""
+    from tests.stream_media import make_video
+
+    video = make_video(tmp_path / "v.avi", 5)
+    process, stderr = _start_cli(
+        "--model", synthetic_ir, "--device", "CPU", "--source", str(video),
+        "--web", "127.0.0.1:0", "--quiet", sigint_ignored=sigint_ignored,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    try:
+        while not any("stays up" in line for line in stderr):
+            assert process.poll() is None and time.monotonic() < deadline, "".join(stderr)
+            time.sleep(0.1)
+    except BaseException:
+        process.kill()
+        raise
+    return process, stderr
 
 
 def _exit_code(process: subprocess.Popen, stderr: list[str], timeout: float = 30) -> int:
@@ -218,29 +242,7 @@ def _exit_code(process: subprocess.Popen, stderr: list[str], timeout: float = 30
         pytest.fail(f"the run did not exit within {timeout:g} s:\n" + "".join(stderr))
 
 
-def test_ctrl_c_ends_the_lingering_page_of_a_run_started_with_sigint_ignored(
-    synthetic_ir, tmp_path
-):
-    """A job started with `&` by a script (or nohup) inherits SIGINT ignored: Ctrl-C still
-    ends the page it keeps up, as it stops the run (before: it lingered forever)."""
-    from tests.stream_media import make_video
-
-    video = make_video(tmp_path / "v.avi", 5)
-    process, stderr = _start_cli(
-        "--model", synthetic_ir, "--device", "CPU", "--source", str(video),
-        "--web", "127.0.0.1:0", "--quiet", sigint_ignored=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        while not any("stays up" in line for line in stderr):
-            assert process.poll() is None and time.monotonic() < deadline, "".join(stderr)
-            time.sleep(0.1)
-        process.send_signal(signal.SIGINT)
-        assert _exit_code(process, stderr) == ExitCode.OK
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=30)
+# ---- in a real browser -----------------------------------------------------------------------
 
 
 def _start_cli(*args: object, sigint_ignored: bool = False) -> tuple[subprocess.Popen, list[str]]:

@@ -54,30 +54,23 @@ def degrade(image: np.ndarray, quality: int, noise: float, rng: np.random.Genera
     return decoded
 
 
-def test_images(root: Path) -> tuple[list[Path], list[Path]]:
-    good = sorted((root / "test" / "good").iterdir())
-    defects = sorted(
-        p for d in (root / "test").iterdir() if d.name != "good" for p in sorted(d.iterdir())
-    )
-    return good, defects
-
-
 MIXED_SIZE = (256, 256)  # (width, height) of a camera showing a category of mixed sizes
 
 
-def read(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    """The image, resized to ``size`` (width, height) if given: one camera, one frame size."""
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise RuntimeError(f"cannot read {path}")
-    return image if size is None else cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+def camera_images(root: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The category's good and defect test images, each read once, all at one size as one
+    camera gives (magnetic_tile's crops vary in size: resized to MIXED_SIZE; `calibrate`
+    takes frames of one size)."""
+    from anomaly_edge.layout import scan_test
+    from anomaly_edge.media import read_image
 
-
-def camera_size(paths: list[Path]) -> tuple[int, int] | None:
-    """None when every image has one size (the camera's), else MIXED_SIZE (magnetic_tile's
-    crops vary; `calibrate` takes frames of one size, as one camera gives)."""
-    sizes = {read(p).shape[:2] for p in paths}
-    return None if len(sizes) == 1 else MIXED_SIZE
+    samples = scan_test(root)
+    images = [read_image(s.path) for s in samples]
+    if len({image.shape[:2] for image in images}) > 1:
+        images = [cv2.resize(i, MIXED_SIZE, interpolation=cv2.INTER_AREA) for i in images]
+    good = [i for i, s in zip(images, samples, strict=True) if not s.label]
+    defects = [i for i, s in zip(images, samples, strict=True) if s.label]
+    return good, defects
 
 
 def study(
@@ -93,13 +86,12 @@ def study(
         ir = train(root, out=out / name, seed=0, export=True).ir_path or ir
     model = AnomalyModel(ir, device="CPU")
     trained = model.metadata
-    good, defects = test_images(root)
-    size = camera_size(good + defects)
+    good, defects = camera_images(root)
     rows = []
     for camera, (quality, noise) in CAMERAS.items():
         rng = np.random.default_rng(seed)
-        good_frames = [degrade(read(p, size), quality, noise, rng) for p in good]
-        defect_frames = [degrade(read(p, size), quality, noise, rng) for p in defects]
+        good_frames = [degrade(image, quality, noise, rng) for image in good]
+        defect_frames = [degrade(image, quality, noise, rng) for image in defects]
         good_scores = np.array([model.predict(f).raw_score for f in good_frames])
         defect_scores = np.array([model.predict(f).raw_score for f in defect_frames])
         half = max(10, len(good_frames) // 2)  # calibrate's own minimum is 10 frames
